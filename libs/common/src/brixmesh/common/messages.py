@@ -1,0 +1,145 @@
+"""msgspec schemas of every message that crosses NATS.
+
+Hot messages (KV events, pod metrics) are ``array_like`` and ``gc=False``: compact on the wire and cheap
+to decode. Control messages are plain maps so that taps and humans can read them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+# --- mesh -------------------------------------------------------------------------------------------
+
+
+class Heartbeat(msgspec.Struct, kw_only=True):
+    service: str
+    instance_id: str
+    version: str
+    pid: int
+    started_at: float
+    uptime_s: float
+    ready: bool
+    http_url: str = ""
+
+
+# --- pods -------------------------------------------------------------------------------------------
+
+PodEventKind = Literal["added", "ready", "draining", "removed"]
+PodRole = Literal["prefill", "decode", "both"]
+
+
+class PodInfo(msgspec.Struct, kw_only=True):
+    """Everything a router, scraper or KV bridge needs to reach one engine pod."""
+
+    pod: str
+    deployment: str
+    model: str
+    engine: str
+    role: PodRole = "both"
+    endpoint: str
+    metrics_url: str = ""
+    kv_events_endpoint: str = ""
+    kv_replay_endpoint: str = ""
+    kv_events_topic: str = ""
+    block_size: int = 0
+    adapters: list[str] = msgspec.field(default_factory=list)
+    labels: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class PodEvent(msgspec.Struct, kw_only=True):
+    kind: PodEventKind
+    pod: PodInfo
+    ts: float
+    reason: str = ""
+
+
+# --- metrics ----------------------------------------------------------------------------------------
+
+
+class PodMetrics(msgspec.Struct, kw_only=True, array_like=True, gc=False):
+    """One normalized scrape of one engine; ``stale`` marks a failed scrape whose values are not fresh."""
+
+    pod: str
+    model: str
+    deployment: str
+    ts: float
+    stale: bool
+    running: float = 0.0
+    waiting: float = 0.0
+    kv_usage: float = 0.0
+    prefix_hit_rate: float = 0.0
+    prompt_tokens_per_s: float = 0.0
+    generation_tokens_per_s: float = 0.0
+    preemptions_per_s: float = 0.0
+    ttft_p50_s: float = 0.0
+    ttft_p90_s: float = 0.0
+    itl_p50_s: float = 0.0
+    itl_p90_s: float = 0.0
+    engine_flavor: str = "vllm"
+
+
+class RouterStats(msgspec.Struct, kw_only=True, array_like=True, gc=False):
+    """Per-second request statistics of one router replica for one model: the autoscaler's leading signal."""
+
+    router: str
+    model: str
+    ts: float
+    window_s: float
+    arrivals: int
+    completions: int
+    failures: int
+    in_flight: int
+    queued: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
+# --- scaling ----------------------------------------------------------------------------------------
+
+
+class ScaleDecision(msgspec.Struct, kw_only=True):
+    deployment: str
+    role: PodRole = "both"
+    current_replicas: int
+    desired_replicas: int
+    algorithm: str
+    reason: str
+    metrics: dict[str, float] = msgspec.field(default_factory=dict)
+    window_state: str = ""
+    ts: float
+
+
+# --- KV events (normalized by kv-index; engine hashes as u64) -----------------------------------------
+
+
+class KvBlockStored(msgspec.Struct, tag="stored", array_like=True, gc=False):
+    block_hashes: list[int]
+    parent_block_hash: int | None
+    token_ids: list[int]
+    block_size: int
+    lora_name: str | None = None
+    medium: str | None = None
+
+
+class KvBlockRemoved(msgspec.Struct, tag="removed", array_like=True, gc=False):
+    block_hashes: list[int]
+    medium: str | None = None
+
+
+class KvAllCleared(msgspec.Struct, tag="cleared", array_like=True, gc=False):
+    """The engine dropped its whole prefix cache (reset, or restart detected by the bridge)."""
+
+
+KvEvent = KvBlockStored | KvBlockRemoved | KvAllCleared
+
+
+class KvEventBatch(msgspec.Struct, array_like=True, gc=False):
+    """One engine step's events for one pod; ``engine_seq`` is the engine's own batch sequence number."""
+
+    pod: str
+    model: str
+    engine_seq: int
+    ts: float
+    events: list[KvEvent]
