@@ -220,6 +220,11 @@ class KvCacheManager:
         hit = lookup.blocks if lookup is not None else []
         num_computed = req.num_computed_tokens
         if blocks is None and num_computed != len(hit) * self.block_size:
+            if lookup is None:
+                raise ValueError(
+                    f"request {rid!r} holds no KV blocks but has {num_computed} computed tokens; call "
+                    "get_computed_blocks() right before allocate_slots()"
+                )
             raise ValueError(
                 f"request {rid!r} has {num_computed} computed tokens but its prefix-cache hit covers "
                 f"{len(hit) * self.block_size}; set num_computed_tokens to get_computed_blocks()'s result"
