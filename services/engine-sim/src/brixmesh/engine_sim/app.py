@@ -1,0 +1,449 @@
+"""The HTTP surface of one simulated engine: vLLM 0.32's OpenAI server routes plus ``/admin/faults``."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from brixmesh.engine_sim.errors import ApiError, error_response, model_not_found
+from brixmesh.engine_sim.lora import LoraError
+from brixmesh.engine_sim.protocol import (
+    GenerationParams,
+    chat_messages,
+    completion_prompt,
+    generation_params,
+    parse_json_body,
+)
+from brixmesh.engine_sim.replica import VLLM_VERSION, Replica
+from brixmesh.engine_sim.request import SimRequest
+from brixmesh.engine_sim.responses import SSE_DONE, ChunkWriter, chat_body, completion_body, new_id
+from brixmesh.engine_sim.textgen import TokenStream
+
+_ENCODE = msgspec.json.encode
+
+
+def _json(payload: Any, status: int = 200) -> Response:
+    return Response(_ENCODE(payload), status, media_type="application/json")
+
+
+class EngineApp:
+    def __init__(self, replica: Replica) -> None:
+        self.r = replica
+        tok = replica.tokenizer
+        self.first_regular_id = max(tok.special_ids) + 1 if tok.special_ids else 0
+
+    # ----- helpers -------------------------------------------------------------------------------
+
+    def _resolve_model(self, name: str | None) -> tuple[str, str | None, str | None, int | None]:
+        """(model name to echo, adapter name, adapter path, adapter id) or a 404."""
+        cfg = self.r.config
+        if name is None or name in cfg.served_model_names or name == cfg.model:
+            return (name or cfg.served_model_name, None, None, None)
+        adapter = self.r.lora.get(name)
+        if adapter is None:
+            raise model_not_found(name, cfg.served_model_names)
+        return (name, adapter.name, adapter.path, adapter.int_id)
+
+    def _check_length(self, prompt_ids: list[int], max_tokens: int | None) -> int:
+        limit = self.r.config.max_model_len
+        n = len(prompt_ids)
+        if n > limit or (n == limit and max_tokens is not None):
+            raise ApiError(
+                400,
+                f"This model's maximum context length is {limit} tokens. However, your prompt contains at least "
+                f"{n} input tokens, which exceeds the limit. Please reduce the length of the input prompt.",
+                "BadRequestError", "input_tokens",
+            )
+        if max_tokens is None:
+            return limit - n
+        if max_tokens > limit - n:
+            raise ApiError(
+                400,
+                f"'max_tokens' or 'max_completion_tokens' is too large: {max_tokens}. This model's maximum context "
+                f"length is {limit} tokens and your request has {n} input tokens ({max_tokens} > {limit} - {n}).",
+                "BadRequestError", "max_tokens",
+            )
+        return max_tokens
+
+    async def _gate(self, request: Request) -> None:
+        """Faults that hit every generation request before it reaches the engine."""
+        faults = self.r.faults
+        while faults.hang:
+            await asyncio.sleep(0.05)
+        forced = request.headers.get("x-return-error")
+        if forced:
+            try:
+                status = int(forced)
+            except ValueError:
+                raise ApiError(400, f"invalid X-Return-Error header {forced!r}", "BadRequestError") from None
+            raise ApiError(status, f"Injected error {status} (X-Return-Error).", "InjectedError")
+        picked = faults.pick_error(self.r.rng)
+        if picked is not None:
+            raise ApiError(picked[0], picked[2], picked[1])
+        limit = self.r.config.max_waiting_queue_length
+        if limit is not None and len(self.r.scheduler.waiting) >= limit:
+            raise ApiError(429, "The waiting queue is full; retry later.", "RateLimitError")
+
+    def _pd_fields(self, params: GenerationParams, prompt_len: int) -> tuple[bool, float]:
+        """(is a P/D decode request, its remote KV transfer time in simulated seconds)."""
+        kv = params.kv_transfer_params
+        if not kv or not kv.get("do_remote_prefill"):
+            return False, 0.0
+        cfg = self.r.config
+        return True, cfg.kv_transfer_overhead_ms / 1000 + prompt_len * cfg.kv_transfer_per_token_us / 1e6
+
+    def _response_kv_params(self, params: GenerationParams, request: SimRequest) -> dict[str, Any] | None:
+        kv = params.kv_transfer_params
+        if not kv or not kv.get("do_remote_decode"):
+            return None
+        block_size = self.r.config.block_size
+        num_blocks = -(-request.num_prompt_tokens // block_size)
+        return {
+            "do_remote_prefill": True,
+            "do_remote_decode": False,
+            "remote_engine_id": self.r.engine_id,
+            "remote_block_ids": list(range(1, num_blocks + 1)),
+            "remote_host": self.r.config.host,
+            "remote_port": self.r.config.port,
+            "tp_size": 1,
+        }
+
+    def _build_request(self, params: GenerationParams, prompt_ids: list[int], model: str, adapter: str | None,
+                       path: str | None, lora_id: int | None) -> SimRequest:
+        tok = self.r.tokenizer
+        max_tokens = self._check_length(prompt_ids, params.max_tokens)
+        remote, transfer = self._pd_fields(params, len(prompt_ids))
+        engine = self.r.engine
+        request = SimRequest(
+            request_id=new_id("req"),
+            prompt_token_ids=prompt_ids,
+            max_tokens=1 if params.kv_transfer_params and params.kv_transfer_params.get("do_remote_decode")
+            else max_tokens,
+            tokens=TokenStream(prompt_ids, tok.vocab_size, self.first_regular_id, tok.eos_token_id,
+                               self.r.config.eos_probability, params.seed if params.seed is not None
+                               else self.r.config.seed, adapter),
+            arrival_time=engine.now(),
+            ignore_eos=params.ignore_eos,
+            eos_token_id=tok.eos_token_id,
+            lora_name=adapter,
+            lora_path=path,
+            lora_int_id=lora_id,
+            cache_salt=params.cache_salt,
+            remote_prefill=remote,
+            ready_time=engine.now() + transfer,
+        )
+        return request
+
+    async def _generate(self, http: Request, chat: bool) -> Response:
+        try:
+            body = parse_json_body(await http.body())
+            params = generation_params(body, chat)
+            model, adapter, path, lora_id = self._resolve_model(params.model)
+            await self._gate(http)
+            tok = self.r.tokenizer
+            if chat:
+                messages = chat_messages(body)
+                prompt_ids = tok.encode_chat(messages, bool(body.get("add_generation_prompt", True)))
+            else:
+                prompt = completion_prompt(body)
+                prompt_ids = list(prompt) if isinstance(prompt, list) else tok.encode(prompt)
+            request = self._build_request(params, prompt_ids, model, adapter, path, lora_id)
+        except ApiError as exc:
+            return exc.response()
+        rid = new_id("chatcmpl" if chat else "cmpl")
+        created = int(time.time())
+        updated = asyncio.Event()
+        request.on_update = lambda _: updated.set()
+        engine = self.r.engine
+        if params.stream:
+            engine.submit(request)
+            return StreamingResponse(self._stream(request, updated, params, rid, created, model, chat),
+                                     media_type="text/event-stream; charset=utf-8")
+        engine.submit(request)
+        try:
+            while not request.is_finished:
+                await updated.wait()
+                updated.clear()
+        finally:
+            if not request.is_finished:
+                engine.abort(request)
+        decoder = tok.incremental_decoder()
+        text = "".join([decoder.push(t) for t in request.output_token_ids])
+        if params.echo and not chat:
+            text = tok.decode(request.prompt_token_ids) + text
+        builder = chat_body if chat else completion_body
+        payload = builder(rid, created, model, request, text, self.r.fingerprint,
+                          self.r.config.enable_prompt_tokens_details, self._response_kv_params(params, request),
+                          params.return_token_ids)
+        return Response(payload, 200, media_type="application/json")
+
+    async def _stream(self, request: SimRequest, updated: asyncio.Event, params: GenerationParams, rid: str,
+                      created: int, model: str, chat: bool) -> AsyncIterator[bytes]:
+        faults = self.r.faults
+        engine = self.r.engine
+        writer = ChunkWriter(rid, created, model, chat, self.r.fingerprint, params.continuous_usage_stats,
+                             self.r.config.enable_prompt_tokens_details)
+        decoder = self.r.tokenizer.incremental_decoder()
+        sent = 0
+        stalled = False
+        try:
+            if chat:
+                yield writer.role_chunk(request)
+            while True:
+                await updated.wait()
+                updated.clear()
+                tokens = request.output_token_ids
+                finished = request.is_finished
+                end = len(tokens)
+                while sent < end:
+                    token = tokens[sent]
+                    sent += 1
+                    last = finished and sent == end
+                    if faults.disconnect_after_tokens is not None and sent > faults.disconnect_after_tokens:
+                        return
+                    if (not stalled and faults.stall_after_tokens is not None
+                            and sent > faults.stall_after_tokens and faults.stall_seconds > 0):
+                        stalled = True
+                        await asyncio.sleep(faults.stall_seconds)
+                    text = decoder.push(token)
+                    yield writer.delta_chunk(request, text, last, self._response_kv_params(params, request)
+                                             if last else None)
+                if finished:
+                    break
+            if params.include_usage:
+                yield writer.usage_chunk(request)
+            yield SSE_DONE
+        finally:
+            if not request.is_finished:
+                engine.abort(request)
+
+    # ----- routes --------------------------------------------------------------------------------
+
+    async def completions(self, http: Request) -> Response:
+        return await self._generate(http, chat=False)
+
+    async def chat_completions(self, http: Request) -> Response:
+        return await self._generate(http, chat=True)
+
+    async def health(self, http: Request) -> Response:
+        while self.r.faults.hang:
+            await asyncio.sleep(0.05)
+        return Response(status_code=200)
+
+    async def health_ready(self, http: Request) -> Response:
+        if not self.r.ready:
+            return error_response(503, "The engine is starting up.", "ServiceUnavailableError")
+        return Response(status_code=200)
+
+    async def version(self, http: Request) -> Response:
+        return _json({"version": VLLM_VERSION})
+
+    async def load(self, http: Request) -> Response:
+        return _json({"server_load": self.r.engine.num_running + self.r.engine.num_waiting})
+
+    async def models(self, http: Request) -> Response:
+        cfg = self.r.config
+        created = self.r.created
+
+        def card(model_id: str, root: str, parent: str | None, max_len: int | None) -> dict[str, Any]:
+            return {
+                "id": model_id, "object": "model", "created": created, "owned_by": "vllm", "root": root,
+                "parent": parent, "max_model_len": max_len,
+                "permission": [{
+                    "id": new_id("modelperm"), "object": "model_permission", "created": created,
+                    "allow_create_engine": False, "allow_sampling": True, "allow_logprobs": True,
+                    "allow_search_indices": False, "allow_view": True, "allow_fine_tuning": False,
+                    "organization": "*", "group": None, "is_blocking": False,
+                }],
+            }
+
+        data = [card(name, self.r.model_dir, None, cfg.max_model_len) for name in cfg.served_model_names]
+        data += [card(a.name, a.path, cfg.served_model_name, None) for a in self.r.lora.adapters()]
+        return _json({"object": "list", "data": data})
+
+    async def tokenize(self, http: Request) -> Response:
+        try:
+            body = parse_json_body(await http.body())
+            self._resolve_model(body.get("model"))
+            tok = self.r.tokenizer
+            if "messages" in body:
+                messages = chat_messages(body)
+                ids = tok.encode_chat(messages, bool(body.get("add_generation_prompt", True)))
+            else:
+                prompt = body.get("prompt")
+                if not isinstance(prompt, str):
+                    raise ApiError(400, "Field required", "Bad Request", "body.prompt")
+                ids = tok.encode(prompt, add_special_tokens=bool(body.get("add_special_tokens", True)))
+        except ApiError as exc:
+            return exc.response()
+        token_strs = [tok.id_to_token(i) for i in ids] if body.get("return_token_strs") else None
+        return _json({"count": len(ids), "max_model_len": self.r.config.max_model_len, "tokens": ids,
+                      "token_strs": token_strs})
+
+    async def detokenize(self, http: Request) -> Response:
+        try:
+            body = parse_json_body(await http.body())
+            self._resolve_model(body.get("model"))
+            tokens = body.get("tokens")
+            if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
+                raise ApiError(400, "Field required", "Bad Request", "body.tokens")
+            vocab = self.r.tokenizer.vocab_size
+            if any(t < 0 or t >= vocab for t in tokens):
+                raise ApiError(400, f"Token id out of vocabulary (size {vocab}).", "BadRequestError", "tokens")
+        except ApiError as exc:
+            return exc.response()
+        return _json({"prompt": self.r.tokenizer.decode(tokens, skip_special_tokens=False)})
+
+    async def render(self, http: Request, chat: bool) -> Response:
+        try:
+            body = parse_json_body(await http.body())
+            params = generation_params(body, chat)
+            model, *_ = self._resolve_model(params.model)
+            tok = self.r.tokenizer
+            if chat:
+                ids = tok.encode_chat(chat_messages(body), bool(body.get("add_generation_prompt", True)))
+            else:
+                prompt = completion_prompt(body)
+                ids = list(prompt) if isinstance(prompt, list) else tok.encode(prompt)
+            max_tokens = self._check_length(ids, params.max_tokens)
+        except ApiError as exc:
+            return exc.response()
+        rendered = {"request_id": new_id("chatcmpl" if chat else "cmpl"), "token_ids": ids, "model": model,
+                    "sampling_params": {"max_tokens": max_tokens}, "stream": params.stream,
+                    "cache_salt": params.cache_salt, "kv_transfer_params": params.kv_transfer_params}
+        return _json(rendered if chat else [rendered])
+
+    async def chat_render(self, http: Request) -> Response:
+        return await self.render(http, chat=True)
+
+    async def completions_render(self, http: Request) -> Response:
+        return await self.render(http, chat=False)
+
+    async def load_lora(self, http: Request) -> Response:
+        if not self.r.config.enable_lora:
+            return error_response(400, "LoRA is not enabled (start with --enable-lora).", "BadRequestError")
+        try:
+            body = parse_json_body(await http.body())
+            name = body.get("lora_name") or ""
+            path = body.get("lora_path") or ""
+            inplace = bool(body.get("load_inplace", False))
+            self.r.lora.check_load(name, path, inplace)
+            faults = self.r.faults
+            if faults.lora_load_delay_s > 0:
+                await asyncio.sleep(faults.lora_load_delay_s)
+            if faults.lora_load_fail:
+                raise LoraError(500, "InternalServerError", f"Loading lora {name} failed: injected failure")
+            self.r.lora.load(name, path, inplace)
+        except ApiError as exc:
+            return exc.response()
+        except LoraError as exc:
+            return error_response(exc.status, exc.message, exc.error_type)
+        return Response(f"Success: LoRA adapter '{name}' added successfully.".encode(), 200)
+
+    async def unload_lora(self, http: Request) -> Response:
+        if not self.r.config.enable_lora:
+            return error_response(400, "LoRA is not enabled (start with --enable-lora).", "BadRequestError")
+        try:
+            body = parse_json_body(await http.body())
+            name = body.get("lora_name") or ""
+            self.r.lora.unload(name)
+        except ApiError as exc:
+            return exc.response()
+        except LoraError as exc:
+            return error_response(exc.status, exc.message, exc.error_type)
+        return Response(f"Success: LoRA adapter '{name}' removed successfully.".encode(), 200)
+
+    async def metrics(self, http: Request) -> Response:
+        faults = self.r.faults
+        if faults.metrics_delay_s > 0:
+            await asyncio.sleep(faults.metrics_delay_s)
+        if faults.metrics_error_rate > 0 and self.r.rng.random() < faults.metrics_error_rate:
+            return PlainTextResponse("injected metrics failure", 500)
+        return Response(self.r.metrics.render(), 200,
+                        media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    async def reset_prefix_cache(self, http: Request) -> Response:
+        if not self.r.engine.reset_prefix_cache():
+            return error_response(400, "Failed to reset prefix cache: blocks are still in use.", "BadRequestError")
+        return Response(status_code=200)
+
+    async def kv_event_sources(self, http: Request) -> Response:
+        cfg = self.r.config.kv_events_config
+        return _json({"0": dataclasses.asdict(cfg)} if cfg is not None else {})
+
+    async def get_faults(self, http: Request) -> Response:
+        return _json(self.r.faults.as_dict())
+
+    async def post_faults(self, http: Request) -> Response:
+        try:
+            body = parse_json_body(await http.body())
+            self.r.faults.update(body)
+        except ApiError as exc:
+            return exc.response()
+        except (ValueError, TypeError) as exc:
+            return error_response(400, str(exc), "BadRequestError")
+        self.r.apply_publisher_faults()
+        return _json(self.r.faults.as_dict())
+
+    async def sleep(self, http: Request) -> Response:
+        level = int(http.query_params.get("level", "1"))
+        self.r.engine.sleep_level = level
+        set_level = getattr(self.r.metrics, "set_sleep_level", None)
+        if set_level is not None:
+            set_level(level)
+        self.r.engine.reset_prefix_cache()
+        return Response(status_code=200)
+
+    async def wake_up(self, http: Request) -> Response:
+        self.r.engine.sleep_level = 0
+        set_level = getattr(self.r.metrics, "set_sleep_level", None)
+        if set_level is not None:
+            set_level(0)
+        return Response(status_code=200)
+
+    async def is_sleeping(self, http: Request) -> Response:
+        return _json({"is_sleeping": self.r.engine.sleep_level > 0})
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return JSONResponse({"detail": exc.detail}, exc.status_code)
+
+
+def build_app(replica: Replica) -> Starlette:
+    api = EngineApp(replica)
+    routes = [
+        Route("/v1/completions", api.completions, methods=["POST"]),
+        Route("/v1/chat/completions", api.chat_completions, methods=["POST"]),
+        Route("/v1/completions/render", api.completions_render, methods=["POST"]),
+        Route("/v1/chat/completions/render", api.chat_render, methods=["POST"]),
+        Route("/v1/models", api.models, methods=["GET"]),
+        Route("/health", api.health, methods=["GET"]),
+        Route("/ping", api.health, methods=["GET", "POST"]),
+        Route("/health/ready", api.health_ready, methods=["GET"]),
+        Route("/version", api.version, methods=["GET"]),
+        Route("/load", api.load, methods=["GET"]),
+        Route("/tokenize", api.tokenize, methods=["POST"]),
+        Route("/detokenize", api.detokenize, methods=["POST"]),
+        Route("/v1/load_lora_adapter", api.load_lora, methods=["POST"]),
+        Route("/v1/unload_lora_adapter", api.unload_lora, methods=["POST"]),
+        Route("/metrics", api.metrics, methods=["GET"]),
+        Route("/reset_prefix_cache", api.reset_prefix_cache, methods=["POST"]),
+        Route("/kv_event_sources", api.kv_event_sources, methods=["GET"]),
+        Route("/admin/faults", api.get_faults, methods=["GET"]),
+        Route("/admin/faults", api.post_faults, methods=["POST"]),
+        Route("/sleep", api.sleep, methods=["POST"]),
+        Route("/wake_up", api.wake_up, methods=["POST"]),
+        Route("/is_sleeping", api.is_sleeping, methods=["GET"]),
+    ]
+    return Starlette(routes=routes, exception_handlers={HTTPException: _http_exception})

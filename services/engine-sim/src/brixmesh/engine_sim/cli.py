@@ -1,0 +1,220 @@
+"""Command line of ``brixmesh-engine-sim``: vLLM's ``serve`` flag names plus simulator knobs.
+
+``brixmesh-engine-sim serve MODEL --port 8000 ...`` and ``brixmesh-engine-sim --model MODEL ...`` both work,
+so a deployment switches between ``vllm serve`` and the simulator by changing one word.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+
+from brixmesh.engine_sim.config import EngineConfig
+from brixmesh.engine_sim.faults import FAILURE_TYPES, Faults
+from brixmesh.engine_sim.hashing import HASH_ALGOS
+from brixmesh.engine_sim.kv_events_config import KvEventsConfig, offset_endpoint, parse_kv_events_config
+from brixmesh.engine_sim.lora import parse_lora_modules
+from brixmesh.engine_sim.timing import GPU_PROFILES, MODEL_PROFILES
+from brixmesh.engine_sim.tokenizer import DEFAULT_TOKENIZER_DIR
+
+
+class CliError(Exception):
+    """A one-line message for the user; the CLI exits with status 2."""
+
+
+def _bool_flag(parser: argparse.ArgumentParser, name: str, default: bool, help_text: str) -> None:
+    parser.add_argument(name, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="brixmesh-engine-sim", description="Simulated vLLM 0.32 engine(s).")
+    p.add_argument("command", nargs="?", choices=["serve"], help="optional, as in 'vllm serve'")
+    p.add_argument("model_tag", nargs="?", help="model name or directory (as 'vllm serve MODEL')")
+    p.add_argument("--model", help="model name or directory (alternative to the positional)")
+    p.add_argument("--served-model-name", nargs="+", help="name(s) the API answers to; default: the model")
+    p.add_argument("--tokenizer", help="tokenizer directory (tokenizer.json + tokenizer_config.json)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-model-len", type=int)
+    p.add_argument("--block-size", type=int, default=16)
+    p.add_argument("--max-num-seqs", type=int)
+    p.add_argument("--max-num-batched-tokens", type=int)
+    p.add_argument("--long-prefill-token-threshold", type=int, default=0)
+    p.add_argument("--num-gpu-blocks-override", type=int)
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    _bool_flag(p, "--enable-prefix-caching", True, "block-level prefix cache (default on, as vLLM v1)")
+    p.add_argument("--prefix-caching-hash-algo", "--hash-algo", choices=HASH_ALGOS, default="sha256")
+    p.add_argument("--enable-lora", action="store_true")
+    p.add_argument("--max-loras", type=int, default=1)
+    p.add_argument("--max-lora-rank", type=int, default=16, help="accepted for compatibility")
+    p.add_argument("--max-cpu-loras", type=int, help="accepted for compatibility")
+    p.add_argument("--lora-modules", nargs="+", default=[], help="name=path or JSON {name,path}")
+    p.add_argument("--kv-events-config", help="vLLM's KVEventsConfig JSON")
+    p.add_argument("--kv-transfer-config", help="accepted; P/D fields are always honoured")
+    p.add_argument("--enable-prompt-tokens-details", action="store_true")
+    p.add_argument("--enforce-eager", action="store_true", help="accepted for compatibility")
+    p.add_argument("--dtype", help="accepted for compatibility")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--disable-log-requests", "--no-enable-log-requests", action="store_true",
+                   help="accepted for compatibility")
+    p.add_argument("--disable-log-stats", action="store_true", help="accepted for compatibility")
+    p.add_argument("--max-waiting-queue-length", type=int, help="429 when this many requests wait")
+    # timing
+    p.add_argument("--perf-model", choices=["roofline", "per-token", "constant"], default="roofline")
+    p.add_argument("--gpu", choices=sorted(GPU_PROFILES), default="h100")
+    p.add_argument("--model-profile", choices=sorted(MODEL_PROFILES), default="llama-8b")
+    p.add_argument("--time-to-first-token", type=float, default=20.0, help="ms, constant mode")
+    p.add_argument("--inter-token-latency", type=float, default=5.0, help="ms, constant and per-token modes")
+    p.add_argument("--prefill-overhead", type=float, default=5.0, help="ms, per-token mode")
+    p.add_argument("--prefill-time-per-token", type=float, default=0.02, help="ms, per-token mode")
+    p.add_argument("--time-scale", type=float, default=1.0, help="wall seconds per simulated second (>1 = slower)")
+    p.add_argument("--eos-probability", type=float, default=0.0, help="chance per token to emit EOS")
+    p.add_argument("--kv-transfer-overhead", type=float, default=2.0, help="ms per P/D transfer")
+    p.add_argument("--kv-transfer-per-token", type=float, default=3.0, help="us per transferred token")
+    p.add_argument("--startup-duration", type=float, default=0.0, help="s before /health/ready turns 200")
+    # metrics
+    p.add_argument("--metrics-flavor", choices=["vllm", "sglang"], default="vllm")
+    p.add_argument("--legacy-metrics", action="store_true",
+                   help="also emit vllm:gpu_cache_usage_perc and other pre-v1 series")
+    # replicas
+    p.add_argument("--replicas", type=int, default=1, help="independent engines in this process")
+    p.add_argument("--base-port", type=int, help="first HTTP port with --replicas (default: --port)")
+    # faults
+    p.add_argument("--failure-injection-rate", "--fault-error-rate", type=float, default=0.0,
+                   help="fraction 0..1 (or percent 0..100) of generation requests that fail")
+    p.add_argument("--failure-types", "--fault-error-types", nargs="+", choices=sorted(FAILURE_TYPES))
+    p.add_argument("--fault-crash-after", type=float, help="s after start the engine dies")
+    p.add_argument("--fault-hang-after", type=float, help="s after start the engine stops answering")
+    p.add_argument("--fault-slowdown", type=float, default=1.0, help="step time multiplier (straggler GPU)")
+    p.add_argument("--fault-stall-after-tokens", type=int)
+    p.add_argument("--fault-stall-seconds", type=float, default=0.0)
+    p.add_argument("--fault-disconnect-after-tokens", type=int)
+    p.add_argument("--fault-kv-events-drop", type=float, default=0.0, help="probability to drop a batch")
+    p.add_argument("--fault-kv-events-reorder", action="store_true")
+    p.add_argument("--fault-lora-load-delay", type=float, default=0.0, help="s added to every LoRA load")
+    p.add_argument("--fault-lora-load-fail", action="store_true")
+    p.add_argument("--fault-metrics-delay", type=float, default=0.0)
+    p.add_argument("--fault-metrics-error-rate", type=float, default=0.0)
+    p.add_argument("--log-level", default="warning")
+    return p
+
+
+def replica_kv_events_config(config: KvEventsConfig | None, index: int) -> KvEventsConfig | None:
+    """Replica i publishes on endpoint port + i (ipc paths get a ``-i`` suffix), like data-parallel rank i."""
+    if config is None or index == 0:
+        return config
+    return replace(
+        config,
+        endpoint=_offset(config.endpoint, index),
+        replay_endpoint=_offset(config.replay_endpoint, index) if config.replay_endpoint else None,
+    )
+
+
+def _offset(endpoint: str, index: int) -> str:
+    if endpoint.startswith("ipc://"):
+        return f"{endpoint}-{index}"
+    try:
+        return offset_endpoint(endpoint, index)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+
+def configs_from_args(args: argparse.Namespace) -> list[EngineConfig]:
+    model = args.model or args.model_tag
+    if not model:
+        raise CliError("a model is required: 'brixmesh-engine-sim serve MODEL' or --model MODEL")
+    tokenizer_dir = Path(args.tokenizer) if args.tokenizer else None
+    if tokenizer_dir is None and (Path(model) / "tokenizer.json").is_file():
+        tokenizer_dir = Path(model)
+    tokenizer_dir = tokenizer_dir or DEFAULT_TOKENIZER_DIR
+    if not (tokenizer_dir / "tokenizer.json").is_file():
+        raise CliError(f"--tokenizer {tokenizer_dir}: no tokenizer.json there")
+    if args.replicas < 1:
+        raise CliError("--replicas must be >= 1")
+    rate = args.failure_injection_rate
+    if rate > 1:
+        rate /= 100.0  # llm-d-inference-sim takes a percentage
+    try:
+        faults = Faults(
+            error_rate=rate, error_types=args.failure_types, crash_after_s=args.fault_crash_after,
+            hang_after_s=args.fault_hang_after, slowdown=args.fault_slowdown,
+            stall_after_tokens=args.fault_stall_after_tokens, stall_seconds=args.fault_stall_seconds,
+            disconnect_after_tokens=args.fault_disconnect_after_tokens,
+            kv_events_drop_prob=args.fault_kv_events_drop, kv_events_reorder=args.fault_kv_events_reorder,
+            lora_load_delay_s=args.fault_lora_load_delay, lora_load_fail=args.fault_lora_load_fail,
+            metrics_delay_s=args.fault_metrics_delay, metrics_error_rate=args.fault_metrics_error_rate,
+        )
+    except ValueError as exc:
+        raise CliError(f"fault flags: {exc}") from None
+    try:
+        lora_modules = parse_lora_modules(args.lora_modules)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    if lora_modules and not args.enable_lora:
+        raise CliError("--lora-modules needs --enable-lora")
+    for name, path in lora_modules:
+        if not Path(path).is_dir():
+            raise CliError(f"--lora-modules {name}={path}: no adapter directory there")
+    if args.time_scale <= 0:
+        raise CliError("--time-scale must be > 0")
+    for flag, value in (("--block-size", args.block_size), ("--max-num-seqs", args.max_num_seqs),
+                        ("--max-num-batched-tokens", args.max_num_batched_tokens),
+                        ("--max-model-len", args.max_model_len)):
+        if value is not None and value <= 0:
+            raise CliError(f"{flag} must be > 0")
+    if args.num_gpu_blocks_override is not None and args.num_gpu_blocks_override < 2:
+        raise CliError("--num-gpu-blocks-override must be >= 2")
+    try:
+        kv_events = parse_kv_events_config(args.kv_events_config) if args.kv_events_config else None
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    base_port = args.base_port if args.base_port is not None else args.port
+    base = EngineConfig(
+        model=model,
+        served_model_names=args.served_model_name or [model],
+        tokenizer_dir=tokenizer_dir,
+        host=args.host,
+        port=base_port,
+        max_model_len=args.max_model_len or 0,
+        block_size=args.block_size,
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        num_gpu_blocks_override=args.num_gpu_blocks_override,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        enable_prefix_caching=args.enable_prefix_caching,
+        prefix_caching_hash_algo=args.prefix_caching_hash_algo,
+        long_prefill_token_threshold=args.long_prefill_token_threshold,
+        enable_lora=args.enable_lora,
+        max_loras=args.max_loras,
+        lora_modules=lora_modules,
+        kv_events_config=kv_events,
+        enable_prompt_tokens_details=args.enable_prompt_tokens_details,
+        perf_model=args.perf_model,
+        gpu=args.gpu,
+        model_profile=args.model_profile,
+        time_to_first_token_ms=args.time_to_first_token,
+        inter_token_latency_ms=args.inter_token_latency,
+        prefill_overhead_ms=args.prefill_overhead,
+        prefill_time_per_token_ms=args.prefill_time_per_token,
+        time_scale=args.time_scale,
+        eos_probability=args.eos_probability,
+        seed=args.seed,
+        metrics_flavor=args.metrics_flavor,
+        legacy_metrics=args.legacy_metrics,
+        max_waiting_queue_length=args.max_waiting_queue_length,
+        kv_transfer_overhead_ms=args.kv_transfer_overhead,
+        kv_transfer_per_token_us=args.kv_transfer_per_token,
+        startup_delay_s=args.startup_duration,
+        faults=faults,
+    )
+    configs = []
+    for i in range(args.replicas):
+        configs.append(replace(
+            base,
+            port=base_port + i if base_port else 0,
+            replica_index=i,
+            kv_events_config=replica_kv_events_config(kv_events, i),
+            faults=replace(faults) if i else faults,
+        ))
+    return configs

@@ -1,0 +1,155 @@
+"""The async engine: drives the scheduler step by step on a simulated clock and wakes waiting requests.
+
+Simulated time is wall time divided by ``time_scale``. A step's modelled duration is slept (scaled), and
+steps run back to back on a virtual timeline, so when the host falls behind the simulation catches up
+instead of drifting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Protocol
+
+from brixmesh.engine_sim.faults import Faults
+from brixmesh.engine_sim.kv_cache import KvCacheManager
+from brixmesh.engine_sim.metrics import EngineMetrics
+from brixmesh.engine_sim.request import SimRequest
+from brixmesh.engine_sim.scheduler import ScheduledStep, Scheduler
+from brixmesh.engine_sim.timing import StepTimeModel
+
+log = logging.getLogger(__name__)
+
+# Polling period (simulated seconds) while only deferred requests wait (remote KV in flight).
+_DEFERRED_POLL = 0.001
+
+
+class EventSink(Protocol):
+    def publish(self, events: list) -> None: ...
+
+
+class Engine:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        kv: KvCacheManager,
+        step_model: StepTimeModel,
+        metrics: EngineMetrics,
+        faults: Faults,
+        events: EventSink | None = None,
+        time_scale: float = 1.0,
+    ) -> None:
+        if time_scale <= 0:
+            raise ValueError("time_scale must be > 0")
+        self.scheduler = scheduler
+        self.kv = kv
+        self.step_model = step_model
+        self.metrics = metrics
+        self.faults = faults
+        self.events = events
+        self.time_scale = time_scale
+        self._t0 = time.monotonic()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._prefix_seen = (0, 0)
+        self.num_steps = 0
+        self.sleep_level = 0
+
+    def now(self) -> float:
+        """Simulated seconds since the engine started."""
+        return (time.monotonic() - self._t0) / self.time_scale
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="engine-loop")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    def submit(self, request: SimRequest) -> None:
+        request.arrival_time = self.now()
+        self.scheduler.add(request)
+        self._wake.set()
+
+    def abort(self, request: SimRequest) -> None:
+        if self.scheduler.abort(request):
+            request.finished_time = self.now()
+            self.metrics.on_finished(request)
+            self._flush_events()
+
+    def reset_prefix_cache(self) -> bool:
+        ok = self.kv.reset()
+        if ok:
+            self._wake.set()  # AllBlocksCleared goes out with the next step, as in vLLM
+        return ok
+
+    @property
+    def num_running(self) -> int:
+        return len(self.scheduler.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.scheduler.waiting)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        virtual_wall = loop.time()
+        while True:
+            if not self.scheduler.has_work:
+                self._flush_events()
+                self._wake.clear()
+                await self._wake.wait()
+                virtual_wall = loop.time()
+                continue
+            while self.faults.hang:
+                await asyncio.sleep(0.05)
+                virtual_wall = loop.time()
+            now = self.now()
+            step = self.scheduler.schedule(now)
+            self._record_prefix_cache()
+            if step.is_empty:
+                self._flush_events()
+                await asyncio.sleep(_DEFERRED_POLL * self.time_scale)
+                virtual_wall = loop.time()
+                continue
+            duration = self.step_model.step_seconds(step.shape) * self.faults.slowdown
+            virtual_wall = max(virtual_wall, loop.time()) + duration * self.time_scale
+            delay = virtual_wall - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            else:
+                await asyncio.sleep(0)  # let HTTP handlers run even when behind
+            self._finish(step)
+
+    def _finish(self, step: ScheduledStep) -> None:
+        now = self.now()
+        result = self.scheduler.finish_step(step, now)
+        self.num_steps += 1
+        self.metrics.on_step(step.total_tokens, len(step.preempted), result.num_generation_tokens)
+        for request in result.first_tokens:
+            self.metrics.on_first_token(request)
+        for request in result.finished:
+            self.metrics.on_finished(request)
+        self._flush_events()
+        for request in result.tokens:
+            if request.on_update is not None:
+                request.on_update(request)
+
+    def _record_prefix_cache(self) -> None:
+        counters = self.kv.counters
+        queries, hits = counters.queries, counters.hits
+        seen_q, seen_h = self._prefix_seen
+        if queries != seen_q:
+            self.metrics.on_prefix_cache(queries - seen_q, hits - seen_h)
+            self._prefix_seen = (queries, hits)
+
+    def _flush_events(self) -> None:
+        events = self.kv.take_events()
+        if events and self.events is not None:
+            self.events.publish(events)
