@@ -371,3 +371,21 @@ def test_events_can_be_disabled_while_caching() -> None:
     mgr.free(a)
     assert mgr.get_computed_blocks(Req("b", list(range(9)))) == 8
     assert mgr.take_events() == []
+
+
+@dataclass
+class FullReportReq(Req):
+    kv_cache_report_mode: str = "full"
+
+
+def test_full_report_mode_reannounces_reused_blocks_with_null_parent() -> None:
+    mgr = _mgr(20)
+    assert _admit(mgr, Req("a", list(range(13))))
+    first = _stored(mgr.take_events())[0]
+    assert _admit(mgr, Req("quiet", list(range(13))))
+    assert mgr.take_events() == []  # hits are silent by default
+    assert _admit(mgr, FullReportReq("loud", list(range(13))))
+    [announced] = mgr.take_events()
+    assert isinstance(announced, BlockStored)
+    assert announced.block_hashes == first.block_hashes
+    assert announced.parent_block_hash is None and announced.token_ids == list(range(12))

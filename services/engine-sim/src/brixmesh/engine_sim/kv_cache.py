@@ -37,7 +37,9 @@ API (what the scheduler calls, in vLLM's order)::
 
 ``get_computed_blocks`` must be followed by ``allocate_slots`` for the same request before any other
 allocation or free (vLLM's scheduler does exactly that); a stale lookup raises ``RuntimeError``.
-``req`` is any object with the attributes of :class:`CacheRequest` (``SimRequest`` has them).
+``req`` is any object with the attributes of :class:`CacheRequest` (``SimRequest`` has them). A request
+attribute ``kv_cache_report_mode == "full"`` (vLLM's ``vllm_xargs``) makes a lookup with hits re-announce
+the reused blocks as one ``BlockStored`` with a null parent, as vLLM does.
 """
 
 from __future__ import annotations
@@ -204,6 +206,8 @@ class KvCacheManager:
                 break
             hit.append(next(iter(group.values())))
         self._lookup = _Lookup(req.request_id, hit, hashes, self._version)
+        if hit and self.enable_events and getattr(req, "kv_cache_report_mode", "incremental") == "full":
+            self._events.append(self._stored_event(req, hashes, 0, len(hit)))
         return len(hit) * self.block_size
 
     def allocate_slots(self, req: CacheRequest, num_new_tokens: int, num_lookahead_tokens: int = 0) -> bool:
@@ -341,8 +345,6 @@ class KvCacheManager:
             return
         hashes = self._req_hashes[rid]
         self._extend_hashes(req, hashes)
-        stored: list[int | bytes] = []
-        extras: list[list[object] | None] = []
         for i in range(num_cached, num_full):
             block = blocks[i]
             digest = hashes[i]
@@ -352,26 +354,29 @@ class KvCacheManager:
                 self._cached[digest] = {block.block_id: block}
             else:
                 group[block.block_id] = block
-            stored.append(self.hasher.external(digest))
-            extras.append(published_extra_keys(block_extra_keys(i, req.lora_name, req.lora_path, req.cache_salt)))
         self._req_num_cached[rid] = num_full
-        if not self.enable_events:
-            return
+        if self.enable_events:
+            self._events.append(self._stored_event(req, hashes, num_cached, num_full))
+
+    def _stored_event(self, req: CacheRequest, hashes: list[bytes], first: int, end: int) -> BlockStored:
+        """``BlockStored`` for blocks ``first .. end-1`` of a request (parent: block ``first - 1``)."""
         bs = self.block_size
         lora_name = req.lora_name
-        self._events.append(
-            BlockStored(
-                block_hashes=stored,
-                parent_block_hash=self.hasher.external(hashes[num_cached - 1]) if num_cached else None,
-                token_ids=list(req.all_token_ids[num_cached * bs : num_full * bs]),
-                block_size=bs,
-                lora_id=req.lora_int_id if lora_name is not None else None,
-                medium=MEDIUM_GPU,
-                lora_name=lora_name,
-                extra_keys=extras,
-                group_idx=0,
-                kv_cache_spec_kind=FULL_ATTENTION,
-            )
+        external = self.hasher.external
+        return BlockStored(
+            block_hashes=[external(hashes[i]) for i in range(first, end)],
+            parent_block_hash=external(hashes[first - 1]) if first else None,
+            token_ids=list(req.all_token_ids[first * bs : end * bs]),
+            block_size=bs,
+            lora_id=req.lora_int_id if lora_name is not None else None,
+            medium=MEDIUM_GPU,
+            lora_name=lora_name,
+            extra_keys=[
+                published_extra_keys(block_extra_keys(i, lora_name, req.lora_path, req.cache_salt))
+                for i in range(first, end)
+            ],
+            group_idx=0,
+            kv_cache_spec_kind=FULL_ATTENTION,
         )
 
     def _evict(self, block: _Block) -> None:
