@@ -10,7 +10,7 @@ CAPTURES = Path(__file__).resolve().parent.parent / "fixtures" / "vllm-0.32-cpu"
 
 
 def load_capture(name: str) -> list[dict[str, Any]]:
-    """One dict per ZMQ message (keys: n_frames, topic, seq, seq_bytes, payload_len, payload_hex_head, batch)."""
+    """One dict per ZMQ message: n_frames, topic, seq, seq_bytes, payload_len, payload_hex_head, batch."""
     with open(CAPTURES / name, encoding="utf-8") as fh:
         return [json.loads(line) for line in fh if line.strip()]
 

@@ -1,5 +1,4 @@
 import pytest
-
 from brixmesh.engine_sim.hashing import (
     DEFAULT_NONE_HASH_SEED,
     BlockHasher,
@@ -8,6 +7,7 @@ from brixmesh.engine_sim.hashing import (
     resolve_none_hash_seed,
     use_int_block_hashes_from_env,
 )
+
 from tests.engine_sim.captures import capture_events
 
 BLOCK = 32
@@ -66,9 +66,10 @@ def test_chain_depends_on_parent_tokens_and_extra(algo: str) -> None:
     assert hasher.hash_blocks(tokens[4:], 4, parent=a0, first_block_index=1) == [a1]
     assert hasher.hash_blocks([9, *tokens[1:]], 4)[1] != a1
     assert hasher.hash_blocks(tokens, 4, lora_name="x", lora_path="/p")[0] != a0
-    assert hasher.hash_blocks(tokens, 4, lora_name="x", lora_path="/q")[0] != hasher.hash_blocks(
-        tokens, 4, lora_name="x", lora_path="/p"
-    )[0]
+    assert (
+        hasher.hash_blocks(tokens, 4, lora_name="x", lora_path="/q")[0]
+        != hasher.hash_blocks(tokens, 4, lora_name="x", lora_path="/p")[0]
+    )
     assert len(hasher.hash_blocks(tokens[:7], 4)) == 1
     expected_len = 16 if algo.startswith("xxhash") else 32
     assert len(a0) == expected_len
@@ -92,7 +93,9 @@ def test_salt_changes_whole_chain() -> None:
 
 def test_published_form() -> None:
     digest = bytes(range(32))
-    assert BlockHasher("sha256", seed="0", use_int_hashes=True).external(digest) == int.from_bytes(digest[-8:], "big")
+    assert BlockHasher("sha256", seed="0", use_int_hashes=True).external(digest) == int.from_bytes(
+        digest[-8:], "big"
+    )
     assert BlockHasher("sha256", seed="0", use_int_hashes=False).external(digest) == digest
     assert use_int_block_hashes_from_env({}) is True
     assert use_int_block_hashes_from_env({"VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES": "0"}) is False

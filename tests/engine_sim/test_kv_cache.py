@@ -3,7 +3,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import pytest
-
 from brixmesh.engine_sim.hashing import BlockHasher
 from brixmesh.engine_sim.kv_cache import KvCacheManager
 from brixmesh.engine_sim.kv_event_types import AllBlocksCleared, BlockRemoved, BlockStored
@@ -190,7 +189,9 @@ def test_least_recently_freed_request_is_evicted_first() -> None:
     mgr.free(a)
     mgr.free(b)
     mgr.take_events()
-    assert _admit(mgr, Req("c", list(range(200, 224))))  # 6 blocks: the 4 uncached ones, then a's tail and head
+    assert _admit(
+        mgr, Req("c", list(range(200, 224)))
+    )  # 6 blocks: the 4 uncached ones, then a's tail and head
     evicted = _removed_hashes(mgr.take_events())
     assert evicted == [_ext(mgr, list(range(8)))[1], _ext(mgr, list(range(8)))[0]]
 

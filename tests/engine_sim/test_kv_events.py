@@ -13,7 +13,6 @@ from typing import Any
 import msgspec
 import pytest
 import zmq
-
 from brixmesh.engine_sim.kv_event_types import AllBlocksCleared, BlockRemoved, BlockStored, encode_batch
 from brixmesh.engine_sim.kv_events import (
     END_SEQ,
@@ -27,10 +26,15 @@ from brixmesh.engine_sim.kv_events_config import (
     parse_kv_events_config,
     should_bind,
 )
+
 from tests.engine_sim.captures import load_capture
 
 CAPTURE_FILES = ["kv_events_store_remove.jsonl", "kv_events_all_cleared.jsonl", "kv_events_lora.jsonl"]
-_EVENT_TYPES = {"BlockStored": BlockStored, "BlockRemoved": BlockRemoved, "AllBlocksCleared": AllBlocksCleared}
+_EVENT_TYPES = {
+    "BlockStored": BlockStored,
+    "BlockRemoved": BlockRemoved,
+    "AllBlocksCleared": AllBlocksCleared,
+}
 TIMEOUT_S = 5.0
 
 
@@ -60,25 +64,49 @@ def test_reencoded_capture_payloads_match_vllm_bytes(name: str) -> None:
 
 def test_map_encoding_omits_none_defaults_but_keeps_required_nulls() -> None:
     stored = BlockStored(
-        block_hashes=[1], parent_block_hash=None, token_ids=[5, 6], block_size=2,
-        lora_id=None, medium="GPU", lora_name=None,
+        block_hashes=[1],
+        parent_block_hash=None,
+        token_ids=[5, 6],
+        block_size=2,
+        lora_id=None,
+        medium="GPU",
+        lora_name=None,
     )
     [event] = _decode(encode_batch([stored], 1.5, 0))[1]
     assert list(event) == [
-        "type", "block_hashes", "parent_block_hash", "token_ids", "block_size", "lora_id", "medium", "lora_name"
+        "type",
+        "block_hashes",
+        "parent_block_hash",
+        "token_ids",
+        "block_size",
+        "lora_id",
+        "medium",
+        "lora_name",
     ]
     assert _decode(encode_batch([AllBlocksCleared()], 1.5, 3)) == [1.5, [{"type": "AllBlocksCleared"}], 3]
 
 
 def test_array_encoding_is_positional_with_tag_first() -> None:
     stored = BlockStored(
-        block_hashes=[b"\x01" * 32], parent_block_hash=7, token_ids=[5, 6], block_size=2, lora_id=1,
-        medium="GPU", lora_name="a", extra_keys=[["a"]], group_idx=0, kv_cache_spec_kind="full_attention",
+        block_hashes=[b"\x01" * 32],
+        parent_block_hash=7,
+        token_ids=[5, 6],
+        block_size=2,
+        lora_id=1,
+        medium="GPU",
+        lora_name="a",
+        extra_keys=[["a"]],
+        group_idx=0,
+        kv_cache_spec_kind="full_attention",
     )
     batch = _decode(encode_batch([stored, _removed(9), AllBlocksCleared()], 2.0, 0, "array"))
     assert batch == [
         2.0,
-        [["BlockStored", [b"\x01" * 32], 7, [5, 6], 2, 1, "GPU"], ["BlockRemoved", [9], "GPU"], ["AllBlocksCleared"]],
+        [
+            ["BlockStored", [b"\x01" * 32], 7, [5, 6], 2, 1, "GPU"],
+            ["BlockRemoved", [9], "GPU"],
+            ["AllBlocksCleared"],
+        ],
         0,
     ]
     with pytest.raises(ValueError, match="unknown KV event encoding"):

@@ -16,6 +16,7 @@ from typing import Any
 from brixmesh.engine_sim.hashing import BlockHasher
 from brixmesh.engine_sim.kv_cache import KvCacheManager
 from brixmesh.engine_sim.kv_event_types import BlockRemoved, BlockStored, KvEvent
+
 from tests.engine_sim.captures import capture_events
 
 BLOCK = 32

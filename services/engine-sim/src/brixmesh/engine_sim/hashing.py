@@ -103,7 +103,7 @@ def block_extra_keys(
 
 
 def published_extra_keys(extra: ExtraKeys | None) -> list[Any] | None:
-    """The untagged form events carry: ``("lora", name, path)`` -> ``name``, ``("cache_salt", s)`` -> ``s``."""
+    """Untagged form events carry: ``("lora", name, path)`` -> ``name``, ``("cache_salt", s)`` -> ``s``."""
     if extra is None:
         return None
     out: list[Any] = []
@@ -119,7 +119,7 @@ def published_extra_keys(extra: ExtraKeys | None) -> list[Any] | None:
 class BlockHasher:
     """Chained block hashes for one engine process (one NONE_HASH)."""
 
-    __slots__ = ("algo", "seed", "use_int_hashes", "none_hash", "_serialize", "_hash")
+    __slots__ = ("_hash", "_serialize", "algo", "none_hash", "seed", "use_int_hashes")
 
     def __init__(
         self,
@@ -129,20 +129,26 @@ class BlockHasher:
         use_int_hashes: bool | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> None:
-        """``seed``/``use_int_hashes`` left as None follow vLLM's environment rules (read from ``environ``)."""
+        """``seed``/``use_int_hashes`` left as None follow vLLM's environment rules (from ``environ``)."""
         if algo not in _DIGESTS:
-            raise ValueError(f"unknown prefix caching hash algo {algo!r}; expected one of {', '.join(HASH_ALGOS)}")
+            raise ValueError(
+                f"unknown prefix caching hash algo {algo!r}; expected one of {', '.join(HASH_ALGOS)}"
+            )
         self.algo: HashAlgo = algo
         self._serialize, self._hash = _DIGESTS[algo]
         self.seed = resolve_none_hash_seed(algo, environ) if seed is None else seed
-        self.use_int_hashes = use_int_block_hashes_from_env(environ) if use_int_hashes is None else use_int_hashes
+        self.use_int_hashes = (
+            use_int_block_hashes_from_env(environ) if use_int_hashes is None else use_int_hashes
+        )
         self.none_hash = self.digest(self.seed)
 
     def digest(self, obj: Any) -> bytes:
         """``H(obj)`` for this algorithm."""
         return self._hash(self._serialize(obj))
 
-    def hash_block(self, parent: bytes | None, tokens: Sequence[int], extra: ExtraKeys | None = None) -> bytes:
+    def hash_block(
+        self, parent: bytes | None, tokens: Sequence[int], extra: ExtraKeys | None = None
+    ) -> bytes:
         """Digest of one full block; ``parent`` None means the first block of a sequence."""
         return self._hash(self._serialize((parent or self.none_hash, tuple(tokens), extra)))
 

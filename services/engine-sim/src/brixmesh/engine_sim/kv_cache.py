@@ -30,9 +30,9 @@ API (what the scheduler calls, in vLLM's order)::
     hit = mgr.get_computed_blocks(req)      # waiting request without blocks: hit tokens (multiple of B)
     req.num_computed_tokens = hit           # the caller records the hit ...
     ok = mgr.allocate_slots(req, n)         # ... then allocates for n new tokens; False = no room
-    mgr.cache_full_blocks(req)              # optional: caches blocks full of computed tokens (normally a no-op)
+    mgr.cache_full_blocks(req)              # optional: caches computed full blocks (normally a no-op)
     mgr.free(req)                           # finished, aborted or preempted
-    mgr.take_events()                       # once per engine step -> list[BlockStored|BlockRemoved|AllBlocksCleared]
+    mgr.take_events()                       # once per step: [BlockStored|BlockRemoved|AllBlocksCleared]
     mgr.usage, mgr.num_free_blocks, mgr.counters, mgr.reset()
 
 ``get_computed_blocks`` must be followed by ``allocate_slots`` for the same request before any other
@@ -101,7 +101,7 @@ class PrefixCacheCounters:
 
 
 class _Block:
-    __slots__ = ("block_id", "ref_cnt", "block_hash")
+    __slots__ = ("block_hash", "block_id", "ref_cnt")
 
     def __init__(self, block_id: int) -> None:
         self.block_id = block_id
@@ -191,7 +191,9 @@ class KvCacheManager:
     def get_computed_blocks(self, req: CacheRequest) -> int:
         """Prefix-cache hit for a request holding no blocks, in tokens (a multiple of ``block_size``)."""
         if req.request_id in self._req_blocks:
-            raise ValueError(f"request {req.request_id!r} already holds KV blocks; look up only before admission")
+            raise ValueError(
+                f"request {req.request_id!r} already holds KV blocks; look up only before admission"
+            )
         if not self.enable_prefix_caching:
             return 0
         previous = self._lookup

@@ -32,7 +32,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import zmq
-
 from brixmesh.engine_sim.kv_event_types import EventEncoding, KvEvent, encode_batch
 from brixmesh.engine_sim.kv_events_config import KvEventsConfig, offset_endpoint, should_bind
 
@@ -103,9 +102,7 @@ class ZmqKvEventPublisher:
         self._closed = False
         self._ready = threading.Event()
         self._start_error: BaseException | None = None
-        self._thread = threading.Thread(
-            target=self._run, name=f"kv-events-{self.endpoint}", daemon=True
-        )
+        self._thread = threading.Thread(target=self._run, name=f"kv-events-{self.endpoint}", daemon=True)
         self._thread.start()
         if not self._ready.wait(_START_TIMEOUT_S):
             raise RuntimeError(f"KV event publisher for {self.endpoint} did not start")
@@ -197,7 +194,7 @@ class ZmqKvEventPublisher:
     def _run(self) -> None:
         try:
             pub, replay = self._open_sockets()
-        except BaseException as exc:  # reported to the constructor
+        except Exception as exc:  # noqa: BLE001 (the constructor re-raises any setup failure)
             self._start_error = exc
             self._ready.set()
             return
@@ -219,7 +216,14 @@ class ZmqKvEventPublisher:
                     break
                 seq, ts, events, drop, reorder = item  # type: ignore[misc]
                 try:
-                    held = self._handle(pub, held, seq, encode_batch(events, ts, self.data_parallel_rank, self.encoding), drop, reorder)
+                    held = self._handle(
+                        pub,
+                        held,
+                        seq,
+                        encode_batch(events, ts, self.data_parallel_rank, self.encoding),
+                        drop,
+                        reorder,
+                    )
                 finally:
                     self._queue.task_done()
                 if held is not None and held[0] == seq:
@@ -234,7 +238,13 @@ class ZmqKvEventPublisher:
                 replay.close(linger=0)
 
     def _handle(
-        self, pub: zmq.Socket, held: tuple[int, bytes] | None, seq: int, payload: bytes, drop: bool, reorder: bool
+        self,
+        pub: zmq.Socket,
+        held: tuple[int, bytes] | None,
+        seq: int,
+        payload: bytes,
+        drop: bool,
+        reorder: bool,
     ) -> tuple[int, bytes] | None:
         """Buffers one batch and puts it on the wire; returns the batch now held back for reordering."""
         self._buffer.append((seq, payload))
@@ -272,7 +282,9 @@ class ZmqKvEventPublisher:
             start = int.from_bytes(frames[2], "big")
             for seq, payload in list(self._buffer):
                 if seq >= start:
-                    replay.send_multipart((identity, b"", self._topic, seq.to_bytes(8, "big"), payload), copy=False)
+                    replay.send_multipart(
+                        (identity, b"", self._topic, seq.to_bytes(8, "big"), payload), copy=False
+                    )
             replay.send_multipart((identity, b"", b"", END_SEQ, b""))
 
 

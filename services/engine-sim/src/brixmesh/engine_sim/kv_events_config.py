@@ -4,7 +4,7 @@
 |---|---|---|
 | ``enable_kv_cache_events`` | false | emit events at all |
 | ``publisher`` | ``"zmq"`` if enabled else ``"null"`` | ``"zmq"`` or ``"null"`` |
-| ``endpoint`` | ``tcp://*:5557`` | PUB address; binds for ``*``/``::``/``ipc://``/``inproc://``, else connects |
+| ``endpoint`` | ``tcp://*:5557`` | PUB; binds for ``*``, ``::``, ``ipc://``, ``inproc://``, else connects |
 | ``replay_endpoint`` | null | ROUTER address for replay; always binds |
 | ``buffer_steps`` | 10000 | batches kept for replay |
 | ``hwm`` | 100000 | PUB send high-water mark |
@@ -61,14 +61,18 @@ def parse_kv_events_config(raw: str | Mapping[str, Any]) -> KvEventsConfig:
         try:
             data = json.loads(raw)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"--kv-events-config is not valid JSON: {exc.msg} at position {exc.pos}") from None
+            raise ValueError(
+                f"--kv-events-config is not valid JSON: {exc.msg} at position {exc.pos}"
+            ) from None
     else:
         data = dict(raw)
     if not isinstance(data, dict):
-        raise ValueError("--kv-events-config must be a JSON object")
+        raise ValueError("--kv-events-config must be a JSON object")  # noqa: TRY004 (a bad flag value)
     unknown = sorted(set(data) - set(_FIELDS))
     if unknown:
-        raise ValueError(f"--kv-events-config has unknown key(s) {', '.join(unknown)}; allowed: {', '.join(_FIELDS)}")
+        raise ValueError(
+            f"--kv-events-config has unknown key(s) {', '.join(unknown)}; allowed: {', '.join(_FIELDS)}"
+        )
     for key, value in data.items():
         if value is None and key in _NULLABLE:
             continue
@@ -104,6 +108,10 @@ def offset_endpoint(endpoint: str, data_parallel_rank: int) -> str:
         if port == "*":  # an ephemeral port is distinct per socket already
             return endpoint
         if not sep or not port.isdigit():
-            raise ValueError(f"cannot offset KV event endpoint {endpoint!r} by data-parallel rank: no numeric port")
+            raise ValueError(
+                f"cannot offset KV event endpoint {endpoint!r} by data-parallel rank: no numeric port"
+            )
         return f"{base}:{int(port) + data_parallel_rank}"
-    raise ValueError(f"invalid KV event endpoint {endpoint!r} for data-parallel rank > 0: must be inproc or tcp")
+    raise ValueError(
+        f"invalid KV event endpoint {endpoint!r} for data-parallel rank > 0: must be inproc or tcp"
+    )
