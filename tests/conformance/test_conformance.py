@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -12,6 +13,7 @@ import msgspec
 import pytest
 import zmq
 
+from tests.engine_sim.prom import metric_samples, metric_value
 from tests.plugins.vllm_engine import published_block_hash, vllm_block_digests
 
 REPLAY_END_SEQ = b"\xff" * 8
@@ -58,21 +60,6 @@ def sse_events(c: httpx.Client, path: str, body: dict[str, Any]) -> tuple[httpx.
             if line.startswith("data: "):
                 events.append(line.removeprefix("data: "))
         return response.headers, events
-
-
-def metric_samples(text: str) -> dict[str, list[tuple[str, float]]]:
-    out: dict[str, list[tuple[str, float]]] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        name_labels, _, value = line.rpartition(" ")
-        name, _, labels = name_labels.partition("{")
-        out.setdefault(name, []).append((labels.rstrip("}"), float(value)))
-    return out
-
-
-def metric_value(text: str, name: str) -> float:
-    return sum(v for _, v in metric_samples(text).get(name, []))
 
 
 def test_health_version_load(engine) -> None:
@@ -317,3 +304,27 @@ def test_lora_load_unload(engine, request: pytest.FixtureRequest) -> None:
         assert empty.json()["error"]["message"] == "Both 'lora_name' and 'lora_path' must be provided."
         bad = c.post("/v1/load_lora_adapter", json={"lora_name": name, "lora_path": "/nonexistent/adapter"})
         assert bad.status_code == 404 and bad.json()["error"]["type"] == "NotFoundError"
+
+
+async def test_saturation_queues_fills_cache_and_preempts(engine) -> None:
+    """24 concurrent 400-token prompts overflow the 64-block cache on either engine."""
+    async with httpx.AsyncClient(base_url=engine.base_url, timeout=300) as c:
+        before = (await c.get("/metrics")).text
+        salt = os.urandom(2)[0] % 200
+        prompts = [[100 + salt + i] * 400 for i in range(24)]
+        tasks = [asyncio.create_task(c.post("/v1/completions", json={
+            "model": engine.model, "prompt": p, "max_tokens": 120, "ignore_eos": True, "temperature": 0}))
+            for p in prompts]
+        waiting = usage = 0.0
+        while not all(t.done() for t in tasks):
+            text = (await c.get("/metrics")).text
+            waiting = max(waiting, metric_value(text, "vllm:num_requests_waiting"))
+            usage = max(usage, metric_value(text, "vllm:kv_cache_usage_perc"))
+            await asyncio.sleep(0.05)
+        responses = await asyncio.gather(*tasks)
+        after = (await c.get("/metrics")).text
+    assert all(r.status_code == 200 for r in responses)
+    assert waiting >= 5
+    assert usage > 0.8
+    preemptions = metric_value(after, "vllm:num_preemptions_total") - metric_value(before, "vllm:num_preemptions_total")
+    assert preemptions > 0

@@ -1,0 +1,169 @@
+"""Engine simulator fidelity and density benchmark.
+
+1. H100 + llama-8b profile: TTFT for 1k/4k-token prompts and decode step times at batch 1/32/128 (2k context),
+   from the step-time model and measured end to end through a running simulator, next to the reference
+   figures in shared/reference/simulation-and-workloads.md.
+2. Density: how many simulated engines (``--replicas N`` in one process pinned to one core) keep real time
+   while each serves 10 req/s (Poisson, 256-token prompts, 64 output tokens).
+
+Usage: ``.venv/bin/python bench/engine_sim_fidelity.py [--quick]``. Prints a table; exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from collections.abc import Iterator
+
+import httpx
+
+from brixmesh.engine_sim.timing import RooflineModel, StepShape, gpu_profile, model_profile_named
+
+REFERENCE = {"ttft_1k": 0.032, "ttft_4k": 0.130, "b1": 0.0072, "b32": 0.0105, "b128": 0.0205}
+
+
+@contextmanager
+def simulator(args: list[str], cpu: int | None = None) -> Iterator[list[str]]:
+    argv = [sys.executable, "-m", "brixmesh.engine_sim", "serve", "tiny-llama", "--port", "0", *args]
+    if cpu is not None and hasattr(os, "sched_setaffinity"):
+        argv = ["taskset", "-c", str(cpu), *argv]
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        if not line:
+            raise RuntimeError("simulator failed to start")
+        yield [e["url"] for e in json.loads(line)["engines"]]
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+async def stream_timings(c: httpx.AsyncClient, url: str, prompt: list[int], max_tokens: int) -> list[float]:
+    """Arrival times of each streamed token, relative to the send."""
+    started = time.perf_counter()
+    times: list[float] = []
+    body = {"prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True, "stream": True}
+    async with c.stream("POST", f"{url}/v1/completions", json=body) as response:
+        async for line in response.aiter_lines():
+            if line.startswith("data: {"):
+                times.append(time.perf_counter() - started)
+    return times
+
+
+async def measure_fidelity() -> dict[str, float]:
+    out: dict[str, float] = {}
+    args = ["--gpu", "h100", "--model-profile", "llama-8b", "--max-model-len", "8192", "--block-size", "16"]
+    with simulator(args) as (url,):
+        async with httpx.AsyncClient(timeout=120) as c:
+            await stream_timings(c, url, [7] * 16, 2)  # warm-up
+            for name, n in (("ttft_1k", 1024), ("ttft_4k", 4096)):
+                samples = []
+                for i in range(5):
+                    prompt = [random.randrange(6, 2048) for _ in range(n)]
+                    samples.append((await stream_timings(c, url, prompt, 1))[0])
+                out[name] = statistics.median(samples)
+            for name, batch in (("b1", 1), ("b32", 32), ("b128", 128)):
+                prompts = [[random.randrange(6, 2048) for _ in range(2048)] for _ in range(batch)]
+                runs = await asyncio.gather(*(stream_timings(c, url, p, 64) for p in prompts))
+                # steady-state decode: gaps between tokens 16..64, after every prefill finished
+                gaps = [t[i + 1] - t[i] for t in runs for i in range(16, len(t) - 1)]
+                out[name] = statistics.median(gaps)
+    return out
+
+
+def model_figures() -> dict[str, float]:
+    m = RooflineModel(gpu_profile("h100"), model_profile_named("llama-8b"))
+    return {
+        "ttft_1k": m.step_seconds(StepShape([(1024, 0)], [])),
+        "ttft_4k": m.step_seconds(StepShape([(4096, 0)], [])),
+        "b1": m.step_seconds(StepShape([], [2048])),
+        "b32": m.step_seconds(StepShape([], [2048] * 32)),
+        "b128": m.step_seconds(StepShape([], [2048] * 128)),
+    }
+
+
+async def drive(urls: list[str], rate: float, seconds: float) -> tuple[list[float], int]:
+    """Poisson arrivals at ``rate`` req/s per engine; returns e2e latencies and the error count."""
+    latencies: list[float] = []
+    errors = 0
+    limits = httpx.Limits(max_connections=2000, max_keepalive_connections=2000)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as c:
+
+        async def one(url: str) -> None:
+            nonlocal errors
+            prompt = [random.randrange(6, 2048) for _ in range(256)]
+            started = time.perf_counter()
+            try:
+                r = await c.post(f"{url}/v1/completions", json={"prompt": prompt, "max_tokens": 64,
+                                                                "ignore_eos": True})
+                if r.status_code == 200:
+                    latencies.append(time.perf_counter() - started)
+                else:
+                    errors += 1
+            except httpx.HTTPError:
+                errors += 1
+
+        async def engine_load(url: str) -> None:
+            tasks = []
+            end = time.perf_counter() + seconds
+            while time.perf_counter() < end:
+                tasks.append(asyncio.create_task(one(url)))
+                await asyncio.sleep(random.expovariate(rate))
+            await asyncio.gather(*tasks)
+
+        await asyncio.gather(*(engine_load(u) for u in urls))
+    return latencies, errors
+
+
+async def density(counts: list[int], seconds: float) -> list[tuple[int, float, float, int, bool]]:
+    rows = []
+    baseline = None
+    args = ["--gpu", "h100", "--model-profile", "llama-8b", "--num-gpu-blocks-override", "4096"]
+    for n in counts:
+        with simulator([*args, "--replicas", str(n)], cpu=0) as urls:
+            await drive(urls, 10.0, 1.0)  # warm-up
+            latencies, errors = await drive(urls, 10.0, seconds)
+        p50 = statistics.median(latencies) if latencies else float("inf")
+        baseline = baseline or p50
+        ok = errors == 0 and p50 <= 1.25 * baseline
+        rows.append((n, p50, p50 / baseline, errors, ok))
+        if not ok:
+            break
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="shorter density trials")
+    args = parser.parse_args()
+    random.seed(0)
+    model = model_figures()
+    measured = asyncio.run(measure_fidelity())
+    print("H100 / llama-8b            reference   model      measured(e2e)  measured/reference")
+    labels = {"ttft_1k": "TTFT 1k prompt", "ttft_4k": "TTFT 4k prompt", "b1": "decode step b1@2k",
+              "b32": "decode step b32@2k", "b128": "decode step b128@2k"}
+    for key, label in labels.items():
+        ref = REFERENCE[key]
+        print(f"{label:<26} {ref * 1000:8.1f} ms {model[key] * 1000:7.1f} ms {measured[key] * 1000:9.1f} ms"
+              f"     {measured[key] / ref:6.2f}")
+    counts = [1, 2, 4, 8, 12, 16] if args.quick else [1, 2, 4, 8, 12, 16, 24, 32]
+    rows = asyncio.run(density(counts, 3.0 if args.quick else 6.0))
+    print("\nengines on 1 core @10 req/s each   p50 e2e   vs 1 engine   errors   keeps up")
+    for n, p50, ratio, errors, ok in rows:
+        print(f"{n:>5}                              {p50 * 1000:7.1f} ms   {ratio:6.2f}      {errors:5d}    {ok}")
+    sustained = max((n for n, *_, ok in rows if ok), default=0)
+    print(f"\none core sustains {sustained} simulated engines at 10 req/s each (p50 e2e within 1.25x of one engine)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

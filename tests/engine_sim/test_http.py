@@ -1,0 +1,183 @@
+"""Simulator-only HTTP behaviour: saturation, faults, P/D fields, prompt-token details, metric flavors, replicas."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from tests.engine_sim.prom import metric_samples, metric_value
+from tests.engine_sim.sim_engine import MODEL_NAME, sim_engine
+
+
+async def _complete(c: httpx.AsyncClient, prompt, max_tokens: int, **extra) -> httpx.Response:
+    return await c.post("/v1/completions", json={"model": MODEL_NAME, "prompt": prompt, "max_tokens": max_tokens,
+                                                 "ignore_eos": True, **extra})
+
+
+async def test_saturated_engine_queues_fills_cache_and_preempts() -> None:
+    with sim_engine(["--inter-token-latency", "8"], kv_events=False) as sim:
+        async with httpx.AsyncClient(base_url=sim.base_url, timeout=120) as c:
+            prompts = [[10 + i] * 400 for i in range(24)]
+            tasks = [asyncio.create_task(_complete(c, p, 120)) for p in prompts]
+            waiting_seen = usage_seen = 0.0
+            while not all(t.done() for t in tasks):
+                text = (await c.get("/metrics")).text
+                waiting_seen = max(waiting_seen, metric_value(text, "vllm:num_requests_waiting"))
+                usage_seen = max(usage_seen, metric_value(text, "vllm:kv_cache_usage_perc"))
+                await asyncio.sleep(0.05)
+            responses = await asyncio.gather(*tasks)
+            assert all(r.status_code == 200 for r in responses)
+            assert all(r.json()["usage"]["completion_tokens"] == 120 for r in responses)
+            text = (await c.get("/metrics")).text
+    assert waiting_seen >= 10
+    assert usage_seen > 0.9
+    assert metric_value(text, "vllm:num_preemptions_total") > 0
+    assert metric_value(text, "vllm:request_queue_time_seconds_sum") > 0
+    assert metric_value(text, "vllm:kv_cache_usage_perc") == 0.0
+    success = dict(metric_samples(text)["vllm:request_success_total"])
+    assert success['engine="0",finished_reason="length",model_name="tiny-llama"'] == 24
+
+
+@pytest.fixture(scope="module")
+def sim():
+    with sim_engine(["--enable-prompt-tokens-details", "--legacy-metrics"], kv_events=False) as engine:
+        yield engine
+
+
+async def test_cached_tokens_in_usage_details(sim) -> None:
+    prompt = [9] * 100
+    async with httpx.AsyncClient(base_url=sim.base_url) as c:
+        first = (await _complete(c, prompt, 1)).json()
+        second = (await _complete(c, prompt, 1)).json()
+    assert first["usage"]["prompt_tokens_details"] == {"cached_tokens": 0}
+    assert second["usage"]["prompt_tokens_details"] == {"cached_tokens": 96}
+
+
+async def test_legacy_gpu_cache_usage_metric(sim) -> None:
+    async with httpx.AsyncClient(base_url=sim.base_url) as c:
+        text = (await c.get("/metrics")).text
+    samples = metric_samples(text)
+    assert "vllm:gpu_cache_usage_perc" in samples and "vllm:num_requests_swapped" in samples
+
+
+async def test_fault_injection_runtime_knobs(sim) -> None:
+    async with httpx.AsyncClient(base_url=sim.base_url) as c:
+        assert (await c.get("/admin/faults")).json()["error_rate"] == 0.0
+        bad = await c.post("/admin/faults", json={"error_rate": 2})
+        assert bad.status_code == 400 and "error_rate" in bad.json()["error"]["message"]
+        unknown = await c.post("/admin/faults", json={"nope": 1})
+        assert unknown.status_code == 400 and "nope" in unknown.json()["error"]["message"]
+        ok = await c.post("/admin/faults", json={"error_rate": 1.0, "error_types": ["rate_limit"]})
+        assert ok.status_code == 200 and ok.json()["error_rate"] == 1.0
+        failed = await _complete(c, "x", 1)
+        assert failed.status_code == 429 and failed.json()["error"]["code"] == 429
+        await c.post("/admin/faults", json={"error_rate": 0.0, "error_types": None})
+        forced = await c.post("/v1/completions", json={"prompt": "x", "max_tokens": 1},
+                              headers={"X-Return-Error": "503"})
+        assert forced.status_code == 503
+        # a straggler: the same request takes longer with a slowdown factor
+        started = time.monotonic()
+        assert (await _complete(c, "y", 20)).status_code == 200
+        normal = time.monotonic() - started
+        await c.post("/admin/faults", json={"slowdown": 5.0})
+        started = time.monotonic()
+        assert (await _complete(c, "y", 20)).status_code == 200
+        slow = time.monotonic() - started
+        await c.post("/admin/faults", json={"slowdown": 1.0})
+        assert slow > 2 * normal
+        # mid-stream disconnect after 3 tokens: the stream ends without [DONE]
+        await c.post("/admin/faults", json={"disconnect_after_tokens": 3})
+        lines = []
+        async with c.stream("POST", "/v1/completions", json={"prompt": "z", "max_tokens": 10, "stream": True,
+                                                              "ignore_eos": True}) as response:
+            async for line in response.aiter_lines():
+                if line.startswith("data: "):
+                    lines.append(line)
+        await c.post("/admin/faults", json={"disconnect_after_tokens": None})
+        assert len(lines) == 3 and "[DONE]" not in lines[-1]
+
+
+async def test_slow_lora_load_fault(sim) -> None:
+    async with httpx.AsyncClient(base_url=sim.base_url) as c:
+        await c.post("/admin/faults", json={"lora_load_delay_s": 0.3})
+        started = time.monotonic()
+        loaded = await c.post("/v1/load_lora_adapter", json={"lora_name": "slow",
+                                                              "lora_path": str(sim.lora_dirs["lora-b"])})
+        elapsed = time.monotonic() - started
+        await c.post("/admin/faults", json={"lora_load_delay_s": 0.0, "lora_load_fail": True})
+        failed = await c.post("/v1/load_lora_adapter", json={"lora_name": "fails",
+                                                              "lora_path": str(sim.lora_dirs["lora-b"])})
+        await c.post("/admin/faults", json={"lora_load_fail": False})
+    assert loaded.status_code == 200 and elapsed >= 0.3
+    assert failed.status_code == 500 and failed.json()["error"]["type"] == "InternalServerError"
+
+
+async def test_pd_prefill_returns_transfer_params_and_decode_accepts_them(sim) -> None:
+    async with httpx.AsyncClient(base_url=sim.base_url) as c:
+        prefill = await _complete(c, [11] * 70, 16, kv_transfer_params={"do_remote_decode": True})
+        params = prefill.json()["kv_transfer_params"]
+        assert prefill.json()["usage"]["completion_tokens"] == 1
+        assert params["do_remote_prefill"] is True and params["tp_size"] == 1
+        assert {"remote_engine_id", "remote_block_ids", "remote_host", "remote_port"} <= set(params)
+        assert len(params["remote_block_ids"]) == 3
+        before = (await c.get("/metrics")).text
+        decode = await _complete(c, [12] * 70, 4, kv_transfer_params=params)
+        after = (await c.get("/metrics")).text
+    assert decode.status_code == 200 and decode.json()["usage"]["completion_tokens"] == 4
+    external = 'engine="0",model_name="tiny-llama",source="external_kv_transfer"'
+    grown = dict(metric_samples(after)["vllm:prompt_tokens_by_source_total"])[external] - dict(
+        metric_samples(before)["vllm:prompt_tokens_by_source_total"])[external]
+    assert grown == 69
+
+
+async def test_render_endpoints_return_token_ids(sim) -> None:
+    async with httpx.AsyncClient(base_url=sim.base_url) as c:
+        tokens = (await c.post("/tokenize", json={"messages": [{"role": "user", "content": "hi"}]})).json()["tokens"]
+        chat = await c.post("/v1/chat/completions/render", json={"model": MODEL_NAME,
+                                                                  "messages": [{"role": "user", "content": "hi"}]})
+        completion = await c.post("/v1/completions/render", json={"model": MODEL_NAME, "prompt": [1, 2, 3]})
+    assert chat.json()["token_ids"] == tokens
+    assert completion.json()[0]["token_ids"] == [1, 2, 3]
+
+
+def test_replicas_are_independent_engines() -> None:
+    with sim_engine(["--metrics-flavor", "sglang"], replicas=3) as sim:
+        assert len(sim.urls) == 3
+        with httpx.Client() as c:
+            c.post(f"{sim.urls[1]}/v1/completions", json={"prompt": "only on one", "max_tokens": 3})
+            texts = [c.get(f"{url}/metrics").text for url in sim.urls]
+    generated = [metric_value(t, "sglang:generation_tokens_total") for t in texts]
+    assert generated == [0.0, 3.0, 0.0]
+    assert all("sglang:token_usage" in t and "vllm:" not in t for t in texts)
+
+
+def test_cli_rejects_bad_flags_with_one_line() -> None:
+    for args, needle in (
+        (["serve"], "a model is required"),
+        (["serve", "m", "--lora-modules", "a=/nonexistent/x", "--enable-lora"], "no adapter directory"),
+        (["serve", "m", "--kv-events-config", "{nope"], "not valid JSON"),
+        (["serve", "m", "--fault-slowdown", "0"], "slowdown"),
+    ):
+        done = subprocess.run([sys.executable, "-m", "brixmesh.engine_sim", *args], capture_output=True, text=True,
+                              timeout=30)
+        assert done.returncode == 2, args
+        assert needle in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_crash_fault_kills_a_lone_engine() -> None:
+    with sim_engine(["--fault-crash-after", "0.5"], kv_events=False) as sim:
+        process_gone = False
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not process_gone:
+            try:
+                httpx.get(f"{sim.base_url}/health", timeout=1)
+                time.sleep(0.1)
+            except httpx.TransportError:
+                process_gone = True
+    assert process_gone
