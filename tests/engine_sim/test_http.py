@@ -181,3 +181,28 @@ def test_crash_fault_kills_a_lone_engine() -> None:
             except httpx.TransportError:
                 process_gone = True
     assert process_gone
+
+
+async def test_hang_fault_blocks_requests_until_cleared(sim) -> None:
+    async with httpx.AsyncClient(base_url=sim.base_url) as c:
+        await c.post("/admin/faults", json={"hang": True})
+        try:
+            with pytest.raises(httpx.ReadTimeout):
+                await c.post("/v1/completions", json={"prompt": "x", "max_tokens": 1}, timeout=0.5)
+        finally:
+            await c.post("/admin/faults", json={"hang": False})
+        assert (await _complete(c, "x", 1)).status_code == 200
+
+
+def test_time_scale_slows_the_clock_but_metrics_stay_in_model_time() -> None:
+    with sim_engine(["--time-scale", "10"], kv_events=False) as sim:
+        with httpx.Client(base_url=sim.base_url, timeout=30) as c:
+            started = time.monotonic()
+            response = c.post("/v1/completions", json={"prompt": "slow", "max_tokens": 50, "ignore_eos": True})
+            wall = time.monotonic() - started
+            text = c.get("/metrics").text
+    assert response.status_code == 200
+    modelled = metric_value(text, "vllm:e2e_request_latency_seconds_sum")
+    # constant mode: 5 ms to the first token, then 2 ms per token = ~0.103 s of model time
+    assert 0.09 < modelled < 0.2
+    assert wall > 0.9

@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-cpu-loras", type=int, help="accepted for compatibility")
     p.add_argument("--lora-modules", nargs="+", default=[], help="name=path or JSON {name,path}")
     p.add_argument("--kv-events-config", help="vLLM's KVEventsConfig JSON")
+    p.add_argument("--kv-events-encoding", choices=["map", "array"], default="map",
+                   help="map = vLLM 0.32 tagged maps; array = legacy positional arrays")
     p.add_argument("--kv-transfer-config", help="accepted; P/D fields are always honoured")
     p.add_argument("--enable-prompt-tokens-details", action="store_true")
     p.add_argument("--enforce-eager", action="store_true", help="accepted for compatibility")
@@ -189,6 +191,7 @@ def configs_from_args(args: argparse.Namespace) -> list[EngineConfig]:
         max_loras=args.max_loras,
         lora_modules=lora_modules,
         kv_events_config=kv_events,
+        kv_events_encoding=args.kv_events_encoding,
         enable_prompt_tokens_details=args.enable_prompt_tokens_details,
         perf_model=args.perf_model,
         gpu=args.gpu,

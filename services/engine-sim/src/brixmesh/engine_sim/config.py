@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from brixmesh.engine_sim.faults import Faults
 from brixmesh.engine_sim.kv_events_config import KvEventsConfig
@@ -30,6 +31,7 @@ class EngineConfig:
     max_loras: int = 1
     lora_modules: list[tuple[str, str]] = field(default_factory=list)
     kv_events_config: KvEventsConfig | None = None
+    kv_events_encoding: Literal["map", "array"] = "map"
     enable_prompt_tokens_details: bool = False
     perf_model: str = "roofline"
     gpu: str = "h100"

@@ -59,10 +59,18 @@ class Replica:
         self.max_num_batched_tokens = config.max_num_batched_tokens or batched
         self.max_num_seqs = config.max_num_seqs or seqs
         self.num_gpu_blocks = num_gpu_blocks(config, step_model)
+        capacity = (self.num_gpu_blocks - 1) * config.block_size  # block 0 is the null block
+        if config.max_model_len > capacity:
+            raise ValueError(
+                f"max_model_len {config.max_model_len} does not fit the KV cache ({self.num_gpu_blocks} blocks "
+                f"of {config.block_size} tokens hold {capacity}); raise --num-gpu-blocks-override or lower "
+                "--max-model-len"
+            )
         kv_events = config.kv_events_config
         events: EventSink | None = None
         if kv_events is not None and kv_events.publishes:
-            events = ZmqKvEventPublisher(kv_events, 0, fault_seed=config.seed + config.replica_index)
+            events = ZmqKvEventPublisher(kv_events, 0, encoding=config.kv_events_encoding,
+                                         fault_seed=config.seed + config.replica_index)
         self.events = events
         self.hasher = BlockHasher(config.prefix_caching_hash_algo)  # type: ignore[arg-type]
         self.kv = KvCacheManager(self.num_gpu_blocks, config.block_size, self.hasher, config.enable_prefix_caching,
