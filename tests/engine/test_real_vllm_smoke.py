@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,7 +15,7 @@ import pytest
 import zmq
 import zmq.asyncio
 
-from tests.plugins.vllm_engine import VllmEngine, published_block_hash, vllm_block_digests
+from tests.plugins.vllm_engine import VllmEngine, published_block_hash, start_vllm_engine, vllm_block_digests
 
 pytestmark = pytest.mark.vllm
 
@@ -100,10 +102,11 @@ def _decode_batch(frames: list[bytes], topic: str) -> tuple[int, list[dict[str, 
 
 async def test_kv_events_live_and_replay_with_recomputable_hashes(real_vllm: VllmEngine) -> None:
     context = zmq.asyncio.Context()
-    subscriber = context.socket(zmq.SUB)
-    subscriber.setsockopt(zmq.LINGER, 0)
-    subscriber.setsockopt_string(zmq.SUBSCRIBE, real_vllm.topic)
-    subscriber.connect(real_vllm.kv_events_endpoint)
+    subscriber, second_subscriber = (context.socket(zmq.SUB) for _ in range(2))
+    for sock in (subscriber, second_subscriber):  # the engine binds the ipc endpoint; any number may attach
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt_string(zmq.SUBSCRIBE, real_vllm.topic)
+        sock.connect(real_vllm.kv_events_endpoint)
     try:
         await asyncio.sleep(0.5)  # let the subscription reach the publisher before the request runs
         # A fresh random prefix makes every block new, so the engine must announce all of them.
@@ -132,8 +135,14 @@ async def test_kv_events_live_and_replay_with_recomputable_hashes(real_vllm: Vll
                         published.extend(event["block_hashes"])
         assert published == expected
         assert live_seqs == list(range(live_seqs[0], live_seqs[0] + len(live_seqs)))
+        async with asyncio.timeout(EVENT_WAIT_S):
+            second_seqs = [
+                _decode_batch(await second_subscriber.recv_multipart(), real_vllm.topic)[0] for _ in live_seqs
+            ]
+        assert second_seqs == live_seqs
     finally:
         subscriber.close()
+        second_subscriber.close()
 
     replayed = await _replay_from(real_vllm, start_seq=0, context=context)
     context.term()
@@ -196,3 +205,30 @@ async def test_lora_load_serve_unload(real_vllm: VllmEngine) -> None:
         gone = await client.post("/v1/completions", json={"model": adapter, "prompt": prompt, "max_tokens": 1})
         assert gone.status_code == 404
         assert gone.json()["error"]["type"] == "NotFoundError"
+
+
+def _group_alive(pgid: int) -> bool:
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            state, _ppid, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
+            if int(pgrp) == pgid and state != "Z":
+                return True
+    return False
+
+
+async def test_second_engine_is_independent_and_stops_cleanly(real_vllm: VllmEngine, tmp_path: Path) -> None:
+    async with start_vllm_engine(log_dir=tmp_path) as second:
+        assert {second.base_url, second.kv_events_endpoint, second.kv_replay_endpoint}.isdisjoint(
+            {real_vllm.base_url, real_vllm.kv_events_endpoint, real_vllm.kv_replay_endpoint}
+        )
+        async with _client(second) as client, _client(real_vllm) as first_client:
+            assert (await client.get("/health")).status_code == 200
+            prompt = "Hello world, this is a test"
+            first_text = (await _complete(first_client, real_vllm.model, prompt))["choices"][0]["text"]
+            assert (await _complete(client, second.model, prompt))["choices"][0]["text"] == first_text
+        assert second.log_path.parent == tmp_path and second.log_path.is_file()
+        assert _group_alive(second.pid)
+    assert not _group_alive(second.pid)
+    with pytest.raises(httpx.TransportError):
+        async with _client(second) as client:
+            await client.get("/health")

@@ -56,6 +56,7 @@ import itertools
 import json
 import os
 import pickle
+import re
 import shutil
 import signal
 import socket
@@ -188,6 +189,20 @@ def _log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+# "ValueError: ..." at the start of a line, or after vLLM's "(EngineCore pid=1) ERROR ... [file.py:1] " prefix.
+_EXCEPTION_LINE = re.compile(r"^(?:\(\S+ pid=\d+\) ERROR [^\]]*\] )?((?:[\w.]+\.)?\w+(?:Error|Exception): .*)$")
+
+
+def _first_exception_line(path: Path) -> str | None:
+    """The first exception message in the log: later ones (EngineDeadError, ...) are consequences."""
+    with contextlib.suppress(OSError), open(path, errors="replace") as log:
+        for line in log:
+            match = _EXCEPTION_LINE.match(line.rstrip())
+            if match:
+                return match.group(1)
+    return None
+
+
 @dataclass
 class _Launch:
     """A spawned engine process not yet known to be healthy."""
@@ -195,18 +210,16 @@ class _Launch:
     process: subprocess.Popen[bytes]
     engine: VllmEngine
     runtime_dir: Path
-    owns_log_dir: bool
 
     def stop(self) -> None:
         _kill_group(self.process)
-        if self.owns_log_dir:
-            shutil.rmtree(self.runtime_dir, ignore_errors=True)
-        else:
-            (self.runtime_dir / "kv-events.ipc").unlink(missing_ok=True)
+        shutil.rmtree(self.runtime_dir, ignore_errors=True)
 
     def failure(self, reason: str) -> VllmStartError:
+        cause = _first_exception_line(self.engine.log_path)
         return VllmStartError(
-            f"vLLM engine {reason}; log {self.engine.log_path}, last lines:\n{_log_tail(self.engine.log_path)}"
+            f"vLLM engine {reason}: {cause or 'no exception in the log'}\n"
+            f"log {self.engine.log_path}, last lines:\n{_log_tail(self.engine.log_path)}"
         )
 
     def check_health(self, client: httpx.Client) -> bool:
@@ -218,23 +231,47 @@ class _Launch:
             return False
 
 
+def _live_group_members(pgid: int) -> list[int]:
+    """Pids in process group ``pgid`` that are not zombies (zombies ignore signals and cannot be waited on)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # Fields after the parenthesised command: state, ppid, pgrp, ...
+            state, _ppid, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, IndexError, ValueError):
+            continue
+        if int(pgrp) == pgid and state != "Z":
+            members.append(int(stat.parent.name))
+    return members
+
+
+def _wait_group_gone(pgid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while _live_group_members(pgid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def _kill_group(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=STOP_GRACE_S)
-    except subprocess.TimeoutExpired:
+    """SIGTERM the API server (it stops its engine core and worker in order), then killpg what is left."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=STOP_GRACE_S)
+    pgid = process.pid
+    if not _wait_group_gone(pgid, 0):
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    # The engine core and worker are in the same group; reap stragglers that outlived the API server.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
+            os.killpg(pgid, signal.SIGTERM)
+        if not _wait_group_gone(pgid, STOP_GRACE_S):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+            _wait_group_gone(pgid, STOP_GRACE_S)
+    process.wait()
 
 
-def _engine_env(cpu_bind: str, venv: Path, extra_env: Mapping[str, str]) -> dict[str, str]:
+def _engine_env(cpu_bind: str, venv: Path, tmp_dir: Path, extra_env: Mapping[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
     env.update(
         PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}",
@@ -248,6 +285,8 @@ def _engine_env(cpu_bind: str, venv: Path, extra_env: Mapping[str, str]) -> dict
         DO_NOT_TRACK="1",
         HF_HUB_OFFLINE="1",
         TRANSFORMERS_OFFLINE="1",
+        # vLLM leaves a gloo file-store file in the temp dir on every start; keep it in the runtime dir.
+        TMPDIR=str(tmp_dir),
     )
     env.update(extra_env)
     return env
@@ -267,7 +306,6 @@ def _launch(
         raise ValueError(f"unknown LoRA adapters {unknown}; available: {sorted(install.lora_dirs)}")
     # ipc:// paths are limited to ~107 bytes, so the socket lives in a short temp dir.
     runtime_dir = Path(tempfile.mkdtemp(prefix="bm-vllm-"))
-    owns_log_dir = log_dir is None
     log_path = (log_dir or runtime_dir) / f"vllm-{runtime_dir.name}.log"
     port, replay_port = free_port(), free_port()
     engine = VllmEngine(
@@ -306,7 +344,7 @@ def _launch(
     if lora_modules:
         argv += ["--lora-modules", *(f"{name}={install.lora_dirs[name]}" for name in lora_modules)]
     argv += list(extra_args)
-    env = _engine_env(cpu_bind or next_cpu_bind(), install.venv, extra_env)
+    env = _engine_env(cpu_bind or next_cpu_bind(), install.venv, runtime_dir, extra_env)
     with open(log_path, "wb") as log:
         log.write(f"$ {' '.join(argv)}\n".encode())
         log.flush()
@@ -320,7 +358,7 @@ def _launch(
             start_new_session=True,
         )
     engine = VllmEngine(**{**engine.__dict__, "pid": process.pid})
-    return _Launch(process=process, engine=engine, runtime_dir=runtime_dir, owns_log_dir=owns_log_dir)
+    return _Launch(process=process, engine=engine, runtime_dir=runtime_dir)
 
 
 @dataclass(frozen=True)
