@@ -24,6 +24,12 @@ class Heartbeat(msgspec.Struct, kw_only=True):
     http_url: str = ""
 
 
+class Ping(msgspec.Struct, kw_only=True):
+    """Asks every service instance to answer at once with its :class:`Heartbeat` (``brixmesh status``)."""
+
+    sender: str
+
+
 # --- pods -------------------------------------------------------------------------------------------
 
 PodEventKind = Literal["added", "ready", "draining", "removed"]

@@ -73,6 +73,7 @@ KV_EVENTS_STREAM = "KV_EVENTS"
 MESH_HEARTBEAT = Subject(
     "mesh.heartbeat.{service}", m.Heartbeat, "Every service instance, every few seconds: who runs, since when, ready or not."
 )
+MESH_PING = Subject("mesh.ping", m.Ping, "Request: every service instance replies with its Heartbeat.")
 PODS = Subject(
     "pods.{kind}.{deployment}.{pod}",
     m.PodEvent,
@@ -95,7 +96,7 @@ KV_EVENTS = Subject(
     KV_EVENTS_STREAM,
 )
 
-ALL: tuple[Subject, ...] = (MESH_HEARTBEAT, PODS, METRICS_PODS, SCALE_DECISIONS, ROUTER_STATS, KV_EVENTS)
+ALL: tuple[Subject, ...] = (MESH_HEARTBEAT, MESH_PING, PODS, METRICS_PODS, SCALE_DECISIONS, ROUTER_STATS, KV_EVENTS)
 
 
 def schema_for(subject: str) -> Subject | None:

@@ -1,0 +1,200 @@
+"""The NATS bus: typed msgpack publish/subscribe of msgspec structs over raw nats-py, plus JetStream setup.
+
+Handlers get decoded structs; a payload that fails to decode is counted in ``decode_errors`` and skipped,
+never allowed to kill the subscription.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, TypeVar
+
+import msgspec
+import nats
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+from nats.js.api import StreamConfig
+from nats.js.errors import BadRequestError, NotFoundError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Handler = Callable[[str, T], Awaitable[None] | None]
+
+_encoder = msgspec.msgpack.Encoder()
+_decoders: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
+
+
+def encode(message: Any) -> bytes:
+    return _encoder.encode(message)
+
+
+def decoder_for(schema: Any) -> msgspec.msgpack.Decoder[Any]:
+    found = _decoders.get(schema)
+    if found is None:
+        found = _decoders[schema] = msgspec.msgpack.Decoder(schema)
+    return found
+
+
+class BusConnectError(Exception):
+    """NATS could not be reached; ``str()`` is one line naming the URL and the setting."""
+
+
+class Bus:
+    def __init__(self, client: NatsClient) -> None:
+        self.client = client
+        self.decode_errors = 0
+
+    @classmethod
+    async def connect(
+        cls, url: str, *, name: str, timeout_s: float = 5.0, setting: str = "BRIXMESH_NATS_URL"
+    ) -> Bus:
+        """Connect within ``timeout_s`` (nats-py retries the servers meanwhile); once connected, the client
+        reconnects forever with a short wait, buffering publishes while the server is away."""
+        try:
+            client = await asyncio.wait_for(
+                nats.connect(
+                    url.split(","),
+                    name=name,
+                    connect_timeout=max(1, int(timeout_s)),
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.25,
+                    error_cb=_log_error,
+                    disconnected_cb=_log_disconnect,
+                    reconnected_cb=_log_reconnect,
+                ),
+                timeout_s,
+            )
+        except (OSError, asyncio.TimeoutError, nats.errors.Error) as exc:
+            reason = "no answer in time" if isinstance(exc, asyncio.TimeoutError) else f"{type(exc).__name__}: {exc}"
+            raise BusConnectError(f"cannot reach NATS at {url} (set {setting}): {reason}") from None
+        return cls(client)
+
+    @property
+    def connected(self) -> bool:
+        return self.client.is_connected
+
+    @property
+    def jetstream(self) -> JetStreamContext:
+        return self.client.jetstream()
+
+    async def publish(self, subject: str, message: Any, headers: dict[str, str] | None = None) -> None:
+        await self.client.publish(subject, _encoder.encode(message), headers=headers)
+
+    async def subscribe(
+        self, pattern: str, schema: type[T] | Any, handler: Handler[T], *, queue: str = ""
+    ) -> Subscription:
+        """Subscribe ``handler(subject, decoded)``; sync handlers run inline (fast path), async ones awaited."""
+        decoder = decoder_for(schema)
+
+        async def on_message(msg: Msg) -> None:
+            try:
+                decoded = decoder.decode(msg.data)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                self.decode_errors += 1
+                return
+            result = handler(msg.subject, decoded)
+            if result is not None:
+                await result
+
+        return await self.client.subscribe(pattern, queue=queue, cb=on_message, pending_msgs_limit=1_000_000)
+
+    async def serve(
+        self, pattern: str, schema: type[T] | Any, responder: Callable[[str, T], Any], *, queue: str = ""
+    ) -> Subscription:
+        """Answer requests on ``pattern``: ``responder(subject, decoded)`` returns the struct to reply with."""
+        decoder = decoder_for(schema)
+
+        async def on_request(msg: Msg) -> None:
+            try:
+                decoded = decoder.decode(msg.data)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                self.decode_errors += 1
+                return
+            if msg.reply:
+                await self.client.publish(msg.reply, _encoder.encode(responder(msg.subject, decoded)))
+
+        return await self.client.subscribe(pattern, queue=queue, cb=on_request)
+
+    async def request(self, subject: str, message: Any, schema: type[T], timeout_s: float = 1.0) -> T:
+        reply = await self.client.request(subject, _encoder.encode(message), timeout=timeout_s)
+        return decoder_for(schema).decode(reply.data)
+
+    async def ensure_stream(self, config: StreamConfig) -> None:
+        """Create the stream, or bring an existing one to ``config``; safe to call from every replica."""
+        js = self.jetstream
+        try:
+            await js.stream_info(config.name)
+        except NotFoundError:
+            try:
+                await js.add_stream(config)
+                return
+            except BadRequestError as exc:
+                if exc.err_code != 10058:  # created concurrently by another replica
+                    raise
+        await js.update_stream(config)
+
+    async def close(self) -> None:
+        if self.client.is_closed:
+            return
+        try:
+            await asyncio.wait_for(self.client.drain(), timeout=5)
+        except (asyncio.TimeoutError, nats.errors.Error):
+            await self.client.close()
+
+
+class Batcher(Generic[T]):
+    """Collects items and flushes them together when ``max_items`` is reached or ``max_delay_s`` has passed.
+
+    For high-rate subjects: one NATS message per batch instead of one per item.
+    """
+
+    def __init__(
+        self, flush: Callable[[list[T]], Awaitable[None]], *, max_items: int = 256, max_delay_s: float = 0.005
+    ) -> None:
+        self._flush = flush
+        self._max_items = max_items
+        self._max_delay_s = max_delay_s
+        self._items: list[T] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._pending: set[asyncio.Task[None]] = set()
+
+    def add(self, item: T) -> None:
+        self._items.append(item)
+        if len(self._items) >= self._max_items:
+            self._schedule_flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._max_delay_s, self._schedule_flush)
+
+    def _schedule_flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._items:
+            return
+        items, self._items = self._items, []
+        task = asyncio.get_running_loop().create_task(self._flush(items))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def drain(self) -> None:
+        self._schedule_flush()
+        if self._pending:
+            await asyncio.gather(*self._pending)
+
+
+async def _log_error(exc: Exception) -> None:
+    log.warning("nats error: %s", exc)
+
+
+async def _log_disconnect() -> None:
+    log.warning("nats disconnected")
+
+
+async def _log_reconnect() -> None:
+    log.info("nats reconnected")

@@ -1,0 +1,1 @@
+"""LoRA adapters: registry, placement, load/unload on engines."""

@@ -1,0 +1,1 @@
+"""Scrapes engine metrics, publishes them normalized, decides replica counts."""

@@ -1,0 +1,12 @@
+from brixmesh.common.service import service_main
+
+from brixmesh.autoscaler.app import build_service
+from brixmesh.autoscaler.settings import AutoscalerSettings
+
+
+def main() -> None:
+    service_main("autoscaler", AutoscalerSettings, build_service)
+
+
+if __name__ == "__main__":
+    main()

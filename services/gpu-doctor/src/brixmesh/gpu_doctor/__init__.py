@@ -1,0 +1,1 @@
+"""Detects and simulates accelerator faults; unhealthy pods get drained."""

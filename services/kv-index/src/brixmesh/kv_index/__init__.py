@@ -1,0 +1,1 @@
+"""Bridges engines' KV-cache events onto NATS (with replay) and serves the KV offload tier."""

@@ -1,0 +1,1 @@
+"""Runs engine pods (local processes, Kubernetes, Ray) and applies scale decisions."""

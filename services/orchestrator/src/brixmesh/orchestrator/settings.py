@@ -1,0 +1,5 @@
+from brixmesh.common.settings import ServiceSettings
+
+
+class OrchestratorSettings(ServiceSettings):
+    """Settings of the orchestrator service (environment variables ``BRIXMESH_*``)."""
