@@ -163,12 +163,14 @@ class EngineApp:
         rid = new_id("chatcmpl" if chat else "cmpl")
         created = int(time.time())
         updated = asyncio.Event()
-        request.on_update = lambda _: updated.set()
         engine = self.r.engine
         if params.stream:
+            request.on_update = lambda _: updated.set()
             engine.submit(request)
             return StreamingResponse(self._stream(request, updated, params, rid, created, model, chat),
                                      media_type="text/event-stream; charset=utf-8")
+        # Without streaming only the end matters: don't wake the handler for every token.
+        request.on_update = lambda r: updated.set() if r.is_finished else None
         engine.submit(request)
         try:
             while not request.is_finished:
@@ -177,8 +179,11 @@ class EngineApp:
         finally:
             if not request.is_finished:
                 engine.abort(request)
-        decoder = tok.incremental_decoder()
-        text = "".join([decoder.push(t) for t in request.output_token_ids])
+        text = tok.decode(request.output_token_ids)
+        if text.endswith("\ufffd"):
+            # Streaming never emits a trailing incomplete character; keep both forms identical.
+            decoder = tok.incremental_decoder()
+            text = "".join([decoder.push(t) for t in request.output_token_ids])
         if params.echo and not chat:
             text = tok.decode(request.prompt_token_ids) + text
         builder = chat_body if chat else completion_body
