@@ -301,7 +301,7 @@ def test_replay_router_serves_buffer_then_end_marker(ctx: zmq.Context, tmp_path:
         bad = ctx.socket(zmq.DEALER)
         bad.setsockopt(zmq.LINGER, 0)
         bad.connect(pub.replay_bound_endpoint)
-        bad.send_multipart([b"", b"\x00"])
+        bad.send_multipart([(0).to_bytes(8, "big")])  # no empty delimiter frame
         assert not bad.poll(300)
         assert pub.stats.bad_replay_requests == 1
         bad.close()

@@ -274,7 +274,8 @@ class ZmqKvEventPublisher:
                 frames = replay.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            if len(frames) != 3 or frames[1] != b"" or len(frames[2]) != 8:
+            # Same leniency as vLLM: any 3-frame request is served, its last frame read as a BE int.
+            if len(frames) != 3:
                 self.stats.bad_replay_requests += 1
                 continue
             self.stats.replay_requests += 1
