@@ -18,7 +18,6 @@ import time
 from dataclasses import dataclass
 
 import zmq
-
 from brixmesh.engine_sim.hashing import HASH_ALGOS, BlockHasher
 from brixmesh.engine_sim.kv_cache import KvCacheManager
 from brixmesh.engine_sim.kv_event_types import BlockRemoved
