@@ -172,11 +172,80 @@ def test_errors(engine) -> None:
         assert too_long.json()["error"]["message"].startswith(
             f"This model's maximum context length is {engine.max_model_len} tokens.")
         assert too_long.json()["error"]["code"] == 400
+        assert too_long.json()["error"]["message"].endswith(
+            f"(parameter=input_tokens, value={engine.max_model_len + 1})")
         no_messages = c.post("/v1/chat/completions", json={"model": engine.model})
         assert no_messages.status_code == 400
-        assert no_messages.json()["error"]["code"] == 400
+        assert no_messages.json()["error"]["type"] == "Bad Request"
+        assert no_messages.json()["error"]["param"] == "body.messages"
+        assert no_messages.json()["error"]["message"].startswith("1 validation error:")
+        assert "'msg': 'Field required'" in no_messages.json()["error"]["message"]
+        bad_json = c.post("/v1/completions", content=b"{nope", headers={"content-type": "application/json"})
+        assert bad_json.status_code == 400
+        assert bad_json.json()["error"]["param"] == "body.1"
+        assert "json_invalid" in bad_json.json()["error"]["message"]
+        options = c.post("/v1/completions", json={"model": engine.model, "prompt": "x",
+                                                  "stream_options": {"include_usage": True}})
+        assert options.status_code == 400
+        assert options.json()["error"]["message"] == (
+            "Stream options can only be defined when `stream=True`. (parameter=stream_options)")
         assert c.get("/no/such/path").json() == {"detail": "Not Found"}
         assert c.get("/v1/completions").status_code == 405
+
+
+COMPLETION_KEYS = {"id", "object", "created", "model", "choices", "service_tier", "system_fingerprint", "usage",
+                   "kv_transfer_params", "ec_transfer_params", "metrics"}
+COMPLETION_CHOICE_KEYS = {"index", "text", "logprobs", "finish_reason", "stop_reason", "token_ids",
+                          "prompt_logprobs", "prompt_token_ids", "routed_experts"}
+CHAT_KEYS = {"id", "object", "created", "model", "choices", "service_tier", "system_fingerprint", "usage",
+             "prompt_logprobs", "prompt_token_ids", "prompt_text", "kv_transfer_params", "ec_transfer_params",
+             "metrics"}
+CHAT_CHOICE_KEYS = {"index", "message", "logprobs", "finish_reason", "stop_reason", "token_ids", "routed_experts"}
+USAGE_KEYS = {"prompt_tokens", "total_tokens", "completion_tokens", "prompt_tokens_details",
+              "completion_tokens_details"}
+
+
+def test_exact_body_keys(engine) -> None:
+    with client(engine) as c:
+        completion = complete(c, engine, "keys", max_tokens=2)
+        chat = c.post("/v1/chat/completions", json={"model": engine.model, "max_tokens": 2,
+                                                    "messages": [{"role": "user", "content": "keys"}]}).json()
+        _, events = sse_events(c, "/v1/chat/completions", {
+            "model": engine.model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
+            "ignore_eos": True, "stream": True,
+            "stream_options": {"include_usage": True, "continuous_usage_stats": True}})
+        _, completion_events = sse_events(c, "/v1/completions", {
+            "model": engine.model, "prompt": "keys", "max_tokens": 2, "ignore_eos": True, "stream": True,
+            "stream_options": {"include_usage": True}})
+    assert set(completion) == COMPLETION_KEYS
+    assert set(completion["choices"][0]) == COMPLETION_CHOICE_KEYS
+    assert set(completion["usage"]) == USAGE_KEYS
+    assert set(chat) == CHAT_KEYS and set(chat["choices"][0]) == CHAT_CHOICE_KEYS
+    assert set(chat["choices"][0]["message"]) == {"role", "content", "refusal", "annotations", "audio",
+                                                  "function_call", "reasoning"}
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert set(chunks[0]) == {"id", "object", "created", "model", "choices", "usage", "prompt_token_ids",
+                              "prompt_text"}
+    assert set(chunks[0]["choices"][0]) == {"index", "delta", "logprobs", "finish_reason"}
+    assert set(chunks[1]["choices"][0]) == {"index", "delta", "logprobs", "finish_reason", "token_ids"}
+    assert set(chunks[1]["usage"]) == {"prompt_tokens", "total_tokens", "completion_tokens",
+                                       "completion_tokens_details"}
+    assert set(chunks[-2]["choices"][0]) == {"index", "delta", "logprobs", "finish_reason", "stop_reason",
+                                             "token_ids"}
+    assert set(chunks[-1]) == {"id", "object", "created", "model", "choices", "usage", "system_fingerprint"}
+    assert set(chunks[-1]["usage"]) == {"prompt_tokens", "total_tokens", "completion_tokens"}
+    completion_chunks = [json.loads(e) for e in completion_events[:-1]]
+    assert all(set(chunk["choices"][0]) == {"index", "text", "logprobs", "finish_reason", "stop_reason",
+                                            "prompt_token_ids", "token_ids"} for chunk in completion_chunks[:-1])
+    assert all("system_fingerprint" not in chunk for chunk in completion_chunks[:-1])
+    assert completion_chunks[-1]["system_fingerprint"].startswith("vllm-0.32.0")
+
+
+def test_max_tokens_is_capped_by_the_context(engine) -> None:
+    with client(engine) as c:
+        body = complete(c, engine, [7] * (engine.max_model_len - 3), max_tokens=50)
+    assert body["usage"]["completion_tokens"] == 3
+    assert body["choices"][0]["finish_reason"] == "length"
 
 
 def test_metric_names_and_labels(engine) -> None:
@@ -294,6 +363,8 @@ def test_lora_load_unload(engine, request: pytest.FixtureRequest) -> None:
             unloaded = c.post("/v1/unload_lora_adapter", json={"lora_name": name})
         assert unloaded.status_code == 200
         assert unloaded.text == f"Success: LoRA adapter '{name}' removed successfully."
+        no_field = c.post("/v1/unload_lora_adapter", json={})
+        assert no_field.status_code == 400 and no_field.json()["error"]["param"] == "body.lora_name"
         missing = c.post("/v1/unload_lora_adapter", json={"lora_name": name})
         assert missing.status_code == 404
         assert missing.json()["error"]["message"] == f"The lora adapter '{name}' cannot be found."

@@ -46,7 +46,8 @@ async def test_saturated_engine_queues_fills_cache_and_preempts() -> None:
 
 @pytest.fixture(scope="module")
 def sim():
-    with sim_engine(["--enable-prompt-tokens-details", "--legacy-metrics"], kv_events=False) as engine:
+    with sim_engine(["--enable-prompt-tokens-details", "--legacy-metrics", "--enable-scale-out"],
+                    kv_events=False) as engine:
         yield engine
 
 

@@ -19,6 +19,7 @@ from brixmesh.engine_sim.errors import ApiError, error_response, model_not_found
 from brixmesh.engine_sim.lora import LoraError
 from brixmesh.engine_sim.protocol import (
     GenerationParams,
+    missing_field,
     chat_messages,
     completion_prompt,
     generation_params,
@@ -55,25 +56,19 @@ class EngineApp:
         return (name, adapter.name, adapter.path, adapter.int_id)
 
     def _check_length(self, prompt_ids: list[int], max_tokens: int | None) -> int:
+        """Output token budget; like vLLM, a too-large max_tokens is capped by the context, not refused."""
         limit = self.r.config.max_model_len
         n = len(prompt_ids)
-        if n > limit or (n == limit and max_tokens is not None):
+        if n >= limit:
             raise ApiError(
                 400,
                 f"This model's maximum context length is {limit} tokens. However, your prompt contains at least "
-                f"{n} input tokens, which exceeds the limit. Please reduce the length of the input prompt.",
+                f"{n} input tokens, which exceeds this limit even without any output tokens. Please reduce the "
+                f"length of the input prompt. (parameter=input_tokens, value={n})",
                 "BadRequestError", "input_tokens",
             )
-        if max_tokens is None:
-            return limit - n
-        if max_tokens > limit - n:
-            raise ApiError(
-                400,
-                f"'max_tokens' or 'max_completion_tokens' is too large: {max_tokens}. This model's maximum context "
-                f"length is {limit} tokens and your request has {n} input tokens ({max_tokens} > {limit} - {n}).",
-                "BadRequestError", "max_tokens",
-            )
-        return max_tokens
+        room = limit - n
+        return room if max_tokens is None else min(max_tokens, room)
 
     async def _gate(self, request: Request) -> None:
         """Faults that hit every generation request before it reaches the engine."""
@@ -287,7 +282,7 @@ class EngineApp:
             else:
                 prompt = body.get("prompt")
                 if not isinstance(prompt, str):
-                    raise ApiError(400, "Field required", "Bad Request", "body.prompt")
+                    raise missing_field("prompt", body)
                 ids = tok.encode(prompt, add_special_tokens=bool(body.get("add_special_tokens", True)))
         except ApiError as exc:
             return exc.response()
@@ -301,7 +296,7 @@ class EngineApp:
             self._resolve_model(body.get("model"))
             tokens = body.get("tokens")
             if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
-                raise ApiError(400, "Field required", "Bad Request", "body.tokens")
+                raise missing_field("tokens", body)
             vocab = self.r.tokenizer.vocab_size
             if any(t < 0 or t >= vocab for t in tokens):
                 raise ApiError(400, f"Token id out of vocabulary (size {vocab}).", "BadRequestError", "tokens")
@@ -310,6 +305,8 @@ class EngineApp:
         return _json({"prompt": self.r.tokenizer.decode(tokens, skip_special_tokens=False)})
 
     async def render(self, http: Request, chat: bool) -> Response:
+        if not self.r.config.enable_scale_out:
+            return error_response(403, "Render endpoints need --enable-scale-out.", "Forbidden")
         try:
             body = parse_json_body(await http.body())
             params = generation_params(body, chat)
@@ -339,6 +336,9 @@ class EngineApp:
             return error_response(400, "LoRA is not enabled (start with --enable-lora).", "BadRequestError")
         try:
             body = parse_json_body(await http.body())
+            for field_name in ("lora_name", "lora_path"):
+                if field_name not in body:
+                    raise missing_field(field_name, body)
             name = body.get("lora_name") or ""
             path = body.get("lora_path") or ""
             inplace = bool(body.get("load_inplace", False))
@@ -360,6 +360,8 @@ class EngineApp:
             return error_response(400, "LoRA is not enabled (start with --enable-lora).", "BadRequestError")
         try:
             body = parse_json_body(await http.body())
+            if "lora_name" not in body:
+                raise missing_field("lora_name", body)
             name = body.get("lora_name") or ""
             self.r.lora.unload(name)
         except ApiError as exc:
@@ -380,7 +382,7 @@ class EngineApp:
     async def reset_prefix_cache(self, http: Request) -> Response:
         if not self.r.engine.reset_prefix_cache():
             return error_response(400, "Failed to reset prefix cache: blocks are still in use.", "BadRequestError")
-        return Response(status_code=200)
+        return _json({"success": True})
 
     async def kv_event_sources(self, http: Request) -> Response:
         cfg = self.r.config.kv_events_config

@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="map = vLLM 0.32 tagged maps; array = legacy positional arrays")
     p.add_argument("--kv-transfer-config", help="accepted; P/D fields are always honoured")
     p.add_argument("--enable-prompt-tokens-details", action="store_true")
+    p.add_argument("--enable-scale-out", action="store_true",
+                   help="serve /v1/*/render (token ids for peer routers); 403 without it, as vLLM")
     p.add_argument("--enforce-eager", action="store_true", help="accepted for compatibility")
     p.add_argument("--dtype", help="accepted for compatibility")
     p.add_argument("--seed", type=int, default=0)
@@ -193,6 +195,7 @@ def configs_from_args(args: argparse.Namespace) -> list[EngineConfig]:
         kv_events_config=kv_events,
         kv_events_encoding=args.kv_events_encoding,
         enable_prompt_tokens_details=args.enable_prompt_tokens_details,
+        enable_scale_out=args.enable_scale_out,
         perf_model=args.perf_model,
         gpu=args.gpu,
         model_profile=args.model_profile,

@@ -33,6 +33,7 @@ class EngineConfig:
     kv_events_config: KvEventsConfig | None = None
     kv_events_encoding: Literal["map", "array"] = "map"
     enable_prompt_tokens_details: bool = False
+    enable_scale_out: bool = False
     perf_model: str = "roofline"
     gpu: str = "h100"
     model_profile: str = "llama-8b"

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import json
+
 import msgspec
 
 from brixmesh.engine_sim.errors import ApiError
@@ -12,23 +14,42 @@ from brixmesh.engine_sim.errors import ApiError
 _DECODER = msgspec.json.Decoder()
 
 
+def _validation_error(kind: str, loc: str, msg: str, input_repr: str, ctx: dict[str, str] | None = None) -> ApiError:
+    """FastAPI/pydantic's request-validation error, as vLLM 0.32 wraps it."""
+    detail: dict[str, Any] = {"type": kind, "loc": loc, "msg": msg, "input": input_repr}
+    if ctx is not None:
+        detail["ctx"] = ctx
+    return ApiError(400, f"1 validation error:\n  {detail!r}", "Bad Request", loc)
+
+
 def parse_json_body(raw: bytes) -> dict[str, Any]:
     try:
         body = _DECODER.decode(raw)
-    except msgspec.DecodeError as exc:
-        raise ApiError(400, f"JSON decode error: {exc}", "Bad Request", "body") from None
+    except msgspec.DecodeError:
+        # Rare path: stdlib json gives the exact message and position pydantic reports.
+        try:
+            json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise _validation_error("json_invalid", f"body.{exc.pos}", "JSON decode error", "<dict of 0 items>",
+                                    {"error": exc.msg}) from None
+        raise _validation_error("json_invalid", "body", "JSON decode error", "<dict of 0 items>") from None
     if not isinstance(body, dict):
-        raise ApiError(400, "Input should be a valid dictionary or object to extract fields from", "Bad Request",
-                       "body")
+        raise _validation_error("model_attributes_type", "body",
+                                "Input should be a valid dictionary or object to extract fields from", repr(body))
     return body
 
 
-def missing_field(name: str) -> ApiError:
-    return ApiError(400, "Field required", "Bad Request", f"body.{name}")
+def missing_field(name: str, body: dict[str, Any]) -> ApiError:
+    return _validation_error("missing", f"body.{name}", "Field required", f"<dict of {len(body)} items>")
 
 
 def invalid_field(name: str, message: str) -> ApiError:
     return ApiError(400, message, "Bad Request", f"body.{name}")
+
+
+def bad_request(message: str, param: str) -> ApiError:
+    """vLLM's BadRequestError: the message names the parameter."""
+    return ApiError(400, f"{message} (parameter={param})", "BadRequestError", param)
 
 
 def _optional_int(body: dict[str, Any], name: str, minimum: int) -> int | None:
@@ -38,7 +59,7 @@ def _optional_int(body: dict[str, Any], name: str, minimum: int) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise invalid_field(name, "Input should be a valid integer")
     if value < minimum:
-        raise ApiError(400, f"{name} must be at least {minimum}, got {value}.", "BadRequestError", name)
+        raise bad_request(f"{name} must be at least {minimum}, got {value}.", name)
     return value
 
 
@@ -65,8 +86,7 @@ def generation_params(body: dict[str, Any], chat: bool) -> GenerationParams:
     if not isinstance(options, dict):
         raise invalid_field("stream_options", "Input should be a valid dictionary")
     if options and not stream:
-        raise ApiError(400, "Stream options can only be defined when `stream=True`.", "BadRequestError",
-                       "stream_options")
+        raise bad_request("Stream options can only be defined when `stream=True`.", "stream_options")
     max_tokens = _optional_int(body, "max_tokens", 1)
     if chat:
         max_completion = _optional_int(body, "max_completion_tokens", 1)
@@ -76,7 +96,7 @@ def generation_params(body: dict[str, Any], chat: bool) -> GenerationParams:
         max_tokens = 16  # OpenAI's completions default, which vLLM keeps
     n = body.get("n", 1)
     if n not in (1, None):
-        raise ApiError(400, "The simulator supports only n=1.", "BadRequestError", "n")
+        raise bad_request("The simulator supports only n=1.", "n")
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise invalid_field("model", "Input should be a valid string")
@@ -85,8 +105,7 @@ def generation_params(body: dict[str, Any], chat: bool) -> GenerationParams:
         raise invalid_field("kv_transfer_params", "Input should be a valid dictionary")
     salt = body.get("cache_salt")
     if salt is not None and (not isinstance(salt, str) or not salt):
-        raise ApiError(400, "Parameter 'cache_salt' must be a non-empty string if provided.", "BadRequestError",
-                       "cache_salt")
+        raise bad_request("Parameter 'cache_salt' must be a non-empty string if provided.", "cache_salt")
     seed = body.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise invalid_field("seed", "Input should be a valid integer")
@@ -109,17 +128,15 @@ def completion_prompt(body: dict[str, Any]) -> str | list[int]:
     """One prompt (text or token ids); batches of prompts are rejected."""
     prompt = body.get("prompt")
     if prompt is None or prompt == "" or prompt == []:
-        raise ApiError(400, "Either prompt or prompt_embeds must be provided and non-empty.", "BadRequestError",
-                       "prompt")
+        raise bad_request("Either prompt or prompt_embeds must be provided and non-empty.", "prompt")
     if isinstance(prompt, list):
         if len(prompt) == 1 and isinstance(prompt[0], (str, list)):
             prompt = prompt[0]
             if prompt == "" or prompt == []:
-                raise ApiError(400, "Either prompt or prompt_embeds must be provided and non-empty.",
-                               "BadRequestError", "prompt")
+                raise bad_request("Either prompt or prompt_embeds must be provided and non-empty.", "prompt")
         elif not all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
-            raise ApiError(400, "The simulator accepts one prompt per request (a string or a list of token ids).",
-                           "BadRequestError", "prompt")
+            raise bad_request("The simulator accepts one prompt per request (a string or a list of token ids).",
+                              "prompt")
     if isinstance(prompt, list):
         if not all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
             raise invalid_field("prompt", "Input should be a valid list of integers")
@@ -132,7 +149,7 @@ def completion_prompt(body: dict[str, Any]) -> str | list[int]:
 def chat_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
     messages = body.get("messages")
     if messages is None:
-        raise missing_field("messages")
+        raise missing_field("messages", body)
     if not isinstance(messages, list):
         raise invalid_field("messages", "Input should be a valid list")
     out: list[dict[str, Any]] = []
