@@ -390,3 +390,16 @@ def test_full_report_mode_reannounces_reused_blocks_with_null_parent() -> None:
     assert isinstance(announced, BlockStored)
     assert announced.block_hashes == first.block_hashes
     assert announced.parent_block_hash is None and announced.token_ids == list(range(12))
+
+
+@dataclass
+class SessionReq(Req):
+    session_id: str | None = "conversation-7"
+
+
+def test_session_id_is_copied_into_stored_events() -> None:
+    mgr = _mgr(20)
+    assert _admit(mgr, SessionReq("s", list(range(9))))
+    assert _admit(mgr, Req("plain", list(range(50, 59))))
+    with_session, without = _stored(mgr.take_events())
+    assert (with_session.session_id, without.session_id) == ("conversation-7", None)

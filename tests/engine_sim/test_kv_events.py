@@ -84,6 +84,9 @@ def test_map_encoding_omits_none_defaults_but_keeps_required_nulls() -> None:
         "lora_name",
     ]
     assert _decode(encode_batch([AllBlocksCleared()], 1.5, 3)) == [1.5, [{"type": "AllBlocksCleared"}], 3]
+    stored.group_idx, stored.kv_cache_spec_kind, stored.session_id = 0, "full_attention", "s-1"
+    [event] = _decode(encode_batch([stored], 1.5, 0))[1]
+    assert list(event)[-3:] == ["group_idx", "kv_cache_spec_kind", "session_id"]
 
 
 def test_array_encoding_is_positional_with_tag_first() -> None:

@@ -37,6 +37,7 @@ class Req:
     lora_int_id: int | None = None
     cache_salt: str | None = None
     num_preemptions: int = 0
+    session_id: str | None = None
 
 
 @dataclass
@@ -45,6 +46,7 @@ class Job:
     max_tokens: int
     lora: bool = False
     cache_salt: str | None = None
+    session_id: str | None = None
 
 
 def _workload() -> list[Job]:
@@ -62,6 +64,7 @@ def _workload() -> list[Job]:
         Job(a[:64] + tokens(80), 10),  # shares two blocks with a
         Job(tokens(70), 5, cache_salt="tenant-1"),
         Job(tokens(70), 5, lora=True),
+        Job(tokens(40), 30, session_id="conversation-7"),
     ]
     jobs += [Job(tokens(300), 20) for _ in range(10)]  # ~100 blocks into a 63-block pool: eviction
     jobs += [Job(a, 40), Job(b, 1)]
@@ -124,6 +127,8 @@ def _complete(client: httpx.Client, model: str, job: Job) -> list[int]:
     }
     if job.cache_salt:
         body["cache_salt"] = job.cache_salt
+    if job.session_id:
+        body["session_id"] = job.session_id
     response = client.post("/v1/completions", json=body)
     response.raise_for_status()
     token_ids = response.json()["choices"][0]["token_ids"]
@@ -134,7 +139,7 @@ def _complete(client: httpx.Client, model: str, job: Job) -> list[int]:
 def _run_sim(jobs: list[Job], generated: list[list[int]], lora_path: str, lora_id: int | None) -> list[Any]:
     mgr = KvCacheManager(64, 32, BlockHasher("sha256", environ={"PYTHONHASHSEED": "0"}))
     for i, (job, output) in enumerate(zip(jobs, generated, strict=True)):
-        req = Req(f"r{i}", list(job.prompt), cache_salt=job.cache_salt)
+        req = Req(f"r{i}", list(job.prompt), cache_salt=job.cache_salt, session_id=job.session_id)
         if job.lora:
             req.lora_name, req.lora_path, req.lora_int_id = LORA, lora_path, lora_id
         req.num_computed_tokens = mgr.get_computed_blocks(req)
@@ -163,6 +168,7 @@ def test_sequential_requests_produce_vllm_identical_events(real_vllm: Any) -> No
     assert len(removed) > 10 and len(set(stored)) < len(stored)
     assert any(e.get("extra_keys") == [["tenant-1"], None] for e in real_events)
     assert any(e.get("lora_name") == LORA for e in real_events)
+    assert any(e.get("session_id") == "conversation-7" for e in real_events)
     assert all(e["type"] != "AllBlocksCleared" for e in real_events)
 
     assert len(sim_events) == len(real_events)

@@ -37,9 +37,10 @@ API (what the scheduler calls, in vLLM's order)::
 
 ``get_computed_blocks`` must be followed by ``allocate_slots`` for the same request before any other
 allocation or free (vLLM's scheduler does exactly that); a stale lookup raises ``RuntimeError``.
-``req`` is any object with the attributes of :class:`CacheRequest` (``SimRequest`` has them). A request
-attribute ``kv_cache_report_mode == "full"`` (vLLM's ``vllm_xargs``) makes a lookup with hits re-announce
-the reused blocks as one ``BlockStored`` with a null parent, as vLLM does.
+``req`` is any object with the attributes of :class:`CacheRequest` (``SimRequest`` has them). Optional
+request attributes, read as vLLM reads them: ``kv_cache_report_mode == "full"`` (from ``vllm_xargs``) makes
+a lookup with hits re-announce the reused blocks as one ``BlockStored`` with a null parent;
+``session_id`` (the request body field) is copied into every ``BlockStored`` the request causes.
 """
 
 from __future__ import annotations
@@ -379,6 +380,7 @@ class KvCacheManager:
             ],
             group_idx=0,
             kv_cache_spec_kind=FULL_ATTENTION,
+            session_id=getattr(req, "session_id", None),
         )
 
     def _evict(self, block: _Block) -> None:

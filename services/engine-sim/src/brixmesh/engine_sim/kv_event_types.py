@@ -37,12 +37,17 @@ class BlockStored(KvCacheEvent):
     group_idx: int | None = None
     kv_cache_spec_kind: str | None = None
     kv_cache_spec_sliding_window: int | None = None
+    locality: str | None = None  # LOCAL/REMOTE (offloading connectors; never set by the simulator)
+    ownership: str | None = None  # offload tier (likewise)
+    session_id: str | None = None  # the request's ``session_id`` body field
 
 
 class BlockRemoved(KvCacheEvent):
     block_hashes: list[int | bytes]
     medium: str | None
     group_idx: int | None = None
+    locality: str | None = None
+    ownership: str | None = None
 
 
 class AllBlocksCleared(KvCacheEvent):
