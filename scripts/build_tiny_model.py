@@ -30,7 +30,12 @@ from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForC
 
 REPO = Path(__file__).resolve().parent.parent
 TOKENIZER_ASSETS = REPO / "services/engine-sim/src/brixmesh/engine_sim/assets/tiny-llama"
-TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"]
+TOKENIZER_FILES = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+]
 
 MODEL_NAME = "tiny-llama"
 BOS_ID, EOS_ID, PAD_ID = 1, 5, 3
@@ -66,7 +71,9 @@ def _check_tokenizer(model_dir: Path) -> None:
     chat = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True)
     ids = chat["input_ids"] if isinstance(chat, dict) or hasattr(chat, "keys") else chat
     if list(ids[:2]) != [BOS_ID, 4]:
-        raise RuntimeError(f"chat template renders {list(ids)[:4]}..., expected to start with <s> <|im_start|>")
+        raise RuntimeError(
+            f"chat template renders {list(ids)[:4]}..., expected to start with <s> <|im_start|>"
+        )
 
 
 def build_base(target: Path) -> None:
@@ -84,7 +91,9 @@ def build_base(target: Path) -> None:
 
 def build_lora(base_dir: Path, target: Path, seed: int) -> None:
     base = LlamaForCausalLM.from_pretrained(base_dir, dtype=torch.bfloat16)
-    config = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=8, lora_alpha=16, lora_dropout=0.0, target_modules=LORA_TARGETS, task_type="CAUSAL_LM"
+    )
     torch.manual_seed(seed)
     model = get_peft_model(base, config)
     generator = torch.Generator().manual_seed(seed)
@@ -118,7 +127,9 @@ def build_all(out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True, help="directory to write tiny-llama/, lora-a/, lora-b/")
+    parser.add_argument(
+        "--out", type=Path, required=True, help="directory to write tiny-llama/, lora-a/, lora-b/"
+    )
     args = parser.parse_args(argv)
     try:
         build_all(args.out.resolve())

@@ -43,8 +43,7 @@ CHAT_TEMPLATE = (
 )
 
 DEFAULT_OUT = (
-    Path(__file__).resolve().parent.parent
-    / "services/engine-sim/src/brixmesh/engine_sim/assets/tiny-llama"
+    Path(__file__).resolve().parent.parent / "services/engine-sim/src/brixmesh/engine_sim/assets/tiny-llama"
 )
 
 COMMON_WORDS = """
@@ -57,8 +56,38 @@ cache block request response server engine route router fleet service data syste
 prompt reply help explain write code python number list table summary short long fast slow small large
 """.split()
 
-ONSETS = ["", "b", "c", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "w", "z",
-          "br", "ch", "cl", "dr", "fl", "gr", "pl", "pr", "sh", "st", "th", "tr"]
+ONSETS = [
+    "",
+    "b",
+    "c",
+    "d",
+    "f",
+    "g",
+    "h",
+    "k",
+    "l",
+    "m",
+    "n",
+    "p",
+    "r",
+    "s",
+    "t",
+    "v",
+    "w",
+    "z",
+    "br",
+    "ch",
+    "cl",
+    "dr",
+    "fl",
+    "gr",
+    "pl",
+    "pr",
+    "sh",
+    "st",
+    "th",
+    "tr",
+]
 VOWELS = ["a", "e", "i", "o", "u", "ai", "ea", "ee", "io", "oo", "ou"]
 CODAS = ["", "", "", "n", "r", "s", "t", "l", "m", "nd", "ng", "rk", "st"]
 PUNCTUATION = [".", ".", ".", ",", "!", "?", ":", ";"]
@@ -167,7 +196,9 @@ def write_tokenizer(out_dir: Path, seed: int = DEFAULT_SEED) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})"
+    )
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="corpus seed (default 0)")
     args = parser.parse_args(argv)
     try:

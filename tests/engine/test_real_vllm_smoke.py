@@ -27,7 +27,9 @@ def _client(engine: VllmEngine) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=engine.base_url, timeout=60.0)
 
 
-async def _complete(client: httpx.AsyncClient, model: str, prompt: str, max_tokens: int = 8) -> dict[str, Any]:
+async def _complete(
+    client: httpx.AsyncClient, model: str, prompt: str, max_tokens: int = 8
+) -> dict[str, Any]:
     body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True}
     response = await client.post("/v1/completions", json=body)
     assert response.status_code == 200, response.text
@@ -84,7 +86,9 @@ async def test_metrics_expose_kv_cache_usage(real_vllm: VllmEngine) -> None:
     async with _client(real_vllm) as client:
         response = await client.get("/metrics")
     assert response.status_code == 200
-    usage_lines = [line for line in response.text.splitlines() if line.startswith("vllm:kv_cache_usage_perc{")]
+    usage_lines = [
+        line for line in response.text.splitlines() if line.startswith("vllm:kv_cache_usage_perc{")
+    ]
     assert usage_lines, "vllm:kv_cache_usage_perc missing from /metrics"
     assert f'model_name="{real_vllm.model}"' in usage_lines[0]
     assert 0.0 <= float(usage_lines[0].rsplit(" ", 1)[1]) <= 1.0
@@ -126,9 +130,10 @@ async def test_kv_events_live_and_replay_with_recomputable_hashes(real_vllm: Vll
                 seq, events = _decode_batch(await subscriber.recv_multipart(), real_vllm.topic)
                 live_seqs.append(seq)
                 for event in events:
-                    if event["type"] == "BlockStored" and event["token_ids"][: real_vllm.block_size] == prompt_ids[
-                        : real_vllm.block_size
-                    ]:
+                    if (
+                        event["type"] == "BlockStored"
+                        and event["token_ids"][: real_vllm.block_size] == prompt_ids[: real_vllm.block_size]
+                    ):
                         assert event["block_size"] == real_vllm.block_size
                         assert event["parent_block_hash"] is None
                         assert len(event["token_ids"]) == real_vllm.block_size * len(event["block_hashes"])
@@ -202,7 +207,9 @@ async def test_lora_load_serve_unload(real_vllm: VllmEngine) -> None:
         finally:
             unloaded = await client.post("/v1/unload_lora_adapter", json={"lora_name": adapter})
         assert unloaded.status_code == 200, unloaded.text
-        gone = await client.post("/v1/completions", json={"model": adapter, "prompt": prompt, "max_tokens": 1})
+        gone = await client.post(
+            "/v1/completions", json={"model": adapter, "prompt": prompt, "max_tokens": 1}
+        )
         assert gone.status_code == 404
         assert gone.json()["error"]["type"] == "NotFoundError"
 

@@ -14,7 +14,9 @@ CAPTURES = Path(__file__).resolve().parents[1] / "fixtures" / "vllm-0.32-cpu"
 
 def _stored_events(name: str) -> list[dict]:
     lines = (CAPTURES / name).read_text().splitlines()
-    return [event for line in lines for event in json.loads(line)["batch"][1] if event["type"] == "BlockStored"]
+    return [
+        event for line in lines for event in json.loads(line)["batch"][1] if event["type"] == "BlockStored"
+    ]
 
 
 @pytest.mark.parametrize("capture", ["kv_events_store_remove.jsonl", "kv_events_all_cleared.jsonl"])

@@ -68,7 +68,9 @@ def test_unknown_startup_adapter_is_rejected_before_spawning(tmp_path: Path) -> 
 
 
 @pytest.mark.vllm
-def test_startup_timeout_reports_and_kills_the_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_startup_timeout_reports_and_kills_the_engine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     install = vllm_engine._require_install()
     pids: list[int] = []
     original_launch = vllm_engine._launch
