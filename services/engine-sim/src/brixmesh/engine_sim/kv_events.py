@@ -38,7 +38,9 @@ from brixmesh.engine_sim.kv_events_config import KvEventsConfig, offset_endpoint
 END_SEQ = (-1).to_bytes(8, "big", signed=True)
 # A batch held back for reordering is sent anyway after this long without a successor.
 _REORDER_HOLD_S = 0.05
+# Replay requests are noticed within this long; without a replay socket the thread sleeps on the queue.
 _IDLE_POLL_S = 0.02
+_IDLE_BLOCK_S = 0.5
 _START_TIMEOUT_S = 5.0
 
 
@@ -48,6 +50,7 @@ class PublisherStats:
     sent: int = 0  # batches written to the PUB socket
     dropped: int = 0  # batches withheld by drop_probability (still replayable)
     overflowed: int = 0  # batches lost because the queue was full (seq gap, not replayable)
+    send_errors: int = 0  # batches the PUB socket refused (still replayable)
     replay_requests: int = 0
     bad_replay_requests: int = 0
 
@@ -206,7 +209,8 @@ class ZmqKvEventPublisher:
                 if replay is not None:
                     self._serve_replay(replay)
                 try:
-                    item = self._queue.get(timeout=_IDLE_POLL_S)
+                    idle = _IDLE_POLL_S if replay is not None or held is not None else _IDLE_BLOCK_S
+                    item = self._queue.get(timeout=idle)
                 except queue.Empty:
                     if held is not None and time.monotonic() - held_since >= _REORDER_HOLD_S:
                         self._send(pub, *held)
@@ -224,6 +228,9 @@ class ZmqKvEventPublisher:
                         drop,
                         reorder,
                     )
+                except zmq.ZMQError:
+                    # The batch stays replayable; consumers see a gap, as with a lost message.
+                    self.stats.send_errors += 1
                 finally:
                     self._queue.task_done()
                 if held is not None and held[0] == seq:
