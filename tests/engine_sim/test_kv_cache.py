@@ -403,3 +403,20 @@ def test_session_id_is_copied_into_stored_events() -> None:
     assert _admit(mgr, Req("plain", list(range(50, 59))))
     with_session, without = _stored(mgr.take_events())
     assert (with_session.session_id, without.session_id) == ("conversation-7", None)
+
+
+@dataclass
+class PromptLogprobsReq(Req):
+    skip_reading_prefix_cache: bool = True
+
+
+def test_requests_that_skip_reading_the_cache_get_no_hit_and_are_not_counted() -> None:
+    mgr = _mgr(20)
+    assert _admit(mgr, Req("a", list(range(9))))
+    queries = mgr.counters.queries
+    skipper = PromptLogprobsReq("p", list(range(9)))
+    assert mgr.get_computed_blocks(skipper) == 0
+    assert _admit(mgr, skipper)
+    assert mgr.counters.queries == queries
+    # Its blocks are still cached (a duplicate of a's), reading is what it skips.
+    assert _stored(mgr.take_events())[-1].block_hashes == _ext(mgr, list(range(8)))

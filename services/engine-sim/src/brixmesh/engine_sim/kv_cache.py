@@ -40,7 +40,8 @@ allocation or free (vLLM's scheduler does exactly that); a stale lookup raises `
 ``req`` is any object with the attributes of :class:`CacheRequest` (``SimRequest`` has them). Optional
 request attributes, read as vLLM reads them: ``kv_cache_report_mode == "full"`` (from ``vllm_xargs``) makes
 a lookup with hits re-announce the reused blocks as one ``BlockStored`` with a null parent;
-``session_id`` (the request body field) is copied into every ``BlockStored`` the request causes.
+``session_id`` (the request body field) is copied into every ``BlockStored`` the request causes;
+``skip_reading_prefix_cache`` (vLLM sets it for ``prompt_logprobs``) makes the lookup return 0 uncounted.
 """
 
 from __future__ import annotations
@@ -195,7 +196,8 @@ class KvCacheManager:
             raise ValueError(
                 f"request {req.request_id!r} already holds KV blocks; look up only before admission"
             )
-        if not self.enable_prefix_caching:
+        # vLLM skips the lookup (and its counters) for requests that must recompute, e.g. prompt_logprobs.
+        if not self.enable_prefix_caching or getattr(req, "skip_reading_prefix_cache", False):
             return 0
         previous = self._lookup
         # A request that did not fit is looked up again next step: reuse its hashes.
