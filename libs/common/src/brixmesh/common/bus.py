@@ -48,6 +48,7 @@ class Bus:
     def __init__(self, client: NatsClient) -> None:
         self.client = client
         self.decode_errors = 0
+        self.closing = False
 
     @classmethod
     async def connect(
@@ -55,6 +56,12 @@ class Bus:
     ) -> Bus:
         """Connect within ``timeout_s`` (nats-py retries the servers meanwhile); once connected, the client
         reconnects forever with a short wait, buffering publishes while the server is away."""
+        owner: list[Bus] = []
+
+        async def on_disconnect() -> None:
+            if not (owner and owner[0].closing):
+                log.warning("nats disconnected")
+
         try:
             client = await asyncio.wait_for(
                 nats.connect(
@@ -65,7 +72,7 @@ class Bus:
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=0.25,
                     error_cb=_log_error,
-                    disconnected_cb=_log_disconnect,
+                    disconnected_cb=on_disconnect,
                     reconnected_cb=_log_reconnect,
                 ),
                 timeout_s,
@@ -73,7 +80,9 @@ class Bus:
         except (OSError, asyncio.TimeoutError, nats.errors.Error) as exc:
             reason = "no answer in time" if isinstance(exc, asyncio.TimeoutError) else f"{type(exc).__name__}: {exc}"
             raise BusConnectError(f"cannot reach NATS at {url} (set {setting}): {reason}") from None
-        return cls(client)
+        bus = cls(client)
+        owner.append(bus)
+        return bus
 
     @property
     def connected(self) -> bool:
@@ -142,6 +151,7 @@ class Bus:
     async def close(self) -> None:
         if self.client.is_closed:
             return
+        self.closing = True
         try:
             await asyncio.wait_for(self.client.drain(), timeout=5)
         except (asyncio.TimeoutError, nats.errors.Error):
@@ -190,10 +200,6 @@ class Batcher(Generic[T]):
 
 async def _log_error(exc: Exception) -> None:
     log.warning("nats error: %s", exc)
-
-
-async def _log_disconnect() -> None:
-    log.warning("nats disconnected")
 
 
 async def _log_reconnect() -> None:

@@ -1,0 +1,139 @@
+"""Entry point of the ``brixmesh`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import msgspec
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from brixmesh.common.bus import BusConnectError
+from brixmesh.common.ports import port_is_free
+from brixmesh.common.servers import ServerStartError
+
+from brixmesh.cli.mesh import Mesh, MeshOptions, run_until_signal
+from brixmesh.cli.state import default_state_dir, read_record, resolve_nats_url
+from brixmesh.cli.status import collect_heartbeats
+from brixmesh.cli.tap import tap as run_tap
+
+app = typer.Typer(help="brixmesh: one OpenAI endpoint over a fleet of LLM engines.", no_args_is_help=True,
+                  add_completion=False, pretty_exceptions_enable=False)
+# piped output (CI logs, tests) gets wide tables instead of 80-column truncation
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+errors = Console(stderr=True, highlight=False)
+
+StateDir = Annotated[Path, typer.Option("--state-dir", help="Where the mesh keeps data, logs and its record.")]
+NatsUrl = Annotated[str | None, typer.Option("--nats-url", help="NATS server (default: the running mesh's).")]
+
+
+def fail(message: str) -> typer.Exit:
+    errors.print(f"brixmesh: {message}", markup=False)
+    return typer.Exit(2)
+
+
+@app.command()
+def up(
+    port: Annotated[int, typer.Option(help="Port of the OpenAI endpoint (the router).")] = 8000,
+    engines: Annotated[int, typer.Option(help="Engine pods of the default deployment.")] = 0,
+    engine: Annotated[str, typer.Option(help="Engine kind: sim (simulator) or vllm (real vLLM on CPU).")] = "sim",
+    model: Annotated[str, typer.Option(help="Served model name of the default deployment.")] = "tiny-llama",
+    nats_url: Annotated[str | None, typer.Option(help="Use this NATS server instead of starting one.")] = None,
+    state_dir: StateDir = default_state_dir(),
+    ready_timeout: Annotated[float, typer.Option(help="Seconds to wait for every service to be ready.")] = 120.0,
+) -> None:
+    """Run the whole mesh on this machine: NATS and every service, until Ctrl-C."""
+    if engine not in ("sim", "vllm"):
+        raise fail(f"--engine must be sim or vllm, not {engine!r}")
+    if engines < 0:
+        raise fail("--engines must be 0 or more")
+    if not port_is_free(port):
+        raise fail(f"port {port} on 127.0.0.1 is in use; choose another with --port")
+    running = read_record(state_dir)
+    if running is not None:
+        raise fail(f"a mesh is already running from {state_dir} (pid {running.pid}, {running.openai_base_url})")
+    options = MeshOptions(port, state_dir, nats_url, engines, engine, model, ready_timeout)
+    mesh = Mesh(options, report=lambda line: console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {line}"))
+
+    def started(not_ready: list[str]) -> None:
+        table = Table(title="brixmesh is up", title_justify="left")
+        for column in ("service", "state", "pid", "url", "log"):
+            table.add_column(column)
+        table.add_row("nats", "ready", str(mesh.nats.process.pid) if mesh.nats and mesh.nats.process else "-",
+                      mesh.nats_url, "")
+        for service in mesh.services.values():
+            process = service.process
+            state = process.state.value
+            table.add_row(service.name, f"[green]{state}[/]" if state == "ready" else f"[red]{state}[/]",
+                          str(process.pid), service.url, str(process.spec.log_path))
+        console.print(table)
+        if not_ready:
+            console.print(f"[red]not ready after {ready_timeout:.0f}s:[/] {', '.join(not_ready)} (see their logs)")
+        console.print(f"OpenAI endpoint: [bold]{mesh.openai_base_url}[/]   (Ctrl-C stops everything)")
+
+    try:
+        asyncio.run(run_until_signal(mesh, started))
+    except ServerStartError as exc:
+        raise fail(str(exc)) from None
+    console.print("brixmesh stopped")
+
+
+@app.command()
+def status(
+    nats_url: NatsUrl = None,
+    state_dir: StateDir = default_state_dir(),
+    wait: Annotated[float, typer.Option(help="Seconds to collect answers.")] = 0.7,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """What is running, from the services' own answers on the bus."""
+    url = resolve_nats_url(nats_url, state_dir)
+    if url is None:
+        raise fail("no running mesh found; start one with `brixmesh up` or pass --nats-url")
+    try:
+        beats = asyncio.run(collect_heartbeats(url, wait))
+    except BusConnectError as exc:
+        raise fail(str(exc)) from None
+    if as_json:
+        print(json.dumps(msgspec.to_builtins(beats)))
+    else:
+        table = Table(title=f"services on {url}", title_justify="left")
+        for column in ("service", "instance", "ready", "pid", "uptime", "version", "url"):
+            table.add_column(column)
+        for beat in beats:
+            table.add_row(beat.service, beat.instance_id, "[green]yes[/]" if beat.ready else "[red]no[/]",
+                          str(beat.pid), f"{beat.uptime_s:.0f}s", beat.version, beat.http_url)
+        console.print(table)
+    if not beats:
+        raise typer.Exit(1)
+
+
+@app.command()
+def tap(
+    subjects: Annotated[list[str], typer.Argument(help="Subjects to watch; wildcards * and > allowed.")],
+    nats_url: NatsUrl = None,
+    state_dir: StateDir = default_state_dir(),
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per message.")] = False,
+    count: Annotated[int | None, typer.Option(help="Stop after this many messages.")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
+) -> None:
+    """Print every message on SUBJECTS, decoded with its schema, one line each."""
+    url = resolve_nats_url(nats_url, state_dir)
+    if url is None:
+        raise fail("no running mesh found; start one with `brixmesh up` or pass --nats-url")
+    try:
+        code = asyncio.run(run_tap(url, subjects, as_json=as_json, count=count, timeout_s=timeout))
+    except BusConnectError as exc:
+        raise fail(str(exc)) from None
+    except KeyboardInterrupt:
+        code = 0
+    raise typer.Exit(code)
+
+
+if __name__ == "__main__":
+    app()

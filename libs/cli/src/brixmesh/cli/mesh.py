@@ -1,0 +1,135 @@
+"""``brixmesh up``: the embedded mesh. nats-server first, then every service as a supervised subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from brixmesh.common.ports import free_port
+from brixmesh.common.servers import NatsServer
+from brixmesh.common.supervisor import ProcessSpec, ProcessState, ReadinessProbe, SupervisedProcess, Supervisor
+
+from brixmesh.cli.state import MeshRecord, record_path, write_record
+
+SERVICES = ("orchestrator", "kv-index", "autoscaler", "adapter-manager", "gpu-doctor", "router")
+"""Start order: the router last, so that it finds pods and the KV index already announced."""
+
+
+@dataclass(frozen=True)
+class MeshOptions:
+    port: int
+    state_dir: Path
+    nats_url: str | None
+    engines: int
+    engine: str
+    model: str
+    ready_timeout_s: float
+
+
+@dataclass(frozen=True)
+class RunningService:
+    name: str
+    url: str
+    process: SupervisedProcess
+
+
+def service_spec(name: str, port: int, nats_url: str, options: MeshOptions) -> ProcessSpec:
+    env = {
+        "BRIXMESH_NATS_URL": nats_url,
+        "BRIXMESH_HOST": "127.0.0.1",
+        "BRIXMESH_PORT": str(port),
+        "BRIXMESH_STATE_DIR": str(options.state_dir.resolve()),
+        "BRIXMESH_LOG_FORMAT": "json",
+    }
+    if name == "orchestrator":
+        env |= {
+            "BRIXMESH_DEFAULT_ENGINES": str(options.engines),
+            "BRIXMESH_DEFAULT_ENGINE": options.engine,
+            "BRIXMESH_DEFAULT_MODEL": options.model,
+        }
+    return ProcessSpec(
+        name=name,
+        argv=[sys.executable, "-m", f"brixmesh.{name.replace('-', '_')}"],
+        env=env,
+        log_path=options.state_dir / "logs" / f"{name}.log",
+        readiness=ReadinessProbe(f"http://127.0.0.1:{port}/readyz", timeout_s=options.ready_timeout_s),
+    )
+
+
+class Mesh:
+    def __init__(self, options: MeshOptions, report: Callable[[str], None]) -> None:
+        self.options = options
+        self.report = report
+        self.nats: NatsServer | None = None
+        self.nats_url = options.nats_url or ""
+        self.services: dict[str, RunningService] = {}
+        self.supervisor = Supervisor(on_state=self._on_state)
+        self._started = False
+
+    @property
+    def openai_base_url(self) -> str:
+        return f"http://127.0.0.1:{self.options.port}/v1"
+
+    async def start(self) -> list[str]:
+        """Start everything; returns the services that did not become ready in time."""
+        if not self.nats_url:
+            self.nats = await asyncio.to_thread(NatsServer(self.options.state_dir / "nats").start)
+            self.nats_url = self.nats.url
+        for name in SERVICES:
+            port = self.options.port if name == "router" else free_port()
+            spec = service_spec(name, port, self.nats_url, self.options)
+            self.services[name] = RunningService(name, f"http://127.0.0.1:{port}", self.supervisor.add(spec))
+        self.supervisor.start_all()
+        not_ready = await self.supervisor.wait_all_ready(self.options.ready_timeout_s)
+        self._started = True
+        write_record(
+            self.options.state_dir,
+            MeshRecord(
+                pid=os.getpid(),
+                nats_url=self.nats_url,
+                openai_base_url=self.openai_base_url,
+                services={name: s.url for name, s in self.services.items()},
+            ),
+        )
+        return not_ready
+
+    async def stop(self) -> None:
+        await self.supervisor.stop_all()
+        if self.nats is not None:
+            await asyncio.to_thread(self.nats.stop)
+        record_path(self.options.state_dir).unlink(missing_ok=True)
+
+    def _on_state(self, process: SupervisedProcess, state: ProcessState) -> None:
+        if not self._started:
+            return
+        name = process.spec.name
+        if state is ProcessState.BACKOFF:
+            self.report(f"{name} exited with code {process.last_exit_code}; restarting (restart #{process.restarts + 1})")
+        elif state is ProcessState.CRASHLOOP:
+            self.report(f"{name} is crash-looping (exit code {process.last_exit_code}); log: {process.spec.log_path}")
+        elif state is ProcessState.READY:
+            self.report(f"{name} ready again (pid {process.pid})")
+
+
+async def run_until_signal(mesh: Mesh, on_started: Callable[[list[str]], None]) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        starting = asyncio.ensure_future(mesh.start())
+        stopped_early = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({starting, stopped_early}, return_when=asyncio.FIRST_COMPLETED)
+        if starting.done():
+            on_started(starting.result())
+            await stop.wait()
+        else:
+            starting.cancel()
+        stopped_early.cancel()
+    finally:
+        await mesh.stop()

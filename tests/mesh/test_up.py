@@ -1,0 +1,137 @@
+"""``brixmesh up`` as a new user runs it: the whole mesh, status, tap, a killed service, a clean stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from brixmesh.common.ports import free_port
+
+BRIXMESH = [sys.executable, "-m", "brixmesh.cli.main"]
+SERVICES = {"orchestrator", "kv-index", "autoscaler", "adapter-manager", "gpu-doctor", "router"}
+
+
+@dataclass
+class RunningMesh:
+    process: subprocess.Popen[str]
+    state_dir: Path
+    port: int
+    printed: str
+
+    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*BRIXMESH, *args, "--state-dir", str(self.state_dir)], capture_output=True,
+                              text=True, timeout=timeout)
+
+    def status(self) -> list[dict]:
+        result = self.cli("status", "--json")
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+
+def _wait_for_text(process: subprocess.Popen[str], log: Path, needle: str, timeout_s: float) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        text = log.read_text(errors="replace") if log.exists() else ""
+        if needle in text:
+            return text
+        if process.poll() is not None:
+            raise AssertionError(f"brixmesh up exited with {process.returncode}: {text}")
+        time.sleep(0.1)
+    raise AssertionError(f"{needle!r} not printed within {timeout_s}s: {log.read_text(errors='replace')}")
+
+
+@pytest.fixture
+def mesh(tmp_path: Path) -> Iterator[RunningMesh]:
+    port = free_port()
+    state_dir = tmp_path / "state"
+    log = tmp_path / "up.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [*BRIXMESH, "up", "--port", str(port), "--state-dir", str(state_dir)],
+            stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+            env={**os.environ, "BRIXMESH_HEARTBEAT_INTERVAL_S": "0.5"},
+        )
+    try:
+        printed = _wait_for_text(process, log, "OpenAI endpoint", 180)
+        yield RunningMesh(process, state_dir, port, printed)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                raise
+
+
+def test_up_status_tap_restart_and_clean_stop(mesh: RunningMesh) -> None:
+    printed = mesh.printed
+    assert f"http://127.0.0.1:{mesh.port}/v1" in printed
+    for service in SERVICES:
+        assert service in printed
+
+    beats = mesh.status()
+    assert {b["service"] for b in beats} == SERVICES
+    assert all(b["ready"] for b in beats)
+
+    tapped = mesh.cli("tap", "mesh.>", "--count", "6", "--json", "--timeout", "30")
+    assert tapped.returncode == 0, tapped.stderr
+    lines = [json.loads(line) for line in tapped.stdout.splitlines()]
+    assert len(lines) == 6
+    assert all(line["schema"] == "Heartbeat" and line["subject"].startswith("mesh.heartbeat.") for line in lines)
+
+    router = next(b for b in beats if b["service"] == "router")
+    os.kill(router["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    new_router = None
+    while time.monotonic() < deadline and new_router is None:
+        tapped = mesh.cli("tap", "mesh.heartbeat.router", "--count", "1", "--json", "--timeout", "5")
+        for line in tapped.stdout.splitlines():
+            data = json.loads(line)["data"]
+            if data["instance_id"] != router["instance_id"]:
+                new_router = data
+    assert new_router is not None, "the restarted router never heartbeated"
+    assert new_router["pid"] != router["pid"]
+
+    pids = [b["pid"] for b in mesh.status() if b["service"] in SERVICES]
+    mesh.process.send_signal(signal.SIGINT)
+    assert mesh.process.wait(60) == 0
+    time.sleep(0.5)
+    leftovers = []
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+            leftovers.append(pid)
+        except ProcessLookupError:
+            pass
+    assert leftovers == []
+    assert not (mesh.state_dir / "mesh.json").exists()
+
+
+def test_status_without_a_mesh_is_a_one_line_error(tmp_path: Path) -> None:
+    result = subprocess.run([*BRIXMESH, "status", "--state-dir", str(tmp_path)], capture_output=True, text=True,
+                            timeout=60, env={k: v for k, v in os.environ.items() if k != "BRIXMESH_NATS_URL"})
+    assert result.returncode == 2
+    assert result.stderr.strip() == "brixmesh: no running mesh found; start one with `brixmesh up` or pass --nats-url"
+
+
+def test_up_refuses_a_busy_port(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run([*BRIXMESH, "up", "--port", str(port), "--state-dir", str(tmp_path)],
+                                capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"brixmesh: port {port} on 127.0.0.1 is in use; choose another with --port"
