@@ -1,0 +1,94 @@
+"""What a scorer may know about one request."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import msgspec
+
+ApiKind = Literal["chat", "completions", "embeddings"]
+Tokenizer = Callable[["RequestContext"], Awaitable[list[int] | None]]
+
+
+class Usage(msgspec.Struct):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+_UNSET: Any = object()
+
+
+@dataclass(slots=True, eq=False)
+class RequestContext:
+    """One request as the router sees it.
+
+    ``model`` is the name the client asked for; when it is an adapter, ``adapter`` is that name and
+    ``base_model`` the model the adapter belongs to (else ``adapter`` is None and ``base_model == model``).
+    The prompt is in exactly one of ``messages`` (chat), ``prompt_text`` or ``prompt_token_ids``.
+    """
+
+    request_id: str
+    api: ApiKind
+    model: str
+    body: Mapping[str, Any]
+    base_model: str = ""
+    adapter: str | None = None
+    messages: list[Any] | None = None
+    prompt_text: str | None = None
+    prompt_token_ids: list[int] | None = None
+    user: str | None = None
+    session_id: str | None = None
+    stream: bool = False
+    headers: Mapping[str, str] = field(default_factory=dict)
+    tokenizer: Tokenizer | None = None
+    prefix_hashes: list[int] | None = None
+    """Approximate prefix block hashes, set by the prefix-cache scorer; shared with other router replicas."""
+    _token_ids: Any = _UNSET
+    _routing_text: str | None = None
+
+    @property
+    def routing_text(self) -> str:
+        """The prompt as one string (chat messages flattened role by role): what approximate prefix matching
+        hashes. Token-id prompts are rendered as their decimal ids."""
+        if self._routing_text is None:
+            self._routing_text = prompt_as_text(self.messages, self.prompt_text, self.prompt_token_ids)
+        return self._routing_text
+
+    async def token_ids(self) -> list[int] | None:
+        """Prompt token ids: given by the client, else from ``tokenizer`` (computed once), else None."""
+        if self.prompt_token_ids is not None:
+            return self.prompt_token_ids
+        if self._token_ids is _UNSET:
+            self._token_ids = await self.tokenizer(self) if self.tokenizer is not None else None
+        return self._token_ids
+
+    def estimated_prompt_tokens(self) -> int:
+        """Cheap estimate (4 characters per token) for limits and latency scoring before any tokenizer."""
+        if self.prompt_token_ids is not None:
+            return len(self.prompt_token_ids)
+        return max(1, len(self.routing_text) // 4)
+
+    def max_output_tokens(self, default: int = 128) -> int:
+        value = self.body.get("max_completion_tokens") or self.body.get("max_tokens")
+        return value if isinstance(value, int) and value > 0 else default
+
+
+def prompt_as_text(messages: list[Any] | None, text: str | None, token_ids: list[int] | None) -> str:
+    if messages is not None:
+        parts = []
+        for message in messages:
+            if not isinstance(message, dict):
+                continue
+            content = message.get("content")
+            if isinstance(content, list):  # content parts: keep the text ones
+                content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+            parts.append(f"<{message.get('role', '')}>{content if isinstance(content, str) else ''}")
+        return "".join(parts)
+    if text is not None:
+        return text
+    if token_ids is not None:
+        return ",".join(map(str, token_ids))
+    return ""

@@ -1,0 +1,73 @@
+"""The routing pipeline: filters -> scorers -> load guard -> picker, plus the lifecycle hooks."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from brixmesh.router.routing.context import RequestContext, Usage
+from brixmesh.router.routing.endpoint import Endpoint
+from brixmesh.router.routing.filters import candidates
+from brixmesh.router.routing.picker import rank
+from brixmesh.router.routing.registry import Strategy, StrategyRegistry
+
+
+class NoEndpoint(LookupError):
+    """No ready endpoint can serve the request right now."""
+
+
+@dataclass(slots=True)
+class RoutingDecision:
+    ranked: list[Endpoint]
+    """Candidates best first: the first is the target, the rest are retry targets in order."""
+    strategy: Strategy
+    scores: dict[str, float]
+    decision_s: float
+
+
+class Router:
+    def __init__(self, registry: StrategyRegistry) -> None:
+        self.registry = registry
+        self.env = registry.env
+
+    async def route(
+        self, ctx: RequestContext, pods: Sequence[Endpoint], strategy: Strategy, now: float | None = None
+    ) -> RoutingDecision:
+        started = time.perf_counter()
+        now = time.monotonic() if now is None else now
+        if ctx.tokenizer is None:
+            ctx.tokenizer = self.env.tokenizer
+        found = candidates(ctx, pods, now)
+        if not found:
+            raise NoEndpoint(ctx.model)
+        load = self.env.load
+        for pod in found:
+            pod.in_flight = load.count(pod.name)
+        for scorer, _weight in strategy.parts:
+            prepare = getattr(scorer, "prepare", None)
+            if prepare is not None:
+                await prepare(ctx)
+        totals = dict.fromkeys((pod.name for pod in found), 0.0)
+        overloaded = self.env.guard.overloaded(found) if strategy.has_affinity else set()
+        for scorer, weight in strategy.parts:
+            scores = scorer.score(ctx, found)
+            restrain = scorer.category == "affinity" and overloaded
+            for name, value in scores.items():
+                if name in totals and not (restrain and name in overloaded):
+                    totals[name] += weight * value
+        by_name = {pod.name: pod for pod in found}
+        ranked = [by_name[name] for name in rank(totals, self.env.rng)]
+        return RoutingDecision(ranked, strategy, totals, time.perf_counter() - started)
+
+    def routed(self, ctx: RequestContext, decision: RoutingDecision, pod: Endpoint) -> None:
+        for scorer, _weight in decision.strategy.parts:
+            hook = getattr(scorer, "on_routed", None)
+            if hook is not None:
+                hook(ctx, pod)
+
+    def completed(self, ctx: RequestContext, decision: RoutingDecision, pod: Endpoint, usage: Usage | None) -> None:
+        for scorer, _weight in decision.strategy.parts:
+            hook = getattr(scorer, "on_completed", None)
+            if hook is not None:
+                hook(ctx, pod, usage)
