@@ -61,6 +61,34 @@ class PodEvent(msgspec.Struct, kw_only=True):
     reason: str = ""
 
 
+PodPhase = Literal["starting", "ready", "restarting", "crashloop", "draining", "exited"]
+
+
+class PodStatus(msgspec.Struct, kw_only=True):
+    """One pod as the orchestrator sees it now: ``ready`` means it may receive requests."""
+
+    pod: PodInfo
+    phase: PodPhase
+    ready: bool
+    restarts: int = 0
+    pid: int = 0
+    created_at: float
+    phase_since: float
+
+
+class PodListRequest(msgspec.Struct, kw_only=True):
+    """Asks the orchestrator for its current pods; empty filters match everything."""
+
+    deployment: str = ""
+    model: str = ""
+
+
+class PodList(msgspec.Struct, kw_only=True):
+    pods: list[PodStatus]
+    ts: float
+    orchestrator: str = ""
+
+
 # --- metrics ----------------------------------------------------------------------------------------
 
 

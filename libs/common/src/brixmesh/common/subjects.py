@@ -79,6 +79,11 @@ PODS = Subject(
     m.PodEvent,
     "Pod lifecycle from the orchestrator: added, ready, draining, removed; carries endpoints and labels.",
 )
+PODS_LIST = Subject(
+    "pods.list",
+    m.PodListRequest,
+    "Request: the orchestrator replies with a PodList of its current pods, so late starters need not wait.",
+)
 METRICS_PODS = Subject(
     "metrics.pods.{pod}", m.PodMetrics, "Normalized engine metrics scraped by the autoscaler (stale flag on failure).", "high"
 )
@@ -96,7 +101,9 @@ KV_EVENTS = Subject(
     KV_EVENTS_STREAM,
 )
 
-ALL: tuple[Subject, ...] = (MESH_HEARTBEAT, MESH_PING, PODS, METRICS_PODS, SCALE_DECISIONS, ROUTER_STATS, KV_EVENTS)
+ALL: tuple[Subject, ...] = (
+    MESH_HEARTBEAT, MESH_PING, PODS, PODS_LIST, METRICS_PODS, SCALE_DECISIONS, ROUTER_STATS, KV_EVENTS
+)
 
 
 def schema_for(subject: str) -> Subject | None:
