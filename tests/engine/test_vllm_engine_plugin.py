@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from brixmesh.common.vllm_cpu import first_exception_line
 from tests.plugins import vllm_engine
 from tests.plugins.vllm_engine import VllmNotInstalled, VllmStartError, find_install, vllm_engine as engine_cm
 
@@ -55,9 +56,9 @@ def test_first_exception_line_skips_consequences(tmp_path: Path) -> None:
         "ValueError: No common block size for 16\n"
         "RuntimeError: Engine core initialization failed. See root cause above.\n"
     )
-    assert vllm_engine._first_exception_line(log) == "ValueError: No common block size for 16"
+    assert first_exception_line(log) == "ValueError: No common block size for 16"
     log.write_text("INFO all fine\n")
-    assert vllm_engine._first_exception_line(log) is None
+    assert first_exception_line(log) is None
 
 
 def test_unknown_startup_adapter_is_rejected_before_spawning(tmp_path: Path) -> None:

@@ -88,13 +88,27 @@ from brixmesh.common.vllm_cpu import (
 )
 
 __all__ = [
-    "BLOCK_SIZE", "LORA_NAMES", "MAX_MODEL_LEN", "MODEL_NAME", "NUM_BLOCKS", "SETUP_HINT", "TOPIC", "VLLM_VERSION",
-    "VllmEngine", "VllmInstall", "VllmNotInstalled", "VllmStartError", "cache_dir", "find_install",
-    "published_block_hash", "start_vllm_engine", "start_vllm_engines", "vllm_block_digests", "vllm_engine",
+    "BLOCK_SIZE",
+    "LORA_NAMES",
+    "MAX_MODEL_LEN",
+    "MODEL_NAME",
+    "NUM_BLOCKS",
+    "SETUP_HINT",
+    "TOPIC",
+    "VLLM_VERSION",
+    "VllmEngine",
+    "VllmInstall",
+    "VllmNotInstalled",
+    "VllmStartError",
+    "cache_dir",
+    "find_install",
+    "published_block_hash",
+    "start_vllm_engine",
+    "start_vllm_engines",
+    "vllm_block_digests",
+    "vllm_engine",
     "vllm_engines",
 ]
-
-_first_exception_line = first_exception_line  # the name this plugin's own tests use
 
 STARTUP_TIMEOUT_S = 180.0
 STOP_GRACE_S = 15.0
@@ -179,7 +193,7 @@ class _Launch:
         shutil.rmtree(self.runtime_dir, ignore_errors=True)
 
     def failure(self, reason: str) -> VllmStartError:
-        cause = _first_exception_line(self.engine.log_path)
+        cause = first_exception_line(self.engine.log_path)
         return VllmStartError(
             f"vLLM engine {reason}: {cause or 'no exception in the log'}\n"
             f"log {self.engine.log_path}, last lines:\n{_log_tail(self.engine.log_path)}"
