@@ -52,6 +52,7 @@ class EngineInfo:
     gpu_memory_utilization: float
     max_loras: int
     lora_enabled: bool
+    kv_bytes_per_token: int
 
 
 @dataclass(slots=True)
@@ -164,28 +165,56 @@ class VllmMetrics:
         if info.lora_enabled:
             self._lora_info = Gauge("vllm:lora_requests_info", "Running stats on lora requests.",
                                     ["max_lora", "waiting_lora_adapters", "running_lora_adapters"], registry=registry)
-        self._cache_config_info(info, names, label)
+        self._cache_config_info(info)
         self.legacy = legacy
         if legacy:
             self._register_legacy(names, label)
 
-    def _cache_config_info(self, info: EngineInfo, names: list[str], label: dict[str, str]) -> None:
+    def _cache_config_info(self, info: EngineInfo) -> None:
+        # Every label vLLM 0.32 exports (no model_name on this one), values from our configuration.
+        tokens = info.block_size * info.num_gpu_blocks
         values = {
+            "_block_size_resolved": "True",
             "block_size": str(info.block_size),
             "cache_dtype": "auto",
+            "cache_hit_alignment_tokens": "None",
+            "effective_attention_block_size": str(info.block_size),
+            "enable_mamba_shared_prefix_checkpoint": "False",
             "enable_prefix_caching": str(info.enable_prefix_caching),
+            "engine": str(info.engine_index),
             "gpu_memory_utilization": str(info.gpu_memory_utilization),
-            "kv_cache_size_tokens": str(info.block_size * info.num_gpu_blocks),
+            "hash_block_size": "None",
+            "is_attention_free": "False",
+            "kv_cache_dtype_skip_layers": "[]",
+            "kv_cache_layout": "None",
+            "kv_cache_max_concurrency": str(round(tokens / info.max_model_len, 2)),
+            "kv_cache_memory_bytes": str(tokens * info.kv_bytes_per_token),
+            "kv_cache_size_tokens": str(tokens),
+            "kv_offloading_backend": "native",
+            "kv_offloading_size": "None",
+            "kv_sharing_fast_prefill": "False",
+            "mamba_block_size": "None",
+            "mamba_cache_dtype": "auto",
+            "mamba_cache_mode": "none",
+            "mamba_page_size_padded": "None",
+            "mamba_ssm_cache_dtype": "float32",
             "num_cpu_blocks": "None",
             "num_gpu_blocks": str(info.num_gpu_blocks),
             "num_gpu_blocks_override": str(info.num_gpu_blocks_override),
+            "prefix_cache_retention_interval": "0",
             "prefix_caching_hash_algo": info.hash_algo,
+            "prefix_match_unit": "None",
+            "replayssm_buffer_len": "16",
+            "skip_page_size_padded": "None",
             "sliding_window": "None",
+            "swa_bounded_replay": "True",
+            "use_kda_recoverssm": "False",
+            "use_replayssm": "False",
             "user_specified_block_size": "True",
         }
-        gauge = Gauge("vllm:cache_config_info", "Information of the LLMEngine CacheConfig",
-                      [*values, *names], registry=self.registry)
-        gauge.labels(**values, **label).set(1)
+        gauge = Gauge("vllm:cache_config_info", "Information of the LLMEngine CacheConfig", list(values),
+                      registry=self.registry)
+        gauge.labels(**values).set(1)
 
     def _register_legacy(self, names: list[str], label: dict[str, str]) -> None:
         registry = self.registry
@@ -215,7 +244,7 @@ class VllmMetrics:
             child.set(1 if on else 0)
 
     def refresh_lora_info(self) -> None:
-        self._lora_info.clear()
+        """Stamps the current (running, waiting) adapter sets; like vLLM, earlier label sets stay exported."""
         self._lora_info.labels(
             max_lora=str(self.info.max_loras),
             waiting_lora_adapters=",".join(self.live.waiting_adapters()),
@@ -223,6 +252,8 @@ class VllmMetrics:
         ).set(time.time())
 
     def on_step(self, num_tokens: int, num_preemptions: int, num_generation_tokens: int) -> None:
+        if self.info.lora_enabled:
+            self.refresh_lora_info()
         if num_tokens:
             self.h_iteration.observe(num_tokens)
         if num_preemptions:

@@ -17,7 +17,7 @@ from brixmesh.engine_sim.kv_events import ZmqKvEventPublisher
 from brixmesh.engine_sim.lora import LoraRegistry
 from brixmesh.engine_sim.metrics import EngineInfo, EngineMetrics, LiveState, SglangMetrics, VllmMetrics
 from brixmesh.engine_sim.scheduler import Scheduler, SchedulerLimits
-from brixmesh.engine_sim.timing import RooflineModel, build_step_model, gpu_profile
+from brixmesh.engine_sim.timing import RooflineModel, build_step_model, gpu_profile, model_profile_named
 from brixmesh.engine_sim.tokenizer import SimTokenizer
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,7 @@ class Replica:
             enable_prefix_caching=config.enable_prefix_caching, hash_algo=config.prefix_caching_hash_algo,
             gpu_memory_utilization=config.gpu_memory_utilization, max_loras=config.max_loras,
             lora_enabled=config.enable_lora,
+            kv_bytes_per_token=model_profile_named(config.model_profile).kv_bytes_per_token,
         )
         self.metrics: EngineMetrics
         if config.metrics_flavor == "sglang":
