@@ -25,13 +25,16 @@ Engine flags: ``--enforce-eager --block-size 32 --num-gpu-blocks-override 64 --m
 both endpoints above. Env: ``PYTHONHASHSEED=0`` (so block hashes are reproducible: first parent is
 ``sha256(pickle("0"))``), ``VLLM_CPU_KVCACHE_SPACE=1``, ``VLLM_HOST_IP=127.0.0.1``, ``HF_HUB_OFFLINE=1``,
 ``VLLM_SERVER_DEV_MODE=1`` (``POST /reset_prefix_cache``), ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``, and
-``VLLM_CPU_OMP_THREADS_BIND`` set to a different core per engine started by this process.
+``VLLM_CPU_OMP_THREADS_BIND`` set to a different core per engine started by this process. The command line
+and environment come from ``brixmesh.common.vllm_cpu`` (shared with the orchestrator's local backend).
+Start-up to ``/health`` takes 20-30 s on two busy cores (two engines started together: ~23 s).
 
 Entry points:
 
 - ``async with start_vllm_engine(**options) as engine`` / ``with vllm_engine(**options) as engine``
 - ``async with start_vllm_engines(n, **options) as engines`` / ``with vllm_engines(n, ...)``: n engines
-  started concurrently (about 70 s for three on two cores)
+  started concurrently
+- stopping: SIGTERM to the API server (orderly, < 1 s), then killpg SIGTERM/SIGKILL for anything left
 - options: ``cpu_bind`` (a ``VLLM_CPU_OMP_THREADS_BIND`` value; default: next core), ``lora_modules``
   (adapter names from ``lora_dirs`` to load at startup), ``extra_args``, ``extra_env``,
   ``startup_timeout`` (default 180 s), ``log_dir``
