@@ -244,6 +244,7 @@ class KvCacheManager:
         # A hit block sitting in the free queue stops being free once this request takes it.
         num_evictable_hits = sum(1 for b in hit if b.ref_cnt == 0)
         if num_new_blocks + num_evictable_hits > len(self._free):
+            self._lookup = lookup  # unchanged pool: the retry next step reuses its hashes
             return False
 
         if blocks is None:
