@@ -46,8 +46,14 @@ flock 9 || die "cannot lock $CACHE/.setup-vllm-cpu.lock"
 command -v "$PYTHON" >/dev/null || die "$PYTHON not found (set BRIXMESH_PYTHON to a Python 3.11 interpreter)"
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
     || die "$PYTHON is not Python 3.11 (the torch wheel is cp311)"
-TORCH_WHEEL=$(ls "$FIND_LINKS"/torch-2.13.0+cpu-cp311-*.whl 2>/dev/null | head -n 1) || true
+TORCH_WHEEL=""
+for links_dir in $FIND_LINKS; do  # pip accepts several space-separated locations
+    for wheel in "${links_dir#file://}"/torch-2.13.0+cpu-cp311-*.whl; do
+        [[ -f "$wheel" && -z "$TORCH_WHEEL" ]] && TORCH_WHEEL=$wheel
+    done
+done
 [[ -n "$TORCH_WHEEL" ]] || die "no torch-2.13.0+cpu cp311 wheel in $FIND_LINKS (set PIP_FIND_LINKS)"
+FIND_LINKS=$(dirname "$TORCH_WHEEL")
 
 # What the venv was built from; a change (or a missing marker = interrupted install) rebuilds it.
 VENV_INPUTS="python=$("$PYTHON" -V 2>&1) torch=$(basename "$TORCH_WHEEL") constraints=$(sha256sum "$CONSTRAINTS" | cut -c1-16)"
