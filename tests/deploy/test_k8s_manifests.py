@@ -1,0 +1,47 @@
+"""Every Kubernetes manifest passes kubernetes-validate --strict (unknown fields fail, not just wrong types)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "deploy" / "k8s"
+VALIDATE = [sys.executable, "-m", "kubernetes_validate", "--strict", "--quiet", "--no-warn"]
+
+
+def _manifests() -> list[Path]:
+    return sorted(p for p in K8S.rglob("*.yaml") if p.name != "kustomization.yaml")
+
+
+def test_every_manifest_is_strictly_valid() -> None:
+    result = subprocess.run([*VALIDATE, *map(str, _manifests())], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    listed = set(yaml.safe_load((K8S / "kustomization.yaml").read_text())["resources"])
+    assert listed == {p.relative_to(K8S).as_posix() for p in _manifests()}
+
+
+def test_every_service_has_a_deployment_with_health_probes() -> None:
+    deployments = {}
+    for path in _manifests():
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc["kind"] == "Deployment":
+                deployments[doc["metadata"]["name"]] = doc
+    assert set(deployments) == {"router", "kv-index", "autoscaler", "adapter-manager", "gpu-doctor", "orchestrator"}
+    for deployment in deployments.values():
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+
+
+def test_the_validator_rejects_a_typo(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text((K8S / "router.yaml").read_text().replace("image:", "imagee:", 1))
+    result = subprocess.run([*VALIDATE, str(broken)], capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
