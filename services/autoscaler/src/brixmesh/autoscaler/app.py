@@ -1,9 +1,72 @@
-"""Wiring of the autoscaler service: inputs, state and outputs are attached to the common service shell here."""
+"""Wiring of the autoscaler service.
+
+Inputs: ``pods.*`` (pod discovery), ``router.stats.*`` (leading demand signal), engines' ``/metrics``
+(scraped), specs from YAML files and the HTTP API. State: :class:`Fleet`, :class:`RouterSignals`,
+:class:`Autoscalers`. Decisions: :mod:`policy`. Outputs: ``metrics.pods.<pod>``, ``scale.decisions.<deployment>``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import httpx
+from prometheus_client import Gauge
 
 from brixmesh.common.service import Service
 
+from brixmesh.autoscaler.api import add_routes
+from brixmesh.autoscaler.controller import AutoscalerController
+from brixmesh.autoscaler.registry import Autoscalers
+from brixmesh.autoscaler.scraper import Scraper
 from brixmesh.autoscaler.settings import AutoscalerSettings
+from brixmesh.autoscaler.spec import SpecError, load_spec_file
 
 
 def build_service(settings: AutoscalerSettings) -> Service:
-    return Service("autoscaler", settings)
+    service = Service("autoscaler", settings)
+    autoscalers = Autoscalers()
+    try:
+        for path in settings.spec_files:
+            for spec in load_spec_file(path):
+                autoscalers.put(spec)
+    except SpecError as exc:
+        print(f"brixmesh-autoscaler: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    client = httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=256, max_connections=512))
+    scraper = Scraper(
+        client,
+        timeout_s=settings.scrape_timeout_s,
+        rate_window_s=settings.rate_window_s,
+        quantile_window_s=settings.quantile_window_s,
+    )
+    controller = AutoscalerController(scraper, autoscalers, max_metrics_age_s=settings.max_metrics_age_s)
+    add_routes(service.app, autoscalers, lambda: set(controller.fleet.models))
+
+    registry = service.registry
+    Gauge("brixmesh_autoscaler_pods", "Pods known from pods.* events", registry=registry).set_function(
+        lambda: len(controller.fleet.pods)
+    )
+    Gauge("brixmesh_autoscaler_autoscalers", "PodAutoscalers in force", registry=registry).set_function(
+        lambda: len(autoscalers)
+    )
+    Gauge("brixmesh_autoscaler_scrapes", "Engine /metrics scrapes so far", registry=registry).set_function(
+        lambda: scraper.scrapes
+    )
+    Gauge("brixmesh_autoscaler_scrape_failures", "Failed engine scrapes so far (published stale)", registry=registry).set_function(
+        lambda: scraper.failures
+    )
+    Gauge("brixmesh_autoscaler_decisions", "Scale decisions published so far", registry=registry).set_function(
+        lambda: controller.decisions_published
+    )
+
+    async def start(svc: Service) -> None:
+        await controller.attach(svc.bus)
+        svc.spawn(controller.run_scraping(svc.bus, settings.scrape_interval_s), "scrape")
+        svc.spawn(controller.run_evaluation(svc.bus, settings.evaluate_interval_s), "evaluate")
+
+    async def stop(_svc: Service) -> None:
+        await client.aclose()
+
+    service.on_start(start)
+    service.on_stop(stop)
+    return service

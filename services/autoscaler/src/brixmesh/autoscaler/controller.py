@@ -1,0 +1,84 @@
+"""The autoscaler's loops: pod events and router stats in; scrape -> ``metrics.pods``; evaluate ->
+``scale.decisions``. Decisions are made by the pure :mod:`policy`; this module only moves data."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from brixmesh.common.bus import Bus
+from brixmesh.common.messages import PodEvent, RouterStats, ScaleDecision
+from brixmesh.common.subjects import METRICS_PODS, PODS, ROUTER_STATS, SCALE_DECISIONS
+
+from brixmesh.autoscaler.fleet import Fleet, RouterSignals
+from brixmesh.autoscaler.observe import observe
+from brixmesh.autoscaler.registry import Autoscalers
+from brixmesh.autoscaler.scraper import Scraper
+
+log = logging.getLogger(__name__)
+
+
+class AutoscalerController:
+    def __init__(self, scraper: Scraper, autoscalers: Autoscalers, *, max_metrics_age_s: float = 2.0) -> None:
+        self.scraper = scraper
+        self.autoscalers = autoscalers
+        self.fleet = Fleet()
+        self.routers = RouterSignals()
+        self.max_metrics_age_s = max_metrics_age_s
+        self.decisions_published = 0
+
+    async def attach(self, bus: Bus) -> None:
+        await bus.subscribe(PODS.pattern(), PodEvent, self._on_pod_event)
+        await bus.subscribe(ROUTER_STATS.pattern(), RouterStats, self._on_router_stats)
+
+    def _on_pod_event(self, _subject: str, event: PodEvent) -> None:
+        self.fleet.apply(event)
+
+    def _on_router_stats(self, _subject: str, stats: RouterStats) -> None:
+        self.routers.record(stats)
+
+    async def scrape_once(self, bus: Bus | None) -> None:
+        for metrics in await self.scraper.scrape_all(self.fleet.scrape_targets()):
+            self.fleet.record(metrics)
+            if bus is not None:
+                await bus.publish(METRICS_PODS.format(pod=metrics.pod), metrics)
+
+    def evaluate_once(self, now: float) -> list[ScaleDecision]:
+        decisions = []
+        for policy in self.autoscalers:
+            obs = observe(policy.spec, self.fleet, self.routers, now, max_metrics_age_s=self.max_metrics_age_s)
+            decision = policy.evaluate(obs)
+            if decision is not None:
+                decisions.append(decision)
+        return decisions
+
+    async def publish(self, bus: Bus, decisions: list[ScaleDecision]) -> None:
+        for decision in decisions:
+            log.info("scale decision", extra={"deployment": decision.deployment, "reason": decision.reason})
+            await bus.publish(SCALE_DECISIONS.format(deployment=decision.deployment), decision)
+            self.decisions_published += 1
+
+    async def run_scraping(self, bus: Bus, interval_s: float) -> None:
+        await _every(interval_s, lambda: self.scrape_once(bus))
+
+    async def run_evaluation(self, bus: Bus, interval_s: float) -> None:
+        async def tick() -> None:
+            await self.publish(bus, self.evaluate_once(time.time()))
+
+        await _every(interval_s, tick)
+
+
+async def _every(interval_s: float, step: Callable[[], Awaitable[None]]) -> None:
+    """Run ``step`` at a fixed cadence; a slow step delays the next one instead of stacking them."""
+    loop = asyncio.get_running_loop()
+    next_at = loop.time()
+    while True:
+        await step()
+        next_at += interval_s
+        delay = next_at - loop.time()
+        if delay < 0:
+            next_at = loop.time()
+            delay = 0
+        await asyncio.sleep(delay)

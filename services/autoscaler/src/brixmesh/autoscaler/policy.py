@@ -1,0 +1,121 @@
+"""One PodAutoscaler's decision state: windows, panic mode, cooldowns, and the count it last asked for.
+
+Pure: :meth:`AutoscalerPolicy.evaluate` takes an :class:`Observation` (already aggregated from pod
+metrics and router stats) and returns a :class:`ScaleDecision` only when the desired count changes, so
+every published decision is a real change and counting them measures flapping.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from brixmesh.common.messages import ScaleDecision
+
+from brixmesh.autoscaler import algorithms
+from brixmesh.autoscaler.spec import PodAutoscalerSpec
+from brixmesh.autoscaler.window import SlidingWindow
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    ts: float
+    live_pods: int
+    """Pods the orchestrator runs for the target (starting or ready, not draining)."""
+    ready_pods: int
+    totals: dict[str, float] = field(default_factory=dict)
+    """Metric-source key (``pod:running``) -> sum over pods or routers; absent when there is no fresh data."""
+    router_demand: float = 0.0
+    """Requests the routers see for the model (arrivals + in flight + queued): the scale-from-zero trigger."""
+
+
+class AutoscalerPolicy:
+    def __init__(self, spec: PodAutoscalerSpec) -> None:
+        self.spec = spec
+        self.stable = SlidingWindow(spec.stable_window_s)
+        self.panic = SlidingWindow(spec.panic_window_s)
+        self.kpa_state = algorithms.KpaState()
+        self.current: int | None = None
+        """The count last asked for; follows the live pod count until the first decision."""
+        self.decided = False
+        self.last_change_ts = -math.inf
+        self.decisions = 0
+
+    def evaluate(self, obs: Observation) -> ScaleDecision | None:
+        spec = self.spec
+        if not self.decided:
+            self.current = obs.live_pods
+        current = self.current or 0
+        raws = {m.key: obs.totals[m.key] / m.target for m in spec.metrics if m.key in obs.totals}
+        from_zero = current == 0 and obs.router_demand > 0
+        if not raws and not from_zero:
+            return None  # no fresh signal: never decide on missing data
+        raw = max(raws.values(), default=0.0)
+        if raws:
+            self.stable.add(obs.ts, raw)
+            self.panic.add(obs.ts, raw)
+        stable_mean = self.stable.mean(obs.ts) or 0.0
+        panic_mean = self.panic.mean(obs.ts) or 0.0
+        desired = self._algorithm(current, raw, stable_mean, panic_mean, obs.ts)
+        if from_zero:
+            desired = max(desired, 1)
+        desired = algorithms.bound(current, desired, spec.bounds)
+        if desired == current:
+            return None
+        since_change = obs.ts - self.last_change_ts
+        if not from_zero:
+            if desired > current and since_change < spec.scale_up_cooldown_s:
+                return None
+            if desired < current and since_change < spec.scale_down_cooldown_s:
+                return None
+        self.current = desired
+        self.decided = True
+        self.last_change_ts = obs.ts
+        self.decisions += 1
+        metrics = {key: round(value, 4) for key, value in obs.totals.items()}
+        metrics.update(
+            raw_desired=round(raw, 4), stable_mean=round(stable_mean, 4), panic_mean=round(panic_mean, 4),
+            ready_pods=float(obs.ready_pods), live_pods=float(obs.live_pods), router_demand=obs.router_demand,
+        )  # fmt: skip
+        return ScaleDecision(
+            deployment=spec.deployment,
+            role=spec.role or "both",
+            current_replicas=current,
+            desired_replicas=desired,
+            algorithm=spec.strategy,
+            reason=self._reason(current, desired, raws, from_zero),
+            metrics=metrics,
+            window_state=self._window_state(obs.ts),
+            ts=obs.ts,
+        )
+
+    def _algorithm(self, current: int, raw: float, stable_mean: float, panic_mean: float, now: float) -> int:
+        spec = self.spec
+        if spec.strategy == "hpa":
+            return algorithms.hpa(current, raw, self.stable.max(now) or 0.0, spec.tolerance)
+        if spec.strategy == "kpa":
+            return algorithms.kpa(
+                current, stable_mean, panic_mean, now, self.kpa_state,
+                panic_threshold=spec.panic_threshold, stable_window_s=spec.stable_window_s, tolerance=spec.tolerance,
+            )  # fmt: skip
+        return algorithms.apa(current, panic_mean, spec.tolerance)
+
+    def _reason(self, current: int, desired: int, raws: dict[str, float], from_zero: bool) -> str:
+        if from_zero:
+            return f"scale from zero: routers hold requests for {self.spec.model or self.spec.deployment}"
+        direction = "up" if desired > current else "down"
+        if raws:
+            key, value = max(raws.items(), key=lambda kv: kv[1])
+            target = next(m.target for m in self.spec.metrics if m.key == key)
+            signal = f"{key} total {value * target:.3g} / target {target:g} = {value:.2f} replicas"
+        else:
+            signal = "no load"
+        mode = " (panic)" if self.spec.strategy == "kpa" and self.kpa_state.panicking else ""
+        return f"scale {direction} {current}->{desired} by {self.spec.strategy}{mode}: {signal}"
+
+    def _window_state(self, now: float) -> str:
+        parts = [f"stable={len(self.stable)}/{self.spec.stable_window_s:g}s", f"panic={len(self.panic)}/{self.spec.panic_window_s:g}s"]
+        if self.spec.strategy == "kpa":
+            since = self.kpa_state.panic_since
+            parts.append("mode=stable" if since is None else f"mode=panic for {now - since:.1f}s")
+        return " ".join(parts)
