@@ -207,3 +207,61 @@ def test_time_scale_slows_the_clock_but_metrics_stay_in_model_time() -> None:
     # constant mode: 5 ms to the first token, then 2 ms per token = ~0.103 s of model time
     assert 0.09 < modelled < 0.2
     assert wall > 0.9
+
+
+def _recv_batches(sub, wait_s: float) -> list[int]:
+    seqs = []
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if sub.poll(50):
+            frames = sub.recv_multipart()
+            seqs.append(int.from_bytes(frames[1], "big"))
+    return seqs
+
+
+def test_replicas_publish_on_their_own_endpoints_and_drop_fault() -> None:
+    import zmq
+
+    with sim_engine(replicas=2) as sim:
+        ctx = zmq.Context()
+        subs = []
+        for i in range(2):
+            sub = ctx.socket(zmq.SUB)
+            sub.setsockopt(zmq.LINGER, 0)
+            sub.setsockopt_string(zmq.SUBSCRIBE, "")
+            sub.connect(sim.kv_events_endpoint if i == 0 else f"{sim.kv_events_endpoint}-1")
+            subs.append(sub)
+        time.sleep(0.3)
+        try:
+            with httpx.Client(timeout=30) as c:
+                c.post(f"{sim.urls[1]}/v1/completions", json={"prompt": [20] * 70, "max_tokens": 1})
+                assert _recv_batches(subs[1], 0.5) == [0]
+                assert _recv_batches(subs[0], 0.1) == []
+                faults = c.post(f"{sim.urls[1]}/admin/faults", json={"kv_events_drop_prob": 1.0})
+                assert faults.status_code == 200
+                c.post(f"{sim.urls[1]}/v1/completions", json={"prompt": [21] * 70, "max_tokens": 1})
+                assert _recv_batches(subs[1], 0.5) == []  # dropped on the wire: a seq gap for consumers
+                c.post(f"{sim.urls[1]}/admin/faults", json={"kv_events_drop_prob": 0.0})
+                c.post(f"{sim.urls[1]}/v1/completions", json={"prompt": [22] * 70, "max_tokens": 1})
+                assert _recv_batches(subs[1], 0.5) == [2]
+        finally:
+            for sub in subs:
+                sub.close()
+            ctx.term()
+
+
+async def test_stall_fault_pauses_a_stream(sim) -> None:
+    async with httpx.AsyncClient(base_url=sim.base_url, timeout=30) as c:
+        await c.post("/admin/faults", json={"stall_after_tokens": 2, "stall_seconds": 0.5})
+        try:
+            arrivals = []
+            started = time.monotonic()
+            async with c.stream("POST", "/v1/completions", json={"prompt": "s", "max_tokens": 4, "stream": True,
+                                                                  "ignore_eos": True}) as response:
+                async for line in response.aiter_lines():
+                    if line.startswith("data: {"):
+                        arrivals.append(time.monotonic() - started)
+        finally:
+            await c.post("/admin/faults", json={"stall_after_tokens": None, "stall_seconds": 0.0})
+    assert len(arrivals) == 4
+    assert arrivals[2] - arrivals[1] >= 0.45

@@ -47,7 +47,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix-caching-hash-algo", "--hash-algo", choices=HASH_ALGOS, default="sha256")
     p.add_argument("--enable-lora", action="store_true")
     p.add_argument("--max-loras", type=int, default=1)
-    p.add_argument("--max-lora-rank", type=int, default=16, help="accepted for compatibility")
     p.add_argument("--max-cpu-loras", type=int, help="accepted for compatibility")
     p.add_argument("--lora-modules", nargs="+", default=[], help="name=path or JSON {name,path}")
     p.add_argument("--kv-events-config", help="vLLM's KVEventsConfig JSON")
@@ -57,12 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--enable-prompt-tokens-details", action="store_true")
     p.add_argument("--enable-scale-out", action="store_true",
                    help="serve /v1/*/render (token ids for peer routers); 403 without it, as vLLM")
-    p.add_argument("--enforce-eager", action="store_true", help="accepted for compatibility")
-    p.add_argument("--dtype", help="accepted for compatibility")
+    p.add_argument("--chat-template", help="a Jinja chat template, as a file path or inline text")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--disable-log-requests", "--no-enable-log-requests", action="store_true",
-                   help="accepted for compatibility")
-    p.add_argument("--disable-log-stats", action="store_true", help="accepted for compatibility")
+    compat = p.add_argument_group("vLLM flags accepted and ignored (nothing to simulate)")
+    for flag in ("--enforce-eager", "--trust-remote-code", "--disable-log-requests", "--no-enable-log-requests",
+                 "--enable-log-requests", "--disable-log-stats", "--enable-chunked-prefill",
+                 "--no-enable-chunked-prefill", "--disable-frontend-multiprocessing"):
+        compat.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
+    for flag in ("--dtype", "--max-lora-rank", "--tensor-parallel-size", "-tp", "--pipeline-parallel-size",
+                 "-pp", "--kv-cache-dtype", "--quantization", "--download-dir", "--load-format",
+                 "--tokenizer-mode", "--swap-space", "--distributed-executor-backend", "--generation-config",
+                 "--uvicorn-log-level", "--compilation-config", "-O", "--max-logprobs", "--revision"):
+        compat.add_argument(flag, help=argparse.SUPPRESS)
     p.add_argument("--max-waiting-queue-length", type=int, help="429 when this many requests wait")
     # timing
     p.add_argument("--perf-model", choices=["roofline", "per-token", "constant"], default="roofline")
@@ -132,6 +137,10 @@ def configs_from_args(args: argparse.Namespace) -> list[EngineConfig]:
     if tokenizer_dir is None and (Path(model) / "tokenizer.json").is_file():
         tokenizer_dir = Path(model)
     tokenizer_dir = tokenizer_dir or DEFAULT_TOKENIZER_DIR
+    chat_template = None
+    if args.chat_template is not None:
+        template_path = Path(args.chat_template)
+        chat_template = template_path.read_text() if template_path.is_file() else args.chat_template
     if not (tokenizer_dir / "tokenizer.json").is_file():
         raise CliError(f"--tokenizer {tokenizer_dir}: no tokenizer.json there")
     if args.replicas < 1:
@@ -178,6 +187,7 @@ def configs_from_args(args: argparse.Namespace) -> list[EngineConfig]:
         model=model,
         served_model_names=args.served_model_name or [model],
         tokenizer_dir=tokenizer_dir,
+        chat_template=chat_template,
         host=args.host,
         port=base_port,
         max_model_len=args.max_model_len or 0,

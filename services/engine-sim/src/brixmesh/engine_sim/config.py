@@ -15,6 +15,7 @@ class EngineConfig:
     model: str
     served_model_names: list[str]
     tokenizer_dir: Path
+    chat_template: str | None = None
     host: str = "127.0.0.1"
     port: int = 8000
     replica_index: int = 0

@@ -74,9 +74,9 @@ async def serve(configs: list[EngineConfig], log_level: str = "warning") -> int:
     running: list[RunningReplica] = []
     try:
         for config in configs:
-            key = str(config.tokenizer_dir)
+            key = f"{config.tokenizer_dir}\0{config.chat_template}"
             if key not in tokenizers:
-                tokenizers[key] = SimTokenizer(config.tokenizer_dir)
+                tokenizers[key] = SimTokenizer(config.tokenizer_dir, config.chat_template)
             running.append(start_replica(config, tokenizers[key], log_level))
     except (OSError, ValueError) as exc:
         for item in running:

@@ -44,7 +44,7 @@ class IncrementalDecoder:
 
 
 class SimTokenizer:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, chat_template: str | None = None) -> None:
         tokenizer_file = directory / "tokenizer.json"
         if not tokenizer_file.is_file():
             raise ValueError(f"no tokenizer.json in {directory}")
@@ -56,6 +56,8 @@ class SimTokenizer:
         template = config.get("chat_template")
         if template_file.is_file():
             template = template_file.read_text()
+        if chat_template is not None:
+            template = chat_template
         self.bos_token = _special_token_text(config.get("bos_token"))
         self.eos_token = _special_token_text(config.get("eos_token"))
         self.eos_token_id = self._tok.token_to_id(self.eos_token) if self.eos_token else None
