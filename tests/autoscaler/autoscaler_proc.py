@@ -1,0 +1,56 @@
+"""Runs ``python -m brixmesh.autoscaler`` as a subprocess for tests, on a random loopback port."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+from brixmesh.common.ports import free_port
+
+
+@contextlib.contextmanager
+def autoscaler_process(nats_url: str, spec_file: Path, log_path: Path, **settings: str) -> Iterator[str]:
+    """Yields the service's base URL once ``/readyz`` answers 200."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "BRIXMESH_NATS_URL": nats_url,
+        "BRIXMESH_PORT": str(port),
+        "BRIXMESH_LOG_FORMAT": "text",
+        "BRIXMESH_AUTOSCALER_SPECS": str(spec_file),
+        **{f"BRIXMESH_{k.upper()}": v for k, v in settings.items()},
+    }
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "brixmesh.autoscaler"], env=env, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                if process.poll() is not None:
+                    raise RuntimeError(f"autoscaler exited {process.returncode}: {log_path.read_text()[-2000:]}")
+                try:
+                    if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"autoscaler not ready: {log_path.read_text()[-2000:]}")
+                time.sleep(0.1)
+            yield url
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
