@@ -265,3 +265,13 @@ async def test_stall_fault_pauses_a_stream(sim) -> None:
             await c.post("/admin/faults", json={"stall_after_tokens": None, "stall_seconds": 0.0})
     assert len(arrivals) == 4
     assert arrivals[2] - arrivals[1] >= 0.45
+
+
+def test_api_key_guards_v1_routes_only() -> None:
+    with sim_engine(["--api-key", "s3cret"], kv_events=False) as sim:
+        with httpx.Client(base_url=sim.base_url) as c:
+            denied = c.get("/v1/models")
+            allowed = c.get("/v1/models", headers={"Authorization": "Bearer s3cret"})
+            health = c.get("/health")
+    assert denied.status_code == 401 and denied.json() == {"error": "Unauthorized"}
+    assert allowed.status_code == 200 and health.status_code == 200

@@ -13,7 +13,9 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.middleware import Middleware
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from brixmesh.engine_sim.errors import ApiError, error_response, model_not_found
 from brixmesh.engine_sim.lora import LoraError
@@ -427,6 +429,22 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
     return JSONResponse({"detail": exc.detail}, exc.status_code)
 
 
+class ApiKeyMiddleware:
+    """vLLM's ``--api-key``: every ``/v1`` route needs ``Authorization: Bearer <key>``."""
+
+    def __init__(self, app: ASGIApp, api_key: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {api_key}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1"):
+            headers = dict(scope["headers"])
+            if headers.get(b"authorization") != self.expected:
+                await JSONResponse({"error": "Unauthorized"}, 401)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def build_app(replica: Replica) -> Starlette:
     api = EngineApp(replica)
     routes = [
@@ -453,4 +471,7 @@ def build_app(replica: Replica) -> Starlette:
         Route("/wake_up", api.wake_up, methods=["POST"]),
         Route("/is_sleeping", api.is_sleeping, methods=["GET"]),
     ]
-    return Starlette(routes=routes, exception_handlers={HTTPException: _http_exception})
+    middleware = []
+    if replica.config.api_key:
+        middleware.append(Middleware(ApiKeyMiddleware, api_key=replica.config.api_key))
+    return Starlette(routes=routes, exception_handlers={HTTPException: _http_exception}, middleware=middleware)

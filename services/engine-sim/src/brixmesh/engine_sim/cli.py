@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", help="tokenizer directory (tokenizer.json + tokenizer_config.json)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 routes, as vLLM")
     p.add_argument("--max-model-len", type=int)
     p.add_argument("--block-size", type=int, default=16)
     p.add_argument("--max-num-seqs", type=int)
@@ -189,6 +190,7 @@ def configs_from_args(args: argparse.Namespace) -> list[EngineConfig]:
         tokenizer_dir=tokenizer_dir,
         chat_template=chat_template,
         host=args.host,
+        api_key=args.api_key,
         port=base_port,
         max_model_len=args.max_model_len or 0,
         block_size=args.block_size,

@@ -17,6 +17,7 @@ class EngineConfig:
     tokenizer_dir: Path
     chat_template: str | None = None
     host: str = "127.0.0.1"
+    api_key: str | None = None
     port: int = 8000
     replica_index: int = 0
     max_model_len: int = 2048
