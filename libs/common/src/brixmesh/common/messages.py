@@ -130,6 +130,23 @@ class RouterStats(msgspec.Struct, kw_only=True, array_like=True, gc=False):
     completion_tokens: int
 
 
+class RoutingEvent(msgspec.Struct, array_like=True, gc=False):
+    """One router replica's routing decision (``routed``) or its end (``done``); the other replicas mirror
+    them so that in-flight counts and the approximate prefix index are the same everywhere."""
+
+    kind: Literal["routed", "done"]
+    request_id: str
+    model: str
+    pod: str
+    prefix_hashes: list[int] = []
+
+
+class RoutingEventBatch(msgspec.Struct, array_like=True, gc=False):
+    router: str
+    ts: float
+    events: list[RoutingEvent]
+
+
 # --- scaling ----------------------------------------------------------------------------------------
 
 

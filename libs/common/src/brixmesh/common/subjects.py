@@ -93,6 +93,12 @@ SCALE_DECISIONS = Subject(
 ROUTER_STATS = Subject(
     "router.stats.{model}.{router}", m.RouterStats, "Per-second request statistics of each router replica per model.", "medium"
 )
+ROUTER_ROUTING = Subject(
+    "router.routing.{router}",
+    m.RoutingEventBatch,
+    "Routing decisions and completions of each router replica, mirrored by the others (shared load, prefixes).",
+    "high",
+)
 KV_EVENTS = Subject(
     "kv.events.{model}.{pod}",
     m.KvEventBatch,
@@ -102,7 +108,7 @@ KV_EVENTS = Subject(
 )
 
 ALL: tuple[Subject, ...] = (
-    MESH_HEARTBEAT, MESH_PING, PODS, PODS_LIST, METRICS_PODS, SCALE_DECISIONS, ROUTER_STATS, KV_EVENTS
+    MESH_HEARTBEAT, MESH_PING, PODS, PODS_LIST, METRICS_PODS, SCALE_DECISIONS, ROUTER_STATS, ROUTER_ROUTING, KV_EVENTS
 )
 
 

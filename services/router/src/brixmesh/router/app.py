@@ -1,16 +1,92 @@
-"""Wiring of the router service: inputs, state and outputs are attached to the common service shell here."""
+"""Wiring of the router service.
+
+Inputs: ``pods.*``, ``metrics.pods.*``, ``pods.list`` (discovery), ``router.routing.*`` (other replicas),
+the static endpoints file, and the OpenAI HTTP routes. State: the pod table, the routing env (shared in-flight
+counts, prefix index). Decisions: the routing pipeline. Outputs: proxied requests, ``router.routing.<me>``,
+``router.stats.<model>.<me>`` every second, Prometheus metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
 
 from brixmesh.common.service import Service
+from brixmesh.common.subjects import ROUTER_STATS
 
 from brixmesh.router import kv
+from brixmesh.router.discovery.nats_inputs import load_pod_list, subscribe_pods
 from brixmesh.router.discovery.pod_table import PodTable
-from brixmesh.router.routing import default_registry
+from brixmesh.router.discovery.static_file import EndpointsFileError, load_endpoints
+from brixmesh.router.http.asgi import OpenAIRoutes
+from brixmesh.router.http.gateway import Gateway
+from brixmesh.router.limits import Authenticator, RateLimiter
+from brixmesh.router.metrics import RouterMetrics
+from brixmesh.router.routing import Router, RoutingEnv, UnknownStrategy, default_registry
+from brixmesh.router.routing.load import LoadTracker
 from brixmesh.router.settings import RouterSettings
+from brixmesh.router.stats import StatsCollector
+from brixmesh.router.sync import RoutingSync
 
 
 def build_service(settings: RouterSettings) -> Service:
     service = Service("router", settings)
-    registry = default_registry()
+    env = RoutingEnv(load=LoadTracker(settings.inflight_ttl_s), prefix_block_chars=settings.prefix_block_chars)
+    registry = default_registry(env)
     pods = PodTable()
+    pods.on_removed(env.prefix_index.forget_pod)
+    if settings.endpoints_file is not None:
+        try:
+            pods.add_static(load_endpoints(settings.endpoints_file))
+        except EndpointsFileError as exc:
+            _exit(f"{exc} (set BRIXMESH_ENDPOINTS_FILE)")
     kv.attach(service, registry, pods)  # extension point of the precise KV-aware routing (brixmesh.router.kv)
+    for spec in {settings.default_strategy, *settings.model_strategies.values()}:
+        try:
+            registry.strategy(spec)
+        except UnknownStrategy as exc:
+            _exit(f"{exc} (set BRIXMESH_DEFAULT_STRATEGY / BRIXMESH_MODEL_STRATEGIES)")
+
+    sync = RoutingSync(env, service.instance_id)
+    stats = StatsCollector(service.instance_id)
+    gateway = Gateway(
+        settings=settings,
+        router=Router(registry),
+        pods=pods,
+        sync=sync,
+        stats=stats,
+        metrics=RouterMetrics(service.registry),
+        auth=Authenticator(settings.api_keys),
+        limiter=RateLimiter(settings.redis_url, settings.rpm_limit, settings.tpm_limit, settings.limits_policy,
+                            service.registry),
+    )
+    service.app.add_middleware(OpenAIRoutes, gateway=gateway)
+
+    async def start(svc: Service) -> None:
+        await gateway.start()
+        await subscribe_pods(svc.bus, pods)
+        await sync.start(svc.bus)
+        await load_pod_list(svc.bus, pods)
+        svc.spawn(_publish_stats(svc, stats, env, settings.stats_interval_s), "router-stats")
+
+    async def stop(_svc: Service) -> None:
+        await sync.drain()
+        await gateway.stop()
+
+    service.on_start(start)
+    service.on_stop(stop)
     return service
+
+
+async def _publish_stats(service: Service, stats: StatsCollector, env: RoutingEnv, interval_s: float) -> None:
+    while True:
+        await asyncio.sleep(interval_s)
+        env.load.expire(time.monotonic())
+        for record in stats.snapshot():
+            await service.bus.publish(ROUTER_STATS.format(model=record.model, router=record.router), record)
+
+
+def _exit(message: str) -> None:
+    print(f"brixmesh-router: {message}", file=sys.stderr)
+    raise SystemExit(2)

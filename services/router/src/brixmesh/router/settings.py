@@ -1,7 +1,52 @@
+import json
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode
+
 from brixmesh.common.settings import ServiceSettings
 
 
 class RouterSettings(ServiceSettings):
     """Settings of the router service (environment variables ``BRIXMESH_*``)."""
 
-    port: int = 8000
+    port: int = Field(default=8000, ge=0, le=65535)
+    endpoints_file: Path | None = None
+    """Static endpoints (JSON) for standalone use; pods from NATS are added to them."""
+    models: Annotated[list[str], NoDecode] = []
+    """Models the router accepts even while no pod serves them (scale from zero); pods add theirs."""
+    default_strategy: str = "least-request"
+    model_strategies: dict[str, str] = {}
+    """Per-model strategy, e.g. ``{"tiny-llama": "prefix-cache:3,least-request:2"}`` (JSON in the env)."""
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
+    max_retries: int = Field(default=2, ge=0)
+    connect_timeout_s: float = Field(default=3.0, gt=0)
+    upstream_timeout_s: float = Field(default=600.0, gt=0)
+    """Longest wait for the upstream's next bytes (first byte included): beyond it, 504 or an SSE error."""
+    unhealthy_s: float = Field(default=5.0, ge=0)
+    """How long a pod that refused a connection stays out of routing."""
+    cold_start_wait_s: float = Field(default=30.0, ge=0)
+    """How long a request for a known model with no ready pod is held for one to become ready."""
+    retry_after_s: int = Field(default=5, ge=1)
+    inflight_ttl_s: float = Field(default=900.0, gt=0)
+    stats_interval_s: float = Field(default=1.0, gt=0)
+    prefix_block_chars: int = Field(default=64, gt=0)
+    api_keys: Annotated[list[str], NoDecode] = []
+    """Accepted Bearer keys; empty means no authentication."""
+    redis_url: str = ""
+    rpm_limit: int = Field(default=0, ge=0)
+    """Requests per minute per API key and per user (0: unlimited)."""
+    tpm_limit: int = Field(default=0, ge=0)
+    """Tokens (prompt + completion, from usage) per minute per API key and per user (0: unlimited)."""
+    limits_policy: Literal["fail-open", "fail-closed"] = "fail-open"
+    """What happens to requests when Redis cannot be reached."""
+
+    @field_validator("api_keys", "models", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                return json.loads(value)
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value

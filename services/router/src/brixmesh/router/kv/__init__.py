@@ -11,12 +11,27 @@ where this package plugs in state that needs the bus and readiness:
 - ``pods``: the :class:`~brixmesh.router.discovery.pod_table.PodTable` (pod endpoints, block sizes, removals
   via ``pods.on_removed``).
 
-Until the KV module lands it registers nothing, and the router works with its approximate strategies.
+What it adds: the global prefix index (:mod:`.index`) kept by :mod:`.follower` from JetStream (the router is
+not ready until the index is rebuilt), the ``kv-aware`` scorer (:mod:`brixmesh.router.routing.scorers.kv_aware`),
+the tokenizer behind ``RequestContext.token_ids()`` (:mod:`.tokenizer`), metrics (:mod:`.metrics`) and
+``/admin/kv/*`` (:mod:`.admin`). Settings: ``BRIXMESH_KV_*`` (:mod:`.settings`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from brixmesh.common.settings import load_or_exit
+
+from brixmesh.router.kv.admin import add_admin_routes
+from brixmesh.router.kv.follower import IndexFollower
+from brixmesh.router.kv.index import PrefixIndex
+from brixmesh.router.kv.metrics import KvMetrics
+from brixmesh.router.kv.settings import KvSettings
+from brixmesh.router.kv.tokenizer import PromptTokenizer, TokenizerError
+from brixmesh.router.routing.context import RequestContext
+from brixmesh.router.routing.scorers.kv_aware import KvAware
 
 if TYPE_CHECKING:
     from brixmesh.common.service import Service
@@ -25,5 +40,62 @@ if TYPE_CHECKING:
     from brixmesh.router.routing.registry import StrategyRegistry
 
 
-def attach(service: Service, registry: StrategyRegistry, pods: PodTable) -> None:
+@dataclass(slots=True)
+class KvModule:
+    """What :func:`attach` wired, for tests and admin: ``follower`` exists once the service has started."""
+
+    index: PrefixIndex
+    tokenizer: PromptTokenizer
+    metrics: KvMetrics
+    follower: IndexFollower | None = None
+
+
+def attach(
+    service: Service, registry: StrategyRegistry, pods: PodTable, settings: KvSettings | None = None
+) -> KvModule:
     """Register the ``kv-aware`` scorer and its index subscriber on ``service`` (see the module docstring)."""
+    settings = settings or load_or_exit(KvSettings, f"brixmesh-{service.name}")
+    index = PrefixIndex(settings.speculative_ttl_s)
+    metrics = KvMetrics(service.registry)
+
+    def engine_url(model: str) -> str | None:
+        for endpoint in pods.endpoints.values():
+            if endpoint.state == "ready" and endpoint.serves(model):
+                return endpoint.url
+        return None
+
+    tokenizer = PromptTokenizer(settings.tokenizer_dirs, engine_url)
+    module = KvModule(index, tokenizer, metrics)
+
+    async def tokenize(ctx: RequestContext) -> list[int] | None:
+        try:
+            tokens = await tokenizer.tokens(ctx.base_model or ctx.model, prompt=ctx.prompt_text, messages=ctx.messages)
+        except TokenizerError:
+            tokens = None
+        if tokens is None:
+            metrics.tokenize_failures.inc()
+        return tokens
+
+    if registry.env.tokenizer is None:
+        registry.env.tokenizer = tokenize
+    registry.register_scorer(
+        "kv-aware",
+        lambda env: KvAware(index, speculative=settings.speculative, observe_lookup=metrics.lookup_seconds.observe),
+    )
+    pods.on_removed(index.clear_pod)
+    add_admin_routes(service.app, index, tokenizer, pods.base_model_of)
+    service.add_readiness("kv-index", lambda: module.follower is not None and module.follower.ready)
+
+    async def start(service: Service) -> None:
+        follower = IndexFollower(service.bus, index, on_lag=metrics.event_lag_seconds.observe)
+        metrics.watch(index, follower)
+        await follower.start()
+        module.follower = follower
+
+    async def stop(_service: Service) -> None:
+        if module.follower is not None:
+            await module.follower.stop()
+
+    service.on_start(start)
+    service.on_stop(stop)
+    return module

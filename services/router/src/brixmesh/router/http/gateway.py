@@ -1,0 +1,367 @@
+"""The OpenAI routes as a raw ASGI app (the hot path): parse, authenticate, limit, route, forward, account.
+
+Data flow of one request::
+
+    body -> RequestContext -> auth + RPM check -> strategy -> Router.route (held while no pod is ready)
+         -> forward to the best pod (next best on connection failure / 5xx before the first byte)
+         -> stream or send the answer -> hooks, shared in-flight, TPM, stats, metrics
+
+Errors are OpenAI-shaped JSON; once a stream has started, a failure becomes an SSE error event and the
+stream ends cleanly. A client disconnect cancels the upstream request (its connection is closed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import aiohttp
+import msgspec
+
+from brixmesh.router.discovery.pod_table import PodTable
+from brixmesh.router.http.errors import ApiError, bad_request, sse_error_event
+from brixmesh.router.http.request import API_BY_PATH, build_context, parse_body
+from brixmesh.router.limits import Authenticator, RateLimiter
+from brixmesh.router.metrics import RouterMetrics
+from brixmesh.router.routing import NoEndpoint, RequestContext, Router, RoutingDecision, UnknownStrategy, Usage
+from brixmesh.router.routing.endpoint import Endpoint
+from brixmesh.router.routing.registry import Strategy
+from brixmesh.router.settings import RouterSettings
+from brixmesh.router.stats import StatsCollector
+from brixmesh.router.sync import RoutingSync
+from brixmesh.router.upstream import StreamUsage, new_session, usage_of_body
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+_json = msgspec.json.Encoder()
+_RETRYABLE = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)
+
+
+class _Disconnected(Exception):
+    """The client went away; the request is abandoned without an answer."""
+
+
+class Gateway:
+    def __init__(
+        self,
+        *,
+        settings: RouterSettings,
+        router: Router,
+        pods: PodTable,
+        sync: RoutingSync,
+        stats: StatsCollector,
+        metrics: RouterMetrics,
+        auth: Authenticator,
+        limiter: RateLimiter,
+    ) -> None:
+        self.settings = settings
+        self.router = router
+        self.registry = router.registry
+        self.pods = pods
+        self.sync = sync
+        self.stats = stats
+        self.metrics = metrics
+        self.auth = auth
+        self.limiter = limiter
+        self.known_models: dict[str, str] = dict.fromkeys(settings.models, "")
+        self._session: aiohttp.ClientSession | None = None
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._session = new_session(self.settings.connect_timeout_s, self.settings.upstream_timeout_s)
+
+    async def stop(self) -> None:
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+        await self.limiter.close()
+
+    # --- ASGI entry -------------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        request_id = headers.get("x-request-id") or uuid.uuid4().hex
+        path, method = scope["path"], scope["method"]
+        try:
+            if path == "/v1/models":
+                if method != "GET":
+                    raise ApiError(405, f"method {method} not allowed on {path}", "invalid_request_error")
+                self.auth.identity(headers.get("authorization"))
+                await _send_json(send, 200, self._models_body(), request_id)
+                return
+            api = API_BY_PATH.get(path)
+            if api is None:
+                raise ApiError(404, f"unknown path {path}", "invalid_request_error", code="unknown_url")
+            if method != "POST":
+                raise ApiError(405, f"method {method} not allowed on {path}; use POST", "invalid_request_error")
+            raw = await self._read_body(headers, receive)
+            await self._handle(api, raw, headers, request_id, scope, receive, send)
+        except ApiError as exc:
+            await _send_error(send, exc, request_id)
+        except _Disconnected:
+            self.metrics.client_disconnects.inc()
+        except Exception:
+            log.exception("request %s failed in the router", request_id)
+            await _send_error(send, ApiError(500, "internal router error", "internal_error"), request_id)
+
+    async def _read_body(self, headers: dict[str, str], receive: Receive) -> bytes:
+        limit = self.settings.max_body_bytes
+        declared = headers.get("content-length")
+        too_large = ApiError(413, f"request body exceeds {limit} bytes", "invalid_request_error",
+                             code="request_too_large")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise too_large
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _Disconnected
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    # --- one request ------------------------------------------------------------------------------------
+
+    async def _handle(
+        self, api: Any, raw: bytes, headers: dict[str, str], request_id: str, scope: Scope, receive: Receive,
+        send: Send,
+    ) -> None:
+        key_id = self.auth.identity(headers.get("authorization"))
+        ctx = build_context(api, parse_body(raw), headers, request_id)
+        base = self._base_model(ctx.model)
+        if base is None:
+            raise ApiError(404, f"The model `{ctx.model}` does not exist.", "invalid_request_error", param="model",
+                           code="model_not_found")
+        ctx.base_model = base
+        ctx.adapter = ctx.model if base != ctx.model else None
+        strategy = self._strategy(ctx.model, headers.get("routing-strategy"))
+        identities = ([f"key:{key_id}"] if key_id else []) + ([f"user:{ctx.user}"] if ctx.user else [])
+        await self.limiter.check(identities)
+
+        self.stats.arrived(ctx.model)
+        outcome: tuple[bool, Usage | None] = (False, None)
+        watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, asyncio.current_task()))
+        send = _Finishing(send, watcher)
+        try:
+            decision = await self._decide(ctx, strategy)
+            self.metrics.decision_seconds.observe(decision.decision_s)
+            outcome = await self._forward(ctx, decision, raw, send)
+        except asyncio.CancelledError:
+            if not watcher.done() or watcher.cancelled() or not watcher.result():
+                raise
+            raise _Disconnected from None
+        finally:
+            watcher.cancel()
+            ok, usage = outcome
+            prompt, completion = (usage.prompt_tokens, usage.completion_tokens) if usage else (0, 0)
+            self.stats.finished(ctx.model, ok, prompt, completion)
+            if usage is not None and identities:
+                self._in_background(self.limiter.add_tokens(identities, usage.total_tokens or prompt + completion))
+
+    def _base_model(self, model: str) -> str | None:
+        base = self.pods.base_model_of(model)
+        if base is not None:
+            self.known_models[model] = base
+            return base
+        remembered = self.known_models.get(model)
+        if remembered is None:
+            return None
+        return remembered or model
+
+    def _strategy(self, model: str, requested: str | None) -> Strategy:
+        spec = requested or self.settings.model_strategies.get(model) or self.settings.default_strategy
+        try:
+            return self.registry.strategy(spec)
+        except UnknownStrategy as exc:
+            raise bad_request(str(exc), "routing-strategy") from None
+
+    async def _decide(self, ctx: RequestContext, strategy: Strategy) -> RoutingDecision:
+        """Route now, or hold the request (bounded) until a pod of its model is ready: scale from zero."""
+        deadline = time.monotonic() + self.settings.cold_start_wait_s
+        while True:
+            try:
+                return await self.router.route(ctx, self.pods.all(), strategy)
+            except NoEndpoint:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise ApiError(503, f"no ready pod serves model `{ctx.model}`; retry later",
+                                   "service_unavailable", code="no_ready_pod",
+                                   retry_after_s=self.settings.retry_after_s) from None
+            self.stats.queued(ctx.model, 1)
+            self.metrics.held.inc()
+            try:  # woken by a ready pod, or after a short while to re-check pods that turn healthy again
+                await self.pods.wait_ready(ctx.model, min(remaining, 0.5))
+            finally:
+                self.stats.queued(ctx.model, -1)
+                self.metrics.held.dec()
+
+    async def _forward(
+        self, ctx: RequestContext, decision: RoutingDecision, raw: bytes, send: Send
+    ) -> tuple[bool, Usage | None]:
+        assert self._session is not None
+        attempts = decision.ranked[: self.settings.max_retries + 1]
+        upstream_headers = {"content-type": "application/json", "x-request-id": ctx.request_id}
+        failure = "no pod answered"
+        for attempt, pod in enumerate(attempts):
+            last = attempt == len(attempts) - 1
+            self.router.routed(ctx, decision, pod)
+            self.sync.routed(ctx.request_id, ctx.model, pod.name, ctx.prefix_hashes)
+            usage: Usage | None = None
+            status = 502
+            response: aiohttp.ClientResponse | None = None
+            try:
+                started = time.perf_counter()
+                try:
+                    response = await self._session.post(pod.url + _path(ctx), data=raw, headers=upstream_headers)
+                    if response.status >= 500 and not last:
+                        failure = f"pod {pod.name} answered {response.status}"
+                        self.metrics.retries.labels(ctx.model, f"http_{response.status}").inc()
+                        continue
+                    streamed = response.headers.get("content-type", "").startswith("text/event-stream")
+                    first = await (response.content.readany() if streamed else response.read())
+                except asyncio.TimeoutError as exc:  # aiohttp's timeouts are TimeoutErrors too
+                    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+                        failure = self._connection_failed(ctx, pod, "connect_timeout")
+                        continue
+                    status = 504
+                    raise ApiError(504, f"upstream pod {pod.name} did not answer in time", "timeout") from None
+                except _RETRYABLE as exc:
+                    failure = self._connection_failed(ctx, pod, type(exc).__name__)
+                    continue
+                self.metrics.ttft_seconds.labels(ctx.model).observe(time.perf_counter() - started)
+                status = response.status
+                if status >= 500:
+                    detail = first[:300].decode("utf-8", "replace")
+                    status = 502
+                    raise ApiError(502, f"upstream pod {pod.name} answered {response.status}: {detail}",
+                                   "upstream_error")
+                if streamed:
+                    ok, usage = await self._relay_stream(ctx, decision, pod, response, first, send)
+                    return ok, usage
+                ok = status < 400
+                usage = usage_of_body(first) if ok else None
+                headers = self._headers(response, ctx, decision, pod)
+                headers.append((b"content-length", str(len(first)).encode()))
+                await send({"type": "http.response.start", "status": status, "headers": headers})
+                await send({"type": "http.response.body", "body": first})
+                return ok, usage
+            finally:
+                if response is not None:
+                    response.close()
+                self.sync.done(ctx.request_id, ctx.model, pod.name)
+                self.router.completed(ctx, decision, pod, usage)
+                self.metrics.requests.labels(ctx.model, decision.strategy.name, pod.name, str(status)).inc()
+        raise ApiError(502, f"upstream failure after {len(attempts)} attempt(s): {failure}", "upstream_error")
+
+    async def _relay_stream(
+        self, ctx: RequestContext, decision: RoutingDecision, pod: Endpoint, response: aiohttp.ClientResponse,
+        first: bytes, send: Send,
+    ) -> tuple[bool, Usage | None]:
+        counter = StreamUsage()
+        counter.feed(first)
+        await send({"type": "http.response.start", "status": response.status,
+                    "headers": self._headers(response, ctx, decision, pod)})
+        await send({"type": "http.response.body", "body": first, "more_body": True})
+        ok = response.status < 400
+        try:
+            async for chunk in response.content.iter_any():
+                counter.feed(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except (asyncio.TimeoutError, *_RETRYABLE) as exc:
+            self.metrics.stream_errors.labels(ctx.model).inc()
+            reason = "timed out" if isinstance(exc, asyncio.TimeoutError) else "lost its connection"
+            await send({"type": "http.response.body", "more_body": True,
+                        "body": sse_error_event(f"upstream pod {pod.name} {reason} mid-stream")})
+            ok = False
+        await send({"type": "http.response.body", "body": b""})
+        return ok, counter.result(ctx.estimated_prompt_tokens())
+
+    def _connection_failed(self, ctx: RequestContext, pod: Endpoint, reason: str) -> str:
+        pod.unhealthy_until = time.monotonic() + self.settings.unhealthy_s
+        self.metrics.retries.labels(ctx.model, reason).inc()
+        return f"pod {pod.name}: {reason}"
+
+    def _headers(
+        self, response: aiohttp.ClientResponse, ctx: RequestContext, decision: RoutingDecision, pod: Endpoint
+    ) -> list[tuple[bytes, bytes]]:
+        return [
+            (b"content-type", response.headers.get("content-type", "application/json").encode("latin-1")),
+            (b"x-request-id", ctx.request_id.encode("latin-1")),
+            (b"x-brixmesh-pod", pod.name.encode("latin-1")),
+            (b"x-brixmesh-strategy", decision.strategy.name.encode("latin-1")),
+        ]
+
+    def _models_body(self) -> bytes:
+        now = int(time.time())
+        data = [
+            {"id": name, "object": "model", "created": now, "owned_by": "brixmesh", "root": base or name,
+             "parent": base}
+            for name, base in sorted(self.pods.models().items())
+        ]
+        return _json.encode({"object": "list", "data": data})
+
+    def _in_background(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+def _path(ctx: RequestContext) -> str:
+    return {"chat": "/v1/chat/completions", "completions": "/v1/completions", "embeddings": "/v1/embeddings"}[
+        ctx.api
+    ]
+
+
+class _Finishing:
+    """Wraps ``send``: once the last body message is sent, the disconnect watcher is stopped first (the server
+    reports a completed response as a disconnect, which must not cancel the request's bookkeeping)."""
+
+    __slots__ = ("_send", "_watcher")
+
+    def __init__(self, send: Send, watcher: asyncio.Task[bool]) -> None:
+        self._send = send
+        self._watcher = watcher
+
+    async def __call__(self, message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            self._watcher.cancel()
+        await self._send(message)
+
+
+async def _watch_disconnect(receive: Receive, task: asyncio.Task[Any] | None) -> bool:
+    """Cancel the request's task when the client disconnects; True if it did."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            if task is not None:
+                task.cancel()
+            return True
+
+
+async def _send_json(send: Send, status: int, body: bytes, request_id: str) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"), (b"x-request-id", request_id.encode("latin-1"))]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _send_error(send: Send, error: ApiError, request_id: str) -> None:
+    try:
+        await send({"type": "http.response.start", "status": error.status,
+                    "headers": [*error.headers(), (b"x-request-id", request_id.encode("latin-1"))]})
+        await send({"type": "http.response.body", "body": error.body()})
+    except (OSError, RuntimeError):  # the response had already started or the client is gone
+        log.debug("could not send error %s for %s", error.status, request_id)

@@ -1,0 +1,182 @@
+"""Keeps a :class:`PrefixIndex` equal to what the engines hold, from JetStream.
+
+Start-up: load the newest complete snapshot of every pod from ``KV_SNAPSHOTS``, then follow ``KV_EVENTS``
+from its first retained message with one ordered consumer, skipping each pod's batches the snapshot already
+covers (by ``(epoch, engine_seq)``). :attr:`ready` turns true once the consumer has reached the last message
+that existed when it started; the same consumer then keeps the index live.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import msgspec
+from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
+from nats.js.client import JetStreamContext
+
+from brixmesh.common.bus import Bus
+from brixmesh.common.kv_streams import events_stream, snapshots_stream
+from brixmesh.common.messages import KvAllCleared, KvEventBatch, KvSnapshot
+from brixmesh.common.subjects import KV_EVENTS, KV_EVENTS_STREAM, KV_SNAPSHOTS, KV_SNAPSHOTS_STREAM
+
+from brixmesh.router.kv.index import PrefixIndex
+
+log = logging.getLogger(__name__)
+
+_SNAPSHOT_READ_TIMEOUT_S = 5.0
+
+
+@dataclass(slots=True)
+class FollowerStats:
+    batches_applied: int = 0
+    batches_skipped: int = 0
+    decode_errors: int = 0
+    snapshots_loaded: int = 0
+    snapshot_blocks: int = 0
+    rebuild_s: float = 0.0
+
+
+class SnapshotAssembler:
+    """Collects snapshot parts; keeps, per pod, the newest snapshot whose parts all arrived. Pure."""
+
+    def __init__(self) -> None:
+        self._parts: dict[tuple[str, int], dict[int, KvSnapshot]] = {}
+        self.complete: dict[str, list[KvSnapshot]] = {}
+
+    def add(self, part: KvSnapshot) -> None:
+        key = (part.pod, part.snapshot_id)
+        parts = self._parts.setdefault(key, {})
+        parts[part.part] = part
+        if len(parts) == part.parts:
+            done = [parts[i] for i in range(part.parts) if i in parts]
+            if len(done) == part.parts:
+                current = self.complete.get(part.pod)
+                if current is None or (part.epoch, part.engine_seq, part.snapshot_id) >= (
+                    current[0].epoch,
+                    current[0].engine_seq,
+                    current[0].snapshot_id,
+                ):
+                    self.complete[part.pod] = done
+            del self._parts[key]
+
+
+class IndexFollower:
+    def __init__(
+        self,
+        bus: Bus,
+        index: PrefixIndex,
+        *,
+        on_lag: Callable[[float], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.bus = bus
+        self.index = index
+        self.stats = FollowerStats()
+        self.ready = False
+        self._on_lag = on_lag
+        self._clock = clock
+        self._cuts: dict[str, tuple[int, int]] = {}
+        self._decoder = msgspec.msgpack.Decoder(KvEventBatch)
+        self._caught_up_at = 0
+        self._ready_event = asyncio.Event()
+        self._subscription = None
+
+    async def start(self) -> None:
+        """Provision the streams, load snapshots, start following events; returns before the replay ends
+        (await :meth:`wait_ready` or poll :attr:`ready`)."""
+        started = time.perf_counter()
+        self._started = started
+        await self.bus.ensure_stream(events_stream())
+        await self.bus.ensure_stream(snapshots_stream())
+        js = self.bus.jetstream
+        await self._load_snapshots(js)
+        info = await js.stream_info(KV_EVENTS_STREAM)
+        self._caught_up_at = info.state.last_seq if info.state.messages else 0
+        if self._caught_up_at == 0:
+            self._mark_ready()
+        self._subscription = await js.subscribe(
+            KV_EVENTS.pattern(),
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.ALL,
+            cb=self._on_message,
+            pending_msgs_limit=1_000_000,
+        )
+
+    async def wait_ready(self, timeout_s: float) -> bool:
+        try:
+            await asyncio.wait_for(self._ready_event.wait(), timeout_s)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    async def stop(self) -> None:
+        if self._subscription is not None:
+            await self._subscription.unsubscribe()
+            self._subscription = None
+
+    def _mark_ready(self) -> None:
+        if not self.ready:
+            self.ready = True
+            self.stats.rebuild_s = time.perf_counter() - self._started
+            self._ready_event.set()
+            log.info(
+                "kv index rebuilt",
+                extra={"rebuild_s": round(self.stats.rebuild_s, 3), "blocks": self.index.blocks},
+            )
+
+    async def _load_snapshots(self, js: JetStreamContext) -> None:
+        info = await js.stream_info(KV_SNAPSHOTS_STREAM)
+        if not info.state.messages:
+            return
+        last = info.state.last_seq
+        assembler = SnapshotAssembler()
+        decoder = msgspec.msgpack.Decoder(KvSnapshot)
+        sub = await js.subscribe(KV_SNAPSHOTS.pattern(), ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
+        try:
+            while True:
+                msg = await sub.next_msg(timeout=_SNAPSHOT_READ_TIMEOUT_S)
+                try:
+                    assembler.add(decoder.decode(msg.data))
+                except (msgspec.DecodeError, msgspec.ValidationError):
+                    self.stats.decode_errors += 1
+                if msg.metadata.sequence.stream >= last:
+                    break
+        finally:
+            await sub.unsubscribe()
+        for pod, parts in assembler.complete.items():
+            head = parts[0]
+            self.index.clear_pod(pod)
+            events: list = [KvAllCleared()]
+            for part in parts:
+                events.extend(part.blocks)
+                self.stats.snapshot_blocks += len(part.blocks)
+            self.index.apply(KvEventBatch(pod, head.model, head.engine_seq, head.ts, events, head.epoch))
+            self._cuts[pod] = (head.epoch, head.engine_seq)
+            self.stats.snapshots_loaded += 1
+
+    async def _on_message(self, msg: Msg) -> None:
+        self.apply_message(msg.data)
+        if not self.ready and msg.metadata.sequence.stream >= self._caught_up_at:
+            self._mark_ready()
+
+    def apply_message(self, data: bytes) -> None:
+        try:
+            batch = self._decoder.decode(data)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            self.stats.decode_errors += 1
+            return
+        cut = self._cuts.get(batch.pod)
+        if cut is not None:
+            if (batch.epoch, batch.engine_seq) <= cut:
+                self.stats.batches_skipped += 1
+                return
+            del self._cuts[batch.pod]
+        self.index.apply(batch)
+        self.stats.batches_applied += 1
+        if self._on_lag is not None:
+            self._on_lag(self._clock() - batch.ts)

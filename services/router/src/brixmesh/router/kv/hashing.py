@@ -1,0 +1,44 @@
+"""The index's own block hashes: chained XXH3-64 over little-endian u32 token ids.
+
+``h_0 = xxh3_64(tokens_0, seed=root(model, adapter))``, ``h_i = xxh3_64(tokens_i, seed=h_{i-1})``. They depend
+only on the tokens, the block size and the (model, adapter) namespace, never on an engine's hash algorithm or
+``PYTHONHASHSEED``, so events and requests agree by construction and every router computes the same keys.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Sequence
+from functools import lru_cache
+
+from xxhash import xxh3_64_intdigest
+
+_TOKEN_BYTES = 4
+_U32 = "I" if array("I").itemsize == _TOKEN_BYTES else "L"
+
+
+@lru_cache(maxsize=4096)
+def root_seed(model: str, adapter: str | None) -> int:
+    """The chain's start for one (model, adapter) namespace; ``adapter`` None is the base model."""
+    return xxh3_64_intdigest(f"brixmesh-kv\x00{model}\x00{adapter or ''}".encode())
+
+
+def token_bytes(token_ids: Sequence[int]) -> bytes:
+    """Token ids as packed u32 (raises OverflowError for ids outside 0 .. 2**32 - 1)."""
+    return array(_U32, token_ids).tobytes()
+
+
+def chain(packed: bytes, block_size: int, seed: int) -> list[int]:
+    """Hashes of the full blocks of ``packed``, chained from ``seed``."""
+    stride = block_size * _TOKEN_BYTES
+    hashes = []
+    append = hashes.append
+    for offset in range(0, len(packed) - stride + 1, stride):
+        seed = xxh3_64_intdigest(packed[offset : offset + stride], seed)
+        append(seed)
+    return hashes
+
+
+def block_hashes(token_ids: Sequence[int], block_size: int, model: str, adapter: str | None = None) -> list[int]:
+    """The own hashes of every full block of a prompt, as the index keys them."""
+    return chain(token_bytes(token_ids), block_size, root_seed(model, adapter))

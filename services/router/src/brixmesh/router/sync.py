@@ -1,0 +1,63 @@
+"""Sharing routing state between router replicas over NATS.
+
+Each replica publishes its decisions and completions (``router.routing.<router>``, batched) and mirrors those
+of the others into its own :class:`LoadTracker` and :class:`PrefixIndex`, so every replica counts every
+replica's in-flight requests and knows every prefix sent anywhere. Entries of a replica that vanished expire
+with the tracker's TTL.
+"""
+
+from __future__ import annotations
+
+import time
+
+from brixmesh.common.bus import Batcher, Bus
+from brixmesh.common.messages import RoutingEvent, RoutingEventBatch
+from brixmesh.common.subjects import ROUTER_ROUTING
+
+from brixmesh.router.routing.registry import RoutingEnv
+
+
+class RoutingSync:
+    def __init__(self, env: RoutingEnv, router_id: str) -> None:
+        self.env = env
+        self.router_id = router_id
+        self._token = ROUTER_ROUTING.format(router=router_id).rsplit(".", 1)[1]
+        self._bus: Bus | None = None
+        self._batcher: Batcher[RoutingEvent] = Batcher(self._flush, max_items=512, max_delay_s=0.002)
+        self.mirrored = 0
+
+    async def start(self, bus: Bus) -> None:
+        self._bus = bus
+        await bus.subscribe(ROUTER_ROUTING.pattern(), RoutingEventBatch, self._on_batch)
+
+    def routed(self, request_id: str, model: str, pod: str, prefix_hashes: list[int] | None) -> None:
+        self.env.load.start(self.router_id, request_id, pod, time.monotonic())
+        if self._bus is not None:
+            self._batcher.add(RoutingEvent("routed", request_id, model, pod, prefix_hashes or []))
+
+    def done(self, request_id: str, model: str, pod: str) -> None:
+        self.env.load.finish(self.router_id, request_id)
+        if self._bus is not None:
+            self._batcher.add(RoutingEvent("done", request_id, model, pod))
+
+    async def drain(self) -> None:
+        await self._batcher.drain()
+
+    async def _flush(self, events: list[RoutingEvent]) -> None:
+        if self._bus is not None and self._bus.connected:
+            await self._bus.publish(ROUTER_ROUTING.format(router=self.router_id), RoutingEventBatch(
+                self.router_id, time.time(), events))
+
+    def _on_batch(self, subject: str, batch: RoutingEventBatch) -> None:
+        if subject.endswith("." + self._token) and batch.router == self.router_id:
+            return
+        now = time.monotonic()
+        load, index = self.env.load, self.env.prefix_index
+        for event in batch.events:
+            if event.kind == "routed":
+                load.start(batch.router, event.request_id, event.pod, now)
+                if event.prefix_hashes:
+                    index.insert(event.prefix_hashes, event.pod, now)
+            else:
+                load.finish(batch.router, event.request_id)
+        self.mirrored += len(batch.events)
