@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -104,8 +105,17 @@ def _decode_batch(frames: list[bytes], topic: str) -> tuple[int, list[dict[str, 
     return int.from_bytes(frames[1], "big"), events
 
 
-async def test_kv_events_live_and_replay_with_recomputable_hashes(real_vllm: VllmEngine) -> None:
+@pytest.fixture
+def zmq_context() -> Iterator[zmq.asyncio.Context]:
     context = zmq.asyncio.Context()
+    yield context
+    context.destroy(linger=0)
+
+
+async def test_kv_events_live_and_replay_with_recomputable_hashes(
+    real_vllm: VllmEngine, zmq_context: zmq.asyncio.Context
+) -> None:
+    context = zmq_context
     subscriber, second_subscriber = (context.socket(zmq.SUB) for _ in range(2))
     for sock in (subscriber, second_subscriber):  # the engine binds the ipc endpoint; any number may attach
         sock.setsockopt(zmq.LINGER, 0)
@@ -150,7 +160,6 @@ async def test_kv_events_live_and_replay_with_recomputable_hashes(real_vllm: Vll
         second_subscriber.close()
 
     replayed = await _replay_from(real_vllm, start_seq=0, context=context)
-    context.term()
     assert [seq for seq, _ in replayed][:1] == [0]
     assert [seq for seq, _ in replayed] == list(range(len(replayed)))
     assert live_seqs[-1] < len(replayed)
