@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -16,9 +17,10 @@ import httpx
 from brixmesh.common.ports import free_port
 
 
-@contextlib.contextmanager
-def autoscaler_process(nats_url: str, spec_file: Path, log_path: Path, **settings: str) -> Iterator[str]:
-    """Yields the service's base URL once ``/readyz`` answers 200."""
+@contextlib.asynccontextmanager
+async def autoscaler_process(nats_url: str, spec_file: Path, log_path: Path, **settings: str) -> AsyncIterator[str]:
+    """Yields the service's base URL once ``/readyz`` answers 200; waits without blocking the test's event
+    loop, which may be answering the service's requests (``pods.list``) meanwhile."""
     port = free_port()
     env = {
         **os.environ,
@@ -38,13 +40,14 @@ def autoscaler_process(nats_url: str, spec_file: Path, log_path: Path, **setting
                 if process.poll() is not None:
                     raise RuntimeError(f"autoscaler exited {process.returncode}: {log_path.read_text()[-2000:]}")
                 try:
-                    if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                        break
+                    async with httpx.AsyncClient() as client:
+                        if (await client.get(f"{url}/readyz", timeout=1)).status_code == 200:
+                            break
                 except httpx.HTTPError:
                     pass
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"autoscaler not ready: {log_path.read_text()[-2000:]}")
-                time.sleep(0.1)
+                await asyncio.sleep(0.1)
             yield url
         finally:
             if process.poll() is None:

@@ -8,9 +8,11 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+import nats.errors
+
 from brixmesh.common.bus import Bus
-from brixmesh.common.messages import PodEvent, RouterStats, ScaleDecision
-from brixmesh.common.subjects import METRICS_PODS, PODS, ROUTER_STATS, SCALE_DECISIONS
+from brixmesh.common.messages import PodEvent, PodList, PodListRequest, RouterStats, ScaleDecision
+from brixmesh.common.subjects import METRICS_PODS, PODS, PODS_LIST, ROUTER_STATS, SCALE_DECISIONS
 
 from brixmesh.autoscaler.fleet import Fleet, RouterSignals
 from brixmesh.autoscaler.observe import observe
@@ -32,6 +34,12 @@ class AutoscalerController:
     async def attach(self, bus: Bus) -> None:
         await bus.subscribe(PODS.pattern(), PodEvent, self._on_pod_event)
         await bus.subscribe(ROUTER_STATS.pattern(), RouterStats, self._on_router_stats)
+        try:
+            listing = await bus.request(PODS_LIST.template, PodListRequest(), PodList, timeout_s=1.0)
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+            log.info("no orchestrator answered pods.list; pods will be learned from pods.* events")
+        else:
+            self.fleet.apply_list(listing)
 
     def _on_pod_event(self, _subject: str, event: PodEvent) -> None:
         self.fleet.apply(event)
