@@ -20,11 +20,10 @@ import statistics
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
-
 from brixmesh.engine_sim.timing import RooflineModel, StepShape, gpu_profile, model_profile_named
 
 REFERENCE = {"ttft_1k": 0.032, "ttft_4k": 0.130, "b1": 0.0072, "b32": 0.0105, "b128": 0.0205}
@@ -41,7 +40,9 @@ def simulator(args: list[str], cpu: int | None = None) -> Iterator[tuple[int, li
     argv = [sys.executable, "-m", "brixmesh.engine_sim", "serve", "tiny-llama", "--port", "0", *args]
     if cpu is not None and hasattr(os, "sched_setaffinity"):
         argv = ["taskset", "-c", str(cpu), *argv]
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         assert process.stdout is not None
         line = process.stdout.readline()
@@ -73,7 +74,7 @@ async def measure_fidelity() -> dict[str, float]:
             await stream_timings(c, url, [7] * 16, 2)  # warm-up
             for name, n in (("ttft_1k", 1024), ("ttft_4k", 4096)):
                 samples = []
-                for i in range(5):
+                for _ in range(5):
                     prompt = [random.randrange(6, 2048) for _ in range(n)]
                     samples.append((await stream_timings(c, url, prompt, 1))[0])
                 out[name] = statistics.median(samples)
@@ -109,8 +110,9 @@ async def drive(urls: list[str], rate: float, seconds: float) -> tuple[list[floa
             prompt = [random.randrange(6, 2048) for _ in range(256)]
             started = time.perf_counter()
             try:
-                r = await c.post(f"{url}/v1/completions", json={"prompt": prompt, "max_tokens": 64,
-                                                                "ignore_eos": True})
+                r = await c.post(
+                    f"{url}/v1/completions", json={"prompt": prompt, "max_tokens": 64, "ignore_eos": True}
+                )
                 if r.status_code == 200:
                     latencies.append(time.perf_counter() - started)
                 else:
@@ -158,26 +160,39 @@ def main() -> int:
     model = model_figures()
     measured = asyncio.run(measure_fidelity())
     print("H100 / llama-8b            reference   model      measured(e2e)  measured/reference")
-    labels = {"ttft_1k": "TTFT 1k prompt", "ttft_4k": "TTFT 4k prompt", "b1": "decode step b1@2k",
-              "b32": "decode step b32@2k", "b128": "decode step b128@2k"}
+    labels = {
+        "ttft_1k": "TTFT 1k prompt",
+        "ttft_4k": "TTFT 4k prompt",
+        "b1": "decode step b1@2k",
+        "b32": "decode step b32@2k",
+        "b128": "decode step b128@2k",
+    }
     for key, label in labels.items():
         ref = REFERENCE[key]
-        print(f"{label:<26} {ref * 1000:8.1f} ms {model[key] * 1000:7.1f} ms {measured[key] * 1000:9.1f} ms"
-              f"     {measured[key] / ref:6.2f}")
+        print(
+            f"{label:<26} {ref * 1000:8.1f} ms {model[key] * 1000:7.1f} ms {measured[key] * 1000:9.1f} ms"
+            f"     {measured[key] / ref:6.2f}"
+        )
     counts = [1, 2, 4, 8, 12, 16] if args.quick else [1, 2, 4, 8, 12, 16, 24, 32]
     if hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) > 1:
         os.sched_setaffinity(0, os.sched_getaffinity(0) - {0})  # keep the load generator off the sim's core
     rows = asyncio.run(density(counts, 3.0 if args.quick else 6.0))
     print("\nengines on core 0 @10 req/s each   p50 e2e   vs 1 engine   errors   sim CPU (cores)   keeps up")
     for n, p50, ratio, errors, cores, ok in rows:
-        print(f"{n:>5}                             {p50 * 1000:7.1f} ms   {ratio:6.2f}      {errors:5d}"
-              f"     {cores:6.2f}           {ok}")
+        print(
+            f"{n:>5}                             {p50 * 1000:7.1f} ms   {ratio:6.2f}      {errors:5d}"
+            f"     {cores:6.2f}           {ok}"
+        )
     sustained = max((n for n, *_, ok in rows if ok), default=0)
     per_engine = [cores / n for n, *_, cores, ok in rows if ok and n >= 4]
-    print(f"\none core sustains {sustained} simulated engines at 10 req/s each (p50 e2e within 1.25x of one engine)")
+    print(
+        f"\none core sustains {sustained} simulated engines at 10 req/s each (p50 e2e within 1.25x of one engine)"
+    )
     if per_engine:
-        print(f"CPU per engine at 10 req/s: {min(per_engine):.3f} cores -> ~{1 / min(per_engine):.0f} engines per fully "
-              "available core")
+        print(
+            f"CPU per engine at 10 req/s: {min(per_engine):.3f} cores -> ~{1 / min(per_engine):.0f} engines per fully "
+            "available core"
+        )
     return 0
 
 

@@ -20,17 +20,33 @@ REPLAY_END_SEQ = b"\xff" * 8
 EVENT_WAIT_S = 15.0
 
 CORE_METRICS = [
-    "vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:num_requests_waiting_by_reason",
-    "vllm:kv_cache_usage_perc", "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total",
-    "vllm:num_preemptions_total", "vllm:prompt_tokens_total", "vllm:generation_tokens_total",
-    "vllm:prompt_tokens_by_source_total", "vllm:prompt_tokens_cached_total", "vllm:request_success_total",
-    "vllm:time_to_first_token_seconds_bucket", "vllm:inter_token_latency_seconds_bucket",
-    "vllm:request_time_per_output_token_seconds_bucket", "vllm:e2e_request_latency_seconds_bucket",
-    "vllm:request_queue_time_seconds_bucket", "vllm:request_prefill_time_seconds_bucket",
-    "vllm:request_decode_time_seconds_bucket", "vllm:request_inference_time_seconds_bucket",
-    "vllm:request_prompt_tokens_bucket", "vllm:request_generation_tokens_bucket",
-    "vllm:request_params_max_tokens_bucket", "vllm:iteration_tokens_total_bucket", "vllm:cache_config_info",
-    "vllm:engine_sleep_state", "vllm:lora_requests_info",
+    "vllm:num_requests_running",
+    "vllm:num_requests_waiting",
+    "vllm:num_requests_waiting_by_reason",
+    "vllm:kv_cache_usage_perc",
+    "vllm:prefix_cache_queries_total",
+    "vllm:prefix_cache_hits_total",
+    "vllm:num_preemptions_total",
+    "vllm:prompt_tokens_total",
+    "vllm:generation_tokens_total",
+    "vllm:prompt_tokens_by_source_total",
+    "vllm:prompt_tokens_cached_total",
+    "vllm:request_success_total",
+    "vllm:time_to_first_token_seconds_bucket",
+    "vllm:inter_token_latency_seconds_bucket",
+    "vllm:request_time_per_output_token_seconds_bucket",
+    "vllm:e2e_request_latency_seconds_bucket",
+    "vllm:request_queue_time_seconds_bucket",
+    "vllm:request_prefill_time_seconds_bucket",
+    "vllm:request_decode_time_seconds_bucket",
+    "vllm:request_inference_time_seconds_bucket",
+    "vllm:request_prompt_tokens_bucket",
+    "vllm:request_generation_tokens_bucket",
+    "vllm:request_params_max_tokens_bucket",
+    "vllm:iteration_tokens_total_bucket",
+    "vllm:cache_config_info",
+    "vllm:engine_sleep_state",
+    "vllm:lora_requests_info",
 ]
 
 
@@ -39,8 +55,14 @@ def client(engine: Any) -> httpx.Client:
 
 
 def complete(c: httpx.Client, engine: Any, prompt: Any, max_tokens: int = 8, **extra: Any) -> dict[str, Any]:
-    body = {"model": engine.model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
-            "ignore_eos": True, **extra}
+    body = {
+        "model": engine.model,
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "ignore_eos": True,
+        **extra,
+    }
     response = c.post("/v1/completions", json=body)
     assert response.status_code == 200, response.text
     return response.json()
@@ -106,8 +128,15 @@ def test_chat_shape_and_template(engine) -> None:
     with client(engine) as c:
         ids = tokenize(c, engine, messages=messages)
         assert ids[:2] == [1, 4]
-        response = c.post("/v1/chat/completions", json={"model": engine.model, "messages": messages,
-                                                         "max_completion_tokens": 5, "ignore_eos": True})
+        response = c.post(
+            "/v1/chat/completions",
+            json={
+                "model": engine.model,
+                "messages": messages,
+                "max_completion_tokens": 5,
+                "ignore_eos": True,
+            },
+        )
         assert response.status_code == 200, response.text
         body = response.json()
     assert body["id"].startswith("chatcmpl-") and body["object"] == "chat.completion"
@@ -126,9 +155,19 @@ def test_detokenize_keeps_special_tokens(engine) -> None:
 def test_completion_stream_with_usage(engine) -> None:
     with client(engine) as c:
         plain = complete(c, engine, "Streaming check", max_tokens=6)
-        headers, events = sse_events(c, "/v1/completions", {
-            "model": engine.model, "prompt": "Streaming check", "max_tokens": 6, "temperature": 0,
-            "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}})
+        headers, events = sse_events(
+            c,
+            "/v1/completions",
+            {
+                "model": engine.model,
+                "prompt": "Streaming check",
+                "max_tokens": 6,
+                "temperature": 0,
+                "ignore_eos": True,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            },
+        )
     assert headers["content-type"].startswith("text/event-stream")
     assert events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
@@ -144,9 +183,17 @@ def test_completion_stream_with_usage(engine) -> None:
 
 def test_chat_stream_first_chunk_has_role(engine) -> None:
     with client(engine) as c:
-        _, events = sse_events(c, "/v1/chat/completions", {
-            "model": engine.model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,
-            "ignore_eos": True, "stream": True})
+        _, events = sse_events(
+            c,
+            "/v1/chat/completions",
+            {
+                "model": engine.model,
+                "messages": [{"role": "user", "content": "hi"}],
+                "max_tokens": 4,
+                "ignore_eos": True,
+                "stream": True,
+            },
+        )
     chunks = [json.loads(e) for e in events[:-1]]
     assert events[-1] == "[DONE]"
     assert chunks[0]["object"] == "chat.completion.chunk"
@@ -160,20 +207,28 @@ def test_errors(engine) -> None:
         unknown = c.post("/v1/completions", json={"model": "nope", "prompt": "x", "max_tokens": 1})
         assert unknown.status_code == 404
         error = unknown.json()["error"]
-        assert error == {"message": f"The model `nope` does not exist. Valid aliases: {engine.model}.",
-                         "type": "NotFoundError", "param": "model", "code": 404}
+        assert error == {
+            "message": f"The model `nope` does not exist. Valid aliases: {engine.model}.",
+            "type": "NotFoundError",
+            "param": "model",
+            "code": 404,
+        }
         empty = c.post("/v1/completions", json={"model": engine.model, "prompt": "", "max_tokens": 1})
         assert empty.status_code == 400
         assert empty.json()["error"]["type"] == "BadRequestError"
         assert empty.json()["error"]["message"].startswith("Either prompt or prompt_embeds must be provided")
-        too_long = c.post("/v1/completions", json={"model": engine.model, "prompt": [7] * (engine.max_model_len + 1),
-                                                   "max_tokens": 1})
+        too_long = c.post(
+            "/v1/completions",
+            json={"model": engine.model, "prompt": [7] * (engine.max_model_len + 1), "max_tokens": 1},
+        )
         assert too_long.status_code == 400
         assert too_long.json()["error"]["message"].startswith(
-            f"This model's maximum context length is {engine.max_model_len} tokens.")
+            f"This model's maximum context length is {engine.max_model_len} tokens."
+        )
         assert too_long.json()["error"]["code"] == 400
         assert too_long.json()["error"]["message"].endswith(
-            f"(parameter=input_tokens, value={engine.max_model_len + 1})")
+            f"(parameter=input_tokens, value={engine.max_model_len + 1})"
+        )
         no_messages = c.post("/v1/chat/completions", json={"model": engine.model})
         assert no_messages.status_code == 400
         assert no_messages.json()["error"]["type"] == "Bad Request"
@@ -184,59 +239,155 @@ def test_errors(engine) -> None:
         assert bad_json.status_code == 400
         assert bad_json.json()["error"]["param"] == "body.1"
         assert "json_invalid" in bad_json.json()["error"]["message"]
-        options = c.post("/v1/completions", json={"model": engine.model, "prompt": "x",
-                                                  "stream_options": {"include_usage": True}})
+        options = c.post(
+            "/v1/completions",
+            json={"model": engine.model, "prompt": "x", "stream_options": {"include_usage": True}},
+        )
         assert options.status_code == 400
         assert options.json()["error"]["message"] == (
-            "Stream options can only be defined when `stream=True`. (parameter=stream_options)")
+            "Stream options can only be defined when `stream=True`. (parameter=stream_options)"
+        )
         assert c.get("/no/such/path").json() == {"detail": "Not Found"}
         assert c.get("/v1/completions").status_code == 405
 
 
-COMPLETION_KEYS = {"id", "object", "created", "model", "choices", "service_tier", "system_fingerprint", "usage",
-                   "kv_transfer_params", "ec_transfer_params", "metrics"}
-COMPLETION_CHOICE_KEYS = {"index", "text", "logprobs", "finish_reason", "stop_reason", "token_ids",
-                          "prompt_logprobs", "prompt_token_ids", "routed_experts"}
-CHAT_KEYS = {"id", "object", "created", "model", "choices", "service_tier", "system_fingerprint", "usage",
-             "prompt_logprobs", "prompt_token_ids", "prompt_text", "kv_transfer_params", "ec_transfer_params",
-             "metrics"}
-CHAT_CHOICE_KEYS = {"index", "message", "logprobs", "finish_reason", "stop_reason", "token_ids", "routed_experts"}
-USAGE_KEYS = {"prompt_tokens", "total_tokens", "completion_tokens", "prompt_tokens_details",
-              "completion_tokens_details"}
+COMPLETION_KEYS = {
+    "id",
+    "object",
+    "created",
+    "model",
+    "choices",
+    "service_tier",
+    "system_fingerprint",
+    "usage",
+    "kv_transfer_params",
+    "ec_transfer_params",
+    "metrics",
+}
+COMPLETION_CHOICE_KEYS = {
+    "index",
+    "text",
+    "logprobs",
+    "finish_reason",
+    "stop_reason",
+    "token_ids",
+    "prompt_logprobs",
+    "prompt_token_ids",
+    "routed_experts",
+}
+CHAT_KEYS = {
+    "id",
+    "object",
+    "created",
+    "model",
+    "choices",
+    "service_tier",
+    "system_fingerprint",
+    "usage",
+    "prompt_logprobs",
+    "prompt_token_ids",
+    "prompt_text",
+    "kv_transfer_params",
+    "ec_transfer_params",
+    "metrics",
+}
+CHAT_CHOICE_KEYS = {
+    "index",
+    "message",
+    "logprobs",
+    "finish_reason",
+    "stop_reason",
+    "token_ids",
+    "routed_experts",
+}
+USAGE_KEYS = {
+    "prompt_tokens",
+    "total_tokens",
+    "completion_tokens",
+    "prompt_tokens_details",
+    "completion_tokens_details",
+}
 
 
 def test_exact_body_keys(engine) -> None:
     with client(engine) as c:
         completion = complete(c, engine, "keys", max_tokens=2)
-        chat = c.post("/v1/chat/completions", json={"model": engine.model, "max_tokens": 2,
-                                                    "messages": [{"role": "user", "content": "keys"}]}).json()
-        _, events = sse_events(c, "/v1/chat/completions", {
-            "model": engine.model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
-            "ignore_eos": True, "stream": True,
-            "stream_options": {"include_usage": True, "continuous_usage_stats": True}})
-        _, completion_events = sse_events(c, "/v1/completions", {
-            "model": engine.model, "prompt": "keys", "max_tokens": 2, "ignore_eos": True, "stream": True,
-            "stream_options": {"include_usage": True}})
+        chat = c.post(
+            "/v1/chat/completions",
+            json={"model": engine.model, "max_tokens": 2, "messages": [{"role": "user", "content": "keys"}]},
+        ).json()
+        _, events = sse_events(
+            c,
+            "/v1/chat/completions",
+            {
+                "model": engine.model,
+                "messages": [{"role": "user", "content": "hi"}],
+                "max_tokens": 2,
+                "ignore_eos": True,
+                "stream": True,
+                "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+            },
+        )
+        _, completion_events = sse_events(
+            c,
+            "/v1/completions",
+            {
+                "model": engine.model,
+                "prompt": "keys",
+                "max_tokens": 2,
+                "ignore_eos": True,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            },
+        )
     assert set(completion) == COMPLETION_KEYS
     assert set(completion["choices"][0]) == COMPLETION_CHOICE_KEYS
     assert set(completion["usage"]) == USAGE_KEYS
     assert set(chat) == CHAT_KEYS and set(chat["choices"][0]) == CHAT_CHOICE_KEYS
-    assert set(chat["choices"][0]["message"]) == {"role", "content", "refusal", "annotations", "audio",
-                                                  "function_call", "reasoning"}
+    assert set(chat["choices"][0]["message"]) == {
+        "role",
+        "content",
+        "refusal",
+        "annotations",
+        "audio",
+        "function_call",
+        "reasoning",
+    }
     chunks = [json.loads(e) for e in events[:-1]]
-    assert set(chunks[0]) == {"id", "object", "created", "model", "choices", "usage", "prompt_token_ids",
-                              "prompt_text"}
+    assert set(chunks[0]) == {
+        "id",
+        "object",
+        "created",
+        "model",
+        "choices",
+        "usage",
+        "prompt_token_ids",
+        "prompt_text",
+    }
     assert set(chunks[0]["choices"][0]) == {"index", "delta", "logprobs", "finish_reason"}
     assert set(chunks[1]["choices"][0]) == {"index", "delta", "logprobs", "finish_reason", "token_ids"}
-    assert set(chunks[1]["usage"]) == {"prompt_tokens", "total_tokens", "completion_tokens",
-                                       "completion_tokens_details"}
-    assert set(chunks[-2]["choices"][0]) == {"index", "delta", "logprobs", "finish_reason", "stop_reason",
-                                             "token_ids"}
+    assert set(chunks[1]["usage"]) == {
+        "prompt_tokens",
+        "total_tokens",
+        "completion_tokens",
+        "completion_tokens_details",
+    }
+    assert set(chunks[-2]["choices"][0]) == {
+        "index",
+        "delta",
+        "logprobs",
+        "finish_reason",
+        "stop_reason",
+        "token_ids",
+    }
     assert set(chunks[-1]) == {"id", "object", "created", "model", "choices", "usage", "system_fingerprint"}
     assert set(chunks[-1]["usage"]) == {"prompt_tokens", "total_tokens", "completion_tokens"}
     completion_chunks = [json.loads(e) for e in completion_events[:-1]]
-    assert all(set(chunk["choices"][0]) == {"index", "text", "logprobs", "finish_reason", "stop_reason",
-                                            "prompt_token_ids", "token_ids"} for chunk in completion_chunks[:-1])
+    assert all(
+        set(chunk["choices"][0])
+        == {"index", "text", "logprobs", "finish_reason", "stop_reason", "prompt_token_ids", "token_ids"}
+        for chunk in completion_chunks[:-1]
+    )
     assert all("system_fingerprint" not in chunk for chunk in completion_chunks[:-1])
     assert completion_chunks[-1]["system_fingerprint"].startswith("vllm-0.32.0")
 
@@ -277,8 +428,12 @@ def test_prefix_cache_counters_count_hits(engine) -> None:
         complete(c, engine, prompt, max_tokens=1)
         complete(c, engine, prompt, max_tokens=1)
         after = c.get("/metrics").text
-    queries = metric_value(after, "vllm:prefix_cache_queries_total") - metric_value(before, "vllm:prefix_cache_queries_total")
-    hits = metric_value(after, "vllm:prefix_cache_hits_total") - metric_value(before, "vllm:prefix_cache_hits_total")
+    queries = metric_value(after, "vllm:prefix_cache_queries_total") - metric_value(
+        before, "vllm:prefix_cache_queries_total"
+    )
+    hits = metric_value(after, "vllm:prefix_cache_hits_total") - metric_value(
+        before, "vllm:prefix_cache_hits_total"
+    )
     assert queries == 2 * len(ids)
     assert hits == (len(ids) - 1) // engine.block_size * engine.block_size
 
@@ -356,7 +511,9 @@ def test_lora_load_unload(engine, request: pytest.FixtureRequest) -> None:
             again = c.post("/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path})
             assert again.status_code == 400
             assert again.json()["error"]["type"] == "InvalidUserInput"
-            assert again.json()["error"]["message"].startswith(f"The lora adapter '{name}' has already been loaded.")
+            assert again.json()["error"]["message"].startswith(
+                f"The lora adapter '{name}' has already been loaded."
+            )
             served = complete(c, engine, "adapter request", max_tokens=2, model=name)
             assert served["model"] == name
         finally:
@@ -383,9 +540,21 @@ async def test_saturation_queues_fills_cache_and_preempts(engine) -> None:
         before = (await c.get("/metrics")).text
         salt = os.urandom(2)[0] % 200
         prompts = [[100 + salt + i] * 400 for i in range(24)]
-        tasks = [asyncio.create_task(c.post("/v1/completions", json={
-            "model": engine.model, "prompt": p, "max_tokens": 120, "ignore_eos": True, "temperature": 0}))
-            for p in prompts]
+        tasks = [
+            asyncio.create_task(
+                c.post(
+                    "/v1/completions",
+                    json={
+                        "model": engine.model,
+                        "prompt": p,
+                        "max_tokens": 120,
+                        "ignore_eos": True,
+                        "temperature": 0,
+                    },
+                )
+            )
+            for p in prompts
+        ]
         waiting = usage = 0.0
         while not all(t.done() for t in tasks):
             text = (await c.get("/metrics")).text
@@ -397,5 +566,7 @@ async def test_saturation_queues_fills_cache_and_preempts(engine) -> None:
     assert all(r.status_code == 200 for r in responses)
     assert waiting >= 5
     assert usage > 0.8
-    preemptions = metric_value(after, "vllm:num_preemptions_total") - metric_value(before, "vllm:num_preemptions_total")
+    preemptions = metric_value(after, "vllm:num_preemptions_total") - metric_value(
+        before, "vllm:num_preemptions_total"
+    )
     assert preemptions > 0

@@ -51,8 +51,9 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def sim_engine(extra_args: Sequence[str] = (), replicas: int = 1, kv_events: bool = True,
-               startup_timeout: float = 20.0) -> Iterator[SimEngine]:
+def sim_engine(
+    extra_args: Sequence[str] = (), replicas: int = 1, kv_events: bool = True, startup_timeout: float = 20.0
+) -> Iterator[SimEngine]:
     """Starts the simulator (``replicas`` engines) with the same geometry as the real-vLLM fixture."""
     runtime = Path(tempfile.mkdtemp(prefix="bm-sim-"))
     lora_dirs = {}
@@ -72,14 +73,29 @@ def sim_engine(extra_args: Sequence[str] = (), replicas: int = 1, kv_events: boo
         "--replicas", str(replicas),
     ]  # fmt: skip
     if kv_events:
-        argv += ["--kv-events-config", json.dumps({"enable_kv_cache_events": True, "publisher": "zmq",
-                                                   "endpoint": events, "replay_endpoint": replay,
-                                                   "topic": TOPIC})]
+        argv += [
+            "--kv-events-config",
+            json.dumps(
+                {
+                    "enable_kv_cache_events": True,
+                    "publisher": "zmq",
+                    "endpoint": events,
+                    "replay_endpoint": replay,
+                    "topic": TOPIC,
+                }
+            ),
+        ]
     argv += list(extra_args)
     log_path = runtime / "sim.log"
     log = open(log_path, "wb")
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
-                               env={**os.environ, "PYTHONHASHSEED": "0"}, start_new_session=True)
+    process = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONHASHSEED": "0"},
+        start_new_session=True,
+    )
     try:
         assert process.stdout is not None
         line = process.stdout.readline()
@@ -95,9 +111,18 @@ def sim_engine(extra_args: Sequence[str] = (), replicas: int = 1, kv_events: boo
                     raise RuntimeError("simulator not healthy")
                 time.sleep(0.05)
         yield SimEngine(
-            base_url=urls[0], model=MODEL_NAME, kv_events_endpoint=events, kv_replay_endpoint=replay,
-            topic=TOPIC, block_size=BLOCK_SIZE, num_blocks=NUM_BLOCKS, max_model_len=MAX_MODEL_LEN,
-            model_dir=ASSETS, lora_dirs=lora_dirs, pid=process.pid, urls=urls,
+            base_url=urls[0],
+            model=MODEL_NAME,
+            kv_events_endpoint=events,
+            kv_replay_endpoint=replay,
+            topic=TOPIC,
+            block_size=BLOCK_SIZE,
+            num_blocks=NUM_BLOCKS,
+            max_model_len=MAX_MODEL_LEN,
+            model_dir=ASSETS,
+            lora_dirs=lora_dirs,
+            pid=process.pid,
+            urls=urls,
         )
     finally:
         if process.poll() is None:

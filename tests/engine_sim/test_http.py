@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import subprocess
 import sys
 import time
@@ -16,8 +15,10 @@ from tests.engine_sim.sim_engine import MODEL_NAME, sim_engine
 
 
 async def _complete(c: httpx.AsyncClient, prompt, max_tokens: int, **extra) -> httpx.Response:
-    return await c.post("/v1/completions", json={"model": MODEL_NAME, "prompt": prompt, "max_tokens": max_tokens,
-                                                 "ignore_eos": True, **extra})
+    return await c.post(
+        "/v1/completions",
+        json={"model": MODEL_NAME, "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True, **extra},
+    )
 
 
 async def test_saturated_engine_queues_fills_cache_and_preempts() -> None:
@@ -46,8 +47,9 @@ async def test_saturated_engine_queues_fills_cache_and_preempts() -> None:
 
 @pytest.fixture(scope="module")
 def sim():
-    with sim_engine(["--enable-prompt-tokens-details", "--legacy-metrics", "--enable-scale-out"],
-                    kv_events=False) as engine:
+    with sim_engine(
+        ["--enable-prompt-tokens-details", "--legacy-metrics", "--enable-scale-out"], kv_events=False
+    ) as engine:
         yield engine
 
 
@@ -79,8 +81,9 @@ async def test_fault_injection_runtime_knobs(sim) -> None:
         failed = await _complete(c, "x", 1)
         assert failed.status_code == 429 and failed.json()["error"]["code"] == 429
         await c.post("/admin/faults", json={"error_rate": 0.0, "error_types": None})
-        forced = await c.post("/v1/completions", json={"prompt": "x", "max_tokens": 1},
-                              headers={"X-Return-Error": "503"})
+        forced = await c.post(
+            "/v1/completions", json={"prompt": "x", "max_tokens": 1}, headers={"X-Return-Error": "503"}
+        )
         assert forced.status_code == 503
         # a straggler: the same request takes longer with a slowdown factor
         started = time.monotonic()
@@ -95,8 +98,11 @@ async def test_fault_injection_runtime_knobs(sim) -> None:
         # mid-stream disconnect after 3 tokens: the stream ends without [DONE]
         await c.post("/admin/faults", json={"disconnect_after_tokens": 3})
         lines = []
-        async with c.stream("POST", "/v1/completions", json={"prompt": "z", "max_tokens": 10, "stream": True,
-                                                              "ignore_eos": True}) as response:
+        async with c.stream(
+            "POST",
+            "/v1/completions",
+            json={"prompt": "z", "max_tokens": 10, "stream": True, "ignore_eos": True},
+        ) as response:
             async for line in response.aiter_lines():
                 if line.startswith("data: "):
                     lines.append(line)
@@ -108,12 +114,14 @@ async def test_slow_lora_load_fault(sim) -> None:
     async with httpx.AsyncClient(base_url=sim.base_url) as c:
         await c.post("/admin/faults", json={"lora_load_delay_s": 0.3})
         started = time.monotonic()
-        loaded = await c.post("/v1/load_lora_adapter", json={"lora_name": "slow",
-                                                              "lora_path": str(sim.lora_dirs["lora-b"])})
+        loaded = await c.post(
+            "/v1/load_lora_adapter", json={"lora_name": "slow", "lora_path": str(sim.lora_dirs["lora-b"])}
+        )
         elapsed = time.monotonic() - started
         await c.post("/admin/faults", json={"lora_load_delay_s": 0.0, "lora_load_fail": True})
-        failed = await c.post("/v1/load_lora_adapter", json={"lora_name": "fails",
-                                                              "lora_path": str(sim.lora_dirs["lora-b"])})
+        failed = await c.post(
+            "/v1/load_lora_adapter", json={"lora_name": "fails", "lora_path": str(sim.lora_dirs["lora-b"])}
+        )
         await c.post("/admin/faults", json={"lora_load_fail": False})
     assert loaded.status_code == 200 and elapsed >= 0.3
     assert failed.status_code == 500 and failed.json()["error"]["type"] == "InternalServerError"
@@ -132,16 +140,22 @@ async def test_pd_prefill_returns_transfer_params_and_decode_accepts_them(sim) -
         after = (await c.get("/metrics")).text
     assert decode.status_code == 200 and decode.json()["usage"]["completion_tokens"] == 4
     external = 'engine="0",model_name="tiny-llama",source="external_kv_transfer"'
-    grown = dict(metric_samples(after)["vllm:prompt_tokens_by_source_total"])[external] - dict(
-        metric_samples(before)["vllm:prompt_tokens_by_source_total"])[external]
+    grown = (
+        dict(metric_samples(after)["vllm:prompt_tokens_by_source_total"])[external]
+        - dict(metric_samples(before)["vllm:prompt_tokens_by_source_total"])[external]
+    )
     assert grown == 69
 
 
 async def test_render_endpoints_return_token_ids(sim) -> None:
     async with httpx.AsyncClient(base_url=sim.base_url) as c:
-        tokens = (await c.post("/tokenize", json={"messages": [{"role": "user", "content": "hi"}]})).json()["tokens"]
-        chat = await c.post("/v1/chat/completions/render", json={"model": MODEL_NAME,
-                                                                  "messages": [{"role": "user", "content": "hi"}]})
+        tokens = (await c.post("/tokenize", json={"messages": [{"role": "user", "content": "hi"}]})).json()[
+            "tokens"
+        ]
+        chat = await c.post(
+            "/v1/chat/completions/render",
+            json={"model": MODEL_NAME, "messages": [{"role": "user", "content": "hi"}]},
+        )
         completion = await c.post("/v1/completions/render", json={"model": MODEL_NAME, "prompt": [1, 2, 3]})
     assert chat.json()["token_ids"] == tokens
     assert completion.json()[0]["token_ids"] == [1, 2, 3]
@@ -165,8 +179,9 @@ def test_cli_rejects_bad_flags_with_one_line() -> None:
         (["serve", "m", "--kv-events-config", "{nope"], "not valid JSON"),
         (["serve", "m", "--fault-slowdown", "0"], "slowdown"),
     ):
-        done = subprocess.run([sys.executable, "-m", "brixmesh.engine_sim", *args], capture_output=True, text=True,
-                              timeout=30)
+        done = subprocess.run(
+            [sys.executable, "-m", "brixmesh.engine_sim", *args], capture_output=True, text=True, timeout=30
+        )
         assert done.returncode == 2, args
         assert needle in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
 
@@ -199,7 +214,9 @@ def test_time_scale_slows_the_clock_but_metrics_stay_in_model_time() -> None:
     with sim_engine(["--time-scale", "10"], kv_events=False) as sim:
         with httpx.Client(base_url=sim.base_url, timeout=30) as c:
             started = time.monotonic()
-            response = c.post("/v1/completions", json={"prompt": "slow", "max_tokens": 50, "ignore_eos": True})
+            response = c.post(
+                "/v1/completions", json={"prompt": "slow", "max_tokens": 50, "ignore_eos": True}
+            )
             wall = time.monotonic() - started
             text = c.get("/metrics").text
     assert response.status_code == 200
@@ -256,8 +273,11 @@ async def test_stall_fault_pauses_a_stream(sim) -> None:
         try:
             arrivals = []
             started = time.monotonic()
-            async with c.stream("POST", "/v1/completions", json={"prompt": "s", "max_tokens": 4, "stream": True,
-                                                                  "ignore_eos": True}) as response:
+            async with c.stream(
+                "POST",
+                "/v1/completions",
+                json={"prompt": "s", "max_tokens": 4, "stream": True, "ignore_eos": True},
+            ) as response:
                 async for line in response.aiter_lines():
                     if line.startswith("data: {"):
                         arrivals.append(time.monotonic() - started)

@@ -13,8 +13,9 @@ def make_request(rid: str, prompt: list[int], max_tokens: int = 4, **kw) -> SimR
     return SimRequest(rid, prompt, max_tokens, TokenStream(prompt, 2048, 6, 5), 0.0, **kw)
 
 
-def make_scheduler(num_blocks: int = 64, block_size: int = 16, max_seqs: int = 8, budget: int = 64,
-                   max_model_len: int = 4096) -> Scheduler:
+def make_scheduler(
+    num_blocks: int = 64, block_size: int = 16, max_seqs: int = 8, budget: int = 64, max_model_len: int = 4096
+) -> Scheduler:
     kv = KvCacheManager(num_blocks, block_size, BlockHasher("sha256", seed="0"))
     return Scheduler(SchedulerLimits(max_seqs, budget, max_model_len), kv)
 
@@ -110,13 +111,21 @@ def test_abort_frees_blocks() -> None:
 
 def test_eos_stops_unless_ignored() -> None:
     s = make_scheduler()
-    r = SimRequest("a", [9] * 10, 50, TokenStream([9] * 10, 2048, 6, 5, eos_probability=1.0), 0.0,
-                   eos_token_id=5)
+    r = SimRequest(
+        "a", [9] * 10, 50, TokenStream([9] * 10, 2048, 6, 5, eos_probability=1.0), 0.0, eos_token_id=5
+    )
     s.add(r)
     run_to_completion(s)
     assert r.finish_reason == "stop" and r.output_token_ids == [5]
-    r2 = SimRequest("b", [9] * 10, 3, TokenStream([9] * 10, 2048, 6, 5, eos_probability=1.0), 0.0,
-                    eos_token_id=5, ignore_eos=True)
+    r2 = SimRequest(
+        "b",
+        [9] * 10,
+        3,
+        TokenStream([9] * 10, 2048, 6, 5, eos_probability=1.0),
+        0.0,
+        eos_token_id=5,
+        ignore_eos=True,
+    )
     s.add(r2)
     run_to_completion(s)
     assert r2.finish_reason == "length" and r2.num_output_tokens == 3

@@ -15,7 +15,10 @@ def test_chat_template_renders_chatml_with_generation_prompt() -> None:
 
 def test_chat_template_override() -> None:
     tok = SimTokenizer(DEFAULT_TOKENIZER_DIR, "{% for m in messages %}[{{ m.content }}]{% endfor %}")
-    assert tok.apply_chat_template([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]) == "[a][b]"
+    assert (
+        tok.apply_chat_template([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}])
+        == "[a][b]"
+    )
 
 
 def test_incremental_decoder_concatenates_to_full_text() -> None:

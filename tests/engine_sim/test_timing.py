@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from brixmesh.engine_sim.timing import PerTokenModel, RooflineModel, StepShape, build_step_model, gpu_profile
 from brixmesh.engine_sim.timing import model_profile_named as model
 

@@ -17,7 +17,9 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as exc:
         print(f"brixmesh-engine-sim: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         import uvloop
 

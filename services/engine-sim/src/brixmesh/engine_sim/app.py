@@ -9,28 +9,27 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
-from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from starlette.middleware import Middleware
-from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
-
 from brixmesh.engine_sim.errors import ApiError, error_response, model_not_found
 from brixmesh.engine_sim.lora import LoraError
 from brixmesh.engine_sim.protocol import (
     GenerationParams,
-    missing_field,
     chat_messages,
     completion_prompt,
     generation_params,
+    missing_field,
     parse_json_body,
 )
 from brixmesh.engine_sim.replica import VLLM_VERSION, Replica
 from brixmesh.engine_sim.request import SimRequest
 from brixmesh.engine_sim.responses import SSE_DONE, ChunkWriter, chat_body, completion_body, new_id
 from brixmesh.engine_sim.textgen import TokenStream
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 _ENCODE = msgspec.json.encode
 
@@ -67,7 +66,8 @@ class EngineApp:
                 f"This model's maximum context length is {limit} tokens. However, your prompt contains at least "
                 f"{n} input tokens, which exceeds this limit even without any output tokens. Please reduce the "
                 f"length of the input prompt. (parameter=input_tokens, value={n})",
-                "BadRequestError", "input_tokens",
+                "BadRequestError",
+                "input_tokens",
             )
         room = limit - n
         return room if max_tokens is None else min(max_tokens, room)
@@ -115,20 +115,33 @@ class EngineApp:
             "tp_size": 1,
         }
 
-    def _build_request(self, params: GenerationParams, prompt_ids: list[int], model: str, adapter: str | None,
-                       path: str | None, lora_id: int | None) -> SimRequest:
+    def _build_request(
+        self,
+        params: GenerationParams,
+        prompt_ids: list[int],
+        adapter: str | None,
+        path: str | None,
+        lora_id: int | None,
+    ) -> SimRequest:
         tok = self.r.tokenizer
         max_tokens = self._check_length(prompt_ids, params.max_tokens)
         remote, transfer = self._pd_fields(params, len(prompt_ids))
         engine = self.r.engine
-        request = SimRequest(
+        return SimRequest(
             request_id=new_id("req"),
             prompt_token_ids=prompt_ids,
-            max_tokens=1 if params.kv_transfer_params and params.kv_transfer_params.get("do_remote_decode")
+            max_tokens=1
+            if params.kv_transfer_params and params.kv_transfer_params.get("do_remote_decode")
             else max_tokens,
-            tokens=TokenStream(prompt_ids, tok.vocab_size, self.first_regular_id, tok.eos_token_id,
-                               self.r.config.eos_probability, params.seed if params.seed is not None
-                               else self.r.config.seed, adapter),
+            tokens=TokenStream(
+                prompt_ids,
+                tok.vocab_size,
+                self.first_regular_id,
+                tok.eos_token_id,
+                self.r.config.eos_probability,
+                params.seed if params.seed is not None else self.r.config.seed,
+                adapter,
+            ),
             arrival_time=engine.now(),
             ignore_eos=params.ignore_eos,
             eos_token_id=tok.eos_token_id,
@@ -139,7 +152,6 @@ class EngineApp:
             remote_prefill=remote,
             ready_time=engine.now() + transfer,
         )
-        return request
 
     async def _generate(self, http: Request, chat: bool) -> Response:
         try:
@@ -154,7 +166,7 @@ class EngineApp:
             else:
                 prompt = completion_prompt(body)
                 prompt_ids = list(prompt) if isinstance(prompt, list) else tok.encode(prompt)
-            request = self._build_request(params, prompt_ids, model, adapter, path, lora_id)
+            request = self._build_request(params, prompt_ids, adapter, path, lora_id)
         except ApiError as exc:
             return exc.response()
         rid = new_id("chatcmpl" if chat else "cmpl")
@@ -164,8 +176,10 @@ class EngineApp:
         if params.stream:
             request.on_update = lambda _: updated.set()
             engine.submit(request)
-            return StreamingResponse(self._stream(request, updated, params, rid, created, model, chat),
-                                     media_type="text/event-stream; charset=utf-8")
+            return StreamingResponse(
+                self._stream(request, updated, params, rid, created, model, chat),
+                media_type="text/event-stream; charset=utf-8",
+            )
         # Without streaming only the end matters: don't wake the handler for every token.
         request.on_update = lambda r: updated.set() if r.is_finished else None
         engine.submit(request)
@@ -184,17 +198,40 @@ class EngineApp:
         if params.echo and not chat:
             text = tok.decode(request.prompt_token_ids) + text
         builder = chat_body if chat else completion_body
-        payload = builder(rid, created, model, request, text, self.r.fingerprint,
-                          self.r.config.enable_prompt_tokens_details, self._response_kv_params(params, request),
-                          params.return_token_ids)
+        payload = builder(
+            rid,
+            created,
+            model,
+            request,
+            text,
+            self.r.fingerprint,
+            self.r.config.enable_prompt_tokens_details,
+            self._response_kv_params(params, request),
+            params.return_token_ids,
+        )
         return Response(payload, 200, media_type="application/json")
 
-    async def _stream(self, request: SimRequest, updated: asyncio.Event, params: GenerationParams, rid: str,
-                      created: int, model: str, chat: bool) -> AsyncIterator[bytes]:
+    async def _stream(
+        self,
+        request: SimRequest,
+        updated: asyncio.Event,
+        params: GenerationParams,
+        rid: str,
+        created: int,
+        model: str,
+        chat: bool,
+    ) -> AsyncIterator[bytes]:
         faults = self.r.faults
         engine = self.r.engine
-        writer = ChunkWriter(rid, created, model, chat, self.r.fingerprint, params.continuous_usage_stats,
-                             self.r.config.enable_prompt_tokens_details)
+        writer = ChunkWriter(
+            rid,
+            created,
+            model,
+            chat,
+            self.r.fingerprint,
+            params.continuous_usage_stats,
+            self.r.config.enable_prompt_tokens_details,
+        )
         decoder = self.r.tokenizer.incremental_decoder()
         sent = 0
         stalled = False
@@ -213,13 +250,18 @@ class EngineApp:
                     last = finished and sent == end
                     if faults.disconnect_after_tokens is not None and sent > faults.disconnect_after_tokens:
                         return
-                    if (not stalled and faults.stall_after_tokens is not None
-                            and sent > faults.stall_after_tokens and faults.stall_seconds > 0):
+                    if (
+                        not stalled
+                        and faults.stall_after_tokens is not None
+                        and sent > faults.stall_after_tokens
+                        and faults.stall_seconds > 0
+                    ):
                         stalled = True
                         await asyncio.sleep(faults.stall_seconds)
                     text = decoder.push(token)
-                    yield writer.delta_chunk(request, text, last, self._response_kv_params(params, request)
-                                             if last else None)
+                    yield writer.delta_chunk(
+                        request, text, last, self._response_kv_params(params, request) if last else None
+                    )
                 if finished:
                     break
             if params.include_usage:
@@ -259,14 +301,29 @@ class EngineApp:
 
         def card(model_id: str, root: str, parent: str | None, max_len: int | None) -> dict[str, Any]:
             return {
-                "id": model_id, "object": "model", "created": created, "owned_by": "vllm", "root": root,
-                "parent": parent, "max_model_len": max_len,
-                "permission": [{
-                    "id": new_id("modelperm"), "object": "model_permission", "created": created,
-                    "allow_create_engine": False, "allow_sampling": True, "allow_logprobs": True,
-                    "allow_search_indices": False, "allow_view": True, "allow_fine_tuning": False,
-                    "organization": "*", "group": None, "is_blocking": False,
-                }],
+                "id": model_id,
+                "object": "model",
+                "created": created,
+                "owned_by": "vllm",
+                "root": root,
+                "parent": parent,
+                "max_model_len": max_len,
+                "permission": [
+                    {
+                        "id": new_id("modelperm"),
+                        "object": "model_permission",
+                        "created": created,
+                        "allow_create_engine": False,
+                        "allow_sampling": True,
+                        "allow_logprobs": True,
+                        "allow_search_indices": False,
+                        "allow_view": True,
+                        "allow_fine_tuning": False,
+                        "organization": "*",
+                        "group": None,
+                        "is_blocking": False,
+                    }
+                ],
             }
 
         data = [card(name, self.r.model_dir, None, cfg.max_model_len) for name in cfg.served_model_names]
@@ -289,8 +346,14 @@ class EngineApp:
         except ApiError as exc:
             return exc.response()
         token_strs = [tok.id_to_token(i) for i in ids] if body.get("return_token_strs") else None
-        return _json({"count": len(ids), "max_model_len": self.r.config.max_model_len, "tokens": ids,
-                      "token_strs": token_strs})
+        return _json(
+            {
+                "count": len(ids),
+                "max_model_len": self.r.config.max_model_len,
+                "tokens": ids,
+                "token_strs": token_strs,
+            }
+        )
 
     async def detokenize(self, http: Request) -> Response:
         try:
@@ -301,7 +364,9 @@ class EngineApp:
                 raise missing_field("tokens", body)
             vocab = self.r.tokenizer.vocab_size
             if any(t < 0 or t >= vocab for t in tokens):
-                raise ApiError(400, f"Token id out of vocabulary (size {vocab}).", "BadRequestError", "tokens")
+                raise ApiError(
+                    400, f"Token id out of vocabulary (size {vocab}).", "BadRequestError", "tokens"
+                )
         except ApiError as exc:
             return exc.response()
         return _json({"prompt": self.r.tokenizer.decode(tokens, skip_special_tokens=False)})
@@ -322,9 +387,15 @@ class EngineApp:
             max_tokens = self._check_length(ids, params.max_tokens)
         except ApiError as exc:
             return exc.response()
-        rendered = {"request_id": new_id("chatcmpl" if chat else "cmpl"), "token_ids": ids, "model": model,
-                    "sampling_params": {"max_tokens": max_tokens}, "stream": params.stream,
-                    "cache_salt": params.cache_salt, "kv_transfer_params": params.kv_transfer_params}
+        rendered = {
+            "request_id": new_id("chatcmpl" if chat else "cmpl"),
+            "token_ids": ids,
+            "model": model,
+            "sampling_params": {"max_tokens": max_tokens},
+            "stream": params.stream,
+            "cache_salt": params.cache_salt,
+            "kv_transfer_params": params.kv_transfer_params,
+        }
         return _json(rendered if chat else [rendered])
 
     async def chat_render(self, http: Request) -> Response:
@@ -378,12 +449,13 @@ class EngineApp:
             await asyncio.sleep(faults.metrics_delay_s)
         if faults.metrics_error_rate > 0 and self.r.rng.random() < faults.metrics_error_rate:
             return PlainTextResponse("injected metrics failure", 500)
-        return Response(self.r.metrics.render(), 200,
-                        media_type="text/plain; version=0.0.4; charset=utf-8")
+        return Response(self.r.metrics.render(), 200, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def reset_prefix_cache(self, http: Request) -> Response:
         if not self.r.engine.reset_prefix_cache():
-            return error_response(400, "Failed to reset prefix cache: blocks are still in use.", "BadRequestError")
+            return error_response(
+                400, "Failed to reset prefix cache: blocks are still in use.", "BadRequestError"
+            )
         return _json({"success": True})
 
     async def kv_event_sources(self, http: Request) -> Response:
@@ -474,4 +546,6 @@ def build_app(replica: Replica) -> Starlette:
     middleware = []
     if replica.config.api_key:
         middleware.append(Middleware(ApiKeyMiddleware, api_key=replica.config.api_key))
-    return Starlette(routes=routes, exception_handlers={HTTPException: _http_exception}, middleware=middleware)
+    return Starlette(
+        routes=routes, exception_handlers={HTTPException: _http_exception}, middleware=middleware
+    )

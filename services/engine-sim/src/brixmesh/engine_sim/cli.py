@@ -51,23 +51,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-cpu-loras", type=int, help="accepted for compatibility")
     p.add_argument("--lora-modules", nargs="+", default=[], help="name=path or JSON {name,path}")
     p.add_argument("--kv-events-config", help="vLLM's KVEventsConfig JSON")
-    p.add_argument("--kv-events-encoding", choices=["map", "array"], default="map",
-                   help="map = vLLM 0.32 tagged maps; array = legacy positional arrays")
+    p.add_argument(
+        "--kv-events-encoding",
+        choices=["map", "array"],
+        default="map",
+        help="map = vLLM 0.32 tagged maps; array = legacy positional arrays",
+    )
     p.add_argument("--kv-transfer-config", help="accepted; P/D fields are always honoured")
     p.add_argument("--enable-prompt-tokens-details", action="store_true")
-    p.add_argument("--enable-scale-out", action="store_true",
-                   help="serve /v1/*/render (token ids for peer routers); 403 without it, as vLLM")
+    p.add_argument(
+        "--enable-scale-out",
+        action="store_true",
+        help="serve /v1/*/render (token ids for peer routers); 403 without it, as vLLM",
+    )
     p.add_argument("--chat-template", help="a Jinja chat template, as a file path or inline text")
     p.add_argument("--seed", type=int, default=0)
     compat = p.add_argument_group("vLLM flags accepted and ignored (nothing to simulate)")
-    for flag in ("--enforce-eager", "--trust-remote-code", "--disable-log-requests", "--no-enable-log-requests",
-                 "--enable-log-requests", "--disable-log-stats", "--enable-chunked-prefill",
-                 "--no-enable-chunked-prefill", "--disable-frontend-multiprocessing"):
+    for flag in (
+        "--enforce-eager",
+        "--trust-remote-code",
+        "--disable-log-requests",
+        "--no-enable-log-requests",
+        "--enable-log-requests",
+        "--disable-log-stats",
+        "--enable-chunked-prefill",
+        "--no-enable-chunked-prefill",
+        "--disable-frontend-multiprocessing",
+    ):
         compat.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
-    for flag in ("--dtype", "--max-lora-rank", "--tensor-parallel-size", "-tp", "--pipeline-parallel-size",
-                 "-pp", "--kv-cache-dtype", "--quantization", "--download-dir", "--load-format",
-                 "--tokenizer-mode", "--swap-space", "--distributed-executor-backend", "--generation-config",
-                 "--uvicorn-log-level", "--compilation-config", "-O", "--max-logprobs", "--revision"):
+    for flag in (
+        "--dtype",
+        "--max-lora-rank",
+        "--tensor-parallel-size",
+        "-tp",
+        "--pipeline-parallel-size",
+        "-pp",
+        "--kv-cache-dtype",
+        "--quantization",
+        "--download-dir",
+        "--load-format",
+        "--tokenizer-mode",
+        "--swap-space",
+        "--distributed-executor-backend",
+        "--generation-config",
+        "--uvicorn-log-level",
+        "--compilation-config",
+        "-O",
+        "--max-logprobs",
+        "--revision",
+    ):
         compat.add_argument(flag, help=argparse.SUPPRESS)
     p.add_argument("--max-waiting-queue-length", type=int, help="429 when this many requests wait")
     # timing
@@ -78,21 +110,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inter-token-latency", type=float, default=5.0, help="ms, constant and per-token modes")
     p.add_argument("--prefill-overhead", type=float, default=5.0, help="ms, per-token mode")
     p.add_argument("--prefill-time-per-token", type=float, default=0.02, help="ms, per-token mode")
-    p.add_argument("--time-scale", type=float, default=1.0, help="wall seconds per simulated second (>1 = slower)")
+    p.add_argument(
+        "--time-scale", type=float, default=1.0, help="wall seconds per simulated second (>1 = slower)"
+    )
     p.add_argument("--eos-probability", type=float, default=0.0, help="chance per token to emit EOS")
     p.add_argument("--kv-transfer-overhead", type=float, default=2.0, help="ms per P/D transfer")
     p.add_argument("--kv-transfer-per-token", type=float, default=3.0, help="us per transferred token")
     p.add_argument("--startup-duration", type=float, default=0.0, help="s before /health/ready turns 200")
     # metrics
     p.add_argument("--metrics-flavor", choices=["vllm", "sglang"], default="vllm")
-    p.add_argument("--legacy-metrics", action="store_true",
-                   help="also emit vllm:gpu_cache_usage_perc and other pre-v1 series")
+    p.add_argument(
+        "--legacy-metrics",
+        action="store_true",
+        help="also emit vllm:gpu_cache_usage_perc and other pre-v1 series",
+    )
     # replicas
     p.add_argument("--replicas", type=int, default=1, help="independent engines in this process")
     p.add_argument("--base-port", type=int, help="first HTTP port with --replicas (default: --port)")
     # faults
-    p.add_argument("--failure-injection-rate", "--fault-error-rate", type=float, default=0.0,
-                   help="fraction 0..1 (or percent 0..100) of generation requests that fail")
+    p.add_argument(
+        "--failure-injection-rate",
+        "--fault-error-rate",
+        type=float,
+        default=0.0,
+        help="fraction 0..1 (or percent 0..100) of generation requests that fail",
+    )
     p.add_argument("--failure-types", "--fault-error-types", nargs="+", choices=sorted(FAILURE_TYPES))
     p.add_argument("--fault-crash-after", type=float, help="s after start the engine dies")
     p.add_argument("--fault-hang-after", type=float, help="s after start the engine stops answering")
@@ -151,13 +193,20 @@ def configs_from_args(args: argparse.Namespace) -> list[EngineConfig]:
         rate /= 100.0  # llm-d-inference-sim takes a percentage
     try:
         faults = Faults(
-            error_rate=rate, error_types=args.failure_types, crash_after_s=args.fault_crash_after,
-            hang_after_s=args.fault_hang_after, slowdown=args.fault_slowdown,
-            stall_after_tokens=args.fault_stall_after_tokens, stall_seconds=args.fault_stall_seconds,
+            error_rate=rate,
+            error_types=args.failure_types,
+            crash_after_s=args.fault_crash_after,
+            hang_after_s=args.fault_hang_after,
+            slowdown=args.fault_slowdown,
+            stall_after_tokens=args.fault_stall_after_tokens,
+            stall_seconds=args.fault_stall_seconds,
             disconnect_after_tokens=args.fault_disconnect_after_tokens,
-            kv_events_drop_prob=args.fault_kv_events_drop, kv_events_reorder=args.fault_kv_events_reorder,
-            lora_load_delay_s=args.fault_lora_load_delay, lora_load_fail=args.fault_lora_load_fail,
-            metrics_delay_s=args.fault_metrics_delay, metrics_error_rate=args.fault_metrics_error_rate,
+            kv_events_drop_prob=args.fault_kv_events_drop,
+            kv_events_reorder=args.fault_kv_events_reorder,
+            lora_load_delay_s=args.fault_lora_load_delay,
+            lora_load_fail=args.fault_lora_load_fail,
+            metrics_delay_s=args.fault_metrics_delay,
+            metrics_error_rate=args.fault_metrics_error_rate,
         )
     except ValueError as exc:
         raise CliError(f"fault flags: {exc}") from None
@@ -172,9 +221,12 @@ def configs_from_args(args: argparse.Namespace) -> list[EngineConfig]:
             raise CliError(f"--lora-modules {name}={path}: no adapter directory there")
     if args.time_scale <= 0:
         raise CliError("--time-scale must be > 0")
-    for flag, value in (("--block-size", args.block_size), ("--max-num-seqs", args.max_num_seqs),
-                        ("--max-num-batched-tokens", args.max_num_batched_tokens),
-                        ("--max-model-len", args.max_model_len)):
+    for flag, value in (
+        ("--block-size", args.block_size),
+        ("--max-num-seqs", args.max_num_seqs),
+        ("--max-num-batched-tokens", args.max_num_batched_tokens),
+        ("--max-model-len", args.max_model_len),
+    ):
         if value is not None and value <= 0:
             raise CliError(f"{flag} must be > 0")
     if args.num_gpu_blocks_override is not None and args.num_gpu_blocks_override < 2:
@@ -228,11 +280,13 @@ def configs_from_args(args: argparse.Namespace) -> list[EngineConfig]:
     )
     configs = []
     for i in range(args.replicas):
-        configs.append(replace(
-            base,
-            port=base_port + i if base_port else 0,
-            replica_index=i,
-            kv_events_config=replica_kv_events_config(kv_events, i),
-            faults=replace(faults) if i else faults,
-        ))
+        configs.append(
+            replace(
+                base,
+                port=base_port + i if base_port else 0,
+                replica_index=i,
+                kv_events_config=replica_kv_events_config(kv_events, i),
+                faults=replace(faults) if i else faults,
+            )
+        )
     return configs

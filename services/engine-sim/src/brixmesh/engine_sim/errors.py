@@ -7,7 +7,9 @@ from starlette.responses import Response
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, error_type: str = "BadRequestError", param: str | None = None):
+    def __init__(
+        self, status: int, message: str, error_type: str = "BadRequestError", param: str | None = None
+    ):
         super().__init__(message)
         self.status = status
         self.message = message
@@ -19,7 +21,9 @@ class ApiError(Exception):
 
 
 def error_body(status: int, message: str, error_type: str, param: str | None = None) -> bytes:
-    return msgspec.json.encode({"error": {"message": message, "type": error_type, "param": param, "code": status}})
+    return msgspec.json.encode(
+        {"error": {"message": message, "type": error_type, "param": param, "code": status}}
+    )
 
 
 def error_response(status: int, message: str, error_type: str, param: str | None = None) -> Response:
@@ -27,5 +31,9 @@ def error_response(status: int, message: str, error_type: str, param: str | None
 
 
 def model_not_found(name: str, valid: list[str]) -> ApiError:
-    return ApiError(404, f"The model `{name}` does not exist. Valid aliases: {', '.join(valid)}.", "NotFoundError",
-                    "model")
+    return ApiError(
+        404,
+        f"The model `{name}` does not exist. Valid aliases: {', '.join(valid)}.",
+        "NotFoundError",
+        "model",
+    )

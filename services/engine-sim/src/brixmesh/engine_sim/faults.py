@@ -10,7 +10,11 @@ from typing import Any
 FAILURE_TYPES: dict[str, tuple[int, str, str]] = {
     "rate_limit": (429, "RateLimitError", "Rate limit reached for the simulated engine."),
     "invalid_api_key": (401, "AuthenticationError", "Incorrect API key provided."),
-    "context_length": (400, "BadRequestError", "This model's maximum context length was exceeded (injected)."),
+    "context_length": (
+        400,
+        "BadRequestError",
+        "This model's maximum context length was exceeded (injected).",
+    ),
     "server_error": (503, "ServiceUnavailableError", "The server is overloaded or not ready yet (injected)."),
     "invalid_request": (400, "BadRequestError", "Invalid request (injected)."),
     "model_not_found": (404, "NotFoundError", "The model does not exist (injected)."),

@@ -48,7 +48,9 @@ class LoraRegistry:
         if not name or not path:
             raise LoraError(400, "InvalidUserInput", "Both 'lora_name' and 'lora_path' must be provided.")
         if name in self._base:
-            raise LoraError(400, "InvalidUserInput", f"The lora adapter '{name}' conflicts with a served base model.")
+            raise LoraError(
+                400, "InvalidUserInput", f"The lora adapter '{name}' conflicts with a served base model."
+            )
         if name in self._adapters and not load_inplace:
             raise LoraError(
                 400,

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
-import json
-
 import msgspec
-
 from brixmesh.engine_sim.errors import ApiError
 
 _DECODER = msgspec.json.Decoder()
 
 
-def _validation_error(kind: str, loc: str, msg: str, input_repr: str, ctx: dict[str, str] | None = None) -> ApiError:
+def _validation_error(
+    kind: str, loc: str, msg: str, input_repr: str, ctx: dict[str, str] | None = None
+) -> ApiError:
     """FastAPI/pydantic's request-validation error, as vLLM 0.32 wraps it."""
     detail: dict[str, Any] = {"type": kind, "loc": loc, "msg": msg, "input": input_repr}
     if ctx is not None:
@@ -30,12 +30,21 @@ def parse_json_body(raw: bytes) -> dict[str, Any]:
         try:
             json.loads(raw)
         except json.JSONDecodeError as exc:
-            raise _validation_error("json_invalid", f"body.{exc.pos}", "JSON decode error", "<dict of 0 items>",
-                                    {"error": exc.msg}) from None
+            raise _validation_error(
+                "json_invalid",
+                f"body.{exc.pos}",
+                "JSON decode error",
+                "<dict of 0 items>",
+                {"error": exc.msg},
+            ) from None
         raise _validation_error("json_invalid", "body", "JSON decode error", "<dict of 0 items>") from None
     if not isinstance(body, dict):
-        raise _validation_error("model_attributes_type", "body",
-                                "Input should be a valid dictionary or object to extract fields from", repr(body))
+        raise _validation_error(
+            "model_attributes_type",
+            "body",
+            "Input should be a valid dictionary or object to extract fields from",
+            repr(body),
+        )
     return body
 
 
@@ -135,8 +144,9 @@ def completion_prompt(body: dict[str, Any]) -> str | list[int]:
             if prompt == "" or prompt == []:
                 raise bad_request("Either prompt or prompt_embeds must be provided and non-empty.", "prompt")
         elif not all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
-            raise bad_request("The simulator accepts one prompt per request (a string or a list of token ids).",
-                              "prompt")
+            raise bad_request(
+                "The simulator accepts one prompt per request (a string or a list of token ids).", "prompt"
+            )
     if isinstance(prompt, list):
         if not all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
             raise invalid_field("prompt", "Input should be a valid list of integers")

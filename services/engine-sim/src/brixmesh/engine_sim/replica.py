@@ -52,8 +52,13 @@ class Replica:
         self.faults = config.faults
         self.started_at = time.monotonic()
         step_model = build_step_model(
-            config.perf_model, config.gpu, config.model_profile, config.time_to_first_token_ms,
-            config.inter_token_latency_ms, config.prefill_overhead_ms, config.prefill_time_per_token_ms,
+            config.perf_model,
+            config.gpu,
+            config.model_profile,
+            config.time_to_first_token_ms,
+            config.inter_token_latency_ms,
+            config.prefill_overhead_ms,
+            config.prefill_time_per_token_ms,
         )
         batched, seqs = default_batch_limits(config)
         self.max_num_batched_tokens = config.max_num_batched_tokens or batched
@@ -69,15 +74,29 @@ class Replica:
         kv_events = config.kv_events_config
         events: EventSink | None = None
         if kv_events is not None and kv_events.publishes:
-            events = ZmqKvEventPublisher(kv_events, 0, encoding=config.kv_events_encoding,
-                                         fault_seed=config.seed + config.replica_index)
+            events = ZmqKvEventPublisher(
+                kv_events,
+                0,
+                encoding=config.kv_events_encoding,
+                fault_seed=config.seed + config.replica_index,
+            )
         self.events = events
         self.hasher = BlockHasher(config.prefix_caching_hash_algo)  # type: ignore[arg-type]
-        self.kv = KvCacheManager(self.num_gpu_blocks, config.block_size, self.hasher, config.enable_prefix_caching,
-                                 enable_events=events is not None)
+        self.kv = KvCacheManager(
+            self.num_gpu_blocks,
+            config.block_size,
+            self.hasher,
+            config.enable_prefix_caching,
+            enable_events=events is not None,
+        )
         self.scheduler = Scheduler(
-            SchedulerLimits(self.max_num_seqs, self.max_num_batched_tokens, config.max_model_len,
-                            config.max_loras if config.enable_lora else 0, config.long_prefill_token_threshold),
+            SchedulerLimits(
+                self.max_num_seqs,
+                self.max_num_batched_tokens,
+                config.max_model_len,
+                config.max_loras if config.enable_lora else 0,
+                config.long_prefill_token_threshold,
+            ),
             self.kv,
         )
         self.lora = LoraRegistry(config.served_model_names)
@@ -92,11 +111,16 @@ class Replica:
             waiting_adapters=lambda: sorted({r.lora_name for r in self.scheduler.waiting if r.lora_name}),
         )
         info = EngineInfo(
-            model_name=config.served_model_name, engine_index=0, max_model_len=config.max_model_len,
-            block_size=config.block_size, num_gpu_blocks=self.num_gpu_blocks,
+            model_name=config.served_model_name,
+            engine_index=0,
+            max_model_len=config.max_model_len,
+            block_size=config.block_size,
+            num_gpu_blocks=self.num_gpu_blocks,
             num_gpu_blocks_override=config.num_gpu_blocks_override,
-            enable_prefix_caching=config.enable_prefix_caching, hash_algo=config.prefix_caching_hash_algo,
-            gpu_memory_utilization=config.gpu_memory_utilization, max_loras=config.max_loras,
+            enable_prefix_caching=config.enable_prefix_caching,
+            hash_algo=config.prefix_caching_hash_algo,
+            gpu_memory_utilization=config.gpu_memory_utilization,
+            max_loras=config.max_loras,
             lora_enabled=config.enable_lora,
             kv_bytes_per_token=model_profile_named(config.model_profile).kv_bytes_per_token,
         )
@@ -105,8 +129,9 @@ class Replica:
             self.metrics = SglangMetrics(info, live)
         else:
             self.metrics = VllmMetrics(info, live, legacy=config.legacy_metrics)
-        self.engine = Engine(self.scheduler, self.kv, step_model, self.metrics, self.faults, events,
-                             config.time_scale)
+        self.engine = Engine(
+            self.scheduler, self.kv, step_model, self.metrics, self.faults, events, config.time_scale
+        )
         self.apply_publisher_faults()
         self._fault_tasks: list[asyncio.Task[None]] = []
         self.on_crash: asyncio.Event = asyncio.Event()

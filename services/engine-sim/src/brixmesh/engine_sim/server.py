@@ -13,7 +13,6 @@ import sys
 from dataclasses import dataclass, replace
 
 import uvicorn
-
 from brixmesh.engine_sim.app import build_app
 from brixmesh.engine_sim.config import EngineConfig
 from brixmesh.engine_sim.replica import Replica
@@ -55,7 +54,9 @@ class _QuietServer(uvicorn.Server):
         yield
 
 
-def start_replica(config: EngineConfig, tokenizer: SimTokenizer, log_level: str = "warning") -> RunningReplica:
+def start_replica(
+    config: EngineConfig, tokenizer: SimTokenizer, log_level: str = "warning"
+) -> RunningReplica:
     if not config.max_model_len:
         config = replace(config, max_model_len=tokenizer.model_max_length)
     sock = bind_socket(config.host, config.port)
@@ -63,8 +64,9 @@ def start_replica(config: EngineConfig, tokenizer: SimTokenizer, log_level: str 
         config = replace(config, port=sock.getsockname()[1])
     replica = Replica(config, tokenizer)
     app = build_app(replica)
-    uv_config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="off", http="httptools",
-                               timeout_keep_alive=30)
+    uv_config = uvicorn.Config(
+        app, log_level=log_level, access_log=False, lifespan="off", http="httptools", timeout_keep_alive=30
+    )
     return RunningReplica(replica, _QuietServer(uv_config), sock)
 
 
@@ -95,9 +97,21 @@ async def serve(configs: list[EngineConfig], log_level: str = "warning") -> int:
     for item in running:
         while not item.server.started:
             await asyncio.sleep(0.01)
-    print(json.dumps({"engines": [{"index": i.replica.config.replica_index, "port": i.port,
-                                   "url": f"http://{i.replica.config.host}:{i.port}"} for i in running]}),
-          flush=True)
+    print(
+        json.dumps(
+            {
+                "engines": [
+                    {
+                        "index": i.replica.config.replica_index,
+                        "port": i.port,
+                        "url": f"http://{i.replica.config.host}:{i.port}",
+                    }
+                    for i in running
+                ]
+            }
+        ),
+        flush=True,
+    )
     crash_waits = {loop.create_task(item.replica.on_crash.wait()): item for item in running}
     stop_wait = loop.create_task(stop.wait())
     exit_code = 0

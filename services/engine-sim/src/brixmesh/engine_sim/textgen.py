@@ -36,6 +36,10 @@ class TokenStream:
         self._eos_probability = eos_probability
 
     def next_token(self) -> int:
-        if self._eos_id is not None and self._eos_probability > 0 and self._rng.random() < self._eos_probability:
+        if (
+            self._eos_id is not None
+            and self._eos_probability > 0
+            and self._rng.random() < self._eos_probability
+        ):
             return self._eos_id
         return self._rng.randrange(self._low, self._high)

@@ -127,7 +127,11 @@ class PerTokenModel:
         prefill = shape.num_prefill_tokens
         if prefill == 0:
             return self.inter_token_seconds
-        return self.inter_token_seconds + self.prefill_overhead_seconds + self.prefill_per_token_seconds * prefill
+        return (
+            self.inter_token_seconds
+            + self.prefill_overhead_seconds
+            + self.prefill_per_token_seconds * prefill
+        )
 
 
 def build_step_model(
@@ -143,7 +147,9 @@ def build_step_model(
         return RooflineModel(gpu_profile(gpu), model_profile_named(model_profile))
     if perf_model == "constant":
         return PerTokenModel(
-            inter_token_latency_ms / 1000, max(0.0, time_to_first_token_ms - inter_token_latency_ms) / 1000, 0.0
+            inter_token_latency_ms / 1000,
+            max(0.0, time_to_first_token_ms - inter_token_latency_ms) / 1000,
+            0.0,
         )
     if perf_model == "per-token":
         return PerTokenModel(

@@ -95,7 +95,9 @@ class SimTokenizer:
 
     def encode_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> list[int]:
         # The template already emits BOS, as vLLM does for chat: no second one from the post-processor.
-        return self.encode(self.apply_chat_template(messages, add_generation_prompt), add_special_tokens=False)
+        return self.encode(
+            self.apply_chat_template(messages, add_generation_prompt), add_special_tokens=False
+        )
 
     def incremental_decoder(self) -> IncrementalDecoder:
         return IncrementalDecoder(self._tok, [])
