@@ -172,6 +172,8 @@ class KvBlockStored(msgspec.Struct, tag="stored", array_like=True, gc=False):
     block_size: int
     lora_name: str | None = None
     medium: str | None = None
+    lora_id: int | None = None
+    """Only set when the engine gave no ``lora_name`` (older vLLM): keeps adapters apart in the index."""
 
 
 class KvBlockRemoved(msgspec.Struct, tag="removed", array_like=True, gc=False):
@@ -187,10 +189,31 @@ KvEvent = KvBlockStored | KvBlockRemoved | KvAllCleared
 
 
 class KvEventBatch(msgspec.Struct, array_like=True, gc=False):
-    """One engine step's events for one pod; ``engine_seq`` is the engine's own batch sequence number."""
+    """One or more engine steps' events for one pod; ``engine_seq`` is the engine's sequence number of the last
+    step included, ``ts`` the engine's time of the first. ``epoch`` grows each time the bridge starts a pod's
+    stream afresh (engine restart, bridge restart); such a stream starts with :class:`KvAllCleared`."""
 
     pod: str
     model: str
     engine_seq: int
     ts: float
     events: list[KvEvent]
+    epoch: int = 0
+
+
+class KvSnapshot(msgspec.Struct, array_like=True, gc=False):
+    """Part ``part`` of ``parts`` of one pod's cached blocks as of its batch (``epoch``, ``engine_seq``).
+
+    A new router loads the newest complete snapshot per pod, then applies only the pod's batches after that
+    point. ``blocks`` are parents before children; a block held twice appears twice.
+    """
+
+    pod: str
+    model: str
+    epoch: int
+    engine_seq: int
+    snapshot_id: int
+    part: int
+    parts: int
+    ts: float
+    blocks: list[KvBlockStored]

@@ -69,6 +69,7 @@ class Subject:
 
 
 KV_EVENTS_STREAM = "KV_EVENTS"
+KV_SNAPSHOTS_STREAM = "KV_SNAPSHOTS"
 
 MESH_HEARTBEAT = Subject(
     "mesh.heartbeat.{service}", m.Heartbeat, "Every service instance, every few seconds: who runs, since when, ready or not."
@@ -106,9 +107,16 @@ KV_EVENTS = Subject(
     "high",
     KV_EVENTS_STREAM,
 )
+KV_SNAPSHOTS = Subject(
+    "kv.snapshots.{model}.{pod}",
+    m.KvSnapshot,
+    "Periodic per-pod snapshot of cached blocks (chunked); bounds what a new router replays from kv.events.",
+    "low",
+    KV_SNAPSHOTS_STREAM,
+)
 
 ALL: tuple[Subject, ...] = (
-    MESH_HEARTBEAT, MESH_PING, PODS, PODS_LIST, METRICS_PODS, SCALE_DECISIONS, ROUTER_STATS, ROUTER_ROUTING, KV_EVENTS
+    MESH_HEARTBEAT, MESH_PING, PODS, PODS_LIST, METRICS_PODS, SCALE_DECISIONS, ROUTER_STATS, ROUTER_ROUTING, KV_EVENTS, KV_SNAPSHOTS
 )
 
 
