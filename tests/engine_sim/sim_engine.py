@@ -50,6 +50,13 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _healthy(client: httpx.Client, url: str) -> bool:
+    try:
+        return client.get(f"{url}/health").status_code == 200
+    except httpx.TransportError:
+        return False
+
+
 @contextlib.contextmanager
 def sim_engine(
     extra_args: Sequence[str] = (), replicas: int = 1, kv_events: bool = True, startup_timeout: float = 20.0
@@ -106,7 +113,7 @@ def sim_engine(
         urls = tuple(e["url"] for e in engines)
         deadline = time.monotonic() + startup_timeout
         with httpx.Client() as client:
-            while client.get(f"{urls[0]}/health").status_code != 200:
+            while not _healthy(client, urls[0]):
                 if time.monotonic() > deadline:
                     raise RuntimeError("simulator not healthy")
                 time.sleep(0.05)

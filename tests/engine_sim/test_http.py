@@ -295,3 +295,21 @@ def test_api_key_guards_v1_routes_only() -> None:
             health = c.get("/health")
     assert denied.status_code == 401 and denied.json() == {"error": "Unauthorized"}
     assert allowed.status_code == 200 and health.status_code == 200
+
+
+async def test_adapter_route_aliases(sim) -> None:
+    path = str(sim.lora_dirs["lora-a"])
+    async with httpx.AsyncClient(base_url=sim.base_url) as c:
+        assert (await c.post("/adapters", json={"lora_name": "alias-a", "lora_path": path})).status_code == 200
+        assert (await c.delete("/adapters/alias-a")).status_code == 200
+        assert (await c.delete("/adapters/alias-a")).status_code == 404
+        assert (await c.post("/load_lora_adapter", json={"lora_name": "sg", "lora_path": path})).status_code == 200
+        assert (await c.post("/unload_lora_adapter", json={"lora_name": "sg"})).status_code == 200
+
+
+def test_startup_duration_keeps_the_port_closed() -> None:
+    started = time.monotonic()
+    # sim_engine returns once /health answers: only after the simulated start-up
+    with sim_engine(["--startup-duration", "1.0"], kv_events=False) as sim:
+        assert time.monotonic() - started >= 1.0
+        assert httpx.get(f"{sim.base_url}/health").status_code == 200

@@ -284,11 +284,6 @@ class EngineApp:
             await asyncio.sleep(0.05)
         return Response(status_code=200)
 
-    async def health_ready(self, http: Request) -> Response:
-        if not self.r.ready:
-            return error_response(503, "The engine is starting up.", "ServiceUnavailableError")
-        return Response(status_code=200)
-
     async def version(self, http: Request) -> Response:
         return _json({"version": VLLM_VERSION})
 
@@ -429,16 +424,22 @@ class EngineApp:
         return Response(f"Success: LoRA adapter '{name}' added successfully.".encode(), 200)
 
     async def unload_lora(self, http: Request) -> Response:
-        if not self.r.config.enable_lora:
-            return error_response(400, "LoRA is not enabled (start with --enable-lora).", "BadRequestError")
         try:
             body = parse_json_body(await http.body())
             if "lora_name" not in body:
                 raise missing_field("lora_name", body)
-            name = body.get("lora_name") or ""
-            self.r.lora.unload(name)
         except ApiError as exc:
             return exc.response()
+        return self._unload(body.get("lora_name") or "")
+
+    async def delete_adapter(self, http: Request) -> Response:
+        return self._unload(http.path_params["name"])
+
+    def _unload(self, name: str) -> Response:
+        if not self.r.config.enable_lora:
+            return error_response(400, "LoRA is not enabled (start with --enable-lora).", "BadRequestError")
+        try:
+            self.r.lora.unload(name)
         except LoraError as exc:
             return error_response(exc.status, exc.message, exc.error_type)
         return Response(f"Success: LoRA adapter '{name}' removed successfully.".encode(), 200)
@@ -527,13 +528,18 @@ def build_app(replica: Replica) -> Starlette:
         Route("/v1/models", api.models, methods=["GET"]),
         Route("/health", api.health, methods=["GET"]),
         Route("/ping", api.health, methods=["GET", "POST"]),
-        Route("/health/ready", api.health_ready, methods=["GET"]),
+        Route("/health/ready", api.health, methods=["GET"]),
         Route("/version", api.version, methods=["GET"]),
         Route("/load", api.load, methods=["GET"]),
         Route("/tokenize", api.tokenize, methods=["POST"]),
         Route("/detokenize", api.detokenize, methods=["POST"]),
         Route("/v1/load_lora_adapter", api.load_lora, methods=["POST"]),
         Route("/v1/unload_lora_adapter", api.unload_lora, methods=["POST"]),
+        Route("/adapters", api.load_lora, methods=["POST"]),
+        Route("/adapters/{name}", api.delete_adapter, methods=["DELETE"]),
+        # SGLang's paths, so SGLang-targeting adapter managers work too
+        Route("/load_lora_adapter", api.load_lora, methods=["POST"]),
+        Route("/unload_lora_adapter", api.unload_lora, methods=["POST"]),
         Route("/metrics", api.metrics, methods=["GET"]),
         Route("/reset_prefix_cache", api.reset_prefix_cache, methods=["POST"]),
         Route("/kv_event_sources", api.kv_event_sources, methods=["GET"]),

@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eos-probability", type=float, default=0.0, help="chance per token to emit EOS")
     p.add_argument("--kv-transfer-overhead", type=float, default=2.0, help="ms per P/D transfer")
     p.add_argument("--kv-transfer-per-token", type=float, default=3.0, help="us per transferred token")
-    p.add_argument("--startup-duration", type=float, default=0.0, help="s before /health/ready turns 200")
+    p.add_argument("--startup-duration", type=float, default=0.0, help="s before the HTTP port opens (a real engine takes 30+ s)")
     # metrics
     p.add_argument("--metrics-flavor", choices=["vllm", "sglang"], default="vllm")
     p.add_argument(

@@ -141,11 +141,8 @@ class Replica:
         path = Path(self.config.model)
         return str(path.resolve()) if path.exists() else self.config.model
 
-    @property
-    def ready(self) -> bool:
-        return time.monotonic() - self.started_at >= self.config.startup_delay_s
-
     def start(self) -> None:
+        self.started_at = time.monotonic()
         self.engine.start()
         loop = asyncio.get_running_loop()
         self._fault_tasks.append(loop.create_task(self._timed_faults()))

@@ -41,7 +41,8 @@ def bind_socket(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise OSError(f"cannot bind {host}:{port}: {exc.strerror}") from None
-    sock.listen(2048)
+    # No listen() here: asyncio's server listens when it starts, so until then connections are refused,
+    # as with a real engine that has not opened its port yet.
     sock.setblocking(False)
     return sock
 
@@ -70,6 +71,14 @@ def start_replica(
     return RunningReplica(replica, _QuietServer(uv_config), sock)
 
 
+async def _serve_after_startup(item: RunningReplica) -> None:
+    """``--startup-duration``: the port opens only once the simulated engine start-up is over."""
+    if item.replica.config.startup_delay_s > 0:
+        await asyncio.sleep(item.replica.config.startup_delay_s)
+    item.replica.start()
+    await item.server.serve(sockets=[item.sock])
+
+
 async def serve(configs: list[EngineConfig], log_level: str = "warning") -> int:
     """Serves until SIGINT/SIGTERM (exit 0) or an injected crash of the only replica (exit 1)."""
     tokenizers: dict[str, SimTokenizer] = {}
@@ -90,12 +99,9 @@ async def serve(configs: list[EngineConfig], log_level: str = "warning") -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    tasks = []
+    tasks = [loop.create_task(_serve_after_startup(item)) for item in running]
     for item in running:
-        item.replica.start()
-        tasks.append(loop.create_task(item.server.serve(sockets=[item.sock])))
-    for item in running:
-        while not item.server.started:
+        while not item.server.started and not item.replica.config.startup_delay_s:
             await asyncio.sleep(0.01)
     print(
         json.dumps(
