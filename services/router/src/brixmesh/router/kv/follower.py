@@ -18,6 +18,7 @@ import msgspec
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 from nats.js.client import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from brixmesh.common.bus import Bus
 from brixmesh.common.kv_streams import events_stream, snapshots_stream
@@ -91,9 +92,12 @@ class IndexFollower:
         (await :meth:`wait_ready` or poll :attr:`ready`)."""
         started = time.perf_counter()
         self._started = started
-        await self.bus.ensure_stream(events_stream())
-        await self.bus.ensure_stream(snapshots_stream())
         js = self.bus.jetstream
+        for config in (events_stream(), snapshots_stream()):
+            try:
+                await js.stream_info(config.name)
+            except NotFoundError:  # kv-index not started yet: create with the defaults, it adjusts them later
+                await self.bus.ensure_stream(config)
         await self._load_snapshots(js)
         info = await js.stream_info(KV_EVENTS_STREAM)
         self._caught_up_at = info.state.last_seq if info.state.messages else 0

@@ -1,0 +1,103 @@
+"""Which engines to follow: pods from ``pods.*`` events (and ``pods.list`` at start) that publish KV events.
+
+A pod is followed from its first ``added``/``ready`` event that names a ``kv_events_endpoint`` until its
+``removed`` event; changed endpoints (a pod rescheduled elsewhere) restart its stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import nats.errors
+import zmq.asyncio
+from nats.js.client import JetStreamContext
+
+from brixmesh.common.bus import Bus
+from brixmesh.common.messages import PodEvent, PodInfo, PodList, PodListRequest
+from brixmesh.common.subjects import PODS, PODS_LIST
+
+from brixmesh.kv_index.pod_stream import BridgeStats, PodStream, run_forever
+from brixmesh.kv_index.zmq_source import EngineEventSource, SourceConfig
+
+log = logging.getLogger(__name__)
+
+
+def source_config(info: PodInfo) -> SourceConfig:
+    return SourceConfig(info.kv_events_endpoint, info.kv_replay_endpoint, info.kv_events_topic, info.endpoint)
+
+
+class PodFollower:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        *,
+        replay_timeout_s: float,
+        snapshot_interval_s: float,
+    ) -> None:
+        self.js = js
+        self.stats = BridgeStats()
+        self.replay_timeout_s = replay_timeout_s
+        self.snapshot_interval_s = snapshot_interval_s
+        self._context = zmq.asyncio.Context()
+        self._streams: dict[str, tuple[PodStream, asyncio.Task[None]]] = {}
+
+    @property
+    def pods(self) -> list[str]:
+        return list(self._streams)
+
+    def stream(self, pod: str) -> PodStream | None:
+        found = self._streams.get(pod)
+        return found[0] if found is not None else None
+
+    async def attach(self, bus: Bus) -> None:
+        await bus.subscribe(PODS.pattern(), PodEvent, self._on_event)
+        try:
+            listing = await bus.request(PODS_LIST.template, PodListRequest(), PodList, timeout_s=1.0)
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+            log.info("no orchestrator answered pods.list; engines will be learned from pods.* events")
+        else:
+            for status in listing.pods:
+                if status.phase != "exited":
+                    await self.follow(status.pod)
+
+    async def _on_event(self, _subject: str, event: PodEvent) -> None:
+        if event.kind == "removed":
+            await self.unfollow(event.pod.pod, removed=True)
+        elif event.kind in ("added", "ready"):
+            await self.follow(event.pod)
+
+    async def follow(self, info: PodInfo) -> None:
+        if not info.kv_events_endpoint:
+            return
+        current = self._streams.get(info.pod)
+        if current is not None:
+            if source_config(current[0].info) == source_config(info) and current[0].info.model == info.model:
+                return
+            await self.unfollow(info.pod, removed=True)
+        try:
+            source = EngineEventSource(source_config(info), self._context)
+        except Exception as exc:  # a bad endpoint must not stop the other pods
+            log.warning("cannot open kv event sockets", extra={"pod": info.pod, "error": str(exc)})
+            return
+        stream = PodStream(
+            info, source, self.js, self.stats,
+            replay_timeout_s=self.replay_timeout_s, snapshot_interval_s=self.snapshot_interval_s,
+        )  # fmt: skip
+        task = asyncio.get_running_loop().create_task(run_forever(stream), name=f"kv-pod-{info.pod}")
+        self._streams[info.pod] = (stream, task)
+        log.info("following kv events", extra={"pod": info.pod, "endpoint": info.kv_events_endpoint})
+
+    async def unfollow(self, pod: str, *, removed: bool) -> None:
+        found = self._streams.pop(pod, None)
+        if found is None:
+            return
+        stream, task = found
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await stream.close(removed)
+
+    async def close(self) -> None:
+        for pod in list(self._streams):
+            await self.unfollow(pod, removed=False)
+        self._context.destroy(linger=0)

@@ -1,0 +1,33 @@
+"""Prometheus series of the KV bridge, read from its counters at scrape time."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Gauge
+
+from brixmesh.kv_index.discovery import PodFollower
+
+_COUNTERS = {
+    "messages": "ZMQ messages received from engines",
+    "events": "KV events decoded",
+    "batches_published": "Normalized batches published to JetStream",
+    "bad_payloads": "Malformed or truncated engine messages skipped",
+    "gaps": "Sequence gaps detected",
+    "replayed": "Batches recovered by replay",
+    "unrecovered": "Batches lost in gaps that replay could not return",
+    "stale": "Late duplicate messages dropped",
+    "restarts": "Engine restarts detected (sequence reset)",
+    "snapshots": "Per-pod snapshots published",
+    "publish_errors": "JetStream publishes or purges that failed",
+}
+
+
+def export(registry: CollectorRegistry, follower: PodFollower) -> None:
+    stats = follower.stats
+    for field, documentation in _COUNTERS.items():
+        # Counters kept as plain ints on the hot path; exported as gauges read at scrape time.
+        Gauge(f"brixmesh_kv_bridge_{field}", documentation, registry=registry).set_function(
+            lambda field=field: float(getattr(stats, field))
+        )
+    Gauge("brixmesh_kv_bridge_pods", "Engines followed", registry=registry).set_function(
+        lambda: float(len(follower.pods))
+    )

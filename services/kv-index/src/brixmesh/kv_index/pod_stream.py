@@ -1,0 +1,262 @@
+"""One engine pod: ZMQ events in, ordered and complete (replay, restarts), normalized batches out to JetStream.
+
+Flow per message: sequence check (:mod:`.sequencer`) -> replay what is missing -> decode (:mod:`.decode`;
+bad payloads are counted and skipped) -> the pod's block state (:mod:`.pod_blocks`, for snapshots) -> one
+``KvEventBatch`` per burst on ``kv.events.<model>.<pod>``. A stream (re)start gets a new ``epoch`` and begins
+with ``KvAllCleared``: after an engine restart, or when this bridge starts following a pod, the pod's old
+entries must go. Every ``snapshot_interval_s`` the pod's blocks are published to ``kv.snapshots.<model>.<pod>``,
+superseded snapshots are purged, and events older than the previous snapshot are purged from ``KV_EVENTS``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+import msgspec
+from nats.js.client import JetStreamContext
+
+from brixmesh.common.messages import KvAllCleared, KvEvent, KvEventBatch, KvSnapshot, PodInfo
+from brixmesh.common.subjects import KV_EVENTS, KV_EVENTS_STREAM, KV_SNAPSHOTS, KV_SNAPSHOTS_STREAM
+
+from brixmesh.kv_index.decode import PayloadError, decode_payload
+from brixmesh.kv_index.pod_blocks import PodBlocks
+from brixmesh.kv_index.sequencer import SeqTracker
+from brixmesh.kv_index.zmq_source import EngineEventSource
+
+log = logging.getLogger(__name__)
+
+_BURST_MESSAGES = 256
+_BURST_EVENTS = 4096
+_SNAPSHOT_PART_BYTES = 512 * 1024
+_encoder = msgspec.msgpack.Encoder()
+
+
+@dataclass(slots=True)
+class BridgeStats:
+    """Counters shared by every pod stream of one bridge (exported as metrics)."""
+
+    messages: int = 0
+    events: int = 0
+    batches_published: int = 0
+    bad_payloads: int = 0
+    gaps: int = 0
+    replayed: int = 0
+    unrecovered: int = 0
+    """Batches a gap lost that replay could not return."""
+    stale: int = 0
+    restarts: int = 0
+    snapshots: int = 0
+    publish_errors: int = 0
+
+
+class PodStream:
+    def __init__(
+        self,
+        info: PodInfo,
+        source: EngineEventSource,
+        js: JetStreamContext,
+        stats: BridgeStats,
+        *,
+        replay_timeout_s: float = 2.0,
+        snapshot_interval_s: float = 30.0,
+    ) -> None:
+        self.info = info
+        self.source = source
+        self.js = js
+        self.stats = stats
+        self.replay_timeout_s = replay_timeout_s
+        self.snapshot_interval_s = snapshot_interval_s
+        self.events_subject = KV_EVENTS.format(model=info.model, pod=info.pod)
+        self.snapshots_subject = KV_SNAPSHOTS.format(model=info.model, pod=info.pod)
+        self.blocks = PodBlocks()
+        self.tracker = SeqTracker()
+        self.epoch = 0
+        self._clear_pending = True
+        self._pending: list[KvEvent] = []
+        self._pending_ts = 0.0
+        self._pending_seq = -1
+        self._last_published_seq = -1
+        self._last_stream_seq = 0
+        self._snapshot_cut_stream_seq = 0
+        """KV_EVENTS sequence of the last batch the newest snapshot covers."""
+        self._dirty = False
+        self._next_snapshot = time.monotonic() + snapshot_interval_s
+        self.new_epoch()
+
+    def new_epoch(self) -> None:
+        """Start the pod's stream afresh: the next batch clears its entries everywhere."""
+        self.epoch = max(time.time_ns(), self.epoch + 1)
+        self._clear_pending = True
+        self.blocks.apply([KvAllCleared()])
+        self._dirty = True
+
+    # --- the loop ---------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        await self.flush()  # the fresh epoch's clear, even before the engine says anything
+        while True:
+            timeout = max(0.0, self._next_snapshot - time.monotonic())
+            frames = await self.source.receive(timeout)
+            if frames is not None:
+                await self.handle(frames)
+                burst = 1
+                while burst < _BURST_MESSAGES and len(self._pending) < _BURST_EVENTS:
+                    more = self.source.receive_ready()
+                    if more is None:
+                        break
+                    await self.handle(more)
+                    burst += 1
+                await self.flush()
+            if time.monotonic() >= self._next_snapshot:
+                await self.snapshot()
+
+    async def handle(self, frames: list[bytes]) -> None:
+        """One ZMQ message: sequence check, replay of what is missing, decode into the pending batch."""
+        self.stats.messages += 1
+        if len(frames) != 3 or len(frames[1]) != 8:
+            self.stats.bad_payloads += 1
+            return
+        seq = int.from_bytes(frames[1], "big")
+        verdict = self.tracker.classify(seq)
+        if verdict == "stale":
+            self.stats.stale += 1
+            return
+        if verdict == "restart":
+            self.stats.restarts += 1
+            await self.flush()
+            self.tracker.reset()
+            self.new_epoch()
+            verdict = self.tracker.classify(seq)
+        if verdict == "gap":
+            await self._recover(seq)
+        self._take(seq, frames[2])
+
+    async def _recover(self, seq: int) -> None:
+        start = self.tracker.missing_from()
+        self.stats.gaps += 1
+        replayed = await self.source.replay(start, self.replay_timeout_s)
+        got = 0
+        for replay_seq, payload in replayed or ():
+            if start <= replay_seq < seq and replay_seq == self.tracker.missing_from():
+                self._take(replay_seq, payload)
+                got += 1
+        self.stats.replayed += got
+        lost = seq - start - got
+        if lost > 0 and not (start == 0 and self._clear_pending):
+            # A fresh stream starts with a clear, so batches older than the engine's replay buffer only cost
+            # history; a gap inside a running stream may have lost removals.
+            self.stats.unrecovered += lost
+            log.warning("kv events lost", extra={"pod": self.info.pod, "from": start + got, "to": seq - 1})
+
+    def _take(self, seq: int, payload: bytes) -> None:
+        self.tracker.applied(seq)
+        try:
+            decoded = decode_payload(payload)
+        except PayloadError:
+            self.stats.bad_payloads += 1
+            return
+        if not self._pending:
+            self._pending_ts = decoded.ts
+        self._pending.extend(decoded.events)
+        self._pending_seq = seq
+        self.stats.events += len(decoded.events)
+
+    async def flush(self) -> None:
+        """Publish what is pending as one batch (waits for the JetStream ack: its sequence feeds purging)."""
+        if not self._pending and not self._clear_pending:
+            return
+        events = self._pending
+        if self._clear_pending:
+            events = [KvAllCleared(), *events]
+        seq = self._pending_seq if self._pending else self._last_published_seq
+        batch = KvEventBatch(self.info.pod, self.info.model, seq, self._pending_ts or time.time(), events, self.epoch)
+        self._pending = []
+        self._pending_ts = 0.0
+        self._clear_pending = False
+        self.blocks.apply(events)
+        self._dirty = True
+        msg_id = f"{self.info.pod}:{self.epoch}:{seq}:{len(events)}"
+        try:
+            ack = await self.js.publish(self.events_subject, _encoder.encode(batch), headers={"Nats-Msg-Id": msg_id})
+        except Exception:  # NATS away: the batch is lost for routers; they catch up with the next snapshot
+            self.stats.publish_errors += 1
+            log.warning("kv batch publish failed", extra={"pod": self.info.pod}, exc_info=True)
+            return
+        self._last_stream_seq = ack.seq
+        self._last_published_seq = seq
+        self.stats.batches_published += 1
+
+    # --- snapshots ----------------------------------------------------------------------------------------
+
+    async def snapshot(self) -> None:
+        """Publish the pod's blocks as of the last published batch, then purge what it supersedes."""
+        self._next_snapshot = time.monotonic() + self.snapshot_interval_s
+        await self.flush()
+        if not self._dirty:
+            return
+        blocks = self.blocks.snapshot_events()
+        per_block = 48 + 3 * (blocks[0].block_size if blocks else 1)
+        per_part = max(1, _SNAPSHOT_PART_BYTES // per_block)
+        parts = [blocks[i : i + per_part] for i in range(0, len(blocks), per_part)] or [[]]
+        snapshot_id = time.time_ns()
+        first_seq = 0
+        cut_stream_seq = self._last_stream_seq
+        try:
+            for number, part in enumerate(parts):
+                message = KvSnapshot(
+                    self.info.pod, self.info.model, self.epoch, self._last_published_seq, snapshot_id,
+                    number, len(parts), time.time(), part,
+                )  # fmt: skip
+                ack = await self.js.publish(
+                    self.snapshots_subject,
+                    _encoder.encode(message),
+                    headers={"Nats-Msg-Id": f"{self.info.pod}:snapshot:{snapshot_id}:{number}"},
+                )
+                first_seq = first_seq or ack.seq
+            await self.js.purge_stream(KV_SNAPSHOTS_STREAM, subject=self.snapshots_subject, seq=first_seq)
+            if self._snapshot_cut_stream_seq:
+                # Keep one snapshot interval of events: a router loading the previous snapshot right now
+                # still finds every batch after it.
+                await self.js.purge_stream(
+                    KV_EVENTS_STREAM, subject=self.events_subject, seq=self._snapshot_cut_stream_seq + 1
+                )
+        except Exception:
+            self.stats.publish_errors += 1
+            log.warning("kv snapshot failed", extra={"pod": self.info.pod}, exc_info=True)
+            return
+        self._snapshot_cut_stream_seq = cut_stream_seq
+        self._dirty = False
+        self.stats.snapshots += 1
+
+    async def close(self, removed: bool) -> None:
+        """Stop following; a removed pod gets a final ``KvAllCleared`` and its retained history is purged."""
+        self.source.close()
+        if not removed:
+            return
+        self._pending = []
+        self._clear_pending = True
+        await self.flush()
+        try:
+            await self.js.purge_stream(KV_SNAPSHOTS_STREAM, subject=self.snapshots_subject)
+            if self._last_stream_seq:
+                await self.js.purge_stream(KV_EVENTS_STREAM, subject=self.events_subject, seq=self._last_stream_seq)
+        except Exception:
+            self.stats.publish_errors += 1
+            log.warning("kv purge of removed pod failed", extra={"pod": self.info.pod}, exc_info=True)
+
+
+async def run_forever(stream: PodStream) -> None:
+    """``stream.run()``; a crash in one pod's stream is logged and the stream restarts (new epoch)."""
+    while True:
+        try:
+            await stream.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("kv pod stream failed; restarting it", extra={"pod": stream.info.pod})
+            stream.tracker.reset()
+            stream.new_epoch()
+            await asyncio.sleep(1.0)

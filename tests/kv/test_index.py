@@ -1,0 +1,133 @@
+"""The router's pure prefix index: own hashing, refcounts, removals, clears, matching, speculation."""
+
+from __future__ import annotations
+
+import msgspec
+
+from brixmesh.common.messages import KvAllCleared, KvBlockRemoved, KvBlockStored, KvEventBatch
+from brixmesh.kv_index.decode import decode_payload
+from brixmesh.router.kv.hashing import block_hashes
+from brixmesh.router.kv.index import PrefixIndex
+from tests.engine_sim.captures import load_capture
+
+B = 4
+
+
+def stored(hashes: list[int], tokens: list[int], parent: int | None = None, medium: str = "GPU",
+           lora: str | None = None) -> KvBlockStored:  # fmt: skip
+    return KvBlockStored(hashes, parent, tokens, B, lora, medium)
+
+
+def batch(pod: str, *events: object, model: str = "m") -> KvEventBatch:
+    return KvEventBatch(pod, model, 0, 0.0, list(events))  # type: ignore[arg-type]
+
+
+PROMPT = list(range(100, 116))  # four blocks
+
+
+def test_own_hashes_ignore_engine_hashes_and_chain_across_events() -> None:
+    index = PrefixIndex()
+    index.apply(batch("a", stored([11, 12], PROMPT[:8])))
+    index.apply(batch("a", stored([13], PROMPT[8:12], parent=12)))
+    index.apply(batch("b", stored([901, 902, 903, 904], PROMPT)))  # other engine hash seed, same tokens
+    hashes = index.prompt_hashes(PROMPT, B, "m", None)
+    assert hashes == block_hashes(PROMPT, B, "m")
+    found = index.match(hashes, B)
+    assert {pod: m.blocks for pod, m in found.items()} == {"a": 3, "b": 4}
+    assert found["b"].tokens == 16
+    assert index.blocks == 4 and index.entries == 7
+
+
+def test_namespaces_keep_models_and_adapters_apart() -> None:
+    index = PrefixIndex()
+    index.apply(batch("a", stored([1], PROMPT[:4], lora="lora-a")))
+    index.apply(batch("b", stored([1], PROMPT[:4]), model="other"))
+    assert index.match(index.prompt_hashes(PROMPT, B, "m", None), B) == {}
+    assert set(index.match(index.prompt_hashes(PROMPT, B, "m", "lora-a"), B)) == {"a"}
+    assert set(index.match(index.prompt_hashes(PROMPT, B, "other", None), B)) == {"b"}
+
+
+def test_duplicates_are_refcounted_and_removals_resolve_engine_hashes() -> None:
+    index = PrefixIndex()
+    index.apply(batch("a", stored([1, 2], PROMPT[:8]), stored([1], PROMPT[:4])))
+    hashes = index.prompt_hashes(PROMPT, B, "m", None)
+    index.apply(batch("a", KvBlockRemoved([1], "GPU")))
+    assert index.match(hashes, B)["a"].blocks == 2  # one copy of block 1 is left
+    index.apply(batch("a", KvBlockRemoved([1], "GPU")))
+    assert index.match(hashes, B) == {}
+    assert index.engine_hashes("a") == {2}
+    index.apply(batch("a", KvBlockRemoved([1, 99], "GPU")))
+    assert index.counters.unknown_removals == 2
+
+
+def test_orphans_are_counted_not_indexed() -> None:
+    index = PrefixIndex()
+    index.apply(batch("a", stored([5], PROMPT[4:8], parent=404)))
+    assert index.counters.orphan_blocks == 1 and index.blocks == 0
+
+
+def test_cleared_and_clear_pod_drop_only_that_pod() -> None:
+    index = PrefixIndex()
+    index.apply(batch("a", stored([1, 2], PROMPT[:8])))
+    index.apply(batch("b", stored([1, 2], PROMPT[:8])))
+    index.apply(batch("a", KvAllCleared()))
+    hashes = index.prompt_hashes(PROMPT, B, "m", None)
+    assert set(index.match(hashes, B)) == {"b"}
+    index.clear_pod("b")
+    assert index.match(hashes, B) == {} and index.blocks == 0 and index.entries == 0
+
+
+def test_medium_weights_and_pod_filter() -> None:
+    index = PrefixIndex()
+    index.apply(batch("a", stored([1, 2], PROMPT[:8], medium="CPU")))
+    index.apply(batch("b", stored([1, 2], PROMPT[:8])))
+    hashes = index.prompt_hashes(PROMPT, B, "m", None)
+    found = index.match(hashes, B)
+    assert found["a"].blocks == found["b"].blocks == 2
+    assert found["a"].weighted < found["b"].weighted == 2.0
+    assert set(index.match(hashes, B, pods=["a"])) == {"a"}
+
+
+def test_runs_that_diverge_stop_per_pod() -> None:
+    index = PrefixIndex()
+    index.apply(batch("a", stored([1, 2, 3, 4], PROMPT)))
+    index.apply(batch("b", stored([1, 2], PROMPT[:8])))
+    other = PROMPT[:8] + [7, 7, 7, 7]
+    index.apply(batch("b", stored([9], other[8:12], parent=2)))
+    assert {p: m.blocks for p, m in index.match(index.prompt_hashes(PROMPT, B, "m", None), B).items()} == {"a": 4, "b": 2}
+    assert {p: m.blocks for p, m in index.match(index.prompt_hashes(other, B, "m", None), B).items()} == {"a": 2, "b": 3}
+
+
+def test_speculative_entries_expire() -> None:
+    now = [0.0]
+    index = PrefixIndex(speculative_ttl_s=2.0, clock=lambda: now[0])
+    hashes = index.prompt_hashes(PROMPT, B, "m", None)
+    index.add_speculative("a", hashes[:3])
+    assert index.match(hashes, B)["a"].blocks == 3
+    index.apply(batch("a", stored([1], PROMPT[:4])))  # the engine's real event arrives
+    now[0] = 2.5
+    assert index.match(hashes, B)["a"].blocks == 1
+    assert index.speculative_blocks == 0
+    index.add_speculative("z", hashes)
+    index.clear_pod("z")
+    assert set(index.match(hashes, B)) == {"a"}
+
+
+def test_capture_index_equals_stored_not_removed() -> None:
+    index = PrefixIndex()
+    held: dict[int, int] = {}
+    for message in load_capture("kv_events_store_remove.jsonl"):
+        events = decode_payload(msgspec.msgpack.encode(message["batch"])).events
+        index.apply(KvEventBatch("pod", "tiny-llama", message["seq"], 0.0, events))
+        for event in events:
+            if isinstance(event, KvBlockStored):
+                for h in event.block_hashes:
+                    held[h] = held.get(h, 0) + 1
+            elif isinstance(event, KvBlockRemoved):
+                for h in event.block_hashes:
+                    if held.get(h):
+                        held[h] -= 1
+                        if not held[h]:
+                            del held[h]
+    assert index.engine_hashes("pod") == set(held)
+    assert index.counters.orphan_blocks == 0
