@@ -1,9 +1,103 @@
-"""Wiring of the orchestrator service: inputs, state and outputs are attached to the common service shell here."""
+"""Wiring of the orchestrator service.
 
+Inputs: deployment specs (YAML files at start, HTTP API), ``scale.decisions.*`` (autoscaler), pod process
+states (local backend). State: :class:`~brixmesh.orchestrator.controller.Orchestrator` (deployments, desired
+replicas, drains in progress). Outputs: pods started/drained/stopped, ``pods.*`` lifecycle events, ``pods.list``
+answers, the HTTP API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+from brixmesh.common.messages import PodListRequest, ScaleDecision
 from brixmesh.common.service import Service
+from brixmesh.common.subjects import PODS_LIST, SCALE_DECISIONS
+from prometheus_client import Counter
 
+from brixmesh.orchestrator.announcer import Announcer
+from brixmesh.orchestrator.controller import Orchestrator
+from brixmesh.orchestrator.http_api import add_routes
+from brixmesh.orchestrator.local_backend import LocalBackend
 from brixmesh.orchestrator.settings import OrchestratorSettings
+from brixmesh.orchestrator.spec import DeploymentSpec, SpecError, load_path, unique
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DEPLOYMENT = "default"
+
+
+def initial_specs(settings: OrchestratorSettings) -> list[DeploymentSpec]:
+    """Specs from ``deployments_file``, then ``deployments_dir``, then the ``default`` deployment of
+    ``brixmesh up --engines N`` (N > 0) unless a file already defines one by that name."""
+    specs: list[DeploymentSpec] = []
+    for path in (settings.deployments_file, settings.deployments_dir):
+        if path is not None:
+            specs += load_path(path)
+    specs = unique(specs, "deployment files")
+    if settings.default_engines > 0 and all(spec.name != DEFAULT_DEPLOYMENT for spec in specs):
+        specs.append(
+            DeploymentSpec(
+                name=DEFAULT_DEPLOYMENT,
+                model=settings.default_model,
+                engine=settings.default_engine,
+                replicas=settings.default_engines,
+            )
+        )
+    return specs
 
 
 def build_service(settings: OrchestratorSettings) -> Service:
-    return Service("orchestrator", settings)
+    service = Service("orchestrator", settings)
+    if settings.log_level != "debug":
+        # Readiness probes and drain polls are one httpx request each, several a second.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+    backend = LocalBackend(settings.state_dir)
+    orchestrator = Orchestrator(
+        backend,
+        reconcile_interval_s=settings.reconcile_interval_s,
+        drain_poll_interval_s=settings.drain_poll_interval_s,
+        decision_max_age_s=settings.decision_max_age_s,
+    )
+    try:
+        for spec in initial_specs(settings):
+            orchestrator.apply(spec)
+    except SpecError as exc:
+        print(f"brixmesh-orchestrator: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    add_routes(service.app, orchestrator)
+    decisions = Counter(
+        "brixmesh_orchestrator_scale_decisions", "Scale decisions received, by outcome", ["outcome"],
+        registry=service.registry,
+    )
+    announcer: Announcer | None = None
+
+    def on_decision(_subject: str, decision: ScaleDecision) -> None:
+        outcome = orchestrator.apply_decision(decision)
+        decisions.labels(outcome).inc()
+        if outcome not in ("applied", "unchanged"):
+            log.debug("ignored scale decision for %s: %s", decision.deployment, outcome)
+
+    async def start(service: Service) -> None:
+        nonlocal announcer
+        await asyncio.to_thread(backend.reap_orphans)
+        announcer = Announcer(
+            service.bus, backend, service.registry,
+            interval_s=settings.announce_interval_s, instance_id=service.instance_id,
+        )
+        await service.bus.serve(PODS_LIST.template, PodListRequest, announcer.pod_list)
+        await service.bus.subscribe(SCALE_DECISIONS.pattern(), ScaleDecision, on_decision)
+        service.spawn(announcer.publish_changes(), "pod-events")
+        service.spawn(announcer.reannounce_forever(), "pod-reannounce")
+        service.spawn(orchestrator.run(), "reconcile")
+
+    async def stop(_service: Service) -> None:
+        await orchestrator.close()
+        if announcer is not None:
+            await announcer.flush()
+
+    service.on_start(start)
+    service.on_stop(stop)
+    return service

@@ -1,5 +1,26 @@
+from pathlib import Path
+from typing import Literal
+
 from brixmesh.common.settings import ServiceSettings
+from pydantic import Field
 
 
 class OrchestratorSettings(ServiceSettings):
     """Settings of the orchestrator service (environment variables ``BRIXMESH_*``)."""
+
+    state_dir: Path = Path(".brixmesh")
+    """Pod logs go to ``<state_dir>/logs/<pod>.log``, KV-event sockets to ``<state_dir>/run/``."""
+    deployments_file: Path | None = None
+    """A YAML file of deployment specs applied at start."""
+    deployments_dir: Path | None = None
+    """A directory whose ``*.yaml``/``*.yml`` files are applied at start (after ``deployments_file``)."""
+    default_engines: int = Field(default=0, ge=0)
+    """``brixmesh up --engines N``: N > 0 creates a deployment named ``default`` at start."""
+    default_engine: Literal["sim", "vllm", "sglang"] = "sim"
+    default_model: str = "tiny-llama"
+    announce_interval_s: float = Field(default=5.0, gt=0)
+    """Ready and draining pods are re-announced this often (soft state for consumers that missed an event)."""
+    reconcile_interval_s: float = Field(default=1.0, gt=0)
+    drain_poll_interval_s: float = Field(default=0.25, gt=0)
+    decision_max_age_s: float = Field(default=60.0, gt=0)
+    """Scale decisions older than this (by their ``ts``) are ignored as stale."""

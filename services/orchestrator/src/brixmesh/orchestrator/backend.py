@@ -1,0 +1,95 @@
+"""What a pod backend does, whatever runs the pods: local processes now, Kubernetes or Ray later.
+
+The orchestrator decides (how many pods, which to drain, when to stop them); a backend only executes on
+single pods and reports what happened. Every lifecycle change comes out of :meth:`PodBackend.changes` as a
+:class:`~brixmesh.common.messages.PodEvent`, which the orchestrator publishes unchanged on ``pods.*``:
+
+- ``added``: the pod exists and its endpoints are known, not yet serving (also after a restart);
+- ``ready``: it passed its readiness probe and may receive requests;
+- ``draining``: it must receive no new requests; it is stopped once in-flight work is done;
+- ``removed``: it is gone, or its process exited (a restart then starts with ``added`` again).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from brixmesh.common.messages import PodEvent, PodInfo, PodPhase, PodStatus
+
+from brixmesh.orchestrator.spec import DeploymentSpec
+
+
+@dataclass
+class Pod:
+    """One pod as its backend tracks it. ``generation`` is the deployment template it was made from."""
+
+    info: PodInfo
+    generation: int
+    slot: int
+    """Small per-deployment ordinal (lowest free at creation): picks the pod's CPU slice."""
+    phase: PodPhase = "starting"
+    created_at: float = field(default_factory=time.time)
+    phase_since: float = field(default_factory=time.time)
+    restarts: int = 0
+    pid: int = 0
+    last_exit_code: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.info.pod
+
+    @property
+    def deployment(self) -> str:
+        return self.info.deployment
+
+    @property
+    def ready(self) -> bool:
+        return self.phase == "ready"
+
+    @property
+    def draining(self) -> bool:
+        return self.phase == "draining"
+
+    def status(self) -> PodStatus:
+        return PodStatus(
+            pod=self.info,
+            phase=self.phase,
+            ready=self.ready,
+            restarts=self.restarts,
+            pid=self.pid,
+            created_at=self.created_at,
+            phase_since=self.phase_since,
+        )
+
+
+class PodBackend(Protocol):
+    kind: str
+    """Short name of the backend ("local", "kubernetes", "ray")."""
+
+    def validate(self, spec: DeploymentSpec) -> None:
+        """Raise :class:`~brixmesh.orchestrator.spec.SpecError` if this backend cannot run ``spec`` (engine not
+        installed, CPUs it does not have, ...). Called before a spec is accepted."""
+
+    async def create_pod(self, spec: DeploymentSpec, generation: int) -> Pod:
+        """Start one pod of ``spec``; returns at once (readiness is reported later as a ``ready`` change)."""
+
+    async def drain_pod(self, name: str, reason: str) -> None:
+        """Mark the pod draining (no new requests); it keeps running until :meth:`delete_pod`."""
+
+    async def delete_pod(self, name: str, reason: str) -> None:
+        """Stop the pod and forget it; a no-op for an unknown pod."""
+
+    def list_pods(self, deployment: str | None = None) -> list[Pod]:
+        """Current pods, oldest first."""
+
+    def changes(self) -> AsyncIterator[PodEvent]:
+        """Every lifecycle change, in order; one consumer."""
+
+    def pending_changes(self) -> list[PodEvent]:
+        """Changes queued but not yet taken from :meth:`changes` (to publish them at shutdown)."""
+
+    async def close(self) -> None:
+        """Stop every pod (each reported as ``removed``)."""

@@ -1,0 +1,226 @@
+"""The orchestrator's state and decisions: the deployments, their desired replicas, and a reconcile loop that
+makes a backend's pods match them (start, drain-then-stop, rolling replacement after a template change).
+
+All changes (HTTP applies, scale decisions, pod state changes) only update desired state and wake the loop;
+the loop alone starts and drains pods, so there is never more than one actor deciding about a deployment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import httpx
+from brixmesh.common.messages import ScaleDecision
+
+from brixmesh.orchestrator.backend import Pod, PodBackend
+from brixmesh.orchestrator.drain import wait_until_idle
+from brixmesh.orchestrator.planner import PodView, plan_scale
+from brixmesh.orchestrator.spec import DeploymentSpec, SpecError, merge_patch, parse_spec
+
+log = logging.getLogger(__name__)
+
+DecisionOutcome = Literal["applied", "unchanged", "stale", "duplicate", "unknown_deployment", "role_mismatch"]
+ORPHAN_DRAIN_GRACE_S = 30.0
+"""Grace for pods whose deployment is gone before the reconcile loop saw it deleted (rare)."""
+
+
+class UnknownDeployment(KeyError):
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+    def __str__(self) -> str:
+        return f"deployment {self.name!r} not found"
+
+
+@dataclass
+class Deployment:
+    spec: DeploymentSpec
+    generation: int
+    replicas: int
+    """Desired replicas now: the spec's, until a scale decision or PATCH changes it."""
+    created_at: float = field(default_factory=time.time)
+    updated_at: float = field(default_factory=time.time)
+    last_decision: ScaleDecision | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+class Orchestrator:
+    def __init__(
+        self,
+        backend: PodBackend,
+        *,
+        reconcile_interval_s: float = 1.0,
+        drain_poll_interval_s: float = 0.25,
+        decision_max_age_s: float = 60.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.backend = backend
+        self.deployments: dict[str, Deployment] = {}
+        self._reconcile_interval_s = reconcile_interval_s
+        self._drain_poll_interval_s = drain_poll_interval_s
+        self._decision_max_age_s = decision_max_age_s
+        self._clock = clock
+        self._wake = asyncio.Event()
+        self._drains: dict[str, asyncio.Task[None]] = {}
+        self._http: httpx.AsyncClient | None = None
+
+    # --- desired state ---------------------------------------------------------------------------------
+
+    def apply(self, spec: DeploymentSpec) -> tuple[Deployment, bool]:
+        """Create or update a deployment; returns it and whether it is new. A spec whose ``replicas`` did not
+        change keeps the current (possibly autoscaled) replica count."""
+        self.backend.validate(spec)
+        now = self._clock()
+        current = self.deployments.get(spec.name)
+        if current is None:
+            deployment = Deployment(spec=spec, generation=1, replicas=spec.replicas, created_at=now, updated_at=now)
+            self.deployments[spec.name] = deployment
+            created = True
+        else:
+            deployment, created = current, False
+            if spec.template() != current.spec.template():
+                deployment.generation += 1
+            if spec.replicas != current.spec.replicas:
+                deployment.replicas = spec.replicas
+            deployment.spec = spec
+            deployment.updated_at = now
+        self._wake.set()
+        return deployment, created
+
+    def patch(self, name: str, changes: Mapping[str, Any]) -> Deployment:
+        """Merge-patch a deployment's spec; ``{"replicas": n}`` sets the desired replicas directly."""
+        current = self.get(name)
+        if "name" in changes and changes["name"] != name:
+            raise SpecError(f"name cannot be changed by a patch (deployment {name!r})", "name")
+        merged = merge_patch(current.spec.to_dict(), changes)
+        spec = parse_spec(merged, source="patch")
+        deployment, _ = self.apply(spec)
+        if "replicas" in changes:
+            deployment.replicas = spec.replicas
+        return deployment
+
+    def delete(self, name: str) -> list[str]:
+        """Forget the deployment and drain all its pods; returns their names."""
+        deployment = self.deployments.pop(name, None)
+        if deployment is None:
+            raise UnknownDeployment(name)
+        names = []
+        for pod in self.backend.list_pods(name):
+            self._start_drain(pod.name, deployment.spec.drain_grace_s, "deployment deleted")
+            names.append(pod.name)
+        self._wake.set()
+        return names
+
+    def get(self, name: str) -> Deployment:
+        deployment = self.deployments.get(name)
+        if deployment is None:
+            raise UnknownDeployment(name)
+        return deployment
+
+    def apply_decision(self, decision: ScaleDecision) -> DecisionOutcome:
+        """Take an autoscaler verdict unless it is for an unknown deployment or role, or older than (or the
+        same as) the last one taken, or older than ``decision_max_age_s``."""
+        deployment = self.deployments.get(decision.deployment)
+        if deployment is None:
+            return "unknown_deployment"
+        if decision.role not in ("both", deployment.spec.role):
+            return "role_mismatch"
+        last = deployment.last_decision
+        if last is not None and decision.ts <= last.ts:
+            return "duplicate" if decision.ts == last.ts else "stale"
+        if self._clock() - decision.ts > self._decision_max_age_s:
+            return "stale"
+        deployment.last_decision = decision
+        if decision.desired_replicas == deployment.replicas:
+            return "unchanged"
+        log.info(
+            "scaling %s %d -> %d (%s: %s)", deployment.name, deployment.replicas, decision.desired_replicas,
+            decision.algorithm, decision.reason,
+        )
+        deployment.replicas = decision.desired_replicas
+        deployment.updated_at = self._clock()
+        self._wake.set()
+        return "applied"
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # --- reconcile loop --------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self._http = httpx.AsyncClient()
+        try:
+            while True:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._reconcile_interval_s)
+                self._wake.clear()
+                await self.reconcile()
+        finally:
+            await self._http.aclose()
+
+    async def reconcile(self) -> None:
+        for deployment in list(self.deployments.values()):
+            pods = [pod for pod in self.backend.list_pods(deployment.name) if pod.name not in self._drains]
+            plan = plan_scale(deployment.replicas, deployment.generation, [_view(pod) for pod in pods])
+            for _ in range(plan.create):
+                await self.backend.create_pod(deployment.spec, deployment.generation)
+            outdated = {pod.name for pod in pods if pod.generation != deployment.generation}
+            for name in plan.drain:
+                reason = "replaced by a newer template" if name in outdated else "scale down"
+                self._start_drain(name, deployment.spec.drain_grace_s, reason)
+        for pod in self.backend.list_pods():
+            if pod.deployment not in self.deployments and pod.name not in self._drains:
+                self._start_drain(pod.name, ORPHAN_DRAIN_GRACE_S, "deployment deleted")
+
+    def draining(self) -> list[str]:
+        return list(self._drains)
+
+    def _start_drain(self, name: str, grace_s: float, reason: str) -> None:
+        if name in self._drains:
+            return
+        task = asyncio.get_running_loop().create_task(self._drain(name, grace_s, reason), name=f"drain:{name}")
+        self._drains[name] = task
+
+    async def _drain(self, name: str, grace_s: float, reason: str) -> None:
+        try:
+            pod = next((p for p in self.backend.list_pods() if p.name == name), None)
+            if pod is None:
+                return
+            serving = pod.ready
+            await self.backend.drain_pod(name, reason)
+            if serving and pod.info.metrics_url and self._http is not None:
+                outcome = await wait_until_idle(
+                    self._http, pod.info.metrics_url, grace_s=grace_s, poll_interval_s=self._drain_poll_interval_s
+                )
+                removal = outcome.describe()
+            else:
+                removal = "was not serving"
+            await self.backend.delete_pod(name, f"{reason}; {removal}")
+        except Exception:
+            log.exception("draining %s failed; stopping it", name)
+            await self.backend.delete_pod(name, f"{reason}; drain failed")
+        finally:
+            self._drains.pop(name, None)
+            self._wake.set()
+
+    async def close(self) -> None:
+        for task in list(self._drains.values()):
+            task.cancel()
+        await asyncio.gather(*self._drains.values(), return_exceptions=True)
+        await self.backend.close()
+
+
+def _view(pod: Pod) -> PodView:
+    return PodView(
+        name=pod.name, generation=pod.generation, ready=pod.ready, created_at=pod.created_at, draining=pod.draining
+    )

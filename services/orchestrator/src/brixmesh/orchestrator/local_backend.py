@@ -1,0 +1,259 @@
+"""The local backend: every pod is a supervised process group on this machine.
+
+Restarts, backoff, crash-loop detection and readiness probing come from ``brixmesh.common.supervisor``; this
+module turns its state changes into pod lifecycle events. Logs: ``<state_dir>/logs/<pod>.log`` (appended
+across restarts, kept after the pod is gone).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import secrets
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+from brixmesh.common.messages import PodEvent, PodEventKind, PodInfo, PodPhase
+from brixmesh.common.ports import free_port
+from brixmesh.common.supervisor import ProcessSpec, ProcessState, ReadinessProbe, SupervisedProcess
+
+from brixmesh.orchestrator.backend import Pod
+from brixmesh.orchestrator.launch import KV_TOPIC, POD_ENV, STATE_DIR_ENV, PodPlacement, build_launch, check_engine
+from brixmesh.orchestrator.spec import DeploymentSpec
+
+log = logging.getLogger(__name__)
+
+_MAX_POD_NAME = 46  # 40-character deployment name, '-', 5 hex digits
+_IPC_PATH_LIMIT = 100  # sun_path holds 107 bytes; keep a margin
+
+
+class LocalBackend:
+    kind = "local"
+
+    def __init__(self, state_dir: Path, *, port_picker: Callable[[], int] = free_port) -> None:
+        self.state_dir = state_dir.resolve()
+        self.log_dir = self.state_dir / "logs"
+        self.runtime_root = runtime_root(self.state_dir)
+        self._free_port = port_picker
+        self._pods: dict[str, Pod] = {}
+        self._processes: dict[str, SupervisedProcess] = {}
+        self._announced: set[str] = set()
+        self._changes: asyncio.Queue[PodEvent] = asyncio.Queue()
+
+    # --- PodBackend ----------------------------------------------------------------------------------
+
+    def validate(self, spec: DeploymentSpec) -> None:
+        check_engine(spec)
+
+    async def create_pod(self, spec: DeploymentSpec, generation: int) -> Pod:
+        name = self._new_pod_name(spec.name)
+        slot = self._free_slot(spec.name)
+        runtime_dir = self.runtime_root / name
+        runtime_dir.mkdir(parents=True, exist_ok=True)
+        placement = PodPlacement(
+            pod=name,
+            slot=slot,
+            http_port=self._free_port(),
+            replay_port=self._free_port(),
+            runtime_dir=runtime_dir,
+            state_dir=self.state_dir,
+        )
+        launch = build_launch(spec, placement)
+        labels = {
+            **spec.labels,
+            "model": spec.model,
+            "engine": spec.engine,
+            "role": spec.role,
+            "deployment": spec.name,
+            "backend": self.kind,
+        }
+        info = PodInfo(
+            pod=name,
+            deployment=spec.name,
+            model=spec.model,
+            engine=spec.engine,
+            role=spec.role,
+            endpoint=placement.base_url,
+            metrics_url=placement.base_url + "/metrics",
+            kv_events_endpoint=placement.kv_events_endpoint,
+            kv_replay_endpoint=placement.kv_replay_endpoint,
+            kv_events_topic=KV_TOPIC,
+            block_size=launch.block_size,
+            labels=labels,
+        )
+        pod = Pod(info=info, generation=generation, slot=slot)
+        process = SupervisedProcess(
+            ProcessSpec(
+                name=name,
+                argv=launch.argv,
+                env=launch.env,
+                log_path=self.log_dir / f"{name}.log",
+                readiness=ReadinessProbe(url=launch.readiness_url, timeout_s=launch.readiness_timeout_s),
+                restart=spec.restart_policy,
+                stop_grace_s=launch.stop_grace_s,
+            ),
+            on_state=self._on_process_state,
+        )
+        self._pods[name] = pod
+        self._processes[name] = process
+        self._emit("added", pod, "created")
+        process.start()
+        return pod
+
+    async def drain_pod(self, name: str, reason: str) -> None:
+        pod = self._pods.get(name)
+        if pod is None or pod.draining:
+            return
+        self._set_phase(pod, "draining")
+        self._emit("draining", pod, reason)
+
+    async def delete_pod(self, name: str, reason: str) -> None:
+        process = self._processes.pop(name, None)
+        if process is not None:
+            await process.stop()
+        pod = self._pods.pop(name, None)
+        if pod is None:
+            return
+        self._emit("removed", pod, reason)
+        shutil.rmtree(self.runtime_root / name, ignore_errors=True)
+
+    def list_pods(self, deployment: str | None = None) -> list[Pod]:
+        pods = [pod for pod in self._pods.values() if deployment is None or pod.deployment == deployment]
+        return sorted(pods, key=lambda pod: pod.created_at)
+
+    async def changes(self) -> AsyncIterator[PodEvent]:
+        while True:
+            yield await self._changes.get()
+
+    def pending_changes(self) -> list[PodEvent]:
+        """Changes not yet taken from :meth:`changes` (to publish them at shutdown)."""
+        events = []
+        while not self._changes.empty():
+            events.append(self._changes.get_nowait())
+        return events
+
+    async def close(self) -> None:
+        await asyncio.gather(*(self.delete_pod(name, "orchestrator stopping") for name in list(self._pods)))
+
+    # --- process states -> pod phases and events -------------------------------------------------------
+
+    def _on_process_state(self, process: SupervisedProcess, state: ProcessState) -> None:
+        pod = self._pods.get(process.spec.name)
+        if pod is None:
+            return
+        pod.pid = process.pid or 0
+        pod.restarts = process.restarts
+        pod.last_exit_code = process.last_exit_code
+        if state is ProcessState.STOPPED or pod.draining:
+            if state in (ProcessState.BACKOFF, ProcessState.CRASHLOOP, ProcessState.EXITED):
+                self._emit("removed", pod, f"exited with code {process.last_exit_code} while draining")
+            return
+        if state is ProcessState.STARTING:
+            self._set_phase(pod, "starting")
+            self._emit("added", pod, f"restart {process.restarts}")
+        elif state is ProcessState.READY:
+            self._set_phase(pod, "ready")
+            self._emit("ready", pod, "readiness probe passed" if not pod.restarts else f"ready after restart {pod.restarts}")
+        elif state in (ProcessState.BACKOFF, ProcessState.CRASHLOOP):
+            self._set_phase(pod, "crashloop" if state is ProcessState.CRASHLOOP else "restarting")
+            self._emit("removed", pod, f"exited with code {process.last_exit_code}; restarting"
+                       + (" (crash loop)" if state is ProcessState.CRASHLOOP else ""))
+        elif state is ProcessState.EXITED:
+            self._set_phase(pod, "exited")
+            self._emit("removed", pod, f"exited with code {process.last_exit_code}; restart policy "
+                       f"{process.spec.restart}")
+
+    def _set_phase(self, pod: Pod, phase: PodPhase) -> None:
+        if pod.phase != phase:
+            pod.phase = phase
+            pod.phase_since = time.time()
+
+    def _emit(self, kind: PodEventKind, pod: Pod, reason: str) -> None:
+        """Queue one event; ``removed`` only for a pod consumers know, ``added`` only for one they do not."""
+        if kind == "removed":
+            if pod.name not in self._announced:
+                return
+            self._announced.discard(pod.name)
+        elif kind == "added":
+            if pod.name in self._announced:
+                return
+            self._announced.add(pod.name)
+        elif pod.name not in self._announced:
+            return
+        self._changes.put_nowait(PodEvent(kind=kind, pod=pod.info, ts=time.time(), reason=reason))
+
+    # --- naming ------------------------------------------------------------------------------------------
+
+    def _new_pod_name(self, deployment: str) -> str:
+        while True:
+            name = f"{deployment}-{secrets.token_hex(3)[:5]}"
+            if name not in self._pods:
+                return name
+
+    def _free_slot(self, deployment: str) -> int:
+        taken = {pod.slot for pod in self._pods.values() if pod.deployment == deployment}
+        return next(slot for slot in range(len(taken) + 1) if slot not in taken)
+
+    def reap_orphans(self) -> list[int]:
+        """Stop pods a killed orchestrator left running with this state directory; returns their pids."""
+        return reap_orphans(self.state_dir)
+
+
+def runtime_root(state_dir: Path) -> Path:
+    """``<state_dir>/run``, or a short directory under /tmp when ipc:// socket paths would get too long there."""
+    preferred = state_dir / "run"
+    if len(str(preferred)) + len(f"/{'x' * _MAX_POD_NAME}/kv-events.ipc") <= _IPC_PATH_LIMIT:
+        return preferred
+    digest = hashlib.sha1(str(state_dir).encode()).hexdigest()[:10]
+    return Path(tempfile.gettempdir()) / f"brixmesh-{os.getuid()}-{digest}"
+
+
+def reap_orphans(state_dir: Path, grace_s: float = 5.0) -> list[int]:
+    """Process-group leaders whose environment names ``state_dir`` as their pod state dir: SIGTERM, then
+    SIGKILL after ``grace_s``. Blocking; called once at start before any pod of ours exists."""
+    marker = f"{STATE_DIR_ENV}={state_dir}".encode()
+    leaders = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+            is_leader = os.getpgid(int(proc.name)) == int(proc.name)
+        except (OSError, ProcessLookupError):
+            continue
+        if is_leader and marker in environ and any(item.startswith(f"{POD_ENV}=".encode()) for item in environ):
+            leaders.append(int(proc.name))
+    for pid in leaders:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(_alive(pid) for pid in leaders):
+        time.sleep(0.05)
+    for pid in leaders:
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+    if leaders:
+        log.warning("stopped %d pod process group(s) left over from an earlier orchestrator", len(leaders))
+    return leaders
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, parent gone or not reaping) is as good as dead.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False

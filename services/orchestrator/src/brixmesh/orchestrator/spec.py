@@ -1,0 +1,266 @@
+"""Deployment specs: what to run, how many, and how to tell it is healthy. Validated at the edge (YAML files,
+HTTP bodies) into a frozen :class:`DeploymentSpec`; every problem becomes a :class:`SpecError` naming the field.
+
+    name: chat                    # lowercase letters, digits, '-'; becomes part of pod names and NATS subjects
+    model: tiny-llama             # served model name
+    engine: sim                   # sim | vllm | sglang
+    model_path: /models/tiny      # optional: directory to serve (default: engine's own lookup of `model`)
+    engine_args: ["--max-num-seqs", "8"]   # or one string, split like a shell
+    env: {KEY: value}
+    replicas: 2
+    role: both                    # prefill | decode | both
+    cpus: "0-3"                   # optional CPU set the pods are pinned to
+    cpus_per_pod: 1               # optional: each pod gets its own slice of `cpus` (0 = the whole set)
+    readiness: {path: /health, timeout_s: 120}
+    restart_policy: always        # always | on-failure | never
+    drain_grace_s: 60             # longest wait for in-flight requests before a drained pod is stopped
+    labels: {team: search}
+
+A YAML source holds one spec, a list of specs, ``deployments: [...]``, or several documents.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+ENGINES = ("sim", "vllm", "sglang")
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
+_LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?$")
+ORCHESTRATOR_FLAGS = ("--host", "--port", "--served-model-name", "--kv-events-config", "--replicas", "--base-port")
+"""Flags the orchestrator sets itself (endpoints it announces); engine_args may not override them."""
+
+
+class SpecError(ValueError):
+    """A deployment spec is invalid; ``str()`` is one line, ``param`` the offending field (if one)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class ReadinessSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str | None = None
+    """HTTP path answering 2xx once the engine serves; default per engine."""
+    timeout_s: float | None = Field(default=None, gt=0)
+    """Seconds from launch to ready before the pod is restarted; default per engine."""
+
+    @field_validator("path")
+    @classmethod
+    def _absolute_path(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            raise ValueError(f"must start with '/', got {value!r}")
+        return value
+
+
+class DeploymentSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    model: str
+    engine: str = "sim"
+    model_path: str | None = None
+    engine_args: tuple[str, ...] = ()
+    env: dict[str, str] = Field(default_factory=dict)
+    replicas: int = Field(default=1, ge=0)
+    role: Literal["prefill", "decode", "both"] = "both"
+    cpus: tuple[int, ...] | None = None
+    cpus_per_pod: int = Field(default=0, ge=0)
+    readiness: ReadinessSpec = ReadinessSpec()
+    restart_policy: Literal["always", "on-failure", "never"] = "always"
+    drain_grace_s: float = Field(default=60.0, ge=0)
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(
+                f"{value!r} is not a valid name: 1-40 lowercase letters, digits or '-', starting and ending "
+                "with a letter or digit"
+            )
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str) -> str:
+        if not value or any(ch.isspace() for ch in value):
+            raise ValueError(f"must be a non-empty name without spaces, got {value!r}")
+        return value
+
+    @field_validator("engine")
+    @classmethod
+    def _engine(cls, value: str) -> str:
+        if value not in ENGINES:
+            raise ValueError(f"unknown engine {value!r}; expected one of {', '.join(ENGINES)}")
+        return value
+
+    @field_validator("engine_args", mode="before")
+    @classmethod
+    def _split_engine_args(cls, value: Any) -> Any:
+        return shlex.split(value) if isinstance(value, str) else value
+
+    @field_validator("engine_args")
+    @classmethod
+    def _no_orchestrator_flags(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for arg in value:
+            flag = arg.split("=", 1)[0]
+            if flag in ORCHESTRATOR_FLAGS:
+                raise ValueError(f"{flag} is set by the orchestrator (it announces the endpoint); remove it")
+        return value
+
+    @field_validator("cpus", mode="before")
+    @classmethod
+    def _parse_cpus(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return parse_cpu_list(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return [value]
+        return value
+
+    @field_validator("cpus")
+    @classmethod
+    def _cpus_unique(cls, value: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("must name at least one CPU (leave it out for no pinning)")
+        if any(cpu < 0 for cpu in value):
+            raise ValueError("CPU numbers must be >= 0")
+        return tuple(sorted(set(value)))
+
+    @field_validator("labels")
+    @classmethod
+    def _label_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if not _LABEL_KEY.match(key):
+                raise ValueError(f"label key {key!r} must be 1-63 letters, digits, '.', '_', '/' or '-'")
+        return value
+
+    @field_validator("cpus_per_pod")
+    @classmethod
+    def _cpu_slices(cls, value: int, info: ValidationInfo) -> int:
+        cpus = info.data.get("cpus")
+        if value and cpus is None:
+            raise ValueError("needs cpus (the set to slice)")
+        if cpus is not None and value > len(cpus):
+            raise ValueError(f"{value} is more than the {len(cpus)} CPUs in cpus")
+        return value
+
+    def template(self) -> dict[str, Any]:
+        """Everything that shapes a pod; pods made from another template are replaced (rolling)."""
+        return self.model_dump(exclude={"replicas", "drain_grace_s"})
+
+    def to_dict(self) -> dict[str, Any]:
+        data = self.model_dump()
+        data["engine_args"] = list(self.engine_args)
+        data["cpus"] = None if self.cpus is None else list(self.cpus)
+        return data
+
+
+def parse_cpu_list(text: str) -> list[int]:
+    """``"0-3,6"`` -> ``[0, 1, 2, 3, 6]`` (the cpuset / ``taskset -c`` syntax)."""
+    cpus: list[int] = []
+    for part in text.replace(" ", "").split(","):
+        if not part:
+            continue
+        first, dash, last = part.partition("-")
+        if not first.isdigit() or (dash and not last.isdigit()):
+            raise ValueError(f"{text!r} is not a CPU list like '0-3,6'")
+        low, high = int(first), int(last) if dash else int(first)
+        if high < low:
+            raise ValueError(f"range {part!r} runs backwards")
+        cpus.extend(range(low, high + 1))
+    return cpus
+
+
+def format_cpu_list(cpus: Iterable[int]) -> str:
+    return ",".join(str(cpu) for cpu in cpus)
+
+
+def parse_spec(data: object, *, source: str = "spec") -> DeploymentSpec:
+    """Validate one spec given as a mapping (decoded JSON or YAML)."""
+    if not isinstance(data, Mapping):
+        raise SpecError(f"{source}: a deployment must be a mapping of fields, got {type(data).__name__}")
+    try:
+        return DeploymentSpec.model_validate(dict(data))
+    except ValidationError as exc:
+        raise _spec_error(exc, _label(source, data)) from None
+
+
+def parse_yaml(text: str, *, source: str = "spec") -> list[DeploymentSpec]:
+    """Every spec in a YAML (or JSON) text; names must be unique within it."""
+    try:
+        documents = [doc for doc in yaml.safe_load_all(text) if doc is not None]
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError(f"{source}: invalid YAML: {problem}{where}") from None
+    items: list[object] = []
+    for doc in documents:
+        if isinstance(doc, Mapping) and set(doc) == {"deployments"}:
+            doc = doc["deployments"]
+        items.extend(doc if isinstance(doc, list) else [doc])
+    specs = [parse_spec(item, source=source) for item in items]
+    return unique(specs, source)
+
+
+def load_path(path: Path) -> list[DeploymentSpec]:
+    """Specs from a YAML file, or from every ``*.yaml``/``*.yml`` file of a directory (sorted by name)."""
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+        return unique([spec for file in files for spec in load_path(file)], str(path))
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read: {exc.strerror}") from None
+    return parse_yaml(text, source=str(path))
+
+
+def unique(specs: list[DeploymentSpec], source: str) -> list[DeploymentSpec]:
+    seen: set[str] = set()
+    for spec in specs:
+        if spec.name in seen:
+            raise SpecError(f"{source}: deployment {spec.name!r} is defined twice", "name")
+        seen.add(spec.name)
+    return specs
+
+
+def merge_patch(current: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    """JSON merge patch (RFC 7396): mappings merge recursively, ``null`` removes a field (back to default)."""
+    merged = dict(current)
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        elif isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = merge_patch(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _label(source: str, data: Mapping[Any, Any]) -> str:
+    name = data.get("name")
+    return f"{source}: deployment {name!r}" if isinstance(name, str) and name else source
+
+
+def _spec_error(exc: ValidationError, where: str) -> SpecError:
+    error = exc.errors()[0]
+    param = ".".join(str(part) for part in error["loc"]) or None
+    if error["type"] == "extra_forbidden":
+        message = f"unknown field {param!r}"
+    elif error["type"] == "missing":
+        message = f"{param}: required field missing"
+    else:
+        message = f"{param}: {error['msg'].removeprefix('Value error, ')}"
+    more = len(exc.errors()) - 1
+    return SpecError(f"{where}: {message}" + (f" (and {more} more problem{'s' * (more > 1)})" if more else ""), param)

@@ -1,0 +1,140 @@
+"""Desired state and decisions of the orchestrator, against an in-memory backend."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from brixmesh.common.messages import PodEvent, PodInfo, ScaleDecision
+from brixmesh.orchestrator.backend import Pod
+from brixmesh.orchestrator.controller import Orchestrator, UnknownDeployment
+from brixmesh.orchestrator.spec import DeploymentSpec, SpecError, parse_spec
+
+
+class MemoryBackend:
+    """Pods that exist as records only; tests set their phase."""
+
+    kind = "memory"
+
+    def __init__(self) -> None:
+        self.pods: dict[str, Pod] = {}
+        self.log: list[tuple[str, str]] = []
+        self._count = 0
+
+    def validate(self, spec: DeploymentSpec) -> None:
+        if spec.engine == "sglang":
+            raise SpecError("engine 'sglang' is not installed here", "engine")
+
+    async def create_pod(self, spec: DeploymentSpec, generation: int) -> Pod:
+        self._count += 1
+        name = f"{spec.name}-{self._count}"
+        info = PodInfo(pod=name, deployment=spec.name, model=spec.model, engine=spec.engine, endpoint="")
+        pod = Pod(info=info, generation=generation, slot=0, created_at=float(self._count))
+        self.pods[name] = pod
+        self.log.append(("create", name))
+        return pod
+
+    async def drain_pod(self, name: str, reason: str) -> None:
+        self.pods[name].phase = "draining"
+        self.log.append(("drain", name))
+
+    async def delete_pod(self, name: str, reason: str) -> None:
+        self.pods.pop(name, None)
+        self.log.append(("delete", name))
+
+    def list_pods(self, deployment: str | None = None) -> list[Pod]:
+        return [p for p in self.pods.values() if deployment is None or p.deployment == deployment]
+
+    async def changes(self) -> AsyncIterator[PodEvent]:
+        await asyncio.Event().wait()
+        yield  # pragma: no cover
+
+    def pending_changes(self) -> list[PodEvent]:
+        return []
+
+    async def close(self) -> None:
+        self.pods.clear()
+
+
+NOW = 1_000.0
+
+
+def make(**fields) -> tuple[Orchestrator, MemoryBackend]:
+    backend = MemoryBackend()
+    orchestrator = Orchestrator(backend, decision_max_age_s=30, clock=lambda: NOW, **fields)
+    return orchestrator, backend
+
+
+def decision(desired: int, ts: float, deployment: str = "chat", role: str = "both") -> ScaleDecision:
+    return ScaleDecision(
+        deployment=deployment, role=role, current_replicas=1, desired_replicas=desired, algorithm="kpa",
+        reason="test", ts=ts,
+    )
+
+
+def test_decisions_stale_duplicate_unknown_and_role() -> None:
+    orchestrator, _ = make()
+    orchestrator.apply(parse_spec({"name": "chat", "model": "m", "role": "decode"}))
+    assert orchestrator.apply_decision(decision(3, NOW - 1)) == "applied"
+    assert orchestrator.get("chat").replicas == 3
+    assert orchestrator.apply_decision(decision(5, NOW - 1)) == "duplicate"
+    assert orchestrator.apply_decision(decision(5, NOW - 2)) == "stale"  # out of order
+    assert orchestrator.apply_decision(decision(5, NOW - 31)) == "stale"
+    assert orchestrator.apply_decision(decision(5, NOW, deployment="nope")) == "unknown_deployment"
+    assert orchestrator.apply_decision(decision(5, NOW, role="prefill")) == "role_mismatch"
+    assert orchestrator.get("chat").replicas == 3
+    assert orchestrator.apply_decision(decision(3, NOW - 0.5)) == "unchanged"
+    assert orchestrator.apply_decision(decision(0, NOW)) == "applied"
+    assert orchestrator.get("chat").replicas == 0
+
+
+def test_reapplying_a_spec_keeps_autoscaled_replicas_unless_replicas_changed() -> None:
+    orchestrator, _ = make()
+    spec = parse_spec({"name": "chat", "model": "m", "replicas": 1})
+    _, created = orchestrator.apply(spec)
+    assert created
+    orchestrator.apply_decision(decision(4, NOW))
+    deployment, created = orchestrator.apply(spec)
+    assert not created and deployment.replicas == 4 and deployment.generation == 1
+    deployment, _ = orchestrator.apply(parse_spec({"name": "chat", "model": "m", "replicas": 2}))
+    assert deployment.replicas == 2 and deployment.generation == 1
+    deployment, _ = orchestrator.apply(parse_spec({"name": "chat", "model": "m2", "replicas": 2}))
+    assert deployment.generation == 2
+
+
+def test_patch_and_its_errors() -> None:
+    orchestrator, _ = make()
+    orchestrator.apply(parse_spec({"name": "chat", "model": "m", "replicas": 1}))
+    orchestrator.apply_decision(decision(4, NOW))
+    assert orchestrator.patch("chat", {"replicas": 1}).replicas == 1  # an explicit patch wins
+    assert orchestrator.patch("chat", {"labels": {"team": "x"}}).spec.labels == {"team": "x"}
+    with pytest.raises(SpecError, match="name cannot be changed"):
+        orchestrator.patch("chat", {"name": "other"})
+    with pytest.raises(SpecError, match="replicas") as caught:
+        orchestrator.patch("chat", {"replicas": -2})
+    assert caught.value.param == "replicas"
+    with pytest.raises(SpecError, match="not installed"):
+        orchestrator.patch("chat", {"engine": "sglang"})
+    with pytest.raises(UnknownDeployment, match="deployment 'nope' not found"):
+        orchestrator.patch("nope", {"replicas": 1})
+    with pytest.raises(UnknownDeployment):
+        orchestrator.delete("nope")
+
+
+async def test_reconcile_creates_drains_and_deletes() -> None:
+    orchestrator, backend = make()
+    orchestrator.apply(parse_spec({"name": "chat", "model": "m", "replicas": 2}))
+    await orchestrator.reconcile()
+    assert sorted(backend.pods) == ["chat-1", "chat-2"]
+    for pod in backend.pods.values():
+        pod.phase = "ready"
+    orchestrator.apply_decision(decision(1, NOW))
+    await orchestrator.reconcile()
+    await asyncio.gather(*[t for t in asyncio.all_tasks() if t.get_name().startswith("drain:")])
+    assert ("drain", "chat-2") in backend.log and ("delete", "chat-2") in backend.log  # the newest goes
+    assert sorted(backend.pods) == ["chat-1"]
+    assert orchestrator.delete("chat") == ["chat-1"]
+    await asyncio.gather(*[t for t in asyncio.all_tasks() if t.get_name().startswith("drain:")])
+    assert backend.pods == {}
