@@ -277,13 +277,19 @@ class Gateway:
                     "headers": self._headers(response, ctx, decision, pod)})
         await send({"type": "http.response.body", "body": first, "more_body": True})
         ok = response.status < 400
+        tail = first[-32:]
+        reason = ""
         try:
             async for chunk in response.content.iter_any():
                 counter.feed(chunk)
+                tail = (tail + chunk)[-32:]
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if not tail.rstrip().endswith(b"data: [DONE]"):  # OpenAI streams always end so; this one was cut
+                reason = "ended the stream early"
         except (asyncio.TimeoutError, *_RETRYABLE) as exc:
-            self.metrics.stream_errors.labels(ctx.model).inc()
             reason = "timed out" if isinstance(exc, asyncio.TimeoutError) else "lost its connection"
+        if reason:
+            self.metrics.stream_errors.labels(ctx.model).inc()
             await send({"type": "http.response.body", "more_body": True,
                         "body": sse_error_event(f"upstream pod {pod.name} {reason} mid-stream")})
             ok = False

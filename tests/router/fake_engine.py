@@ -1,0 +1,39 @@
+"""A minimal OpenAI-shaped engine (aiohttp, in a thread) for what the simulator does not serve: embeddings."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Iterator
+
+from aiohttp import web
+
+from brixmesh.common.ports import free_port
+
+
+async def _embeddings(request: web.Request) -> web.Response:
+    body = await request.json()
+    return web.json_response({"object": "list", "model": body["model"],
+                              "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3, 0.4]}],
+                              "usage": {"prompt_tokens": 1, "total_tokens": 1}})
+
+
+@contextlib.contextmanager
+def fake_engine() -> Iterator[str]:
+    port = free_port()
+    loop = asyncio.new_event_loop()
+    app = web.Application()
+    app.router.add_post("/v1/embeddings", _embeddings)
+    runner = web.AppRunner(app)
+    loop.run_until_complete(runner.setup())
+    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(5)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
