@@ -123,3 +123,10 @@ def test_pod_blocks_match_capture_state_and_snapshot_orders_parents_first() -> N
         seen.add(event.block_hashes[0])
     blocks.apply([KvAllCleared()])
     assert len(blocks) == 0 and blocks.snapshot_events() == []
+
+
+def test_sequencer_sees_a_restart_in_a_newer_batch_with_a_lower_seq() -> None:
+    tracker = SeqTracker()
+    tracker.applied(10, ts=100.0)
+    assert tracker.classify(8, ts=99.0) == "stale"  # reordered, already recovered
+    assert tracker.classify(8, ts=101.0) == "restart"  # new engine, first batches missed

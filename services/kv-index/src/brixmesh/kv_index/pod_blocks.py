@@ -32,6 +32,9 @@ class PodBlocks:
     def __len__(self) -> int:
         return len(self._blocks)
 
+    def engine_hashes(self, medium: str = "GPU") -> set[int]:
+        return {block_hash for held_in, block_hash in self._blocks if held_in == medium}
+
     def apply(self, events: Iterable[KvEvent]) -> None:
         for event in events:
             if isinstance(event, KvBlockStored):

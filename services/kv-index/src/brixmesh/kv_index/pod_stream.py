@@ -21,7 +21,7 @@ from nats.js.client import JetStreamContext
 from brixmesh.common.messages import KvAllCleared, KvEvent, KvEventBatch, KvSnapshot, PodInfo
 from brixmesh.common.subjects import KV_EVENTS, KV_EVENTS_STREAM, KV_SNAPSHOTS, KV_SNAPSHOTS_STREAM
 
-from brixmesh.kv_index.decode import PayloadError, decode_payload
+from brixmesh.kv_index.decode import DecodedBatch, PayloadError, decode_payload
 from brixmesh.kv_index.pod_blocks import PodBlocks
 from brixmesh.kv_index.sequencer import SeqTracker
 from brixmesh.kv_index.zmq_source import EngineEventSource
@@ -120,7 +120,11 @@ class PodStream:
             self.stats.bad_payloads += 1
             return
         seq = int.from_bytes(frames[1], "big")
-        verdict = self.tracker.classify(seq)
+        try:
+            decoded: DecodedBatch | None = decode_payload(frames[2])
+        except PayloadError:
+            decoded = None
+        verdict = self.tracker.classify(seq, decoded.ts if decoded is not None else float("-inf"))
         if verdict == "stale":
             self.stats.stale += 1
             return
@@ -132,7 +136,7 @@ class PodStream:
             verdict = self.tracker.classify(seq)
         if verdict == "gap":
             await self._recover(seq)
-        self._take(seq, frames[2])
+        self._take(seq, decoded)
 
     async def _recover(self, seq: int) -> None:
         start = self.tracker.missing_from()
@@ -141,7 +145,10 @@ class PodStream:
         got = 0
         for replay_seq, payload in replayed or ():
             if start <= replay_seq < seq and replay_seq == self.tracker.missing_from():
-                self._take(replay_seq, payload)
+                try:
+                    self._take(replay_seq, decode_payload(payload))
+                except PayloadError:
+                    self._take(replay_seq, None)
                 got += 1
         self.stats.replayed += got
         lost = seq - start - got
@@ -151,13 +158,13 @@ class PodStream:
             self.stats.unrecovered += lost
             log.warning("kv events lost", extra={"pod": self.info.pod, "from": start + got, "to": seq - 1})
 
-    def _take(self, seq: int, payload: bytes) -> None:
-        self.tracker.applied(seq)
-        try:
-            decoded = decode_payload(payload)
-        except PayloadError:
+    def _take(self, seq: int, decoded: DecodedBatch | None) -> None:
+        """Queue one decoded engine batch for publishing (None: it did not decode; counted, skipped)."""
+        if decoded is None:
+            self.tracker.applied(seq)
             self.stats.bad_payloads += 1
             return
+        self.tracker.applied(seq, decoded.ts)
         if not self._pending:
             self._pending_ts = decoded.ts
         self._pending.extend(decoded.events)

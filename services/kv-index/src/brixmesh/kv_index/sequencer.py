@@ -2,7 +2,8 @@
 
 vLLM numbers its event batches 0, 1, 2, ... per publisher; a restarted engine starts again at 0. A message
 older than the last one applied is a late duplicate (e.g. reordered and already recovered by replay) unless
-it is far behind or 0, which means the engine restarted.
+it is 0, far behind, or newer in time than the last one applied: then the engine restarted (its first
+batches may have been published before our socket reconnected).
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ Verdict = Literal["apply", "gap", "stale", "restart"]
 class SeqTracker:
     next_seq: int | None = None
     """The seq expected next; None until the first message (then everything before it is missing)."""
+    last_ts: float = float("-inf")
+    """Engine time of the newest batch applied."""
 
-    def classify(self, seq: int) -> Verdict:
+    def classify(self, seq: int, ts: float = float("-inf")) -> Verdict:
         """``apply``: in order. ``gap``: seqs ``missing_from(seq)`` ... ``seq - 1`` must be replayed first.
         ``stale``: already applied, drop. ``restart``: the engine restarted; its state must be cleared and
         seqs 0 ... ``seq - 1`` replayed."""
@@ -32,15 +35,18 @@ class SeqTracker:
             return "apply"
         if seq > expected:
             return "gap"
-        if seq == 0 or seq + REORDER_WINDOW < expected:
+        if seq == 0 or seq + REORDER_WINDOW < expected or ts > self.last_ts:
             return "restart"
         return "stale"
 
     def missing_from(self) -> int:
         return 0 if self.next_seq is None else self.next_seq
 
-    def applied(self, seq: int) -> None:
+    def applied(self, seq: int, ts: float = float("-inf")) -> None:
         self.next_seq = seq + 1
+        if ts > self.last_ts:
+            self.last_ts = ts
 
     def reset(self) -> None:
         self.next_seq = None
+        self.last_ts = float("-inf")

@@ -1,0 +1,213 @@
+"""kv-index bridge against the engine simulator's ZMQ events and a real nats-server, with the router's
+index rebuilt from JetStream: equality with the engine's blocks, gaps, engine and router restarts, bad
+payloads."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import httpx
+import msgspec
+import pytest
+import zmq
+
+from brixmesh.common.bus import Bus
+from brixmesh.common.messages import PodInfo
+from brixmesh.common.servers import NatsServer
+from brixmesh.kv_index.discovery import PodFollower
+from brixmesh.router.kv.follower import IndexFollower
+from brixmesh.router.kv.index import PrefixIndex
+from brixmesh.router.kv.tokenizer import LocalTokenizer
+from tests.engine_sim.sim_engine import ASSETS, BLOCK_SIZE, MODEL_NAME, SimEngine, _free_port, sim_engine
+
+POD = "sim-0"
+PROMPTS = [
+    " ".join(f"alpha{i} beta{i} gamma" for i in range(40)),
+    " ".join(f"delta{i} epsilon{i} zeta" for i in range(40)),
+]
+
+
+@contextlib.contextmanager
+def kv_sim(events: str, replay: str, extra: tuple[str, ...] = ()) -> Iterator[SimEngine]:
+    config = {"enable_kv_cache_events": True, "publisher": "zmq", "endpoint": events,
+              "replay_endpoint": replay, "topic": "kv-events"}  # fmt: skip
+    with sim_engine(extra_args=("--kv-events-config", json.dumps(config), *extra)) as engine:
+        yield engine
+
+
+@pytest.fixture
+def endpoints() -> Iterator[tuple[str, str]]:
+    with tempfile.TemporaryDirectory(prefix="bm-kv-") as short:  # ipc paths must stay short
+        yield f"ipc://{short}/events.ipc", f"tcp://127.0.0.1:{_free_port()}"
+
+
+def pod_info(engine_url: str, events: str, replay: str) -> PodInfo:
+    return PodInfo(pod=POD, deployment="d", model=MODEL_NAME, engine="sim", endpoint=engine_url,
+                   kv_events_endpoint=events, kv_replay_endpoint=replay, kv_events_topic="kv-events",
+                   block_size=BLOCK_SIZE)  # fmt: skip
+
+
+@contextlib.asynccontextmanager
+async def bridge(nats: NatsServer, snapshot_interval_s: float = 3600.0) -> AsyncIterator[PodFollower]:
+    from brixmesh.common.kv_streams import events_stream, snapshots_stream
+
+    bus = await Bus.connect(nats.url, name="kv-index")
+    await bus.ensure_stream(events_stream())
+    await bus.ensure_stream(snapshots_stream())
+    follower = PodFollower(bus.jetstream, replay_timeout_s=1.0, snapshot_interval_s=snapshot_interval_s)
+    _followers[:] = [follower]
+    try:
+        yield follower
+    finally:
+        await follower.close()
+        await bus.close()
+
+
+@contextlib.asynccontextmanager
+async def router_index(nats: NatsServer) -> AsyncIterator[IndexFollower]:
+    bus = await Bus.connect(nats.url, name="router")
+    follower = IndexFollower(bus, PrefixIndex())
+    await follower.start()
+    try:
+        assert await follower.wait_ready(10.0)
+        yield follower
+    finally:
+        await follower.stop()
+        await bus.close()
+
+
+async def complete(engine: SimEngine, prompt: str, max_tokens: int = 4) -> None:
+    async with httpx.AsyncClient() as client:
+        response = await client.post(f"{engine.base_url}/v1/completions",
+                                     json={"model": MODEL_NAME, "prompt": prompt, "max_tokens": max_tokens})  # fmt: skip
+        assert response.status_code == 200, response.text
+
+
+_followers: list[PodFollower] = []
+
+
+def _describe() -> str:
+    return "; ".join(repr(f.stats) for f in _followers)
+
+
+async def eventually(check: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not reached in time; {_describe()}")
+        await asyncio.sleep(0.05)
+
+
+def in_sync(follower: PodFollower, index: PrefixIndex) -> Callable[[], bool]:
+    def check() -> bool:
+        stream = follower.stream(POD)
+        return stream is not None and len(stream.blocks) > 0 and index.engine_hashes(POD) == stream.blocks.engine_hashes()
+
+    return check
+
+
+def prompt_blocks(index: PrefixIndex, prompt: str) -> dict[str, int]:
+    tokens = LocalTokenizer(ASSETS).encode_prompt(prompt)
+    hashes = index.prompt_hashes(tokens, BLOCK_SIZE, MODEL_NAME, None)
+    return {pod: match.blocks for pod, match in index.match(hashes, BLOCK_SIZE).items()}
+
+
+async def test_events_reach_router_index_and_a_restarted_router_rebuilds_it(
+    fresh_nats_server: NatsServer, endpoints: tuple[str, str]
+) -> None:
+    events, replay = endpoints
+    with kv_sim(events, replay) as engine:
+        async with bridge(fresh_nats_server) as follower, router_index(fresh_nats_server) as router:
+            await follower.follow(pod_info(engine.base_url, events, replay))
+            await complete(engine, PROMPTS[0])
+            await eventually(in_sync(follower, router.index))
+            assert prompt_blocks(router.index, PROMPTS[0])[POD] >= 2
+            assert POD not in prompt_blocks(router.index, PROMPTS[1])
+
+            stream = follower.stream(POD)
+            assert stream is not None
+            await stream.snapshot()
+            await complete(engine, PROMPTS[1])
+            await eventually(in_sync(follower, router.index))
+
+            async with router_index(fresh_nats_server) as restarted:
+                assert restarted.stats.snapshots_loaded == 1
+                assert restarted.index.engine_hashes(POD) == router.index.engine_hashes(POD)
+                for prompt in PROMPTS:
+                    assert prompt_blocks(restarted.index, prompt) == prompt_blocks(router.index, prompt)
+
+
+async def test_gaps_are_replayed(fresh_nats_server: NatsServer, endpoints: tuple[str, str]) -> None:
+    events, replay = endpoints
+    with kv_sim(events, replay, ("--fault-kv-events-drop", "0.4")) as engine:
+        async with bridge(fresh_nats_server) as follower, router_index(fresh_nats_server) as router:
+            await follower.follow(pod_info(engine.base_url, events, replay))
+            for i in range(12):
+                await complete(engine, f"turn {i} {PROMPTS[i % 2]}", max_tokens=8)
+            await eventually(lambda: follower.stats.gaps > 0, 3)
+            await eventually(in_sync(follower, router.index))
+            assert follower.stats.replayed > 0 and follower.stats.unrecovered == 0
+
+
+async def test_engine_restart_drops_its_entries_and_rebuilds_from_new_events(
+    fresh_nats_server: NatsServer, endpoints: tuple[str, str]
+) -> None:
+    events, replay = endpoints
+    async with bridge(fresh_nats_server) as follower, router_index(fresh_nats_server) as router:
+        with kv_sim(events, replay) as engine:
+            await follower.follow(pod_info(engine.base_url, events, replay))
+            for _ in range(3):
+                await complete(engine, PROMPTS[0])
+            await eventually(in_sync(follower, router.index))
+            assert prompt_blocks(router.index, PROMPTS[0]).get(POD, 0) >= 2
+        with kv_sim(events, replay) as engine:
+            turn = 0
+            while follower.stats.restarts == 0:  # until our socket has reconnected to the new engine
+                assert turn < 50, _describe()
+                await complete(engine, f"{turn} {PROMPTS[1]}")
+                turn += 1
+                await asyncio.sleep(0.1)
+            await complete(engine, PROMPTS[1])
+            await eventually(in_sync(follower, router.index))
+            assert POD not in prompt_blocks(router.index, PROMPTS[0])
+            assert prompt_blocks(router.index, PROMPTS[1])[POD] >= 2
+
+
+async def test_bad_payloads_are_counted_and_skipped(fresh_nats_server: NatsServer, endpoints: tuple[str, str]) -> None:
+    events, _ = endpoints
+    context = zmq.Context()
+    pub = context.socket(zmq.PUB)
+    pub.bind(events)
+    good = msgspec.msgpack.encode([time.time(), [{"type": "BlockStored", "block_hashes": [7], "parent_block_hash": None,
+                                                  "token_ids": list(range(BLOCK_SIZE)), "block_size": BLOCK_SIZE,
+                                                  "lora_id": None, "medium": "GPU", "lora_name": None}], 0])  # fmt: skip
+    try:
+        async with bridge(fresh_nats_server) as follower, router_index(fresh_nats_server) as router:
+            await follower.follow(pod_info("http://127.0.0.1:1", events, ""))
+            messages = [
+                [b"kv-events", (0).to_bytes(8, "big"), b"\x93\xcb\x41"],  # truncated
+                [b"kv-events", (1).to_bytes(8, "big"), msgspec.msgpack.encode({"x": 1})],
+                [b"kv-events", b"\x02", good],  # bad seq frame
+                [b"kv-events", (2).to_bytes(8, "big"), good],
+            ]
+            deadline = time.monotonic() + 10
+            while follower.stats.messages < len(messages):  # PUB drops messages until the SUB has joined
+                assert time.monotonic() < deadline
+                if follower.stats.messages == 0:
+                    pub.send_multipart([b"kv-events", (0).to_bytes(8, "big"), b"\x93\xcb\x41"])
+                    await asyncio.sleep(0.05)
+                    continue
+                for frames in messages[1:]:
+                    pub.send_multipart(frames)
+                await asyncio.sleep(0.2)
+            await eventually(lambda: router.index.engine_hashes(POD) == {7})
+            assert follower.stats.bad_payloads == 3
+    finally:
+        pub.close(linger=0)
+        context.term()
