@@ -40,8 +40,12 @@ _COUNTERS = (
 )
 
 
-def workload() -> list[dict[str, object]]:
-    """Shared prefixes, exact repeats (duplicate blocks) and long outputs that force preemption."""
+def workload(with_lora: bool = False) -> list[dict[str, object]]:
+    """Shared prefixes, exact repeats (duplicate blocks) and long outputs that force preemption.
+
+    ``with_lora``: every third request uses adapter lora-a and every seventh lora-b (two adapters with
+    ``max_loras`` 1, so the scheduler must also hold requests back for adapter slots).
+    """
     rng = random.Random(SEED)
 
     def tokens(n: int) -> list[int]:
@@ -56,13 +60,21 @@ def workload() -> list[dict[str, object]]:
             prompt = shared + tokens(rng.randrange(20, 300))
         else:
             prompt = tokens(rng.randrange(30, 400))
-        jobs.append({"prompt": prompt, "max_tokens": rng.randrange(1, 200)})
+        lora = None
+        if with_lora and i % 3 == 1:
+            lora = "lora-a"
+        elif with_lora and i % 7 == 6:
+            lora = "lora-b"
+        jobs.append({"prompt": prompt, "max_tokens": rng.randrange(1, 200), "lora": lora})
     return jobs
 
 
 def main() -> None:
-    if len(sys.argv) != 2:
-        raise SystemExit("usage: record_vllm_kv_run.py OUT.json")
+    args = [a for a in sys.argv[1:] if a != "--lora"]
+    with_lora = "--lora" in sys.argv[1:]
+    if len(args) != 1:
+        raise SystemExit("usage: record_vllm_kv_run.py [--lora] OUT.json")
+    out_path = Path(args[0])
     if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") != "0" or os.environ.get("PYTHONHASHSEED") != "0":
         raise SystemExit(
             "set VLLM_ENABLE_V1_MULTIPROCESSING=0 and PYTHONHASHSEED=0 (see the module docstring)"
@@ -70,8 +82,13 @@ def main() -> None:
     from vllm import LLM, SamplingParams
     from vllm.config import KVEventsConfig
     from vllm.inputs import TokensPrompt
+    from vllm.lora.request import LoRARequest
 
-    model = Path(os.environ.get("BRIXMESH_CACHE_DIR", Path.home() / ".cache/brixmesh")) / "models/tiny-llama"
+    models = Path(os.environ.get("BRIXMESH_CACHE_DIR", Path.home() / ".cache/brixmesh")) / "models"
+    model = models / "tiny-llama"
+    # Adapter ids in load order, as vLLM numbers adapters loaded at runtime (events publish them as lora_id).
+    adapters = {name: (i + 1, str(models / name)) for i, name in enumerate(("lora-a", "lora-b"))}
+    lora_args = {"enable_lora": True, "max_loras": 1, "max_lora_rank": 8} if with_lora else {}
     workdir = tempfile.mkdtemp(prefix="bm-kvrec-")
     endpoint = f"ipc://{workdir}/kv.ipc"
 
@@ -99,13 +116,18 @@ def main() -> None:
         max_model_len=1024,
         kv_events_config=KVEventsConfig(enable_kv_cache_events=True, publisher="zmq", endpoint=endpoint),
         disable_log_stats=False,  # for the prefix-cache and preemption counters
+        **lora_args,
     )
     scheduler_config = llm.llm_engine.vllm_config.scheduler_config
     time.sleep(1.0)  # let the subscription reach the PUB socket
-    jobs = workload()
+    jobs = workload(with_lora)
     prompts = [TokensPrompt(prompt_token_ids=job["prompt"]) for job in jobs]  # type: ignore[typeddict-item]
     params = [SamplingParams(max_tokens=job["max_tokens"], ignore_eos=True, temperature=0) for job in jobs]
-    outputs = llm.generate(prompts, params)
+    loras = [
+        LoRARequest(job["lora"], *adapters[job["lora"]]) if job["lora"] else None  # type: ignore[index]
+        for job in jobs
+    ]
+    outputs = llm.generate(prompts, params, lora_request=loras if with_lora else None)
     time.sleep(1.5)
     stop.set()
     reader.join()
@@ -126,6 +148,8 @@ def main() -> None:
         "max_num_batched_tokens": scheduler_config.max_num_batched_tokens,
         "hash": "sha256, PYTHONHASHSEED=0",
         "counters": counters,
+        "max_loras": 1 if with_lora else 0,
+        "adapters": {name: {"lora_int_id": i, "lora_path": path} for name, (i, path) in adapters.items()},
     }
     record = {
         "jobs": jobs,
@@ -133,8 +157,8 @@ def main() -> None:
         "batches": [batch for _, batch in batches],
         "meta": meta,
     }
-    Path(sys.argv[1]).write_text(json.dumps(record, separators=(",", ":")) + "\n", encoding="utf-8")
-    print(f"{len(jobs)} requests, {len(batches)} KV event batches -> {sys.argv[1]}")
+    out_path.write_text(json.dumps(record, separators=(",", ":")) + "\n", encoding="utf-8")
+    print(f"{len(jobs)} requests, {len(batches)} KV event batches -> {out_path}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The simulator's scheduler + KV cache replay a recorded concurrent real vLLM 0.32 run step by step.
 
-``tests/fixtures/vllm-0.32-cpu/kv_concurrent_run.json`` comes from ``scripts/record_vllm_kv_run.py``: 32
+``tests/fixtures/vllm-0.32-cpu/kv_concurrent*_run.json`` come from ``scripts/record_vllm_kv_run.py``: 32
 requests handed to vLLM at once (64 x 32 block cache, so continuous batching, chunked prefill and
 preemption with recompute all happen). Given the same requests and the engine's own output tokens, every
 engine step must publish the same KV event batch as vLLM did: same stores, evictions, duplicates, order.
@@ -13,13 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import pytest
 from brixmesh.engine_sim.hashing import BlockHasher
 from brixmesh.engine_sim.kv_cache import KvCacheManager
 from brixmesh.engine_sim.kv_event_types import encode_batch
 from brixmesh.engine_sim.request import SimRequest
 from brixmesh.engine_sim.scheduler import Scheduler, SchedulerLimits
 
-RUN = Path(__file__).resolve().parent.parent / "fixtures" / "vllm-0.32-cpu" / "kv_concurrent_run.json"
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "vllm-0.32-cpu"
+# kv_concurrent_lora_run: every third request on lora-a, every seventh on lora-b, max_loras 1.
+RUNS = ["kv_concurrent_run.json", "kv_concurrent_lora_run.json"]
 
 
 class _Output:
@@ -40,9 +43,13 @@ def _simulate(run: dict[str, Any]) -> tuple[list[list[dict[str, Any]]], Schedule
     kv = KvCacheManager(
         meta["num_gpu_blocks"], meta["block_size"], BlockHasher("sha256", environ={"PYTHONHASHSEED": "0"})
     )
-    limits = SchedulerLimits(meta["max_num_seqs"], meta["max_num_batched_tokens"], meta["max_model_len"])
+    limits = SchedulerLimits(
+        meta["max_num_seqs"], meta["max_num_batched_tokens"], meta["max_model_len"], meta.get("max_loras", 0)
+    )
     scheduler = Scheduler(limits, kv)
+    adapters = meta.get("adapters", {})
     for i, (job, output) in enumerate(zip(run["jobs"], run["generated"], strict=True)):
+        lora = job.get("lora")
         request = SimRequest(
             request_id=f"r{i}",
             prompt_token_ids=job["prompt"],
@@ -50,6 +57,9 @@ def _simulate(run: dict[str, Any]) -> tuple[list[list[dict[str, Any]]], Schedule
             tokens=_Output(output),  # type: ignore[arg-type]
             arrival_time=0.0,
             ignore_eos=True,
+            lora_name=lora,
+            lora_path=adapters[lora]["lora_path"] if lora else None,
+            lora_int_id=adapters[lora]["lora_int_id"] if lora else None,
         )
         scheduler.add(request)
     batches: list[list[dict[str, Any]]] = []
@@ -63,8 +73,9 @@ def _simulate(run: dict[str, Any]) -> tuple[list[list[dict[str, Any]]], Schedule
     return batches, scheduler, kv
 
 
-def test_concurrent_run_publishes_the_same_batches_as_vllm() -> None:
-    run = json.loads(RUN.read_text(encoding="utf-8"))
+@pytest.mark.parametrize("name", RUNS)
+def test_concurrent_run_publishes_the_same_batches_as_vllm(name: str) -> None:
+    run = json.loads((FIXTURES / name).read_text(encoding="utf-8"))
     real = [batch[1] for batch in run["batches"]]
     ours, scheduler, _ = _simulate(run)
 
@@ -76,8 +87,9 @@ def test_concurrent_run_publishes_the_same_batches_as_vllm() -> None:
         assert sim_batch == real_batch, f"batch {index} differs"
 
 
-def test_concurrent_run_counts_prefix_cache_and_preemptions_like_vllm() -> None:
-    run = json.loads(RUN.read_text(encoding="utf-8"))
+@pytest.mark.parametrize("name", RUNS)
+def test_concurrent_run_counts_prefix_cache_and_preemptions_like_vllm(name: str) -> None:
+    run = json.loads((FIXTURES / name).read_text(encoding="utf-8"))
     _, scheduler, kv = _simulate(run)
     counters = run["meta"]["counters"]
     assert kv.counters.queries == counters["vllm:prefix_cache_queries"]
