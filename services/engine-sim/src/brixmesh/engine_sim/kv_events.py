@@ -167,9 +167,13 @@ class ZmqKvEventPublisher:
         if self._closed:
             return
         self._closed = True
-        # Blocking put: the sentinel must get in even when the queue is full.
-        self._queue.put(_STOP)
-        self._thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        try:
+            # Waits for room when the queue is full, but not forever if the thread is gone.
+            self._queue.put(_STOP, timeout=timeout)
+        except queue.Full:
+            return
+        self._thread.join(max(0.0, deadline - time.monotonic()))
 
     # ----- publisher thread ----------------------------------------------------------------------
 
