@@ -1,0 +1,141 @@
+"""Runs ``brixmesh-orchestrator`` as a subprocess for tests, and records the pod events it publishes.
+
+    async with run_orchestrator(nats.url, tmp_path) as orch:      # orch.url: its HTTP API
+        events = await PodEventLog.start(bus)
+        await orch.http.put("/v1/deployments/chat", json={...})
+        ready = await events.wait_for(kind="ready", count=2)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from brixmesh.common.bus import Bus
+from brixmesh.common.messages import PodEvent
+from brixmesh.common.ports import free_port
+from brixmesh.common.subjects import PODS
+
+
+@dataclass
+class OrchestratorProcess:
+    url: str
+    process: subprocess.Popen[bytes]
+    state_dir: Path
+    log_path: Path
+    http: httpx.AsyncClient
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+@contextlib.asynccontextmanager
+async def run_orchestrator(
+    nats_url: str, work_dir: Path, env: Mapping[str, str] | None = None, startup_timeout: float = 30.0
+) -> AsyncIterator[OrchestratorProcess]:
+    port = free_port()
+    state_dir = work_dir / "state"
+    log_path = work_dir / "orchestrator.log"
+    full_env = {
+        **os.environ,
+        "BRIXMESH_NATS_URL": nats_url,
+        "BRIXMESH_PORT": str(port),
+        "BRIXMESH_STATE_DIR": str(state_dir),
+        "BRIXMESH_LOG_FORMAT": "text",
+        "BRIXMESH_ANNOUNCE_INTERVAL_S": "1",
+        "BRIXMESH_RECONCILE_INTERVAL_S": "0.5",
+        "BRIXMESH_DRAIN_POLL_INTERVAL_S": "0.1",
+        **(env or {}),
+    }
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "brixmesh.orchestrator"], env=full_env, stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    http = httpx.AsyncClient(base_url=url, timeout=10)
+    orch = OrchestratorProcess(url, process, state_dir, log_path, http)
+    try:
+        deadline = time.monotonic() + startup_timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"orchestrator exited with {process.returncode}:\n{orch.log_tail()}")
+            with contextlib.suppress(httpx.TransportError):
+                if (await http.get("/readyz")).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"orchestrator not ready after {startup_timeout}s:\n{orch.log_tail()}")
+            await asyncio.sleep(0.1)
+        yield orch
+    finally:
+        await http.aclose()
+        await asyncio.to_thread(stop_process_group, process)
+
+
+def stop_process_group(process: subprocess.Popen[bytes], grace_s: float = 20.0) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+class PodEventLog:
+    """Every pod event seen on the bus, in arrival order, with waiting helpers."""
+
+    def __init__(self) -> None:
+        self.events: list[PodEvent] = []
+        self._changed = asyncio.Event()
+
+    @classmethod
+    async def start(cls, bus: Bus) -> PodEventLog:
+        log = cls()
+        await bus.subscribe(PODS.pattern(), PodEvent, log._on_event)
+        await bus.client.flush()
+        return log
+
+    def _on_event(self, _subject: str, event: PodEvent) -> None:
+        self.events.append(event)
+        self._changed.set()
+
+    def matching(
+        self, kind: str | None = None, pod: str | None = None, where: Callable[[PodEvent], bool] | None = None
+    ) -> list[PodEvent]:
+        return [
+            e for e in self.events
+            if (kind is None or e.kind == kind) and (pod is None or e.pod.pod == pod) and (where is None or where(e))
+        ]
+
+    async def wait_for(
+        self, kind: str | None = None, *, pod: str | None = None, count: int = 1,
+        where: Callable[[PodEvent], bool] | None = None, timeout: float = 30.0, reannounced: bool = False,
+    ) -> list[PodEvent]:
+        """The first ``count`` matching events once that many have arrived: lifecycle changes, or with
+        ``reannounced`` only the periodic re-announcements."""
+        def fresh(e: PodEvent) -> bool:
+            return (e.reason == "re-announce") == reannounced and (where is None or where(e))
+
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.matching(kind, pod, fresh)
+            if len(found) >= count:
+                return found[:count]
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                seen = [(e.kind, e.pod.pod, e.reason) for e in self.events if e.reason != "re-announce"]
+                raise AssertionError(f"waited {timeout}s for {count} {kind or 'any'} event(s) of {pod}; seen {seen}")
+            self._changed.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
