@@ -24,6 +24,11 @@ Semantics (vLLM v1 ``BlockPool`` / ``KVCacheManager`` / ``FullAttentionManager``
   admission of a request that did a lookup: ``queries += num_tokens``, ``hits += hit tokens``; requests
   that were preempted before count in the ``preempted_*`` counters instead, like vLLM.
 
+Fidelity: checked against vLLM 0.32's own source and against real engines. The event stream is identical
+to a live vLLM for sequential requests (``tests/engine_sim/test_kv_vs_real_vllm.py``) and, driven by
+``scheduler.Scheduler``, batch for batch identical to recorded concurrent runs with preemption and LoRA,
+including the prefix-cache counters (``tests/engine_sim/test_kv_concurrent_recorded.py``).
+
 API (what the scheduler calls, in vLLM's order)::
 
     mgr = KvCacheManager(num_blocks=64, block_size=32, hasher=BlockHasher("sha256"))

@@ -59,16 +59,24 @@ class NullKvEventPublisher:
     """``publisher: "null"`` or events disabled: accepts batches and sends nothing."""
 
     def publish(self, events: Sequence[KvEvent], ts: float | None = None) -> int | None:
+        """Discards the batch; there is no seq."""
         return None
 
     def close(self) -> None:
-        return None
+        """Nothing to release."""
 
 
 _STOP = object()
 
 
 class ZmqKvEventPublisher:
+    """One engine's PUB (+ optional replay ROUTER) socket pair, served by its own thread.
+
+    Construction opens the sockets (``ValueError`` when that fails, e.g. an address in use).
+    ``bound_endpoint``/``replay_bound_endpoint`` give the resolved addresses when binding (useful with
+    ``tcp://127.0.0.1:*``); ``stats`` counts what happened to the batches.
+    """
+
     def __init__(
         self,
         config: KvEventsConfig,
