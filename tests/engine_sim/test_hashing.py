@@ -1,3 +1,5 @@
+import json
+
 import pytest
 from brixmesh.engine_sim.hashing import (
     DEFAULT_NONE_HASH_SEED,
@@ -8,7 +10,7 @@ from brixmesh.engine_sim.hashing import (
     use_int_block_hashes_from_env,
 )
 
-from tests.engine_sim.captures import capture_events
+from tests.engine_sim.captures import CAPTURES, capture_events
 
 BLOCK = 32
 
@@ -106,3 +108,15 @@ def test_published_form() -> None:
 def test_unknown_algo_rejected() -> None:
     with pytest.raises(ValueError, match="unknown prefix caching hash algo 'md5'"):
         BlockHasher("md5")  # type: ignore[arg-type]
+
+
+def test_unseeded_variants_match_real_vllm() -> None:
+    variants = json.loads((CAPTURES / "kv_hash_variants.json").read_text(encoding="utf-8"))
+    cbor = variants["sha256_cbor_unseeded_int"]
+    hasher = BlockHasher("sha256_cbor", environ={})
+    assert [hasher.external(d) for d in hasher.hash_blocks(cbor["token_ids"], BLOCK)] == cbor["block_hashes"]
+
+    raw = variants["sha256_unseeded_bytes"]
+    hasher = BlockHasher("sha256", environ={"VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES": "0"})
+    published = [hasher.external(d) for d in hasher.hash_blocks(raw["token_ids"], BLOCK)]
+    assert published == [bytes.fromhex(h) for h in raw["block_hashes_hex"]]
