@@ -18,6 +18,7 @@ from brixmesh.common.bus import BusConnectError
 from brixmesh.common.ports import port_is_free
 from brixmesh.common.servers import ServerStartError
 
+from brixmesh.cli.bench import bench_app
 from brixmesh.cli.mesh import Mesh, MeshOptions, run_until_signal
 from brixmesh.cli.state import default_state_dir, read_record, resolve_nats_url
 from brixmesh.cli.status import collect_heartbeats
@@ -28,6 +29,7 @@ app = typer.Typer(help="brixmesh: one OpenAI endpoint over a fleet of LLM engine
 # piped output (CI logs, tests) gets wide tables instead of 80-column truncation
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 errors = Console(stderr=True, highlight=False)
+app.add_typer(bench_app, name="bench")
 
 StateDir = Annotated[Path, typer.Option("--state-dir", help="Where the mesh keeps data, logs and its record.")]
 NatsUrl = Annotated[str | None, typer.Option("--nats-url", help="NATS server (default: the running mesh's).")]

@@ -1,0 +1,153 @@
+"""The side-by-side runner: one fleet per workload, every contender in turn on the same jobs and arrivals.
+
+Between contenders the engines' prefix caches are emptied (``/reset_prefix_cache``) once they are idle, so
+no contender inherits another's cache. A contender that cannot run here is listed with the reason instead
+of stopping the comparison.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import psutil
+
+from brixbench.arrivals import Arrivals
+from brixbench.client import LoadClient, RunResult
+from brixbench.contenders import resolve
+from brixbench.contenders.base import Contender, ContenderError
+from brixbench.contenders.brixmesh import MeshProvider
+from brixbench.fleet import Fleet, FleetError, FleetSpec
+from brixbench.stats import Slo
+from brixbench.workloads import Job
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadCase:
+    name: str
+    jobs: list[Job]
+    arrivals: Arrivals
+    fleet: FleetSpec
+    slo: Slo = Slo()
+    description: str = ""
+
+
+@dataclass(slots=True)
+class ContenderRun:
+    contender: str
+    workload: str
+    status: Literal["ok", "skipped", "failed"]
+    reason: str = ""
+    result: RunResult | None = None
+    router_cpu_s: float | None = None
+    """CPU seconds of the router process (and its children) during the run; None: routes in the client."""
+    helper_cpu_s: float | None = None
+    """CPU seconds of helpers the contender needs besides its router (brixmesh's kv-index)."""
+    wall_s: float = 0.0
+
+
+@dataclass(slots=True)
+class CompareResult:
+    cases: list[WorkloadCase]
+    runs: list[ContenderRun] = field(default_factory=list)
+    started_at: float = field(default_factory=time.time)
+
+    def for_workload(self, name: str) -> list[ContenderRun]:
+        return [run for run in self.runs if run.workload == name]
+
+
+def _cpu_seconds(pid: int | None) -> float | None:
+    if pid is None:
+        return None
+    try:
+        process = psutil.Process(pid)
+        total = sum(process.cpu_times()[:2])
+        for child in process.children(recursive=True):
+            try:
+                total += sum(child.cpu_times()[:2])
+            except psutil.Error:
+                continue
+        return total
+    except psutil.Error:
+        return None
+
+
+def _delta(before: float | None, after: float | None) -> float | None:
+    return None if before is None or after is None else max(0.0, after - before)
+
+
+Report = Callable[[str], None]
+
+
+async def run_case(case: WorkloadCase, contenders: Sequence[str], workdir: Path, report: Report,
+                   on_request_done: Callable[[], None] = lambda: None) -> list[ContenderRun]:
+    runs: list[ContenderRun] = []
+    fleet = Fleet(case.fleet, workdir / case.name)
+    mesh = MeshProvider()
+    report(f"[{case.name}] starting {case.fleet.engines} simulated {case.fleet.gpu} engines "
+           f"(time scale {case.fleet.time_scale:g})")
+    await fleet.start()
+    try:
+        for name in contenders:
+            contender: Contender = resolve(name, mesh)
+            reason = contender.unavailable()
+            if reason is not None:
+                report(f"[{case.name}] {name}: skipped ({reason})")
+                runs.append(ContenderRun(name, case.name, "skipped", reason))
+                continue
+            runs.append(await _run_one(case, name, contender, fleet, mesh, workdir / case.name, report,
+                                       on_request_done))
+    finally:
+        await mesh.stop()
+        await fleet.stop()
+    return runs
+
+
+async def _run_one(case: WorkloadCase, name: str, contender: Contender, fleet: Fleet, mesh: MeshProvider,
+                   workdir: Path, report: Report, on_request_done: Callable[[], None]) -> ContenderRun:
+    await fleet.wait_idle()
+    await fleet.reset()
+    started = time.monotonic()
+    try:
+        target = await contender.start(fleet, workdir)
+    except (ContenderError, FleetError, OSError) as exc:
+        report(f"[{case.name}] {name}: failed to start ({exc})")
+        await contender.stop()
+        return ContenderRun(name, case.name, "failed", str(exc))
+    try:
+        helper_pid = mesh.mesh.kv_index_pid if mesh.mesh is not None and name.startswith("brixmesh:") else None
+        cpu_before, helper_before = _cpu_seconds(contender.pid), _cpu_seconds(helper_pid)
+        client = LoadClient(case.fleet.model, time_scale=case.fleet.time_scale)
+        result = await client.run(case.jobs, case.arrivals, target, engine_urls=fleet.urls, slo=case.slo,
+                                  on_request_done=on_request_done)
+        cpu_after, helper_after = _cpu_seconds(contender.pid), _cpu_seconds(helper_pid)
+    finally:
+        await contender.stop()
+    run = ContenderRun(name, case.name, "ok", result=result, router_cpu_s=_delta(cpu_before, cpu_after),
+                       helper_cpu_s=_delta(helper_before, helper_after), wall_s=time.monotonic() - started)
+    s = result.summary
+    failed = s.requests - s.succeeded
+    if failed:
+        first_error = next((r.error for r in result.records if not r.ok), "")
+        run.reason = f"{failed} of {s.requests} requests failed, e.g. {first_error}"
+    report(f"[{case.name}] {name}: {s.output_throughput:,.0f} out tok/s, TTFT p90 {s.ttft.p90 * 1000:,.0f} ms, "
+           f"hit rate {_pct(result.engines.hit_rate)}, {s.succeeded}/{s.requests} ok, {run.wall_s:.0f}s wall")
+    return run
+
+
+def _pct(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value * 100:.1f}%"
+
+
+async def compare(cases: Sequence[WorkloadCase], contenders: Sequence[str], workdir: Path, report: Report,
+                  on_request_done: Callable[[], None] = lambda: None) -> CompareResult:
+    for name in contenders:  # fail on a typo before starting anything
+        resolve(name, MeshProvider())
+    result = CompareResult(list(cases))
+    for case in cases:
+        result.runs += await run_case(case, contenders, workdir, report, on_request_done)
+    return result

@@ -1,0 +1,43 @@
+"""Contender names on the command line: ``brixmesh:<strategy>``, ``smg:<policy>``, ``vllm-router:<policy>``,
+``oracle``, ``client-random``."""
+
+from __future__ import annotations
+
+from brixbench.contenders.base import Contender
+from brixbench.contenders.brixmesh import BrixmeshRouter, MeshProvider
+from brixbench.contenders.peers import Smg, VllmRouter
+from brixbench.contenders.reference import DirectRandom, Oracle
+
+COMPOSITION = "kv-aware:3,least-request:2"
+"""brixmesh's precise composition: engine-event prefix affinity, restrained by in-flight load."""
+
+DEFAULT_CONTENDERS: tuple[str, ...] = (
+    "brixmesh:random", "brixmesh:least-request", "brixmesh:prefix-cache", "brixmesh:kv-aware",
+    f"brixmesh:{COMPOSITION}", "smg:cache_aware", "vllm-router:cache_aware", "vllm-router:kv_aware", "oracle",
+)
+QUICK_CONTENDERS = DEFAULT_CONTENDERS
+
+
+class UnknownContender(ValueError):
+    """A contender name the catalogue does not know; ``str()`` lists the known forms."""
+
+
+def resolve(name: str, mesh: MeshProvider) -> Contender:
+    family, _, arg = name.partition(":")
+    if family == "brixmesh" and arg:
+        return BrixmeshRouter(arg, mesh)
+    if family == "smg" and arg:
+        return Smg(arg)
+    if family == "vllm-router" and arg:
+        return VllmRouter(arg)
+    if name == "oracle":
+        return Oracle()
+    if name == "client-random":
+        return DirectRandom()
+    raise UnknownContender(f"unknown contender {name!r}; use brixmesh:<strategy>, smg:<policy>, "
+                           "vllm-router:<policy>, oracle or client-random")
+
+
+def catalogue() -> list[str]:
+    return [*DEFAULT_CONTENDERS, "client-random", "brixmesh:prefix-cache:3,least-request:2", "smg:round_robin",
+            "vllm-router:round_robin", "vllm-router:consistent_hash"]

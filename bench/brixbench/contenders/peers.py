@@ -1,0 +1,211 @@
+"""The peers, as their users would run them: SGLang Model Gateway (``smg``) and ``vllm-router``.
+
+They live in their own virtual environment (``install_peers`` makes it; the router engineer's overhead
+bench uses the same pins). Thresholds are passed explicitly: the Rust defaults differ from the documented
+Python ones (see shared/reference/anchors.md section 4).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import zmq
+
+from brixmesh.common.ports import free_port
+
+from brixbench.client import FixedTarget, Target
+from brixbench.contenders.base import RouterProcess
+from brixbench.fleet import Fleet
+
+PEER_PINS = ("sglang-router==0.3.2", "vllm-router==0.1.17")
+PEERS_VENV_ENV = "BRIXMESH_PEERS_VENV"
+
+
+def peers_venv() -> Path:
+    configured = os.environ.get(PEERS_VENV_ENV)
+    if configured:
+        return Path(configured)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "brixmesh" / "peers-venv"
+
+
+def peer_binary(name: str) -> Path | None:
+    path = peers_venv() / "bin" / name
+    return path if path.is_file() and os.access(path, os.X_OK) else None
+
+
+def install_peers(venv: Path | None = None) -> Path:
+    """``uv venv`` + ``uv pip install`` the pinned peers (PyPI wheels with the Rust binaries inside)."""
+    venv = venv or peers_venv()
+    uv = [sys.executable, "-m", "uv"]
+    if subprocess.run([*uv, "--version"], capture_output=True).returncode != 0:
+        uv = ["uv"]
+    subprocess.run([*uv, "venv", "--python", "3.11", str(venv)], check=True, capture_output=True)
+    subprocess.run([*uv, "pip", "install", "--python", str(venv / "bin" / "python"), *PEER_PINS], check=True)
+    return venv
+
+
+def _missing(binary: str) -> str | None:
+    if peer_binary(binary) is None:
+        return f"{binary} not installed in {peers_venv()} (brixmesh bench install-peers)"
+    return None
+
+
+class Smg:
+    """``smg launch --policy cache_aware`` with the documented thresholds (0.3 / 64 / 1.5, 60 s, 2^26)."""
+
+    def __init__(self, policy: str = "cache_aware") -> None:
+        self.policy = policy
+        self.name = f"smg {policy}"
+        self._router: RouterProcess | None = None
+
+    def unavailable(self) -> str | None:
+        return _missing("smg")
+
+    @property
+    def pid(self) -> int | None:
+        return self._router.pid if self._router else None
+
+    async def start(self, fleet: Fleet, workdir: Path) -> Target:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        argv = [str(peer_binary("smg")), "launch", "--host", "127.0.0.1", "--port", str(port),
+                "--worker-urls", *fleet.urls, "--policy", self.policy,
+                "--cache-threshold", "0.3", "--balance-abs-threshold", "64", "--balance-rel-threshold", "1.5",
+                "--eviction-interval-secs", "60", "--max-tree-size", str(2**26),
+                "--prometheus-host", "127.0.0.1", "--prometheus-port", str(free_port()),
+                "--log-level", "warn"]
+        count = len(fleet.urls)
+
+        async def all_workers(session: aiohttp.ClientSession) -> bool:
+            try:
+                async with session.get(f"{url}/workers") as response:
+                    if response.status != 200:
+                        return False
+                    listed: Any = await response.json(content_type=None)
+            except (aiohttp.ClientError, ValueError):
+                return False
+            workers = listed.get("workers", listed) if isinstance(listed, dict) else listed
+            return isinstance(workers, list) and len(workers) >= count
+
+        self._router = RouterProcess("smg", argv, f"{url}/health", workdir, ready_check=all_workers)
+        await self._router.start()
+        return FixedTarget(url)
+
+    async def stop(self) -> None:
+        if self._router is not None:
+            await self._router.stop()
+
+
+class KvEventRelay:
+    """Re-publishes each engine's ipc:// KV events on a loopback TCP port (vllm-router accepts only
+    ``tcp://`` sources). One steerable zmq proxy thread per engine: the copy happens in libzmq, not in
+    Python, and ``stop`` terminates the proxies through their control sockets."""
+
+    def __init__(self, sources: list[str]) -> None:
+        self.sources = sources
+        self.endpoints = [f"tcp://127.0.0.1:{free_port()}" for _ in sources]
+        self._context = zmq.Context.instance()
+        self._threads: list[threading.Thread] = []
+        self._controls: list[zmq.Socket] = []
+
+    def start(self) -> "KvEventRelay":
+        for index, (source, endpoint) in enumerate(zip(self.sources, self.endpoints, strict=True)):
+            control_endpoint = f"inproc://kv-relay-{id(self)}-{index}"
+            control = self._context.socket(zmq.PAIR)
+            control.bind(control_endpoint)
+            bound = threading.Event()
+            thread = threading.Thread(target=self._proxy, args=(source, endpoint, control_endpoint, bound),
+                                      daemon=True, name=f"kv-relay-{index}")
+            thread.start()
+            bound.wait(5)
+            self._controls.append(control)
+            self._threads.append(thread)
+        return self
+
+    def _proxy(self, source: str, endpoint: str, control_endpoint: str, bound: threading.Event) -> None:
+        xsub = self._context.socket(zmq.XSUB)
+        xpub = self._context.socket(zmq.XPUB)
+        control = self._context.socket(zmq.PAIR)
+        try:
+            xsub.connect(source)
+            xpub.bind(endpoint)
+            control.connect(control_endpoint)
+            bound.set()
+            zmq.proxy_steerable(xsub, xpub, None, control)
+        finally:
+            bound.set()
+            for sock in (xsub, xpub, control):
+                sock.close(linger=0)
+
+    def stop(self) -> None:
+        for control in self._controls:
+            control.send(b"TERMINATE")
+        for thread in self._threads:
+            thread.join(5)
+        for control in self._controls:
+            control.close(linger=0)
+        self._controls.clear()
+        self._threads.clear()
+
+
+class VllmRouter:
+    """``vllm-router`` with ``cache_aware`` (0.3 / 64 / 1.5, eviction 120 s) or ``kv_aware`` (engine events)."""
+
+    def __init__(self, policy: str = "cache_aware") -> None:
+        self.policy = policy
+        self.name = f"vllm-router {policy}"
+        self._router: RouterProcess | None = None
+        self._relay: KvEventRelay | None = None
+
+    def unavailable(self) -> str | None:
+        return _missing("vllm-router")
+
+    @property
+    def pid(self) -> int | None:
+        return self._router.pid if self._router else None
+
+    async def start(self, fleet: Fleet, workdir: Path) -> Target:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        argv = [str(peer_binary("vllm-router")), "--host", "127.0.0.1", "--port", str(port),
+                "--worker-urls", *fleet.urls, "--policy", self.policy,
+                "--prometheus-host", "127.0.0.1", "--prometheus-port", str(free_port()),
+                "--log-level", "warning"]
+        if self.policy == "cache_aware":
+            argv += ["--cache-threshold", "0.3", "--balance-abs-threshold", "64", "--balance-rel-threshold",
+                     "1.5", "--eviction-interval-secs", "120", "--max-tree-size", str(2**25)]
+        if self.policy == "kv_aware":
+            self._relay = KvEventRelay(fleet.kv_endpoints).start()
+            argv += ["--kv-event-model", fleet.spec.model, "--kv-event-block-size", str(fleet.spec.block_size)]
+            for worker, endpoint in zip(fleet.urls, self._relay.endpoints, strict=True):
+                argv += ["--kv-event-source", f"{worker}={endpoint}"]
+        count = len(fleet.urls)
+
+        async def all_workers(session: aiohttp.ClientSession) -> bool:
+            try:
+                async with session.get(f"{url}/list_workers") as response:
+                    if response.status != 200:
+                        return False
+                    listed: Any = await response.json(content_type=None)
+            except (aiohttp.ClientError, ValueError):
+                return False
+            workers = listed.get("urls", listed.get("workers", [])) if isinstance(listed, dict) else listed
+            return isinstance(workers, list) and len(workers) >= count
+
+        self._router = RouterProcess(f"vllm-router-{self.policy}", argv, f"{url}/health", workdir,
+                                     ready_check=all_workers)
+        await self._router.start()
+        return FixedTarget(url)
+
+    async def stop(self) -> None:
+        if self._router is not None:
+            await self._router.stop()
+        if self._relay is not None:
+            self._relay.stop()
+            self._relay = None

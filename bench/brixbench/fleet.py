@@ -1,0 +1,167 @@
+"""A fleet of simulated engines in one ``brixmesh-engine-sim --replicas N`` process, run by the supervisor.
+
+Every engine publishes KV events on its own ``ipc://`` endpoint (which any number of subscribers may attach
+to) and keeps a TCP replay socket; ``/v1/*/render`` is on (vllm-router's cache-aware policies need it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+from brixmesh.common.supervisor import ProcessSpec, ProcessState, ReadinessProbe, SupervisedProcess
+
+from brixbench.engine_metrics import GAUGES, parse_metrics
+
+TOKENIZER_DIR = (Path(__file__).resolve().parents[2]
+                 / "services/engine-sim/src/brixmesh/engine_sim/assets/tiny-llama")
+
+
+class FleetError(RuntimeError):
+    """The fleet did not start or could not be reset; ``str()`` is one line."""
+
+
+def consecutive_free_ports(count: int, attempts: int = 50) -> int:
+    """First of ``count`` consecutive free loopback ports (the simulator's ``--base-port`` contract)."""
+    for _ in range(attempts):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = probe.getsockname()[1]
+        if base + count > 65535:
+            continue
+        held = []
+        try:
+            for port in range(base, base + count):
+                s = socket.socket()
+                s.bind(("127.0.0.1", port))
+                held.append(s)
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in held:
+                s.close()
+    raise FleetError(f"no {count} consecutive free ports on 127.0.0.1")
+
+
+async def wait_ready_or_exit(process: SupervisedProcess, timeout_s: float) -> bool:
+    """True once ready; False when it exited (it is not restarted) or ``timeout_s`` passed."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while asyncio.get_running_loop().time() < deadline:
+        if await process.wait_ready(0.2):
+            return True
+        if process.state in (ProcessState.EXITED, ProcessState.CRASHLOOP):
+            return False
+    return False
+
+
+def log_tail(path: Path) -> str:
+    """The last non-empty line of a log, for one-line errors."""
+    try:
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return f"no log at {path}"
+    return f"{lines[-1][:300]} (log: {path})" if lines else f"empty log {path}"
+
+
+@dataclass(frozen=True, slots=True)
+class FleetSpec:
+    engines: int = 8
+    model: str = "bench-llama-8b"
+    gpu: str = "h100"
+    model_profile: str = "llama-8b"
+    time_scale: float = 10.0
+    block_size: int = 16
+    num_gpu_blocks: int | None = None
+    """KV capacity per engine in blocks; None: what the GPU/model profile leaves (~450k tokens on H100)."""
+    max_model_len: int = 32768
+    max_num_seqs: int | None = None
+    extra_args: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class Fleet:
+    spec: FleetSpec
+    workdir: Path
+    urls: list[str] = field(default_factory=list)
+    kv_endpoints: list[str] = field(default_factory=list)
+    """The ipc:// PUB endpoint of each engine (same order as ``urls``)."""
+    kv_replay_endpoints: list[str] = field(default_factory=list)
+    process: SupervisedProcess | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    @property
+    def max_model_len(self) -> int:
+        """The spec's, lowered to what the KV cache can hold (the simulator refuses more, as vLLM)."""
+        if self.spec.num_gpu_blocks is None:
+            return self.spec.max_model_len
+        return min(self.spec.max_model_len, (self.spec.num_gpu_blocks - 1) * self.spec.block_size)
+
+    async def start(self, timeout_s: float = 60.0) -> "Fleet":
+        spec = self.spec
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        base_port = consecutive_free_ports(spec.engines)
+        replay_port = consecutive_free_ports(spec.engines)
+        events = f"ipc://{self.workdir / 'kv-events'}"
+        argv = [sys.executable, "-m", "brixmesh.engine_sim", "serve", str(TOKENIZER_DIR),
+                "--served-model-name", spec.model, "--host", "127.0.0.1",
+                "--replicas", str(spec.engines), "--base-port", str(base_port), "--port", str(base_port),
+                "--gpu", spec.gpu, "--model-profile", spec.model_profile, "--time-scale", str(spec.time_scale),
+                "--block-size", str(spec.block_size), "--max-model-len", str(self.max_model_len),
+                "--enable-prefix-caching", "--enable-scale-out", "--enable-prompt-tokens-details",
+                "--kv-events-config", json.dumps({"enable_kv_cache_events": True, "publisher": "zmq",
+                                                  "endpoint": events, "topic": "",
+                                                  "replay_endpoint": f"tcp://127.0.0.1:{replay_port}"})]
+        if spec.num_gpu_blocks is not None:
+            argv += ["--num-gpu-blocks-override", str(spec.num_gpu_blocks)]
+        if spec.max_num_seqs is not None:
+            argv += ["--max-num-seqs", str(spec.max_num_seqs)]
+        argv += list(spec.extra_args)
+        self.urls = [f"http://127.0.0.1:{base_port + i}" for i in range(spec.engines)]
+        self.kv_endpoints = [events if i == 0 else f"{events}-{i}" for i in range(spec.engines)]
+        self.kv_replay_endpoints = [f"tcp://127.0.0.1:{replay_port + i}" for i in range(spec.engines)]
+        self.process = SupervisedProcess(ProcessSpec(
+            name="engine-sim", argv=argv, log_path=self.workdir / "engine-sim.log", restart="never",
+            readiness=ReadinessProbe(f"{self.urls[-1]}/health", timeout_s=timeout_s)))
+        self.process.start()
+        if not await wait_ready_or_exit(self.process, timeout_s):
+            await self.stop()
+            raise FleetError(f"engine simulator did not start: {log_tail(self.workdir / 'engine-sim.log')}")
+        return self
+
+    async def reset(self) -> None:
+        """Empty every engine's prefix cache (engines publish AllBlocksCleared)."""
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+            for url in self.urls:
+                async with session.post(f"{url}/reset_prefix_cache") as response:
+                    if response.status != 200:
+                        raise FleetError(f"{url}/reset_prefix_cache answered {response.status}")
+
+    async def wait_idle(self, timeout_s: float = 60.0) -> None:
+        """Wait until no engine runs or queues a request (a contender's stragglers must not leak over)."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+            while True:
+                busy = 0.0
+                for url in self.urls:
+                    async with session.get(f"{url}/metrics") as response:
+                        values = parse_metrics(await response.text())
+                    busy += sum(values.get(name, 0.0) for name in GAUGES)
+                if busy == 0:
+                    return
+                if asyncio.get_running_loop().time() > deadline:
+                    raise FleetError(f"engines still busy after {timeout_s:.0f}s")
+                await asyncio.sleep(0.2)
+
+    async def stop(self) -> None:
+        if self.process is not None:
+            await self.process.stop()

@@ -1,0 +1,76 @@
+"""The workload cases of ``brixmesh bench compare`` (full and ``--quick``) and of the tiny test run.
+
+Sizes are chosen so that cache placement decides the outcome: the shared prefixes of all groups do not fit
+in one engine's KV cache but do fit in the fleet's, so a router that keeps each group on one engine keeps its
+prefix hot while a router that spreads a group everywhere evicts and recomputes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from brixbench import arrivals
+from brixbench.compare import WorkloadCase
+from brixbench.fleet import FleetSpec
+from brixbench.stats import Slo
+from brixbench.text import TextSource
+from brixbench.workloads import multi_turn, shared_prefix
+
+SLO = Slo(ttft_s=0.5, tpot_s=0.05)
+
+
+def shared_prefix_case(source: TextSource, *, engines: int = 8, groups: int = 32, per_group: int = 8,
+                       system_len: int = 2048, question_len: int = 128, output_len: int = 64,
+                       qps: float = 100.0, time_scale: float = 10.0, seed: int = 0) -> WorkloadCase:
+    jobs = shared_prefix(source, groups=groups, prompts_per_group=per_group, system_len=system_len,
+                         question_len=question_len, output_len=output_len, seed=seed)
+    blocks_per_prefix = system_len // 16 + 1
+    # one engine holds about half of all prefixes, plus room for the requests running on it
+    capacity = max(64, groups * blocks_per_prefix // 2 + 8 * (system_len + question_len + output_len) // 16)
+    fleet = FleetSpec(engines=engines, time_scale=time_scale, num_gpu_blocks=capacity)
+    return WorkloadCase("shared-prefix", jobs, arrivals.poisson(qps, len(jobs), seed), fleet, SLO,
+                        f"{groups} groups x {per_group} prompts, system {system_len} + question {question_len} "
+                        f"tokens, output {output_len}; Poisson {qps:g} req/s; KV {capacity} blocks/engine")
+
+
+def multi_turn_case(source: TextSource, *, engines: int = 8, sessions: int = 48, turn_len_mean: float = 300,
+                    turn_len_std: float = 100, output_len: int = 32, session_qps: float = 32.0,
+                    time_scale: float = 10.0, seed: int = 0) -> WorkloadCase:
+    jobs = multi_turn(source, sessions=sessions, turn_len_mean=turn_len_mean, turn_len_std=turn_len_std,
+                      max_turn_len=int(turn_len_mean * 4), output_len=output_len, seed=seed)
+    history_blocks = sum(
+        sum(len(turn.split(" ")) + output_len for turn in job.turns) // 16 + 1 for job in jobs)
+    capacity = max(64, history_blocks // 2)
+    fleet = FleetSpec(engines=engines, time_scale=time_scale, num_gpu_blocks=capacity)
+    turns = sum(len(job.turns) for job in jobs)
+    return WorkloadCase("multi-turn", jobs, arrivals.poisson(session_qps, len(jobs), seed), fleet, SLO,
+                        f"{sessions} sessions, {turns} turns (N(3.55, 2.89)), Pareto turns mean {turn_len_mean:g} "
+                        f"tokens, output {output_len}, history resent; sessions Poisson {session_qps:g}/s; "
+                        f"KV {capacity} blocks/engine")
+
+
+def quick_cases(source: TextSource) -> list[WorkloadCase]:
+    return [shared_prefix_case(source, groups=16, per_group=8, qps=80.0),
+            multi_turn_case(source, sessions=40)]
+
+
+def full_cases(source: TextSource) -> list[WorkloadCase]:
+    return [shared_prefix_case(source, groups=64, per_group=16, system_len=2048, question_len=128,
+                               output_len=128, qps=60.0),
+            multi_turn_case(source, sessions=200, turn_len_mean=600, turn_len_std=200, output_len=64,
+                            session_qps=20.0)]
+
+
+def tiny_cases(source: TextSource) -> list[WorkloadCase]:
+    """Two engines, a handful of requests: keeps the pipeline working in ``make test``."""
+    return [shared_prefix_case(source, engines=2, groups=2, per_group=3, system_len=64, question_len=16,
+                               output_len=4, qps=20.0, time_scale=2.0)]
+
+
+def with_fleet(case: WorkloadCase, *, engines: int | None = None, time_scale: float | None = None) -> WorkloadCase:
+    fleet = case.fleet
+    if engines is not None:
+        fleet = replace(fleet, engines=engines)
+    if time_scale is not None:
+        fleet = replace(fleet, time_scale=time_scale)
+    return replace(case, fleet=fleet)

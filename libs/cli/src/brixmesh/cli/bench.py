@@ -1,0 +1,145 @@
+"""``brixmesh bench``: workloads against any endpoint, and brixmesh side by side with its peers.
+
+The benchmark code lives in the checkout's ``bench/brixbench`` package (not installed with the CLI); this
+module finds it from the working directory or from the checkout the CLI is installed from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+bench_app = typer.Typer(help="Benchmarks: workloads, a simulated fleet, and the peers side by side.",
+                        no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+errors = Console(stderr=True, highlight=False)
+
+
+def fail(message: str) -> typer.Exit:
+    errors.print(f"brixmesh bench: {message}", markup=False)
+    return typer.Exit(2)
+
+
+def _bench_dirs() -> list[Path]:
+    installed_checkout = Path(__file__).resolve().parents[5]
+    return [Path.cwd() / "bench", installed_checkout / "bench"]
+
+
+def brixbench(module: str = "") -> ModuleType:
+    """Import ``brixbench[.module]`` from the checkout."""
+    for directory in _bench_dirs():
+        if (directory / "brixbench" / "__init__.py").is_file():
+            if str(directory) not in sys.path:
+                sys.path.insert(0, str(directory))
+            break
+    else:
+        raise fail("bench/brixbench not found; run from the brixmesh checkout")
+    return importlib.import_module("brixbench" + (f".{module}" if module else ""))
+
+
+def _progress(total: int) -> tuple[Progress | None, Any]:
+    if not console.is_terminal:
+        return None, lambda: None
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=console, refresh_per_second=2)
+    task = progress.add_task("requests", total=total)
+    return progress, lambda: progress.advance(task)
+
+
+def _print_tables(result: Any, report_mod: ModuleType) -> None:
+    for case in result.cases:
+        table = Table(title=f"{case.name}: {case.description}", title_justify="left")
+        for column in report_mod.TABLE_COLUMNS:
+            table.add_column(column)
+        for row in report_mod.table_rows(result.for_workload(case.name), case.fleet.time_scale):
+            table.add_row(*row)
+        console.print(table)
+
+
+Out = Annotated[Path | None, typer.Option("--out", help="Report folder (default bench/results/<command>-<time>).")]
+
+
+def _out_dir(out: Path | None, command: str) -> Path:
+    return out or Path("bench/results") / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+@bench_app.command()
+def compare(
+    quick: Annotated[bool, typer.Option("--quick", help="Smaller workloads (under 10 minutes on 2 cores).")] = False,
+    tiny: Annotated[bool, typer.Option("--tiny", help="Two engines, a few requests (the test suite's run).")] = False,
+    contender: Annotated[list[str] | None, typer.Option(
+        "--contender", "-c", help="brixmesh:<strategy>, smg:<policy>, vllm-router:<policy>, oracle, client-random "
+                                  "(repeat; default: all)")] = None,
+    workload: Annotated[list[str] | None, typer.Option(
+        "--workload", "-w", help="shared-prefix and/or multi-turn (repeat; default: both)")] = None,
+    engines: Annotated[int | None, typer.Option(help="Simulated engines (default 8).")] = None,
+    time_scale: Annotated[float | None, typer.Option(help="Wall seconds per simulated second.")] = None,
+    out: Out = None,
+) -> None:
+    """Start a simulated fleet and run the same workloads through brixmesh and its peers."""
+    presets = brixbench("presets")
+    compare_mod = brixbench("compare")
+    contenders_mod = brixbench("contenders")
+    report_mod = brixbench("report")
+    fleet_mod = brixbench("fleet")
+    text = brixbench("text")
+    source = text.TextSource(text.single_token_words(fleet_mod.TOKENIZER_DIR / "tokenizer.json"))
+    cases = presets.tiny_cases(source) if tiny else presets.quick_cases(source) if quick else presets.full_cases(source)
+    if workload:
+        unknown = set(workload) - {case.name for case in cases}
+        if unknown:
+            raise fail(f"unknown workload {sorted(unknown)[0]!r}; known: {', '.join(c.name for c in cases)}")
+        cases = [case for case in cases if case.name in workload]
+    if engines is not None or time_scale is not None:
+        if engines is not None and engines < 1:
+            raise fail("--engines must be >= 1")
+        if time_scale is not None and time_scale <= 0:
+            raise fail("--time-scale must be > 0")
+        cases = [presets.with_fleet(case, engines=engines, time_scale=time_scale) for case in cases]
+    names = contender or list(contenders_mod.QUICK_CONTENDERS if quick else contenders_mod.DEFAULT_CONTENDERS)
+    try:
+        for name in names:
+            contenders_mod.resolve(name, None)
+    except contenders_mod.UnknownContender as exc:
+        raise fail(str(exc)) from None
+    directory = _out_dir(out, "compare")
+    total = sum(sum(len(job.turns) for job in case.jobs) for case in cases) * len(names)
+    progress, advance = _progress(total)
+
+    def report_line(line: str) -> None:
+        (progress.console if progress else console).print(f"[dim]{time.strftime('%H:%M:%S')}[/] {line}",
+                                                          markup=True, highlight=False)
+
+    started = time.monotonic()
+    try:
+        if progress:
+            progress.start()
+        result = asyncio.run(compare_mod.compare(cases, names, directory / "work", report_line, advance))
+    finally:
+        if progress:
+            progress.stop()
+    report = report_mod.write_report(result, directory)
+    _print_tables(result, report_mod)
+    console.print(f"report: {report}  ({time.monotonic() - started:.0f}s)")
+
+
+@bench_app.command("install-peers")
+def install_peers() -> None:
+    """Install the peers (sglang-router, vllm-router; pinned) into their own virtual environment."""
+    peers = brixbench("contenders.peers")
+    console.print(f"installing {', '.join(peers.PEER_PINS)} into {peers.peers_venv()}")
+    try:
+        venv = peers.install_peers()
+    except Exception as exc:  # noqa: BLE001 - subprocess and OS errors alike end in one line
+        raise fail(f"install failed: {exc}") from None
+    console.print(f"done: {venv}")
