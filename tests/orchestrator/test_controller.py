@@ -138,3 +138,19 @@ async def test_reconcile_creates_drains_and_deletes() -> None:
     assert orchestrator.delete("chat") == ["chat-1"]
     await asyncio.gather(*[t for t in asyncio.all_tasks() if t.get_name().startswith("drain:")])
     assert backend.pods == {}
+
+
+async def test_a_failing_backend_is_reported_and_retried() -> None:
+    orchestrator, backend = make()
+    orchestrator.apply(parse_spec({"name": "chat", "model": "m", "replicas": 1}))
+    create = backend.create_pod
+
+    async def broken(spec: DeploymentSpec, generation: int) -> Pod:
+        raise OSError("no ports left")
+
+    backend.create_pod = broken  # type: ignore[method-assign]
+    await orchestrator.reconcile()
+    assert orchestrator.get("chat").error == "OSError: no ports left"
+    backend.create_pod = create  # type: ignore[method-assign]
+    await orchestrator.reconcile()
+    assert orchestrator.get("chat").error is None and len(backend.pods) == 1

@@ -48,6 +48,8 @@ class Deployment:
     created_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
     last_decision: ScaleDecision | None = None
+    error: str | None = None
+    """Why the last reconcile of this deployment failed (retried every reconcile), or None."""
 
     @property
     def name(self) -> str:
@@ -170,17 +172,28 @@ class Orchestrator:
 
     async def reconcile(self) -> None:
         for deployment in list(self.deployments.values()):
-            pods = [pod for pod in self.backend.list_pods(deployment.name) if pod.name not in self._drains]
-            plan = plan_scale(deployment.replicas, deployment.generation, [_view(pod) for pod in pods])
-            for _ in range(plan.create):
-                await self.backend.create_pod(deployment.spec, deployment.generation)
-            outdated = {pod.name for pod in pods if pod.generation != deployment.generation}
-            for name in plan.drain:
-                reason = "replaced by a newer template" if name in outdated else "scale down"
-                self._start_drain(name, deployment.spec.drain_grace_s, reason)
+            try:
+                await self._reconcile(deployment)
+            except Exception as exc:  # a backend failure must not stop the other deployments
+                error = f"{type(exc).__name__}: {exc}"
+                if error != deployment.error:
+                    log.exception("reconciling %s failed; retrying", deployment.name)
+                deployment.error = error
+            else:
+                deployment.error = None
         for pod in self.backend.list_pods():
             if pod.deployment not in self.deployments and pod.name not in self._drains:
                 self._start_drain(pod.name, ORPHAN_DRAIN_GRACE_S, "deployment deleted")
+
+    async def _reconcile(self, deployment: Deployment) -> None:
+        pods = [pod for pod in self.backend.list_pods(deployment.name) if pod.name not in self._drains]
+        plan = plan_scale(deployment.replicas, deployment.generation, [_view(pod) for pod in pods])
+        for _ in range(plan.create):
+            await self.backend.create_pod(deployment.spec, deployment.generation)
+        outdated = {pod.name for pod in pods if pod.generation != deployment.generation}
+        for name in plan.drain:
+            reason = "replaced by a newer template" if name in outdated else "scale down"
+            self._start_drain(name, deployment.spec.drain_grace_s, reason)
 
     def draining(self) -> list[str]:
         return list(self._drains)

@@ -103,6 +103,7 @@ def deployment_view(deployment: Deployment, orchestrator: Orchestrator) -> dict[
             "pod_names": [pod.name for pod in pods],
         },
         "last_decision": msgspec.to_builtins(decision) if decision is not None else None,
+        "error": deployment.error,
         "created_at": deployment.created_at,
         "updated_at": deployment.updated_at,
     }

@@ -9,6 +9,7 @@ events socket (the engine binds it, subscribers connect) and a tcp replay endpoi
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -90,6 +91,8 @@ def check_engine(spec: DeploymentSpec) -> None:
             raise SpecError(f"engine 'vllm': {exc}", "engine") from None
         vllm_model_dir(spec, install)
     if spec.cpus is not None:
+        if spec.engine == "sim" and shutil.which("taskset") is None:
+            raise SpecError("cpus: pinning needs 'taskset' (util-linux), which is not installed here", "cpus")
         usable = set(vllm_cpu.usable_cores())
         missing = [cpu for cpu in spec.cpus if cpu not in usable]
         if missing:
