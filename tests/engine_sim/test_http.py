@@ -300,10 +300,14 @@ def test_api_key_guards_v1_routes_only() -> None:
 async def test_adapter_route_aliases(sim) -> None:
     path = str(sim.lora_dirs["lora-a"])
     async with httpx.AsyncClient(base_url=sim.base_url) as c:
-        assert (await c.post("/adapters", json={"lora_name": "alias-a", "lora_path": path})).status_code == 200
+        assert (
+            await c.post("/adapters", json={"lora_name": "alias-a", "lora_path": path})
+        ).status_code == 200
         assert (await c.delete("/adapters/alias-a")).status_code == 200
         assert (await c.delete("/adapters/alias-a")).status_code == 404
-        assert (await c.post("/load_lora_adapter", json={"lora_name": "sg", "lora_path": path})).status_code == 200
+        assert (
+            await c.post("/load_lora_adapter", json={"lora_name": "sg", "lora_path": path})
+        ).status_code == 200
         assert (await c.post("/unload_lora_adapter", json={"lora_name": "sg"})).status_code == 200
 
 

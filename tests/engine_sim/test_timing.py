@@ -50,3 +50,12 @@ def test_unknown_profiles_are_clear_errors() -> None:
         gpu_profile("tpu")
     with pytest.raises(ValueError, match="unknown perf model"):
         build_step_model("magic", "h100", "llama-8b", 0, 0, 0, 0)
+
+
+def test_lora_overhead_per_distinct_adapter() -> None:
+    from brixmesh.engine_sim.timing import LoraOverhead
+
+    base = PerTokenModel(0.010, 0.0, 0.0)
+    model = LoraOverhead(base, 0.05)
+    assert model.step_seconds(StepShape([], [10], num_adapters=0)) == pytest.approx(0.010)
+    assert model.step_seconds(StepShape([], [10, 10], num_adapters=2)) == pytest.approx(0.011)

@@ -49,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--enable-lora", action="store_true")
     p.add_argument("--max-loras", type=int, default=1)
     p.add_argument("--max-cpu-loras", type=int, help="accepted for compatibility")
+    p.add_argument(
+        "--lora-step-overhead",
+        type=float,
+        default=0.05,
+        help="step slowdown per distinct adapter in a batch (0.05 = 5%%)",
+    )
     p.add_argument("--lora-modules", nargs="+", default=[], help="name=path or JSON {name,path}")
     p.add_argument("--kv-events-config", help="vLLM's KVEventsConfig JSON")
     p.add_argument(
@@ -116,7 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eos-probability", type=float, default=0.0, help="chance per token to emit EOS")
     p.add_argument("--kv-transfer-overhead", type=float, default=2.0, help="ms per P/D transfer")
     p.add_argument("--kv-transfer-per-token", type=float, default=3.0, help="us per transferred token")
-    p.add_argument("--startup-duration", type=float, default=0.0, help="s before the HTTP port opens (a real engine takes 30+ s)")
+    p.add_argument(
+        "--startup-duration",
+        type=float,
+        default=0.0,
+        help="s before the HTTP port opens (a real engine takes 30+ s)",
+    )
     # metrics
     p.add_argument("--metrics-flavor", choices=["vllm", "sglang"], default="vllm")
     p.add_argument(
@@ -219,6 +230,8 @@ def configs_from_args(args: argparse.Namespace) -> list[EngineConfig]:
     for name, path in lora_modules:
         if not Path(path).is_dir():
             raise CliError(f"--lora-modules {name}={path}: no adapter directory there")
+    if args.lora_step_overhead < 0:
+        raise CliError("--lora-step-overhead must be >= 0")
     if args.time_scale <= 0:
         raise CliError("--time-scale must be > 0")
     for flag, value in (
@@ -255,6 +268,7 @@ def configs_from_args(args: argparse.Namespace) -> list[EngineConfig]:
         long_prefill_token_threshold=args.long_prefill_token_threshold,
         enable_lora=args.enable_lora,
         max_loras=args.max_loras,
+        lora_step_overhead=args.lora_step_overhead,
         lora_modules=lora_modules,
         kv_events_config=kv_events,
         kv_events_encoding=args.kv_events_encoding,

@@ -31,6 +31,7 @@ class EngineConfig:
     long_prefill_token_threshold: int = 0
     enable_lora: bool = False
     max_loras: int = 1
+    lora_step_overhead: float = 0.05
     lora_modules: list[tuple[str, str]] = field(default_factory=list)
     kv_events_config: KvEventsConfig | None = None
     kv_events_encoding: Literal["map", "array"] = "map"

@@ -17,7 +17,13 @@ from brixmesh.engine_sim.kv_events import ZmqKvEventPublisher
 from brixmesh.engine_sim.lora import LoraRegistry
 from brixmesh.engine_sim.metrics import EngineInfo, EngineMetrics, LiveState, SglangMetrics, VllmMetrics
 from brixmesh.engine_sim.scheduler import Scheduler, SchedulerLimits
-from brixmesh.engine_sim.timing import RooflineModel, build_step_model, gpu_profile, model_profile_named
+from brixmesh.engine_sim.timing import (
+    LoraOverhead,
+    RooflineModel,
+    build_step_model,
+    gpu_profile,
+    model_profile_named,
+)
 from brixmesh.engine_sim.tokenizer import SimTokenizer
 
 log = logging.getLogger(__name__)
@@ -64,6 +70,8 @@ class Replica:
         self.max_num_batched_tokens = config.max_num_batched_tokens or batched
         self.max_num_seqs = config.max_num_seqs or seqs
         self.num_gpu_blocks = num_gpu_blocks(config, step_model)
+        if config.enable_lora and config.lora_step_overhead > 0:
+            step_model = LoraOverhead(step_model, config.lora_step_overhead)
         capacity = (self.num_gpu_blocks - 1) * config.block_size  # block 0 is the null block
         if config.max_model_len > capacity:
             raise ValueError(

@@ -199,6 +199,7 @@ class Scheduler:
     def _shape(self, scheduled: dict[SimRequest, int]) -> StepShape:
         prefill: list[tuple[int, int]] = []
         decode: list[int] = []
+        adapters = {r.lora_name for r in scheduled if r.lora_name}
         for request, n in scheduled.items():
             computed = request.num_computed_tokens
             if request.num_external_tokens and computed + n == request.num_tokens:
@@ -208,7 +209,7 @@ class Scheduler:
                 decode.append(computed)
             else:
                 prefill.append((n, computed))
-        return StepShape(prefill, decode)
+        return StepShape(prefill, decode, len(adapters))
 
     def finish_step(self, step: ScheduledStep, now: float) -> StepResult:
         result = StepResult()

@@ -68,6 +68,7 @@ class StepShape:
 
     prefill_chunks: list[tuple[int, int]]
     decode_contexts: list[int]
+    num_adapters: int = 0
 
     @property
     def num_prefill_tokens(self) -> int:
@@ -80,6 +81,17 @@ class StepShape:
 
 class StepTimeModel(Protocol):
     def step_seconds(self, shape: StepShape) -> float: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LoraOverhead:
+    """Punica-style LoRA kernels: each distinct adapter in a batch slows the step by ``per_adapter``."""
+
+    base: StepTimeModel
+    per_adapter: float
+
+    def step_seconds(self, shape: StepShape) -> float:
+        return self.base.step_seconds(shape) * (1 + self.per_adapter * shape.num_adapters)
 
 
 @dataclass(frozen=True, slots=True)
