@@ -5,6 +5,7 @@ Payloads are decoded with msgspec's schemaless msgpack decoder (plain msgpack, n
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -395,3 +396,38 @@ def test_publish_after_close_raises(ctx: zmq.Context, tmp_path: Path) -> None:
     pub.close()
     with pytest.raises(RuntimeError, match="closed"):
         pub.publish([_removed(1)])
+
+
+def test_full_queue_drops_the_batch_but_keeps_its_seq(
+    ctx: zmq.Context, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from brixmesh.engine_sim import kv_events
+
+    release = threading.Event()
+    real_encode = kv_events.encode_batch
+
+    def slow_encode(*args: Any) -> bytes:
+        release.wait(TIMEOUT_S)  # holds the publisher thread on the first batch
+        return real_encode(*args)
+
+    monkeypatch.setattr(kv_events, "encode_batch", slow_encode)
+    cfg = _config(f"ipc://{tmp_path}/kv.ipc", replay_endpoint="tcp://127.0.0.1:*", max_queue_size=1)
+    pub = ZmqKvEventPublisher(cfg, context=ctx)
+    try:
+        assert pub.publish([_removed(0)]) == 0  # taken by the thread, which now waits
+        deadline = time.monotonic() + TIMEOUT_S
+        while pub._queue.qsize() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert pub.publish([_removed(1)]) == 1  # fills the queue
+        assert pub.publish([_removed(2)]) == 2  # no room: lost, but its seq is used
+        release.set()
+        assert pub.drain()
+        assert pub.publish([_removed(3)]) == 3
+        assert pub.drain()
+        assert pub.stats.overflowed == 1
+        assert pub.replay_bound_endpoint is not None
+        replayed = _replay(ctx, pub.replay_bound_endpoint, 0)[:-1]
+        assert [int.from_bytes(f[2], "big") for f in replayed] == [0, 1, 3]
+    finally:
+        release.set()
+        pub.close()
