@@ -317,3 +317,13 @@ def test_startup_duration_keeps_the_port_closed() -> None:
     with sim_engine(["--startup-duration", "1.0"], kv_events=False) as sim:
         assert time.monotonic() - started >= 1.0
         assert httpx.get(f"{sim.base_url}/health").status_code == 200
+
+
+async def test_admin_stats_report_steps_and_lag(sim) -> None:
+    async with httpx.AsyncClient(base_url=sim.base_url) as c:
+        before = (await c.get("/admin/stats")).json()
+        await _complete(c, "stats", 5)
+        after = (await c.get("/admin/stats")).json()
+    assert after["steps"] >= before["steps"] + 5
+    assert after["busy_seconds"] > before["busy_seconds"]
+    assert after["lag_seconds"] >= 0 and after["num_gpu_blocks"] == 64

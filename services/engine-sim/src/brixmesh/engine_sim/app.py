@@ -477,6 +477,22 @@ class EngineApp:
         self.r.apply_publisher_faults()
         return _json(self.r.faults.as_dict())
 
+    async def stats(self, http: Request) -> Response:
+        engine = self.r.engine
+        return _json(
+            {
+                "steps": engine.num_steps,
+                "busy_seconds": engine.busy_seconds,
+                "lag_seconds": engine.lag_seconds,
+                "running": engine.num_running,
+                "waiting": engine.num_waiting,
+                "kv_cache_usage": self.r.kv.usage,
+                "num_gpu_blocks": self.r.num_gpu_blocks,
+                "max_num_batched_tokens": self.r.max_num_batched_tokens,
+                "max_num_seqs": self.r.max_num_seqs,
+            }
+        )
+
     async def sleep(self, http: Request) -> Response:
         level = int(http.query_params.get("level", "1"))
         self.r.engine.sleep_level = level
@@ -545,6 +561,7 @@ def build_app(replica: Replica) -> Starlette:
         Route("/kv_event_sources", api.kv_event_sources, methods=["GET"]),
         Route("/admin/faults", api.get_faults, methods=["GET"]),
         Route("/admin/faults", api.post_faults, methods=["POST"]),
+        Route("/admin/stats", api.stats, methods=["GET"]),
         Route("/sleep", api.sleep, methods=["POST"]),
         Route("/wake_up", api.wake_up, methods=["POST"]),
         Route("/is_sleeping", api.is_sleeping, methods=["GET"]),

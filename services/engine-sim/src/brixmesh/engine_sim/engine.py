@@ -1,8 +1,8 @@
 """The async engine: drives the scheduler step by step on a simulated clock and wakes waiting requests.
 
-Simulated time is wall time divided by ``time_scale``. A step's modelled duration is slept (scaled), and
-steps run back to back on a virtual timeline, so when the host falls behind the simulation catches up
-instead of drifting.
+Simulated time is wall time divided by ``time_scale``. A step's modelled duration is slept (scaled) from
+the moment the previous step ended; host time spent beyond that (scheduling, HTTP, a busy CPU) delays the
+next step and is counted in ``lag_seconds``, which tells whether a host keeps up with its simulated engines.
 """
 
 from __future__ import annotations
@@ -54,6 +54,8 @@ class Engine:
         self._task: asyncio.Task[None] | None = None
         self._prefix_seen = (0, 0)
         self.num_steps = 0
+        self.busy_seconds = 0.0
+        self.lag_seconds = 0.0
         self.sleep_level = 0
 
     def now(self) -> float:
@@ -119,7 +121,12 @@ class Engine:
                 virtual_wall = loop.time()
                 continue
             duration = self.step_model.step_seconds(step.shape) * self.faults.slowdown
-            virtual_wall = max(virtual_wall, loop.time()) + duration * self.time_scale
+            wall = loop.time()
+            if wall > virtual_wall:
+                self.lag_seconds += (wall - virtual_wall) / self.time_scale
+                virtual_wall = wall
+            virtual_wall += duration * self.time_scale
+            self.busy_seconds += duration
             delay = virtual_wall - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
