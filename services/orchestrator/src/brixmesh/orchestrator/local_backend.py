@@ -57,11 +57,12 @@ class LocalBackend:
         slot = self._free_slot(spec.name)
         runtime_dir = self.runtime_root / name
         runtime_dir.mkdir(parents=True, exist_ok=True)
+        http_port = self._unused_port()
         placement = PodPlacement(
             pod=name,
             slot=slot,
-            http_port=self._free_port(),
-            replay_port=self._free_port(),
+            http_port=http_port,
+            replay_port=self._unused_port(http_port),
             runtime_dir=runtime_dir,
             state_dir=self.state_dir,
         )
@@ -196,6 +197,18 @@ class LocalBackend:
             name = f"{deployment}-{secrets.token_hex(3)[:5]}"
             if name not in self._pods:
                 return name
+
+    def _unused_port(self, *also_taken: int) -> int:
+        """A free port no pod of ours holds: pods keep their ports across restarts, and one just created may
+        not have bound its port yet, so the OS alone could hand it out twice."""
+        taken = set(also_taken)
+        for pod in self._pods.values():
+            taken.add(int(pod.info.endpoint.rsplit(":", 1)[1]))
+            taken.add(int(pod.info.kv_replay_endpoint.rsplit(":", 1)[1]))
+        while True:
+            port = self._free_port()
+            if port not in taken:
+                return port
 
     def _free_slot(self, deployment: str) -> int:
         taken = {pod.slot for pod in self._pods.values() if pod.deployment == deployment}

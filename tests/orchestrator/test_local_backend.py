@@ -1,0 +1,61 @@
+"""The local backend's own decisions: ports, slots, socket paths, orphans."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from brixmesh.common.ports import free_port
+from brixmesh.orchestrator.launch import POD_ENV, STATE_DIR_ENV
+from brixmesh.orchestrator.local_backend import LocalBackend, reap_orphans, runtime_root
+from brixmesh.orchestrator.spec import parse_spec
+
+
+async def test_pods_never_share_ports_and_take_the_lowest_free_slot(tmp_path: Path) -> None:
+    p = [free_port() for _ in range(4)]  # real free ports, offered with repeats
+    offered = iter([p[0], p[0], p[1], p[0], p[1], p[2], p[3]])
+    backend = LocalBackend(tmp_path, port_picker=lambda: next(offered))
+    spec = parse_spec({"name": "chat", "model": "m", "engine_args": ["--startup-duration", "60"]})
+    try:
+        first = await backend.create_pod(spec, 1)
+        second = await backend.create_pod(spec, 1)
+        ports = {first.info.endpoint, first.info.kv_replay_endpoint, second.info.endpoint, second.info.kv_replay_endpoint}
+        assert {int(url.rsplit(":", 1)[1]) for url in ports} == set(p)
+        assert (first.slot, second.slot) == (0, 1)
+        await backend.delete_pod(first.name, "test")
+        offered = iter([p[0], free_port(), free_port()])
+        third = await backend.create_pod(spec, 1)
+        assert third.slot == 0
+        assert [e.kind for e in backend.pending_changes()] == ["added", "added", "removed", "added"]
+    finally:
+        await backend.close()
+    assert backend.list_pods() == []
+
+
+def test_socket_dir_falls_back_to_a_short_path_when_the_state_dir_is_deep(tmp_path: Path) -> None:
+    assert runtime_root(Path("/srv/bm")) == Path("/srv/bm/run")
+    deep = Path("/" + "d" * 80)
+    short = runtime_root(deep)
+    assert len(str(short / ("x" * 46) / "kv-events.ipc")) < 100
+    assert runtime_root(deep) == short  # stable for one state dir
+
+
+def test_orphans_with_our_state_dir_are_stopped_and_others_kept(tmp_path: Path) -> None:
+    def sleeper(state_dir: Path) -> subprocess.Popen[bytes]:
+        env = {**os.environ, POD_ENV: "chat-00000", STATE_DIR_ENV: str(state_dir)}
+        return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env=env,
+                                start_new_session=True)
+
+    ours, theirs = sleeper(tmp_path), sleeper(tmp_path / "elsewhere")
+    try:
+        assert reap_orphans(tmp_path, grace_s=5) == [ours.pid]
+        assert ours.wait(5) == -signal.SIGTERM
+        assert theirs.poll() is None
+    finally:
+        for process in (ours, theirs):
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
