@@ -48,6 +48,16 @@ def test_kpa_panics_on_a_burst_and_never_scales_down_in_panic() -> None:
     assert not state.panicking
 
 
+def test_kpa_a_new_burst_extends_the_panic() -> None:
+    state = KpaState()
+    kw = dict(panic_threshold=2.0, stable_window_s=60.0, tolerance=TOL)
+    algorithms.kpa(1, stable_mean=1.0, panic_mean=3.0, now=0.0, state=state, **kw)
+    assert algorithms.kpa(2, stable_mean=2.0, panic_mean=4.0, now=50.0, state=state, **kw) == 4
+    assert algorithms.kpa(4, stable_mean=1.0, panic_mean=1.0, now=100.0, state=state, **kw) == 4
+    assert state.panicking
+    assert algorithms.kpa(4, stable_mean=1.0, panic_mean=1.0, now=110.0, state=state, **kw) == 1
+
+
 def test_kpa_stable_mode_follows_the_stable_mean_with_tolerance() -> None:
     state = KpaState()
     kw = dict(panic_threshold=2.0, stable_window_s=60.0, tolerance=TOL)

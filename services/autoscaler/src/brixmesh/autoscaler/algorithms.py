@@ -7,8 +7,8 @@ and when they act on it:
 - ``hpa``: Kubernetes HPA: the latest value; act when outside the tolerance band around the current
   count; scale down only to the highest recommendation of the stable window (HPA's stabilization).
 - ``kpa``: Knative/AIBrix KPA: the stable-window mean normally; the panic-window mean while panicking.
-  Panic starts when the panic desire is ``panic_threshold`` times the current count and lasts at least
-  one stable window; in panic the count never goes down.
+  Panic starts when the panic desire is ``panic_threshold`` times the current count and ends one stable
+  window after the last time it was; in panic the count never goes down.
 - ``apa``: AIBrix APA: the panic-window mean with an asymmetric tolerance band (up/down tolerances).
 
 Rate caps, min/max bounds and cooldowns are applied afterwards by :func:`bound`, the same for all three.
@@ -56,6 +56,7 @@ def hpa(current: int, latest: float, stable_max: float, tolerance: Tolerance) ->
 @dataclass(slots=True)
 class KpaState:
     panic_since: float | None = None
+    last_over_threshold: float = 0.0
 
     @property
     def panicking(self) -> bool:
@@ -79,7 +80,8 @@ def kpa(
     if over_threshold:
         if state.panic_since is None:
             state.panic_since = now
-    elif state.panic_since is not None and now - state.panic_since >= stable_window_s:
+        state.last_over_threshold = now  # every new burst extends the panic
+    elif state.panic_since is not None and now - state.last_over_threshold >= stable_window_s:
         state.panic_since = None
     if state.panicking:
         return max(current, panic_desired)
