@@ -257,14 +257,21 @@ def test_pub_connects_to_bound_subscriber_and_restart_resets_seq(ctx: zmq.Contex
     first = ZmqKvEventPublisher(_config(endpoint), context=ctx)
     assert not first.binds and first.bound_endpoint is None
     _check_live_batches(first, sub)
-    before_restart = first.next_seq
+    # More batches than probes a join can take within TIMEOUT_S, so a restart is visible as a seq drop.
+    for _ in range(200):
+        first.publish([_removed(5)])
+    assert first.drain()
+    last_before_restart = -1
+    while sub.poll(200):
+        last_before_restart = int.from_bytes(sub.recv_multipart()[1], "big")
+    assert last_before_restart == first.next_seq - 1
     first.close()
 
     second = ZmqKvEventPublisher(_config(endpoint), context=ctx)
     try:
         assert second.next_seq == 0
         seen = _join(second, sub)
-        assert seen < before_restart and seen < second.next_seq
+        assert seen < last_before_restart and seen < second.next_seq
     finally:
         second.close()
 
