@@ -136,12 +136,13 @@ SINUSOID_PRESETS: dict[str, SinusoidPreset] = {
 def sinusoid_value(preset: SinusoidPreset, mean: float, t: float, total_s: float, noise: float = 0.0) -> float:
     """The preset's curve at ``t``; ``noise`` is the N(0, 0.1) draw, applied relative to the mean.
 
-    Rise-only presets keep the rising quarter of each cycle (a sinusoidal ramp from B - A to B + A, then a
-    restart), which is how the rising presets climb without falling back.
+    Rise-only presets keep the rising first quarter of the sine (B up to B + A) and start it again after each
+    quarter cycle: ``slow_rising`` (a quarter period over the run) is one slow climb, ``quick_rising`` climbs
+    twenty times.
     """
     amp = preset.amplitude * mean
-    phase = (t / (total_s / preset.periods)) % 1.0
-    wave = math.sin(math.pi * (phase - 0.5)) if preset.rise_only else math.sin(2 * math.pi * phase)
+    phase = t / (total_s / preset.periods)
+    wave = math.sin(2 * math.pi * (phase % 0.25 if preset.rise_only else phase % 1.0))
     return max(0.0, amp * wave + mean + noise * mean)
 
 

@@ -8,8 +8,6 @@ Python ones (see shared/reference/anchors.md section 4).
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -17,21 +15,20 @@ from typing import Any
 import aiohttp
 import zmq
 
+import router_overhead  # bench/router_overhead.py: owns the peers' pins and their venv
 from brixmesh.common.ports import free_port
 
 from brixbench.client import FixedTarget, Target
 from brixbench.contenders.base import RouterProcess
 from brixbench.fleet import Fleet
 
-PEER_PINS = ("sglang-router==0.3.2", "vllm-router==0.1.17")
 PEERS_VENV_ENV = "BRIXMESH_PEERS_VENV"
 
 
 def peers_venv() -> Path:
+    """``$BRIXMESH_PEERS_VENV``, else the router overhead bench's ``.brixmesh/peers-venv`` (one install)."""
     configured = os.environ.get(PEERS_VENV_ENV)
-    if configured:
-        return Path(configured)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "brixmesh" / "peers-venv"
+    return Path(configured) if configured else router_overhead.PEERS_VENV
 
 
 def peer_binary(name: str) -> Path | None:
@@ -39,15 +36,9 @@ def peer_binary(name: str) -> Path | None:
     return path if path.is_file() and os.access(path, os.X_OK) else None
 
 
-def install_peers(venv: Path | None = None) -> Path:
-    """``uv venv`` + ``uv pip install`` the pinned peers (PyPI wheels with the Rust binaries inside)."""
-    venv = venv or peers_venv()
-    uv = [sys.executable, "-m", "uv"]
-    if subprocess.run([*uv, "--version"], capture_output=True).returncode != 0:
-        uv = ["uv"]
-    subprocess.run([*uv, "venv", "--python", "3.11", str(venv)], check=True, capture_output=True)
-    subprocess.run([*uv, "pip", "install", "--python", str(venv / "bin" / "python"), *PEER_PINS], check=True)
-    return venv
+def install_peers() -> bool:
+    """The router overhead bench's installer (pinned ``sglang-router`` and ``vllm-router`` in their own venv)."""
+    return router_overhead.ensure_peers()
 
 
 def _missing(binary: str) -> str | None:

@@ -22,7 +22,7 @@ from rich.table import Table
 bench_app = typer.Typer(help="Benchmarks: workloads, a simulated fleet, and the peers side by side.",
                         no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
-errors = Console(stderr=True, highlight=False)
+errors = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def fail(message: str) -> typer.Exit:
@@ -133,13 +133,57 @@ def compare(
     console.print(f"report: {report}  ({time.monotonic() - started:.0f}s)")
 
 
+@bench_app.command()
+def llmd(
+    quick: Annotated[bool, typer.Option("--quick", help="A shorter ladder.")] = False,
+    scale: Annotated[float, typer.Option(help="Length and KV-capacity scale of the 150 x 5 set.")] = 0.1,
+    time_scale: Annotated[float, typer.Option(help="Wall seconds per simulated second.")] = 4.0,
+    qps_scale: Annotated[float, typer.Option(help="Multiplies every rate of the ladder.")] = 1.0,
+    out: Out = None,
+) -> None:
+    """llm-d's 8-pod shared-prefix experiment in simulation, next to llm-d's published table."""
+    if not 0 < scale <= 1:
+        raise fail("--scale must be in (0, 1]")
+    if time_scale <= 0 or qps_scale <= 0:
+        raise fail("--time-scale and --qps-scale must be > 0")
+    llmd_mod = brixbench("llmd")
+    compare_mod = brixbench("compare")
+    report_mod = brixbench("report")
+    fleet_mod = brixbench("fleet")
+    text = brixbench("text")
+    source = text.TextSource(text.single_token_words(fleet_mod.TOKENIZER_DIR / "tokenizer.json"))
+    case = llmd_mod.llmd_case(source, scale=scale, ladder_time=0.025 if quick else 0.05, qps_scale=qps_scale,
+                              time_scale=time_scale)
+    names = list(llmd_mod.SCHEDULERS.values())
+    directory = _out_dir(out, "llmd")
+    progress, advance = _progress(len(case.jobs) * len(names))
+
+    def report_line(line: str) -> None:
+        (progress.console if progress else console).print(f"[dim]{time.strftime('%H:%M:%S')}[/] {line}")
+
+    try:
+        if progress:
+            progress.start()
+        result = asyncio.run(compare_mod.compare([case], names, directory / "work", report_line, advance))
+    finally:
+        if progress:
+            progress.stop()
+    runs = result.for_workload(case.name)
+    _holds, verdict = llmd_mod.ordering_holds(runs)
+    section = ["## Next to llm-d's published table", "", llmd_mod.side_by_side(runs), "",
+               f"llm-d's ordering (precise > approximate > load-only ~ random, throughput and TTFT): **{verdict}**",
+               ""]
+    report = report_mod.write_report(result, directory, "llm-d shared-prefix experiment, simulated", section)
+    _print_tables(result, report_mod)
+    console.print(llmd_mod.side_by_side(runs))
+    console.print(f"ordering: {verdict}")
+    console.print(f"report: {report}")
+
+
 @bench_app.command("install-peers")
 def install_peers() -> None:
     """Install the peers (sglang-router, vllm-router; pinned) into their own virtual environment."""
     peers = brixbench("contenders.peers")
-    console.print(f"installing {', '.join(peers.PEER_PINS)} into {peers.peers_venv()}")
-    try:
-        venv = peers.install_peers()
-    except Exception as exc:  # noqa: BLE001 - subprocess and OS errors alike end in one line
-        raise fail(f"install failed: {exc}") from None
-    console.print(f"done: {venv}")
+    if not peers.install_peers():
+        raise fail(f"could not install the peers into {peers.peers_venv()}")
+    console.print(f"peers ready in {peers.peers_venv()}")
