@@ -136,6 +136,7 @@ def build_launch(spec: DeploymentSpec, placement: PodPlacement) -> Launch:
     else:
         raise SpecError(f"engine {spec.engine!r} cannot run on the local backend", "engine")
     env.update(spec.env)
+    argv = dies_with_parent(argv)
     env[POD_ENV] = placement.pod
     env[STATE_DIR_ENV] = str(placement.state_dir)
     return Launch(
@@ -183,6 +184,13 @@ def _vllm_command(spec: DeploymentSpec, placement: PodPlacement) -> tuple[list[s
     changed = {key: value for key, value in env.items() if os.environ.get(key) != value}
     changed.update({key: "" for key in _SHADOWING_ENV if os.environ.get(key)})
     return argv, changed
+
+
+def dies_with_parent(argv: list[str]) -> list[str]:
+    """Prefix ``setpriv --pdeathsig TERM``: the pod is told to stop when the orchestrator dies, even by SIGKILL,
+    instead of running on unsupervised. (Without util-linux's setpriv, the next orchestrator reaps it.)"""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--", *argv] if setpriv else argv
 
 
 def last_int_flag(argv: Sequence[str], flag: str) -> int | None:
