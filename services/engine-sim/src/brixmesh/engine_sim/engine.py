@@ -1,8 +1,9 @@
 """The async engine: drives the scheduler step by step on a simulated clock and wakes waiting requests.
 
-Simulated time is wall time divided by ``time_scale``. A step's modelled duration is slept (scaled) from
-the moment the previous step ended; host time spent beyond that (scheduling, HTTP, a busy CPU) delays the
-next step and is counted in ``lag_seconds``, which tells whether a host keeps up with its simulated engines.
+Simulated time is wall time divided by ``time_scale``. Steps follow each other on a virtual timeline: each
+ends its modelled (scaled) duration after the previous one ended. Small host delays (timer overshoot) are
+absorbed by ending the next step on time; larger ones (a busy CPU) push the timeline back and are counted
+in ``lag_seconds``, which tells whether a host keeps up with its simulated engines.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ log = logging.getLogger(__name__)
 
 # Polling period (simulated seconds) while only deferred requests wait (remote KV in flight).
 _DEFERRED_POLL = 0.001
+# Timer wake-ups overshoot by up to ~1 ms (libuv timers have millisecond resolution): a step may start up to
+# this much (wall) behind schedule and still end on time, so overshoot does not accumulate into drift.
+_CATCH_UP_WALL_S = 0.002
 
 
 class EventSink(Protocol):
@@ -121,10 +125,10 @@ class Engine:
                 virtual_wall = loop.time()
                 continue
             duration = self.step_model.step_seconds(step.shape) * self.faults.slowdown
-            wall = loop.time()
-            if wall > virtual_wall:
-                self.lag_seconds += (wall - virtual_wall) / self.time_scale
-                virtual_wall = wall
+            behind = loop.time() - virtual_wall
+            if behind > _CATCH_UP_WALL_S:
+                self.lag_seconds += (behind - _CATCH_UP_WALL_S) / self.time_scale
+                virtual_wall += behind - _CATCH_UP_WALL_S
             virtual_wall += duration * self.time_scale
             self.busy_seconds += duration
             delay = virtual_wall - loop.time()
