@@ -111,6 +111,10 @@ async def test_killed_engine_is_restarted_and_the_events_show_it(
         (restarted,) = (await orch.http.get("/v1/pods")).json()["data"]
         assert restarted["restarts"] == 1 and restarted["pid"] != pod["pid"] and restarted["last_exit_code"] == -9
         assert ready_again[1].pod.endpoint == first.pod.endpoint  # same pod, same address
+        name = first.pod.pod
+        await wait_metric(orch.http, f'brixmesh_orchestrator_pod_restarts{{deployment="chat",pod="{name}"}} 1.0')
+        await wait_metric(orch.http, 'brixmesh_orchestrator_pods{deployment="chat",phase="ready"} 1.0')
+        await wait_metric(orch.http, 'brixmesh_orchestrator_desired_replicas{deployment="chat"} 1.0')
         async with httpx.AsyncClient() as client:
             assert (await client.get(first.pod.endpoint + "/v1/models")).status_code == 200
 

@@ -21,6 +21,7 @@ from brixmesh.orchestrator.announcer import Announcer
 from brixmesh.orchestrator.controller import Orchestrator
 from brixmesh.orchestrator.http_api import add_routes
 from brixmesh.orchestrator.local_backend import LocalBackend
+from brixmesh.orchestrator.metrics import OrchestratorCollector
 from brixmesh.orchestrator.settings import OrchestratorSettings
 from brixmesh.orchestrator.spec import DeploymentSpec, SpecError, load_path, unique
 
@@ -68,6 +69,7 @@ def build_service(settings: OrchestratorSettings) -> Service:
         print(f"brixmesh-orchestrator: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     add_routes(service.app, orchestrator)
+    service.registry.register(OrchestratorCollector(orchestrator))
     decisions = Counter(
         "brixmesh_orchestrator_scale_decisions", "Scale decisions received, by outcome", ["outcome"],
         registry=service.registry,
