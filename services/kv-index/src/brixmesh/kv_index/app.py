@@ -12,6 +12,7 @@ from brixmesh.common.service import Service
 
 from brixmesh.kv_index import metrics
 from brixmesh.kv_index.discovery import PodFollower
+from brixmesh.common.runtime import tune_gc
 from brixmesh.kv_index.settings import KvIndexSettings
 
 
@@ -20,6 +21,7 @@ def build_service(settings: KvIndexSettings) -> Service:
     holder: list[PodFollower] = []
 
     async def start(service: Service) -> None:
+        tune_gc()
         await service.bus.ensure_stream(events_stream(settings.kv_events_max_age_s))
         await service.bus.ensure_stream(snapshots_stream(2 * settings.kv_events_max_age_s))
         follower = PodFollower(

@@ -114,7 +114,7 @@ def decode_payload(payload: bytes) -> DecodedBatch:
 
 def _normalize(event: Any) -> KvEvent:
     if isinstance(event, (_MapStored, _ArrayStored)):
-        hashes = [to_u64(h) for h in event.block_hashes]
+        hashes = [h & _U64 if h.__class__ is int else to_u64(h) for h in event.block_hashes]
         if event.block_size <= 0:
             raise PayloadError(f"BlockStored with block_size {event.block_size}")
         if len(event.token_ids) != event.block_size * len(hashes):
@@ -132,5 +132,7 @@ def _normalize(event: Any) -> KvEvent:
             event.lora_id if event.lora_name is None else None,
         )
     if isinstance(event, (_MapRemoved, _ArrayRemoved)):
-        return KvBlockRemoved([to_u64(h) for h in event.block_hashes], event.medium or DEFAULT_MEDIUM)
+        return KvBlockRemoved(
+            [h & _U64 if h.__class__ is int else to_u64(h) for h in event.block_hashes], event.medium or DEFAULT_MEDIUM
+        )
     return KvAllCleared()

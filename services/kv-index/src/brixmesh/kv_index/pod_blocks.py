@@ -1,96 +1,119 @@
 """The blocks one engine holds right now, as its events say: what a snapshot of the pod contains.
 
-Keyed by (medium, engine hash) and reference counted: vLLM can store one hash in two physical blocks and
-remove it twice. Snapshots list parents before children, so a reader can re-chain its own hashes.
+Keyed by medium and engine hash, reference counted: vLLM can store one hash in two physical blocks and remove
+it twice. A block is kept as its ``BlockStored`` event and its position in it: tokens and parent are read from
+the event only when a snapshot is taken, so the hot path allocates almost nothing. Snapshots list parents
+before children, so a reader can re-chain its own hashes.
 """
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Iterable
 
 from brixmesh.common.messages import KvAllCleared, KvBlockRemoved, KvBlockStored, KvEvent
 
+# One ``BlockStored`` event as (tokens, hashes, parent, block_size, lora_name, lora_id): an array and tuples
+# of ints hold no references, so the cyclic GC never walks a pod's state, however many blocks it holds.
+_Stored = tuple[array, tuple[int, ...], "int | None", int, "str | None", "int | None"]
+_TOKENS, _HASHES, _PARENT, _SIZE, _LORA_NAME, _LORA_ID = range(6)
 
-class _Block:
-    __slots__ = ("parent", "tokens", "block_size", "lora_name", "lora_id", "count")
 
-    def __init__(
-        self, parent: int | None, tokens: list[int], block_size: int, lora_name: str | None, lora_id: int | None
-    ) -> None:
-        self.parent = parent
-        self.tokens = tokens
-        self.block_size = block_size
-        self.lora_name = lora_name
-        self.lora_id = lora_id
-        self.count = 1
+class _Medium:
+    """Blocks held in one medium, as int-keyed dicts."""
+
+    __slots__ = ("events", "positions", "extra")
+
+    def __init__(self) -> None:
+        self.events: dict[int, _Stored] = {}
+        self.positions: dict[int, int] = {}
+        self.extra: dict[int, int] = {}
+        """engine hash -> copies beyond the first"""
 
 
 class PodBlocks:
     def __init__(self) -> None:
-        self._blocks: dict[tuple[str, int], _Block] = {}
+        self._media: dict[str, _Medium] = {}
 
     def __len__(self) -> int:
-        return len(self._blocks)
+        return sum(len(medium.events) for medium in self._media.values())
 
     def engine_hashes(self, medium: str = "GPU") -> set[int]:
-        return {block_hash for held_in, block_hash in self._blocks if held_in == medium}
+        found = self._media.get(medium)
+        return set(found.events) if found is not None else set()
+
+    def _medium(self, name: str | None) -> _Medium:
+        name = name or "GPU"
+        found = self._media.get(name)
+        if found is None:
+            found = self._media[name] = _Medium()
+        return found
 
     def apply(self, events: Iterable[KvEvent]) -> None:
         for event in events:
             if isinstance(event, KvBlockStored):
-                self._store(event)
+                medium = self._medium(event.medium)
+                stored, positions, extra = medium.events, medium.positions, medium.extra
+                record = (
+                    array("q", event.token_ids), tuple(event.block_hashes), event.parent_block_hash,
+                    event.block_size, event.lora_name, event.lora_id,
+                )  # fmt: skip
+                for position, block_hash in enumerate(record[_HASHES]):
+                    if block_hash in stored:
+                        extra[block_hash] = extra.get(block_hash, 0) + 1
+                    else:
+                        stored[block_hash] = record
+                        positions[block_hash] = position
             elif isinstance(event, KvBlockRemoved):
-                medium = event.medium or "GPU"
+                medium = self._medium(event.medium)
+                stored, positions, extra = medium.events, medium.positions, medium.extra
                 for block_hash in event.block_hashes:
-                    key = (medium, block_hash)
-                    block = self._blocks.get(key)
-                    if block is not None:
-                        block.count -= 1
-                        if block.count <= 0:
-                            del self._blocks[key]
+                    copies = extra.get(block_hash)
+                    if copies is not None:
+                        if copies > 1:
+                            extra[block_hash] = copies - 1
+                        else:
+                            del extra[block_hash]
+                    elif block_hash in stored:
+                        del stored[block_hash]
+                        del positions[block_hash]
             elif isinstance(event, KvAllCleared):
-                self._blocks.clear()
-
-    def _store(self, event: KvBlockStored) -> None:
-        medium = event.medium or "GPU"
-        size = event.block_size
-        parent = event.parent_block_hash
-        for i, block_hash in enumerate(event.block_hashes):
-            key = (medium, block_hash)
-            block = self._blocks.get(key)
-            if block is None:
-                tokens = event.token_ids[i * size : (i + 1) * size]
-                self._blocks[key] = _Block(parent, tokens, size, event.lora_name, event.lora_id)
-            else:
-                block.count += 1
-            parent = block_hash
+                self._media.clear()
 
     def snapshot_events(self) -> list[KvBlockStored]:
         """One stored event per held copy of each block, every parent before its children."""
-        emitted: set[tuple[str, int]] = set()
         ordered: list[KvBlockStored] = []
-        pending = list(self._blocks.items())
-        while pending:
-            waiting = []
-            for key, block in pending:
-                medium, block_hash = key
-                if block.parent is not None and (medium, block.parent) in self._blocks and (
-                    medium,
-                    block.parent,
-                ) not in emitted:
-                    waiting.append((key, block))
-                    continue
-                emitted.add(key)
-                event = KvBlockStored(
-                    [block_hash], block.parent, block.tokens, block.block_size, block.lora_name, medium, block.lora_id
-                )
-                ordered.extend([event] * block.count)
-            if len(waiting) == len(pending):  # a parent cycle cannot happen with real hashes; emit as is
-                for key, block in waiting:
-                    event = KvBlockStored(
-                        [key[1]], block.parent, block.tokens, block.block_size, block.lora_name, key[0], block.lora_id
-                    )
-                    ordered.extend([event] * block.count)
-                break
-            pending = waiting
+        for name, medium in self._media.items():
+            emitted: set[int] = set()
+            pending = list(medium.events)
+            while pending:
+                waiting = []
+                for block_hash in pending:
+                    parent = _parent(medium, block_hash)
+                    if parent is not None and parent in medium.events and parent not in emitted:
+                        waiting.append(block_hash)
+                        continue
+                    emitted.add(block_hash)
+                    ordered.extend([_as_event(name, medium, block_hash)] * (1 + medium.extra.get(block_hash, 0)))
+                if len(waiting) == len(pending):  # a parent cycle cannot happen with real hashes; emit as is
+                    for block_hash in waiting:
+                        ordered.extend([_as_event(name, medium, block_hash)] * (1 + medium.extra.get(block_hash, 0)))
+                    break
+                pending = waiting
         return ordered
+
+
+def _parent(medium: _Medium, block_hash: int) -> int | None:
+    record = medium.events[block_hash]
+    position = medium.positions[block_hash]
+    return record[_HASHES][position - 1] if position else record[_PARENT]
+
+
+def _as_event(name: str, medium: _Medium, block_hash: int) -> KvBlockStored:
+    record = medium.events[block_hash]
+    size = record[_SIZE]
+    start = medium.positions[block_hash] * size
+    return KvBlockStored(
+        [block_hash], _parent(medium, block_hash), record[_TOKENS][start : start + size].tolist(), size,
+        record[_LORA_NAME], name, record[_LORA_ID],
+    )

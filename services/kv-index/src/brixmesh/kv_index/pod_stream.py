@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 
 import msgspec
+from nats.js.api import PubAck
 from nats.js.client import JetStreamContext
 
 from brixmesh.common.messages import KvAllCleared, KvEvent, KvEventBatch, KvSnapshot, PodInfo
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 _BURST_MESSAGES = 256
 _BURST_EVENTS = 4096
 _SNAPSHOT_PART_BYTES = 512 * 1024
+_STALL_S = 5.0
 _encoder = msgspec.msgpack.Encoder()
 
 
@@ -84,6 +86,7 @@ class PodStream:
         """KV_EVENTS sequence of the last batch the newest snapshot covers."""
         self._dirty = False
         self._next_snapshot = time.monotonic() + snapshot_interval_s
+        self._in_flight: set[asyncio.Future[PubAck]] = set()
         self.new_epoch()
 
     def new_epoch(self) -> None:
@@ -186,15 +189,33 @@ class PodStream:
         self.blocks.apply(events)
         self._dirty = True
         msg_id = f"{self.info.pod}:{self.epoch}:{seq}:{len(events)}"
+        self._last_published_seq = seq
         try:
-            ack = await self.js.publish(self.events_subject, _encoder.encode(batch), headers={"Nats-Msg-Id": msg_id})
+            # Not waiting for the ack here keeps a burst flowing; acks are collected by _acked, in order.
+            future = await self.js.publish_async(
+                self.events_subject, _encoder.encode(batch), headers={"Nats-Msg-Id": msg_id}, wait_stall=_STALL_S
+            )
         except Exception:  # NATS away: the batch is lost for routers; they catch up with the next snapshot
             self.stats.publish_errors += 1
             log.warning("kv batch publish failed", extra={"pod": self.info.pod}, exc_info=True)
             return
-        self._last_stream_seq = ack.seq
-        self._last_published_seq = seq
+        self._in_flight.add(future)
+        future.add_done_callback(self._acked)
+
+    def _acked(self, future: asyncio.Future[PubAck]) -> None:
+        self._in_flight.discard(future)
+        if future.cancelled() or future.exception() is not None:
+            self.stats.publish_errors += 1
+            return
+        self._last_stream_seq = max(self._last_stream_seq, future.result().seq)
         self.stats.batches_published += 1
+
+    async def settle(self, timeout_s: float = _STALL_S) -> bool:
+        """Wait for the acks of every batch published so far; False if some did not come in time."""
+        if not self._in_flight:
+            return True
+        _done, pending = await asyncio.wait(set(self._in_flight), timeout=timeout_s)
+        return not pending
 
     # --- snapshots ----------------------------------------------------------------------------------------
 
@@ -203,6 +224,10 @@ class PodStream:
         self._next_snapshot = time.monotonic() + self.snapshot_interval_s
         await self.flush()
         if not self._dirty:
+            return
+        if not await self.settle():
+            self.stats.publish_errors += 1
+            log.warning("kv snapshot skipped: batch acks missing", extra={"pod": self.info.pod})
             return
         blocks = self.blocks.snapshot_events()
         per_block = 48 + 3 * (blocks[0].block_size if blocks else 1)
@@ -246,6 +271,7 @@ class PodStream:
         self._pending = []
         self._clear_pending = True
         await self.flush()
+        await self.settle()
         try:
             await self.js.purge_stream(KV_SNAPSHOTS_STREAM, subject=self.snapshots_subject)
             if self._last_stream_seq:

@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from brixmesh.common.runtime import tune_gc
 from brixmesh.common.settings import load_or_exit
 
 from brixmesh.router.kv.admin import add_admin_routes
@@ -87,6 +88,7 @@ def attach(
     service.add_readiness("kv-index", lambda: module.follower is not None and module.follower.ready)
 
     async def start(service: Service) -> None:
+        tune_gc()  # process-wide: the index holds millions of entries and the event path allocates a lot
         follower = IndexFollower(service.bus, index, on_lag=metrics.event_lag_seconds.observe)
         metrics.watch(index, follower)
         await follower.start()
