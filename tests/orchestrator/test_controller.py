@@ -154,3 +154,12 @@ async def test_a_failing_backend_is_reported_and_retried() -> None:
     backend.create_pod = create  # type: ignore[method-assign]
     await orchestrator.reconcile()
     assert orchestrator.get("chat").error is None and len(backend.pods) == 1
+
+
+def test_external_deployments_have_a_fixed_size_that_follows_their_endpoints() -> None:
+    orchestrator, _ = make()
+    two = [{"url": "http://e0:8000"}, {"url": "http://e1:8000"}]
+    orchestrator.apply(parse_spec({"name": "chat", "model": "m", "external": two}))
+    assert orchestrator.apply_decision(decision(5, NOW)) == "fixed_size"
+    assert orchestrator.get("chat").replicas == 2
+    assert orchestrator.patch("chat", {"external": two[:1]}).replicas == 1

@@ -20,6 +20,7 @@ from brixmesh.common.bus import Bus
 from brixmesh.common.messages import PodList, PodListRequest, ScaleDecision
 from brixmesh.common.servers import NatsServer
 from brixmesh.common.subjects import PODS_LIST, SCALE_DECISIONS
+from tests.engine_sim.sim_engine import sim_engine
 from tests.orchestrator.orchestrator_proc import PodEventLog, run_orchestrator
 
 # Slow, predictable tokens: a 60-token stream takes about 2.4 s.
@@ -246,6 +247,43 @@ async def test_patch_rollout_and_delete(fresh_nats_server: NatsServer, nats_bus:
         assert all(e.reason.startswith("deployment deleted; drained") for e in removed)
         assert (await orch.http.get("/v1/deployments/chat")).status_code == 404
         assert (await orch.http.get("/v1/pods")).json()["data"] == []
+
+
+async def test_external_engines_are_announced_and_probed_never_run(
+    fresh_nats_server: NatsServer, nats_bus: Bus, tmp_path: Path
+) -> None:
+    events = await PodEventLog.start(nats_bus)
+    async with run_orchestrator(fresh_nats_server.url, tmp_path) as orch:
+        with sim_engine() as engine:
+            external = {"url": engine.base_url, "kv_events": engine.kv_events_endpoint,
+                        "kv_replay": engine.kv_replay_endpoint}
+            spec = {"model": "tiny-llama", "engine": "sim", "external": [external], "block_size": 32}
+            assert (await orch.http.put("/v1/deployments/outside", json=spec)).status_code == 201
+            (ready,) = await events.wait_for("ready")
+            info = ready.pod
+            assert (info.endpoint, info.kv_events_endpoint, info.kv_replay_endpoint, info.block_size) == (
+                engine.base_url, engine.kv_events_endpoint, engine.kv_replay_endpoint, 32,
+            )
+            assert info.labels["backend"] == "external"
+            (pod,) = (await orch.http.get("/v1/pods")).json()["data"]
+            assert pod["external"] and pod["pid"] == 0
+
+            await decide(nats_bus, "outside", 3)
+            await wait_metric(orch.http, 'brixmesh_orchestrator_scale_decisions_total{outcome="fixed_size"} 1.0')
+            rejected = await orch.http.patch("/v1/deployments/outside", json={"replicas": 2})
+            assert rejected.status_code == 400 and rejected.json()["error"]["param"] == "external"
+
+            deleted = (await orch.http.delete("/v1/deployments/outside")).json()
+            (removed,) = await events.wait_for("removed", pod=deleted["draining_pods"][0])
+            assert removed.reason == "deployment deleted; external engine left running"
+            async with httpx.AsyncClient() as client:
+                assert (await client.get(engine.base_url + "/v1/models")).status_code == 200
+
+            assert (await orch.http.put("/v1/deployments/outside", json=spec)).status_code == 201
+            (again,) = await events.wait_for("ready", where=lambda e: e.pod.pod != info.pod)
+        # the engine is gone now: its pod is withdrawn
+        (gone,) = await events.wait_for("removed", pod=again.pod.pod, timeout=10)
+        assert gone.reason == "readiness probe failing"
 
 
 async def test_deployments_file_and_default_deployment_at_start(

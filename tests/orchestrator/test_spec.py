@@ -33,6 +33,10 @@ def test_minimal_spec_gets_defaults() -> None:
         ({"readiness": {"timeout_s": 0}}, "readiness.timeout_s", "greater than 0"),
         ({"labels": {"bad key": "x"}}, "labels", "label key 'bad key'"),
         ({"replica": 2}, "replica", "unknown field 'replica'"),
+        ({"external": [{"url": "http://e:1"}], "replicas": 2}, "external", "must equal the number of external"),
+        ({"external": [{"url": "http://e:1"}], "cpus": "0"}, "external", "cpus does not apply to external"),
+        ({"external": [{"url": "e:1"}]}, "external.0.url", "expected http://host:port"),
+        ({"external": [{"url": "http://e:1", "kv_events": "e:2"}]}, "external.0.kv_events", "expected tcp://"),
     ],
 )
 def test_bad_fields_are_named(fields: dict, param: str, message: str) -> None:
@@ -92,3 +96,10 @@ def test_merge_patch_merges_mappings_and_null_resets() -> None:
     current = {"replicas": 1, "readiness": {"path": "/health", "timeout_s": 5}, "labels": {"a": "1"}}
     patched = merge_patch(current, {"readiness": {"timeout_s": 9}, "labels": None, "replicas": 3})
     assert patched == {"replicas": 3, "readiness": {"path": "/health", "timeout_s": 9}}
+
+
+def test_external_endpoints_set_replicas() -> None:
+    spec = parse_spec({"name": "a", "model": "m", "engine": "sglang",
+                       "external": [{"url": "http://e0:30000/"}, {"url": "http://e1:30000"}]})
+    assert spec.replicas == 2 and spec.is_external
+    assert [e.url for e in spec.external] == ["http://e0:30000", "http://e1:30000"]

@@ -36,6 +36,8 @@ class Pod:
     restarts: int = 0
     pid: int = 0
     last_exit_code: int | None = None
+    external: bool = False
+    """Runs elsewhere: announced and probed only; removing it leaves the engine running."""
 
     @property
     def name(self) -> str:

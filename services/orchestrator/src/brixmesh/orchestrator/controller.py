@@ -25,7 +25,9 @@ from brixmesh.orchestrator.spec import DeploymentSpec, SpecError, merge_patch, p
 
 log = logging.getLogger(__name__)
 
-DecisionOutcome = Literal["applied", "unchanged", "stale", "duplicate", "unknown_deployment", "role_mismatch"]
+DecisionOutcome = Literal[
+    "applied", "unchanged", "stale", "duplicate", "unknown_deployment", "role_mismatch", "fixed_size"
+]
 ORPHAN_DRAIN_GRACE_S = 30.0
 """Grace for pods whose deployment is gone before the reconcile loop saw it deleted (rare)."""
 
@@ -105,6 +107,8 @@ class Orchestrator:
         if "name" in changes and changes["name"] != name:
             raise SpecError(f"name cannot be changed by a patch (deployment {name!r})", "name")
         merged = merge_patch(current.spec.to_dict(), changes)
+        if "external" in changes and "replicas" not in changes:
+            merged.pop("replicas", None)  # follows the new endpoint list
         spec = parse_spec(merged, source="patch")
         deployment, _ = self.apply(spec)
         if "replicas" in changes:
@@ -137,6 +141,8 @@ class Orchestrator:
             return "unknown_deployment"
         if decision.role not in ("both", deployment.spec.role):
             return "role_mismatch"
+        if deployment.spec.is_external:
+            return "fixed_size"
         last = deployment.last_decision
         if last is not None and decision.ts <= last.ts:
             return "duplicate" if decision.ts == last.ts else "stale"
@@ -211,7 +217,9 @@ class Orchestrator:
                 return
             serving = pod.ready
             await self.backend.drain_pod(name, reason)
-            if serving and pod.info.metrics_url and self._http is not None:
+            if pod.external:
+                removal = "external engine left running"
+            elif serving and pod.info.metrics_url and self._http is not None:
                 outcome = await wait_until_idle(
                     self._http, pod.info.metrics_url, grace_s=grace_s, poll_interval_s=self._drain_poll_interval_s
                 )

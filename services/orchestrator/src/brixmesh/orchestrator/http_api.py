@@ -113,4 +113,5 @@ def pod_view(pod: Pod) -> dict[str, Any]:
     view = msgspec.to_builtins(pod.status())
     view["generation"] = pod.generation
     view["last_exit_code"] = pod.last_exit_code
+    view["external"] = pod.external
     return view

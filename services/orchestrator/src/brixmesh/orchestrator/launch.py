@@ -38,6 +38,7 @@ class EngineDefaults:
 DEFAULTS = {
     "sim": EngineDefaults(readiness_path="/health/ready", readiness_timeout_s=30.0, stop_grace_s=5.0),
     "vllm": EngineDefaults(readiness_path="/health", readiness_timeout_s=300.0, stop_grace_s=15.0),
+    "sglang": EngineDefaults(readiness_path="/health", readiness_timeout_s=300.0, stop_grace_s=15.0),
 }
 
 
@@ -78,6 +79,8 @@ class Launch:
 
 def check_engine(spec: DeploymentSpec) -> None:
     """Raise SpecError if this machine cannot run ``spec``'s engine or CPUs."""
+    if spec.is_external:
+        return  # runs elsewhere: nothing to install or pin here
     if spec.engine == "sglang":
         raise SpecError(
             "engine 'sglang' is not installed here (the local backend runs 'sim' and 'vllm'); "

@@ -25,7 +25,16 @@ from brixmesh.common.ports import free_port
 from brixmesh.common.supervisor import ProcessSpec, ProcessState, ReadinessProbe, SupervisedProcess
 
 from brixmesh.orchestrator.backend import Pod
-from brixmesh.orchestrator.launch import KV_TOPIC, POD_ENV, STATE_DIR_ENV, PodPlacement, build_launch, check_engine
+from brixmesh.orchestrator.external import EndpointMonitor
+from brixmesh.orchestrator.launch import (
+    DEFAULTS,
+    KV_TOPIC,
+    POD_ENV,
+    STATE_DIR_ENV,
+    PodPlacement,
+    build_launch,
+    check_engine,
+)
 from brixmesh.orchestrator.spec import DeploymentSpec
 
 log = logging.getLogger(__name__)
@@ -44,6 +53,7 @@ class LocalBackend:
         self._free_port = port_picker
         self._pods: dict[str, Pod] = {}
         self._processes: dict[str, SupervisedProcess] = {}
+        self._monitors: dict[str, EndpointMonitor] = {}
         self._announced: set[str] = set()
         self._changes: asyncio.Queue[PodEvent] = asyncio.Queue()
 
@@ -53,6 +63,8 @@ class LocalBackend:
         check_engine(spec)
 
     async def create_pod(self, spec: DeploymentSpec, generation: int) -> Pod:
+        if spec.is_external:
+            return self._register_external(spec, generation)
         name = self._new_pod_name(spec.name)
         slot = self._free_slot(spec.name)
         runtime_dir = self.runtime_root / name
@@ -67,14 +79,6 @@ class LocalBackend:
             state_dir=self.state_dir,
         )
         launch = build_launch(spec, placement)
-        labels = {
-            **spec.labels,
-            "model": spec.model,
-            "engine": spec.engine,
-            "role": spec.role,
-            "deployment": spec.name,
-            "backend": self.kind,
-        }
         info = PodInfo(
             pod=name,
             deployment=spec.name,
@@ -87,7 +91,7 @@ class LocalBackend:
             kv_replay_endpoint=placement.kv_replay_endpoint,
             kv_events_topic=KV_TOPIC,
             block_size=launch.block_size,
-            labels=labels,
+            labels=pod_labels(spec, self.kind),
         )
         pod = Pod(info=info, generation=generation, slot=slot)
         process = SupervisedProcess(
@@ -108,6 +112,50 @@ class LocalBackend:
         process.start()
         return pod
 
+    def _register_external(self, spec: DeploymentSpec, generation: int) -> Pod:
+        """A pod for the first endpoint no pod of this generation holds (during a rollout an endpoint is held
+        by its old and its new pod until the old one is drained)."""
+        held = {p.slot for p in self._pods.values() if p.deployment == spec.name and p.generation == generation}
+        slot = next(i for i in range(len(spec.external)) if i not in held)
+        endpoint = spec.external[slot]
+        name = self._new_pod_name(spec.name)
+        info = PodInfo(
+            pod=name,
+            deployment=spec.name,
+            model=spec.model,
+            engine=spec.engine,
+            role=spec.role,
+            endpoint=endpoint.url,
+            metrics_url=endpoint.url + "/metrics",
+            kv_events_endpoint=endpoint.kv_events,
+            kv_replay_endpoint=endpoint.kv_replay,
+            kv_events_topic=KV_TOPIC if endpoint.kv_events else "",
+            block_size=spec.block_size,
+            labels=pod_labels(spec, "external"),
+        )
+        pod = Pod(info=info, generation=generation, slot=slot, external=True)
+        probe_path = spec.readiness.path or DEFAULTS[spec.engine].readiness_path
+        monitor = EndpointMonitor(endpoint.url + probe_path, lambda serving: self._on_external_change(pod, serving))
+        self._pods[name] = pod
+        self._monitors[name] = monitor
+        self._emit("added", pod, "external endpoint registered")
+        monitor.start()
+        return pod
+
+    def _on_external_change(self, pod: Pod, serving: bool) -> None:
+        if pod.name not in self._pods:
+            return
+        if serving:
+            if pod.draining:
+                return
+            self._emit("added", pod, "external endpoint answers again")
+            self._set_phase(pod, "ready")
+            self._emit("ready", pod, "readiness probe passed")
+        else:
+            if not pod.draining:
+                self._set_phase(pod, "starting")
+            self._emit("removed", pod, "readiness probe failing")
+
     async def drain_pod(self, name: str, reason: str) -> None:
         pod = self._pods.get(name)
         if pod is None or pod.draining:
@@ -119,6 +167,9 @@ class LocalBackend:
         process = self._processes.pop(name, None)
         if process is not None:
             await process.stop()
+        monitor = self._monitors.pop(name, None)
+        if monitor is not None:
+            await monitor.stop()
         pod = self._pods.pop(name, None)
         if pod is None:
             return
@@ -203,6 +254,8 @@ class LocalBackend:
         not have bound its port yet, so the OS alone could hand it out twice."""
         taken = set(also_taken)
         for pod in self._pods.values():
+            if pod.external:
+                continue
             taken.add(int(pod.info.endpoint.rsplit(":", 1)[1]))
             taken.add(int(pod.info.kv_replay_endpoint.rsplit(":", 1)[1]))
         while True:
@@ -217,6 +270,17 @@ class LocalBackend:
     def reap_orphans(self) -> list[int]:
         """Stop pods a killed orchestrator left running with this state directory; returns their pids."""
         return reap_orphans(self.state_dir)
+
+
+def pod_labels(spec: DeploymentSpec, backend: str) -> dict[str, str]:
+    return {
+        **spec.labels,
+        "model": spec.model,
+        "engine": spec.engine,
+        "role": spec.role,
+        "deployment": spec.name,
+        "backend": backend,
+    }
 
 
 def runtime_root(state_dir: Path) -> Path:

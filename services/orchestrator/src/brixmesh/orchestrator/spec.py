@@ -16,6 +16,15 @@ HTTP bodies) into a frozen :class:`DeploymentSpec`; every problem becomes a :cla
     drain_grace_s: 60             # longest wait for in-flight requests before a drained pod is stopped
     labels: {team: search}
 
+Engines the orchestrator does not run (containers, remote servers) are registered instead of started:
+
+    name: compose-engines
+    model: tiny-llama
+    engine: sim                   # what runs there (label; any engine, sglang included)
+    external:                     # one pod per endpoint; replicas = their number
+      - {url: "http://engine-0:8000", kv_events: "tcp://engine-0:5557", kv_replay: "tcp://engine-0:5558"}
+    block_size: 16                # their KV block size, if known
+
 A YAML source holds one spec, a list of specs, ``deployments: [...]``, or several documents.
 """
 
@@ -28,7 +37,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 ENGINES = ("sim", "vllm", "sglang")
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
@@ -61,6 +70,32 @@ class ReadinessSpec(BaseModel):
         return value
 
 
+class ExternalEndpoint(BaseModel):
+    """An engine the orchestrator does not run (a container, a remote server): announced and probed only."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str
+    """Base URL of its HTTP API, e.g. ``http://engine-0:8000``."""
+    kv_events: str = ""
+    """ZMQ endpoint its KV-event publisher binds (``tcp://engine-0:5557``), if it publishes."""
+    kv_replay: str = ""
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")) or value.rstrip("/").count("/") != 2:
+            raise ValueError(f"expected http://host:port, got {value!r}")
+        return value.rstrip("/")
+
+    @field_validator("kv_events", "kv_replay")
+    @classmethod
+    def _zmq_endpoint(cls, value: str) -> str:
+        if value and not value.startswith(("tcp://", "ipc://")):
+            raise ValueError(f"expected tcp://host:port or ipc://path, got {value!r}")
+        return value
+
+
 class DeploymentSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -78,6 +113,17 @@ class DeploymentSpec(BaseModel):
     restart_policy: Literal["always", "on-failure", "never"] = "always"
     drain_grace_s: float = Field(default=60.0, ge=0)
     labels: dict[str, str] = Field(default_factory=dict)
+    external: tuple[ExternalEndpoint, ...] = ()
+    """Engines already running elsewhere: one pod per endpoint, announced and probed, never started."""
+    block_size: int = Field(default=0, ge=0)
+    """KV block size of external engines (0: unknown); pods the orchestrator runs report their own."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _external_replicas(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and data.get("external") and "replicas" not in data:
+            return {**data, "replicas": len(data["external"])}
+        return data
 
     @field_validator("name")
     @classmethod
@@ -155,6 +201,28 @@ class DeploymentSpec(BaseModel):
             raise ValueError(f"{value} is more than the {len(cpus)} CPUs in cpus")
         return value
 
+    @field_validator("external")
+    @classmethod
+    def _external_only(cls, value: tuple[ExternalEndpoint, ...], info: ValidationInfo) -> tuple[ExternalEndpoint, ...]:
+        if not value:
+            return value
+        if info.data.get("replicas") != len(value):
+            raise ValueError(
+                f"replicas ({info.data.get('replicas')}) must equal the number of external endpoints ({len(value)}): "
+                "the orchestrator cannot start or stop engines it does not run"
+            )
+        for field in ("engine_args", "cpus", "model_path", "env"):
+            if info.data.get(field):
+                raise ValueError(f"{field} does not apply to external engines")
+        urls = [endpoint.url for endpoint in value]
+        if len(set(urls)) != len(urls):
+            raise ValueError("an endpoint is listed twice")
+        return value
+
+    @property
+    def is_external(self) -> bool:
+        return bool(self.external)
+
     def template(self) -> dict[str, Any]:
         """Everything that shapes a pod; pods made from another template are replaced (rolling)."""
         return self.model_dump(exclude={"replicas", "drain_grace_s"})
@@ -163,6 +231,7 @@ class DeploymentSpec(BaseModel):
         data = self.model_dump()
         data["engine_args"] = list(self.engine_args)
         data["cpus"] = None if self.cpus is None else list(self.cpus)
+        data["external"] = [endpoint.model_dump() for endpoint in self.external]
         return data
 
 
