@@ -103,3 +103,9 @@ def test_external_endpoints_set_replicas() -> None:
                        "external": [{"url": "http://e0:30000/"}, {"url": "http://e1:30000"}]})
     assert spec.replicas == 2 and spec.is_external
     assert [e.url for e in spec.external] == ["http://e0:30000", "http://e1:30000"]
+
+
+def test_shipped_examples_are_valid() -> None:
+    examples = Path(__file__).resolve().parents[2] / "services/orchestrator/examples"
+    names = [spec.name for path in sorted(examples.glob("*.yaml")) for spec in load_path(path)]
+    assert names == ["default", "chat", "chat-vllm"]
