@@ -570,3 +570,33 @@ async def test_saturation_queues_fills_cache_and_preempts(engine) -> None:
         before, "vllm:num_preemptions_total"
     )
     assert preemptions > 0
+
+
+def test_n_choices(engine) -> None:
+    with client(engine) as c:
+        greedy = c.post(
+            "/v1/completions", json={"model": engine.model, "prompt": "x", "n": 2, "temperature": 0}
+        )
+        assert greedy.status_code == 400
+        assert greedy.json()["error"]["message"] == "n must be 1 when using greedy sampling, got 2."
+        body = complete(c, engine, "several choices", max_tokens=3, n=2, temperature=1.0)
+        assert [choice["index"] for choice in body["choices"]] == [0, 1]
+        assert body["usage"]["completion_tokens"] == 6
+        _, events = sse_events(
+            c,
+            "/v1/chat/completions",
+            {
+                "model": engine.model,
+                "messages": [{"role": "user", "content": "hi"}],
+                "max_tokens": 3,
+                "ignore_eos": True,
+                "n": 2,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            },
+        )
+    chunks = [json.loads(e) for e in events[:-1]]
+    finished = {chunk["choices"][0]["index"] for chunk in chunks[:-1] if chunk["choices"][0]["finish_reason"]}
+    roles = {chunk["choices"][0]["index"] for chunk in chunks[:-1] if "role" in chunk["choices"][0]["delta"]}
+    assert finished == roles == {0, 1}
+    assert chunks[-1]["usage"]["completion_tokens"] == 6

@@ -44,10 +44,23 @@ class SimEngine:
     urls: tuple[str, ...] = ()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _free_ports(count: int) -> int:
+    """First of ``count`` consecutive free loopback ports (replica i replays on port + i)."""
+    for _ in range(100):
+        with socket.socket() as first:
+            first.bind(("127.0.0.1", 0))
+            base = first.getsockname()[1]
+            if base + count > 65535:
+                continue
+            try:
+                with contextlib.ExitStack() as stack:
+                    for port in range(base + 1, base + count):
+                        sock = stack.enter_context(socket.socket())
+                        sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return base
+    raise RuntimeError(f"no {count} consecutive free ports")
 
 
 def _healthy(client: httpx.Client, url: str) -> bool:
@@ -69,7 +82,7 @@ def sim_engine(
         (runtime / name / "adapter_config.json").write_text("{}")
         lora_dirs[name] = runtime / name
     events = f"ipc://{runtime / 'kv-events.ipc'}"
-    replay = f"tcp://127.0.0.1:{_free_port()}"
+    replay = f"tcp://127.0.0.1:{_free_ports(replicas)}"
     argv = [
         sys.executable, "-m", "brixmesh.engine_sim", "serve", str(ASSETS),
         "--host", "127.0.0.1", "--port", "0", "--served-model-name", MODEL_NAME,

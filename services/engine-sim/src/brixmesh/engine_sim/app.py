@@ -115,43 +115,48 @@ class EngineApp:
             "tp_size": 1,
         }
 
-    def _build_request(
+    def _build_requests(
         self,
         params: GenerationParams,
         prompt_ids: list[int],
         adapter: str | None,
         path: str | None,
         lora_id: int | None,
-    ) -> SimRequest:
+    ) -> list[SimRequest]:
+        """One engine request per choice; choice i samples with seed + i (choice 0 equals an n=1 request)."""
         tok = self.r.tokenizer
         max_tokens = self._check_length(prompt_ids, params.max_tokens)
+        if params.kv_transfer_params and params.kv_transfer_params.get("do_remote_decode"):
+            max_tokens = 1
         remote, transfer = self._pd_fields(params, len(prompt_ids))
-        engine = self.r.engine
-        return SimRequest(
-            request_id=new_id("req"),
-            prompt_token_ids=prompt_ids,
-            max_tokens=1
-            if params.kv_transfer_params and params.kv_transfer_params.get("do_remote_decode")
-            else max_tokens,
-            tokens=TokenStream(
-                prompt_ids,
-                tok.vocab_size,
-                self.first_regular_id,
-                tok.eos_token_id,
-                self.r.config.eos_probability,
-                params.seed if params.seed is not None else self.r.config.seed,
-                adapter,
-            ),
-            arrival_time=engine.now(),
-            ignore_eos=params.ignore_eos,
-            eos_token_id=tok.eos_token_id,
-            lora_name=adapter,
-            lora_path=path,
-            lora_int_id=lora_id,
-            cache_salt=params.cache_salt,
-            remote_prefill=remote,
-            ready_time=engine.now() + transfer,
-        )
+        now = self.r.engine.now()
+        seed = params.seed if params.seed is not None else self.r.config.seed
+        return [
+            SimRequest(
+                request_id=new_id("req"),
+                prompt_token_ids=prompt_ids,
+                max_tokens=max_tokens,
+                tokens=TokenStream(
+                    prompt_ids,
+                    tok.vocab_size,
+                    self.first_regular_id,
+                    tok.eos_token_id,
+                    self.r.config.eos_probability,
+                    seed + i,
+                    adapter,
+                ),
+                arrival_time=now,
+                ignore_eos=params.ignore_eos,
+                eos_token_id=tok.eos_token_id,
+                lora_name=adapter,
+                lora_path=path,
+                lora_int_id=lora_id,
+                cache_salt=params.cache_salt,
+                remote_prefill=remote,
+                ready_time=now + transfer,
+            )
+            for i in range(params.n)
+        ]
 
     async def _generate(self, http: Request, chat: bool) -> Response:
         try:
@@ -166,7 +171,7 @@ class EngineApp:
             else:
                 prompt = completion_prompt(body)
                 prompt_ids = list(prompt) if isinstance(prompt, list) else tok.encode(prompt)
-            request = self._build_request(params, prompt_ids, adapter, path, lora_id)
+            requests = self._build_requests(params, prompt_ids, adapter, path, lora_id)
         except ApiError as exc:
             return exc.response()
         rid = new_id("chatcmpl" if chat else "cmpl")
@@ -174,46 +179,52 @@ class EngineApp:
         updated = asyncio.Event()
         engine = self.r.engine
         if params.stream:
-            request.on_update = lambda _: updated.set()
-            engine.submit(request)
+            for request in requests:
+                request.on_update = lambda _: updated.set()
+                engine.submit(request)
             return StreamingResponse(
-                self._stream(request, updated, params, rid, created, model, chat),
+                self._stream(requests, updated, params, rid, created, model, chat),
                 media_type="text/event-stream; charset=utf-8",
             )
         # Without streaming only the end matters: don't wake the handler for every token.
-        request.on_update = lambda r: updated.set() if r.is_finished else None
-        engine.submit(request)
+        for request in requests:
+            request.on_update = lambda r: updated.set() if r.is_finished else None
+            engine.submit(request)
         try:
-            while not request.is_finished:
+            while not all(r.is_finished for r in requests):
                 await updated.wait()
                 updated.clear()
         finally:
-            if not request.is_finished:
-                engine.abort(request)
-        text = tok.decode(request.output_token_ids)
-        if text.endswith("\ufffd"):
-            # Streaming never emits a trailing incomplete character; keep both forms identical.
-            decoder = tok.incremental_decoder()
-            text = "".join([decoder.push(t) for t in request.output_token_ids])
-        if params.echo and not chat:
-            text = tok.decode(request.prompt_token_ids) + text
+            for request in requests:
+                if not request.is_finished:
+                    engine.abort(request)
+        texts = [self._final_text(r, params.echo and not chat) for r in requests]
         builder = chat_body if chat else completion_body
         payload = builder(
             rid,
             created,
             model,
-            request,
-            text,
+            requests,
+            texts,
             self.r.fingerprint,
             self.r.config.enable_prompt_tokens_details,
-            self._response_kv_params(params, request),
+            self._response_kv_params(params, requests[0]),
             params.return_token_ids,
         )
         return Response(payload, 200, media_type="application/json")
 
+    def _final_text(self, request: SimRequest, echo: bool) -> str:
+        tok = self.r.tokenizer
+        text = tok.decode(request.output_token_ids)
+        if text.endswith("\ufffd"):
+            # Streaming never emits a trailing incomplete character; keep both forms identical.
+            decoder = tok.incremental_decoder()
+            text = "".join([decoder.push(t) for t in request.output_token_ids])
+        return tok.decode(request.prompt_token_ids) + text if echo else text
+
     async def _stream(
         self,
-        request: SimRequest,
+        requests: list[SimRequest],
         updated: asyncio.Event,
         params: GenerationParams,
         rid: str,
@@ -231,45 +242,53 @@ class EngineApp:
             self.r.fingerprint,
             params.continuous_usage_stats,
             self.r.config.enable_prompt_tokens_details,
+            requests,
         )
-        decoder = self.r.tokenizer.incremental_decoder()
-        sent = 0
+        decoders = [self.r.tokenizer.incremental_decoder() for _ in requests]
+        sent = [0] * len(requests)
+        done = [False] * len(requests)
         stalled = False
         try:
             if chat:
-                yield writer.role_chunk(request)
-            while True:
+                for index in range(len(requests)):
+                    yield writer.role_chunk(index)
+            while not all(done):
                 await updated.wait()
                 updated.clear()
-                tokens = request.output_token_ids
-                finished = request.is_finished
-                end = len(tokens)
-                while sent < end:
-                    token = tokens[sent]
-                    sent += 1
-                    last = finished and sent == end
-                    if faults.disconnect_after_tokens is not None and sent > faults.disconnect_after_tokens:
-                        return
-                    if (
-                        not stalled
-                        and faults.stall_after_tokens is not None
-                        and sent > faults.stall_after_tokens
-                        and faults.stall_seconds > 0
-                    ):
-                        stalled = True
-                        await asyncio.sleep(faults.stall_seconds)
-                    text = decoder.push(token)
-                    yield writer.delta_chunk(
-                        request, text, last, self._response_kv_params(params, request) if last else None
-                    )
-                if finished:
-                    break
+                for index, request in enumerate(requests):
+                    if done[index]:
+                        continue
+                    tokens = request.output_token_ids
+                    finished = request.is_finished
+                    end = len(tokens)
+                    while sent[index] < end:
+                        token = tokens[sent[index]]
+                        sent[index] += 1
+                        last = finished and sent[index] == end
+                        count = sent[index]
+                        if (
+                            faults.disconnect_after_tokens is not None
+                            and count > faults.disconnect_after_tokens
+                        ):
+                            return
+                        if (
+                            not stalled
+                            and faults.stall_after_tokens is not None
+                            and count > faults.stall_after_tokens
+                            and faults.stall_seconds > 0
+                        ):
+                            stalled = True
+                            await asyncio.sleep(faults.stall_seconds)
+                        kv_params = self._response_kv_params(params, request) if last else None
+                        yield writer.delta_chunk(index, decoders[index].push(token), last, kv_params)
+                    done[index] = finished
             if params.include_usage:
-                yield writer.usage_chunk(request)
+                yield writer.usage_chunk()
             yield SSE_DONE
         finally:
-            if not request.is_finished:
-                engine.abort(request)
+            for request in requests:
+                if not request.is_finished:
+                    engine.abort(request)
 
     # ----- routes --------------------------------------------------------------------------------
 

@@ -75,6 +75,7 @@ def _optional_int(body: dict[str, Any], name: str, minimum: int) -> int | None:
 @dataclass(slots=True)
 class GenerationParams:
     model: str | None
+    n: int
     stream: bool
     include_usage: bool
     continuous_usage_stats: bool
@@ -103,9 +104,9 @@ def generation_params(body: dict[str, Any], chat: bool) -> GenerationParams:
             max_tokens = max_completion
     elif max_tokens is None and "max_tokens" not in body:
         max_tokens = 16  # OpenAI's completions default, which vLLM keeps
-    n = body.get("n", 1)
-    if n not in (1, None):
-        raise bad_request("The simulator supports only n=1.", "n")
+    n = _optional_int(body, "n", 1) or 1
+    if n > 1 and body.get("temperature") == 0:
+        raise ApiError(400, f"n must be 1 when using greedy sampling, got {n}.", "BadRequestError")
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise invalid_field("model", "Input should be a valid string")
@@ -120,6 +121,7 @@ def generation_params(body: dict[str, Any], chat: bool) -> GenerationParams:
         raise invalid_field("seed", "Input should be a valid integer")
     return GenerationParams(
         model=model,
+        n=n,
         stream=stream,
         include_usage=bool(options.get("include_usage")),
         continuous_usage_stats=bool(options.get("continuous_usage_stats")),

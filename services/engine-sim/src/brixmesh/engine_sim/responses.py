@@ -1,47 +1,60 @@
-"""Response bodies and SSE chunks in vLLM 0.32's shapes."""
+"""Response bodies and SSE chunks in vLLM 0.32's shapes (key for key, checked by tests/conformance).
+
+A request with ``n`` choices is ``n`` engine requests sharing one prompt; ``requests[i]`` is choice ``i``.
+"""
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
 from brixmesh.engine_sim.request import SimRequest
 
 _ENCODE = msgspec.json.encode
+SSE_DONE = b"data: [DONE]\n\n"
 
 
 def new_id(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(8)}"
 
 
-def usage(request: SimRequest, with_details: bool) -> dict[str, Any]:
+def sse(payload: dict[str, Any]) -> bytes:
+    return b"data: " + _ENCODE(payload) + b"\n\n"
+
+
+def _counts(requests: Sequence[SimRequest]) -> tuple[int, int]:
+    return requests[0].num_prompt_tokens, sum(r.num_output_tokens for r in requests)
+
+
+def _cached(requests: Sequence[SimRequest]) -> dict[str, int]:
+    return {"cached_tokens": max(requests[0].num_cached_tokens, 0)}
+
+
+def usage(requests: Sequence[SimRequest], with_details: bool) -> dict[str, Any]:
     """Usage of a non-streamed response."""
-    prompt = request.num_prompt_tokens
-    out = request.num_output_tokens
-    details = {"cached_tokens": max(request.num_cached_tokens, 0)} if with_details else None
+    prompt, out = _counts(requests)
     return {
         "prompt_tokens": prompt,
         "total_tokens": prompt + out,
         "completion_tokens": out,
-        "prompt_tokens_details": details,
+        "prompt_tokens_details": _cached(requests) if with_details else None,
         "completion_tokens_details": None,
     }
 
 
-def stream_usage(request: SimRequest, with_details: bool) -> dict[str, Any]:
+def stream_usage(requests: Sequence[SimRequest], with_details: bool) -> dict[str, Any]:
     """Usage of the final ``include_usage`` chunk: no ``completion_tokens_details``, details only when enabled."""
-    prompt = request.num_prompt_tokens
-    out = request.num_output_tokens
+    prompt, out = _counts(requests)
     body: dict[str, Any] = {"prompt_tokens": prompt, "total_tokens": prompt + out, "completion_tokens": out}
     if with_details:
-        body["prompt_tokens_details"] = {"cached_tokens": max(request.num_cached_tokens, 0)}
+        body["prompt_tokens_details"] = _cached(requests)
     return body
 
 
-def _continuous_usage(request: SimRequest) -> dict[str, Any]:
-    prompt = request.num_prompt_tokens
-    out = request.num_output_tokens
+def _continuous_usage(requests: Sequence[SimRequest]) -> dict[str, Any]:
+    prompt, out = _counts(requests)
     return {
         "prompt_tokens": prompt,
         "total_tokens": prompt + out,
@@ -54,34 +67,37 @@ def completion_body(
     rid: str,
     created: int,
     model: str,
-    request: SimRequest,
-    text: str,
+    requests: Sequence[SimRequest],
+    texts: Sequence[str],
     fingerprint: str,
     with_details: bool,
     kv_transfer_params: dict[str, Any] | None,
     return_token_ids: bool,
 ) -> bytes:
-    choice = {
-        "index": 0,
-        "text": text,
-        "logprobs": None,
-        "finish_reason": request.finish_reason,
-        "stop_reason": request.stop_reason,
-        "token_ids": list(request.output_token_ids) if return_token_ids else None,
-        "prompt_logprobs": None,
-        "prompt_token_ids": list(request.prompt_token_ids) if return_token_ids else None,
-        "routed_experts": None,
-    }
+    choices = [
+        {
+            "index": i,
+            "text": text,
+            "logprobs": None,
+            "finish_reason": request.finish_reason,
+            "stop_reason": request.stop_reason,
+            "token_ids": list(request.output_token_ids) if return_token_ids else None,
+            "prompt_logprobs": None,
+            "prompt_token_ids": list(request.prompt_token_ids) if return_token_ids else None,
+            "routed_experts": None,
+        }
+        for i, (request, text) in enumerate(zip(requests, texts, strict=True))
+    ]
     return _ENCODE(
         {
             "id": rid,
             "object": "text_completion",
             "created": created,
             "model": model,
-            "choices": [choice],
+            "choices": choices,
             "service_tier": None,
             "system_fingerprint": fingerprint,
-            "usage": usage(request, with_details),
+            "usage": usage(requests, with_details),
             "kv_transfer_params": kv_transfer_params,
             "ec_transfer_params": None,
             "metrics": None,
@@ -93,43 +109,45 @@ def chat_body(
     rid: str,
     created: int,
     model: str,
-    request: SimRequest,
-    text: str,
+    requests: Sequence[SimRequest],
+    texts: Sequence[str],
     fingerprint: str,
     with_details: bool,
     kv_transfer_params: dict[str, Any] | None,
     return_token_ids: bool,
 ) -> bytes:
-    message = {
-        "role": "assistant",
-        "content": text,
-        "refusal": None,
-        "annotations": None,
-        "audio": None,
-        "function_call": None,
-        "reasoning": None,
-    }
-    choice = {
-        "index": 0,
-        "message": message,
-        "logprobs": None,
-        "finish_reason": request.finish_reason,
-        "stop_reason": request.stop_reason,
-        "token_ids": list(request.output_token_ids) if return_token_ids else None,
-        "routed_experts": None,
-    }
+    choices = [
+        {
+            "index": i,
+            "message": {
+                "role": "assistant",
+                "content": text,
+                "refusal": None,
+                "annotations": None,
+                "audio": None,
+                "function_call": None,
+                "reasoning": None,
+            },
+            "logprobs": None,
+            "finish_reason": request.finish_reason,
+            "stop_reason": request.stop_reason,
+            "token_ids": list(request.output_token_ids) if return_token_ids else None,
+            "routed_experts": None,
+        }
+        for i, (request, text) in enumerate(zip(requests, texts, strict=True))
+    ]
     return _ENCODE(
         {
             "id": rid,
             "object": "chat.completion",
             "created": created,
             "model": model,
-            "choices": [choice],
+            "choices": choices,
             "service_tier": None,
             "system_fingerprint": fingerprint,
-            "usage": usage(request, with_details),
+            "usage": usage(requests, with_details),
             "prompt_logprobs": None,
-            "prompt_token_ids": list(request.prompt_token_ids) if return_token_ids else None,
+            "prompt_token_ids": list(requests[0].prompt_token_ids) if return_token_ids else None,
             "prompt_text": None,
             "kv_transfer_params": kv_transfer_params,
             "ec_transfer_params": None,
@@ -138,15 +156,8 @@ def chat_body(
     )
 
 
-def sse(payload: dict[str, Any]) -> bytes:
-    return b"data: " + _ENCODE(payload) + b"\n\n"
-
-
-SSE_DONE = b"data: [DONE]\n\n"
-
-
 class ChunkWriter:
-    """Builds the SSE events of one streamed completion or chat completion, key for key as vLLM 0.32."""
+    """Builds the SSE events of one streamed completion or chat completion."""
 
     def __init__(
         self,
@@ -157,6 +168,7 @@ class ChunkWriter:
         fingerprint: str,
         continuous_usage: bool,
         with_details: bool,
+        requests: Sequence[SimRequest],
     ) -> None:
         self.rid = rid
         self.created = created
@@ -165,39 +177,41 @@ class ChunkWriter:
         self.fingerprint = fingerprint
         self.continuous_usage = continuous_usage
         self.with_details = with_details
+        self.requests = requests
         self.object = "chat.completion.chunk" if chat else "text_completion"
 
-    def _envelope(self, choices: list[dict[str, Any]], request: SimRequest) -> dict[str, Any]:
+    def _envelope(self, choice: dict[str, Any]) -> dict[str, Any]:
         body: dict[str, Any] = {
             "id": self.rid,
             "object": self.object,
             "created": self.created,
             "model": self.model,
-            "choices": choices,
+            "choices": [choice],
         }
         if self.continuous_usage:
-            body["usage"] = _continuous_usage(request)
+            body["usage"] = _continuous_usage(self.requests)
         return body
 
-    def role_chunk(self, request: SimRequest) -> bytes:
+    def role_chunk(self, index: int) -> bytes:
         choice = {
-            "index": 0,
+            "index": index,
             "delta": {"role": "assistant", "content": ""},
             "logprobs": None,
             "finish_reason": None,
         }
-        body = self._envelope([choice], request)
+        body = self._envelope(choice)
         body["prompt_token_ids"] = None
         body["prompt_text"] = None
         return sse(body)
 
     def delta_chunk(
-        self, request: SimRequest, text: str, finished: bool, kv_transfer_params: dict[str, Any] | None = None
+        self, index: int, text: str, finished: bool, kv_transfer_params: dict[str, Any] | None = None
     ) -> bytes:
+        request = self.requests[index]
         finish_reason = request.finish_reason if finished else None
         if self.chat:
             choice: dict[str, Any] = {
-                "index": 0,
+                "index": index,
                 "delta": {"content": text},
                 "logprobs": None,
                 "finish_reason": finish_reason,
@@ -207,7 +221,7 @@ class ChunkWriter:
             choice["token_ids"] = None
         else:
             choice = {
-                "index": 0,
+                "index": index,
                 "text": text,
                 "logprobs": None,
                 "finish_reason": finish_reason,
@@ -215,19 +229,19 @@ class ChunkWriter:
                 "prompt_token_ids": None,
                 "token_ids": None,
             }
-        body = self._envelope([choice], request)
+        body = self._envelope(choice)
         if finished and kv_transfer_params is not None:
             body["kv_transfer_params"] = kv_transfer_params
         return sse(body)
 
-    def usage_chunk(self, request: SimRequest) -> bytes:
+    def usage_chunk(self) -> bytes:
         body = {
             "id": self.rid,
             "object": self.object,
             "created": self.created,
             "model": self.model,
             "choices": [],
-            "usage": stream_usage(request, self.with_details),
+            "usage": stream_usage(self.requests, self.with_details),
             "system_fingerprint": self.fingerprint,
         }
         return sse(body)
