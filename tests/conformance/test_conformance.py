@@ -600,3 +600,45 @@ def test_n_choices(engine) -> None:
     roles = {chunk["choices"][0]["index"] for chunk in chunks[:-1] if "role" in chunk["choices"][0]["delta"]}
     assert finished == roles == {0, 1}
     assert chunks[-1]["usage"]["completion_tokens"] == 6
+
+
+def test_lora_kv_events_carry_the_adapter_and_recompute(engine, request: pytest.FixtureRequest) -> None:
+    from brixmesh.engine_sim.hashing import BlockHasher
+
+    name = f"kvlora-{request.node.callspec.id}-{os.urandom(2).hex()}"
+    path = str(engine.lora_dirs["lora-b"])
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt_string(zmq.SUBSCRIBE, engine.topic)
+    sub.connect(engine.kv_events_endpoint)
+    try:
+        with client(engine) as c:
+            assert (
+                c.post("/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path}).status_code
+                == 200
+            )
+            try:
+                time.sleep(0.5)
+                prompt = f"{os.urandom(6).hex()} " + "adapters have their own cache lines " * 10
+                ids = tokenize(c, engine, prompt=prompt)
+                complete(c, engine, prompt, max_tokens=1, model=name)
+            finally:
+                c.post("/v1/unload_lora_adapter", json={"lora_name": name})
+        hasher = BlockHasher("sha256", seed="0", use_int_hashes=True)
+        expected = [
+            hasher.external(d)
+            for d in hasher.hash_blocks(ids, engine.block_size, lora_name=name, lora_path=path)
+        ]
+        stored: list[dict[str, Any]] = []
+        deadline = time.monotonic() + EVENT_WAIT_S
+        while sum(len(e["block_hashes"]) for e in stored) < len(expected):
+            assert sub.poll(int(max(0.0, deadline - time.monotonic()) * 1000)), "no LoRA KV events in time"
+            _, events = _decode(sub.recv_multipart(), engine.topic)
+            stored += [e for e in events if e["type"] == "BlockStored" and e["lora_name"] == name]
+    finally:
+        sub.close()
+        ctx.term()
+    assert all(isinstance(e["lora_id"], int) and e["lora_id"] >= 1 for e in stored)
+    assert all(extra == [name] for e in stored for extra in e["extra_keys"])
+    assert [h for e in stored for h in e["block_hashes"]] == expected
