@@ -19,12 +19,13 @@ import zmq
 
 from brixmesh.common.bus import Bus
 from brixmesh.common.messages import PodInfo
+from brixmesh.common.ports import free_port
 from brixmesh.common.servers import NatsServer
 from brixmesh.kv_index.discovery import PodFollower
 from brixmesh.router.kv.follower import IndexFollower
 from brixmesh.router.kv.index import PrefixIndex
 from brixmesh.router.kv.tokenizer import LocalTokenizer
-from tests.engine_sim.sim_engine import ASSETS, BLOCK_SIZE, MODEL_NAME, SimEngine, _free_port, sim_engine
+from tests.engine_sim.sim_engine import ASSETS, BLOCK_SIZE, MODEL_NAME, SimEngine, sim_engine
 
 POD = "sim-0"
 PROMPTS = [
@@ -44,7 +45,7 @@ def kv_sim(events: str, replay: str, extra: tuple[str, ...] = ()) -> Iterator[Si
 @pytest.fixture
 def endpoints() -> Iterator[tuple[str, str]]:
     with tempfile.TemporaryDirectory(prefix="bm-kv-") as short:  # ipc paths must stay short
-        yield f"ipc://{short}/events.ipc", f"tcp://127.0.0.1:{_free_port()}"
+        yield f"ipc://{short}/events.ipc", f"tcp://127.0.0.1:{free_port()}"
 
 
 def pod_info(engine_url: str, events: str, replay: str) -> PodInfo:
