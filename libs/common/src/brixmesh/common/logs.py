@@ -40,5 +40,7 @@ def configure_logging(service: str, level: str = "info", fmt: str = "json") -> N
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("uvicorn.access",):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # per-request lines: access logs, and the probes/scrapes services make several times a second
+    quiet = logging.DEBUG if level == "debug" else logging.WARNING
+    for noisy in ("uvicorn.access", "httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(quiet)

@@ -52,9 +52,6 @@ def initial_specs(settings: OrchestratorSettings) -> list[DeploymentSpec]:
 
 def build_service(settings: OrchestratorSettings) -> Service:
     service = Service("orchestrator", settings)
-    if settings.log_level != "debug":
-        # Readiness probes and drain polls are one httpx request each, several a second.
-        logging.getLogger("httpx").setLevel(logging.WARNING)
     backend = LocalBackend(settings.state_dir)
     orchestrator = Orchestrator(
         backend,
