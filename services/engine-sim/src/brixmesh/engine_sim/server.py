@@ -66,7 +66,13 @@ def start_replica(
     replica = Replica(config, tokenizer)
     app = build_app(replica)
     uv_config = uvicorn.Config(
-        app, log_level=log_level, access_log=False, lifespan="off", http="httptools", timeout_keep_alive=30
+        app,
+        log_level=log_level,
+        access_log=False,
+        lifespan="off",
+        http="httptools",
+        timeout_keep_alive=30,
+        timeout_graceful_shutdown=2,
     )
     return RunningReplica(replica, _QuietServer(uv_config), sock)
 
