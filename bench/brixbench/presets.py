@@ -50,8 +50,10 @@ def multi_turn_case(source: TextSource, *, engines: int = 8, sessions: int = 48,
 
 
 def quick_cases(source: TextSource) -> list[WorkloadCase]:
-    return [shared_prefix_case(source, groups=16, per_group=8, qps=80.0),
-            multi_turn_case(source, sessions=40)]
+    return [shared_prefix_case(source, groups=16, per_group=8, system_len=4096, question_len=256, output_len=32,
+                               qps=250.0, time_scale=8.0),
+            multi_turn_case(source, sessions=32, turn_len_mean=800, turn_len_std=250, output_len=16,
+                            session_qps=48.0, time_scale=8.0)]
 
 
 def full_cases(source: TextSource) -> list[WorkloadCase]:

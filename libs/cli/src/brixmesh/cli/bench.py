@@ -60,7 +60,7 @@ def _print_tables(result: Any, report_mod: ModuleType) -> None:
     for case in result.cases:
         table = Table(title=f"{case.name}: {case.description}", title_justify="left")
         for column in report_mod.TABLE_COLUMNS:
-            table.add_column(column)
+            table.add_column(column, no_wrap=column in ("contender", "router CPU"))
         for row in report_mod.table_rows(result.for_workload(case.name), case.fleet.time_scale):
             table.add_row(*row)
         console.print(table)
