@@ -212,3 +212,52 @@ async def test_bad_payloads_are_counted_and_skipped(fresh_nats_server: NatsServe
     finally:
         pub.close(linger=0)
         context.term()
+
+
+async def test_chunked_snapshot_and_a_restarted_bridge(
+    fresh_nats_server: NatsServer, endpoints: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from brixmesh.kv_index import pod_stream
+
+    monkeypatch.setattr(pod_stream, "_SNAPSHOT_PART_BYTES", 1024)  # a few blocks per part
+    events, replay = endpoints
+    with kv_sim(events, replay) as engine:
+        async with router_index(fresh_nats_server) as router:
+            async with bridge(fresh_nats_server) as follower:
+                await follower.follow(pod_info(engine.base_url, events, replay))
+                for prompt in PROMPTS:
+                    await complete(engine, prompt)
+                await eventually(in_sync(follower, router.index))
+                stream = follower.stream(POD)
+                assert stream is not None
+                await stream.snapshot()
+                await asyncio.sleep(0.5)  # events of the last decode steps may still come
+                await eventually(in_sync(follower, router.index))
+                held = stream.blocks.engine_hashes()
+            async with router_index(fresh_nats_server) as restarted:
+                assert restarted.stats.snapshots_loaded == 1
+                assert restarted.stats.snapshot_blocks > 1024 // (48 + 3 * BLOCK_SIZE)  # it came in several parts
+                assert restarted.index.engine_hashes(POD) == held
+
+            # A new bridge starts a new epoch: routers clear the pod, then get its state again from replay.
+            async with bridge(fresh_nats_server) as follower:
+                await follower.follow(pod_info(engine.base_url, events, replay))
+                await complete(engine, f"again {PROMPTS[0]}")
+                await eventually(in_sync(follower, router.index))
+                assert router.index.engine_hashes(POD) >= held
+                assert router.index.counters.clears >= 2
+
+
+async def test_remote_tokenize_fallback_is_cached(endpoints: tuple[str, str]) -> None:
+    from brixmesh.router.kv.tokenizer import PromptTokenizer
+
+    events, replay = endpoints
+    with kv_sim(events, replay) as engine:
+        tokenizer = PromptTokenizer({}, lambda model: engine.base_url if model == MODEL_NAME else None)
+        messages = [{"role": "user", "content": PROMPTS[0]}]
+        first = await tokenizer.tokens(MODEL_NAME, messages=messages)
+        again = await tokenizer.tokens(MODEL_NAME, messages=messages)
+        assert first == again == LocalTokenizer(ASSETS).encode_chat(messages)
+        assert await tokenizer.tokens(MODEL_NAME, prompt=PROMPTS[1]) == LocalTokenizer(ASSETS).encode_prompt(PROMPTS[1])
+        assert tokenizer.remote_calls == 2
+        assert await tokenizer.tokens("unknown-model", prompt="x") is None

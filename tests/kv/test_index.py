@@ -131,3 +131,22 @@ def test_capture_index_equals_stored_not_removed() -> None:
                             del held[h]
     assert index.engine_hashes("pod") == set(held)
     assert index.counters.orphan_blocks == 0
+
+
+def test_snapshot_assembler_keeps_the_newest_complete_snapshot() -> None:
+    from brixmesh.common.messages import KvSnapshot
+    from brixmesh.router.kv.follower import SnapshotAssembler
+
+    def part(snapshot_id: int, number: int, parts: int, engine_seq: int) -> KvSnapshot:
+        return KvSnapshot("a", "m", 1, engine_seq, snapshot_id, number, parts, 0.0, [stored([number], PROMPT[:4])])
+
+    assembler = SnapshotAssembler()
+    assembler.add(part(1, 0, 2, 10))
+    assert "a" not in assembler.complete
+    assembler.add(part(1, 1, 2, 10))
+    assert [p.part for p in assembler.complete["a"]] == [0, 1]
+    assembler.add(part(2, 0, 3, 20))  # newer, but never completed
+    assembler.add(part(2, 2, 3, 20))
+    assert assembler.complete["a"][0].snapshot_id == 1
+    assembler.add(part(3, 0, 1, 30))
+    assert assembler.complete["a"][0].snapshot_id == 3
