@@ -160,7 +160,7 @@ def sinusoid_rate(low: float, high: float, period: float) -> Callable[[float], f
 
 
 async def run_one(urls: list[str], strategy: str, trace: str, rate_at: Callable[[float], float], duration: float,
-                  event_at: float, startup_s: float, seed: int) -> RunResult:  # fmt: skip
+                  event_at: float, startup_s: float, seed: int, verbose: bool = False) -> RunResult:  # fmt: skip
     rng = random.Random(seed)
     fleet, routers = Fleet(), RouterSignals()
     bench = BenchFleet(urls=urls, startup_s=startup_s, fleet=fleet)
@@ -233,6 +233,8 @@ async def run_one(urls: list[str], strategy: str, trace: str, rate_at: Callable[
                     decision = policy.evaluate(observe(policy.spec, fleet, routers, now, max_metrics_age_s=2.0))
                     if decision is not None:
                         decisions.append((now - t0, decision))
+                        if verbose:
+                            print(f"  {now - t0:6.2f}s {decision.reason} [{decision.window_state}]", file=sys.stderr)
                         bench.apply(decision, now)
                 await asyncio.sleep(0.05)
 
@@ -264,6 +266,15 @@ async def run_one(urls: list[str], strategy: str, trace: str, rate_at: Callable[
                      failures, replica_seconds, p50, p90)  # fmt: skip
 
 
+async def warm_up(urls: list[str], seconds: float = 5.0) -> None:
+    """Load every engine briefly so the first strategy does not pay for cold connections and caches."""
+    body = {"model": MODEL, "prompt": "benchmark the autoscaler", "max_tokens": MAX_TOKENS}
+    async with httpx.AsyncClient(timeout=60) as client:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            await asyncio.gather(*(client.post(f"{url}/v1/completions", json=body) for url in urls))
+
+
 def print_table(results: list[RunResult]) -> None:
     print(f"SLO: request done within {SLO_S:g} s; windows stable 24 s / panic 3 s; scale-down cooldown 10 s")
     print("1st decision: first scale-up after the step (step) or the start (sinusoid); converge: step = last change")
@@ -283,19 +294,22 @@ async def main() -> None:
     parser.add_argument("--replicas", type=int, default=6, help="engine pool = max replicas")
     parser.add_argument("--startup", type=float, default=1.0, help="s from scale-up decision to a ready pod")
     parser.add_argument("--strategies", default="hpa,kpa,apa")
+    parser.add_argument("--verbose", action="store_true", help="print every decision's reason")
     args = parser.parse_args()
     step_at, step_len = (5.0, 20.0) if args.quick else (10.0, 40.0)
     period = 30.0 if args.quick else 60.0
     light, heavy = 2.0, 20.0
     results = []
     with engines(args.replicas) as urls:
+        await warm_up(urls)
         for strategy in args.strategies.split(","):
             for trace in ("step", "sinusoid"):
                 if trace == "step":
                     rate, duration, event_at = step_rate(light, heavy, step_at), step_at + step_len, step_at
                 else:
                     rate, duration, event_at = sinusoid_rate(light, heavy, period), period, 0.0
-                result = await run_one(urls, strategy, trace, rate, duration, event_at, args.startup, seed=7)
+                result = await run_one(urls, strategy, trace, rate, duration, event_at, args.startup, seed=7,
+                                      verbose=args.verbose)
                 print(f"{trace:<9}{strategy:<5} done: {result.decisions} decisions, SLO {result.slo_attainment:.1%}",
                       file=sys.stderr, flush=True)  # fmt: skip
                 results.append(result)

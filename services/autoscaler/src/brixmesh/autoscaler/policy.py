@@ -56,7 +56,7 @@ class AutoscalerPolicy:
             self.panic.add(obs.ts, raw)
         stable_mean = self.stable.mean(obs.ts) or 0.0
         panic_mean = self.panic.mean(obs.ts) or 0.0
-        desired = self._algorithm(current, raw, stable_mean, panic_mean, obs.ts)
+        desired, basis = self._algorithm(current, raw, stable_mean, panic_mean, obs.ts)
         if from_zero:
             desired = max(desired, 1)
         desired = algorithms.bound(current, desired, spec.bounds)
@@ -83,35 +83,40 @@ class AutoscalerPolicy:
             current_replicas=current,
             desired_replicas=desired,
             algorithm=spec.strategy,
-            reason=self._reason(current, desired, raws, from_zero),
+            reason=self._reason(current, desired, raws, basis, from_zero),
             metrics=metrics,
             window_state=self._window_state(obs.ts),
             ts=obs.ts,
         )
 
-    def _algorithm(self, current: int, raw: float, stable_mean: float, panic_mean: float, now: float) -> int:
+    def _algorithm(self, current: int, raw: float, stable_mean: float, panic_mean: float, now: float) -> tuple[int, str]:
+        """The desired count and the signal it was read from (for the reason)."""
         spec = self.spec
         if spec.strategy == "hpa":
-            return algorithms.hpa(current, raw, self.stable.max(now) or 0.0, spec.tolerance)
+            return algorithms.hpa(current, raw, self.stable.max(now) or 0.0, spec.tolerance), f"latest {raw:.2f}"
         if spec.strategy == "kpa":
-            return algorithms.kpa(
+            desired = algorithms.kpa(
                 current, stable_mean, panic_mean, now, self.kpa_state,
                 panic_threshold=spec.panic_threshold, stable_window_s=spec.stable_window_s, tolerance=spec.tolerance,
             )  # fmt: skip
-        return algorithms.apa(current, panic_mean, spec.tolerance)
+            if self.kpa_state.panicking:
+                return desired, f"panic mean {panic_mean:.2f}"
+            return desired, f"stable mean {stable_mean:.2f}"
+        return algorithms.apa(current, panic_mean, spec.tolerance), f"window mean {panic_mean:.2f}"
 
-    def _reason(self, current: int, desired: int, raws: dict[str, float], from_zero: bool) -> str:
+    def _reason(self, current: int, desired: int, raws: dict[str, float], basis: str, from_zero: bool) -> str:
         if from_zero:
             return f"scale from zero: routers hold requests for {self.spec.model or self.spec.deployment}"
         direction = "up" if desired > current else "down"
-        if raws:
-            key, value = max(raws.items(), key=lambda kv: kv[1])
-            target = next(m.target for m in self.spec.metrics if m.key == key)
-            signal = f"{key} total {value * target:.3g} / target {target:g} = {value:.2f} replicas"
-        else:
-            signal = "no load"
         mode = " (panic)" if self.spec.strategy == "kpa" and self.kpa_state.panicking else ""
-        return f"scale {direction} {current}->{desired} by {self.spec.strategy}{mode}: {signal}"
+        if not raws:
+            return f"scale {direction} {current}->{desired} by {self.spec.strategy}{mode}: no load"
+        key, value = max(raws.items(), key=lambda kv: kv[1])
+        target = next(m.target for m in self.spec.metrics if m.key == key)
+        return (
+            f"scale {direction} {current}->{desired} by {self.spec.strategy}{mode}: {basis} replicas; "
+            f"now {key} {value * target:.3g} / target {target:g} = {value:.2f}"
+        )
 
     def _window_state(self, now: float) -> str:
         parts = [f"stable={len(self.stable)}/{self.spec.stable_window_s:g}s", f"panic={len(self.panic)}/{self.spec.panic_window_s:g}s"]
