@@ -15,7 +15,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True, slots=True)
 class OpenLoop:
     offsets: tuple[float, ...]
-    """Non-decreasing start times, one per job, in modelled seconds."""
+    """Start times, one per job (the i-th job starts at ``offsets[i]``), in modelled seconds."""
     label: str = "open"
 
 
@@ -164,10 +164,10 @@ def sinusoid(preset_name: str, mean_qps: float, duration_s: float, seed: int = 0
 
 
 def trace(offsets_s: Sequence[float], speedup: float = 1.0) -> OpenLoop:
-    """Replay recorded arrival times (rebased to start at 0), ``speedup`` times faster."""
+    """Replay recorded arrival times (rebased to start at 0, order kept), ``speedup`` times faster."""
     if not speedup > 0:
         raise ValueError("trace speedup must be > 0")
     if not offsets_s:
         return OpenLoop((), "trace")
     first = min(offsets_s)
-    return OpenLoop(tuple(sorted((t - first) / speedup for t in offsets_s)), f"trace x{speedup:g}")
+    return OpenLoop(tuple((t - first) / speedup for t in offsets_s), f"trace x{speedup:g}")

@@ -174,11 +174,9 @@ class LoadClient:
 
                 await asyncio.gather(*(worker() for _ in range(arrivals.concurrency)))
             else:
-                if len(arrivals.offsets) < len(jobs) and not all(j.at_s is not None for j in jobs):
-                    jobs = jobs[: len(arrivals.offsets)]
+                # each job at its own offset; a schedule shorter than the job list ends the run early
                 tasks = []
-                for index, job in enumerate(jobs):
-                    offset = job.at_s if job.at_s is not None else arrivals.offsets[index]
+                for offset, job in sorted(zip(arrivals.offsets, jobs), key=lambda pair: pair[0]):
                     delay = t0 + offset * self.time_scale - time.monotonic()
                     if delay > 0:
                         await asyncio.sleep(delay)

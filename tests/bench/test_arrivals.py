@@ -58,7 +58,7 @@ def test_sinusoid_arrivals_average_the_mean_rate():
 
 
 def test_trace_rebases_and_speeds_up():
-    assert arrivals.trace([10.0, 12.0, 11.0], speedup=2.0).offsets == (0.0, 0.5, 1.0)
+    assert arrivals.trace([10.0, 12.0, 11.0], speedup=2.0).offsets == (0.0, 1.0, 0.5)
 
 
 def test_invalid_rates_are_refused():

@@ -134,6 +134,69 @@ def compare(
 
 
 @bench_app.command()
+def run(
+    url: Annotated[str, typer.Option(help="OpenAI base URL to load (a router, or one engine).")],
+    model: Annotated[str, typer.Option(help="Model name to request.")],
+    workload: Annotated[str, typer.Option(help="shared-prefix[:G:P:SYS:Q:OUT], llmd[:SCALE], "
+                                               "multi-turn[:N:MEAN:STD:OUT], sharegpt[:N], mooncake:PATH[:LIMIT]")]
+    = "shared-prefix:16:8:2048:128:64",
+    arrival: Annotated[str, typer.Option(help="poisson:RATE, gamma:RATE:CV, closed:N, ladder[:QPS_X:TIME_X], "
+                                              "sinusoid:PRESET:MEAN:SECONDS, trace[:SPEEDUP]")] = "poisson:10",
+    engine_url: Annotated[list[str] | None, typer.Option(
+        "--engine-url", help="Engine to scrape for hit rate, queue and preemptions (repeat).")] = None,
+    header: Annotated[list[str] | None, typer.Option(help="Extra request header NAME:VALUE (repeat).")] = None,
+    time_scale: Annotated[float, typer.Option(help="Divide wall times by this (simulated engines).")] = 1.0,
+    slo_ttft_ms: Annotated[float | None, typer.Option(help="Goodput SLO on TTFT.")] = None,
+    slo_tpot_ms: Annotated[float | None, typer.Option(help="Goodput SLO on TPOT.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the workload and the arrivals.")] = 0,
+    out: Out = None,
+) -> None:
+    """Run one workload against any OpenAI endpoint and report it."""
+    specs = brixbench("specs")
+    client_mod = brixbench("client")
+    compare_mod = brixbench("compare")
+    report_mod = brixbench("report")
+    fleet_mod = brixbench("fleet")
+    stats = brixbench("stats")
+    text = brixbench("text")
+    if time_scale <= 0:
+        raise fail("--time-scale must be > 0")
+    headers = {}
+    for item in header or []:
+        name, sep, value = item.partition(":")
+        if not sep or not name.strip():
+            raise fail(f"--header {item!r}: use NAME:VALUE")
+        headers[name.strip()] = value.strip()
+    source = text.TextSource(text.single_token_words(fleet_mod.TOKENIZER_DIR / "tokenizer.json"))
+    try:
+        jobs = specs.parse_workload(workload, source, seed)
+        schedule = specs.parse_arrivals(arrival, jobs, seed)
+    except specs.SpecError as exc:
+        raise fail(str(exc)) from None
+    slo = stats.Slo(ttft_s=slo_ttft_ms / 1000 if slo_ttft_ms else None,
+                    tpot_s=slo_tpot_ms / 1000 if slo_tpot_ms else None)
+    progress, advance = _progress(sum(len(job.turns) for job in jobs))
+    client = client_mod.LoadClient(model, time_scale=time_scale, headers=headers)
+    try:
+        if progress:
+            progress.start()
+        result = asyncio.run(client.run(jobs, schedule, client_mod.FixedTarget(url.rstrip("/")),
+                                        engine_urls=engine_url or [], slo=slo, on_request_done=advance))
+    finally:
+        if progress:
+            progress.stop()
+    fleet = fleet_mod.FleetSpec(engines=len(engine_url or []), model=model, time_scale=time_scale)
+    case = compare_mod.WorkloadCase(workload, jobs, schedule, fleet, slo, f"{workload}, {schedule.label}, {url}")
+    compared = compare_mod.CompareResult([case], [compare_mod.ContenderRun(url, workload, "ok", result=result)])
+    report = report_mod.write_report(compared, _out_dir(out, "run"), f"brixmesh bench run: {url}")
+    _print_tables(compared, report_mod)
+    console.print(f"report: {report}")
+    if result.summary.succeeded == 0:
+        first = next((r.error for r in result.records if r.error), "no request was sent")
+        raise fail(f"no request succeeded: {first}")
+
+
+@bench_app.command()
 def llmd(
     quick: Annotated[bool, typer.Option("--quick", help="A shorter ladder.")] = False,
     scale: Annotated[float, typer.Option(help="Length and KV-capacity scale of the 150 x 5 set.")] = 0.1,
