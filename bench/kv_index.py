@@ -7,12 +7,18 @@
 2. **Lookup**: own-hash an 8192-token prompt and match it against an index of 8 pods x 20k blocks where
    two pods hold the whole prompt and three a part; p50/p99 over many runs (block sizes 16 and 32).
    Target p99 <= 200 us.
-3. **Lag**: full path, three processes and a real nats-server: a fake engine (the simulator's ZMQ
-   publisher) emits 50k block events/s (steps of 25 events at 2000 steps/s), the kv-index bridge
+3. **Lag**: full path, three processes and a real nats-server: a fake engine (vLLM's wire format on a
+   ZMQ PUB) emits 50k block events/s (steps of 25 events at 2000 steps/s), the kv-index bridge
    (``PodFollower``) follows it into JetStream, and a router-side ``IndexFollower`` here applies the
    batches; lag = index apply time - engine step time. Target p99 <= 20 ms.
 
-Usage: ``.venv/bin/python bench/kv_index.py [--quick]``. Prints one line per measurement.
+   The lag is split by stage (engine -> bridge receive; engine -> stored in JetStream, from the stream's
+   timestamp) and printed with the router's event-loop wake-up delay and GC pauses: on a shared 2-core box
+   the tail is scheduler stalls, and this shows where they fall.
+
+Usage: ``.venv/bin/python bench/kv_index.py [--quick] [--only ingest|lookup|lag]``. Prints one line per
+measurement. ``BENCH_TIMELINE=1`` adds the worst lag per 250 ms; ``BENCH_CORE=1`` also times the same batches
+on a plain core-NATS subscription (is the JetStream consumer adding delay?).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import uvloop
 from brixmesh.common.bus import Bus
 from brixmesh.common.kv_streams import events_stream, snapshots_stream
 from brixmesh.common.messages import KvBlockRemoved, KvBlockStored, KvEventBatch, PodInfo
@@ -145,29 +152,35 @@ def _q(samples: list[float], q: float) -> str:
 
 
 def role_engine(endpoint: str, seconds: float, steps_per_s: int, events_per_step: int) -> None:
-    from brixmesh.engine_sim.kv_event_types import BlockStored
-    from brixmesh.engine_sim.kv_events import ZmqKvEventPublisher
-    from brixmesh.engine_sim.kv_events_config import KvEventsConfig
+    """A fake engine that costs little CPU: vLLM's wire format (map-encoded ``BlockStored``), one PUB socket
+    bound on ``endpoint``, token lists from a pool, fresh hashes every step."""
+    import zmq
+    from brixmesh.engine_sim.kv_event_types import BlockStored, EventBatch
 
-    publisher = ZmqKvEventPublisher(KvEventsConfig(True, "zmq", endpoint, None, 100_000, 100_000, 100_000, "kv"))
-    time.sleep(1.5)  # let the bridge's SUB join
+    context = zmq.Context()
+    pub = context.socket(zmq.PUB)
+    pub.setsockopt(zmq.SNDHWM, 100_000)
+    pub.bind(endpoint)
+    encoder = msgspec.msgpack.Encoder()
     rng = random.Random(5)
+    pool = [[rng.randrange(32000) for _ in range(BLOCK)] for _ in range(512)]
+    time.sleep(1.5)  # let the bridge's SUB join
     next_hash = 1
     started = time.monotonic()
     step = 0
     while time.monotonic() - started < seconds:
-        events = []
-        for _ in range(events_per_step):
-            events.append(BlockStored([next_hash], None, [rng.randrange(32000) for _ in range(BLOCK)], BLOCK, None,
-                                      "GPU", None))  # fmt: skip
-            next_hash += 1
-        publisher.publish(events)
+        events = [BlockStored([next_hash + i], None, pool[(next_hash + i) % 512], BLOCK, None, "GPU", None)
+                  for i in range(events_per_step)]  # fmt: skip
+        next_hash += events_per_step
+        payload = encoder.encode(EventBatch(time.time(), events, 0))
+        pub.send_multipart((b"kv", step.to_bytes(8, "big"), payload))
         step += 1
         delay = started + step / steps_per_s - time.monotonic()
         if delay > 0:
             time.sleep(delay)
-    publisher.drain(10)
-    publisher.close()
+    time.sleep(0.5)
+    pub.close(linger=1000)
+    context.term()
     print(json.dumps({"steps": step, "events": step * events_per_step, "cpu_s": time.process_time()}), flush=True)
 
 
@@ -223,6 +236,11 @@ async def bench_lag(quick: bool) -> None:
                 await apply_message(msg)
 
             follower._on_message = timed  # type: ignore[method-assign]
+            core_lags: list[float] = []
+            if os.environ.get("BENCH_CORE"):
+                async def on_core(msg: Any) -> None:
+                    core_lags.append(time.time() - decoder.decode(msg.data).ts)
+                await bus.client.subscribe("kv.events.>", cb=on_core)
             await follower.start()
             env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
             bridge = subprocess.Popen([sys.executable, __file__, "--role", "bridge", "--nats", nats.url,
@@ -232,11 +250,32 @@ async def bench_lag(quick: bool) -> None:
             engine = subprocess.Popen([sys.executable, __file__, "--role", "engine", "--endpoint", endpoint,
                                        "--seconds", str(seconds), "--steps", str(steps_per_s),
                                        "--events", str(events_per_step)], stdout=subprocess.PIPE, env=env)  # fmt: skip
+            loop_delays: list[float] = []
+
+            async def probe() -> None:  # how late the event loop wakes a 1 ms sleeper
+                while True:
+                    before = time.perf_counter()
+                    await asyncio.sleep(0.001)
+                    loop_delays.append(time.perf_counter() - before - 0.001)
+
+            prober = asyncio.get_running_loop().create_task(probe())
+            gc_pauses: list[tuple[int, float]] = []
+            gc_started = [0.0]
+
+            def on_gc(phase: str, info: dict[str, int]) -> None:
+                if phase == "start":
+                    gc_started[0] = time.perf_counter()
+                else:
+                    gc_pauses.append((info["generation"], time.perf_counter() - gc_started[0]))
+
+            gc.callbacks.append(on_gc)
             cpu0 = time.process_time()
             engine_out = (await asyncio.to_thread(engine.communicate))[0]
             await asyncio.sleep(3.0)
             cpu = time.process_time() - cpu0
             bridge_out = (await asyncio.to_thread(bridge.communicate))[0]
+            prober.cancel()
+            gc.callbacks.remove(on_gc)
             await follower.stop()
             await bus.close()
         finally:
@@ -251,7 +290,7 @@ async def bench_lag(quick: bool) -> None:
           f"({events_per_step} per step): p50 {statistics.median(steady) * 1e3:.1f} ms, "
           f"p99 {sorted(steady)[int(0.99 * len(steady))] * 1e3:.1f} ms, max {max(steady) * 1e3:.1f} ms  "
           f"target p99 <= 20 ms")  # fmt: skip
-    print(f"  of which engine -> bridge (engine publisher thread, ZMQ, bridge decode): p50 "
+    print(f"  of which engine -> bridge (ZMQ, bridge decode): p50 "
           f"{bridged['receive_p50'] * 1e3:.1f} ms, p99 {bridged['receive_p99'] * 1e3:.1f} ms")
     stored = sorted(stored_lags[len(stored_lags) // 10 :])
     print(f"  engine -> stored in JetStream: p50 {stored[len(stored) // 2] * 1e3:.1f} ms, "
@@ -262,6 +301,17 @@ async def bench_lag(quick: bool) -> None:
         for at, lag in zip(arrivals, lags):
             windows[int((at - t0) * 4)] = max(windows.get(int((at - t0) * 4), 0.0), lag)
         print("  max lag per 250 ms:", " ".join(f"{windows[k] * 1e3:.0f}" for k in sorted(windows)))
+    delays = sorted(loop_delays)
+    print(f"  router event loop wake-up delay: p50 {delays[len(delays) // 2] * 1e3:.1f} ms, "
+          f"p99 {delays[int(0.99 * len(delays))] * 1e3:.1f} ms, max {delays[-1] * 1e3:.1f} ms")
+    if gc_pauses:
+        worst = max(gc_pauses, key=lambda item: item[1])
+        print(f"  router GC: {len(gc_pauses)} collections, {sum(p for _, p in gc_pauses) * 1e3:.0f} ms in all, "
+              f"longest {worst[1] * 1e3:.1f} ms (generation {worst[0]})")
+    if core_lags:
+        core = sorted(core_lags)
+        print(f"  same messages on a core NATS subscription: p50 {core[len(core) // 2] * 1e3:.1f} ms, "
+              f"p99 {core[int(0.99 * len(core))] * 1e3:.1f} ms")
     over = sum(1 for lag in steady if lag > 0.02) / len(steady)
     print(f"  {over:.1%} of batches over 20 ms; machine load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(f"  engine sent {sent['events']:,} events; bridge decoded {bridged['events']:,} into "
@@ -293,7 +343,7 @@ def main() -> None:
     if args.only in (None, "lookup"):
         bench_lookup(args.quick)
     if args.only in (None, "lag"):
-        asyncio.run(bench_lag(args.quick))
+        uvloop.run(bench_lag(args.quick))  # as the services run
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from itertools import groupby
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -28,7 +29,6 @@ SPECULATIVE_MEDIUM = "speculative"
 MEDIUM_WEIGHTS = {"GPU": 1.0, "CPU": 0.8, "CPU_PINNED": 0.8, SPECULATIVE_MEDIUM.upper(): 1.0}
 OTHER_MEDIUM_WEIGHT = 0.5
 SPECULATIVE_TTL_S = 2.0
-_START = object()
 
 
 def adapter_key(lora_name: str | None, lora_id: int | None) -> str | None:
@@ -310,22 +310,13 @@ class PrefixIndex:
         blocks: dict[str, int] = {}
         weight: dict[str, float] = {}
         step: dict[str, float] = {}
-        """pods that held the previous block -> what that block weighed for them"""
-        last_where: object = _START
-        repeats = 0
+        """pods that held the previous run -> what one of its blocks weighs for them"""
         first = True
-        for where in map(self._holders.get, hashes):
-            if where is last_where:
-                # Same holders as the previous block (the common case along a chain): the same pods advance.
-                repeats += 1
-                continue
+        # Blocks along one cached chain share one interned holder set, so the walk goes run by run, and
+        # groupby finds the runs in C (comparing identical objects costs nothing).
+        for where, run in groupby(map(self._holders.get, hashes)):
             if where is None:
                 break
-            if repeats:
-                for pod, value in step.items():
-                    blocks[pod] += repeats
-                    weight[pod] += repeats * value
-                repeats = 0
             best: dict[str, float] = {}
             for location in where:
                 pod = location_pod[location]
@@ -335,16 +326,12 @@ class PrefixIndex:
                         best[pod] = value
             if not best:
                 break
+            length = len(list(run))
             for pod, value in best.items():
-                blocks[pod] = blocks.get(pod, 0) + 1
-                weight[pod] = weight.get(pod, 0.0) + value
+                blocks[pod] = blocks.get(pod, 0) + length
+                weight[pod] = weight.get(pod, 0.0) + length * value
             step = best
-            last_where = where
             first = False
-        if repeats:
-            for pod, value in step.items():
-                blocks[pod] += repeats
-                weight[pod] += repeats * value
         return {pod: PodMatch(count, weight[pod], block_size) for pod, count in blocks.items()}
 
     def add_speculative(self, pod: str, hashes: Sequence[int]) -> None:
