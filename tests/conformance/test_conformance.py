@@ -642,3 +642,29 @@ def test_lora_kv_events_carry_the_adapter_and_recompute(engine, request: pytest.
     assert all(isinstance(e["lora_id"], int) and e["lora_id"] >= 1 for e in stored)
     assert all(extra == [name] for e in stored for extra in e["extra_keys"])
     assert [h for e in stored for h in e["block_hashes"]] == expected
+
+
+def test_reset_prefix_cache_announces_all_blocks_cleared(engine) -> None:
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt_string(zmq.SUBSCRIBE, engine.topic)
+    sub.connect(engine.kv_events_endpoint)
+    try:
+        time.sleep(0.5)
+        with client(engine) as c:
+            reset = c.post("/reset_prefix_cache")
+            assert reset.status_code == 200
+            assert reset.json() == {"success": True}
+            # vLLM publishes the clear lazily, with the next engine step
+            complete(c, engine, f"{os.urandom(4).hex()} after the reset", max_tokens=1)
+        kinds: list[str] = []
+        deadline = time.monotonic() + EVENT_WAIT_S
+        while "AllBlocksCleared" not in kinds:
+            assert sub.poll(int(max(0.0, deadline - time.monotonic()) * 1000)), (
+                f"no AllBlocksCleared: {kinds}"
+            )
+            kinds += [event["type"] for event in _decode(sub.recv_multipart(), engine.topic)[1]]
+    finally:
+        sub.close()
+        ctx.term()
