@@ -261,3 +261,24 @@ async def test_remote_tokenize_fallback_is_cached(endpoints: tuple[str, str]) ->
         assert await tokenizer.tokens(MODEL_NAME, prompt=PROMPTS[1]) == LocalTokenizer(ASSETS).encode_prompt(PROMPTS[1])
         assert tokenizer.remote_calls == 2
         assert await tokenizer.tokens("unknown-model", prompt="x") is None
+
+
+async def test_adapter_blocks_live_in_their_own_namespace(
+    fresh_nats_server: NatsServer, endpoints: tuple[str, str]
+) -> None:
+    events, replay = endpoints
+    with kv_sim(events, replay) as engine:
+        async with httpx.AsyncClient() as client:
+            loaded = await client.post(f"{engine.base_url}/v1/load_lora_adapter",
+                                       json={"lora_name": "lora-a", "lora_path": str(engine.lora_dirs["lora-a"])})  # fmt: skip
+            assert loaded.status_code == 200, loaded.text
+            response = await client.post(f"{engine.base_url}/v1/completions",
+                                         json={"model": "lora-a", "prompt": PROMPTS[0], "max_tokens": 2})  # fmt: skip
+            assert response.status_code == 200, response.text
+        async with bridge(fresh_nats_server) as follower, router_index(fresh_nats_server) as router:
+            await follower.follow(pod_info(engine.base_url, events, replay))  # replays the history from seq 0
+            await eventually(in_sync(follower, router.index))
+            tokens = LocalTokenizer(ASSETS).encode_prompt(PROMPTS[0])
+            for adapter, expected in (("lora-a", True), (None, False), ("lora-b", False)):
+                hashes = router.index.prompt_hashes(tokens, BLOCK_SIZE, MODEL_NAME, adapter)
+                assert (POD in router.index.match(hashes, BLOCK_SIZE)) is expected, adapter

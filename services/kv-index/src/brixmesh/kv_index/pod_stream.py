@@ -4,7 +4,7 @@ Flow per message: sequence check (:mod:`.sequencer`) -> replay what is missing -
 bad payloads are counted and skipped) -> the pod's block state (:mod:`.pod_blocks`, for snapshots) -> one
 ``KvEventBatch`` per burst on ``kv.events.<model>.<pod>``. A stream (re)start gets a new ``epoch`` and begins
 with ``KvAllCleared``: after an engine restart, or when this bridge starts following a pod, the pod's old
-entries must go. Every ``snapshot_interval_s`` the pod's blocks are published to ``kv.snapshots.<model>.<pod>``,
+entries must go; a new follower then replays the engine's buffer from seq 0. Every ``snapshot_interval_s`` the pod's blocks are published to ``kv.snapshots.<model>.<pod>``,
 superseded snapshots are purged, and events older than the previous snapshot are purged from ``KV_EVENTS``.
 """
 
@@ -99,7 +99,7 @@ class PodStream:
     # --- the loop ---------------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        await self.flush()  # the fresh epoch's clear, even before the engine says anything
+        await self.catch_up()
         while True:
             timeout = max(0.0, self._next_snapshot - time.monotonic())
             frames = await self.source.receive(timeout)
@@ -115,6 +115,18 @@ class PodStream:
                 await self.flush()
             if time.monotonic() >= self._next_snapshot:
                 await self.snapshot()
+
+    async def catch_up(self) -> None:
+        """Start of a stream: the fresh epoch's clear, then whatever the engine's replay buffer still holds
+        (an idle engine may send nothing live for a long time, yet its cache is full)."""
+        for seq, payload in await self.source.replay(0, self.replay_timeout_s) or ():
+            if self.tracker.next_seq is None or seq == self.tracker.next_seq:
+                try:
+                    self._take(seq, decode_payload(payload))
+                except PayloadError:
+                    self._take(seq, None)
+                self.stats.replayed += 1
+        await self.flush()
 
     async def handle(self, frames: list[bytes]) -> None:
         """One ZMQ message: sequence check, replay of what is missing, decode into the pending batch."""
