@@ -10,7 +10,6 @@ import json
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
 
 import httpx
 import msgspec
