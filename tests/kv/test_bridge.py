@@ -281,3 +281,33 @@ async def test_adapter_blocks_live_in_their_own_namespace(
             for adapter, expected in (("lora-a", True), (None, False), ("lora-b", False)):
                 hashes = router.index.prompt_hashes(tokens, BLOCK_SIZE, MODEL_NAME, adapter)
                 assert (POD in router.index.match(hashes, BLOCK_SIZE)) is expected, adapter
+
+
+async def test_discovery_from_pods_list_then_removal_clears_the_pod(
+    fresh_nats_server: NatsServer, endpoints: tuple[str, str]
+) -> None:
+    from brixmesh.common.messages import PodEvent, PodList, PodListRequest, PodStatus
+    from brixmesh.common.subjects import PODS, PODS_LIST
+
+    events, replay = endpoints
+    with kv_sim(events, replay) as engine:
+        await complete(engine, PROMPTS[0])
+        info = pod_info(engine.base_url, events, replay)
+        orchestrator = await Bus.connect(fresh_nats_server.url, name="orchestrator")
+        listing = PodList(pods=[PodStatus(pod=info, phase="ready", ready=True, created_at=0.0, phase_since=0.0)],
+                          ts=time.time())  # fmt: skip
+        await orchestrator.serve(PODS_LIST.template, PodListRequest, lambda _subject, _request: listing)
+        try:
+            async with bridge(fresh_nats_server) as follower, router_index(fresh_nats_server) as router:
+                kv_bus = await Bus.connect(fresh_nats_server.url, name="kv-index-discovery")
+                try:
+                    await follower.attach(kv_bus)
+                    assert follower.pods == [POD]
+                    await eventually(in_sync(follower, router.index))
+                    await orchestrator.publish(PODS.format(kind="removed", deployment="d", pod=POD),
+                                               PodEvent(kind="removed", pod=info, ts=time.time()))  # fmt: skip
+                    await eventually(lambda: follower.pods == [] and router.index.pod_blocks(POD) == 0)
+                finally:
+                    await kv_bus.close()
+        finally:
+            await orchestrator.close()
