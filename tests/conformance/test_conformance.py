@@ -668,3 +668,21 @@ def test_reset_prefix_cache_announces_all_blocks_cleared(engine) -> None:
     finally:
         sub.close()
         ctx.term()
+
+
+def test_stop_strings_and_stop_token_ids(engine) -> None:
+    with client(engine) as c:
+        plain = complete(c, engine, "stop me somewhere", max_tokens=20, return_token_ids=True)
+        text = plain["choices"][0]["text"]
+        ids = plain["choices"][0]["token_ids"]
+        assert len(ids) == 20
+        stop = text[len(text) // 2 : len(text) // 2 + 2]
+        stopped = complete(c, engine, "stop me somewhere", max_tokens=20, stop=[stop])
+        choice = stopped["choices"][0]
+        assert choice["finish_reason"] == "stop" and choice["stop_reason"] == stop
+        assert choice["text"] == text[: text.find(stop)]
+        position = next(i for i in range(3, 20) if ids[i] not in ids[:i])
+        by_id = complete(c, engine, "stop me somewhere", max_tokens=20, stop_token_ids=[ids[position]])
+        assert by_id["choices"][0]["finish_reason"] == "stop"
+        assert by_id["choices"][0]["stop_reason"] == ids[position]
+        assert by_id["usage"]["completion_tokens"] == position + 1

@@ -23,6 +23,7 @@ from brixmesh.engine_sim.replica import VLLM_VERSION, Replica
 from brixmesh.engine_sim.request import SimRequest
 from brixmesh.engine_sim.responses import SSE_DONE, ChunkWriter, chat_body, completion_body, new_id
 from brixmesh.engine_sim.textgen import TokenStream
+from brixmesh.engine_sim.tokenizer import StopStringMatcher
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -154,6 +155,13 @@ class EngineApp:
                 cache_salt=params.cache_salt,
                 remote_prefill=remote,
                 ready_time=now + transfer,
+                min_tokens=params.min_tokens,
+                stop_token_ids=params.stop_token_ids,
+                stop_text=StopStringMatcher(
+                    tok.incremental_decoder(), params.stop, params.include_stop_str_in_output
+                )
+                if params.stop
+                else None,
             )
             for i in range(params.n)
         ]
@@ -216,7 +224,9 @@ class EngineApp:
     def _final_text(self, request: SimRequest, echo: bool) -> str:
         tok = self.r.tokenizer
         text = tok.decode(request.output_token_ids)
-        if text.endswith("\ufffd"):
+        if isinstance(request.stop_reason, str) and isinstance(request.stop_text, StopStringMatcher):
+            text = request.stop_text.final_text
+        elif text.endswith("\ufffd"):
             # Streaming never emits a trailing incomplete character; keep both forms identical.
             decoder = tok.incremental_decoder()
             text = "".join([decoder.push(t) for t in request.output_token_ids])
@@ -245,6 +255,7 @@ class EngineApp:
             requests,
         )
         decoders = [self.r.tokenizer.incremental_decoder() for _ in requests]
+        emitted = [0] * len(requests)
         sent = [0] * len(requests)
         done = [False] * len(requests)
         stalled = False
@@ -280,7 +291,17 @@ class EngineApp:
                             stalled = True
                             await asyncio.sleep(faults.stall_seconds)
                         kv_params = self._response_kv_params(params, request) if last else None
-                        yield writer.delta_chunk(index, decoders[index].push(token), last, kv_params)
+                        text = decoders[index].push(token)
+                        matcher = request.stop_text
+                        if (
+                            last
+                            and isinstance(request.stop_reason, str)
+                            and isinstance(matcher, StopStringMatcher)
+                        ):
+                            # the stop string (and anything after it) never reaches the client
+                            text = matcher.final_text[emitted[index] :]
+                        emitted[index] += len(text)
+                        yield writer.delta_chunk(index, text, last, kv_params)
                     done[index] = finished
             if params.include_usage:
                 yield writer.usage_chunk()

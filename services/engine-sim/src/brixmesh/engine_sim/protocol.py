@@ -76,6 +76,10 @@ def _optional_int(body: dict[str, Any], name: str, minimum: int) -> int | None:
 class GenerationParams:
     model: str | None
     n: int
+    stop: list[str]
+    stop_token_ids: frozenset[int]
+    min_tokens: int
+    include_stop_str_in_output: bool
     stream: bool
     include_usage: bool
     continuous_usage_stats: bool
@@ -122,6 +126,10 @@ def generation_params(body: dict[str, Any], chat: bool) -> GenerationParams:
     return GenerationParams(
         model=model,
         n=n,
+        stop=_stop_strings(body),
+        stop_token_ids=_stop_token_ids(body),
+        min_tokens=_optional_int(body, "min_tokens", 0) or 0,
+        include_stop_str_in_output=bool(body.get("include_stop_str_in_output", False)),
         stream=stream,
         include_usage=bool(options.get("include_usage")),
         continuous_usage_stats=bool(options.get("continuous_usage_stats")),
@@ -133,6 +141,24 @@ def generation_params(body: dict[str, Any], chat: bool) -> GenerationParams:
         return_token_ids=bool(body.get("return_token_ids", False)),
         echo=bool(body.get("echo", False)),
     )
+
+
+def _stop_strings(body: dict[str, Any]) -> list[str]:
+    stop = body.get("stop")
+    if stop is None:
+        return []
+    if isinstance(stop, str):
+        stop = [stop]
+    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+        raise invalid_field("stop", "Input should be a valid string or list of strings")
+    return [s for s in stop if s]
+
+
+def _stop_token_ids(body: dict[str, Any]) -> frozenset[int]:
+    ids = body.get("stop_token_ids") or []
+    if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise invalid_field("stop_token_ids", "Input should be a valid list of integers")
+    return frozenset(ids)
 
 
 def completion_prompt(body: dict[str, Any]) -> str | list[int]:

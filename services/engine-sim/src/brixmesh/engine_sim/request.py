@@ -5,9 +5,15 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Protocol
 
 from brixmesh.engine_sim.textgen import TokenStream
+
+
+class StopStrings(Protocol):
+    """Watches generated text; ``push`` returns the stop string the new token completed, if any."""
+
+    def push(self, token_id: int) -> str | None: ...
 
 
 class Status(enum.IntEnum):
@@ -33,9 +39,11 @@ class SimRequest:
     # P/D: prompt KV arriving from a prefill engine; the request is schedulable from ``ready_time`` on.
     remote_prefill: bool = False
     ready_time: float = 0.0
+    min_tokens: int = 0
+    stop_token_ids: frozenset[int] = frozenset()
+    stop_text: StopStrings | None = None
     # Called by the engine after every step that produced a token or finished the request.
     on_update: Callable[[SimRequest], None] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     all_token_ids: list[int] = field(init=False)
     output_token_ids: list[int] = field(default_factory=list, init=False)

@@ -240,9 +240,18 @@ class Scheduler:
         return result
 
     def _stop_reason(self, request: SimRequest, token: int) -> str | None:
-        if not request.ignore_eos and request.eos_token_id is not None and token == request.eos_token_id:
-            request.stop_reason = None
-            return "stop"
+        if request.num_output_tokens >= request.min_tokens:
+            if not request.ignore_eos and request.eos_token_id is not None and token == request.eos_token_id:
+                request.stop_reason = None
+                return "stop"
+            if token in request.stop_token_ids:
+                request.stop_reason = token
+                return "stop"
+            if request.stop_text is not None:
+                matched = request.stop_text.push(token)
+                if matched is not None:
+                    request.stop_reason = matched
+                    return "stop"
         if request.num_output_tokens >= request.max_tokens:
             return "length"
         if request.num_tokens >= self.limits.max_model_len:

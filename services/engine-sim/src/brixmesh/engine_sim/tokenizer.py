@@ -101,3 +101,37 @@ class SimTokenizer:
 
     def incremental_decoder(self) -> IncrementalDecoder:
         return IncrementalDecoder(self._tok, [])
+
+
+class StopStringMatcher:
+    """Finds the first stop string in the generated text, as vLLM checks ``stop`` after each token."""
+
+    def __init__(
+        self, decoder: IncrementalDecoder, stops: list[str], include_in_output: bool = False
+    ) -> None:
+        self._decoder = decoder
+        self._stops = stops
+        self._longest = max(len(s) for s in stops)
+        self._include = include_in_output
+        self.text = ""
+        self.cut: int | None = None
+
+    def push(self, token_id: int) -> str | None:
+        delta = self._decoder.push(token_id)
+        if not delta:
+            return None
+        search_from = max(0, len(self.text) - self._longest + 1)
+        self.text += delta
+        found: tuple[int, str] | None = None
+        for stop in self._stops:
+            at = self.text.find(stop, search_from)
+            if at >= 0 and (found is None or at < found[0]):
+                found = (at, stop)
+        if found is None:
+            return None
+        self.cut = found[0] + (len(found[1]) if self._include else 0)
+        return found[1]
+
+    @property
+    def final_text(self) -> str:
+        return self.text if self.cut is None else self.text[: self.cut]
