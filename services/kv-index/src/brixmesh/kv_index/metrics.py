@@ -18,6 +18,7 @@ _COUNTERS = {
     "restarts": "Engine restarts detected (sequence reset)",
     "snapshots": "Per-pod snapshots published",
     "publish_errors": "JetStream publishes or purges that failed",
+    "resyncs": "Pod states re-published in full after a lost batch",
 }
 
 

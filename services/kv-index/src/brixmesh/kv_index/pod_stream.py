@@ -19,7 +19,7 @@ import msgspec
 from nats.js.api import PubAck
 from nats.js.client import JetStreamContext
 
-from brixmesh.common.messages import KvAllCleared, KvEvent, KvEventBatch, KvSnapshot, PodInfo
+from brixmesh.common.messages import KvAllCleared, KvBlockStored, KvEvent, KvEventBatch, KvSnapshot, PodInfo
 from brixmesh.common.subjects import KV_EVENTS, KV_EVENTS_STREAM, KV_SNAPSHOTS, KV_SNAPSHOTS_STREAM
 
 from brixmesh.kv_index.decode import DecodedBatch, PayloadError, decode_payload
@@ -52,6 +52,8 @@ class BridgeStats:
     restarts: int = 0
     snapshots: int = 0
     publish_errors: int = 0
+    resyncs: int = 0
+    """Times a pod's whole state was re-published after a lost batch."""
 
 
 class PodStream:
@@ -87,6 +89,7 @@ class PodStream:
         self._dirty = False
         self._next_snapshot = time.monotonic() + snapshot_interval_s
         self._in_flight: set[asyncio.Future[PubAck]] = set()
+        self._resync = False
         self.new_epoch()
 
     def new_epoch(self) -> None:
@@ -187,7 +190,10 @@ class PodStream:
         self.stats.events += len(decoded.events)
 
     async def flush(self) -> None:
-        """Publish what is pending as one batch (waits for the JetStream ack: its sequence feeds purging)."""
+        """Publish what is pending as one batch. After a publish was lost, the pod's whole state goes out first,
+        in a new epoch, so routers converge again."""
+        if self._resync:
+            await self._republish_state()
         if not self._pending and not self._clear_pending:
             return
         events = self._pending
@@ -200,24 +206,39 @@ class PodStream:
         self._clear_pending = False
         self.blocks.apply(events)
         self._dirty = True
-        msg_id = f"{self.info.pod}:{self.epoch}:{seq}:{len(events)}"
         self._last_published_seq = seq
+        await self._publish(batch, f"{self.info.pod}:{self.epoch}:{seq}:{len(events)}")
+
+    async def _republish_state(self) -> None:
+        self._resync = False
+        self.epoch = max(time.time_ns(), self.epoch + 1)
+        self.stats.resyncs += 1
+        for number, part in enumerate(_parts(self.blocks.snapshot_events())):
+            events = [KvAllCleared(), *part] if number == 0 else part
+            batch = KvEventBatch(self.info.pod, self.info.model, self._last_published_seq, time.time(), events, self.epoch)
+            await self._publish(batch, f"{self.info.pod}:{self.epoch}:resync:{number}")
+
+    async def _publish(self, batch: KvEventBatch, msg_id: str) -> None:
         try:
             # Not waiting for the ack here keeps a burst flowing; acks are collected by _acked, in order.
             future = await self.js.publish_async(
                 self.events_subject, _encoder.encode(batch), headers={"Nats-Msg-Id": msg_id}, wait_stall=_STALL_S
             )
-        except Exception:  # NATS away: the batch is lost for routers; they catch up with the next snapshot
-            self.stats.publish_errors += 1
+        except Exception:
+            self._lost()
             log.warning("kv batch publish failed", extra={"pod": self.info.pod}, exc_info=True)
             return
         self._in_flight.add(future)
         future.add_done_callback(self._acked)
 
+    def _lost(self) -> None:
+        self.stats.publish_errors += 1
+        self._resync = True
+
     def _acked(self, future: asyncio.Future[PubAck]) -> None:
         self._in_flight.discard(future)
         if future.cancelled() or future.exception() is not None:
-            self.stats.publish_errors += 1
+            self._lost()
             return
         self._last_stream_seq = max(self._last_stream_seq, future.result().seq)
         self.stats.batches_published += 1
@@ -241,10 +262,7 @@ class PodStream:
             self.stats.publish_errors += 1
             log.warning("kv snapshot skipped: batch acks missing", extra={"pod": self.info.pod})
             return
-        blocks = self.blocks.snapshot_events()
-        per_block = 48 + 3 * (blocks[0].block_size if blocks else 1)
-        per_part = max(1, _SNAPSHOT_PART_BYTES // per_block)
-        parts = [blocks[i : i + per_part] for i in range(0, len(blocks), per_part)] or [[]]
+        parts = _parts(self.blocks.snapshot_events())
         snapshot_id = time.time_ns()
         first_seq = 0
         cut_stream_seq = self._last_stream_seq
@@ -291,6 +309,14 @@ class PodStream:
         except Exception:
             self.stats.publish_errors += 1
             log.warning("kv purge of removed pod failed", extra={"pod": self.info.pod}, exc_info=True)
+
+
+def _parts(blocks: list[KvBlockStored]) -> list[list[KvBlockStored]]:
+    """Blocks cut into messages of about ``_SNAPSHOT_PART_BYTES`` (NATS payloads are capped at 1 MiB);
+    always at least one part."""
+    per_block = 48 + 3 * (blocks[0].block_size if blocks else 1)
+    per_part = max(1, _SNAPSHOT_PART_BYTES // per_block)
+    return [blocks[i : i + per_part] for i in range(0, len(blocks), per_part)] or [[]]
 
 
 async def run_forever(stream: PodStream) -> None:
