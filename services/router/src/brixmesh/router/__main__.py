@@ -1,11 +1,14 @@
-from brixmesh.common.service import service_main
+"""The OpenAI-compatible gateway: discovers pods, keeps a global prefix index, routes each request."""
 
-from brixmesh.router.app import build_service
+from brixmesh.common.settings import load_or_exit
+
+from brixmesh.router.app import build_router
+from brixmesh.router.serve import run
 from brixmesh.router.settings import RouterSettings
 
 
 def main() -> None:
-    service_main("router", RouterSettings, build_service)
+    run(build_router(load_or_exit(RouterSettings, "brixmesh-router")))
 
 
 if __name__ == "__main__":

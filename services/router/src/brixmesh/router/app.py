@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from dataclasses import dataclass
 
 from brixmesh.common.service import Service
 from brixmesh.common.subjects import ROUTER_STATS
@@ -30,7 +31,22 @@ from brixmesh.router.stats import StatsCollector
 from brixmesh.router.sync import RoutingSync
 
 
+@dataclass(frozen=True)
+class RouterApp:
+    service: Service
+    gateway: Gateway
+
+    @property
+    def asgi(self) -> OpenAIRoutes:
+        """What to serve: ``/v1/*`` straight to the gateway, the rest (and the lifespan) to the service app."""
+        return OpenAIRoutes(self.service.app, self.gateway)
+
+
 def build_service(settings: RouterSettings) -> Service:
+    return build_router(settings).service
+
+
+def build_router(settings: RouterSettings) -> RouterApp:
     service = Service("router", settings)
     env = RoutingEnv(load=LoadTracker(settings.inflight_ttl_s), prefix_block_chars=settings.prefix_block_chars)
     registry = default_registry(env)
@@ -61,10 +77,9 @@ def build_service(settings: RouterSettings) -> Service:
         limiter=RateLimiter(settings.redis_url, settings.rpm_limit, settings.tpm_limit, settings.limits_policy,
                             service.registry),
     )
-    service.app.add_middleware(OpenAIRoutes, gateway=gateway)
+    service.app.add_middleware(OpenAIRoutes, gateway=gateway)  # /v1/* also when the service app is served alone
 
     async def start(svc: Service) -> None:
-        await gateway.start()
         await subscribe_pods(svc.bus, pods)
         await sync.start(svc.bus)
         await load_pod_list(svc.bus, pods)
@@ -76,7 +91,7 @@ def build_service(settings: RouterSettings) -> Service:
 
     service.on_start(start)
     service.on_stop(stop)
-    return service
+    return RouterApp(service, gateway)
 
 
 async def _publish_stats(service: Service, stats: StatsCollector, env: RoutingEnv, interval_s: float) -> None:

@@ -19,7 +19,6 @@ import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-import aiohttp
 import msgspec
 
 from brixmesh.router.discovery.pod_table import PodTable
@@ -33,7 +32,14 @@ from brixmesh.router.routing.registry import Strategy
 from brixmesh.router.settings import RouterSettings
 from brixmesh.router.stats import StatsCollector
 from brixmesh.router.sync import RoutingSync
-from brixmesh.router.upstream import StreamUsage, new_session, usage_of_body
+from brixmesh.router.upstream import (
+    StreamUsage,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamResponse,
+    UpstreamTimeout,
+    usage_of_body,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +48,6 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 _json = msgspec.json.Encoder()
-_RETRYABLE = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)
 
 
 class _Disconnected(Exception):
@@ -72,17 +77,13 @@ class Gateway:
         self.auth = auth
         self.limiter = limiter
         self.known_models: dict[str, str] = dict.fromkeys(settings.models, "")
-        self._session: aiohttp.ClientSession | None = None
+        self._pool = UpstreamPool(settings.connect_timeout_s, settings.upstream_timeout_s)
         self._background: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> None:
-        self._session = new_session(self.settings.connect_timeout_s, self.settings.upstream_timeout_s)
 
     async def stop(self) -> None:
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
-        if self._session is not None:
-            await self._session.close()
+        self._pool.close()
         await self.limiter.close()
 
     # --- ASGI entry -------------------------------------------------------------------------------------
@@ -212,9 +213,8 @@ class Gateway:
     async def _forward(
         self, ctx: RequestContext, decision: RoutingDecision, raw: bytes, send: Send
     ) -> tuple[bool, Usage | None]:
-        assert self._session is not None
         attempts = decision.ranked[: self.settings.max_retries + 1]
-        upstream_headers = {"content-type": "application/json", "x-request-id": ctx.request_id}
+        extra_headers = b"X-Request-Id: " + ctx.request_id.encode("latin-1") + b"\r\n"
         failure = "no pod answered"
         for attempt, pod in enumerate(attempts):
             last = attempt == len(attempts) - 1
@@ -222,25 +222,22 @@ class Gateway:
             self.sync.routed(ctx.request_id, ctx.model, pod.name, ctx.prefix_hashes)
             usage: Usage | None = None
             status = 502
-            response: aiohttp.ClientResponse | None = None
+            response: UpstreamResponse | None = None
             try:
                 started = time.perf_counter()
                 try:
-                    response = await self._session.post(pod.url + _path(ctx), data=raw, headers=upstream_headers)
+                    response = await self._pool.post(pod.url, _path(ctx), raw, extra_headers)
                     if response.status >= 500 and not last:
                         failure = f"pod {pod.name} answered {response.status}"
                         self.metrics.retries.labels(ctx.model, f"http_{response.status}").inc()
                         continue
-                    streamed = response.headers.get("content-type", "").startswith("text/event-stream")
-                    first = await (response.content.readany() if streamed else response.read())
-                except asyncio.TimeoutError as exc:  # aiohttp's timeouts are TimeoutErrors too
-                    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-                        failure = self._connection_failed(ctx, pod, "connect_timeout")
-                        continue
+                    streamed = response.header(b"content-type").startswith(b"text/event-stream")
+                    first = await (response.next_chunk() if streamed else response.read())
+                except UpstreamTimeout:
                     status = 504
                     raise ApiError(504, f"upstream pod {pod.name} did not answer in time", "timeout") from None
-                except _RETRYABLE as exc:
-                    failure = self._connection_failed(ctx, pod, type(exc).__name__)
+                except UpstreamError as exc:
+                    failure = self._connection_failed(ctx, pod, type(exc).__name__, str(exc))
                     continue
                 self.metrics.ttft_seconds.labels(ctx.model).observe(time.perf_counter() - started)
                 status = response.status
@@ -268,7 +265,7 @@ class Gateway:
         raise ApiError(502, f"upstream failure after {len(attempts)} attempt(s): {failure}", "upstream_error")
 
     async def _relay_stream(
-        self, ctx: RequestContext, decision: RoutingDecision, pod: Endpoint, response: aiohttp.ClientResponse,
+        self, ctx: RequestContext, decision: RoutingDecision, pod: Endpoint, response: UpstreamResponse,
         first: bytes, send: Send,
     ) -> tuple[bool, Usage | None]:
         counter = StreamUsage()
@@ -280,14 +277,14 @@ class Gateway:
         tail = first[-32:]
         reason = ""
         try:
-            async for chunk in response.content.iter_any():
+            while chunk := await response.next_chunk():
                 counter.feed(chunk)
                 tail = (tail + chunk)[-32:]
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             if not tail.rstrip().endswith(b"data: [DONE]"):  # OpenAI streams always end so; this one was cut
                 reason = "ended the stream early"
-        except (asyncio.TimeoutError, *_RETRYABLE) as exc:
-            reason = "timed out" if isinstance(exc, asyncio.TimeoutError) else "lost its connection"
+        except (UpstreamTimeout, UpstreamError) as exc:
+            reason = "timed out" if isinstance(exc, UpstreamTimeout) else "lost its connection"
         if reason:
             self.metrics.stream_errors.labels(ctx.model).inc()
             await send({"type": "http.response.body", "more_body": True,
@@ -296,16 +293,16 @@ class Gateway:
         await send({"type": "http.response.body", "body": b""})
         return ok, counter.result(ctx.estimated_prompt_tokens())
 
-    def _connection_failed(self, ctx: RequestContext, pod: Endpoint, reason: str) -> str:
+    def _connection_failed(self, ctx: RequestContext, pod: Endpoint, reason: str, detail: str) -> str:
         pod.unhealthy_until = time.monotonic() + self.settings.unhealthy_s
         self.metrics.retries.labels(ctx.model, reason).inc()
-        return f"pod {pod.name}: {reason}"
+        return f"pod {pod.name}: {detail}"
 
     def _headers(
-        self, response: aiohttp.ClientResponse, ctx: RequestContext, decision: RoutingDecision, pod: Endpoint
+        self, response: UpstreamResponse, ctx: RequestContext, decision: RoutingDecision, pod: Endpoint
     ) -> list[tuple[bytes, bytes]]:
         return [
-            (b"content-type", response.headers.get("content-type", "application/json").encode("latin-1")),
+            (b"content-type", response.header(b"content-type", b"application/json")),
             (b"x-request-id", ctx.request_id.encode("latin-1")),
             (b"x-brixmesh-pod", pod.name.encode("latin-1")),
             (b"x-brixmesh-strategy", decision.strategy.name.encode("latin-1")),
