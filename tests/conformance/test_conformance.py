@@ -686,3 +686,45 @@ def test_stop_strings_and_stop_token_ids(engine) -> None:
         assert by_id["choices"][0]["finish_reason"] == "stop"
         assert by_id["choices"][0]["stop_reason"] == ids[position]
         assert by_id["usage"]["completion_tokens"] == position + 1
+
+
+def test_logprobs_shapes(engine) -> None:
+    with client(engine) as c:
+        body = complete(c, engine, "Hello", max_tokens=2, logprobs=2)
+        chat = c.post(
+            "/v1/chat/completions",
+            json={
+                "model": engine.model,
+                "messages": [{"role": "user", "content": "hi"}],
+                "max_tokens": 2,
+                "ignore_eos": True,
+                "logprobs": True,
+                "top_logprobs": 2,
+            },
+        ).json()
+        _, events = sse_events(
+            c,
+            "/v1/completions",
+            {
+                "model": engine.model,
+                "prompt": "Hello",
+                "max_tokens": 2,
+                "ignore_eos": True,
+                "logprobs": 1,
+                "stream": True,
+            },
+        )
+    lp = body["choices"][0]["logprobs"]
+    assert set(lp) == {"text_offset", "token_logprobs", "tokens", "top_logprobs"}
+    assert len(lp["tokens"]) == len(lp["token_logprobs"]) == len(lp["top_logprobs"]) == 2
+    assert lp["text_offset"][0] == 0 and all(v < 0 for v in lp["token_logprobs"])
+    assert lp["tokens"][0] in lp["top_logprobs"][0]
+    content = chat["choices"][0]["logprobs"]["content"]
+    assert len(content) == 2
+    assert set(content[0]) == {"token", "logprob", "bytes", "top_logprobs"}
+    assert len(content[0]["top_logprobs"]) == 2
+    assert set(content[0]["top_logprobs"][0]) == {"token", "logprob", "bytes"}
+    first = json.loads(events[0])["choices"][0]["logprobs"]
+    assert set(first) == {"text_offset", "token_logprobs", "tokens", "top_logprobs"} and first[
+        "text_offset"
+    ] == [0]

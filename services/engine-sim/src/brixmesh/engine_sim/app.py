@@ -10,6 +10,7 @@ from typing import Any
 
 import msgspec
 from brixmesh.engine_sim.errors import ApiError, error_response, model_not_found
+from brixmesh.engine_sim.logprobs import LogprobMaker
 from brixmesh.engine_sim.lora import LoraError
 from brixmesh.engine_sim.protocol import (
     GenerationParams,
@@ -44,6 +45,7 @@ class EngineApp:
         self.r = replica
         tok = replica.tokenizer
         self.first_regular_id = max(tok.special_ids) + 1 if tok.special_ids else 0
+        self.logprobs = LogprobMaker(tok, self.first_regular_id)
 
     # ----- helpers -------------------------------------------------------------------------------
 
@@ -207,6 +209,10 @@ class EngineApp:
                 if not request.is_finished:
                     engine.abort(request)
         texts = [self._final_text(r, params.echo and not chat) for r in requests]
+        logprobs = None
+        if params.logprobs is not None:
+            make = self.logprobs.chat if chat else self.logprobs.completion
+            logprobs = [make(r.output_token_ids, params.logprobs) for r in requests]
         builder = chat_body if chat else completion_body
         payload = builder(
             rid,
@@ -218,6 +224,7 @@ class EngineApp:
             self.r.config.enable_prompt_tokens_details,
             self._response_kv_params(params, requests[0]),
             params.return_token_ids,
+            logprobs,
         )
         return Response(payload, 200, media_type="application/json")
 
@@ -300,8 +307,18 @@ class EngineApp:
                         ):
                             # the stop string (and anything after it) never reaches the client
                             text = matcher.final_text[emitted[index] :]
+                        logprobs = None
+                        if params.logprobs is not None:
+                            position = sent[index] - 1
+                            logprobs = (
+                                self.logprobs.chat([token], params.logprobs, position)
+                                if chat
+                                else self.logprobs.completion(
+                                    [token], params.logprobs, position, emitted[index]
+                                )
+                            )
                         emitted[index] += len(text)
-                        yield writer.delta_chunk(index, text, last, kv_params)
+                        yield writer.delta_chunk(index, text, last, kv_params, logprobs)
                     done[index] = finished
             if params.include_usage:
                 yield writer.usage_chunk()

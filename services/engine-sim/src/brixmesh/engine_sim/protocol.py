@@ -76,6 +76,7 @@ def _optional_int(body: dict[str, Any], name: str, minimum: int) -> int | None:
 class GenerationParams:
     model: str | None
     n: int
+    logprobs: int | None
     stop: list[str]
     stop_token_ids: frozenset[int]
     min_tokens: int
@@ -126,6 +127,7 @@ def generation_params(body: dict[str, Any], chat: bool) -> GenerationParams:
     return GenerationParams(
         model=model,
         n=n,
+        logprobs=_logprobs(body, chat),
         stop=_stop_strings(body),
         stop_token_ids=_stop_token_ids(body),
         min_tokens=_optional_int(body, "min_tokens", 0) or 0,
@@ -141,6 +143,16 @@ def generation_params(body: dict[str, Any], chat: bool) -> GenerationParams:
         return_token_ids=bool(body.get("return_token_ids", False)),
         echo=bool(body.get("echo", False)),
     )
+
+
+def _logprobs(body: dict[str, Any], chat: bool) -> int | None:
+    """Number of alternatives per token, or None when logprobs are off."""
+    if chat:
+        wanted = body.get("logprobs")
+        if not wanted:
+            return None
+        return _optional_int(body, "top_logprobs", 0) or 0
+    return _optional_int(body, "logprobs", 0)
 
 
 def _stop_strings(body: dict[str, Any]) -> list[str]:

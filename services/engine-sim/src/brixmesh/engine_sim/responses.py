@@ -73,12 +73,13 @@ def completion_body(
     with_details: bool,
     kv_transfer_params: dict[str, Any] | None,
     return_token_ids: bool,
+    logprobs: Sequence[dict[str, Any]] | None = None,
 ) -> bytes:
     choices = [
         {
             "index": i,
             "text": text,
-            "logprobs": None,
+            "logprobs": logprobs[i] if logprobs else None,
             "finish_reason": request.finish_reason,
             "stop_reason": request.stop_reason,
             "token_ids": list(request.output_token_ids) if return_token_ids else None,
@@ -115,6 +116,7 @@ def chat_body(
     with_details: bool,
     kv_transfer_params: dict[str, Any] | None,
     return_token_ids: bool,
+    logprobs: Sequence[dict[str, Any]] | None = None,
 ) -> bytes:
     choices = [
         {
@@ -128,7 +130,7 @@ def chat_body(
                 "function_call": None,
                 "reasoning": None,
             },
-            "logprobs": None,
+            "logprobs": logprobs[i] if logprobs else None,
             "finish_reason": request.finish_reason,
             "stop_reason": request.stop_reason,
             "token_ids": list(request.output_token_ids) if return_token_ids else None,
@@ -205,7 +207,12 @@ class ChunkWriter:
         return sse(body)
 
     def delta_chunk(
-        self, index: int, text: str, finished: bool, kv_transfer_params: dict[str, Any] | None = None
+        self,
+        index: int,
+        text: str,
+        finished: bool,
+        kv_transfer_params: dict[str, Any] | None = None,
+        logprobs: dict[str, Any] | None = None,
     ) -> bytes:
         request = self.requests[index]
         finish_reason = request.finish_reason if finished else None
@@ -213,7 +220,7 @@ class ChunkWriter:
             choice: dict[str, Any] = {
                 "index": index,
                 "delta": {"content": text},
-                "logprobs": None,
+                "logprobs": logprobs,
                 "finish_reason": finish_reason,
             }
             if finished:
@@ -223,7 +230,7 @@ class ChunkWriter:
             choice = {
                 "index": index,
                 "text": text,
-                "logprobs": None,
+                "logprobs": logprobs,
                 "finish_reason": finish_reason,
                 "stop_reason": request.stop_reason if finished else None,
                 "prompt_token_ids": None,
