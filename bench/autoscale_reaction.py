@@ -62,7 +62,9 @@ def engines(replicas: int) -> Iterator[list[str]]:
         "--perf-model", "constant", "--time-to-first-token", "20", "--inter-token-latency", "20",
         "--max-num-seqs", "4", "--max-model-len", "1024", "--block-size", "16", "--num-gpu-blocks-override", "512",
     ]  # fmt: skip
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         assert process.stdout is not None
         line = process.stdout.readline()
@@ -108,7 +110,14 @@ class BenchFleet:
         free = [u for u in self.urls if all(p.info.endpoint != u for p in self.pods.values())]
         for url in free[:n]:
             name = f"bench-{self.urls.index(url)}"
-            info = PodInfo(pod=name, deployment="bench", model=MODEL, engine="sim", endpoint=url, metrics_url=f"{url}/metrics")
+            info = PodInfo(
+                pod=name,
+                deployment="bench",
+                model=MODEL,
+                engine="sim",
+                endpoint=url,
+                metrics_url=f"{url}/metrics",
+            )
             pod = self.pods[name] = Pod(info=info, ready_at=now if ready_now else now + self.startup_s)
             self._event("added", pod)
 
@@ -116,7 +125,9 @@ class BenchFleet:
         live = [p for p in self.pods.values() if p.state in ("added", "ready")]
         if decision.desired_replicas > len(live):
             self.start(decision.desired_replicas - len(live), now)
-        for pod in sorted(live, key=lambda p: p.ready_at, reverse=True)[: max(0, len(live) - decision.desired_replicas)]:
+        for pod in sorted(live, key=lambda p: p.ready_at, reverse=True)[
+            : max(0, len(live) - decision.desired_replicas)
+        ]:
             self._event("draining", pod)
 
     def tick(self, now: float) -> None:
@@ -230,11 +241,16 @@ async def run_one(urls: list[str], strategy: str, trace: str, rate_at: Callable[
                     arrivals = 0
                 if now >= next_eval:
                     next_eval += 0.5
-                    decision = policy.evaluate(observe(policy.spec, fleet, routers, now, max_metrics_age_s=2.0))
+                    decision = policy.evaluate(
+                        observe(policy.spec, fleet, routers, now, max_metrics_age_s=2.0)
+                    )
                     if decision is not None:
                         decisions.append((now - t0, decision))
                         if verbose:
-                            print(f"  {now - t0:6.2f}s {decision.reason} [{decision.window_state}]", file=sys.stderr)
+                            print(
+                                f"  {now - t0:6.2f}s {decision.reason} [{decision.window_state}]",
+                                file=sys.stderr,
+                            )
                         bench.apply(decision, now)
                 await asyncio.sleep(0.05)
 
@@ -277,7 +293,9 @@ async def warm_up(urls: list[str], seconds: float = 5.0) -> None:
 
 def print_table(results: list[RunResult]) -> None:
     print(f"SLO: request done within {SLO_S:g} s; windows stable 24 s / panic 3 s; scale-down cooldown 10 s")
-    print("1st decision: first scale-up after the step (step) or the start (sinusoid); converge: step = last change")
+    print(
+        "1st decision: first scale-up after the step (step) or the start (sinusoid); converge: step = last change"
+    )
     print("of the ready count after the step, sinusoid = time until the ready count first reaches its peak\n")
     header = f"{'trace':<9}{'strategy':<9}{'1st decision':>13}{'converge':>10}{'decisions':>10}{'requests':>9}" \
              f"{'SLO met':>9}{'p50':>7}{'p90':>7}{'failed':>7}{'replica-s':>10}"  # fmt: skip
@@ -308,8 +326,17 @@ async def main() -> None:
                     rate, duration, event_at = step_rate(light, heavy, step_at), step_at + step_len, step_at
                 else:
                     rate, duration, event_at = sinusoid_rate(light, heavy, period), period, 0.0
-                result = await run_one(urls, strategy, trace, rate, duration, event_at, args.startup, seed=7,
-                                      verbose=args.verbose)
+                result = await run_one(
+                    urls,
+                    strategy,
+                    trace,
+                    rate,
+                    duration,
+                    event_at,
+                    args.startup,
+                    seed=7,
+                    verbose=args.verbose,
+                )
                 print(f"{trace:<9}{strategy:<5} done: {result.decisions} decisions, SLO {result.slo_attainment:.1%}",
                       file=sys.stderr, flush=True)  # fmt: skip
                 results.append(result)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
+import itertools
 
+import pytest
 from brixmesh.autoscaler import algorithms
 from brixmesh.autoscaler.algorithms import Bounds, KpaState, Tolerance
 from brixmesh.autoscaler.policy import AutoscalerPolicy, Observation
@@ -38,7 +39,7 @@ def test_hpa_scale_down_is_stabilized_by_the_window_max() -> None:
 
 def test_kpa_panics_on_a_burst_and_never_scales_down_in_panic() -> None:
     state = KpaState()
-    kw = dict(panic_threshold=2.0, stable_window_s=60.0, tolerance=TOL)
+    kw = {"panic_threshold": 2.0, "stable_window_s": 60.0, "tolerance": TOL}
     assert algorithms.kpa(2, stable_mean=2.5, panic_mean=5.0, now=0.0, state=state, **kw) == 5
     assert state.panicking
     # the burst ends: panic mode holds for a stable window and never goes down
@@ -50,7 +51,7 @@ def test_kpa_panics_on_a_burst_and_never_scales_down_in_panic() -> None:
 
 def test_kpa_a_new_burst_extends_the_panic() -> None:
     state = KpaState()
-    kw = dict(panic_threshold=2.0, stable_window_s=60.0, tolerance=TOL)
+    kw = {"panic_threshold": 2.0, "stable_window_s": 60.0, "tolerance": TOL}
     algorithms.kpa(1, stable_mean=1.0, panic_mean=3.0, now=0.0, state=state, **kw)
     assert algorithms.kpa(2, stable_mean=2.0, panic_mean=4.0, now=50.0, state=state, **kw) == 4
     assert algorithms.kpa(4, stable_mean=1.0, panic_mean=1.0, now=100.0, state=state, **kw) == 4
@@ -60,7 +61,7 @@ def test_kpa_a_new_burst_extends_the_panic() -> None:
 
 def test_kpa_stable_mode_follows_the_stable_mean_with_tolerance() -> None:
     state = KpaState()
-    kw = dict(panic_threshold=2.0, stable_window_s=60.0, tolerance=TOL)
+    kw = {"panic_threshold": 2.0, "stable_window_s": 60.0, "tolerance": TOL}
     assert algorithms.kpa(4, stable_mean=4.2, panic_mean=4.3, now=0.0, state=state, **kw) == 4
     assert algorithms.kpa(4, stable_mean=5.5, panic_mean=6.0, now=1.0, state=state, **kw) == 6
     assert not state.panicking
@@ -132,7 +133,7 @@ def test_scale_down_waits_for_the_cooldown_and_is_rate_capped() -> None:
     assert decisions[-1].desired_replicas == 1
     for decision in decisions:
         assert decision.desired_replicas >= decision.current_replicas // 2
-    gaps = [b.ts - a.ts for a, b in zip(decisions, decisions[1:])]
+    gaps = [b.ts - a.ts for a, b in itertools.pairwise(decisions)]
     assert len(decisions) >= 3 and min(gaps) >= 10
 
 

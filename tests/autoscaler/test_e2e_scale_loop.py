@@ -18,7 +18,6 @@ from pathlib import Path
 
 import httpx
 import yaml
-
 from brixmesh.common.bus import Bus
 from brixmesh.common.messages import PodEvent, RouterStats, ScaleDecision
 from brixmesh.common.servers import NatsServer
@@ -50,7 +49,11 @@ class TestRouter:
         if event.kind == "ready":
             self.ready[event.pod.pod] = event.pod.endpoint
             return
-        if event.kind == "draining" and event.pod.pod in self.ready and self.in_flight.get(event.pod.pod, 0) > 0:
+        if (
+            event.kind == "draining"
+            and event.pod.pod in self.ready
+            and self.in_flight.get(event.pod.pod, 0) > 0
+        ):
             self.drained_busy += 1
         self.ready.pop(event.pod.pod, None)
 
@@ -112,12 +115,20 @@ async def test_step_scales_up_fast_converges_without_flapping_and_drains_cleanly
     router = TestRouter()
     decisions: list[tuple[float, ScaleDecision]] = []
     await bus.subscribe(PODS.pattern(), PodEvent, router.on_event)
-    await bus.subscribe(SCALE_DECISIONS.pattern(), ScaleDecision, lambda _s, d: decisions.append((time.time(), d)))
+    await bus.subscribe(
+        SCALE_DECISIONS.pattern(), ScaleDecision, lambda _s, d: decisions.append((time.time(), d))
+    )
     spec_file = tmp_path / "autoscalers.yaml"
     spec_file.write_text(yaml.safe_dump(_spec()))
     try:
         async with run_orchestrator(fresh_nats_server.url, tmp_path) as orch:
-            deployment = {"model": MODEL, "engine": "sim", "replicas": 1, "engine_args": ENGINE_ARGS, "drain_grace_s": 30}
+            deployment = {
+                "model": MODEL,
+                "engine": "sim",
+                "replicas": 1,
+                "engine_args": ENGINE_ARGS,
+                "drain_grace_s": 30,
+            }
             assert (await orch.http.put("/v1/deployments/chat", json=deployment)).status_code == 201
             await _wait(lambda: len(router.ready) == 1, 30, "the first pod")
             async with autoscaler_process(fresh_nats_server.url, spec_file, tmp_path / "autoscaler.log"):
@@ -159,14 +170,18 @@ async def test_step_scales_up_fast_converges_without_flapping_and_drains_cleanly
                 await asyncio.gather(light, tail)
             assert router.failed == [], router.failed
             assert router.served > 50
-            assert router.drained_busy >= 1, "no pod was drained while serving: the drain check proved nothing"
+            assert router.drained_busy >= 1, (
+                "no pod was drained while serving: the drain check proved nothing"
+            )
             print(f"first decision {first_at - step_at:.2f}s after the step; converged {converged_at - step_at:.1f}s; "
                   f"{len(decisions)} decisions; {router.served} requests served, none failed")  # fmt: skip
     finally:
         await bus.close()
 
 
-async def test_scale_to_zero_then_a_held_request_is_served(fresh_nats_server: NatsServer, tmp_path: Path) -> None:
+async def test_scale_to_zero_then_a_held_request_is_served(
+    fresh_nats_server: NatsServer, tmp_path: Path
+) -> None:
     bus = await Bus.connect(fresh_nats_server.url, name="e2e")
     router = TestRouter()
     decisions: list[ScaleDecision] = []

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from brixmesh.common.messages import PodEvent, PodInfo, PodList, PodMetrics, PodStatus, RouterStats
-
 from brixmesh.autoscaler.fleet import Fleet, RouterSignals
 from brixmesh.autoscaler.observe import observe
 from brixmesh.autoscaler.spec import parse_spec
+from brixmesh.common.messages import PodEvent, PodInfo, PodList, PodMetrics, PodStatus, RouterStats
 
 
 def _info(name: str, role: str = "both") -> PodInfo:

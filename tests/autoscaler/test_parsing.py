@@ -5,15 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from brixmesh.common.messages import PodInfo
-
 from brixmesh.autoscaler.derive import PodMetricsDeriver, histogram_quantile
 from brixmesh.autoscaler.flavors import SGLANG, VLLM, detect_flavor
 from brixmesh.autoscaler.promtext import MetricsParseError, parse
+from brixmesh.common.messages import PodInfo
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures/vllm-0.32-cpu"
-POD = PodInfo(pod="p0", deployment="d", model="tiny-llama", engine="vllm", endpoint="http://x", metrics_url="http://x/metrics")
+POD = PodInfo(
+    pod="p0",
+    deployment="d",
+    model="tiny-llama",
+    engine="vllm",
+    endpoint="http://x",
+    metrics_url="http://x/metrics",
+)
 
 
 def test_vllm_capture_values() -> None:

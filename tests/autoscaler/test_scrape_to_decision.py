@@ -9,10 +9,16 @@ from pathlib import Path
 
 import httpx
 import yaml
-
 from brixmesh.common.bus import Bus
 from brixmesh.common.messages import (
-    PodEvent, PodInfo, PodList, PodListRequest, PodMetrics, PodStatus, RouterStats, ScaleDecision,
+    PodEvent,
+    PodInfo,
+    PodList,
+    PodListRequest,
+    PodMetrics,
+    PodStatus,
+    RouterStats,
+    ScaleDecision,
 )  # fmt: skip
 from brixmesh.common.servers import NatsServer
 from brixmesh.common.subjects import METRICS_PODS, PODS, PODS_LIST, ROUTER_STATS, SCALE_DECISIONS
@@ -24,18 +30,25 @@ MODEL = "tiny-llama"
 
 
 def _pod(name: str, url: str, deployment: str = "chat") -> PodInfo:
-    return PodInfo(pod=name, deployment=deployment, model=MODEL, engine="sim", endpoint=url, metrics_url=f"{url}/metrics")
+    return PodInfo(
+        pod=name, deployment=deployment, model=MODEL, engine="sim", endpoint=url, metrics_url=f"{url}/metrics"
+    )
 
 
 async def _publish(bus: Bus, kind: str, pod: PodInfo) -> None:
-    await bus.publish(PODS.format(kind=kind, deployment=pod.deployment, pod=pod.pod), PodEvent(kind=kind, pod=pod, ts=time.time()))  # type: ignore[arg-type]
+    await bus.publish(
+        PODS.format(kind=kind, deployment=pod.deployment, pod=pod.pod),
+        PodEvent(kind=kind, pod=pod, ts=time.time()),
+    )  # type: ignore[arg-type]
 
 
 async def _collect(bus: Bus, pattern: str, schema: type, into: list) -> None:
     await bus.subscribe(pattern, schema, lambda _s, m: into.append((time.time(), m)))
 
 
-async def test_scrape_publishes_metrics_and_load_produces_a_decision(nats_server: NatsServer, bus: Bus, tmp_path: Path) -> None:
+async def test_scrape_publishes_metrics_and_load_produces_a_decision(
+    nats_server: NatsServer, bus: Bus, tmp_path: Path
+) -> None:
     spec = {
         "name": "chat", "deployment": "chat", "strategy": "kpa", "max_replicas": 4,
         "metrics": [{"source": "pod", "metric": "demand", "target": 4}],
@@ -51,13 +64,17 @@ async def test_scrape_publishes_metrics_and_load_produces_a_decision(nats_server
     with sim_engine(extra, kv_events=False) as engine:
         pod = _pod("chat-0", engine.base_url)
         # chat-0 is known from the orchestrator's pods.list answer at start, ghost-0 from a pods.ready event
-        listing = PodList(pods=[PodStatus(pod=pod, phase="ready", ready=True, created_at=0, phase_since=0)], ts=time.time())
+        listing = PodList(
+            pods=[PodStatus(pod=pod, phase="ready", ready=True, created_at=0, phase_since=0)], ts=time.time()
+        )
         await bus.serve(PODS_LIST.template, PodListRequest, lambda _s, _r: listing)
         async with autoscaler_process(nats_server.url, spec_file, tmp_path / "as.log") as url:
             await _check_scrape_and_decision(bus, engine.base_url, url, metrics, decisions)
 
 
-async def _check_scrape_and_decision(bus: Bus, engine_url: str, url: str, metrics: list, decisions: list) -> None:
+async def _check_scrape_and_decision(
+    bus: Bus, engine_url: str, url: str, metrics: list, decisions: list
+) -> None:
     ghost = _pod("ghost-0", "http://127.0.0.1:9", deployment="ghost")  # nothing listens on port 9
     await _publish(bus, "ready", ghost)
     await asyncio.sleep(1.5)
@@ -70,7 +87,9 @@ async def _check_scrape_and_decision(bus: Bus, engine_url: str, url: str, metric
     async with httpx.AsyncClient(timeout=30) as client:
         body = {"model": MODEL, "prompt": "hello there", "max_tokens": 150}
         step_at = time.time()
-        load = [asyncio.create_task(client.post(f"{engine_url}/v1/completions", json=body)) for _ in range(16)]
+        load = [
+            asyncio.create_task(client.post(f"{engine_url}/v1/completions", json=body)) for _ in range(16)
+        ]
         deadline = time.time() + 10
         while not decisions and time.time() < deadline:
             await asyncio.sleep(0.1)
@@ -82,8 +101,12 @@ async def _check_scrape_and_decision(bus: Bus, engine_url: str, url: str, metric
         assert first_at - step_at < 5.0  # generous for a loaded CI box; the e2e acceptance checks 2 s
         responses = await asyncio.gather(*load)
         assert all(r.status_code == 200 for r in responses)
-    status = httpx.get(f"{url}/v1/autoscalers/chat").json()["status"]
-    assert status["decisions"] == len(decisions) and status["current_replicas"] == decisions[-1][1].desired_replicas
+    async with httpx.AsyncClient() as client:
+        status = (await client.get(f"{url}/v1/autoscalers/chat")).json()["status"]
+    assert (
+        status["decisions"] == len(decisions)
+        and status["current_replicas"] == decisions[-1][1].desired_replicas
+    )
     await _publish(bus, "removed", ghost)
 
 

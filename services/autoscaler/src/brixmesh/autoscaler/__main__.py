@@ -1,7 +1,6 @@
-from brixmesh.common.service import service_main
-
 from brixmesh.autoscaler.app import build_service
 from brixmesh.autoscaler.settings import AutoscalerSettings
+from brixmesh.common.service import service_main
 
 
 def main() -> None:

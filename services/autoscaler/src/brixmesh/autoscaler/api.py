@@ -10,12 +10,11 @@ from collections.abc import Callable
 from typing import Any
 
 import yaml
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
-
 from brixmesh.autoscaler.policy import AutoscalerPolicy
 from brixmesh.autoscaler.registry import Autoscalers
 from brixmesh.autoscaler.spec import SpecError, parse_spec
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
 
 def error(status: int, message: str, kind: str, code: str, param: str | None = None) -> JSONResponse:
@@ -47,7 +46,9 @@ def add_routes(app: FastAPI, autoscalers: Autoscalers, known_deployments: Callab
     async def get_autoscaler(name: str) -> Any:
         policy = autoscalers.get(name)
         if policy is None:
-            return error(404, f"autoscaler {name!r} does not exist", "not_found_error", "autoscaler_not_found", "name")
+            return error(
+                404, f"autoscaler {name!r} does not exist", "not_found_error", "autoscaler_not_found", "name"
+            )
         return describe_policy(policy)
 
     @app.put("/v1/autoscalers/{name}")
@@ -59,7 +60,12 @@ def add_routes(app: FastAPI, autoscalers: Autoscalers, known_deployments: Callab
             else:
                 data = json.loads(raw)
         except (ValueError, yaml.YAMLError) as exc:
-            return error(400, f"body is not valid JSON/YAML: {str(exc).splitlines()[0]}", "invalid_request_error", "invalid_body")
+            return error(
+                400,
+                f"body is not valid JSON/YAML: {str(exc).splitlines()[0]}",
+                "invalid_request_error",
+                "invalid_body",
+            )
         try:
             spec = parse_spec(data, name=name)
         except SpecError as exc:
@@ -77,5 +83,7 @@ def add_routes(app: FastAPI, autoscalers: Autoscalers, known_deployments: Callab
     @app.delete("/v1/autoscalers/{name}")
     async def delete_autoscaler(name: str) -> Any:
         if not autoscalers.delete(name):
-            return error(404, f"autoscaler {name!r} does not exist", "not_found_error", "autoscaler_not_found", "name")
+            return error(
+                404, f"autoscaler {name!r} does not exist", "not_found_error", "autoscaler_not_found", "name"
+            )
         return {"deleted": name}

@@ -10,16 +10,14 @@ from __future__ import annotations
 import sys
 
 import httpx
-from prometheus_client import Gauge
-
-from brixmesh.common.service import Service
-
 from brixmesh.autoscaler.api import add_routes
 from brixmesh.autoscaler.controller import AutoscalerController
 from brixmesh.autoscaler.registry import Autoscalers
 from brixmesh.autoscaler.scraper import Scraper
 from brixmesh.autoscaler.settings import AutoscalerSettings
 from brixmesh.autoscaler.spec import SpecError, load_spec_file
+from brixmesh.common.service import Service
+from prometheus_client import Gauge
 
 
 def build_service(settings: AutoscalerSettings) -> Service:
@@ -52,12 +50,14 @@ def build_service(settings: AutoscalerSettings) -> Service:
     Gauge("brixmesh_autoscaler_scrapes", "Engine /metrics scrapes so far", registry=registry).set_function(
         lambda: scraper.scrapes
     )
-    Gauge("brixmesh_autoscaler_scrape_failures", "Failed engine scrapes so far (published stale)", registry=registry).set_function(
-        lambda: scraper.failures
-    )
-    Gauge("brixmesh_autoscaler_decisions", "Scale decisions published so far", registry=registry).set_function(
-        lambda: controller.decisions_published
-    )
+    Gauge(
+        "brixmesh_autoscaler_scrape_failures",
+        "Failed engine scrapes so far (published stale)",
+        registry=registry,
+    ).set_function(lambda: scraper.failures)
+    Gauge(
+        "brixmesh_autoscaler_decisions", "Scale decisions published so far", registry=registry
+    ).set_function(lambda: controller.decisions_published)
 
     async def start(svc: Service) -> None:
         await controller.attach(svc.bus)

@@ -9,15 +9,13 @@ import time
 from collections.abc import Awaitable, Callable
 
 import nats.errors
-
-from brixmesh.common.bus import Bus
-from brixmesh.common.messages import PodEvent, PodList, PodListRequest, RouterStats, ScaleDecision
-from brixmesh.common.subjects import METRICS_PODS, PODS, PODS_LIST, ROUTER_STATS, SCALE_DECISIONS
-
 from brixmesh.autoscaler.fleet import Fleet, RouterSignals
 from brixmesh.autoscaler.observe import observe
 from brixmesh.autoscaler.registry import Autoscalers
 from brixmesh.autoscaler.scraper import Scraper
+from brixmesh.common.bus import Bus
+from brixmesh.common.messages import PodEvent, PodList, PodListRequest, RouterStats, ScaleDecision
+from brixmesh.common.subjects import METRICS_PODS, PODS, PODS_LIST, ROUTER_STATS, SCALE_DECISIONS
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +54,9 @@ class AutoscalerController:
     def evaluate_once(self, now: float) -> list[ScaleDecision]:
         decisions = []
         for policy in self.autoscalers:
-            obs = observe(policy.spec, self.fleet, self.routers, now, max_metrics_age_s=self.max_metrics_age_s)
+            obs = observe(
+                policy.spec, self.fleet, self.routers, now, max_metrics_age_s=self.max_metrics_age_s
+            )
             decision = policy.evaluate(obs)
             if decision is not None:
                 decisions.append(decision)

@@ -11,10 +11,9 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
-from brixmesh.common.messages import PodInfo, PodMetrics
-
 from brixmesh.autoscaler.flavors import FLAVORS, Flavor
 from brixmesh.autoscaler.promtext import RawScrape
+from brixmesh.common.messages import PodInfo, PodMetrics
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +63,9 @@ class PodMetricsDeriver:
         self._history: deque[_Point] = deque()
 
     def stale(self, ts: float) -> PodMetrics:
-        return PodMetrics(pod=self.pod.pod, model=self.pod.model, deployment=self.pod.deployment, ts=ts, stale=True)
+        return PodMetrics(
+            pod=self.pod.pod, model=self.pod.model, deployment=self.pod.deployment, ts=ts, stale=True
+        )
 
     def update(self, raw: RawScrape, ts: float) -> PodMetrics:
         flavor = FLAVORS[raw.flavor]
@@ -90,9 +91,13 @@ class PodMetricsDeriver:
         if rate_base is not None:
             elapsed = ts - rate_base.ts
             queries = point.prefix_queries - rate_base.prefix_queries
-            metrics.prefix_hit_rate = (point.prefix_hits - rate_base.prefix_hits) / queries if queries > 0 else 0.0
+            metrics.prefix_hit_rate = (
+                (point.prefix_hits - rate_base.prefix_hits) / queries if queries > 0 else 0.0
+            )
             metrics.prompt_tokens_per_s = (point.prompt_tokens - rate_base.prompt_tokens) / elapsed
-            metrics.generation_tokens_per_s = (point.generation_tokens - rate_base.generation_tokens) / elapsed
+            metrics.generation_tokens_per_s = (
+                point.generation_tokens - rate_base.generation_tokens
+            ) / elapsed
             metrics.preemptions_per_s = (point.preemptions - rate_base.preemptions) / elapsed
         if quantile_base is not None:
             ttft = _delta_buckets(point.ttft, quantile_base.ttft)

@@ -33,7 +33,11 @@ class Flavor:
     @property
     def counters(self) -> frozenset[str]:
         return frozenset(
-            self.prefix_queries + self.prefix_hits + self.prompt_tokens + self.generation_tokens + self.preemptions
+            self.prefix_queries
+            + self.prefix_hits
+            + self.prompt_tokens
+            + self.generation_tokens
+            + self.preemptions
         )
 
     @property

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from brixmesh.common.messages import PodEvent, PodInfo, PodList, PodMetrics, RouterStats
-
 from brixmesh.autoscaler.spec import PodAutoscalerSpec
+from brixmesh.common.messages import PodEvent, PodInfo, PodList, PodMetrics, RouterStats
 
 
 @dataclass(slots=True)
@@ -17,7 +16,13 @@ class PodEntry:
     """added (starting), ready, or draining."""
 
 
-_PHASE_STATE = {"starting": "added", "restarting": "added", "crashloop": "added", "ready": "ready", "draining": "draining"}
+_PHASE_STATE = {
+    "starting": "added",
+    "restarting": "added",
+    "crashloop": "added",
+    "ready": "ready",
+    "draining": "draining",
+}
 
 
 class Fleet:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from brixmesh.common.messages import PodMetrics, RouterStats
-
 from brixmesh.autoscaler.fleet import Fleet, RouterSignals
 from brixmesh.autoscaler.policy import Observation
 from brixmesh.autoscaler.spec import PodAutoscalerSpec
+from brixmesh.common.messages import PodMetrics, RouterStats
 
 
 def pod_value(metrics: PodMetrics, metric: str) -> float:

@@ -10,11 +10,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from brixmesh.common.messages import ScaleDecision
-
 from brixmesh.autoscaler import algorithms
 from brixmesh.autoscaler.spec import PodAutoscalerSpec
 from brixmesh.autoscaler.window import SlidingWindow
+from brixmesh.common.messages import ScaleDecision
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,11 +88,15 @@ class AutoscalerPolicy:
             ts=obs.ts,
         )
 
-    def _algorithm(self, current: int, raw: float, stable_mean: float, panic_mean: float, now: float) -> tuple[int, str]:
+    def _algorithm(
+        self, current: int, raw: float, stable_mean: float, panic_mean: float, now: float
+    ) -> tuple[int, str]:
         """The desired count and the signal it was read from (for the reason)."""
         spec = self.spec
         if spec.strategy == "hpa":
-            return algorithms.hpa(current, raw, self.stable.max(now) or 0.0, spec.tolerance), f"latest {raw:.2f}"
+            return algorithms.hpa(
+                current, raw, self.stable.max(now) or 0.0, spec.tolerance
+            ), f"latest {raw:.2f}"
         if spec.strategy == "kpa":
             desired = algorithms.kpa(
                 current, stable_mean, panic_mean, now, self.kpa_state,
@@ -119,7 +122,10 @@ class AutoscalerPolicy:
         )
 
     def _window_state(self, now: float) -> str:
-        parts = [f"stable={len(self.stable)}/{self.spec.stable_window_s:g}s", f"panic={len(self.panic)}/{self.spec.panic_window_s:g}s"]
+        parts = [
+            f"stable={len(self.stable)}/{self.spec.stable_window_s:g}s",
+            f"panic={len(self.panic)}/{self.spec.panic_window_s:g}s",
+        ]
         if self.spec.strategy == "kpa":
             since = self.kpa_state.panic_since
             parts.append("mode=stable" if since is None else f"mode=panic for {now - since:.1f}s")

@@ -10,12 +10,10 @@ import asyncio
 import time
 
 import httpx
-
-from brixmesh.common.messages import PodInfo, PodMetrics
-
 from brixmesh.autoscaler.derive import PodMetricsDeriver
 from brixmesh.autoscaler.flavors import detect_flavor
 from brixmesh.autoscaler.promtext import MetricsParseError, parse
+from brixmesh.common.messages import PodInfo, PodMetrics
 
 
 class Scraper:

@@ -1,8 +1,7 @@
 from pathlib import Path
 
-from pydantic import Field, field_validator
-
 from brixmesh.common.settings import ServiceSettings
+from pydantic import Field, field_validator
 
 
 class AutoscalerSettings(ServiceSettings):

@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
 from brixmesh.autoscaler.algorithms import Bounds, Strategy, Tolerance
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 # Pod metrics are summed over the target's pods, router metrics over router replicas; either way the
 # target is the amount one replica should carry, so ``sum / target`` is a replica count.
@@ -21,7 +20,14 @@ POD_METRICS = (
     "running", "waiting", "demand", "kv_usage", "prompt_tokens_per_s", "generation_tokens_per_s",
     "ttft_p50_s", "ttft_p90_s", "itl_p50_s", "itl_p90_s",
 )  # fmt: skip
-ROUTER_METRICS = ("in_flight", "queued", "demand", "arrival_rate", "prompt_token_rate", "completion_token_rate")
+ROUTER_METRICS = (
+    "in_flight",
+    "queued",
+    "demand",
+    "arrival_rate",
+    "prompt_token_rate",
+    "completion_token_rate",
+)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
 
 
@@ -40,7 +46,9 @@ class MetricSource(BaseModel):
     def _known_metric(self) -> MetricSource:
         known = POD_METRICS if self.source == "pod" else ROUTER_METRICS
         if self.metric not in known:
-            raise ValueError(f"unknown {self.source} metric {self.metric!r}; expected one of {', '.join(known)}")
+            raise ValueError(
+                f"unknown {self.source} metric {self.metric!r}; expected one of {', '.join(known)}"
+            )
         return self
 
     @property
@@ -150,5 +158,7 @@ def load_spec_file(path: Path) -> list[PodAutoscalerSpec]:
             raise SpecError(f"{path}: {exc}") from None
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
-        raise SpecError(f"{path}: autoscaler names repeat: {sorted({n for n in names if names.count(n) > 1})}")
+        raise SpecError(
+            f"{path}: autoscaler names repeat: {sorted({n for n in names if names.count(n) > 1})}"
+        )
     return specs
