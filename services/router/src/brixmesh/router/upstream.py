@@ -48,6 +48,7 @@ class _Connection(asyncio.Protocol):
         self.chunks: collections.deque[bytes] = collections.deque()
         self.buffered = 0
         self.headers_done = False
+        self.keep_alive = False
         self.complete = False
         self.received_any = False
         self.error: Exception | None = None
@@ -83,6 +84,7 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
+        self.keep_alive = self.parser.should_keep_alive()  # only valid here, not after the message
         self.headers_done = True
 
     def on_body(self, body: bytes) -> None:
@@ -168,7 +170,7 @@ class UpstreamResponse:
             return
         self._closed = True
         conn = self._conn
-        if conn.complete and conn.error is None and conn.parser.should_keep_alive() and conn.transport is not None:
+        if conn.complete and conn.error is None and conn.keep_alive and conn.transport is not None:
             self._conn.pool.release(conn)
         elif conn.transport is not None:
             conn.transport.close()
