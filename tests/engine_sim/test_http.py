@@ -327,3 +327,17 @@ async def test_admin_stats_report_steps_and_lag(sim) -> None:
     assert after["steps"] >= before["steps"] + 5
     assert after["busy_seconds"] > before["busy_seconds"]
     assert after["lag_seconds"] >= 0 and after["num_gpu_blocks"] == 64
+
+
+def test_failure_injection_from_cli_flags() -> None:
+    flags = ["--failure-injection-rate", "100", "--failure-types", "server_error", "--fault-slowdown", "2"]
+    with sim_engine(flags, kv_events=False) as sim:
+        with httpx.Client(base_url=sim.base_url) as c:
+            failed = c.post("/v1/completions", json={"prompt": "x", "max_tokens": 1})
+            faults = c.get("/admin/faults").json()
+    assert failed.status_code == 503 and failed.json()["error"]["type"] == "ServiceUnavailableError"
+    assert (
+        faults["error_rate"] == 1.0
+        and faults["error_types"] == ["server_error"]
+        and faults["slowdown"] == 2.0
+    )
