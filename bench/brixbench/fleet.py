@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import socket
 import sys
 from dataclasses import dataclass, field
@@ -27,20 +28,22 @@ class FleetError(RuntimeError):
     """The fleet did not start or could not be reset; ``str()`` is one line."""
 
 
-def consecutive_free_ports(count: int, attempts: int = 50) -> int:
-    """First of ``count`` consecutive free loopback ports (the simulator's ``--base-port`` contract)."""
+def consecutive_free_ports(count: int, attempts: int = 200) -> int:
+    """First of ``count`` consecutive free loopback ports (the simulator's ``--base-port`` contract).
+
+    Candidates come from below the kernel's ephemeral range, where outgoing connections (and their
+    TIME_WAIT) do not land; SO_REUSEADDR makes only real listeners count as taken.
+    """
+    rng = random.Random()
     for _ in range(attempts):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1]
-        if base + count > 65535:
-            continue
+        base = rng.randrange(12000, 32000 - count)
         held = []
         try:
             for port in range(base, base + count):
                 s = socket.socket()
-                s.bind(("127.0.0.1", port))
                 held.append(s)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind(("127.0.0.1", port))
             return base
         except OSError:
             continue

@@ -201,7 +201,8 @@ def llmd(
     quick: Annotated[bool, typer.Option("--quick", help="A shorter ladder.")] = False,
     scale: Annotated[float, typer.Option(help="Length and KV-capacity scale of the 150 x 5 set.")] = 0.1,
     time_scale: Annotated[float, typer.Option(help="Wall seconds per simulated second.")] = 4.0,
-    qps_scale: Annotated[float, typer.Option(help="Multiplies every rate of the ladder.")] = 1.0,
+    qps_scale: Annotated[float, typer.Option(help="Multiplies every rate of the ladder (2: the scaled-down "
+                                                  "requests saturate the fleet as llm-d's did).")] = 2.0,
     out: Out = None,
 ) -> None:
     """llm-d's 8-pod shared-prefix experiment in simulation, next to llm-d's published table."""
@@ -215,7 +216,7 @@ def llmd(
     fleet_mod = brixbench("fleet")
     text = brixbench("text")
     source = text.TextSource(text.single_token_words(fleet_mod.TOKENIZER_DIR / "tokenizer.json"))
-    case = llmd_mod.llmd_case(source, scale=scale, ladder_time=0.025 if quick else 0.05, qps_scale=qps_scale,
+    case = llmd_mod.llmd_case(source, scale=scale, ladder_time=0.02 if quick else 0.05, qps_scale=qps_scale,
                               time_scale=time_scale)
     names = list(llmd_mod.SCHEDULERS.values())
     directory = _out_dir(out, "llmd")
