@@ -126,8 +126,8 @@ async def test_events_reach_router_index_and_a_restarted_router_rebuilds_it(
         async with bridge(fresh_nats_server) as follower, router_index(fresh_nats_server) as router:
             await follower.follow(pod_info(engine.base_url, events, replay))
             await complete(engine, PROMPTS[0])
+            await eventually(lambda: prompt_blocks(router.index, PROMPTS[0]).get(POD, 0) >= 2)
             await eventually(in_sync(follower, router.index))
-            assert prompt_blocks(router.index, PROMPTS[0])[POD] >= 2
             assert POD not in prompt_blocks(router.index, PROMPTS[1])
 
             stream = follower.stream(POD)
@@ -164,8 +164,8 @@ async def test_engine_restart_drops_its_entries_and_rebuilds_from_new_events(
             await follower.follow(pod_info(engine.base_url, events, replay))
             for _ in range(3):
                 await complete(engine, PROMPTS[0])
+            await eventually(lambda: prompt_blocks(router.index, PROMPTS[0]).get(POD, 0) >= 2)
             await eventually(in_sync(follower, router.index))
-            assert prompt_blocks(router.index, PROMPTS[0]).get(POD, 0) >= 2
         with kv_sim(events, replay) as engine:
             turn = 0
             while follower.stats.restarts == 0:  # until our socket has reconnected to the new engine
@@ -174,9 +174,9 @@ async def test_engine_restart_drops_its_entries_and_rebuilds_from_new_events(
                 turn += 1
                 await asyncio.sleep(0.1)
             await complete(engine, PROMPTS[1])
+            await eventually(lambda: prompt_blocks(router.index, PROMPTS[1]).get(POD, 0) >= 2)
             await eventually(in_sync(follower, router.index))
             assert POD not in prompt_blocks(router.index, PROMPTS[0])
-            assert prompt_blocks(router.index, PROMPTS[1])[POD] >= 2
 
 
 async def test_bad_payloads_are_counted_and_skipped(fresh_nats_server: NatsServer, endpoints: tuple[str, str]) -> None:

@@ -9,7 +9,7 @@ from brixmesh.common.messages import KvAllCleared, KvBlockRemoved, KvBlockStored
 from brixmesh.engine_sim.kv_event_types import BlockRemoved, BlockStored, encode_batch
 from brixmesh.kv_index.decode import PayloadError, decode_payload, to_u64
 from brixmesh.kv_index.pod_blocks import PodBlocks
-from brixmesh.kv_index.sequencer import REORDER_WINDOW, SeqTracker
+from brixmesh.kv_index.sequencer import SeqTracker
 from tests.engine_sim.captures import load_capture
 
 
@@ -87,15 +87,15 @@ def test_bad_payloads_raise_payload_error(payload: bytes) -> None:
 
 def test_sequencer_verdicts() -> None:
     tracker = SeqTracker()
-    assert tracker.classify(5) == "gap" and tracker.missing_from() == 0
-    tracker.applied(5)
-    assert tracker.classify(6) == "apply"
-    assert tracker.classify(9) == "gap" and tracker.missing_from() == 6
-    tracker.applied(9)
-    assert tracker.classify(8) == "stale"
-    assert tracker.classify(0) == "restart"
-    tracker.applied(200)
-    assert tracker.classify(200 - REORDER_WINDOW - 5) == "restart"
+    assert tracker.classify(5, ts=1.0) == "gap" and tracker.missing_from() == 0
+    tracker.applied(5, ts=1.0)
+    assert tracker.classify(6, ts=1.1) == "apply"
+    assert tracker.classify(9, ts=1.2) == "gap" and tracker.missing_from() == 6
+    tracker.applied(9, ts=1.2)
+    assert tracker.classify(8, ts=1.15) == "stale"
+    assert tracker.classify(0, ts=0.5) == "stale"  # seq 0 replayed first, then seen again on the socket
+    assert tracker.classify(0, ts=2.0) == "restart"
+    assert tracker.classify(3) == "stale"  # undecodable: no time to tell a restart by
 
 
 def test_pod_blocks_match_capture_state_and_snapshot_orders_parents_first() -> None:

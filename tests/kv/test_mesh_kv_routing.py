@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,7 @@ import pytest
 
 from brixmesh.common.bus import Bus
 from brixmesh.common.messages import PodEvent, PodInfo
-from brixmesh.common.ports import free_port
+from brixmesh.common.ports import free_port, port_is_free
 from brixmesh.common.servers import NatsServer
 from brixmesh.common.subjects import PODS
 from tests.engine_sim.sim_engine import ASSETS, BLOCK_SIZE, MODEL_NAME, sim_engine
@@ -63,10 +62,9 @@ def kv_index_process(nats_url: str, snapshot_interval_s: float) -> Iterator[str]
 
 def _free_port_pair() -> int:
     """A port p with p + 1 free too (the simulator's replica i replays on p + i)."""
-    for _ in range(50):
+    for _ in range(200):
         port = free_port()
-        with contextlib.suppress(OSError), socket.socket() as probe:
-            probe.bind(("127.0.0.1", port + 1))
+        if port_is_free(port + 1):
             return port
     raise RuntimeError("no two adjacent free ports")
 

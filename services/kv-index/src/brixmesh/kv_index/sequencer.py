@@ -1,18 +1,16 @@
 """Per-engine sequence tracking: is this ZMQ message next, late, after a gap, or from a restarted engine?
 
 vLLM numbers its event batches 0, 1, 2, ... per publisher; a restarted engine starts again at 0. A message
-older than the last one applied is a late duplicate (e.g. reordered and already recovered by replay) unless
-it is 0, far behind, or newer in time than the last one applied: then the engine restarted (its first
-batches may have been published before our socket reconnected).
+with a seq below the next expected one is either a late duplicate (reordered, or queued on our socket while a
+replay already delivered it; its engine time is not newer than what was applied) or the first we see from a
+restarted engine (newer engine time; its first batches may have gone out before our socket reconnected).
+Seq alone cannot tell: a replayed seq 0 followed by the same seq 0 from the socket is no restart.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
-
-# How far behind the last applied seq a message may be and still count as late rather than a restart.
-REORDER_WINDOW = 64
 
 Verdict = Literal["apply", "gap", "stale", "restart"]
 
@@ -35,7 +33,7 @@ class SeqTracker:
             return "apply"
         if seq > expected:
             return "gap"
-        if seq == 0 or seq + REORDER_WINDOW < expected or ts > self.last_ts:
+        if ts > self.last_ts:
             return "restart"
         return "stale"
 
