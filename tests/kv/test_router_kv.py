@@ -1,0 +1,91 @@
+"""Router-side KV pieces without processes: the kv-aware scorer in the routing pipeline, the admin API,
+settings errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from brixmesh.common.messages import KvBlockStored, KvEventBatch
+from brixmesh.common.settings import SettingsError, load_settings
+from brixmesh.router.kv.admin import add_admin_routes
+from brixmesh.router.kv.index import PrefixIndex
+from brixmesh.router.kv.settings import KvSettings
+from brixmesh.router.kv.tokenizer import LocalTokenizer, PromptTokenizer
+from brixmesh.router.routing import Endpoint, RequestContext, Router, default_registry
+from brixmesh.router.routing.scorers.kv_aware import KvAware
+from tests.engine_sim.sim_engine import ASSETS
+
+MODEL = "tiny-llama"
+BLOCK = 4
+PROMPT = "The quick brown fox jumps over the lazy dog, again and again, until the dog finally gets up."
+
+
+def held_by(index: PrefixIndex, pod: str, tokens: list[int], blocks: int) -> None:
+    hashes = list(range(hash(pod) & 0xFFFF, (hash(pod) & 0xFFFF) + blocks))
+    index.apply(KvEventBatch(pod, MODEL, 0, 0.0, [KvBlockStored(hashes, None, tokens[: blocks * BLOCK], BLOCK)]))
+
+
+@pytest.fixture
+def tokens() -> list[int]:
+    return LocalTokenizer(ASSETS).encode_prompt(PROMPT)
+
+
+async def test_kv_aware_picks_the_longest_prefix_and_speculates_on_routing(tokens: list[int]) -> None:
+    index = PrefixIndex()
+    held_by(index, "a", tokens, 2)
+    held_by(index, "b", tokens, 5)
+    registry = default_registry()
+    registry.register_scorer("kv-aware", lambda env: KvAware(index))
+    tokenizer = LocalTokenizer(ASSETS)
+
+    async def tokenize(ctx: RequestContext) -> list[int] | None:
+        return tokenizer.encode_prompt(ctx.prompt_text or "")
+
+    registry.env.tokenizer = tokenize
+    router = Router(registry)
+    pods = [Endpoint(name=name, url=f"http://{name}", model=MODEL, block_size=BLOCK) for name in ("a", "b", "c")]
+
+    def request(rid: str, text: str) -> RequestContext:
+        return RequestContext(request_id=rid, api="completions", model=MODEL, body={}, base_model=MODEL,
+                              prompt_text=text)  # fmt: skip
+
+    ctx = request("r1", PROMPT)
+    decision = await router.route(ctx, pods, registry.strategy("kv-aware"))
+    total = len(tokens) // BLOCK
+    assert decision.ranked[0].name == "b"
+    assert decision.scores == {"a": 2 / total, "b": 5 / total, "c": 0.0}
+
+    other = "Completely unrelated words about storage arrays and their many disks that fail."
+    ctx = request("r2", other)
+    decision = await router.route(ctx, pods, registry.strategy("kv-aware"))
+    router.routed(ctx, decision, pods[2])  # sent to c: c holds it speculatively right away
+    again = await router.route(request("r3", other), pods, registry.strategy("kv-aware"))
+    assert again.ranked[0].name == "c" and again.scores["c"] == 1.0
+
+
+async def test_admin_lookup_and_errors(tokens: list[int]) -> None:
+    index = PrefixIndex()
+    held_by(index, "a", tokens, 3)
+    app = FastAPI()
+    add_admin_routes(app, index, PromptTokenizer({MODEL: ASSETS}, lambda model: None), lambda model: MODEL)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://admin") as client:
+        found = (await client.post("/admin/kv/lookup", json={"model": MODEL, "prompt": PROMPT})).json()
+        assert found["prompt_tokens"] == len(tokens)
+        assert found["pods"] == [{"pod": "a", "blocks": 3, "tokens": 12, "block_size": BLOCK, "weighted": 3.0,
+                                  "share": round(3 / (len(tokens) // BLOCK), 4)}]  # fmt: skip
+        by_ids = (await client.post("/admin/kv/lookup", json={"model": MODEL, "prompt_token_ids": tokens})).json()
+        assert by_ids["pods"] == found["pods"]
+        bad = await client.post("/admin/kv/lookup", content=b"{")
+        assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request_error"
+        pods = (await client.get("/admin/kv/pods")).json()
+        assert pods["pods"] == [{"pod": "a", "model": MODEL, "block_size": BLOCK, "blocks": 3}]
+
+
+def test_settings_name_a_bad_tokenizer_directory(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="BRIXMESH_KV_TOKENIZER_DIRS"):
+        load_settings(KvSettings, tokenizer_dirs={MODEL: str(tmp_path)})
+    assert load_settings(KvSettings, tokenizer_dirs={MODEL: str(ASSETS)}).tokenizer_dirs[MODEL] == ASSETS
