@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
@@ -85,13 +86,13 @@ class IndexFollower:
         self._decoder = msgspec.msgpack.Decoder(KvEventBatch)
         self._caught_up_at = 0
         self._ready_event = asyncio.Event()
-        self._subscription = None
+        self._subscription: Any = None
+        self._started = 0.0
 
     async def start(self) -> None:
         """Provision the streams, load snapshots, start following events; returns before the replay ends
         (await :meth:`wait_ready` or poll :attr:`ready`)."""
-        started = time.perf_counter()
-        self._started = started
+        self._started = time.perf_counter()
         js = self.bus.jetstream
         for config in (events_stream(), snapshots_stream()):
             try:
