@@ -85,16 +85,16 @@ async def test_fault_injection_runtime_knobs(sim) -> None:
             "/v1/completions", json={"prompt": "x", "max_tokens": 1}, headers={"X-Return-Error": "503"}
         )
         assert forced.status_code == 503
-        # a straggler: the same request takes longer with a slowdown factor
-        started = time.monotonic()
+        # a straggler: the same request costs 5x the modelled GPU time (host noise does not enter busy time)
+        busy = (await c.get("/admin/stats")).json()["busy_seconds"]
         assert (await _complete(c, "y", 20)).status_code == 200
-        normal = time.monotonic() - started
+        normal = (await c.get("/admin/stats")).json()["busy_seconds"] - busy
         await c.post("/admin/faults", json={"slowdown": 5.0})
-        started = time.monotonic()
+        busy = (await c.get("/admin/stats")).json()["busy_seconds"]
         assert (await _complete(c, "y", 20)).status_code == 200
-        slow = time.monotonic() - started
+        slow = (await c.get("/admin/stats")).json()["busy_seconds"] - busy
         await c.post("/admin/faults", json={"slowdown": 1.0})
-        assert slow > 2 * normal
+        assert slow == pytest.approx(5 * normal, rel=0.01)
         # mid-stream disconnect after 3 tokens: the stream ends without [DONE]
         await c.post("/admin/faults", json={"disconnect_after_tokens": 3})
         lines = []
@@ -187,7 +187,9 @@ def test_cli_rejects_bad_flags_with_one_line() -> None:
 
 
 def test_crash_fault_kills_a_lone_engine() -> None:
-    with sim_engine(["--fault-crash-after", "0.5"], kv_events=False) as sim:
+    with sim_engine(kv_events=False) as sim:
+        # armed at runtime: a start-up-relative CLI deadline could pass before a slow CI host is healthy
+        assert httpx.post(f"{sim.base_url}/admin/faults", json={"crash_after_s": 0}).status_code == 200
         process_gone = False
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and not process_gone:
@@ -222,14 +224,15 @@ def test_time_scale_slows_the_clock_but_metrics_stay_in_model_time() -> None:
     assert response.status_code == 200
     modelled = metric_value(text, "vllm:e2e_request_latency_seconds_sum")
     # constant mode: 5 ms to the first token, then 2 ms per token = ~0.103 s of model time
-    assert 0.09 < modelled < 0.2
+    assert 0.09 < modelled < 0.5  # ~10x below the wall time; the margin is for host stalls
     assert wall > 0.9
 
 
-def _recv_batches(sub, wait_s: float) -> list[int]:
-    seqs = []
+def _recv_batches(sub, wait_s: float, expect: int | None = None) -> list[int]:
+    """Sequence numbers received within ``wait_s`` (early return once ``expect`` batches arrived)."""
+    seqs: list[int] = []
     deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and (expect is None or len(seqs) < expect):
         if sub.poll(50):
             frames = sub.recv_multipart()
             seqs.append(int.from_bytes(frames[1], "big"))
@@ -252,7 +255,7 @@ def test_replicas_publish_on_their_own_endpoints_and_drop_fault() -> None:
         try:
             with httpx.Client(timeout=30) as c:
                 c.post(f"{sim.urls[1]}/v1/completions", json={"prompt": [20] * 70, "max_tokens": 1})
-                assert _recv_batches(subs[1], 0.5) == [0]
+                assert _recv_batches(subs[1], 5.0, expect=1) == [0]
                 assert _recv_batches(subs[0], 0.1) == []
                 faults = c.post(f"{sim.urls[1]}/admin/faults", json={"kv_events_drop_prob": 1.0})
                 assert faults.status_code == 200
@@ -260,7 +263,7 @@ def test_replicas_publish_on_their_own_endpoints_and_drop_fault() -> None:
                 assert _recv_batches(subs[1], 0.5) == []  # dropped on the wire: a seq gap for consumers
                 c.post(f"{sim.urls[1]}/admin/faults", json={"kv_events_drop_prob": 0.0})
                 c.post(f"{sim.urls[1]}/v1/completions", json={"prompt": [22] * 70, "max_tokens": 1})
-                assert _recv_batches(subs[1], 0.5) == [2]
+                assert _recv_batches(subs[1], 5.0, expect=1) == [2]
         finally:
             for sub in subs:
                 sub.close()
