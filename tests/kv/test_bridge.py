@@ -311,3 +311,35 @@ async def test_discovery_from_pods_list_then_removal_clears_the_pod(
                     await kv_bus.close()
         finally:
             await orchestrator.close()
+
+
+async def test_router_is_ready_when_the_history_it_waited_for_is_gone(fresh_nats_server: NatsServer) -> None:
+    from brixmesh.common.kv_streams import events_stream
+    from brixmesh.common.messages import KvAllCleared, KvEventBatch
+    from brixmesh.common.subjects import KV_EVENTS, KV_EVENTS_STREAM
+
+    bus = await Bus.connect(fresh_nats_server.url, name="kv-index")
+    try:
+        await bus.ensure_stream(events_stream())
+        js = bus.jetstream
+        await js.publish(KV_EVENTS.format(model=MODEL_NAME, pod=POD),
+                         msgspec.msgpack.encode(KvEventBatch(POD, MODEL_NAME, 0, time.time(), [KvAllCleared()], 1)))  # fmt: skip
+        router_bus = await Bus.connect(fresh_nats_server.url, name="router")
+        follower = IndexFollower(router_bus, PrefixIndex())
+        released = asyncio.Event()
+
+        async def held_back(_msg: object) -> None:  # the message it waits for is never handled
+            await released.wait()
+
+        follower._on_message = held_back  # type: ignore[method-assign, assignment]
+        try:
+            await follower.start()
+            assert not follower.ready
+            await js.purge_stream(KV_EVENTS_STREAM)
+            assert await follower.wait_ready(5.0)
+        finally:
+            released.set()
+            await follower.stop()
+            await router_bus.close()
+    finally:
+        await bus.close()

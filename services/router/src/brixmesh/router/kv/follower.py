@@ -31,6 +31,7 @@ from brixmesh.router.kv.index import PrefixIndex
 log = logging.getLogger(__name__)
 
 _SNAPSHOT_READ_TIMEOUT_S = 5.0
+_EXPIRY_CHECK_S = 1.0
 
 
 @dataclass(slots=True)
@@ -87,6 +88,7 @@ class IndexFollower:
         self._caught_up_at = 0
         self._ready_event = asyncio.Event()
         self._subscription: Any = None
+        self._watcher: asyncio.Task[None] | None = None
         self._started = 0.0
 
     async def start(self) -> None:
@@ -111,6 +113,16 @@ class IndexFollower:
             cb=self._on_message,
             pending_msgs_limit=1_000_000,
         )
+        if not self.ready:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch_expiry(js), name="kv-ready-watch")
+
+    async def _watch_expiry(self, js: JetStreamContext) -> None:
+        """Ready also when the messages we were waiting for are gone (aged out or purged) before we got them."""
+        while not self.ready:
+            await asyncio.sleep(_EXPIRY_CHECK_S)
+            info = await js.stream_info(KV_EVENTS_STREAM)
+            if not info.state.messages or info.state.first_seq > self._caught_up_at:
+                self._mark_ready()
 
     async def wait_ready(self, timeout_s: float) -> bool:
         try:
@@ -120,6 +132,10 @@ class IndexFollower:
         return True
 
     async def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
+            self._watcher = None
         if self._subscription is not None:
             await self._subscription.unsubscribe()
             self._subscription = None
