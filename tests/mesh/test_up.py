@@ -135,3 +135,39 @@ def test_up_refuses_a_busy_port(tmp_path: Path) -> None:
                                 capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert result.stderr.strip() == f"brixmesh: port {port} on 127.0.0.1 is in use; choose another with --port"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--engine", "tgi"], "brixmesh: --engine must be sim or vllm, not 'tgi'"),
+        (["--autoscale", "magic"], "brixmesh: --autoscale must be hpa, kpa or apa, not 'magic'"),
+        (["--engines", "3", "--autoscale", "kpa", "--max-engines", "2"],
+         "brixmesh: --max-engines must be at least --engines (and at least 1)"),
+    ],
+)
+def test_up_rejects_bad_flags_in_one_line(tmp_path: Path, args: list[str], message: str) -> None:
+    result = subprocess.run([*BRIXMESH, "up", "--port", str(free_port()), "--state-dir", str(tmp_path), *args],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip() == message
+
+
+def test_default_autoscaler_spec_is_accepted_by_the_autoscaler(tmp_path: Path) -> None:
+    from brixmesh.autoscaler.spec import load_spec_file
+    from brixmesh.cli.mesh import MeshOptions, write_default_autoscaler
+
+    options = MeshOptions(8000, tmp_path, None, 2, "sim", "tiny-llama", 60, "kpa", 8)
+    [spec] = load_spec_file(write_default_autoscaler(options))
+    assert (spec.deployment, spec.strategy, spec.min_replicas, spec.max_replicas) == ("default", "kpa", 2, 8)
+
+
+def test_router_gets_the_bundled_tokenizer_of_the_tiny_model(tmp_path: Path) -> None:
+    from brixmesh.cli.mesh import MeshOptions, service_spec
+
+    options = MeshOptions(8000, tmp_path, None, 1, "sim", "tiny-llama", 60)
+    env = service_spec("router", 8000, "nats://127.0.0.1:1", options).env
+    directory = Path(json.loads(env["BRIXMESH_KV_TOKENIZER_DIRS"])["tiny-llama"])
+    assert (directory / "tokenizer.json").is_file()
+    other = MeshOptions(8000, tmp_path, None, 1, "sim", "some-other-model", 60)
+    assert "BRIXMESH_KV_TOKENIZER_DIRS" not in service_spec("router", 8000, "nats://127.0.0.1:1", other).env

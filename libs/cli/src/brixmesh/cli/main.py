@@ -46,6 +46,8 @@ def up(
     engines: Annotated[int, typer.Option(help="Engine pods of the default deployment.")] = 0,
     engine: Annotated[str, typer.Option(help="Engine kind: sim (simulator) or vllm (real vLLM on CPU).")] = "sim",
     model: Annotated[str, typer.Option(help="Served model name of the default deployment.")] = "tiny-llama",
+    autoscale: Annotated[str | None, typer.Option(help="Autoscale the default deployment: hpa, kpa or apa.")] = None,
+    max_engines: Annotated[int | None, typer.Option(help="Upper bound for --autoscale (default 4 x engines).")] = None,
     nats_url: Annotated[str | None, typer.Option(help="Use this NATS server instead of starting one.")] = None,
     state_dir: StateDir = default_state_dir(),
     ready_timeout: Annotated[float, typer.Option(help="Seconds to wait for every service to be ready.")] = 120.0,
@@ -55,12 +57,17 @@ def up(
         raise fail(f"--engine must be sim or vllm, not {engine!r}")
     if engines < 0:
         raise fail("--engines must be 0 or more")
+    if autoscale not in (None, "hpa", "kpa", "apa"):
+        raise fail(f"--autoscale must be hpa, kpa or apa, not {autoscale!r}")
+    max_engines = max_engines if max_engines is not None else max(engines, 1) * 4
+    if autoscale and max_engines < max(engines, 1):
+        raise fail("--max-engines must be at least --engines (and at least 1)")
     if not port_is_free(port):
         raise fail(f"port {port} on 127.0.0.1 is in use; choose another with --port")
     running = read_record(state_dir)
     if running is not None:
         raise fail(f"a mesh is already running from {state_dir} (pid {running.pid}, {running.openai_base_url})")
-    options = MeshOptions(port, state_dir, nats_url, engines, engine, model, ready_timeout)
+    options = MeshOptions(port, state_dir, nats_url, engines, engine, model, ready_timeout, autoscale, max_engines)
     mesh = Mesh(options, report=lambda line: console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {line}"))
 
     def started(not_ready: list[str]) -> None:

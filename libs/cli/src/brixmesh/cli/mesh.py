@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+import json
 import os
 import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import yaml
 
 from brixmesh.common.ports import free_port
 from brixmesh.common.servers import NatsServer
@@ -29,6 +33,8 @@ class MeshOptions:
     engine: str
     model: str
     ready_timeout_s: float
+    autoscale: str | None = None
+    max_engines: int = 0
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,12 @@ def service_spec(name: str, port: int, nats_url: str, options: MeshOptions) -> P
         "BRIXMESH_STATE_DIR": str(options.state_dir.resolve()),
         "BRIXMESH_LOG_FORMAT": "json",
     }
+    if name == "router":
+        tokenizers = bundled_tokenizer_dirs(options.model)
+        if tokenizers:
+            env["BRIXMESH_KV_TOKENIZER_DIRS"] = json.dumps(tokenizers)
+    if name == "autoscaler" and options.autoscale:
+        env["BRIXMESH_AUTOSCALER_SPECS"] = str(write_default_autoscaler(options).resolve())
     if name == "orchestrator":
         env |= {
             "BRIXMESH_DEFAULT_ENGINES": str(options.engines),
@@ -59,6 +71,37 @@ def service_spec(name: str, port: int, nats_url: str, options: MeshOptions) -> P
         log_path=options.state_dir / "logs" / f"{name}.log",
         readiness=ReadinessProbe(f"http://127.0.0.1:{port}/readyz", timeout_s=options.ready_timeout_s),
     )
+
+
+def bundled_tokenizer_dirs(model: str) -> dict[str, str]:
+    """The simulator ships the tiny model's tokenizer (real vLLM serves the same one): routers tokenize
+    locally instead of asking an engine. Located without importing the simulator."""
+    found = importlib.util.find_spec("brixmesh.engine_sim")
+    if found is None or not found.submodule_search_locations:
+        return {}
+    directory = Path(next(iter(found.submodule_search_locations))) / "assets" / model
+    return {model: str(directory)} if (directory / "tokenizer.json").is_file() else {}
+
+
+def write_default_autoscaler(options: MeshOptions) -> Path:
+    """A PodAutoscaler for the default deployment: router demand leads, KV usage backs it up."""
+    spec = {
+        "name": "default",
+        "deployment": "default",
+        "model": options.model,
+        "strategy": options.autoscale,
+        "min_replicas": options.engines,
+        "max_replicas": options.max_engines,
+        "scale_to_zero": options.engines == 0,
+        "metrics": [
+            {"source": "router", "metric": "demand", "target": 8},
+            {"source": "pod", "metric": "kv_usage", "target": 0.7},
+        ],
+    }
+    path = options.state_dir / "autoscaler.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
 
 
 class Mesh:
