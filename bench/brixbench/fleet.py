@@ -85,6 +85,9 @@ class FleetSpec:
     """KV capacity per engine in blocks; None: what the GPU/model profile leaves (~450k tokens on H100)."""
     max_model_len: int = 32768
     max_num_seqs: int | None = None
+    processes: int = 2
+    """Simulator processes the engines are split over (each serves its share with ``--replicas``): the
+    engines' own CPU work (tokenising, rendering for routers that ask) then spreads over the cores."""
     extra_args: tuple[str, ...] = ()
 
 
@@ -96,11 +99,7 @@ class Fleet:
     kv_endpoints: list[str] = field(default_factory=list)
     """The ipc:// PUB endpoint of each engine (same order as ``urls``)."""
     kv_replay_endpoints: list[str] = field(default_factory=list)
-    process: SupervisedProcess | None = None
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process else None
+    processes: list[SupervisedProcess] = field(default_factory=list)
 
     @property
     def max_model_len(self) -> int:
@@ -109,15 +108,14 @@ class Fleet:
             return self.spec.max_model_len
         return min(self.spec.max_model_len, (self.spec.num_gpu_blocks - 1) * self.spec.block_size)
 
-    async def start(self, timeout_s: float = 60.0) -> "Fleet":
+    def _process_spec(self, index: int, engines: int, timeout_s: float) -> ProcessSpec:
         spec = self.spec
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        base_port = consecutive_free_ports(spec.engines)
-        replay_port = consecutive_free_ports(spec.engines)
-        events = f"ipc://{self.workdir / 'kv-events'}"
+        base_port = consecutive_free_ports(engines)
+        replay_port = consecutive_free_ports(engines)
+        events = f"ipc://{self.workdir / f'kv-events-p{index}'}"
         argv = [sys.executable, "-m", "brixmesh.engine_sim", "serve", str(TOKENIZER_DIR),
                 "--served-model-name", spec.model, "--host", "127.0.0.1",
-                "--replicas", str(spec.engines), "--base-port", str(base_port), "--port", str(base_port),
+                "--replicas", str(engines), "--base-port", str(base_port), "--port", str(base_port),
                 "--gpu", spec.gpu, "--model-profile", spec.model_profile, "--time-scale", str(spec.time_scale),
                 "--block-size", str(spec.block_size), "--max-model-len", str(self.max_model_len),
                 "--enable-prefix-caching", "--enable-scale-out", "--enable-prompt-tokens-details",
@@ -129,16 +127,27 @@ class Fleet:
         if spec.max_num_seqs is not None:
             argv += ["--max-num-seqs", str(spec.max_num_seqs)]
         argv += list(spec.extra_args)
-        self.urls = [f"http://127.0.0.1:{base_port + i}" for i in range(spec.engines)]
-        self.kv_endpoints = [events if i == 0 else f"{events}-{i}" for i in range(spec.engines)]
-        self.kv_replay_endpoints = [f"tcp://127.0.0.1:{replay_port + i}" for i in range(spec.engines)]
-        self.process = SupervisedProcess(ProcessSpec(
-            name="engine-sim", argv=argv, log_path=self.workdir / "engine-sim.log", restart="never",
-            readiness=ReadinessProbe(f"{self.urls[-1]}/health", timeout_s=timeout_s)))
-        self.process.start()
-        if not await wait_ready_or_exit(self.process, timeout_s):
-            await self.stop()
-            raise FleetError(f"engine simulator did not start: {log_tail(self.workdir / 'engine-sim.log')}")
+        urls = [f"http://127.0.0.1:{base_port + i}" for i in range(engines)]
+        self.urls += urls
+        self.kv_endpoints += [events if i == 0 else f"{events}-{i}" for i in range(engines)]
+        self.kv_replay_endpoints += [f"tcp://127.0.0.1:{replay_port + i}" for i in range(engines)]
+        log = self.workdir / f"engine-sim-p{index}.log"
+        return ProcessSpec(name=f"engine-sim-p{index}", argv=argv, log_path=log, restart="never",
+                           readiness=ReadinessProbe(f"{urls[-1]}/health", timeout_s=timeout_s))
+
+    async def start(self, timeout_s: float = 60.0) -> "Fleet":
+        """Start the engines, split over ``spec.processes`` simulator processes (each ``--replicas k``)."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        count = max(1, min(self.spec.processes, self.spec.engines))
+        shares = [self.spec.engines // count + (1 if i < self.spec.engines % count else 0) for i in range(count)]
+        for index, engines in enumerate(shares):
+            process = SupervisedProcess(self._process_spec(index, engines, timeout_s))
+            self.processes.append(process)
+            process.start()
+        for process in self.processes:
+            if not await wait_ready_or_exit(process, timeout_s):
+                await self.stop()
+                raise FleetError(f"engine simulator did not start: {log_tail(process.spec.log_path)}")
         return self
 
     async def reset(self) -> None:
@@ -166,5 +175,5 @@ class Fleet:
                 await asyncio.sleep(0.2)
 
     async def stop(self) -> None:
-        if self.process is not None:
-            await self.process.stop()
+        for process in self.processes:
+            await process.stop()
