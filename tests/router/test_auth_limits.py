@@ -14,7 +14,7 @@ from brixmesh.common.servers import NatsServer, RedisServer
 from tests.engine_sim.sim_engine import SimEngine
 from tests.router.harness import MODEL, RouterProcess, endpoints_file, metric_value, router_process
 
-BODY = {"model": MODEL, "prompt": "hello", "max_tokens": 3}
+BODY = {"model": MODEL, "prompt": "hello", "max_tokens": 3, "ignore_eos": True}
 
 
 @pytest.fixture
@@ -36,9 +36,11 @@ def test_api_key_required_and_checked(keyed_router: RouterProcess) -> None:
     assert wrong.status_code == 401
     assert httpx.get(f"{keyed_router.url}/v1/models").status_code == 401
     client = openai.OpenAI(base_url=f"{keyed_router.url}/v1", api_key="k-two", max_retries=0)
-    assert client.completions.create(**BODY).usage.completion_tokens == 3
+    assert client.completions.create(model=MODEL, prompt="hi", max_tokens=3,
+                                     extra_body={"ignore_eos": True}).usage.completion_tokens == 3
     with pytest.raises(openai.AuthenticationError):
-        openai.OpenAI(base_url=f"{keyed_router.url}/v1", api_key="bad", max_retries=0).completions.create(**BODY)
+        openai.OpenAI(base_url=f"{keyed_router.url}/v1", api_key="bad", max_retries=0).completions.create(
+            model=MODEL, prompt="hi")
 
 
 def test_rpm_limit_per_key_gives_429_with_retry_after(keyed_router: RouterProcess) -> None:

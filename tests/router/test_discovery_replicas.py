@@ -15,9 +15,9 @@ from brixmesh.common.messages import PodEvent, PodInfo, PodList, PodListRequest,
 from brixmesh.common.servers import NatsServer
 from brixmesh.common.subjects import METRICS_PODS, PODS, PODS_LIST, ROUTER_STATS
 from tests.engine_sim.sim_engine import SimEngine
-from tests.router.harness import MODEL, endpoints_file, router_process
+from tests.router.harness import MODEL, endpoints_file, metric_value, router_process
 
-BODY = {"model": MODEL, "prompt": "hello", "max_tokens": 2}
+BODY = {"model": MODEL, "prompt": "hello", "max_tokens": 2, "ignore_eos": True}
 
 
 def pod_info(name: str, url: str) -> PodInfo:
@@ -102,6 +102,12 @@ async def test_router_stats_every_interval(nats_server: NatsServer, sims: SimEng
     assert sum(r.completion_tokens for r in records) == 10 and all(0 < r.window_s < 1 for r in records)
 
 
+async def _in_flight_only(client: httpx.AsyncClient, url: str, pod: str) -> bool:
+    metrics = (await client.get(f"{url}/metrics")).text
+    return metric_value(metrics, "brixmesh_router_in_flight") == 1 == metric_value(
+        metrics, "brixmesh_router_in_flight", pod=pod)
+
+
 async def _sum(records: list[RouterStats], field: str, expected: int) -> bool:
     return sum(getattr(r, field) for r in records) >= expected
 
@@ -118,11 +124,14 @@ async def test_two_replicas_share_least_request_and_prefix_decisions(
             async with httpx.AsyncClient(timeout=30) as client:
                 # least-request: a long request through the first replica makes the second avoid its pod
                 async with client.stream("POST", f"{first.url}/v1/completions",
-                                         json={**BODY, "max_tokens": 60, "stream": True}) as held:
+                                         json={**BODY, "max_tokens": 60, "ignore_eos": True,
+                                               "stream": True}) as held:
                     busy = held.headers["x-brixmesh-pod"]
                     await asyncio.sleep(0.2)
-                    assert busy not in await pods_used(client, second.url, 5)
-                    assert busy not in await pods_used(client, first.url, 5)
+                    for replica in (second, first):
+                        # replicas share counts with a few ms of lag: wait until this one sees only the held one
+                        await eventually(lambda: _in_flight_only(client, replica.url, busy))
+                        assert busy not in await pods_used(client, replica.url, 5)
 
                 # prefix: whatever pod the first replica chose for a prefix, the second chooses too
                 strategy = {"routing-strategy": "prefix-cache:3,least-request:1"}

@@ -22,7 +22,7 @@ from brixmesh.common.subjects import PODS, ROUTER_STATS
 from tests.engine_sim.sim_engine import SimEngine, sim_engine
 from tests.router.harness import MODEL, endpoints_file, metric_value, router_process
 
-BODY = {"model": MODEL, "prompt": "hello there", "max_tokens": 4}
+BODY = {"model": MODEL, "prompt": "hello there", "max_tokens": 4, "ignore_eos": True}
 
 
 def test_dead_pod_is_skipped_by_retry(nats_server: NatsServer, sims: SimEngine, tmp_path: Path) -> None:

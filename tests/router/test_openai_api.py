@@ -15,6 +15,7 @@ from tests.engine_sim.sim_engine import SimEngine
 from tests.router.harness import MODEL, RouterProcess, endpoints_file, router_process
 
 MESSAGES = [{"role": "user", "content": "Say hello"}]
+NO_EOS = {"ignore_eos": True}  # the simulated model may draw EOS early; exact token counts are asserted
 
 
 @pytest.fixture(scope="module")
@@ -26,11 +27,11 @@ def router(nats_server: NatsServer, sims: SimEngine, tmp_path_factory: pytest.Te
 
 def test_sync_client_chat_and_completions(router: RouterProcess) -> None:
     client = openai.OpenAI(base_url=f"{router.url}/v1", api_key="unused")
-    chat = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=5)
+    chat = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=5, extra_body=NO_EOS)
     assert chat.choices[0].message.role == "assistant" and chat.usage is not None and chat.usage.completion_tokens == 5
-    completion = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=4)
+    completion = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=4, extra_body=NO_EOS)
     assert completion.object == "text_completion" and completion.usage.completion_tokens == 4
-    stream = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=6, stream=True,
+    stream = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=6, stream=True, extra_body=NO_EOS,
                                             stream_options={"include_usage": True})
     chunks = list(stream)
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 6
@@ -39,12 +40,12 @@ def test_sync_client_chat_and_completions(router: RouterProcess) -> None:
 
 async def test_async_client_streaming_and_not(router: RouterProcess) -> None:
     client = openai.AsyncOpenAI(base_url=f"{router.url}/v1", api_key="unused")
-    chat = await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=3)
+    chat = await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=3, extra_body=NO_EOS)
     assert chat.choices[0].finish_reason == "length"
-    stream = await client.completions.create(model=MODEL, prompt="abc", max_tokens=5, stream=True)
+    stream = await client.completions.create(model=MODEL, prompt="abc", max_tokens=5, stream=True, extra_body=NO_EOS)
     texts = [chunk.choices[0].text async for chunk in stream if chunk.choices]
     assert len(texts) >= 5
-    adapter = await client.chat.completions.create(model="lora-a", messages=MESSAGES, max_tokens=2)
+    adapter = await client.chat.completions.create(model="lora-a", messages=MESSAGES, max_tokens=2, extra_body=NO_EOS)
     assert adapter.model == "lora-a"
     await client.close()
 

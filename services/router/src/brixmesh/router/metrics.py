@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from brixmesh.router.routing.load import LoadTracker
 
 FAST_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25)
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -30,3 +36,34 @@ class RouterMetrics:
                                           "Requests cancelled because the client went away", registry=registry)
         self.held = Gauge("brixmesh_router_held_requests",
                           "Requests waiting for a pod of their model to become ready", registry=registry)
+        self._request_children: dict[tuple[str, str, str, int], Any] = {}
+        self._ttft_children: dict[str, Any] = {}
+
+    def count(self, model: str, strategy: str, pod: str, status: int) -> None:
+        """Count one request; labelled children are cached (``labels()`` is the costly part per request)."""
+        key = (model, strategy, pod, status)
+        child = self._request_children.get(key)
+        if child is None:
+            child = self._request_children[key] = self.requests.labels(model, strategy, pod, str(status))
+        child.inc()
+
+    def ttft(self, model: str, seconds: float) -> None:
+        child = self._ttft_children.get(model)
+        if child is None:
+            child = self._ttft_children[model] = self.ttft_seconds.labels(model)
+        child.observe(seconds)
+
+
+class InFlightCollector(Collector):
+    """``brixmesh_router_in_flight{pod}``: requests in flight per pod from every router replica, read from the
+    shared load tracker at scrape time (nothing to update per request)."""
+
+    def __init__(self, load: LoadTracker) -> None:
+        self.load = load
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        family = GaugeMetricFamily("brixmesh_router_in_flight", "Requests in flight per pod, all router replicas",
+                                   labels=["pod"])
+        for pod, count in self.load.counts().items():
+            family.add_metric([pod], count)
+        yield family

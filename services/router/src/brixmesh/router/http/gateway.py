@@ -155,18 +155,18 @@ class Gateway:
 
         self.stats.arrived(ctx.model)
         outcome: tuple[bool, Usage | None] = (False, None)
-        watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, asyncio.current_task()))
-        send = _Finishing(send, watcher)
+        watch = _DisconnectWatch(receive, asyncio.current_task())
+        send = _Finishing(send, watch)
         try:
             decision = await self._decide(ctx, strategy)
             self.metrics.decision_seconds.observe(decision.decision_s)
             outcome = await self._forward(ctx, decision, raw, send)
         except asyncio.CancelledError:
-            if not watcher.done() or watcher.cancelled() or not watcher.result():
+            if not watch.disconnected:
                 raise
             raise _Disconnected from None
         finally:
-            watcher.cancel()
+            watch.stop()
             ok, usage = outcome
             prompt, completion = (usage.prompt_tokens, usage.completion_tokens) if usage else (0, 0)
             self.stats.finished(ctx.model, ok, prompt, completion)
@@ -239,7 +239,7 @@ class Gateway:
                 except UpstreamError as exc:
                     failure = self._connection_failed(ctx, pod, type(exc).__name__, str(exc))
                     continue
-                self.metrics.ttft_seconds.labels(ctx.model).observe(time.perf_counter() - started)
+                self.metrics.ttft(ctx.model, time.perf_counter() - started)
                 status = response.status
                 if status >= 500:
                     detail = first[:300].decode("utf-8", "replace")
@@ -261,7 +261,7 @@ class Gateway:
                     response.close()
                 self.sync.done(ctx.request_id, ctx.model, pod.name)
                 self.router.completed(ctx, decision, pod, usage)
-                self.metrics.requests.labels(ctx.model, decision.strategy.name, pod.name, str(status)).inc()
+                self.metrics.count(ctx.model, decision.strategy.name, pod.name, status)
         raise ApiError(502, f"upstream failure after {len(attempts)} attempt(s): {failure}", "upstream_error")
 
     async def _relay_stream(
@@ -329,30 +329,50 @@ def _path(ctx: RequestContext) -> str:
     ]
 
 
+class _DisconnectWatch:
+    """Cancels the request's task when the client disconnects. The watching task only starts once a request
+    has lasted ``grace_s``: most requests end sooner and never pay for it."""
+
+    __slots__ = ("_receive", "_task", "_timer", "_watcher", "disconnected")
+
+    def __init__(self, receive: Receive, task: asyncio.Task[Any] | None, grace_s: float = 0.05) -> None:
+        self._receive = receive
+        self._task = task
+        self._watcher: asyncio.Task[None] | None = None
+        self.disconnected = False
+        self._timer = asyncio.get_running_loop().call_later(grace_s, self._start)
+
+    def _start(self) -> None:
+        self._watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        message = await self._receive()
+        while message["type"] != "http.disconnect":  # the body was read already: only a disconnect comes
+            message = await self._receive()
+        self.disconnected = True
+        if self._task is not None:
+            self._task.cancel()
+
+    def stop(self) -> None:
+        self._timer.cancel()
+        if self._watcher is not None:
+            self._watcher.cancel()
+
+
 class _Finishing:
-    """Wraps ``send``: once the last body message is sent, the disconnect watcher is stopped first (the server
+    """Wraps ``send``: once the last body message is sent, the disconnect watch is stopped first (the server
     reports a completed response as a disconnect, which must not cancel the request's bookkeeping)."""
 
-    __slots__ = ("_send", "_watcher")
+    __slots__ = ("_send", "_watch")
 
-    def __init__(self, send: Send, watcher: asyncio.Task[bool]) -> None:
+    def __init__(self, send: Send, watch: _DisconnectWatch) -> None:
         self._send = send
-        self._watcher = watcher
+        self._watch = watch
 
     async def __call__(self, message: MutableMapping[str, Any]) -> None:
         if message["type"] == "http.response.body" and not message.get("more_body", False):
-            self._watcher.cancel()
+            self._watch.stop()
         await self._send(message)
-
-
-async def _watch_disconnect(receive: Receive, task: asyncio.Task[Any] | None) -> bool:
-    """Cancel the request's task when the client disconnects; True if it did."""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            if task is not None:
-                task.cancel()
-            return True
 
 
 async def _send_json(send: Send, status: int, body: bytes, request_id: str) -> None:

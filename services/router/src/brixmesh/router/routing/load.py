@@ -30,6 +30,9 @@ class LoadTracker:
     def count(self, pod: str) -> int:
         return self._counts.get(pod, 0)
 
+    def counts(self) -> dict[str, int]:
+        return {pod: count for pod, count in self._counts.items() if count}
+
     def total(self) -> int:
         return len(self._entries)
 
