@@ -50,13 +50,14 @@ def _wait_for_text(process: subprocess.Popen[str], log: Path, needle: str, timeo
 
 
 @pytest.fixture
-def mesh(tmp_path: Path) -> Iterator[RunningMesh]:
+def mesh(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[RunningMesh]:
+    extra = getattr(request, "param", [])
     port = free_port()
     state_dir = tmp_path / "state"
     log = tmp_path / "up.log"
     with open(log, "w") as out:
         process = subprocess.Popen(
-            [*BRIXMESH, "up", "--port", str(port), "--state-dir", str(state_dir)],
+            [*BRIXMESH, "up", "--port", str(port), "--state-dir", str(state_dir), *extra],
             stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True,
             env={**os.environ, "BRIXMESH_HEARTBEAT_INTERVAL_S": "0.5"},
         )
@@ -171,3 +172,17 @@ def test_router_gets_the_bundled_tokenizer_of_the_tiny_model(tmp_path: Path) -> 
     assert (directory / "tokenizer.json").is_file()
     other = MeshOptions(8000, tmp_path, None, 1, "sim", "some-other-model", 60)
     assert "BRIXMESH_KV_TOKENIZER_DIRS" not in service_spec("router", 8000, "nats://127.0.0.1:1", other).env
+
+
+@pytest.mark.parametrize("mesh", [["--engines", "2", "--engine", "sim"]], indirect=True)
+def test_up_with_engines_serves_the_official_openai_client(mesh: RunningMesh) -> None:
+    import openai
+
+    assert mesh.printed.count("(sim)") == 2 and "engines ready" not in mesh.printed
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{mesh.port}/v1", api_key="unused", max_retries=0)
+    assert [m.id for m in client.models.list().data] == ["tiny-llama"]
+    reply = client.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "hi"}],
+                                           max_tokens=5)
+    assert reply.choices[0].finish_reason == "length" and reply.usage.completion_tokens == 5
+    chunks = list(client.completions.create(model="tiny-llama", prompt="hello", max_tokens=4, stream=True))
+    assert "".join(c.choices[0].text for c in chunks if c.choices)

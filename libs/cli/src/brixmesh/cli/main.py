@@ -81,7 +81,16 @@ def up(
             state = process.state.value
             table.add_row(service.name, f"[green]{state}[/]" if state == "ready" else f"[red]{state}[/]",
                           str(process.pid), service.url, str(process.spec.log_path))
+        for pod in mesh.engine_pods:
+            info = pod["pod"]
+            table.add_row(f"engine {info['pod']} ({info['engine']})",
+                          "[green]ready[/]" if pod["ready"] else f"[red]{pod['phase']}[/]",
+                          str(pod.get("pid") or "-"), info["endpoint"], "")
         console.print(table)
+        ready_engines = sum(p["ready"] for p in mesh.engine_pods)
+        if ready_engines < engines:
+            console.print(f"[red]{ready_engines}/{engines} engines ready after {ready_timeout:.0f}s[/] "
+                          f"(orchestrator: {mesh.services['orchestrator'].url}/v1/pods)")
         if not_ready:
             console.print(f"[red]not ready after {ready_timeout:.0f}s:[/] {', '.join(not_ready)} (see their logs)")
         console.print(f"OpenAI endpoint: [bold]{mesh.openai_base_url}[/]   (Ctrl-C stops everything)")

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import yaml
 
 from brixmesh.common.ports import free_port
@@ -111,6 +112,7 @@ class Mesh:
         self.nats: NatsServer | None = None
         self.nats_url = options.nats_url or ""
         self.services: dict[str, RunningService] = {}
+        self.engine_pods: list[dict] = []
         self.supervisor = Supervisor(on_state=self._on_state)
         self._started = False
 
@@ -129,6 +131,8 @@ class Mesh:
             self.services[name] = RunningService(name, f"http://127.0.0.1:{port}", self.supervisor.add(spec))
         self.supervisor.start_all()
         not_ready = await self.supervisor.wait_all_ready(self.options.ready_timeout_s)
+        if self.options.engines and "orchestrator" not in not_ready:
+            self.engine_pods = await self.wait_engines_ready()
         self._started = True
         write_record(
             self.options.state_dir,
@@ -140,6 +144,22 @@ class Mesh:
             ),
         )
         return not_ready
+
+    async def wait_engines_ready(self) -> list[dict]:
+        """The default deployment's pods, once ``engines`` of them are ready (or the ready timeout passed)."""
+        url = f"{self.services['orchestrator'].url}/v1/pods"
+        deadline = asyncio.get_running_loop().time() + self.options.ready_timeout_s
+        pods: list[dict] = []
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            while asyncio.get_running_loop().time() < deadline:
+                try:
+                    pods = [p for p in (await client.get(url)).json()["data"] if p["pod"]["deployment"] == "default"]
+                except (httpx.HTTPError, ValueError, KeyError):
+                    pods = []
+                if sum(p["ready"] for p in pods) >= self.options.engines:
+                    break
+                await asyncio.sleep(0.25)
+        return pods
 
     async def stop(self) -> None:
         await self.supervisor.stop_all()
