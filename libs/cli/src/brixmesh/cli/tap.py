@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -72,9 +73,8 @@ async def tap(nats_url: str, patterns: list[str], *, as_json: bool, count: int |
     for pattern in patterns:
         await bus.client.subscribe(pattern, cb=on_message)
     try:
-        await asyncio.wait_for(done.wait(), timeout_s)
-    except asyncio.TimeoutError:
-        pass
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(done.wait(), timeout_s)
     finally:
         await bus.close()
     return 0 if count is None or seen >= count else 1

@@ -9,6 +9,7 @@ in ``lag_seconds``, which tells whether a host keeps up with its simulated engin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Protocol
@@ -72,10 +73,8 @@ class Engine:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
 
     def submit(self, request: SimRequest) -> None:

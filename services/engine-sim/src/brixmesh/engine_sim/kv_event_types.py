@@ -51,7 +51,7 @@ class BlockRemoved(KvCacheEvent):
 
 
 class AllBlocksCleared(KvCacheEvent):
-    pass
+    """The whole prefix cache was dropped (published lazily at the next engine step)."""
 
 
 KvEvent = BlockStored | BlockRemoved | AllBlocksCleared
@@ -78,7 +78,7 @@ class _LegacyBlockRemoved(msgspec.Struct, tag="BlockRemoved", array_like=True, g
 
 
 class _LegacyAllBlocksCleared(msgspec.Struct, tag="AllBlocksCleared", array_like=True, gc=False):
-    pass
+    """Pre-0.32 positional form: just the tag."""
 
 
 def _to_legacy(event: KvEvent) -> msgspec.Struct:

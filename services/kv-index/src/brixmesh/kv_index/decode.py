@@ -48,7 +48,7 @@ class _MapRemoved(msgspec.Struct, tag="BlockRemoved", tag_field="type", gc=False
 
 
 class _MapCleared(msgspec.Struct, tag="AllBlocksCleared", tag_field="type", gc=False):
-    pass
+    """vLLM 0.32 map form: only the ``type`` key."""
 
 
 class _MapBatch(msgspec.Struct, array_like=True, gc=False):
@@ -76,7 +76,7 @@ class _ArrayRemoved(msgspec.Struct, tag="BlockRemoved", array_like=True, gc=Fals
 
 
 class _ArrayCleared(msgspec.Struct, tag="AllBlocksCleared", array_like=True, gc=False):
-    pass
+    """Legacy positional form: only the tag."""
 
 
 class _ArrayBatch(msgspec.Struct, array_like=True, gc=False):

@@ -20,4 +20,3 @@ class Scorer(Protocol):
 
     def score(self, ctx: RequestContext, pods: Sequence[Endpoint]) -> dict[str, float]:
         """Score each candidate in [0, 1]; higher is better; pods left out score 0."""
-        ...
