@@ -44,15 +44,30 @@ def run_backend(port: int) -> None:
     import uvloop
     from aiohttp import web
 
-    completion = json.dumps({
-        "id": "cmpl-bench", "object": "chat.completion", "created": 0, "model": MODEL,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello there, how are you"},
-                     "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 40, "completion_tokens": 6, "total_tokens": 46},
-    }).encode()
-    chunk = (b'data: {"id":"cmpl-bench","object":"chat.completion.chunk","created":0,"model":"' + MODEL.encode()
-             + b'","choices":[{"index":0,"delta":{"content":"tok"},"finish_reason":null}]}\n\n')
-    models = json.dumps({"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "bench"}]}).encode()
+    completion = json.dumps(
+        {
+            "id": "cmpl-bench",
+            "object": "chat.completion",
+            "created": 0,
+            "model": MODEL,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "hello there, how are you"},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": 40, "completion_tokens": 6, "total_tokens": 46},
+        }
+    ).encode()
+    chunk = (
+        b'data: {"id":"cmpl-bench","object":"chat.completion.chunk","created":0,"model":"'
+        + MODEL.encode()
+        + b'","choices":[{"index":0,"delta":{"content":"tok"},"finish_reason":null}]}\n\n'
+    )
+    models = json.dumps(
+        {"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "bench"}]}
+    ).encode()
 
     async def chat(request: web.Request) -> web.StreamResponse:
         body = await request.read()
@@ -83,7 +98,9 @@ def run_backend(port: int) -> None:
 # --- load generator -----------------------------------------------------------------------------------
 
 
-def run_load(url: str, concurrency: int, stream: bool, requests: int, seconds: float, headers: dict[str, str]) -> None:
+def run_load(
+    url: str, concurrency: int, stream: bool, requests: int, seconds: float, headers: dict[str, str]
+) -> None:
     import aiohttp
     import uvloop
 
@@ -91,9 +108,16 @@ def run_load(url: str, concurrency: int, stream: bool, requests: int, seconds: f
         rng = random.Random(7)
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as session:
+
             async def one() -> float:
-                body = {"model": MODEL, "stream": stream, "max_tokens": 6, "messages": [
-                    {"role": "user", "content": rng.choice(PREFIXES) + f"question {rng.randrange(10**6)}"}]}
+                body = {
+                    "model": MODEL,
+                    "stream": stream,
+                    "max_tokens": 6,
+                    "messages": [
+                        {"role": "user", "content": rng.choice(PREFIXES) + f"question {rng.randrange(10**6)}"}
+                    ],
+                }
                 started = time.perf_counter()
                 async with session.post(url + "/v1/chat/completions", json=body, headers=headers) as response:
                     data = await response.read()
@@ -106,8 +130,11 @@ def run_load(url: str, concurrency: int, stream: bool, requests: int, seconds: f
                     await one()
                 latencies = [await one() for _ in range(requests)]
                 latencies.sort()
-                return {"p50_ms": 1000 * statistics.median(latencies),
-                        "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))], "n": len(latencies)}
+                return {
+                    "p50_ms": 1000 * statistics.median(latencies),
+                    "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))],
+                    "n": len(latencies),
+                }
             done = 0
             measuring = False
             deadline = time.perf_counter() + 1.0 + seconds
@@ -129,8 +156,21 @@ def run_load(url: str, concurrency: int, stream: bool, requests: int, seconds: f
 
 
 def load(url: str, concurrency: int, stream: bool, args: argparse.Namespace, headers: dict[str, str]) -> dict:
-    argv = [sys.executable, __file__, "load", "--url", url, "--concurrency", str(concurrency),
-            "--requests", str(args.requests), "--seconds", str(args.seconds), "--headers", json.dumps(headers)]
+    argv = [
+        sys.executable,
+        __file__,
+        "load",
+        "--url",
+        url,
+        "--concurrency",
+        str(concurrency),
+        "--requests",
+        str(args.requests),
+        "--seconds",
+        str(args.seconds),
+        "--headers",
+        json.dumps(headers),
+    ]
     if stream:
         argv.append("--stream")
     out = subprocess.run(argv, capture_output=True, text=True, timeout=300)
@@ -149,10 +189,18 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def process(argv: list[str], env: dict[str, str] | None = None, log: Path | None = None) -> Iterator[subprocess.Popen]:
+def process(
+    argv: list[str], env: dict[str, str] | None = None, log: Path | None = None
+) -> Iterator[subprocess.Popen]:
     sink = open(log, "wb") if log else subprocess.DEVNULL
-    proc = subprocess.Popen(argv, stdout=sink, stderr=sink, stdin=subprocess.DEVNULL, start_new_session=True,
-                            env={**os.environ, **(env or {})})
+    proc = subprocess.Popen(
+        argv,
+        stdout=sink,
+        stderr=sink,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        env={**os.environ, **(env or {})},
+    )
     try:
         yield proc
     finally:
@@ -204,10 +252,16 @@ class Target:
 @contextlib.contextmanager
 def brixmesh_router(workdir: Path, workers: list[str], nats_url: str) -> Iterator[str]:
     endpoints = workdir / "endpoints.json"
-    endpoints.write_text(json.dumps([{"name": f"w{i}", "url": u, "model": MODEL} for i, u in enumerate(workers)]))
+    endpoints.write_text(
+        json.dumps([{"name": f"w{i}", "url": u, "model": MODEL} for i, u in enumerate(workers)])
+    )
     port = free_port()
-    env = {"BRIXMESH_NATS_URL": nats_url, "BRIXMESH_PORT": str(port), "BRIXMESH_ENDPOINTS_FILE": str(endpoints),
-           "BRIXMESH_LOG_LEVEL": "warning"}
+    env = {
+        "BRIXMESH_NATS_URL": nats_url,
+        "BRIXMESH_PORT": str(port),
+        "BRIXMESH_ENDPOINTS_FILE": str(endpoints),
+        "BRIXMESH_LOG_LEVEL": "warning",
+    }
     with process([sys.executable, "-m", "brixmesh.router"], env, workdir / "router.log"):
         wait_http(f"http://127.0.0.1:{port}/readyz")
         yield f"http://127.0.0.1:{port}"
@@ -216,13 +270,36 @@ def brixmesh_router(workdir: Path, workers: list[str], nats_url: str) -> Iterato
 @contextlib.contextmanager
 def smg(workdir: Path, workers: list[str], policy: str) -> Iterator[str]:
     port, prom = free_port(), free_port()
-    argv = [str(PEERS_VENV / "bin" / "smg"), "launch", "--host", "127.0.0.1", "--port", str(port), "--worker-urls",
-            *workers, "--policy", policy, "--prometheus-host", "127.0.0.1", "--prometheus-port", str(prom)]
+    argv = [
+        str(PEERS_VENV / "bin" / "smg"),
+        "launch",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--worker-urls",
+        *workers,
+        "--policy",
+        policy,
+        "--prometheus-host",
+        "127.0.0.1",
+        "--prometheus-port",
+        str(prom),
+    ]
     if policy == "cache_aware":
-        argv += ["--cache-threshold", "0.3", "--balance-abs-threshold", "64", "--balance-rel-threshold", "1.5"]
+        argv += [
+            "--cache-threshold",
+            "0.3",
+            "--balance-abs-threshold",
+            "64",
+            "--balance-rel-threshold",
+            "1.5",
+        ]
     with process(argv, log=workdir / f"smg-{policy}.log"):
         url = f"http://127.0.0.1:{port}"
-        wait_http(f"{url}/workers", lambda r: r.status_code == 200 and r.text.count("127.0.0.1") >= len(workers))
+        wait_http(
+            f"{url}/workers", lambda r: r.status_code == 200 and r.text.count("127.0.0.1") >= len(workers)
+        )
         wait_http(f"{url}/v1/models")
         yield url
 
@@ -230,8 +307,19 @@ def smg(workdir: Path, workers: list[str], policy: str) -> Iterator[str]:
 @contextlib.contextmanager
 def vllm_router(workdir: Path, workers: list[str], policy: str) -> Iterator[str]:
     port, prom = free_port(), free_port()
-    argv = [str(PEERS_VENV / "bin" / "vllm-router"), "--host", "127.0.0.1", "--port", str(port), "--worker-urls",
-            *workers, "--policy", policy, "--prometheus-port", str(prom)]
+    argv = [
+        str(PEERS_VENV / "bin" / "vllm-router"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--worker-urls",
+        *workers,
+        "--policy",
+        policy,
+        "--prometheus-port",
+        str(prom),
+    ]
     with process(argv, log=workdir / f"vllm-router-{policy}.log"):
         url = f"http://127.0.0.1:{port}"
         wait_http(f"{url}/health")
@@ -247,14 +335,27 @@ def measure(target: Target, args: argparse.Namespace) -> dict | None:
         kind = "stream" if stream else "plain"
         result[f"c1_{kind}"] = load(target.url, 1, stream, args, target.headers)
         result[f"c64_{kind}"] = load(target.url, 64, stream, args, target.headers)
-    print(f"  {target.name}: " + ", ".join(
-        f"{k} " + (f"p50 {v['p50_ms']:.3f} ms p99 {v['p99_ms']:.3f} ms" if "p50_ms" in v else f"{v['rps']:.0f} req/s")
-        for k, v in result.items()), file=sys.stderr, flush=True)
+    print(
+        f"  {target.name}: "
+        + ", ".join(
+            f"{k} "
+            + (
+                f"p50 {v['p50_ms']:.3f} ms p99 {v['p99_ms']:.3f} ms"
+                if "p50_ms" in v
+                else f"{v['rps']:.0f} req/s"
+            )
+            for k, v in result.items()
+        ),
+        file=sys.stderr,
+        flush=True,
+    )
     return result
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command")
     backend = sub.add_parser("backend")
     backend.add_argument("--port", type=int, required=True)
@@ -267,14 +368,18 @@ def main() -> None:
         p.add_argument("--requests", type=int, default=2000, help="requests at concurrency 1")
         p.add_argument("--seconds", type=float, default=5.0, help="measured seconds at concurrency 64")
     parser.add_argument("--skip-peers", action="store_true")
-    parser.add_argument("--only", default="", help="comma-separated target name prefixes to run (direct always runs)")
+    parser.add_argument(
+        "--only", default="", help="comma-separated target name prefixes to run (direct always runs)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "router_overhead.json")
     args = parser.parse_args()
     if args.command == "backend":
         run_backend(args.port)
         return
     if args.command == "load":
-        run_load(args.url, args.concurrency, args.stream, args.requests, args.seconds, json.loads(args.headers))
+        run_load(
+            args.url, args.concurrency, args.stream, args.requests, args.seconds, json.loads(args.headers)
+        )
         return
     run_all(args)
 
@@ -289,8 +394,12 @@ def run_all(args: argparse.Namespace) -> None:
         workers = []
         for i in range(2):
             port = free_port()
-            stack.enter_context(process([sys.executable, __file__, "backend", "--port", str(port)],
-                                        log=workdir / f"backend{i}.log"))
+            stack.enter_context(
+                process(
+                    [sys.executable, __file__, "backend", "--port", str(port)],
+                    log=workdir / f"backend{i}.log",
+                )
+            )
             workers.append(f"http://127.0.0.1:{port}")
         for url in workers:
             wait_http(f"{url}/health")
@@ -313,10 +422,15 @@ def run_all(args: argparse.Namespace) -> None:
 
 
 def report(results: dict[str, dict], out: Path) -> None:
-    base = {kind: (results["direct"][f"c1_{kind}"]["p50_ms"] + results["direct (again)"][f"c1_{kind}"]["p50_ms"]) / 2
-            for kind in ("plain", "stream")}
-    header = (f"{'target':28} {'+p50 ms':>8} {'p99 ms':>8} {'req/s c64':>10} | "
-              f"{'+p50 ms':>8} {'p99 ms':>8} {'req/s c64':>10}   (non-streaming | streaming)")
+    base = {
+        kind: (results["direct"][f"c1_{kind}"]["p50_ms"] + results["direct (again)"][f"c1_{kind}"]["p50_ms"])
+        / 2
+        for kind in ("plain", "stream")
+    }
+    header = (
+        f"{'target':28} {'+p50 ms':>8} {'p99 ms':>8} {'req/s c64':>10} | "
+        f"{'+p50 ms':>8} {'p99 ms':>8} {'req/s c64':>10}   (non-streaming | streaming)"
+    )
     lines = [header, "-" * len(header)]
     for name, r in results.items():
         cells = []
@@ -324,8 +438,10 @@ def report(results: dict[str, dict], out: Path) -> None:
             c1, c64 = r[f"c1_{kind}"], r[f"c64_{kind}"]
             cells.append(f"{c1['p50_ms'] - base[kind]:>+8.3f} {c1['p99_ms']:>8.3f} {c64['rps']:>10.0f}")
         lines.append(f"{name:28} {cells[0]} | {cells[1]}")
-    lines.append(f"direct p50 (mean of first and last run): {base['plain']:.3f} ms non-streaming, "
-                 f"{base['stream']:.3f} ms streaming; cores: {os.cpu_count()}")
+    lines.append(
+        f"direct p50 (mean of first and last run): {base['plain']:.3f} ms non-streaming, "
+        f"{base['stream']:.3f} ms streaming; cores: {os.cpu_count()}"
+    )
     print("\n".join(lines))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"ts": time.time(), "direct_p50_ms": base, "results": results}, indent=2))

@@ -14,9 +14,14 @@ from brixmesh.common.ports import free_port
 
 async def _embeddings(request: web.Request) -> web.Response:
     body = await request.json()
-    return web.json_response({"object": "list", "model": body["model"],
-                              "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3, 0.4]}],
-                              "usage": {"prompt_tokens": 1, "total_tokens": 1}})
+    return web.json_response(
+        {
+            "object": "list",
+            "model": body["model"],
+            "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3, 0.4]}],
+            "usage": {"prompt_tokens": 1, "total_tokens": 1},
+        }
+    )
 
 
 @contextlib.contextmanager

@@ -31,31 +31,54 @@ class RouterProcess:
         return self.log_path.read_text(errors="replace")
 
 
-def endpoints_file(directory: Path, urls: Sequence[str], names: Sequence[str] | None = None,
-                   adapters: Sequence[str] = ("lora-a",)) -> Path:
+def endpoints_file(
+    directory: Path,
+    urls: Sequence[str],
+    names: Sequence[str] | None = None,
+    adapters: Sequence[str] = ("lora-a",),
+) -> Path:
     path = directory / f"endpoints-{free_port()}.json"
     names = names or [f"pod-{i}" for i in range(len(urls))]
-    path.write_text(json.dumps({"endpoints": [
-        {"name": name, "url": url, "model": MODEL, "adapters": list(adapters)} for name, url in zip(names, urls)
-    ]}))
+    path.write_text(
+        json.dumps(
+            {
+                "endpoints": [
+                    {"name": name, "url": url, "model": MODEL, "adapters": list(adapters)}
+                    for name, url in zip(names, urls)
+                ]
+            }
+        )
+    )
     return path
 
 
 @contextlib.contextmanager
-def router_process(nats_url: str, *, endpoints: Path | None = None, timeout_s: float = 20.0,
-                   **settings: object) -> Iterator[RouterProcess]:
+def router_process(
+    nats_url: str, *, endpoints: Path | None = None, timeout_s: float = 20.0, **settings: object
+) -> Iterator[RouterProcess]:
     """Start a router; ``settings`` become ``BRIXMESH_<NAME>`` (lists/dicts as JSON)."""
     port = free_port()
-    env = {**os.environ, "BRIXMESH_NATS_URL": nats_url, "BRIXMESH_PORT": str(port), "BRIXMESH_LOG_FORMAT": "text",
-           "BRIXMESH_HOST": "127.0.0.1"}
+    env = {
+        **os.environ,
+        "BRIXMESH_NATS_URL": nats_url,
+        "BRIXMESH_PORT": str(port),
+        "BRIXMESH_LOG_FORMAT": "text",
+        "BRIXMESH_HOST": "127.0.0.1",
+    }
     if endpoints is not None:
         env["BRIXMESH_ENDPOINTS_FILE"] = str(endpoints)
     for name, value in settings.items():
         env[f"BRIXMESH_{name.upper()}"] = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
     log_path = Path(tempfile.mkstemp(prefix="bm-router-", suffix=".log")[1])
     with open(log_path, "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "brixmesh.router"], env=env, stdout=log, stderr=log,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "brixmesh.router"],
+            env=env,
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout_s

@@ -23,54 +23,83 @@ def endpoints(sims: SimEngine, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def keyed_router(nats_server: NatsServer, redis_server: RedisServer, endpoints: Path) -> Iterator[RouterProcess]:
-    with router_process(nats_server.url, endpoints=endpoints, api_keys="k-one,k-two", redis_url=redis_server.url,
-                        rpm_limit=3) as router:
+def keyed_router(
+    nats_server: NatsServer, redis_server: RedisServer, endpoints: Path
+) -> Iterator[RouterProcess]:
+    with router_process(
+        nats_server.url, endpoints=endpoints, api_keys="k-one,k-two", redis_url=redis_server.url, rpm_limit=3
+    ) as router:
         yield router
 
 
 def test_api_key_required_and_checked(keyed_router: RouterProcess) -> None:
     missing = httpx.post(f"{keyed_router.url}/v1/completions", json=BODY)
     assert missing.status_code == 401 and missing.json()["error"]["code"] == "invalid_api_key"
-    wrong = httpx.post(f"{keyed_router.url}/v1/completions", json=BODY, headers={"authorization": "Bearer nope"})
+    wrong = httpx.post(
+        f"{keyed_router.url}/v1/completions", json=BODY, headers={"authorization": "Bearer nope"}
+    )
     assert wrong.status_code == 401
     assert httpx.get(f"{keyed_router.url}/v1/models").status_code == 401
     client = openai.OpenAI(base_url=f"{keyed_router.url}/v1", api_key="k-two", max_retries=0)
-    assert client.completions.create(model=MODEL, prompt="hi", max_tokens=3,
-                                     extra_body={"ignore_eos": True}).usage.completion_tokens == 3
+    assert (
+        client.completions.create(
+            model=MODEL, prompt="hi", max_tokens=3, extra_body={"ignore_eos": True}
+        ).usage.completion_tokens
+        == 3
+    )
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{keyed_router.url}/v1", api_key="bad", max_retries=0).completions.create(
-            model=MODEL, prompt="hi")
+            model=MODEL, prompt="hi"
+        )
 
 
 def test_rpm_limit_per_key_gives_429_with_retry_after(keyed_router: RouterProcess) -> None:
     headers = {"authorization": "Bearer k-one"}
-    statuses = [httpx.post(f"{keyed_router.url}/v1/completions", json=BODY, headers=headers) for _ in range(4)]
+    statuses = [
+        httpx.post(f"{keyed_router.url}/v1/completions", json=BODY, headers=headers) for _ in range(4)
+    ]
     assert [r.status_code for r in statuses[:3]] == [200, 200, 200]
     limited = statuses[3]
     assert limited.status_code == 429 and 1 <= int(limited.headers["retry-after"]) <= 60
     assert limited.json()["error"]["code"] == "rate_limit_exceeded"
-    other_key = httpx.post(f"{keyed_router.url}/v1/completions", json=BODY, headers={"authorization": "Bearer k-two"})
+    other_key = httpx.post(
+        f"{keyed_router.url}/v1/completions", json=BODY, headers={"authorization": "Bearer k-two"}
+    )
     assert other_key.status_code == 200
 
 
-def test_tpm_counts_usage_of_streams_too(nats_server: NatsServer, redis_server: RedisServer, endpoints: Path) -> None:
-    with router_process(nats_server.url, endpoints=endpoints, redis_url=redis_server.url, tpm_limit=30) as router:
+def test_tpm_counts_usage_of_streams_too(
+    nats_server: NatsServer, redis_server: RedisServer, endpoints: Path
+) -> None:
+    with router_process(
+        nats_server.url, endpoints=endpoints, redis_url=redis_server.url, tpm_limit=30
+    ) as router:
         user = {"user": f"u-{free_port()}"}
-        stream = httpx.post(f"{router.url}/v1/completions", json={**BODY, "max_tokens": 40, "stream": True},
-                            headers=user)
+        stream = httpx.post(
+            f"{router.url}/v1/completions", json={**BODY, "max_tokens": 40, "stream": True}, headers=user
+        )
         assert stream.status_code == 200  # under the limit when it started; its usage counts afterwards
-        deadline_checks = [httpx.post(f"{router.url}/v1/completions", json=BODY, headers=user) for _ in range(2)]
+        deadline_checks = [
+            httpx.post(f"{router.url}/v1/completions", json=BODY, headers=user) for _ in range(2)
+        ]
         assert deadline_checks[-1].status_code == 429
         assert "tokens per minute" in deadline_checks[-1].json()["error"]["message"]
-        assert httpx.post(f"{router.url}/v1/completions", json=BODY, headers={"user": "someone-else"}).status_code == 200
+        assert (
+            httpx.post(
+                f"{router.url}/v1/completions", json=BODY, headers={"user": "someone-else"}
+            ).status_code
+            == 200
+        )
 
 
 @pytest.mark.parametrize(("policy", "status"), [("fail-open", 200), ("fail-closed", 503)])
-def test_redis_down_applies_policy_visibly(nats_server: NatsServer, endpoints: Path, policy: str, status: int) -> None:
+def test_redis_down_applies_policy_visibly(
+    nats_server: NatsServer, endpoints: Path, policy: str, status: int
+) -> None:
     unreachable = f"redis://127.0.0.1:{free_port()}/0"
-    with router_process(nats_server.url, endpoints=endpoints, redis_url=unreachable, rpm_limit=100,
-                        limits_policy=policy) as router:
+    with router_process(
+        nats_server.url, endpoints=endpoints, redis_url=unreachable, rpm_limit=100, limits_policy=policy
+    ) as router:
         response = httpx.post(f"{router.url}/v1/completions", json=BODY, headers={"user": "u"})
         assert response.status_code == status
         if status == 503:

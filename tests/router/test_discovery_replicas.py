@@ -11,7 +11,15 @@ from pathlib import Path
 import httpx
 
 from brixmesh.common.bus import Bus
-from brixmesh.common.messages import PodEvent, PodInfo, PodList, PodListRequest, PodMetrics, PodStatus, RouterStats
+from brixmesh.common.messages import (
+    PodEvent,
+    PodInfo,
+    PodList,
+    PodListRequest,
+    PodMetrics,
+    PodStatus,
+    RouterStats,
+)
 from brixmesh.common.servers import NatsServer
 from brixmesh.common.subjects import METRICS_PODS, PODS, PODS_LIST, ROUTER_STATS
 from tests.engine_sim.sim_engine import SimEngine
@@ -25,8 +33,10 @@ def pod_info(name: str, url: str) -> PodInfo:
 
 
 async def publish(bus: Bus, kind: str, info: PodInfo) -> None:
-    await bus.publish(PODS.format(kind="engine", deployment=info.deployment, pod=info.pod),
-                      PodEvent(kind=kind, pod=info, ts=time.time()))  # type: ignore[arg-type]
+    await bus.publish(
+        PODS.format(kind="engine", deployment=info.deployment, pod=info.pod),
+        PodEvent(kind=kind, pod=info, ts=time.time()),
+    )  # type: ignore[arg-type]
 
 
 async def pods_used(client: httpx.AsyncClient, url: str, n: int, **headers: str) -> set[str]:
@@ -64,11 +74,19 @@ async def test_pods_and_metrics_from_nats(nats_server: NatsServer, sims: SimEngi
             await eventually(lambda: _uses(client, router.url, {"nats-b"}))
             await publish(bus, "ready", a)
             for pod, usage in (("nats-a", 0.9), ("nats-b", 0.1)):
-                await bus.publish(METRICS_PODS.format(pod=pod), PodMetrics(
-                    pod=pod, model=MODEL, deployment="tiny", ts=time.time(), stale=False, kv_usage=usage))
-            await eventually(lambda: _uses(client, router.url, {"nats-b"}, **{"routing-strategy": "least-kv-cache"}))
+                await bus.publish(
+                    METRICS_PODS.format(pod=pod),
+                    PodMetrics(
+                        pod=pod, model=MODEL, deployment="tiny", ts=time.time(), stale=False, kv_usage=usage
+                    ),
+                )
+            await eventually(
+                lambda: _uses(client, router.url, {"nats-b"}, **{"routing-strategy": "least-kv-cache"})
+            )
             await publish(bus, "removed", b)
-            await eventually(lambda: _uses(client, router.url, {"nats-a"}, **{"routing-strategy": "least-kv-cache"}))
+            await eventually(
+                lambda: _uses(client, router.url, {"nats-a"}, **{"routing-strategy": "least-kv-cache"})
+            )
             assert await both_listed()  # nats-a still serves the base model and the adapter
 
 
@@ -83,18 +101,27 @@ async def _uses(client: httpx.AsyncClient, url: str, expected: set[str], **heade
 async def test_pod_list_bootstraps_a_new_router(nats_server: NatsServer, sims: SimEngine, bus: Bus) -> None:
     info = pod_info("listed", sims.urls[0])
     status = PodStatus(pod=info, phase="ready", ready=True, created_at=time.time(), phase_since=time.time())
-    await bus.serve(PODS_LIST.template, PodListRequest,
-                    lambda _subject, _request: PodList(pods=[status], ts=time.time(), orchestrator="test"))
+    await bus.serve(
+        PODS_LIST.template,
+        PodListRequest,
+        lambda _subject, _request: PodList(pods=[status], ts=time.time(), orchestrator="test"),
+    )
     with contextlib.ExitStack() as stack:  # started from a thread: this loop must stay free to answer
-        router = await asyncio.to_thread(stack.enter_context, router_process(nats_server.url, cold_start_wait_s=0))
+        router = await asyncio.to_thread(
+            stack.enter_context, router_process(nats_server.url, cold_start_wait_s=0)
+        )
         async with httpx.AsyncClient(timeout=10) as client:
             assert await pods_used(client, router.url, 2) == {"listed"}
 
 
-async def test_router_stats_every_interval(nats_server: NatsServer, sims: SimEngine, bus: Bus, tmp_path: Path) -> None:
+async def test_router_stats_every_interval(
+    nats_server: NatsServer, sims: SimEngine, bus: Bus, tmp_path: Path
+) -> None:
     records: list[RouterStats] = []
     await bus.subscribe(ROUTER_STATS.pattern(model=MODEL), RouterStats, lambda _s, r: records.append(r))
-    with router_process(nats_server.url, endpoints=endpoints_file(tmp_path, sims.urls), stats_interval_s=0.2) as router:
+    with router_process(
+        nats_server.url, endpoints=endpoints_file(tmp_path, sims.urls), stats_interval_s=0.2
+    ) as router:
         async with httpx.AsyncClient(timeout=10) as client:
             await pods_used(client, router.url, 5)
             await eventually(lambda: _sum(records, "completions", 5))
@@ -104,8 +131,11 @@ async def test_router_stats_every_interval(nats_server: NatsServer, sims: SimEng
 
 async def _in_flight_only(client: httpx.AsyncClient, url: str, pod: str) -> bool:
     metrics = (await client.get(f"{url}/metrics")).text
-    return metric_value(metrics, "brixmesh_router_in_flight") == 1 == metric_value(
-        metrics, "brixmesh_router_in_flight", pod=pod)
+    return (
+        metric_value(metrics, "brixmesh_router_in_flight")
+        == 1
+        == metric_value(metrics, "brixmesh_router_in_flight", pod=pod)
+    )
 
 
 async def _sum(records: list[RouterStats], field: str, expected: int) -> bool:
@@ -119,28 +149,38 @@ async def test_two_replicas_share_least_request_and_prefix_decisions(
 
     with sim_engine(["--inter-token-latency", "50"], replicas=2, kv_events=False) as slow:
         path = endpoints_file(tmp_path, slow.urls)
-        with router_process(nats_server.url, endpoints=path) as first, \
-                router_process(nats_server.url, endpoints=path) as second:
+        with (
+            router_process(nats_server.url, endpoints=path) as first,
+            router_process(nats_server.url, endpoints=path) as second,
+        ):
             async with httpx.AsyncClient(timeout=30) as client:
                 # least-request: a long request through the first replica makes the second avoid its pod
-                async with client.stream("POST", f"{first.url}/v1/completions",
-                                         json={**BODY, "max_tokens": 60, "ignore_eos": True,
-                                               "stream": True}) as held:
+                async with client.stream(
+                    "POST",
+                    f"{first.url}/v1/completions",
+                    json={**BODY, "max_tokens": 60, "ignore_eos": True, "stream": True},
+                ) as held:
                     busy = held.headers["x-brixmesh-pod"]
                     await asyncio.sleep(0.2)
                     for replica in (second, first):
                         # replicas share counts with a few ms of lag: wait until this one sees only the held one
-                        await eventually(lambda: _in_flight_only(client, replica.url, busy))
+                        await eventually(lambda url=replica.url: _in_flight_only(client, url, busy))
                         assert busy not in await pods_used(client, replica.url, 5)
 
                 # prefix: whatever pod the first replica chose for a prefix, the second chooses too
                 strategy = {"routing-strategy": "prefix-cache:3,least-request:1"}
                 for topic in range(6):
                     prefix = f"You are assistant number {topic}. " * 12
-                    chosen = await client.post(f"{first.url}/v1/completions", headers=strategy,
-                                               json={**BODY, "prompt": prefix + "first question"})
+                    chosen = await client.post(
+                        f"{first.url}/v1/completions",
+                        headers=strategy,
+                        json={**BODY, "prompt": prefix + "first question"},
+                    )
                     await asyncio.sleep(0.05)
                     for replica in (second, first):
-                        follow = await client.post(f"{replica.url}/v1/completions", headers=strategy,
-                                                   json={**BODY, "prompt": prefix + "another question"})
+                        follow = await client.post(
+                            f"{replica.url}/v1/completions",
+                            headers=strategy,
+                            json={**BODY, "prompt": prefix + "another question"},
+                        )
                         assert follow.headers["x-brixmesh-pod"] == chosen.headers["x-brixmesh-pod"]

@@ -39,8 +39,12 @@ def test_dead_pod_is_skipped_by_retry(nats_server: NatsServer, sims: SimEngine, 
         assert metric_value(metrics, "brixmesh_router_retries_total") >= 1
 
 
-def test_5xx_before_first_byte_retries_on_next_pod(nats_server: NatsServer, sims: SimEngine, tmp_path: Path) -> None:
-    with sim_engine(["--failure-injection-rate", "100", "--failure-types", "server_error"], kv_events=False) as bad:
+def test_5xx_before_first_byte_retries_on_next_pod(
+    nats_server: NatsServer, sims: SimEngine, tmp_path: Path
+) -> None:
+    with sim_engine(
+        ["--failure-injection-rate", "100", "--failure-types", "server_error"], kv_events=False
+    ) as bad:
         path = endpoints_file(tmp_path, [bad.base_url, sims.urls[0]], names=["failing", "good"])
         with router_process(nats_server.url, endpoints=path, default_strategy="round-robin") as router:
             for _ in range(4):
@@ -73,11 +77,13 @@ def test_mid_stream_death_sends_sse_error_then_ends(nats_server: NatsServer, tmp
     with sim_engine(["--fault-disconnect-after-tokens", "3"], kv_events=False) as dying:
         path = endpoints_file(tmp_path, [dying.base_url])
         with router_process(nats_server.url, endpoints=path) as router:
-            response = httpx.post(f"{router.url}/v1/completions", json={**BODY, "max_tokens": 20, "stream": True})
+            response = httpx.post(
+                f"{router.url}/v1/completions", json={**BODY, "max_tokens": 20, "stream": True}
+            )
             assert response.status_code == 200
             events = [line for line in response.text.split("\n\n") if line]
             assert events[-1].startswith('data: {"error"')
-            error = msgspec.json.decode(events[-1][len("data: "):])["error"]
+            error = msgspec.json.decode(events[-1][len("data: ") :])["error"]
             assert error["type"] == "upstream_error" and "mid-stream" in error["message"]
             client = openai.OpenAI(base_url=f"{router.url}/v1", api_key="x", max_retries=0)
             with pytest.raises(openai.APIError):
@@ -89,8 +95,9 @@ async def test_engine_killed_mid_stream_sends_sse_error(nats_server: NatsServer,
         path = endpoints_file(tmp_path, [victim.base_url])
         with router_process(nats_server.url, endpoints=path) as router:
             async with httpx.AsyncClient(timeout=30) as client:
-                async with client.stream("POST", f"{router.url}/v1/completions",
-                                         json={**BODY, "max_tokens": 100, "stream": True}) as response:
+                async with client.stream(
+                    "POST", f"{router.url}/v1/completions", json={**BODY, "max_tokens": 100, "stream": True}
+                ) as response:
                     received = b""
                     async for chunk in response.aiter_bytes():
                         if not received:
@@ -105,8 +112,9 @@ async def test_client_disconnect_cancels_upstream(nats_server: NatsServer, tmp_p
         path = endpoints_file(tmp_path, [slow.base_url])
         with router_process(nats_server.url, endpoints=path) as router:
             async with httpx.AsyncClient() as client:
-                async with client.stream("POST", f"{router.url}/v1/completions",
-                                         json={**BODY, "max_tokens": 200, "stream": True}) as response:
+                async with client.stream(
+                    "POST", f"{router.url}/v1/completions", json={**BODY, "max_tokens": 200, "stream": True}
+                ) as response:
                     async for _chunk in response.aiter_bytes():
                         break
                     assert await _running(client, slow.base_url) == 1
@@ -128,10 +136,12 @@ async def test_engine_killed_under_load_loses_no_request(nats_server: NatsServer
         path = endpoints_file(tmp_path, [victim.base_url, survivor.base_url], names=["victim", "survivor"])
         with router_process(nats_server.url, endpoints=path, default_strategy="round-robin") as router:
             async with httpx.AsyncClient(timeout=30) as client:
+
                 async def one(i: int) -> tuple[int, str, str]:
                     stream = i % 2 == 0
-                    response = await client.post(f"{router.url}/v1/completions",
-                                                 json={**BODY, "max_tokens": 8, "stream": stream})
+                    response = await client.post(
+                        f"{router.url}/v1/completions", json={**BODY, "max_tokens": 8, "stream": stream}
+                    )
                     return response.status_code, response.headers.get("x-brixmesh-pod", ""), response.text
 
                 tasks = [asyncio.create_task(one(i)) for i in range(24)]
@@ -146,10 +156,16 @@ async def test_engine_killed_under_load_loses_no_request(nats_server: NatsServer
         assert text.endswith("data: [DONE]\n\n") or '"finish_reason":"length"' in text
 
 
-async def test_request_held_until_a_pod_becomes_ready(nats_server: NatsServer, sims: SimEngine, bus: Bus) -> None:
+async def test_request_held_until_a_pod_becomes_ready(
+    nats_server: NatsServer, sims: SimEngine, bus: Bus
+) -> None:
     stats: list[RouterStats] = []
-    await bus.subscribe(ROUTER_STATS.pattern(model=MODEL), RouterStats, lambda _s, record: stats.append(record))
-    with router_process(nats_server.url, models=[MODEL], cold_start_wait_s=20, stats_interval_s=0.2) as router:
+    await bus.subscribe(
+        ROUTER_STATS.pattern(model=MODEL), RouterStats, lambda _s, record: stats.append(record)
+    )
+    with router_process(
+        nats_server.url, models=[MODEL], cold_start_wait_s=20, stats_interval_s=0.2
+    ) as router:
         async with httpx.AsyncClient(timeout=30) as client:
             held = asyncio.create_task(client.post(f"{router.url}/v1/completions", json=BODY))
             deadline = time.monotonic() + 10
@@ -157,8 +173,10 @@ async def test_request_held_until_a_pod_becomes_ready(nats_server: NatsServer, s
                 assert time.monotonic() < deadline and not held.done()
                 await asyncio.sleep(0.05)
             info = PodInfo(pod="late-pod", deployment="d", model=MODEL, engine="sim", endpoint=sims.urls[0])
-            await bus.publish(PODS.format(kind="engine", deployment="d", pod="late-pod"),
-                              PodEvent(kind="ready", pod=info, ts=time.time()))
+            await bus.publish(
+                PODS.format(kind="engine", deployment="d", pod="late-pod"),
+                PodEvent(kind="ready", pod=info, ts=time.time()),
+            )
             response = await held
             assert response.status_code == 200 and response.headers["x-brixmesh-pod"] == "late-pod"
             unknown = await client.post(f"{router.url}/v1/completions", json={**BODY, "model": "other"})
@@ -168,8 +186,10 @@ async def test_request_held_until_a_pod_becomes_ready(nats_server: NatsServer, s
 def test_no_ready_pod_gives_503_with_retry_after(nats_server: NatsServer) -> None:
     with router_process(nats_server.url, models=[MODEL], cold_start_wait_s=0.2, retry_after_s=7) as router:
         started = time.monotonic()
-        response = httpx.post(f"{router.url}/v1/chat/completions",
-                              json={"model": MODEL, "messages": [{"role": "user", "content": "x"}]})
+        response = httpx.post(
+            f"{router.url}/v1/chat/completions",
+            json={"model": MODEL, "messages": [{"role": "user", "content": "x"}]},
+        )
         assert response.status_code == 503 and response.headers["retry-after"] == "7"
         assert response.json()["error"]["code"] == "no_ready_pod"
         assert time.monotonic() - started >= 0.2

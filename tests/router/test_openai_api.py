@@ -19,7 +19,9 @@ NO_EOS = {"ignore_eos": True}  # the simulated model may draw EOS early; exact t
 
 
 @pytest.fixture(scope="module")
-def router(nats_server: NatsServer, sims: SimEngine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterProcess]:
+def router(
+    nats_server: NatsServer, sims: SimEngine, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RouterProcess]:
     path = endpoints_file(tmp_path_factory.mktemp("router"), sims.urls)
     with router_process(nats_server.url, endpoints=path, max_body_bytes=200_000) as process:
         yield process
@@ -28,11 +30,23 @@ def router(nats_server: NatsServer, sims: SimEngine, tmp_path_factory: pytest.Te
 def test_sync_client_chat_and_completions(router: RouterProcess) -> None:
     client = openai.OpenAI(base_url=f"{router.url}/v1", api_key="unused")
     chat = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=5, extra_body=NO_EOS)
-    assert chat.choices[0].message.role == "assistant" and chat.usage is not None and chat.usage.completion_tokens == 5
-    completion = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=4, extra_body=NO_EOS)
+    assert (
+        chat.choices[0].message.role == "assistant"
+        and chat.usage is not None
+        and chat.usage.completion_tokens == 5
+    )
+    completion = client.completions.create(
+        model=MODEL, prompt="Once upon a time", max_tokens=4, extra_body=NO_EOS
+    )
     assert completion.object == "text_completion" and completion.usage.completion_tokens == 4
-    stream = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=6, stream=True, extra_body=NO_EOS,
-                                            stream_options={"include_usage": True})
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=MESSAGES,
+        max_tokens=6,
+        stream=True,
+        extra_body=NO_EOS,
+        stream_options={"include_usage": True},
+    )
     chunks = list(stream)
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 6
     assert any(c.choices and c.choices[0].finish_reason == "length" for c in chunks)
@@ -40,26 +54,38 @@ def test_sync_client_chat_and_completions(router: RouterProcess) -> None:
 
 async def test_async_client_streaming_and_not(router: RouterProcess) -> None:
     client = openai.AsyncOpenAI(base_url=f"{router.url}/v1", api_key="unused")
-    chat = await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=3, extra_body=NO_EOS)
+    chat = await client.chat.completions.create(
+        model=MODEL, messages=MESSAGES, max_tokens=3, extra_body=NO_EOS
+    )
     assert chat.choices[0].finish_reason == "length"
-    stream = await client.completions.create(model=MODEL, prompt="abc", max_tokens=5, stream=True, extra_body=NO_EOS)
+    stream = await client.completions.create(
+        model=MODEL, prompt="abc", max_tokens=5, stream=True, extra_body=NO_EOS
+    )
     texts = [chunk.choices[0].text async for chunk in stream if chunk.choices]
     assert len(texts) >= 5
-    adapter = await client.chat.completions.create(model="lora-a", messages=MESSAGES, max_tokens=2, extra_body=NO_EOS)
+    adapter = await client.chat.completions.create(
+        model="lora-a", messages=MESSAGES, max_tokens=2, extra_body=NO_EOS
+    )
     assert adapter.model == "lora-a"
     await client.close()
 
 
 def test_response_headers_and_request_id_passthrough(router: RouterProcess) -> None:
     body = {"model": MODEL, "prompt": "hi", "max_tokens": 1}
-    given = httpx.post(f"{router.url}/v1/completions", json=body, headers={"x-request-id": "req-42",
-                                                                            "routing-strategy": "round-robin"})
+    given = httpx.post(
+        f"{router.url}/v1/completions",
+        json=body,
+        headers={"x-request-id": "req-42", "routing-strategy": "round-robin"},
+    )
     assert given.status_code == 200
     assert given.headers["x-request-id"] == "req-42"
     assert given.headers["x-brixmesh-pod"] in {"pod-0", "pod-1"}
     assert given.headers["x-brixmesh-strategy"] == "round-robin"
-    generated = httpx.post(f"{router.url}/v1/completions", json=body,
-                           headers={"routing-strategy": "prefix-cache:3,least-request:2"})
+    generated = httpx.post(
+        f"{router.url}/v1/completions",
+        json=body,
+        headers={"routing-strategy": "prefix-cache:3,least-request:2"},
+    )
     assert len(generated.headers["x-request-id"]) == 32
     assert generated.headers["x-brixmesh-strategy"] == "prefix-cache:3,least-request:2"
 
@@ -72,8 +98,14 @@ def test_models_lists_base_models_and_adapters(router: RouterProcess) -> None:
 
 
 def test_every_round_robin_pod_is_used(router: RouterProcess) -> None:
-    pods = {httpx.post(f"{router.url}/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 1},
-                       headers={"routing-strategy": "round-robin"}).headers["x-brixmesh-pod"] for _ in range(4)}
+    pods = {
+        httpx.post(
+            f"{router.url}/v1/completions",
+            json={"model": MODEL, "prompt": "x", "max_tokens": 1},
+            headers={"routing-strategy": "round-robin"},
+        ).headers["x-brixmesh-pod"]
+        for _ in range(4)
+    }
     assert pods == {"pod-0", "pod-1"}
 
 
@@ -87,17 +119,28 @@ def test_every_round_robin_pod_is_used(router: RouterProcess) -> None:
         ("/v1/chat/completions", b'{"model": "tiny-llama"}', {}, 400, "messages"),
         ("/v1/completions", b'{"model": "tiny-llama", "prompt": 7}', {}, 400, "prompt"),
         ("/v1/completions", b'{"model": "tiny-llama", "prompt": "x", "stream": "yes"}', {}, 400, "stream"),
-        ("/v1/completions", b'{"model": "tiny-llama", "prompt": "x"}', {"routing-strategy": "nope"}, 400,
-         "routing-strategy"),
-        ("/v1/completions", b'{"model": "tiny-llama", "prompt": "x"}', {"routing-strategy": "random:-2"}, 400,
-         "routing-strategy"),
+        (
+            "/v1/completions",
+            b'{"model": "tiny-llama", "prompt": "x"}',
+            {"routing-strategy": "nope"},
+            400,
+            "routing-strategy",
+        ),
+        (
+            "/v1/completions",
+            b'{"model": "tiny-llama", "prompt": "x"}',
+            {"routing-strategy": "random:-2"},
+            400,
+            "routing-strategy",
+        ),
         ("/v1/completions", b'{"model": "no-such-model", "prompt": "x"}', {}, 404, "model"),
         ("/v1/completions", b'{"model": "tiny-llama", "prompt": "' + b"x" * 300_000 + b'"}', {}, 413, None),
         ("/v1/nothing-here", b"{}", {}, 404, None),
     ],
 )
-def test_client_errors_are_openai_shaped(router: RouterProcess, path: str, content: bytes, headers: dict[str, str],
-                                         status: int, param: str | None) -> None:
+def test_client_errors_are_openai_shaped(
+    router: RouterProcess, path: str, content: bytes, headers: dict[str, str], status: int, param: str | None
+) -> None:
     response = httpx.post(f"{router.url}{path}", content=content, headers=headers)
     assert response.status_code == status, response.text
     error = response.json()["error"]
@@ -126,7 +169,10 @@ def test_shell_routes_still_served(router: RouterProcess) -> None:
 def test_embeddings_are_forwarded(nats_server: NatsServer, tmp_path: Path) -> None:
     from tests.router.fake_engine import fake_engine
 
-    with fake_engine() as url, router_process(nats_server.url, endpoints=endpoints_file(tmp_path, [url])) as r:
+    with (
+        fake_engine() as url,
+        router_process(nats_server.url, endpoints=endpoints_file(tmp_path, [url])) as r,
+    ):
         client = openai.OpenAI(base_url=f"{r.url}/v1", api_key="x")
         result = client.embeddings.create(model=MODEL, input="hello")
         assert len(result.data[0].embedding) == 4

@@ -26,8 +26,9 @@ def pods(*names: str, model: str = "m") -> list[Endpoint]:
 
 
 def ctx(text: str = "hello", **kw: object) -> RequestContext:
-    return RequestContext(request_id=kw.pop("request_id", "r"), api="completions", model="m", body={},
-                          prompt_text=text, **kw)  # type: ignore[arg-type]
+    return RequestContext(
+        request_id=kw.pop("request_id", "r"), api="completions", model="m", body={}, prompt_text=text, **kw
+    )  # type: ignore[arg-type]
 
 
 def metrics(pod: str, **values: float) -> PodMetrics:
@@ -84,16 +85,20 @@ async def test_least_request_uses_shared_in_flight_counts() -> None:
 async def test_random_tie_break_reaches_every_pod() -> None:
     router = make_router()
     endpoints = pods("a", "b", "c")
-    seen = {(await router.route(ctx(), endpoints, router.registry.strategy("random"))).ranked[0].name
-            for _ in range(60)}
+    seen = {
+        (await router.route(ctx(), endpoints, router.registry.strategy("random"))).ranked[0].name
+        for _ in range(60)
+    }
     assert seen == {"a", "b", "c"}
 
 
 async def test_round_robin_cycles() -> None:
     router = make_router()
     endpoints = pods("b", "a", "c")
-    picks = [(await router.route(ctx(), endpoints, router.registry.strategy("round-robin"))).ranked[0].name
-             for _ in range(6)]
+    picks = [
+        (await router.route(ctx(), endpoints, router.registry.strategy("round-robin"))).ranked[0].name
+        for _ in range(6)
+    ]
     assert picks == ["a", "b", "c", "a", "b", "c"]
 
 
@@ -131,7 +136,9 @@ async def test_session_affinity_is_stable_and_falls_back() -> None:
     router = make_router()
     endpoints = pods("a", "b", "c", "d")
     strategy = router.registry.strategy("session")
-    picks = {(await router.route(ctx(session_id="s-1"), endpoints, strategy)).ranked[0].name for _ in range(10)}
+    picks = {
+        (await router.route(ctx(session_id="s-1"), endpoints, strategy)).ranked[0].name for _ in range(10)
+    }
     assert len(picks) == 1
     gone = picks.pop()
     rest = [p for p in endpoints if p.name != gone]

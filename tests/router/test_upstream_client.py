@@ -22,18 +22,22 @@ from brixmesh.router.upstream import (
 
 async def _json(request: web.Request) -> web.Response:
     body = await request.read()
-    return web.Response(body=b'{"echo":' + body + b',"usage":{"prompt_tokens":3,"completion_tokens":2,'
-                        b'"total_tokens":5},"id":"' + request.headers["x-request-id"].encode() + b'"}',
-                        content_type="application/json")
+    return web.Response(
+        body=b'{"echo":' + body + b',"usage":{"prompt_tokens":3,"completion_tokens":2,'
+        b'"total_tokens":5},"id":"' + request.headers["x-request-id"].encode() + b'"}',
+        content_type="application/json",
+    )
 
 
 async def _stream(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={"content-type": "text/event-stream"})
     await response.prepare(request)
     for i in range(3):
-        await response.write(f"data: {{\"n\":{i}}}\n\n".encode())
+        await response.write(f'data: {{"n":{i}}}\n\n'.encode())
         await asyncio.sleep(0.01)
-    await response.write(b'data: {"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":3,"total_tokens":4}}\n\n')
+    await response.write(
+        b'data: {"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":3,"total_tokens":4}}\n\n'
+    )
     await response.write(b"data: [DONE]\n\n")
     await response.write_eof()
     return response
@@ -76,7 +80,9 @@ async def test_keep_alive_reuse_and_stale_connection_retry(server: str) -> None:
     second = await pool.post(url, "/json", b"[2]", b"X-Request-Id: b\r\n")
     assert second._conn is first._conn and second._conn.reused  # same connection
     body = await second.read()
-    assert usage_of_body(body) is not None and usage_of_body(body).total_tokens == 5 and body.endswith(b'"b"}')
+    assert (
+        usage_of_body(body) is not None and usage_of_body(body).total_tokens == 5 and body.endswith(b'"b"}')
+    )
     second.close()
     await asyncio.sleep(0.8)  # the server's keep-alive timeout closes the idle connection
     third = await pool.post(url, "/json", b"[3]", b"X-Request-Id: c\r\n")

@@ -48,7 +48,9 @@ def build_service(settings: RouterSettings) -> Service:
 
 def build_router(settings: RouterSettings) -> RouterApp:
     service = Service("router", settings)
-    env = RoutingEnv(load=LoadTracker(settings.inflight_ttl_s), prefix_block_chars=settings.prefix_block_chars)
+    env = RoutingEnv(
+        load=LoadTracker(settings.inflight_ttl_s), prefix_block_chars=settings.prefix_block_chars
+    )
     registry = default_registry(env)
     pods = PodTable()
     pods.on_removed(env.prefix_index.forget_pod)
@@ -75,10 +77,16 @@ def build_router(settings: RouterSettings) -> RouterApp:
         stats=stats,
         metrics=RouterMetrics(service.registry),
         auth=Authenticator(settings.api_keys),
-        limiter=RateLimiter(settings.redis_url, settings.rpm_limit, settings.tpm_limit, settings.limits_policy,
-                            service.registry),
+        limiter=RateLimiter(
+            settings.redis_url,
+            settings.rpm_limit,
+            settings.tpm_limit,
+            settings.limits_policy,
+            service.registry,
+        ),
     )
-    service.app.add_middleware(OpenAIRoutes, gateway=gateway)  # /v1/* also when the service app is served alone
+    # /v1/* also when the service app is served alone (serve.py puts the gateway ahead of it for speed)
+    service.app.add_middleware(OpenAIRoutes, gateway=gateway)
 
     async def start(svc: Service) -> None:
         await subscribe_pods(svc.bus, pods)

@@ -35,8 +35,12 @@ class Authenticator:
             return None
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token:
-            raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>'", "invalid_request_error",
-                           code="invalid_api_key")
+            raise ApiError(
+                401,
+                "missing API key: send 'Authorization: Bearer <key>'",
+                "invalid_request_error",
+                code="invalid_api_key",
+            )
         given = token.strip().encode()
         if not any(hmac.compare_digest(given, key) for key in self._keys):
             raise ApiError(401, "incorrect API key provided", "invalid_request_error", code="invalid_api_key")
@@ -48,13 +52,20 @@ class RateLimiter:
         self.rpm = rpm
         self.tpm = tpm
         self.policy = policy
-        self._redis = aioredis.Redis.from_url(url, socket_timeout=0.25, socket_connect_timeout=0.25) if url else None
+        self._redis = (
+            aioredis.Redis.from_url(url, socket_timeout=0.25, socket_connect_timeout=0.25) if url else None
+        )
         self.backend_errors = Counter(
-            "brixmesh_router_limits_backend_errors", "Limit checks that could not reach Redis, by policy applied",
-            ["policy"], registry=registry,
+            "brixmesh_router_limits_backend_errors",
+            "Limit checks that could not reach Redis, by policy applied",
+            ["policy"],
+            registry=registry,
         )
         self.rejections = Counter(
-            "brixmesh_router_limits_rejections", "Requests rejected by RPM/TPM limits", ["limit"], registry=registry
+            "brixmesh_router_limits_rejections",
+            "Requests rejected by RPM/TPM limits",
+            ["limit"],
+            registry=registry,
         )
 
     @property
@@ -78,20 +89,31 @@ class RateLimiter:
         except (RedisError, OSError):
             self.backend_errors.labels(self.policy).inc()
             if self.policy == "fail-closed":
-                raise ApiError(503, "rate-limit backend unavailable", "service_unavailable",
-                               retry_after_s=1) from None
+                raise ApiError(
+                    503, "rate-limit backend unavailable", "service_unavailable", retry_after_s=1
+                ) from None
             return
         retry_after = WINDOW_S - int(time.time()) % WINDOW_S
         for i in range(len(identities)):
             requests, tokens = int(results[3 * i]), int(results[3 * i + 2] or 0)
             if self.rpm and requests > self.rpm:
                 self.rejections.labels("rpm").inc()
-                raise ApiError(429, f"rate limit reached: {self.rpm} requests per minute", "rate_limit_exceeded",
-                               code="rate_limit_exceeded", retry_after_s=retry_after)
+                raise ApiError(
+                    429,
+                    f"rate limit reached: {self.rpm} requests per minute",
+                    "rate_limit_exceeded",
+                    code="rate_limit_exceeded",
+                    retry_after_s=retry_after,
+                )
             if self.tpm and tokens >= self.tpm:
                 self.rejections.labels("tpm").inc()
-                raise ApiError(429, f"rate limit reached: {self.tpm} tokens per minute", "rate_limit_exceeded",
-                               code="rate_limit_exceeded", retry_after_s=retry_after)
+                raise ApiError(
+                    429,
+                    f"rate limit reached: {self.tpm} tokens per minute",
+                    "rate_limit_exceeded",
+                    code="rate_limit_exceeded",
+                    retry_after_s=retry_after,
+                )
 
     async def add_tokens(self, identities: Sequence[str], tokens: int) -> None:
         if not self.enabled or not self.tpm or not identities or tokens <= 0:

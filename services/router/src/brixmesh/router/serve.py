@@ -30,8 +30,11 @@ def run(router: RouterApp) -> None:
     try:
         sock = bind_socket(settings.host, settings.port)
     except OSError as exc:
-        print(f"brixmesh-{service.name}: cannot listen on {settings.host}:{settings.port} "
-              f"(set BRIXMESH_HOST/BRIXMESH_PORT): {exc.strerror}", file=sys.stderr)
+        print(
+            f"brixmesh-{service.name}: cannot listen on {settings.host}:{settings.port} "
+            f"(set BRIXMESH_HOST/BRIXMESH_PORT): {exc.strerror}",
+            file=sys.stderr,
+        )
         raise SystemExit(2) from None
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     host, port = sock.getsockname()[:2]

@@ -45,8 +45,10 @@ class RoutingSync:
 
     async def _flush(self, events: list[RoutingEvent]) -> None:
         if self._bus is not None and self._bus.connected:
-            await self._bus.publish(ROUTER_ROUTING.format(router=self.router_id), RoutingEventBatch(
-                self.router_id, time.time(), events))
+            await self._bus.publish(
+                ROUTER_ROUTING.format(router=self.router_id),
+                RoutingEventBatch(self.router_id, time.time(), events),
+            )
 
     def _on_batch(self, subject: str, batch: RoutingEventBatch) -> None:
         if subject.endswith("." + self._token) and batch.router == self.router_id:

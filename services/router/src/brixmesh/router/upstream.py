@@ -177,7 +177,9 @@ class UpstreamResponse:
 
 
 class UpstreamPool:
-    def __init__(self, connect_timeout_s: float, read_timeout_s: float, max_idle_per_engine: int = 512) -> None:
+    def __init__(
+        self, connect_timeout_s: float, read_timeout_s: float, max_idle_per_engine: int = 512
+    ) -> None:
         self.connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
         self.max_idle_per_engine = max_idle_per_engine
@@ -194,12 +196,22 @@ class UpstreamPool:
             found = self._targets[base_url] = (parts.hostname, port, f"{parts.hostname}:{port}".encode())
         return found
 
-    async def post(self, base_url: str, path: str, body: bytes, extra_headers: bytes = b"") -> UpstreamResponse:
+    async def post(
+        self, base_url: str, path: str, body: bytes, extra_headers: bytes = b""
+    ) -> UpstreamResponse:
         """POST ``body`` (JSON) and wait for the response head. ``extra_headers``: ``b"Name: value\\r\\n"`` lines."""
         host, port, host_header = self._target(base_url)
-        head = (b"POST " + path.encode() + b" HTTP/1.1\r\nHost: " + host_header
-                + b"\r\nContent-Type: application/json\r\nContent-Length: " + str(len(body)).encode()
-                + b"\r\n" + extra_headers + b"\r\n")
+        head = (
+            b"POST "
+            + path.encode()
+            + b" HTTP/1.1\r\nHost: "
+            + host_header
+            + b"\r\nContent-Type: application/json\r\nContent-Length: "
+            + str(len(body)).encode()
+            + b"\r\n"
+            + extra_headers
+            + b"\r\n"
+        )
         payload = head + body
         while True:
             conn = self._checkout((host, port))
@@ -235,10 +247,13 @@ class UpstreamPool:
         loop = asyncio.get_running_loop()
         try:
             _transport, conn = await asyncio.wait_for(
-                loop.create_connection(lambda: _Connection(self, (host, port)), host, port), self.connect_timeout_s
+                loop.create_connection(lambda: _Connection(self, (host, port)), host, port),
+                self.connect_timeout_s,
             )
         except asyncio.TimeoutError:
-            raise UpstreamConnectTimeout(f"no connection to {host}:{port} within {self.connect_timeout_s} s") from None
+            raise UpstreamConnectTimeout(
+                f"no connection to {host}:{port} within {self.connect_timeout_s} s"
+            ) from None
         except OSError as exc:
             raise UpstreamError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
         return conn

@@ -19,7 +19,9 @@ log = logging.getLogger(__name__)
 
 async def subscribe_pods(bus: Bus, pods: PodTable) -> None:
     await bus.subscribe(PODS.pattern(), PodEvent, lambda _subject, event: pods.apply(event))
-    await bus.subscribe(METRICS_PODS.pattern(), PodMetrics, lambda _subject, metrics: pods.apply_metrics(metrics))
+    await bus.subscribe(
+        METRICS_PODS.pattern(), PodMetrics, lambda _subject, metrics: pods.apply_metrics(metrics)
+    )
 
 
 async def load_pod_list(bus: Bus, pods: PodTable, timeout_s: float = 1.0) -> int:

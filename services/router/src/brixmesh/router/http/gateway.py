@@ -26,7 +26,14 @@ from brixmesh.router.http.errors import ApiError, bad_request, sse_error_event
 from brixmesh.router.http.request import API_BY_PATH, build_context, parse_body
 from brixmesh.router.limits import Authenticator, RateLimiter
 from brixmesh.router.metrics import RouterMetrics
-from brixmesh.router.routing import NoEndpoint, RequestContext, Router, RoutingDecision, UnknownStrategy, Usage
+from brixmesh.router.routing import (
+    NoEndpoint,
+    RequestContext,
+    Router,
+    RoutingDecision,
+    UnknownStrategy,
+    Usage,
+)
 from brixmesh.router.routing.endpoint import Endpoint
 from brixmesh.router.routing.registry import Strategy
 from brixmesh.router.settings import RouterSettings
@@ -103,7 +110,9 @@ class Gateway:
             if api is None:
                 raise ApiError(404, f"unknown path {path}", "invalid_request_error", code="unknown_url")
             if method != "POST":
-                raise ApiError(405, f"method {method} not allowed on {path}; use POST", "invalid_request_error")
+                raise ApiError(
+                    405, f"method {method} not allowed on {path}; use POST", "invalid_request_error"
+                )
             raw = await self._read_body(headers, receive)
             await self._handle(api, raw, headers, request_id, scope, receive, send)
         except ApiError as exc:
@@ -117,8 +126,9 @@ class Gateway:
     async def _read_body(self, headers: dict[str, str], receive: Receive) -> bytes:
         limit = self.settings.max_body_bytes
         declared = headers.get("content-length")
-        too_large = ApiError(413, f"request body exceeds {limit} bytes", "invalid_request_error",
-                             code="request_too_large")
+        too_large = ApiError(
+            413, f"request body exceeds {limit} bytes", "invalid_request_error", code="request_too_large"
+        )
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise too_large
         chunks: list[bytes] = []
@@ -138,15 +148,26 @@ class Gateway:
     # --- one request ------------------------------------------------------------------------------------
 
     async def _handle(
-        self, api: Any, raw: bytes, headers: dict[str, str], request_id: str, scope: Scope, receive: Receive,
+        self,
+        api: Any,
+        raw: bytes,
+        headers: dict[str, str],
+        request_id: str,
+        scope: Scope,
+        receive: Receive,
         send: Send,
     ) -> None:
         key_id = self.auth.identity(headers.get("authorization"))
         ctx = build_context(api, parse_body(raw), headers, request_id)
         base = self._base_model(ctx.model)
         if base is None:
-            raise ApiError(404, f"The model `{ctx.model}` does not exist.", "invalid_request_error", param="model",
-                           code="model_not_found")
+            raise ApiError(
+                404,
+                f"The model `{ctx.model}` does not exist.",
+                "invalid_request_error",
+                param="model",
+                code="model_not_found",
+            )
         ctx.base_model = base
         ctx.adapter = ctx.model if base != ctx.model else None
         strategy = self._strategy(ctx.model, headers.get("routing-strategy"))
@@ -171,7 +192,9 @@ class Gateway:
             prompt, completion = (usage.prompt_tokens, usage.completion_tokens) if usage else (0, 0)
             self.stats.finished(ctx.model, ok, prompt, completion)
             if usage is not None and identities:
-                self._in_background(self.limiter.add_tokens(identities, usage.total_tokens or prompt + completion))
+                self._in_background(
+                    self.limiter.add_tokens(identities, usage.total_tokens or prompt + completion)
+                )
 
     def _base_model(self, model: str) -> str | None:
         base = self.pods.base_model_of(model)
@@ -199,9 +222,13 @@ class Gateway:
             except NoEndpoint:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise ApiError(503, f"no ready pod serves model `{ctx.model}`; retry later",
-                                   "service_unavailable", code="no_ready_pod",
-                                   retry_after_s=self.settings.retry_after_s) from None
+                    raise ApiError(
+                        503,
+                        f"no ready pod serves model `{ctx.model}`; retry later",
+                        "service_unavailable",
+                        code="no_ready_pod",
+                        retry_after_s=self.settings.retry_after_s,
+                    ) from None
             self.stats.queued(ctx.model, 1)
             self.metrics.held.inc()
             try:  # woken by a ready pod, or after a short while to re-check pods that turn healthy again
@@ -235,7 +262,9 @@ class Gateway:
                     first = await (response.next_chunk() if streamed else response.read())
                 except UpstreamTimeout:
                     status = 504
-                    raise ApiError(504, f"upstream pod {pod.name} did not answer in time", "timeout") from None
+                    raise ApiError(
+                        504, f"upstream pod {pod.name} did not answer in time", "timeout"
+                    ) from None
                 except UpstreamError as exc:
                     failure = self._connection_failed(ctx, pod, type(exc).__name__, str(exc))
                     continue
@@ -244,8 +273,9 @@ class Gateway:
                 if status >= 500:
                     detail = first[:300].decode("utf-8", "replace")
                     status = 502
-                    raise ApiError(502, f"upstream pod {pod.name} answered {response.status}: {detail}",
-                                   "upstream_error")
+                    raise ApiError(
+                        502, f"upstream pod {pod.name} answered {response.status}: {detail}", "upstream_error"
+                    )
                 if streamed:
                     ok, usage = await self._relay_stream(ctx, decision, pod, response, first, send)
                     return ok, usage
@@ -265,13 +295,23 @@ class Gateway:
         raise ApiError(502, f"upstream failure after {len(attempts)} attempt(s): {failure}", "upstream_error")
 
     async def _relay_stream(
-        self, ctx: RequestContext, decision: RoutingDecision, pod: Endpoint, response: UpstreamResponse,
-        first: bytes, send: Send,
+        self,
+        ctx: RequestContext,
+        decision: RoutingDecision,
+        pod: Endpoint,
+        response: UpstreamResponse,
+        first: bytes,
+        send: Send,
     ) -> tuple[bool, Usage | None]:
         counter = StreamUsage()
         counter.feed(first)
-        await send({"type": "http.response.start", "status": response.status,
-                    "headers": self._headers(response, ctx, decision, pod)})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response.status,
+                "headers": self._headers(response, ctx, decision, pod),
+            }
+        )
         await send({"type": "http.response.body", "body": first, "more_body": True})
         ok = response.status < 400
         tail = first[-32:]
@@ -287,8 +327,13 @@ class Gateway:
             reason = "timed out" if isinstance(exc, UpstreamTimeout) else "lost its connection"
         if reason:
             self.metrics.stream_errors.labels(ctx.model).inc()
-            await send({"type": "http.response.body", "more_body": True,
-                        "body": sse_error_event(f"upstream pod {pod.name} {reason} mid-stream")})
+            await send(
+                {
+                    "type": "http.response.body",
+                    "more_body": True,
+                    "body": sse_error_event(f"upstream pod {pod.name} {reason} mid-stream"),
+                }
+            )
             ok = False
         await send({"type": "http.response.body", "body": b""})
         return ok, counter.result(ctx.estimated_prompt_tokens())
@@ -311,8 +356,14 @@ class Gateway:
     def _models_body(self) -> bytes:
         now = int(time.time())
         data = [
-            {"id": name, "object": "model", "created": now, "owned_by": "brixmesh", "root": base or name,
-             "parent": base}
+            {
+                "id": name,
+                "object": "model",
+                "created": now,
+                "owned_by": "brixmesh",
+                "root": base or name,
+                "parent": base,
+            }
             for name, base in sorted(self.pods.models().items())
         ]
         return _json.encode({"object": "list", "data": data})
@@ -376,15 +427,28 @@ class _Finishing:
 
 
 async def _send_json(send: Send, status: int, body: bytes, request_id: str) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", b"application/json"), (b"x-request-id", request_id.encode("latin-1"))]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"x-request-id", request_id.encode("latin-1")),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
 async def _send_error(send: Send, error: ApiError, request_id: str) -> None:
     try:
-        await send({"type": "http.response.start", "status": error.status,
-                    "headers": [*error.headers(), (b"x-request-id", request_id.encode("latin-1"))]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": error.status,
+                "headers": [*error.headers(), (b"x-request-id", request_id.encode("latin-1"))],
+            }
+        )
         await send({"type": "http.response.body", "body": error.body()})
     except (OSError, RuntimeError):  # the response had already started or the client is gone
         log.debug("could not send error %s for %s", error.status, request_id)

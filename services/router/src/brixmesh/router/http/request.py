@@ -31,7 +31,9 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def build_context(api: ApiKind, body: dict[str, Any], headers: Mapping[str, str], request_id: str) -> RequestContext:
+def build_context(
+    api: ApiKind, body: dict[str, Any], headers: Mapping[str, str], request_id: str
+) -> RequestContext:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise bad_request("you must provide a model parameter", "model")
@@ -52,7 +54,9 @@ def build_context(api: ApiKind, body: dict[str, Any], headers: Mapping[str, str]
         elif isinstance(prompt, list) and prompt and all(isinstance(t, list) for t in prompt):
             token_ids = [t for row in prompt for t in row if isinstance(t, int)]
         else:
-            raise bad_request(f"'{field}' must be a non-empty string, array of strings or array of token ids", field)
+            raise bad_request(
+                f"'{field}' must be a non-empty string, array of strings or array of token ids", field
+            )
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise bad_request("'stream' must be a boolean", "stream")

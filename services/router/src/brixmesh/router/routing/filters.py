@@ -15,7 +15,10 @@ def candidates(ctx: RequestContext, pods: Sequence[Endpoint], now: float) -> lis
     return [
         pod
         for pod in pods
-        if pod.state == "ready" and pod.unhealthy_until <= now and pod.role in ROUTABLE_ROLES and pod.serves(ctx.model)
+        if pod.state == "ready"
+        and pod.unhealthy_until <= now
+        and pod.role in ROUTABLE_ROLES
+        and pod.serves(ctx.model)
     ]
 
 

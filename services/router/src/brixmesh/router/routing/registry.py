@@ -7,6 +7,7 @@ weighted sum. Weights are non-negative numbers; 0 disables a scorer. Unknown nam
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -95,7 +96,7 @@ class StrategyRegistry:
                 weight = float(weight_text) if weight_text else 1.0
             except ValueError:
                 raise UnknownStrategy(f"weight of {name!r} in {spec!r} is not a number") from None
-            if weight < 0 or weight != weight:
+            if weight < 0 or math.isnan(weight):
                 raise UnknownStrategy(f"weight of {name!r} in {spec!r} must be >= 0")
             scorer = self.scorer(name)
             if weight > 0:

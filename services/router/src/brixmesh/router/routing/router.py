@@ -66,7 +66,9 @@ class Router:
             if hook is not None:
                 hook(ctx, pod)
 
-    def completed(self, ctx: RequestContext, decision: RoutingDecision, pod: Endpoint, usage: Usage | None) -> None:
+    def completed(
+        self, ctx: RequestContext, decision: RoutingDecision, pod: Endpoint, usage: Usage | None
+    ) -> None:
         for scorer, _weight in decision.strategy.parts:
             hook = getattr(scorer, "on_completed", None)
             if hook is not None:

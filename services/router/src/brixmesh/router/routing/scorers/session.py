@@ -24,5 +24,7 @@ class SessionAffinity:
         if not ctx.session_id:
             return dict.fromkeys((pod.name for pod in pods), 1.0)
         key = ctx.session_id.encode()
-        best = max(pods, key=lambda pod: xxhash.xxh64_intdigest(key, seed=xxhash.xxh32_intdigest(pod.name.encode())))
+        best = max(
+            pods, key=lambda pod: xxhash.xxh64_intdigest(key, seed=xxhash.xxh32_intdigest(pod.name.encode()))
+        )
         return {best.name: 1.0}

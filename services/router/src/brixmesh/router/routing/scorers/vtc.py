@@ -33,7 +33,8 @@ class VirtualTokenCounter:
         by_load = sorted(pods, key=lambda pod: (pod.queue_load, pod.name))
         last = len(by_load) - 1
         return {
-            pod.name: 0.5 * (1.0 - abs(i / last - share)) + 0.5 * load[pod.name] for i, pod in enumerate(by_load)
+            pod.name: 0.5 * (1.0 - abs(i / last - share)) + 0.5 * load[pod.name]
+            for i, pod in enumerate(by_load)
         }
 
     def on_completed(self, ctx: RequestContext, pod: Endpoint, usage: Usage | None) -> None:
