@@ -97,6 +97,22 @@ def test_models_lists_base_models_and_adapters(router: RouterProcess) -> None:
     assert by_id["lora-a"].model_extra["parent"] == MODEL
 
 
+def test_session_header_pins_a_pod(router: RouterProcess) -> None:
+    def pods_for(session: str) -> set[str]:
+        return {
+            httpx.post(
+                f"{router.url}/v1/completions",
+                json={"model": MODEL, "prompt": "x", "max_tokens": 1},
+                headers={"routing-strategy": "session", "x-session-id": session},
+            ).headers["x-brixmesh-pod"]
+            for _ in range(4)
+        }
+
+    pinned = [pods_for(f"session-{i}") for i in range(8)]
+    assert all(len(pods) == 1 for pods in pinned)
+    assert set().union(*pinned) == {"pod-0", "pod-1"}  # different sessions spread over the pods
+
+
 def test_every_round_robin_pod_is_used(router: RouterProcess) -> None:
     pods = {
         httpx.post(
