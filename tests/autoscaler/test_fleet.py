@@ -6,6 +6,7 @@ from brixmesh.autoscaler.fleet import Fleet, RouterSignals
 from brixmesh.autoscaler.observe import observe
 from brixmesh.autoscaler.spec import parse_spec
 from brixmesh.common.messages import PodEvent, PodInfo, PodList, PodMetrics, PodStatus, RouterStats
+from brixmesh.common.pod_watch import listed_events
 
 
 def _info(name: str, role: str = "both") -> PodInfo:
@@ -31,7 +32,7 @@ def test_lifecycle_and_late_events() -> None:
     assert list(fleet.pods) == ["a"] and fleet.models == {"d": "m"}
 
 
-def test_pod_list_fills_only_unknown_pods() -> None:
+def test_pod_list_cannot_resurrect_a_draining_pod() -> None:
     fleet = Fleet()
     fleet.apply(_event("draining", "a"))
     listing = PodList(ts=0.0, pods=[
@@ -39,7 +40,8 @@ def test_pod_list_fills_only_unknown_pods() -> None:
         PodStatus(pod=_info("b"), phase="starting", ready=False, created_at=0, phase_since=0),
         PodStatus(pod=_info("c"), phase="exited", ready=False, created_at=0, phase_since=0),
     ])  # fmt: skip
-    fleet.apply_list(listing)
+    for event in listed_events(listing):
+        fleet.apply(event)
     assert {name: e.state for name, e in fleet.pods.items()} == {"a": "draining", "b": "added"}
 
 

@@ -8,14 +8,14 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-import nats.errors
 from brixmesh.autoscaler.fleet import Fleet, RouterSignals
 from brixmesh.autoscaler.observe import observe
 from brixmesh.autoscaler.registry import Autoscalers
 from brixmesh.autoscaler.scraper import Scraper
 from brixmesh.common.bus import Bus
-from brixmesh.common.messages import PodEvent, PodList, PodListRequest, RouterStats, ScaleDecision
-from brixmesh.common.subjects import METRICS_PODS, PODS, PODS_LIST, ROUTER_STATS, SCALE_DECISIONS
+from brixmesh.common.messages import RouterStats, ScaleDecision
+from brixmesh.common.pod_watch import watch_pods
+from brixmesh.common.subjects import METRICS_PODS, ROUTER_STATS, SCALE_DECISIONS
 
 log = logging.getLogger(__name__)
 
@@ -30,17 +30,8 @@ class AutoscalerController:
         self.decisions_published = 0
 
     async def attach(self, bus: Bus) -> None:
-        await bus.subscribe(PODS.pattern(), PodEvent, self._on_pod_event)
         await bus.subscribe(ROUTER_STATS.pattern(), RouterStats, self._on_router_stats)
-        try:
-            listing = await bus.request(PODS_LIST.template, PodListRequest(), PodList, timeout_s=1.0)
-        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
-            log.info("no orchestrator answered pods.list; pods will be learned from pods.* events")
-        else:
-            self.fleet.apply_list(listing)
-
-    def _on_pod_event(self, _subject: str, event: PodEvent) -> None:
-        self.fleet.apply(event)
+        await watch_pods(bus, self.fleet.apply)
 
     def _on_router_stats(self, _subject: str, stats: RouterStats) -> None:
         self.routers.record(stats)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from brixmesh.autoscaler.spec import PodAutoscalerSpec
-from brixmesh.common.messages import PodEvent, PodInfo, PodList, PodMetrics, RouterStats
+from brixmesh.common.messages import PodEvent, PodInfo, PodMetrics, RouterStats
 
 
 @dataclass(slots=True)
@@ -14,15 +14,6 @@ class PodEntry:
     info: PodInfo
     state: str
     """added (starting), ready, or draining."""
-
-
-_PHASE_STATE = {
-    "starting": "added",
-    "restarting": "added",
-    "crashloop": "added",
-    "ready": "ready",
-    "draining": "draining",
-}
 
 
 class Fleet:
@@ -33,6 +24,7 @@ class Fleet:
         self.metrics: dict[str, PodMetrics] = {}
 
     def apply(self, event: PodEvent) -> None:
+        """One ``pods.*`` event, or an entry of the orchestrator's ``pods.list`` delivered as one."""
         info = event.pod
         self.models[info.deployment] = info.model
         if event.kind == "removed":
@@ -43,15 +35,6 @@ class Fleet:
         if entry is not None and entry.state == "draining" and event.kind != "draining":
             return  # a late ready/added must not resurrect a pod that is going away
         self.pods[info.pod] = PodEntry(info=info, state=event.kind)
-
-    def apply_list(self, listing: PodList) -> None:
-        """The orchestrator's snapshot, for pods not yet known: events already received are newer."""
-        for status in listing.pods:
-            info = status.pod
-            self.models.setdefault(info.deployment, info.model)
-            state = _PHASE_STATE.get(status.phase)
-            if state is not None and info.pod not in self.pods:
-                self.pods[info.pod] = PodEntry(info=info, state="ready" if status.ready else state)
 
     def scrape_targets(self) -> list[PodInfo]:
         """Ready and draining pods that export metrics (draining pods still serve their last requests)."""

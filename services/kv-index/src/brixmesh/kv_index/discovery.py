@@ -1,7 +1,8 @@
 """Which engines to follow: pods from ``pods.*`` events (and ``pods.list`` at start) that publish KV events.
 
-A pod is followed from its first ``added``/``ready`` event that names a ``kv_events_endpoint`` until its
-``removed`` event; changed endpoints (a pod rescheduled elsewhere) restart its stream.
+A pod is followed from its first event that names a ``kv_events_endpoint`` until its ``removed`` event
+(draining pods still serve, so they still cache); changed endpoints (a pod rescheduled elsewhere) restart
+its stream.
 """
 
 from __future__ import annotations
@@ -9,13 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import nats.errors
 import zmq.asyncio
 from nats.js.client import JetStreamContext
 
 from brixmesh.common.bus import Bus
-from brixmesh.common.messages import PodEvent, PodInfo, PodList, PodListRequest
-from brixmesh.common.subjects import PODS, PODS_LIST
+from brixmesh.common.messages import PodEvent, PodInfo
+from brixmesh.common.pod_watch import watch_pods
 
 from brixmesh.kv_index.pod_stream import BridgeStats, PodStream, run_forever
 from brixmesh.kv_index.zmq_source import EngineEventSource, SourceConfig
@@ -51,20 +51,12 @@ class PodFollower:
         return found[0] if found is not None else None
 
     async def attach(self, bus: Bus) -> None:
-        await bus.subscribe(PODS.pattern(), PodEvent, self._on_event)
-        try:
-            listing = await bus.request(PODS_LIST.template, PodListRequest(), PodList, timeout_s=1.0)
-        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
-            log.info("no orchestrator answered pods.list; engines will be learned from pods.* events")
-        else:
-            for status in listing.pods:
-                if status.phase != "exited":
-                    await self.follow(status.pod)
+        await watch_pods(bus, self._on_event)
 
-    async def _on_event(self, _subject: str, event: PodEvent) -> None:
+    async def _on_event(self, event: PodEvent) -> None:
         if event.kind == "removed":
             await self.unfollow(event.pod.pod, removed=True)
-        elif event.kind in ("added", "ready"):
+        else:
             await self.follow(event.pod)
 
     async def follow(self, info: PodInfo) -> None:
