@@ -51,6 +51,8 @@ class RunResult:
     """Modelled seconds from the first send to the last answer."""
     completions: list[tuple[float, int]]
     """(modelled finish time, output tokens) per successful request: throughput over time."""
+    waiting_timeline: list[tuple[float, float]]
+    """(modelled time, requests waiting summed over engines) at every scrape."""
 
 
 class _Chunk(msgspec.Struct):
@@ -186,4 +188,7 @@ class LoadClient:
             duration = (time.monotonic() - t0) / self.time_scale
         engines = fleet_numbers(scraper.series)
         completions = sorted((r.sent_s + (r.e2e_s or 0.0), r.output_tokens) for r in records if r.ok)
-        return RunResult(records, summarize(records, duration, slo), engines, duration, completions)
+        rounds = min((len(s.samples) for s in scraper.series), default=0)
+        waiting = [(scraper.series[0].samples[i][0] / self.time_scale, sum(s.samples[i][1] for s in scraper.series))
+                   for i in range(rounds)]
+        return RunResult(records, summarize(records, duration, slo), engines, duration, completions, waiting)

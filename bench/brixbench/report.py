@@ -157,6 +157,23 @@ def plot_case(case: WorkloadCase, runs: Sequence[ContenderRun], directory: Path)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     paths.append(path)
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for run in done:
+        assert run.result is not None
+        if run.result.waiting_timeline:
+            xs, ys = zip(*run.result.waiting_timeline)
+            ax.plot(xs, ys, label=run.contender)
+    ax.set_xlabel("time (s, modelled)")
+    ax.set_ylabel("requests waiting (all engines)")
+    ax.set_title(f"{case.name}: engine waiting queues")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    path = directory / f"{case.name}-queues.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    paths.append(path)
     return paths
 
 

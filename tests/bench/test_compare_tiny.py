@@ -33,7 +33,7 @@ def test_compare_tiny_writes_report_with_table_and_plots(tmp_path):
         assert r["summary"]["succeeded"] == r["summary"]["requests"] == 6
         assert 0.0 < r["engines"]["hit_rate"] < 1.0
     assert runs[0]["router_cpu_s"] is not None and runs[2]["router_cpu_s"] is None
-    for png in ("shared-prefix-ttft-cdf.png", "shared-prefix-throughput.png"):
+    for png in ("shared-prefix-ttft-cdf.png", "shared-prefix-throughput.png", "shared-prefix-queues.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
 
 
