@@ -131,7 +131,7 @@ class LoadClient:
             record.ok = record.ttft_s is not None
             if not record.ok:
                 record.error = "stream ended without content"
-        except (aiohttp.ClientError, asyncio.TimeoutError, msgspec.DecodeError) as exc:
+        except (TimeoutError, aiohttp.ClientError, msgspec.DecodeError) as exc:
             record.error = f"{exc.__class__.__name__}: {exc}"[:200]
         finally:
             target.release(url, body)

@@ -32,7 +32,7 @@ class WorkloadCase:
     jobs: list[Job]
     arrivals: Arrivals
     fleet: FleetSpec
-    slo: Slo = Slo()
+    slo: Slo = field(default_factory=Slo)
     description: str = ""
 
 

@@ -11,6 +11,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Self
 
 import aiohttp
 
@@ -88,7 +89,7 @@ class EngineScraper:
         try:
             async with session.get(f"{s.url}/metrics") as response:
                 text = await response.text()
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError):
             s.failures += 1
             return
         values = parse_metrics(text)
@@ -101,7 +102,7 @@ class EngineScraper:
     async def _scrape_all(self, session: aiohttp.ClientSession) -> None:
         await asyncio.gather(*(self._scrape(session, s) for s in self.series))
 
-    async def __aenter__(self) -> "EngineScraper":
+    async def __aenter__(self) -> Self:
         self._started = time.monotonic()
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
         await self._scrape_all(self._session)

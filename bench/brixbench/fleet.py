@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
-
 from brixmesh.common.supervisor import ProcessSpec, ProcessState, ReadinessProbe, SupervisedProcess
 
 from brixbench.engine_metrics import GAUGES, parse_metrics
@@ -135,7 +134,7 @@ class Fleet:
         return ProcessSpec(name=f"engine-sim-p{index}", argv=argv, log_path=log, restart="never",
                            readiness=ReadinessProbe(f"{urls[-1]}/health", timeout_s=timeout_s))
 
-    async def start(self, timeout_s: float = 60.0) -> "Fleet":
+    async def start(self, timeout_s: float = 60.0) -> Fleet:
         """Start the engines, split over ``spec.processes`` simulator processes (each ``--replicas k``)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         count = max(1, min(self.spec.processes, self.spec.engines))

@@ -182,10 +182,10 @@ def write_report(result: CompareResult, directory: Path, title: str = "brixmesh 
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "results.json").write_text(json.dumps(results_json(result), indent=1))
     lines = [f"# {title}", "",
-             "Times are modelled seconds of the simulated GPUs (wall time divided by the time scale). Ratios are "
+             ("Times are modelled seconds of the simulated GPUs (wall time divided by the time scale). Ratios are "
              "to random routing (brixmesh `random`, else a client-side random pick). Hit rate is the engines' "
              "own Δprefix_cache_hits / Δprefix_cache_queries. Router CPU is the router process (and children) "
-             "over the run, in % of one core of this machine.", ""]
+             "over the run, in % of one core of this machine."), ""]
     for case in result.cases:
         runs = result.for_workload(case.name)
         lines += [f"## {case.name}", "", case.description, "",

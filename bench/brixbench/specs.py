@@ -13,7 +13,14 @@ from pathlib import Path
 
 from brixbench import arrivals
 from brixbench.text import TextSource
-from brixbench.workloads import Job, llmd_shared_prefix, mooncake_trace, multi_turn, shared_prefix, sharegpt_like
+from brixbench.workloads import (
+    Job,
+    llmd_shared_prefix,
+    mooncake_trace,
+    multi_turn,
+    shared_prefix,
+    sharegpt_like,
+)
 
 
 class SpecError(ValueError):

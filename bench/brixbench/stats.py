@@ -57,7 +57,7 @@ class Distribution:
     count: int
 
     @classmethod
-    def of(cls, values: Sequence[float]) -> "Distribution":
+    def of(cls, values: Sequence[float]) -> Distribution:
         mean = sum(values) / len(values) if values else math.nan
         return cls(mean, percentile(values, 50), percentile(values, 90), percentile(values, 95),
                    percentile(values, 99), len(values))

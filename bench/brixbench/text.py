@@ -11,11 +11,14 @@ import random
 from pathlib import Path
 
 # Used when no tokenizer is at hand (unit tests, foreign engines): short common English words.
-FALLBACK_WORDS: tuple[str, ...] = tuple(
-    "the of and to in is was for that with as on by at from his her they this which but not are have had "
-    "one all were we when there can an your more would their will some been has who out into other than "
-    "then time about only could these them two may first any like over such our what new most also did "
-    "many after way where made very through back much before good well just year must people those under".split()
+FALLBACK_WORDS: tuple[str, ...] = (
+    "the", "of", "and", "to", "in", "is", "was", "for", "that", "with", "as", "on", "by", "at", "from",
+    "his", "her", "they", "this", "which", "but", "not", "are", "have", "had", "one", "all", "were", "we",
+    "when", "there", "can", "an", "your", "more", "would", "their", "will", "some", "been", "has", "who",
+    "out", "into", "other", "than", "then", "time", "about", "only", "could", "these", "them", "two",
+    "may", "first", "any", "like", "over", "such", "our", "what", "new", "most", "also", "did", "many",
+    "after", "way", "where", "made", "very", "through", "back", "much", "before", "good", "well", "just",
+    "year", "must", "people", "those", "under",
 )
 
 

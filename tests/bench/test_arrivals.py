@@ -1,7 +1,6 @@
 import statistics
 
 import pytest
-
 from brixbench import arrivals
 
 
@@ -46,7 +45,7 @@ def test_sinusoid_rising_preset_rises_and_fluctuating_one_falls():
     values = [arrivals.sinusoid_value(rising, 10.0, t, 100.0) for t in range(0, 100, 5)]
     assert values == sorted(values) and values[0] == pytest.approx(10.0) and values[-1] > 14.9
     severe = arrivals.SINUSOID_PRESETS["severe_fluctuation"]
-    wave = [arrivals.sinusoid_value(severe, 10.0, t / 10, 120.0) for t in range(0, 1200)]
+    wave = [arrivals.sinusoid_value(severe, 10.0, t / 10, 120.0) for t in range(1200)]
     assert max(wave) == pytest.approx(15.0, abs=0.1) and min(wave) == pytest.approx(5.0, abs=0.1)
 
 

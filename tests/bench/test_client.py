@@ -1,7 +1,6 @@
 """The load client against a real simulated engine: chat history, closed loop, engine scrapes, errors."""
 
 import pytest
-
 from brixbench.arrivals import ClosedLoop, poisson
 from brixbench.client import FixedTarget, LoadClient
 from brixbench.text import TextSource

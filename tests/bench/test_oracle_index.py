@@ -1,6 +1,5 @@
-from brixmesh.engine_sim.kv_event_types import AllBlocksCleared, BlockRemoved, BlockStored
-
 from brixbench.contenders.reference import EngineCache, block_keys
+from brixmesh.engine_sim.kv_event_types import AllBlocksCleared, BlockRemoved, BlockStored
 
 
 def _stored(hashes, parent, tokens, block_size=4):

@@ -1,7 +1,6 @@
 import json
 
 import pytest
-
 from brixbench import arrivals
 from brixbench.specs import SpecError, parse_arrivals, parse_workload
 from brixbench.text import TextSource

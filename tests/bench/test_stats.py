@@ -1,7 +1,6 @@
 import math
 
 import pytest
-
 from brixbench.engine_metrics import EngineSeries, fleet_numbers, parse_metrics
 from brixbench.stats import Distribution, RequestRecord, Slo, percentile, summarize
 

@@ -3,7 +3,6 @@ import random
 import statistics
 
 import pytest
-
 from brixbench.fleet import TOKENIZER_DIR
 from brixbench.text import TextSource, single_token_words
 from brixbench.workloads import (

@@ -6,6 +6,12 @@ inside the client. Add one by writing a class with that shape and listing it in 
 """
 
 from brixbench.contenders.base import Contender, RouterProcess
-from brixbench.contenders.catalogue import DEFAULT_CONTENDERS, QUICK_CONTENDERS, UnknownContender, catalogue, resolve
+from brixbench.contenders.catalogue import (
+    DEFAULT_CONTENDERS,
+    QUICK_CONTENDERS,
+    UnknownContender,
+    catalogue,
+    resolve,
+)
 
 __all__ = ["DEFAULT_CONTENDERS", "QUICK_CONTENDERS", "Contender", "RouterProcess", "UnknownContender", "catalogue", "resolve"]

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-
 from brixmesh.common.bus import Bus
 from brixmesh.common.messages import PodEvent, PodInfo, PodList, PodListRequest, PodStatus
 from brixmesh.common.ports import free_port
@@ -59,7 +58,7 @@ class BenchMesh:
         return PodList(pods=[PodStatus(pod=pod, phase="ready", ready=True, created_at=now, phase_since=now)
                              for pod in self.pods], ts=now, orchestrator="brixbench")
 
-    async def start(self) -> "BenchMesh":
+    async def start(self) -> BenchMesh:
         self.nats = NatsServer(self.workdir / "nats").start()
         self.bus = await Bus.connect(self.nats.url, name="brixbench")
         await self.bus.serve(PODS_LIST.template, PodListRequest, self._listing)
@@ -97,7 +96,7 @@ class BenchMesh:
 class BrixmeshRouter:
     """``python -m brixmesh.router`` with one strategy (e.g. ``kv-aware:3,least-request:2``)."""
 
-    def __init__(self, strategy: str, mesh_provider: "MeshProvider") -> None:
+    def __init__(self, strategy: str, mesh_provider: MeshProvider) -> None:
         self.strategy = strategy
         self.name = f"brixmesh {strategy}"
         self._mesh_provider = mesh_provider

@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import zmq
-
 import router_overhead  # bench/router_overhead.py: owns the peers' pins and their venv
+import zmq
 from brixmesh.common.ports import free_port
 
 from brixbench.client import FixedTarget, Target
@@ -105,7 +104,7 @@ class KvEventRelay:
         self._threads: list[threading.Thread] = []
         self._controls: list[zmq.Socket] = []
 
-    def start(self) -> "KvEventRelay":
+    def start(self) -> KvEventRelay:
         for index, (source, endpoint) in enumerate(zip(self.sources, self.endpoints, strict=True)):
             control_endpoint = f"inproc://kv-relay-{id(self)}-{index}"
             control = self._context.socket(zmq.PAIR)

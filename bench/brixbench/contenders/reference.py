@@ -19,7 +19,6 @@ from typing import Any
 import msgspec
 import zmq
 import zmq.asyncio
-
 from brixmesh.engine_sim.kv_event_types import AllBlocksCleared, BlockRemoved, BlockStored, KvEvent
 from brixmesh.engine_sim.tokenizer import SimTokenizer
 

@@ -98,7 +98,7 @@ def compare(
     if workload:
         unknown = set(workload) - {case.name for case in cases}
         if unknown:
-            raise fail(f"unknown workload {sorted(unknown)[0]!r}; known: {', '.join(c.name for c in cases)}")
+            raise fail(f"unknown workload {min(unknown)!r}; known: {', '.join(c.name for c in cases)}")
         cases = [case for case in cases if case.name in workload]
     if engines is not None or time_scale is not None:
         if engines is not None and engines < 1:
