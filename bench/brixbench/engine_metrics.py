@@ -59,7 +59,7 @@ class FleetNumbers:
     """Mean over samples of the per-engine waiting queue (averaged over engines)."""
     max_waiting: float
     requests_share: tuple[float, ...]
-    """Share of prompt-cache queries per engine: how evenly the router spread the work."""
+    """Share of the prefix-cache queries (prompt tokens) per engine: how evenly the router spread the work."""
 
 
 def fleet_numbers(series: Sequence[EngineSeries]) -> FleetNumbers:

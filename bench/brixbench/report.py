@@ -14,7 +14,8 @@ from brixbench.compare import CompareResult, ContenderRun, WorkloadCase
 
 BASELINES = ("brixmesh:random", "client-random")
 TABLE_COLUMNS = ("contender", "out tok/s", "vs random", "TTFT p90 ms", "vs random", "TTFT mean ms",
-                 "TPOT p50 ms", "hit rate", "mean queue", "preempt", "success", "goodput/s", "router CPU")
+                 "TPOT p50 ms", "hit rate", "engine share", "mean queue", "preempt", "success", "goodput/s",
+                 "router CPU")
 
 
 def baseline(runs: Sequence[ContenderRun]) -> ContenderRun | None:
@@ -53,17 +54,23 @@ def table_rows(runs: Sequence[ContenderRun], time_scale: float) -> list[list[str
     rows = []
     for run in runs:
         if run.status != "ok" or run.result is None:
-            rows.append([run.contender, run.status, "", "", "", "", "", "", "", "", "", "", run.reason[:80]])
+            rows.append([run.contender, run.status, *[""] * (len(TABLE_COLUMNS) - 3), run.reason[:80]])
             continue
         s, e = run.result.summary, run.result.engines
         rows.append([
             run.contender, _num(s.output_throughput), _ratio(s.output_throughput, base_out),
             _num(s.ttft.p90 * 1000), _ratio(s.ttft.p90, base_ttft), _num(s.ttft.mean * 1000),
             _num(s.tpot.p50 * 1000, 1), "n/a" if math.isnan(e.hit_rate) else f"{e.hit_rate * 100:.1f}%",
-            _num(e.mean_waiting, 2), _num(e.preemptions), f"{s.success_rate * 100:.0f}%", _num(s.goodput, 1),
+            _share(e.requests_share), _num(e.mean_waiting, 2), _num(e.preemptions), f"{s.success_rate * 100:.0f}%", _num(s.goodput, 1),
             cpu_text(run, time_scale),
         ])
     return rows
+
+
+def _share(shares: Sequence[float]) -> str:
+    """Least and most loaded engine's share of the prompt tokens: how evenly the router spread the work."""
+    known = [x for x in shares if not math.isnan(x)]
+    return f"{min(known) * 100:.0f}-{max(known) * 100:.0f}%" if known else "n/a"
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -184,7 +191,8 @@ def write_report(result: CompareResult, directory: Path, title: str = "brixmesh 
     lines = [f"# {title}", "",
              ("Times are modelled seconds of the simulated GPUs (wall time divided by the time scale). Ratios are "
              "to random routing (brixmesh `random`, else a client-side random pick). Hit rate is the engines' "
-             "own Δprefix_cache_hits / Δprefix_cache_queries. Router CPU is the router process (and children) "
+             "own Δprefix_cache_hits / Δprefix_cache_queries; engine share is the least and most loaded engine's "
+             "share of the prompt tokens. Router CPU is the router process (and children) "
              "over the run, in % of one core of this machine."), ""]
     for case in result.cases:
         runs = result.for_workload(case.name)
