@@ -605,6 +605,12 @@ class SglangMetrics:
         def gauge(name: str, doc: str, fn: Callable[[], float]) -> None:
             Gauge(name, doc, names, registry=registry).labels(**label).set_function(fn)
 
+        def counter(name: str, doc: str, **extra: str) -> Counter:
+            return Counter(name, doc, [*names, *extra], registry=registry).labels(**label, **extra)
+
+        def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
+            return Histogram(name, doc, names, buckets=buckets, registry=registry).labels(**label)
+
         gauge("sglang:num_running_reqs", "The number of running requests.", live.num_running)
         gauge("sglang:num_queue_reqs", "The number of requests in the waiting queue.", live.num_waiting)
         gauge("sglang:token_usage", "The token usage.", live.kv_usage)
@@ -627,49 +633,26 @@ class SglangMetrics:
             "The generation throughput (token/s).",
             lambda: self._gen_window.rates()[1],
         )
-        self.prompt_tokens = Counter(
-            "sglang:prompt_tokens", "Number of prefill tokens processed.", names, registry=registry
-        ).labels(**label)
-        self.generation_tokens = Counter(
-            "sglang:generation_tokens", "Number of generation tokens processed.", names, registry=registry
-        ).labels(**label)
-        self.cached_tokens = Counter(
-            "sglang:cached_tokens",
-            "Number of cached prompt tokens.",
-            [*names, "cache_source"],
-            registry=registry,
-        ).labels(**label, cache_source="device")
-        self.requests = Counter(
-            "sglang:num_requests", "The number of processed requests.", names, registry=registry
-        ).labels(**label)
-        self.h_ttft = Histogram(
+        self.prompt_tokens = counter("sglang:prompt_tokens", "Number of prefill tokens processed.")
+        self.generation_tokens = counter("sglang:generation_tokens", "Number of generation tokens processed.")
+        self.cached_tokens = counter("sglang:cached_tokens", "Number of cached prompt tokens.", cache_source="device")
+        self.requests = counter("sglang:num_requests", "The number of processed requests.")
+        self.h_ttft = histogram(
             "sglang:time_to_first_token_seconds",
             "Histogram of time to first token in seconds.",
-            names,
-            buckets=SGLANG_TTFT_BUCKETS,
-            registry=registry,
-        ).labels(**label)
-        self.h_itl = Histogram(
-            "sglang:inter_token_latency_seconds",
-            "Histogram of inter-token latency in seconds.",
-            names,
-            buckets=SGLANG_ITL_BUCKETS,
-            registry=registry,
-        ).labels(**label)
-        self.h_e2e = Histogram(
+            SGLANG_TTFT_BUCKETS,
+        )
+        self.h_itl = histogram(
+            "sglang:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.", SGLANG_ITL_BUCKETS
+        )
+        self.h_e2e = histogram(
             "sglang:e2e_request_latency_seconds",
             "Histogram of End-to-end request latency in seconds",
-            names,
-            buckets=SGLANG_E2E_BUCKETS,
-            registry=registry,
-        ).labels(**label)
-        self.h_queue = Histogram(
-            "sglang:queue_time_seconds",
-            "Histogram of queueing time in seconds.",
-            names,
-            buckets=SGLANG_E2E_BUCKETS,
-            registry=registry,
-        ).labels(**label)
+            SGLANG_E2E_BUCKETS,
+        )
+        self.h_queue = histogram(
+            "sglang:queue_time_seconds", "Histogram of queueing time in seconds.", SGLANG_E2E_BUCKETS
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -63,6 +63,37 @@ def _continuous_usage(requests: Sequence[SimRequest]) -> dict[str, Any]:
     }
 
 
+def _body(
+    rid: str,
+    object_name: str,
+    created: int,
+    model: str,
+    choices: list[dict[str, Any]],
+    fingerprint: str,
+    usage_body: dict[str, Any],
+    prompt_fields: dict[str, Any],
+    kv_transfer_params: dict[str, Any] | None,
+) -> bytes:
+    """The envelope both non-streamed bodies share; ``prompt_fields`` sit between usage and the transfer params
+    (chat only, where vLLM puts them at the top level)."""
+    return _ENCODE(
+        {
+            "id": rid,
+            "object": object_name,
+            "created": created,
+            "model": model,
+            "choices": choices,
+            "service_tier": None,
+            "system_fingerprint": fingerprint,
+            "usage": usage_body,
+            **prompt_fields,
+            "kv_transfer_params": kv_transfer_params,
+            "ec_transfer_params": None,
+            "metrics": None,
+        }
+    )
+
+
 def completion_body(
     rid: str,
     created: int,
@@ -89,21 +120,8 @@ def completion_body(
         }
         for i, (request, text) in enumerate(zip(requests, texts, strict=True))
     ]
-    return _ENCODE(
-        {
-            "id": rid,
-            "object": "text_completion",
-            "created": created,
-            "model": model,
-            "choices": choices,
-            "service_tier": None,
-            "system_fingerprint": fingerprint,
-            "usage": usage(requests, with_details),
-            "kv_transfer_params": kv_transfer_params,
-            "ec_transfer_params": None,
-            "metrics": None,
-        }
-    )
+    return _body(rid, "text_completion", created, model, choices, fingerprint, usage(requests, with_details),
+                 {}, kv_transfer_params)  # fmt: skip
 
 
 def chat_body(
@@ -138,24 +156,13 @@ def chat_body(
         }
         for i, (request, text) in enumerate(zip(requests, texts, strict=True))
     ]
-    return _ENCODE(
-        {
-            "id": rid,
-            "object": "chat.completion",
-            "created": created,
-            "model": model,
-            "choices": choices,
-            "service_tier": None,
-            "system_fingerprint": fingerprint,
-            "usage": usage(requests, with_details),
-            "prompt_logprobs": None,
-            "prompt_token_ids": list(requests[0].prompt_token_ids) if return_token_ids else None,
-            "prompt_text": None,
-            "kv_transfer_params": kv_transfer_params,
-            "ec_transfer_params": None,
-            "metrics": None,
-        }
-    )
+    prompt_fields = {
+        "prompt_logprobs": None,
+        "prompt_token_ids": list(requests[0].prompt_token_ids) if return_token_ids else None,
+        "prompt_text": None,
+    }
+    return _body(rid, "chat.completion", created, model, choices, fingerprint, usage(requests, with_details),
+                 prompt_fields, kv_transfer_params)  # fmt: skip
 
 
 class ChunkWriter:
