@@ -79,20 +79,11 @@ class LocalBackend:
             state_dir=self.state_dir,
         )
         launch = build_launch(spec, placement)
-        info = PodInfo(
-            pod=name,
-            deployment=spec.name,
-            model=spec.model,
-            engine=spec.engine,
-            role=spec.role,
-            endpoint=placement.base_url,
-            metrics_url=placement.base_url + "/metrics",
-            kv_events_endpoint=placement.kv_events_endpoint,
-            kv_replay_endpoint=placement.kv_replay_endpoint,
-            kv_events_topic=KV_TOPIC,
+        info = pod_info(
+            spec, name, self.kind, placement.base_url,
+            kv_events=placement.kv_events_endpoint, kv_replay=placement.kv_replay_endpoint,
             block_size=launch.block_size,
-            labels=pod_labels(spec, self.kind),
-        )
+        )  # fmt: skip
         pod = Pod(info=info, generation=generation, slot=slot)
         process = SupervisedProcess(
             ProcessSpec(
@@ -119,20 +110,10 @@ class LocalBackend:
         slot = next(i for i in range(len(spec.external)) if i not in held)
         endpoint = spec.external[slot]
         name = self._new_pod_name(spec.name)
-        info = PodInfo(
-            pod=name,
-            deployment=spec.name,
-            model=spec.model,
-            engine=spec.engine,
-            role=spec.role,
-            endpoint=endpoint.url,
-            metrics_url=endpoint.url + "/metrics",
-            kv_events_endpoint=endpoint.kv_events,
-            kv_replay_endpoint=endpoint.kv_replay,
-            kv_events_topic=KV_TOPIC if endpoint.kv_events else "",
-            block_size=spec.block_size,
-            labels=pod_labels(spec, "external"),
-        )
+        info = pod_info(
+            spec, name, "external", endpoint.url,
+            kv_events=endpoint.kv_events, kv_replay=endpoint.kv_replay, block_size=spec.block_size,
+        )  # fmt: skip
         pod = Pod(info=info, generation=generation, slot=slot, external=True)
         probe_path = spec.readiness.path or DEFAULTS[spec.engine].readiness_path
         monitor = EndpointMonitor(endpoint.url + probe_path, lambda serving: self._on_external_change(pod, serving))
@@ -270,6 +251,26 @@ class LocalBackend:
     def reap_orphans(self) -> list[int]:
         """Stop pods a killed orchestrator left running with this state directory; returns their pids."""
         return reap_orphans(self.state_dir)
+
+
+def pod_info(
+    spec: DeploymentSpec, name: str, backend: str, url: str, *, kv_events: str, kv_replay: str, block_size: int
+) -> PodInfo:
+    """What consumers learn of one pod of ``spec`` served at ``url`` (``kv_events`` empty: no KV events)."""
+    return PodInfo(
+        pod=name,
+        deployment=spec.name,
+        model=spec.model,
+        engine=spec.engine,
+        role=spec.role,
+        endpoint=url,
+        metrics_url=url + "/metrics",
+        kv_events_endpoint=kv_events,
+        kv_replay_endpoint=kv_replay,
+        kv_events_topic=KV_TOPIC if kv_events else "",
+        block_size=block_size,
+        labels=pod_labels(spec, backend),
+    )
 
 
 def pod_labels(spec: DeploymentSpec, backend: str) -> dict[str, str]:
