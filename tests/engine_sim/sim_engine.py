@@ -8,8 +8,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+from tests.service_proc import consecutive_free_ports, stop_process_group
 
 MODEL_NAME = "tiny-llama"
 TOPIC = "kv-events"
@@ -44,25 +44,6 @@ class SimEngine:
     urls: tuple[str, ...] = ()
 
 
-def _free_ports(count: int) -> int:
-    """First of ``count`` consecutive free loopback ports (replica i replays on port + i)."""
-    for _ in range(100):
-        with socket.socket() as first:
-            first.bind(("127.0.0.1", 0))
-            base = first.getsockname()[1]
-            if base + count > 65535:
-                continue
-            try:
-                with contextlib.ExitStack() as stack:
-                    for port in range(base + 1, base + count):
-                        sock = stack.enter_context(socket.socket())
-                        sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return base
-    raise RuntimeError(f"no {count} consecutive free ports")
-
-
 def _healthy(client: httpx.Client, url: str) -> bool:
     try:
         return client.get(f"{url}/health").status_code == 200
@@ -82,7 +63,7 @@ def sim_engine(
         (runtime / name / "adapter_config.json").write_text("{}")
         lora_dirs[name] = runtime / name
     events = f"ipc://{runtime / 'kv-events.ipc'}"
-    replay = f"tcp://127.0.0.1:{_free_ports(replicas)}"
+    replay = f"tcp://127.0.0.1:{consecutive_free_ports(replicas)}"
     argv = [
         sys.executable, "-m", "brixmesh.engine_sim", "serve", str(ASSETS),
         "--host", "127.0.0.1", "--port", "0", "--served-model-name", MODEL_NAME,
@@ -145,13 +126,7 @@ def sim_engine(
             urls=urls,
         )
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        stop_process_group(process)
         if process.stdout is not None:
             process.stdout.close()
         log.close()

@@ -11,13 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import httpx
@@ -25,48 +21,20 @@ import pytest
 
 from brixmesh.common.bus import Bus
 from brixmesh.common.messages import PodEvent, PodInfo
-from brixmesh.common.ports import free_port, port_is_free
 from brixmesh.common.servers import NatsServer
 from brixmesh.common.subjects import PODS
 from tests.engine_sim.sim_engine import ASSETS, BLOCK_SIZE, MODEL_NAME, sim_engine
 from tests.router.harness import router_process
+from tests.service_proc import ServiceProcess, consecutive_free_ports, service_process
 
 SYSTEM = "You answer questions about a fleet of storage servers. " + " ".join(f"Fact {i}: disks fail." for i in range(10))
 
 
-@contextlib.contextmanager
-def kv_index_process(nats_url: str, snapshot_interval_s: float) -> Iterator[str]:
-    port = free_port()
-    env = {**os.environ, "BRIXMESH_NATS_URL": nats_url, "BRIXMESH_PORT": str(port), "BRIXMESH_HOST": "127.0.0.1",
-           "BRIXMESH_LOG_FORMAT": "text", "BRIXMESH_KV_SNAPSHOT_INTERVAL_S": str(snapshot_interval_s)}  # fmt: skip
-    log = tempfile.NamedTemporaryFile(prefix="bm-kv-index-", suffix=".log", delete=False)
-    process = subprocess.Popen([sys.executable, "-m", "brixmesh.kv_index"], env=env, stdout=log, stderr=log,
-                               stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            assert process.poll() is None, Path(log.name).read_text()[-2000:]
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, Path(log.name).read_text()[-2000:]
-            time.sleep(0.05)
-        yield url
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=15)
-        log.close()
-        os.unlink(log.name)
-
-
-def _free_port_pair() -> int:
-    """A port p with p + 1 free too (the simulator's replica i replays on p + i)."""
-    for _ in range(200):
-        port = free_port()
-        if port_is_free(port + 1):
-            return port
-    raise RuntimeError("no two adjacent free ports")
+def kv_index_process(
+    nats_url: str, log_path: Path, snapshot_interval_s: float
+) -> AbstractAsyncContextManager[ServiceProcess]:
+    settings = {"BRIXMESH_KV_SNAPSHOT_INTERVAL_S": str(snapshot_interval_s)}
+    return service_process("brixmesh.kv_index", nats_url, log_path, settings)
 
 
 def router(nats_url: str) -> contextlib.AbstractContextManager:
@@ -86,7 +54,7 @@ def metric(text: str, name: str) -> float:
 
 async def test_kv_aware_routing_through_the_mesh(fresh_nats_server: NatsServer) -> None:
     with tempfile.TemporaryDirectory(prefix="bm-kvm-") as short:
-        events, replay_port = f"ipc://{short}/kv.ipc", _free_port_pair()
+        events, replay_port = f"ipc://{short}/kv.ipc", consecutive_free_ports(2)
         config = {"enable_kv_cache_events": True, "publisher": "zmq", "endpoint": events,
                   "replay_endpoint": f"tcp://127.0.0.1:{replay_port}", "topic": "kv-events"}  # fmt: skip
         with sim_engine(extra_args=("--kv-events-config", json.dumps(config)), replicas=2) as sim:
@@ -98,7 +66,8 @@ async def test_kv_aware_routing_through_the_mesh(fresh_nats_server: NatsServer) 
             ]  # fmt: skip
             bus = await Bus.connect(fresh_nats_server.url, name="orchestrator")
             try:
-                with kv_index_process(fresh_nats_server.url, snapshot_interval_s=1.0) as kv_index_url:
+                async with kv_index_process(fresh_nats_server.url, Path(short) / "kv-index.log",
+                                            snapshot_interval_s=1.0) as kv_index:  # fmt: skip
                     await announce(bus, "ready", infos)
                     with router(fresh_nats_server.url) as first:
                         await announce(bus, "ready", infos)  # the router learns pods from pods.* events
@@ -111,7 +80,7 @@ async def test_kv_aware_routing_through_the_mesh(fresh_nats_server: NatsServer) 
                                 metrics, "brixmesh_kv_batches_skipped") >= 1  # fmt: skip
                             for prompt in _prompts():
                                 assert await _lookup(second.url, prompt) == await _lookup(first.url, prompt)
-                        bridge_metrics = httpx.get(f"{kv_index_url}/metrics").text
+                        bridge_metrics = httpx.get(f"{kv_index.url}/metrics").text
                         assert metric(bridge_metrics, "brixmesh_kv_bridge_snapshots") >= 2
                         assert metric(bridge_metrics, "brixmesh_kv_bridge_bad_payloads") == 0
 

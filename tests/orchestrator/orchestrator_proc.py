@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -23,8 +20,9 @@ import httpx
 
 from brixmesh.common.bus import Bus
 from brixmesh.common.messages import PodEvent
-from brixmesh.common.ports import free_port
 from brixmesh.common.subjects import PODS
+
+from tests.service_proc import service_process
 
 
 @dataclass
@@ -35,61 +33,28 @@ class OrchestratorProcess:
     log_path: Path
     http: httpx.AsyncClient
 
-    def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
 
 @contextlib.asynccontextmanager
 async def run_orchestrator(
     nats_url: str, work_dir: Path, env: Mapping[str, str] | None = None, startup_timeout: float = 30.0
 ) -> AsyncIterator[OrchestratorProcess]:
-    port = free_port()
     state_dir = work_dir / "state"
-    log_path = work_dir / "orchestrator.log"
-    full_env = {
-        **os.environ,
-        "BRIXMESH_NATS_URL": nats_url,
-        "BRIXMESH_PORT": str(port),
+    settings = {
         "BRIXMESH_STATE_DIR": str(state_dir),
-        "BRIXMESH_LOG_FORMAT": "text",
         "BRIXMESH_ANNOUNCE_INTERVAL_S": "1",
         "BRIXMESH_RECONCILE_INTERVAL_S": "0.5",
         "BRIXMESH_DRAIN_POLL_INTERVAL_S": "0.1",
         **(env or {}),
     }
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "brixmesh.orchestrator"], env=full_env, stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    http = httpx.AsyncClient(base_url=url, timeout=10)
-    orch = OrchestratorProcess(url, process, state_dir, log_path, http)
-    try:
-        deadline = time.monotonic() + startup_timeout
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"orchestrator exited with {process.returncode}:\n{orch.log_tail()}")
-            with contextlib.suppress(httpx.TransportError):
-                if (await http.get("/readyz")).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"orchestrator not ready after {startup_timeout}s:\n{orch.log_tail()}")
-            await asyncio.sleep(0.1)
-        yield orch
-    finally:
-        await http.aclose()
-        await asyncio.to_thread(stop_process_group, process)
-
-
-def stop_process_group(process: subprocess.Popen[bytes], grace_s: float = 20.0) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+    # SIGTERM to the orchestrator alone: it drains and stops its engines itself
+    async with (
+        service_process(
+            "brixmesh.orchestrator", nats_url, work_dir / "orchestrator.log", settings,
+            startup_timeout_s=startup_timeout, stop_grace_s=20.0, term_group=False,
+        ) as service,
+        httpx.AsyncClient(base_url=service.url, timeout=10) as http,
+    ):  # fmt: skip
+        yield OrchestratorProcess(service.url, service.process, state_dir, service.log_path, http)
 
 
 class PodEventLog:
