@@ -23,8 +23,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
 import uvicorn
+import uvloop
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, Info, generate_latest
 
 from brixmesh.common import __version__
@@ -167,13 +169,19 @@ class Service:
 def bind_socket(host: str, port: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # accepted connections inherit it: a response written as headers then body must not wait for the
+    # client's delayed ACK (measured: +44 ms p50 on every route without it)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind((host, port))
     sock.set_inheritable(True)
     return sock
 
 
-def run(service: Service) -> None:
-    """Serve until SIGTERM/SIGINT, then shut down gracefully (in-flight requests get ``graceful_shutdown_s``)."""
+def run(service: Service, asgi: ASGIApp | None = None) -> None:
+    """Serve until SIGTERM/SIGINT, then shut down gracefully (in-flight requests get ``graceful_shutdown_s``).
+
+    ``asgi`` replaces the FastAPI app as the entry point when a service serves its hot path ahead of it
+    (it must still run the app's lifespan)."""
     settings = service.settings
     configure_logging(service.name, settings.log_level, settings.log_format)
     try:
@@ -185,14 +193,17 @@ def run(service: Service) -> None:
     host, port = sock.getsockname()[:2]
     service.http_url = f"http://{host}:{port}"
     config = uvicorn.Config(
-        service.app,
+        asgi or service.app,
         log_config=None,
         access_log=False,
-        loop="uvloop",
+        http="httptools",
+        proxy_headers=False,
+        server_header=False,
         timeout_graceful_shutdown=settings.graceful_shutdown_s,
         lifespan="on",
     )
-    asyncio.run(uvicorn.Server(config).serve(sockets=[sock]))
+    # uvicorn picks its loop only in Server.run(); serve() runs on whatever loop it is given
+    uvloop.run(uvicorn.Server(config).serve(sockets=[sock]))
 
 
 def service_main(name: str, settings_cls: type[ServiceSettings], build: Callable[[Any], Service]) -> None:
