@@ -24,7 +24,8 @@ deps: $(VENV)/.synced
 redis-server:
 	@command -v redis-server >/dev/null || { \
 	  echo "installing redis-server (apt)"; \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server) >/dev/null \
+	  (apt-get update -qq || echo "apt-get update failed; trying the package lists already on the machine"; \
+	   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server) >/dev/null \
 	  || { echo "make: could not install redis-server with apt-get; install it and retry" >&2; exit 1; }; }
 
 # The real vLLM (CPU build) and the tiny offline model, cached outside the checkout.
