@@ -19,23 +19,12 @@ from brixmesh.engine_sim.hashing import BlockHasher
 from brixmesh.engine_sim.kv_cache import KvCacheManager
 from brixmesh.engine_sim.kv_event_types import encode_batch
 
+from tests.engine_sim.cache_request import Req
+
 BLOCK_SIZE = 32
 NUM_BLOCKS = 64
 LORA = "lora-a"
 RECORDING = Path(__file__).resolve().parent.parent / "fixtures" / "vllm-0.32-cpu" / "kv_sequential_run.json"
-
-
-@dataclass
-class Req:
-    request_id: str
-    all_token_ids: list[int]
-    num_computed_tokens: int = 0
-    lora_name: str | None = None
-    lora_path: str | None = None
-    lora_int_id: int | None = None
-    cache_salt: str | None = None
-    num_preemptions: int = 0
-    session_id: str | None = None
 
 
 @dataclass

@@ -1,26 +1,15 @@
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pytest
 from brixmesh.engine_sim.hashing import BlockHasher
 from brixmesh.engine_sim.kv_cache import KvCacheManager
 from brixmesh.engine_sim.kv_event_types import AllBlocksCleared, BlockRemoved, BlockStored
 
+from tests.engine_sim.cache_request import Req
+
 BS = 4
-
-
-@dataclass
-class Req:
-    request_id: str
-    all_token_ids: list[int]
-    num_computed_tokens: int = 0
-    lora_name: str | None = None
-    lora_path: str | None = None
-    lora_int_id: int | None = None
-    cache_salt: str | None = None
-    num_preemptions: int = 0
-    generated: list[int] = field(default_factory=list)
 
 
 def _mgr(num_blocks: int = 9, **kw: bool) -> KvCacheManager:

@@ -10,30 +10,18 @@ evictions, single-hash removals, duplicate stores and removes, consistent parent
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any
 
 from brixmesh.engine_sim.hashing import BlockHasher
 from brixmesh.engine_sim.kv_cache import KvCacheManager
 from brixmesh.engine_sim.kv_event_types import BlockRemoved, BlockStored, KvEvent
 
+from tests.engine_sim.cache_request import Req
 from tests.engine_sim.captures import capture_events
 
 BLOCK = 32
 NUM_BLOCKS = 64
 CONCURRENCY = 8
-
-
-@dataclass
-class Req:
-    request_id: str
-    all_token_ids: list[int]
-    num_computed_tokens: int = 0
-    lora_name: str | None = None
-    lora_path: str | None = None
-    lora_int_id: int | None = None
-    cache_salt: str | None = None
-    num_preemptions: int = 0
 
 
 def _implied_admissions(events: list[dict[str, Any]]) -> list[list[int]]:
