@@ -11,6 +11,7 @@ from brixmesh.kv_index.decode import PayloadError, decode_payload, to_u64
 from brixmesh.kv_index.pod_blocks import PodBlocks
 from brixmesh.kv_index.sequencer import SeqTracker
 from tests.engine_sim.captures import load_capture
+from tests.kv.held_blocks import track_held
 
 
 def _payloads(name: str) -> list[bytes]:
@@ -104,16 +105,7 @@ def test_pod_blocks_match_capture_state_and_snapshot_orders_parents_first() -> N
     for payload in _payloads("kv_events_store_remove.jsonl"):
         events = decode_payload(payload).events
         blocks.apply(events)
-        for event in events:
-            if isinstance(event, KvBlockStored):
-                for h in event.block_hashes:
-                    held[h] = held.get(h, 0) + 1
-            elif isinstance(event, KvBlockRemoved):
-                for h in event.block_hashes:
-                    if held.get(h):
-                        held[h] -= 1
-                        if not held[h]:
-                            del held[h]
+        track_held(held, events)
     snapshot = blocks.snapshot_events()
     assert sorted(e.block_hashes[0] for e in snapshot) == sorted(h for h, n in held.items() for _ in range(n))
     seen: set[int] = set()

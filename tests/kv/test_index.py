@@ -9,6 +9,7 @@ from brixmesh.kv_index.decode import decode_payload
 from brixmesh.router.kv.hashing import block_hashes
 from brixmesh.router.kv.index import PrefixIndex
 from tests.engine_sim.captures import load_capture
+from tests.kv.held_blocks import track_held
 
 B = 4
 
@@ -119,16 +120,7 @@ def test_capture_index_equals_stored_not_removed() -> None:
     for message in load_capture("kv_events_store_remove.jsonl"):
         events = decode_payload(msgspec.msgpack.encode(message["batch"])).events
         index.apply(KvEventBatch("pod", "tiny-llama", message["seq"], 0.0, events))
-        for event in events:
-            if isinstance(event, KvBlockStored):
-                for h in event.block_hashes:
-                    held[h] = held.get(h, 0) + 1
-            elif isinstance(event, KvBlockRemoved):
-                for h in event.block_hashes:
-                    if held.get(h):
-                        held[h] -= 1
-                        if not held[h]:
-                            del held[h]
+        track_held(held, events)
     assert index.engine_hashes("pod") == set(held)
     assert index.counters.orphan_blocks == 0
 
