@@ -84,6 +84,25 @@ def sse_events(c: httpx.Client, path: str, body: dict[str, Any]) -> tuple[httpx.
         return response.headers, events
 
 
+def stream_completion(
+    c: httpx.Client, engine: Any, prompt: str, max_tokens: int, **extra: Any
+) -> tuple[httpx.Headers, list[str]]:
+    body = {"model": engine.model, "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True, "stream": True}
+    return sse_events(c, "/v1/completions", {**body, **extra})
+
+
+def stream_chat(c: httpx.Client, engine: Any, max_tokens: int, **extra: Any) -> tuple[httpx.Headers, list[str]]:
+    """A streamed chat completion of the one-message conversation "hi"."""
+    body = {
+        "model": engine.model,
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": max_tokens,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    return sse_events(c, "/v1/chat/completions", {**body, **extra})
+
+
 def test_health_version_load(engine) -> None:
     with client(engine) as c:
         health = c.get("/health")
@@ -155,18 +174,8 @@ def test_detokenize_keeps_special_tokens(engine) -> None:
 def test_completion_stream_with_usage(engine) -> None:
     with client(engine) as c:
         plain = complete(c, engine, "Streaming check", max_tokens=6)
-        headers, events = sse_events(
-            c,
-            "/v1/completions",
-            {
-                "model": engine.model,
-                "prompt": "Streaming check",
-                "max_tokens": 6,
-                "temperature": 0,
-                "ignore_eos": True,
-                "stream": True,
-                "stream_options": {"include_usage": True},
-            },
+        headers, events = stream_completion(
+            c, engine, "Streaming check", 6, temperature=0, stream_options={"include_usage": True}
         )
     assert headers["content-type"].startswith("text/event-stream")
     assert events[-1] == "[DONE]"
@@ -183,17 +192,7 @@ def test_completion_stream_with_usage(engine) -> None:
 
 def test_chat_stream_first_chunk_has_role(engine) -> None:
     with client(engine) as c:
-        _, events = sse_events(
-            c,
-            "/v1/chat/completions",
-            {
-                "model": engine.model,
-                "messages": [{"role": "user", "content": "hi"}],
-                "max_tokens": 4,
-                "ignore_eos": True,
-                "stream": True,
-            },
-        )
+        _, events = stream_chat(c, engine, 4)
     chunks = [json.loads(e) for e in events[:-1]]
     assert events[-1] == "[DONE]"
     assert chunks[0]["object"] == "chat.completion.chunk"
@@ -316,30 +315,10 @@ def test_exact_body_keys(engine) -> None:
             "/v1/chat/completions",
             json={"model": engine.model, "max_tokens": 2, "messages": [{"role": "user", "content": "keys"}]},
         ).json()
-        _, events = sse_events(
-            c,
-            "/v1/chat/completions",
-            {
-                "model": engine.model,
-                "messages": [{"role": "user", "content": "hi"}],
-                "max_tokens": 2,
-                "ignore_eos": True,
-                "stream": True,
-                "stream_options": {"include_usage": True, "continuous_usage_stats": True},
-            },
+        _, events = stream_chat(
+            c, engine, 2, stream_options={"include_usage": True, "continuous_usage_stats": True}
         )
-        _, completion_events = sse_events(
-            c,
-            "/v1/completions",
-            {
-                "model": engine.model,
-                "prompt": "keys",
-                "max_tokens": 2,
-                "ignore_eos": True,
-                "stream": True,
-                "stream_options": {"include_usage": True},
-            },
-        )
+        _, completion_events = stream_completion(c, engine, "keys", 2, stream_options={"include_usage": True})
     assert set(completion) == COMPLETION_KEYS
     assert set(completion["choices"][0]) == COMPLETION_CHOICE_KEYS
     assert set(completion["usage"]) == USAGE_KEYS
@@ -582,19 +561,7 @@ def test_n_choices(engine) -> None:
         body = complete(c, engine, "several choices", max_tokens=3, n=2, temperature=1.0)
         assert [choice["index"] for choice in body["choices"]] == [0, 1]
         assert body["usage"]["completion_tokens"] == 6
-        _, events = sse_events(
-            c,
-            "/v1/chat/completions",
-            {
-                "model": engine.model,
-                "messages": [{"role": "user", "content": "hi"}],
-                "max_tokens": 3,
-                "ignore_eos": True,
-                "n": 2,
-                "stream": True,
-                "stream_options": {"include_usage": True},
-            },
-        )
+        _, events = stream_chat(c, engine, 3, n=2, stream_options={"include_usage": True})
     chunks = [json.loads(e) for e in events[:-1]]
     finished = {chunk["choices"][0]["index"] for chunk in chunks[:-1] if chunk["choices"][0]["finish_reason"]}
     roles = {chunk["choices"][0]["index"] for chunk in chunks[:-1] if "role" in chunk["choices"][0]["delta"]}
@@ -702,18 +669,7 @@ def test_logprobs_shapes(engine) -> None:
                 "top_logprobs": 2,
             },
         ).json()
-        _, events = sse_events(
-            c,
-            "/v1/completions",
-            {
-                "model": engine.model,
-                "prompt": "Hello",
-                "max_tokens": 2,
-                "ignore_eos": True,
-                "logprobs": 1,
-                "stream": True,
-            },
-        )
+        _, events = stream_completion(c, engine, "Hello", 2, logprobs=1)
     lp = body["choices"][0]["logprobs"]
     assert set(lp) == {"text_offset", "token_logprobs", "tokens", "top_logprobs"}
     assert len(lp["tokens"]) == len(lp["token_logprobs"]) == len(lp["top_logprobs"]) == 2
