@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 Strategy = Literal["hpa", "kpa", "apa"]
-STRATEGIES: tuple[Strategy, ...] = ("hpa", "kpa", "apa")
 
 
 @dataclass(frozen=True, slots=True)

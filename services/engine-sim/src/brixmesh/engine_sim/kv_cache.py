@@ -177,9 +177,6 @@ class KvCacheManager:
         """Physical blocks currently holding a cached hash (duplicates counted)."""
         return sum(len(group) for group in self._cached.values())
 
-    def is_cached(self, block_hash: bytes) -> bool:
-        return block_hash in self._cached
-
     def block_ids(self, request_id: str) -> list[int]:
         """Physical block ids held by a request, in token order (empty when it holds none)."""
         return [b.block_id for b in self._req_blocks.get(request_id, ())]
