@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import tempfile
 import time
@@ -24,6 +25,7 @@ from brixmesh.kv_index.discovery import PodFollower
 from brixmesh.router.kv.follower import IndexFollower
 from brixmesh.router.kv.index import PrefixIndex
 from brixmesh.router.kv.tokenizer import LocalTokenizer
+from tests import waiting
 from tests.engine_sim.sim_engine import ASSETS, BLOCK_SIZE, MODEL_NAME, SimEngine, sim_engine
 
 POD = "sim-0"
@@ -96,12 +98,7 @@ def _describe() -> str:
     return "; ".join(repr(f.stats) for f in _followers)
 
 
-async def eventually(check: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not reached in time; {_describe()}")
-        await asyncio.sleep(0.05)
+eventually = functools.partial(waiting.eventually, describe=_describe)
 
 
 def in_sync(follower: PodFollower, index: PrefixIndex) -> Callable[[], bool]:

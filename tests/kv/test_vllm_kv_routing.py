@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 import uuid
-from collections.abc import Callable
 
 import httpx
 import msgspec
@@ -31,6 +29,7 @@ from brixmesh.router.kv.tokenizer import LocalTokenizer
 from brixmesh.router.routing import Endpoint, RequestContext, Router, default_registry
 from brixmesh.router.routing.scorers.kv_aware import KvAware
 from tests.plugins.vllm_engine import VllmEngine
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.vllm
 
@@ -100,18 +99,6 @@ async def hits(client: httpx.AsyncClient, engine: VllmEngine) -> float:
     return sum(float(v) for v in HITS.findall(text))
 
 
-async def eventually(check: Callable[[], object], timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.1)
-
-
 async def test_follow_ups_land_on_the_engine_holding_the_prefix(
     real_vllm_pair: tuple[VllmEngine, VllmEngine], fresh_nats_server: NatsServer
 ) -> None:
@@ -171,7 +158,7 @@ async def test_follow_ups_land_on_the_engine_holding_the_prefix(
         ]
         for i, conversation in enumerate(conversations):  # first turns: one conversation per engine
             conversation.append({"role": "assistant", "content": await chat(engines[i], conversation)})
-        await eventually(lambda: all(index.pod_blocks(n) > 0 for n in names))
+        await eventually(lambda: all(index.pod_blocks(n) > 0 for n in names), 20)
 
         for turn in range(2):
             for i, conversation in enumerate(conversations):
@@ -193,7 +180,7 @@ async def test_follow_ups_land_on_the_engine_holding_the_prefix(
                 await reference.drain()
                 return index.engine_hashes(name) == set(reference.held)
 
-            await eventually(same)
+            await eventually(same, 20)
         assert bridge.stats.bad_payloads == 0 and bridge.stats.unrecovered == 0
     finally:
         await client.aclose()

@@ -1,5 +1,5 @@
-"""Pod discovery for any service: the ``pods.*`` lifecycle events, plus the orchestrator's ``pods.list`` answer
-at start so that a (re)started service need not wait for the next event or re-announce.
+"""Pod discovery for any service: the ``pods.*`` lifecycle events, plus the orchestrator's ``pods.list``
+answer at start so that a (re)started service need not wait for the next event or re-announce.
 
 The listing is delivered as ordinary :class:`PodEvent` s (``reason="pods.list"``), so a consumer has one
 handler for both. Re-announces (``reason="re-announce"``) are ordinary events too: consumers must treat a
@@ -26,7 +26,7 @@ LISTED = "pods.list"
 
 
 def listed_kind(status: PodStatus) -> PodEventKind:
-    """The event that brings a consumer to the state the orchestrator lists (an exited pod counts as removed)."""
+    """The event that brings a consumer to the listed state (an exited pod counts as removed)."""
     if status.ready:
         return "ready"
     if status.phase == "draining":
@@ -38,7 +38,8 @@ def listed_kind(status: PodStatus) -> PodEventKind:
 
 def listed_events(listing: PodList) -> list[PodEvent]:
     return [
-        PodEvent(kind=listed_kind(status), pod=status.pod, ts=listing.ts, reason=LISTED) for status in listing.pods
+        PodEvent(kind=listed_kind(status), pod=status.pod, ts=listing.ts, reason=LISTED)
+        for status in listing.pods
     ]
 
 
