@@ -60,7 +60,6 @@ import os
 import pickle
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -71,6 +70,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from brixmesh.common.ports import free_port
 from brixmesh.common.vllm_cpu import (
     BLOCK_SIZE,
     LORA_NAMES,
@@ -158,12 +158,6 @@ class VllmEngine:
     lora_dirs: dict[str, Path] = field(hash=False)
     log_path: Path
     pid: int
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 _core_cycle = itertools.count()
