@@ -1,6 +1,6 @@
-"""Subprocesses for tests: a ``python -m brixmesh.<service>`` on a random loopback port, ready once ``/readyz``
-answers 200 (waited for without blocking the test's event loop, which may be answering the service's
-requests meanwhile), stopped with its whole process group.
+"""Subprocesses for tests: a ``python -m brixmesh.<service>`` on a random loopback port, ready once
+``/readyz`` answers 200 (waited for without blocking the test's event loop, which may be answering the
+service's requests meanwhile), stopped with its whole process group.
 
     async with service_process("brixmesh.autoscaler", nats_url, tmp_path / "as.log", settings) as svc:
         httpx.get(f"{svc.url}/metrics")
@@ -35,7 +35,9 @@ class ServiceProcess:
         return self.log_path.read_text(errors="replace")[-chars:]
 
 
-def stop_process_group(process: subprocess.Popen[bytes], grace_s: float = 10.0, *, term_group: bool = True) -> None:
+def stop_process_group(
+    process: subprocess.Popen[bytes], grace_s: float = 10.0, *, term_group: bool = True
+) -> None:
     """SIGTERM (the group, or only the leader where it stops its own children in order), SIGKILL the group
     after ``grace_s``."""
     if process.poll() is not None:

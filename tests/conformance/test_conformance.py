@@ -87,11 +87,19 @@ def sse_events(c: httpx.Client, path: str, body: dict[str, Any]) -> tuple[httpx.
 def stream_completion(
     c: httpx.Client, engine: Any, prompt: str, max_tokens: int, **extra: Any
 ) -> tuple[httpx.Headers, list[str]]:
-    body = {"model": engine.model, "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True, "stream": True}
+    body = {
+        "model": engine.model,
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "ignore_eos": True,
+        "stream": True,
+    }
     return sse_events(c, "/v1/completions", {**body, **extra})
 
 
-def stream_chat(c: httpx.Client, engine: Any, max_tokens: int, **extra: Any) -> tuple[httpx.Headers, list[str]]:
+def stream_chat(
+    c: httpx.Client, engine: Any, max_tokens: int, **extra: Any
+) -> tuple[httpx.Headers, list[str]]:
     """A streamed chat completion of the one-message conversation "hi"."""
     body = {
         "model": engine.model,

@@ -635,7 +635,9 @@ class SglangMetrics:
         )
         self.prompt_tokens = counter("sglang:prompt_tokens", "Number of prefill tokens processed.")
         self.generation_tokens = counter("sglang:generation_tokens", "Number of generation tokens processed.")
-        self.cached_tokens = counter("sglang:cached_tokens", "Number of cached prompt tokens.", cache_source="device")
+        self.cached_tokens = counter(
+            "sglang:cached_tokens", "Number of cached prompt tokens.", cache_source="device"
+        )
         self.requests = counter("sglang:num_requests", "The number of processed requests.")
         self.h_ttft = histogram(
             "sglang:time_to_first_token_seconds",
@@ -643,7 +645,9 @@ class SglangMetrics:
             SGLANG_TTFT_BUCKETS,
         )
         self.h_itl = histogram(
-            "sglang:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.", SGLANG_ITL_BUCKETS
+            "sglang:inter_token_latency_seconds",
+            "Histogram of inter-token latency in seconds.",
+            SGLANG_ITL_BUCKETS,
         )
         self.h_e2e = histogram(
             "sglang:e2e_request_latency_seconds",

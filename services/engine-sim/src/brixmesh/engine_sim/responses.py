@@ -74,8 +74,8 @@ def _body(
     prompt_fields: dict[str, Any],
     kv_transfer_params: dict[str, Any] | None,
 ) -> bytes:
-    """The envelope both non-streamed bodies share; ``prompt_fields`` sit between usage and the transfer params
-    (chat only, where vLLM puts them at the top level)."""
+    """The envelope both non-streamed bodies share; ``prompt_fields`` sit between usage and the transfer
+    params (chat only, where vLLM puts them at the top level)."""
     return _ENCODE(
         {
             "id": rid,

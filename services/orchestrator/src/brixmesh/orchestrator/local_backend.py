@@ -254,7 +254,14 @@ class LocalBackend:
 
 
 def pod_info(
-    spec: DeploymentSpec, name: str, backend: str, url: str, *, kv_events: str, kv_replay: str, block_size: int
+    spec: DeploymentSpec,
+    name: str,
+    backend: str,
+    url: str,
+    *,
+    kv_events: str,
+    kv_replay: str,
+    block_size: int,
 ) -> PodInfo:
     """What consumers learn of one pod of ``spec`` served at ``url`` (``kv_events`` empty: no KV events)."""
     return PodInfo(
