@@ -8,6 +8,8 @@ from brixmesh.common.messages import Heartbeat, PodMetrics
 from brixmesh.common.servers import NatsServer
 from brixmesh.common.subjects import METRICS_PODS
 
+from tests.waiting import eventually
+
 
 def _metrics(pod: str, running: float) -> PodMetrics:
     return PodMetrics(pod=pod, model="m", deployment="d", ts=1.0, stale=False, running=running)
@@ -18,10 +20,7 @@ async def test_typed_publish_subscribe_round_trip(bus: Bus) -> None:
     await bus.subscribe(METRICS_PODS.pattern(), PodMetrics, lambda subject, msg: received.append((subject, msg)))
     await bus.publish(METRICS_PODS.format(pod="p1"), _metrics("p1", 3))
     await bus.client.flush()
-    for _ in range(100):
-        if received:
-            break
-        await asyncio.sleep(0.01)
+    await eventually(lambda: received)
     assert received == [("metrics.pods.p1", _metrics("p1", 3))]
 
 
@@ -33,10 +32,7 @@ async def test_undecodable_payloads_are_counted_and_skipped(bus: Bus) -> None:
                                               uptime_s=0, ready=True))
     await bus.publish("test.bad.c", _metrics("p", 1))
     await bus.client.flush()
-    for _ in range(100):
-        if received:
-            break
-        await asyncio.sleep(0.01)
+    await eventually(lambda: received)
     assert received == [_metrics("p", 1)]
     assert bus.decode_errors == 2
 
@@ -63,17 +59,11 @@ async def test_reconnects_after_the_server_restarts(tmp_path) -> None:
     server.stop()
     restarted = NatsServer(tmp_path / "nats", port=port).start()
     try:
-        for _ in range(300):
-            if bus.client.stats["reconnects"] >= 1 and bus.connected:
-                break
-            await asyncio.sleep(0.05)
+        await eventually(lambda: bus.client.stats["reconnects"] >= 1 and bus.connected, 15)
         assert bus.connected and bus.client.stats["reconnects"] >= 1
         await bus.publish("metrics.pods.p", _metrics("p", 7))
         await bus.client.flush()
-        for _ in range(100):
-            if received:
-                break
-            await asyncio.sleep(0.01)
+        await eventually(lambda: received)
         assert received and received[0].running == 7
     finally:
         await bus.close()
