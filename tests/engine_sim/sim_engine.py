@@ -1,6 +1,6 @@
 """Launches ``brixmesh-engine-sim`` as a subprocess on random loopback ports, for tests.
 
-The handle mirrors ``tests.plugins.vllm_engine.VllmEngine`` so conformance tests treat both alike.
+Its handle is an ``EngineHandle`` like the real-vLLM fixture's, so conformance tests treat both alike.
 """
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
+from tests.engine_handle import EngineHandle
 from tests.service_proc import consecutive_free_ports, stop_process_group
 
 MODEL_NAME = "tiny-llama"
@@ -29,19 +30,9 @@ ASSETS = Path(__file__).resolve().parents[2] / "services/engine-sim/src/brixmesh
 
 
 @dataclass(frozen=True)
-class SimEngine:
-    base_url: str
-    model: str
-    kv_events_endpoint: str
-    kv_replay_endpoint: str
-    topic: str
-    block_size: int
-    num_blocks: int
-    max_model_len: int
-    model_dir: Path
-    lora_dirs: dict[str, Path] = field(hash=False)
-    pid: int
+class SimEngine(EngineHandle):
     urls: tuple[str, ...] = ()
+    """Every replica's base URL (``base_url`` is the first)."""
 
 
 def _healthy(client: httpx.Client, url: str) -> bool:

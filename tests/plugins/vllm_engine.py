@@ -90,6 +90,8 @@ from brixmesh.common.vllm_cpu import (
     usable_cores,
 )
 
+from tests.engine_handle import EngineHandle
+
 __all__ = [
     "BLOCK_SIZE",
     "LORA_NAMES",
@@ -145,19 +147,8 @@ class VllmStartError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class VllmEngine:
-    base_url: str
-    model: str
-    kv_events_endpoint: str
-    kv_replay_endpoint: str
-    topic: str
-    block_size: int
-    num_blocks: int
-    max_model_len: int
-    model_dir: Path
-    lora_dirs: dict[str, Path] = field(hash=False)
+class VllmEngine(EngineHandle):
     log_path: Path
-    pid: int
 
 
 _core_cycle = itertools.count()
