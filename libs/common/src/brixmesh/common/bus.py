@@ -111,7 +111,8 @@ class Bus:
             if result is not None:
                 await result
 
-        return await self.client.subscribe(pattern, queue=queue, cb=on_message, pending_msgs_limit=1_000_000)
+        return await self._live(await self.client.subscribe(pattern, queue=queue, cb=on_message,
+                                                            pending_msgs_limit=1_000_000))
 
     async def serve(
         self, pattern: str, schema: type[T] | Any, responder: Callable[[str, T], Any], *, queue: str = ""
@@ -128,7 +129,13 @@ class Bus:
             if msg.reply:
                 await self.client.publish(msg.reply, _encoder.encode(responder(msg.subject, decoded)))
 
-        return await self.client.subscribe(pattern, queue=queue, cb=on_request)
+        return await self._live(await self.client.subscribe(pattern, queue=queue, cb=on_request))
+
+    async def _live(self, subscription: Subscription) -> Subscription:
+        """Round-trip to the server so that what is published after we return reaches the subscription."""
+        if self.client.is_connected:
+            await self.client.flush()
+        return subscription
 
     async def request(self, subject: str, message: Any, schema: type[T], timeout_s: float = 1.0) -> T:
         reply = await self.client.request(subject, _encoder.encode(message), timeout=timeout_s)
