@@ -94,6 +94,16 @@ def _body(
     )
 
 
+def _outcome(request: SimRequest, logprobs: dict[str, Any] | None, return_token_ids: bool) -> dict[str, Any]:
+    """The keys both choice shapes carry after the generated content, in vLLM's order."""
+    return {
+        "logprobs": logprobs,
+        "finish_reason": request.finish_reason,
+        "stop_reason": request.stop_reason,
+        "token_ids": list(request.output_token_ids) if return_token_ids else None,
+    }
+
+
 def completion_body(
     rid: str,
     created: int,
@@ -110,10 +120,7 @@ def completion_body(
         {
             "index": i,
             "text": text,
-            "logprobs": logprobs[i] if logprobs else None,
-            "finish_reason": request.finish_reason,
-            "stop_reason": request.stop_reason,
-            "token_ids": list(request.output_token_ids) if return_token_ids else None,
+            **_outcome(request, logprobs[i] if logprobs else None, return_token_ids),
             "prompt_logprobs": None,
             "prompt_token_ids": list(request.prompt_token_ids) if return_token_ids else None,
             "routed_experts": None,
@@ -148,10 +155,7 @@ def chat_body(
                 "function_call": None,
                 "reasoning": None,
             },
-            "logprobs": logprobs[i] if logprobs else None,
-            "finish_reason": request.finish_reason,
-            "stop_reason": request.stop_reason,
-            "token_ids": list(request.output_token_ids) if return_token_ids else None,
+            **_outcome(request, logprobs[i] if logprobs else None, return_token_ids),
             "routed_experts": None,
         }
         for i, (request, text) in enumerate(zip(requests, texts, strict=True))
