@@ -34,6 +34,8 @@ class WorkloadCase:
     fleet: FleetSpec
     slo: Slo = field(default_factory=Slo)
     description: str = ""
+    engine_metrics_on_bus: bool = False
+    """Run the autoscaler next to brixmesh's router so ``least-kv-cache`` sees engine KV usage."""
 
 
 @dataclass(slots=True)
@@ -46,7 +48,7 @@ class ContenderRun:
     router_cpu_s: float | None = None
     """CPU seconds of the router process (and its children) during the run; None: routes in the client."""
     helper_cpu_s: float | None = None
-    """CPU seconds of helpers the contender needs besides its router (brixmesh's kv-index)."""
+    """CPU seconds of helpers the contender needs besides its router (brixmesh's kv-index, autoscaler)."""
     wall_s: float = 0.0
 
 
@@ -76,6 +78,13 @@ def _cpu_seconds(pid: int | None) -> float | None:
         return None
 
 
+def _helpers_cpu_seconds(pids: list[int]) -> float | None:
+    if not pids:
+        return None
+    seconds = [_cpu_seconds(pid) for pid in pids]
+    return None if any(s is None for s in seconds) else sum(s for s in seconds if s is not None)
+
+
 def _delta(before: float | None, after: float | None) -> float | None:
     return None if before is None or after is None else max(0.0, after - before)
 
@@ -87,7 +96,7 @@ async def run_case(case: WorkloadCase, contenders: Sequence[str], workdir: Path,
                    on_request_done: Callable[[], None] = lambda: None) -> list[ContenderRun]:
     runs: list[ContenderRun] = []
     fleet = Fleet(case.fleet, workdir / case.name)
-    mesh = MeshProvider()
+    mesh = MeshProvider(scrape_metrics=case.engine_metrics_on_bus)
     report(f"[{case.name}] starting {case.fleet.engines} simulated {case.fleet.gpu} engines "
            f"(time scale {case.fleet.time_scale:g})")
     await fleet.start()
@@ -119,12 +128,12 @@ async def _run_one(case: WorkloadCase, name: str, contender: Contender, fleet: F
         await contender.stop()
         return ContenderRun(name, case.name, "failed", str(exc))
     try:
-        helper_pid = mesh.mesh.kv_index_pid if mesh.mesh is not None and name.startswith("brixmesh:") else None
-        cpu_before, helper_before = _cpu_seconds(contender.pid), _cpu_seconds(helper_pid)
+        helper_pids = mesh.mesh.helper_pids if mesh.mesh is not None and name.startswith("brixmesh:") else []
+        cpu_before, helper_before = _cpu_seconds(contender.pid), _helpers_cpu_seconds(helper_pids)
         client = LoadClient(case.fleet.model, time_scale=case.fleet.time_scale)
         result = await client.run(case.jobs, case.arrivals, target, engine_urls=fleet.urls, slo=case.slo,
                                   on_request_done=on_request_done)
-        cpu_after, helper_after = _cpu_seconds(contender.pid), _cpu_seconds(helper_pid)
+        cpu_after, helper_after = _cpu_seconds(contender.pid), _helpers_cpu_seconds(helper_pids)
     finally:
         await contender.stop()
     run = ContenderRun(name, case.name, "ok", result=result, router_cpu_s=_delta(cpu_before, cpu_after),

@@ -7,9 +7,9 @@ KV events : KV util : queue = 3:2:2), approximate (1:1:1), load-only and random.
 Here: 8 simulated H100 pods with the qwen3-32b profile; every length and the per-pod KV capacity shrunk by
 ``scale`` (so the prefix set fills the same share of the cache), the ladder's durations shrunk and its rates
 scaled to what the smaller requests need to saturate the same fleet. The four schedulers map onto brixmesh
-strategies: precise = ``kv-aware:3,least-request:2`` (brixmesh has no KV-utilisation signal without the
-autoscaler's scrapes, so the queue term stands for both), approximate = ``prefix-cache:1,least-request:1``,
-load-only = ``least-request``, random = ``random``.
+strategies with llm-d's weights: precise = ``kv-aware:3,least-kv-cache:2,least-request:2``, approximate =
+``prefix-cache:1,least-kv-cache:1,least-request:1``, load-only = ``least-request``, random = ``random``; the
+autoscaler runs beside the router so ``least-kv-cache`` sees every engine's KV usage (``metrics.pods.*``).
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ PUBLISHED: tuple[PublishedRow, ...] = (
 )
 
 SCHEDULERS: dict[str, str] = {
-    "precise": "brixmesh:kv-aware:3,least-request:2",
-    "approximate": "brixmesh:prefix-cache:1,least-request:1",
+    "precise": "brixmesh:kv-aware:3,least-kv-cache:2,least-request:2",
+    "approximate": "brixmesh:prefix-cache:1,least-kv-cache:1,least-request:1",
     "load-only": "brixmesh:least-request",
     "random": "brixmesh:random",
 }
@@ -63,7 +63,7 @@ def llmd_case(source: TextSource, *, scale: float = 0.1, ladder_time: float = 0.
     blocks = math.ceil(LLMD_KV_TOKENS_PER_POD * scale / 16)
     fleet = FleetSpec(engines=8, model_profile="qwen3-32b", time_scale=time_scale, num_gpu_blocks=blocks)
     return WorkloadCase(
-        "llm-d-shared-prefix", jobs, schedule, fleet,
+        "llm-d-shared-prefix", jobs, schedule, fleet, engine_metrics_on_bus=True,
         description=(f"150 groups x 5 prompts at scale {scale:g} (system {round(6000 * scale)} + question "
                      f"{round(1200 * scale)} tokens, output {max(2, round(1000 * scale))}); llm-d ladder "
                      f"{len(jobs)} requests over {schedule.offsets[-1]:.0f} s (durations x{ladder_time:g}, "

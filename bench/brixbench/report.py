@@ -43,7 +43,7 @@ def cpu_text(run: ContenderRun, time_scale: float) -> str:
     wall = run.result.duration_s * time_scale if run.result is not None else 0.0
     text = f"{run.router_cpu_s:.1f}s ({100 * run.router_cpu_s / wall:.0f}% core)" if wall else "n/a"
     if run.helper_cpu_s is not None:
-        text += f" + kv-index {run.helper_cpu_s:.1f}s"
+        text += f" + mesh {run.helper_cpu_s:.1f}s"
     return text
 
 
@@ -193,7 +193,8 @@ def write_report(result: CompareResult, directory: Path, title: str = "brixmesh 
              "to random routing (brixmesh `random`, else a client-side random pick). Hit rate is the engines' "
              "own Δprefix_cache_hits / Δprefix_cache_queries; engine share is the least and most loaded engine's "
              "share of the prompt tokens. Router CPU is the router process (and children) "
-             "over the run, in % of one core of this machine."), ""]
+             "over the run, in % of one core of this machine; \"+ mesh\" is the CPU of the services it needs beside it "
+             "(kv-index; the autoscaler where it runs)."), ""]
     for case in result.cases:
         runs = result.for_workload(case.name)
         lines += [f"## {case.name}", "", case.description, "",

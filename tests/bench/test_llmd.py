@@ -29,14 +29,14 @@ def test_side_by_side_prints_published_numbers_next_to_ours():
     table = side_by_side(_runs(precise=(900, 0.1)))
     lines = table.splitlines()
     assert len(lines) == 2 + len(PUBLISHED)
-    assert lines[2].startswith("| precise | kv-aware:3,least-request:2 | 900 | 0.10 |")
+    assert lines[2].startswith("| precise | kv-aware:3,least-kv-cache:2,least-request:2 | 900 | 0.10 |")
     assert "| 8,730 | 0.54 | 0.3 | 0.1 |" in lines[2]
     assert lines[5].startswith("| random | random | n/a |")
 
 
 def test_llmd_case_scales_lengths_and_capacity_together():
     case = llmd_case(TextSource(), scale=0.05, ladder_time=0.01, qps_scale=1.0)
-    assert case.fleet.engines == 8 and case.fleet.model_profile == "qwen3-32b"
+    assert case.fleet.engines == 8 and case.fleet.model_profile == "qwen3-32b" and case.engine_metrics_on_bus
     assert case.fleet.num_gpu_blocks == 961  # ceil(307,328 x 0.05 / 16)
     assert len(case.jobs) == len(case.arrivals.offsets) > 0
     assert len(case.jobs[0].system.split(" ")) == 300 and case.jobs[0].max_tokens == (50,)

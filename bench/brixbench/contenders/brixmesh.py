@@ -38,14 +38,16 @@ def pod_infos(fleet: Fleet) -> list[PodInfo]:
 
 
 class BenchMesh:
-    """NATS, a stand-in orchestrator that lists the fleet's pods, and the kv-index bridge."""
+    """NATS, a stand-in orchestrator that lists the fleet's pods, the kv-index bridge and, with
+    ``scrape_metrics``, the autoscaler (its ``metrics.pods.*`` scrapes feed ``least-kv-cache``)."""
 
-    def __init__(self, fleet: Fleet, workdir: Path) -> None:
+    def __init__(self, fleet: Fleet, workdir: Path, scrape_metrics: bool = False) -> None:
         self.fleet = fleet
         self.workdir = workdir
+        self.scrape_metrics = scrape_metrics
         self.nats: NatsServer | None = None
         self.bus: Bus | None = None
-        self.kv_index: RouterProcess | None = None
+        self.helpers: list[RouterProcess] = []
         self.pods = pod_infos(fleet)
 
     @property
@@ -62,12 +64,15 @@ class BenchMesh:
         self.nats = NatsServer(self.workdir / "nats").start()
         self.bus = await Bus.connect(self.nats.url, name="brixbench")
         await self.bus.serve(PODS_LIST.template, PodListRequest, self._listing)
-        port = free_port()
-        self.kv_index = RouterProcess(
-            "kv-index", [sys.executable, "-m", "brixmesh.kv_index"], f"http://127.0.0.1:{port}/readyz",
-            self.workdir, env={"BRIXMESH_NATS_URL": self.nats.url, "BRIXMESH_PORT": str(port),
-                               "BRIXMESH_LOG_LEVEL": "warning"})
-        await self.kv_index.start()
+        services = ["kv_index", "autoscaler"] if self.scrape_metrics else ["kv_index"]
+        for module in services:
+            port = free_port()
+            helper = RouterProcess(
+                module.replace("_", "-"), [sys.executable, "-m", f"brixmesh.{module}"],
+                f"http://127.0.0.1:{port}/readyz", self.workdir,
+                env={"BRIXMESH_NATS_URL": self.nats.url, "BRIXMESH_PORT": str(port), "BRIXMESH_LOG_LEVEL": "warning"})
+            self.helpers.append(helper)
+            await helper.start()
         await self.announce()
         return self
 
@@ -80,12 +85,12 @@ class BenchMesh:
         await self.bus.client.flush()
 
     @property
-    def kv_index_pid(self) -> int | None:
-        return self.kv_index.pid if self.kv_index else None
+    def helper_pids(self) -> list[int]:
+        return [helper.pid for helper in self.helpers if helper.pid is not None]
 
     async def stop(self) -> None:
-        if self.kv_index is not None:
-            await self.kv_index.stop()
+        for helper in self.helpers:
+            await helper.stop()
         if self.bus is not None:
             self.bus.closing = True
             await self.bus.client.close()
@@ -139,12 +144,13 @@ class BrixmeshRouter:
 class MeshProvider:
     """Starts the shared :class:`BenchMesh` on first use; the runner stops it at the end."""
 
-    def __init__(self) -> None:
+    def __init__(self, scrape_metrics: bool = False) -> None:
+        self.scrape_metrics = scrape_metrics
         self.mesh: BenchMesh | None = None
 
     async def get(self, fleet: Fleet, workdir: Path) -> BenchMesh:
         if self.mesh is None:
-            self.mesh = await BenchMesh(fleet, workdir / "mesh").start()
+            self.mesh = await BenchMesh(fleet, workdir / "mesh", self.scrape_metrics).start()
         return self.mesh
 
     async def stop(self) -> None:
