@@ -13,7 +13,7 @@ import msgspec
 import pytest
 import zmq
 
-from tests.engine_sim.prom import metric_samples, metric_value
+from tests.engine_sim.prom import metric_samples, metric_value, peak_load
 from tests.plugins.vllm_engine import published_block_hash, vllm_block_digests
 
 REPLAY_END_SEQ = b"\xff" * 8
@@ -542,12 +542,7 @@ async def test_saturation_queues_fills_cache_and_preempts(engine) -> None:
             )
             for p in prompts
         ]
-        waiting = usage = 0.0
-        while not all(t.done() for t in tasks):
-            text = (await c.get("/metrics")).text
-            waiting = max(waiting, metric_value(text, "vllm:num_requests_waiting"))
-            usage = max(usage, metric_value(text, "vllm:kv_cache_usage_perc"))
-            await asyncio.sleep(0.05)
+        waiting, usage = await peak_load(c, tasks)
         responses = await asyncio.gather(*tasks)
         after = (await c.get("/metrics")).text
     assert all(r.status_code == 200 for r in responses)

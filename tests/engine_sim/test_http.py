@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from tests.engine_sim.prom import metric_samples, metric_value
+from tests.engine_sim.prom import metric_samples, metric_value, peak_load
 from tests.engine_sim.sim_engine import MODEL_NAME, sim_engine
 
 
@@ -26,12 +26,7 @@ async def test_saturated_engine_queues_fills_cache_and_preempts() -> None:
         async with httpx.AsyncClient(base_url=sim.base_url, timeout=120) as c:
             prompts = [[10 + i] * 400 for i in range(24)]
             tasks = [asyncio.create_task(_complete(c, p, 120)) for p in prompts]
-            waiting_seen = usage_seen = 0.0
-            while not all(t.done() for t in tasks):
-                text = (await c.get("/metrics")).text
-                waiting_seen = max(waiting_seen, metric_value(text, "vllm:num_requests_waiting"))
-                usage_seen = max(usage_seen, metric_value(text, "vllm:kv_cache_usage_perc"))
-                await asyncio.sleep(0.05)
+            waiting_seen, usage_seen = await peak_load(c, tasks)
             responses = await asyncio.gather(*tasks)
             assert all(r.status_code == 200 for r in responses)
             assert all(r.json()["usage"]["completion_tokens"] == 120 for r in responses)
