@@ -16,7 +16,8 @@ class RouterSettings(ServiceSettings):
     """Static endpoints (JSON) for standalone use; pods from NATS are added to them."""
     models: Annotated[list[str], NoDecode] = []
     """Models the router accepts even while no pod serves them (scale from zero); pods add theirs."""
-    default_strategy: str = "least-request"
+    default_strategy: str = "kv-aware:3,least-request:2"
+    """Chosen by `brixmesh bench compare`: best throughput and p90 TTFT of our strategies (bench/README.md)."""
     model_strategies: dict[str, str] = {}
     """Per-model strategy, e.g. ``{"tiny-llama": "prefix-cache:3,least-request:2"}`` (JSON in the env)."""
     max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
