@@ -7,7 +7,7 @@ UV := $(PYTHON) -m uv
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: up test deps uv vllm-env redis-server docs clean
+.PHONY: up test bench deps uv vllm-env redis-server docs clean
 
 uv:
 	@$(UV) --version >/dev/null 2>&1 || { echo "installing uv $(UV_VERSION)"; \
@@ -37,6 +37,10 @@ up: deps
 
 test: deps redis-server vllm-env
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# Side by side with the peer routers on a simulated fleet (~5 min); report under bench/results/.
+bench: deps
+	$(VENV)/bin/brixmesh bench compare --quick
 
 docs: deps
 	$(VENV)/bin/python -m brixmesh.common.subjects > docs/subjects.md
