@@ -101,10 +101,14 @@ async def _uses(client: httpx.AsyncClient, url: str, expected: set[str], **heade
 async def test_pod_list_bootstraps_a_new_router(nats_server: NatsServer, sims: SimEngine, bus: Bus) -> None:
     info = pod_info("listed", sims.urls[0])
     status = PodStatus(pod=info, phase="ready", ready=True, created_at=time.time(), phase_since=time.time())
+    retired = PodInfo(
+        pod="retired", deployment="old", model="retired-model", engine="sim", endpoint=sims.urls[1]
+    )
+    exited = PodStatus(pod=retired, phase="exited", ready=False, created_at=time.time(), phase_since=0.0)
     await bus.serve(
         PODS_LIST.template,
         PodListRequest,
-        lambda _subject, _request: PodList(pods=[status], ts=time.time(), orchestrator="test"),
+        lambda _subject, _request: PodList(pods=[status, exited], ts=time.time(), orchestrator="test"),
     )
     with contextlib.ExitStack() as stack:  # started from a thread: this loop must stay free to answer
         router = await asyncio.to_thread(
@@ -112,6 +116,9 @@ async def test_pod_list_bootstraps_a_new_router(nats_server: NatsServer, sims: S
         )
         async with httpx.AsyncClient(timeout=10) as client:
             assert await pods_used(client, router.url, 2) == {"listed"}
+            # an exited pod is not known at all: its model is unknown (404), not waited for (503)
+            gone = await client.post(f"{router.url}/v1/completions", json={**BODY, "model": "retired-model"})
+            assert gone.status_code == 404, gone.text
 
 
 async def test_router_stats_every_interval(

@@ -17,7 +17,7 @@ from brixmesh.common.service import Service
 from brixmesh.common.subjects import ROUTER_STATS
 
 from brixmesh.router import kv
-from brixmesh.router.discovery.nats_inputs import load_pod_list, subscribe_pods
+from brixmesh.router.discovery.nats_inputs import follow_pods
 from brixmesh.router.discovery.pod_table import PodTable
 from brixmesh.router.discovery.static_file import EndpointsFileError, load_endpoints
 from brixmesh.router.http.asgi import OpenAIRoutes
@@ -89,9 +89,8 @@ def build_router(settings: RouterSettings) -> RouterApp:
     service.app.add_middleware(OpenAIRoutes, gateway=gateway)
 
     async def start(svc: Service) -> None:
-        await subscribe_pods(svc.bus, pods)
         await sync.start(svc.bus)
-        await load_pod_list(svc.bus, pods)
+        await follow_pods(svc.bus, pods)
         svc.spawn(_publish_stats(svc, stats, env, settings.stats_interval_s), "router-stats")
 
     async def stop(_svc: Service) -> None:

@@ -66,6 +66,7 @@ class PodTable:
             self._wake(endpoint)
 
     def remove(self, name: str) -> None:
+        self._early_metrics.pop(name, None)  # a pod removed before its first event must not keep them
         if self.endpoints.pop(name, None) is None:
             return
         self.infos.pop(name, None)
