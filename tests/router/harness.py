@@ -2,33 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
 import tempfile
-import time
+import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-
-import httpx
+from typing import TypeVar
 
 from brixmesh.common.ports import free_port
+from tests.service_proc import ServiceProcess, service_process
 
 MODEL = "tiny-llama"
 
-
-@dataclass(frozen=True)
-class RouterProcess:
-    url: str
-    pid: int
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+T = TypeVar("T")
 
 
 def endpoints_file(
@@ -55,52 +44,42 @@ def endpoints_file(
 @contextlib.contextmanager
 def router_process(
     nats_url: str, *, endpoints: Path | None = None, timeout_s: float = 20.0, **settings: object
-) -> Iterator[RouterProcess]:
-    """Start a router; ``settings`` become ``BRIXMESH_<NAME>`` (lists/dicts as JSON)."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "BRIXMESH_NATS_URL": nats_url,
-        "BRIXMESH_PORT": str(port),
-        "BRIXMESH_LOG_FORMAT": "text",
-        "BRIXMESH_HOST": "127.0.0.1",
-    }
+) -> Iterator[ServiceProcess]:
+    """Start a router (:func:`tests.service_proc.service_process`) from sync code too: sync tests and fixtures
+    use it. ``settings`` become ``BRIXMESH_<NAME>`` (lists/dicts as JSON)."""
+    env = {"BRIXMESH_HOST": "127.0.0.1"}
     if endpoints is not None:
         env["BRIXMESH_ENDPOINTS_FILE"] = str(endpoints)
     for name, value in settings.items():
         env[f"BRIXMESH_{name.upper()}"] = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
     log_path = Path(tempfile.mkstemp(prefix="bm-router-", suffix=".log")[1])
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "brixmesh.router"],
-            env=env,
-            stdout=log,
-            stderr=log,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"router exited {process.returncode}: {log_path.read_text()[-2000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"router not ready: {log_path.read_text()[-2000:]}")
-            time.sleep(0.05)
-        yield RouterProcess(url, process.pid, log_path)
+        process = service_process(
+            "brixmesh.router", nats_url, log_path, env, startup_timeout_s=timeout_s, stop_grace_s=15.0
+        )
+        with _entered_on_own_loop(process) as router:
+            yield router
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
         log_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _entered_on_own_loop(manager: AbstractAsyncContextManager[T]) -> Iterator[T]:
+    """Enter and exit ``manager`` on an event loop of its own, in another thread: the caller may be sync, or
+    inside a test's running loop (which cannot run it to completion from a sync call)."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="router-process-loop", daemon=True)
+    thread.start()
+    try:
+        entered = asyncio.run_coroutine_threadsafe(manager.__aenter__(), loop).result()
+        try:
+            yield entered
+        finally:
+            asyncio.run_coroutine_threadsafe(manager.__aexit__(None, None, None), loop).result()
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()
 
 
 def metric_value(text: str, name: str, **labels: str) -> float:

@@ -12,7 +12,8 @@ import pytest
 from brixmesh.common.ports import free_port
 from brixmesh.common.servers import NatsServer, RedisServer
 from tests.engine_sim.sim_engine import SimEngine
-from tests.router.harness import MODEL, RouterProcess, endpoints_file, metric_value, router_process
+from tests.router.harness import MODEL, endpoints_file, metric_value, router_process
+from tests.service_proc import ServiceProcess
 
 BODY = {"model": MODEL, "prompt": "hello", "max_tokens": 3, "ignore_eos": True}
 
@@ -25,14 +26,14 @@ def endpoints(sims: SimEngine, tmp_path: Path) -> Path:
 @pytest.fixture
 def keyed_router(
     nats_server: NatsServer, redis_server: RedisServer, endpoints: Path
-) -> Iterator[RouterProcess]:
+) -> Iterator[ServiceProcess]:
     with router_process(
         nats_server.url, endpoints=endpoints, api_keys="k-one,k-two", redis_url=redis_server.url, rpm_limit=3
     ) as router:
         yield router
 
 
-def test_api_key_required_and_checked(keyed_router: RouterProcess) -> None:
+def test_api_key_required_and_checked(keyed_router: ServiceProcess) -> None:
     missing = httpx.post(f"{keyed_router.url}/v1/completions", json=BODY)
     assert missing.status_code == 401 and missing.json()["error"]["code"] == "invalid_api_key"
     wrong = httpx.post(
@@ -53,7 +54,7 @@ def test_api_key_required_and_checked(keyed_router: RouterProcess) -> None:
         )
 
 
-def test_rpm_limit_per_key_gives_429_with_retry_after(keyed_router: RouterProcess) -> None:
+def test_rpm_limit_per_key_gives_429_with_retry_after(keyed_router: ServiceProcess) -> None:
     headers = {"authorization": "Bearer k-one"}
     statuses = [
         httpx.post(f"{keyed_router.url}/v1/completions", json=BODY, headers=headers) for _ in range(4)

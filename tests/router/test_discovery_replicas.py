@@ -24,6 +24,7 @@ from brixmesh.common.servers import NatsServer
 from brixmesh.common.subjects import METRICS_PODS, PODS, PODS_LIST, ROUTER_STATS
 from tests.engine_sim.sim_engine import SimEngine
 from tests.router.harness import MODEL, endpoints_file, metric_value, router_process
+from tests.waiting import eventually
 
 BODY = {"model": MODEL, "prompt": "hello", "max_tokens": 2, "ignore_eos": True}
 
@@ -46,13 +47,6 @@ async def pods_used(client: httpx.AsyncClient, url: str, n: int, **headers: str)
         assert response.status_code == 200, response.text
         used.add(response.headers["x-brixmesh-pod"])
     return used
-
-
-async def eventually(check, timeout_s: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
 
 
 async def test_pods_and_metrics_from_nats(nats_server: NatsServer, sims: SimEngine, bus: Bus) -> None:

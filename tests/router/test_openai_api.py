@@ -12,7 +12,8 @@ import pytest
 
 from brixmesh.common.servers import NatsServer
 from tests.engine_sim.sim_engine import SimEngine
-from tests.router.harness import MODEL, RouterProcess, endpoints_file, router_process
+from tests.router.harness import MODEL, endpoints_file, router_process
+from tests.service_proc import ServiceProcess
 
 MESSAGES = [{"role": "user", "content": "Say hello"}]
 NO_EOS = {"ignore_eos": True}  # the simulated model may draw EOS early; exact token counts are asserted
@@ -21,13 +22,13 @@ NO_EOS = {"ignore_eos": True}  # the simulated model may draw EOS early; exact t
 @pytest.fixture(scope="module")
 def router(
     nats_server: NatsServer, sims: SimEngine, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RouterProcess]:
+) -> Iterator[ServiceProcess]:
     path = endpoints_file(tmp_path_factory.mktemp("router"), sims.urls)
     with router_process(nats_server.url, endpoints=path, max_body_bytes=200_000) as process:
         yield process
 
 
-def test_sync_client_chat_and_completions(router: RouterProcess) -> None:
+def test_sync_client_chat_and_completions(router: ServiceProcess) -> None:
     client = openai.OpenAI(base_url=f"{router.url}/v1", api_key="unused")
     chat = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=5, extra_body=NO_EOS)
     assert (
@@ -52,7 +53,7 @@ def test_sync_client_chat_and_completions(router: RouterProcess) -> None:
     assert any(c.choices and c.choices[0].finish_reason == "length" for c in chunks)
 
 
-async def test_async_client_streaming_and_not(router: RouterProcess) -> None:
+async def test_async_client_streaming_and_not(router: ServiceProcess) -> None:
     client = openai.AsyncOpenAI(base_url=f"{router.url}/v1", api_key="unused")
     chat = await client.chat.completions.create(
         model=MODEL, messages=MESSAGES, max_tokens=3, extra_body=NO_EOS
@@ -70,7 +71,7 @@ async def test_async_client_streaming_and_not(router: RouterProcess) -> None:
     await client.close()
 
 
-def test_response_headers_and_request_id_passthrough(router: RouterProcess) -> None:
+def test_response_headers_and_request_id_passthrough(router: ServiceProcess) -> None:
     body = {"model": MODEL, "prompt": "hi", "max_tokens": 1}
     given = httpx.post(
         f"{router.url}/v1/completions",
@@ -90,14 +91,14 @@ def test_response_headers_and_request_id_passthrough(router: RouterProcess) -> N
     assert generated.headers["x-brixmesh-strategy"] == "prefix-cache:3,least-request:2"
 
 
-def test_models_lists_base_models_and_adapters(router: RouterProcess) -> None:
+def test_models_lists_base_models_and_adapters(router: ServiceProcess) -> None:
     models = openai.OpenAI(base_url=f"{router.url}/v1", api_key="x").models.list()
     by_id = {m.id: m for m in models.data}
     assert set(by_id) == {MODEL, "lora-a"}
     assert by_id["lora-a"].model_extra["parent"] == MODEL
 
 
-def test_session_header_pins_a_pod(router: RouterProcess) -> None:
+def test_session_header_pins_a_pod(router: ServiceProcess) -> None:
     def pods_for(session: str) -> set[str]:
         return {
             httpx.post(
@@ -113,7 +114,7 @@ def test_session_header_pins_a_pod(router: RouterProcess) -> None:
     assert set().union(*pinned) == {"pod-0", "pod-1"}  # different sessions spread over the pods
 
 
-def test_every_round_robin_pod_is_used(router: RouterProcess) -> None:
+def test_every_round_robin_pod_is_used(router: ServiceProcess) -> None:
     pods = {
         httpx.post(
             f"{router.url}/v1/completions",
@@ -155,7 +156,7 @@ def test_every_round_robin_pod_is_used(router: RouterProcess) -> None:
     ],
 )
 def test_client_errors_are_openai_shaped(
-    router: RouterProcess, path: str, content: bytes, headers: dict[str, str], status: int, param: str | None
+    router: ServiceProcess, path: str, content: bytes, headers: dict[str, str], status: int, param: str | None
 ) -> None:
     response = httpx.post(f"{router.url}{path}", content=content, headers=headers)
     assert response.status_code == status, response.text
@@ -165,7 +166,7 @@ def test_client_errors_are_openai_shaped(
     assert response.headers["x-request-id"]
 
 
-def test_wrong_method_and_openai_client_errors(router: RouterProcess) -> None:
+def test_wrong_method_and_openai_client_errors(router: ServiceProcess) -> None:
     assert httpx.get(f"{router.url}/v1/chat/completions").status_code == 405
     assert httpx.post(f"{router.url}/v1/models").status_code == 405
     client = openai.OpenAI(base_url=f"{router.url}/v1", api_key="x", max_retries=0)
@@ -176,7 +177,7 @@ def test_wrong_method_and_openai_client_errors(router: RouterProcess) -> None:
     assert "context length" in str(raised.value)
 
 
-def test_shell_routes_still_served(router: RouterProcess) -> None:
+def test_shell_routes_still_served(router: ServiceProcess) -> None:
     assert httpx.get(f"{router.url}/healthz").json()["service"] == "router"
     metrics = httpx.get(f"{router.url}/metrics").text
     assert "brixmesh_router_requests_total" in metrics and "brixmesh_router_decision_seconds" in metrics
