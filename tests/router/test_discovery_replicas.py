@@ -143,16 +143,30 @@ async def _sum(records: list[RouterStats], field: str, expected: int) -> bool:
     return sum(getattr(r, field) for r in records) >= expected
 
 
+SYNC_EVENTS = "brixmesh_router_sync_events_total"
+
+
+async def _mirrored_everything(client: httpx.AsyncClient, source: str, mirror: str) -> bool:
+    """``mirror`` has applied every routing event ``source`` shared (two replicas alone on their NATS server:
+    nothing else to mirror)."""
+    shared = metric_value((await client.get(f"{source}/metrics")).text, SYNC_EVENTS, direction="shared")
+    mirrored = metric_value((await client.get(f"{mirror}/metrics")).text, SYNC_EVENTS, direction="mirrored")
+    return shared == mirrored
+
+
 async def test_two_replicas_share_least_request_and_prefix_decisions(
-    nats_server: NatsServer, tmp_path: Path
+    fresh_nats_server: NatsServer, tmp_path: Path
 ) -> None:
     from tests.engine_sim.sim_engine import sim_engine
 
-    with sim_engine(["--inter-token-latency", "50"], replicas=2, kv_events=False) as slow:
-        path = endpoints_file(tmp_path, slow.urls)
+    # a stream stalls after its first token for longer than the test runs: the held request below stays in
+    # flight until the test lets it go, however slow the machine (non-streamed requests never stall)
+    stall = ["--fault-stall-after-tokens", "1", "--fault-stall-seconds", "600"]
+    with sim_engine(stall, replicas=2, kv_events=False) as engines:
+        path = endpoints_file(tmp_path, engines.urls)
         with (
-            router_process(nats_server.url, endpoints=path) as first,
-            router_process(nats_server.url, endpoints=path) as second,
+            router_process(fresh_nats_server.url, endpoints=path) as first,
+            router_process(fresh_nats_server.url, endpoints=path) as second,
         ):
             async with httpx.AsyncClient(timeout=30) as client:
                 # least-request: a long request through the first replica makes the second avoid its pod
@@ -162,7 +176,6 @@ async def test_two_replicas_share_least_request_and_prefix_decisions(
                     json={**BODY, "max_tokens": 60, "ignore_eos": True, "stream": True},
                 ) as held:
                     busy = held.headers["x-brixmesh-pod"]
-                    await asyncio.sleep(0.2)
                     for replica in (second, first):
                         # replicas share counts with a few ms of lag: wait until this one sees only the held one
                         await eventually(lambda url=replica.url: _in_flight_only(client, url, busy))
@@ -177,7 +190,8 @@ async def test_two_replicas_share_least_request_and_prefix_decisions(
                         headers=strategy,
                         json={**BODY, "prompt": prefix + "first question"},
                     )
-                    await asyncio.sleep(0.05)
+                    # the second replica must know that choice before it is asked (shared with a few ms of lag)
+                    await eventually(lambda: _mirrored_everything(client, first.url, second.url))
                     for replica in (second, first):
                         follow = await client.post(
                             f"{replica.url}/v1/completions",

@@ -23,7 +23,7 @@ from brixmesh.router.discovery.static_file import EndpointsFileError, load_endpo
 from brixmesh.router.http.asgi import OpenAIRoutes
 from brixmesh.router.http.gateway import Gateway
 from brixmesh.router.limits import Authenticator, RateLimiter
-from brixmesh.router.metrics import InFlightCollector, RouterMetrics
+from brixmesh.router.metrics import InFlightCollector, RouterMetrics, SyncCollector
 from brixmesh.router.routing import Router, RoutingEnv, UnknownStrategy, default_registry
 from brixmesh.router.routing.load import LoadTracker
 from brixmesh.router.settings import RouterSettings
@@ -68,6 +68,7 @@ def build_router(settings: RouterSettings) -> RouterApp:
 
     service.registry.register(InFlightCollector(env.load))
     sync = RoutingSync(env, service.instance_id)
+    service.registry.register(SyncCollector(sync))
     stats = StatsCollector(service.instance_id)
     gateway = Gateway(
         settings=settings,

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from brixmesh.router.routing.load import LoadTracker
+
+if TYPE_CHECKING:
+    from brixmesh.router.sync import RoutingSync
 
 FAST_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25)
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -88,4 +91,22 @@ class InFlightCollector(Collector):
         )
         for pod, count in self.load.counts().items():
             family.add_metric([pod], count)
+        yield family
+
+
+class SyncCollector(Collector):
+    """``brixmesh_router_sync_events_total{direction}``: routing events this replica ``shared`` with the others
+    and ``mirrored`` from them, read at scrape time. Replicas are in sync when each one's mirrored count equals
+    the sum of the others' shared counts."""
+
+    def __init__(self, sync: RoutingSync) -> None:
+        self.sync = sync
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        family = CounterMetricFamily(
+            "brixmesh_router_sync_events", "Routing events shared with and mirrored from other router replicas",
+            labels=["direction"],
+        )
+        family.add_metric(["shared"], self.sync.shared)
+        family.add_metric(["mirrored"], self.sync.mirrored)
         yield family

@@ -24,7 +24,11 @@ class RoutingSync:
         self._token = ROUTER_ROUTING.format(router=router_id).rsplit(".", 1)[1]
         self._bus: Bus | None = None
         self._batcher: Batcher[RoutingEvent] = Batcher(self._flush, max_items=512, max_delay_s=0.002)
+        self.shared = 0
+        """Own routing events handed to the bus (decisions and completions)."""
         self.mirrored = 0
+        """Routing events of other replicas applied here: with two replicas in sync, each one's ``mirrored``
+        equals the other's ``shared``."""
 
     async def start(self, bus: Bus) -> None:
         self._bus = bus
@@ -34,11 +38,13 @@ class RoutingSync:
         self.env.load.start(self.router_id, request_id, pod, time.monotonic())
         if self._bus is not None:
             self._batcher.add(RoutingEvent("routed", request_id, model, pod, prefix_hashes or []))
+            self.shared += 1
 
     def done(self, request_id: str, model: str, pod: str) -> None:
         self.env.load.finish(self.router_id, request_id)
         if self._bus is not None:
             self._batcher.add(RoutingEvent("done", request_id, model, pod))
+            self.shared += 1
 
     async def drain(self) -> None:
         await self._batcher.drain()
