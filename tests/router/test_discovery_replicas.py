@@ -190,7 +190,7 @@ async def test_two_replicas_share_least_request_and_prefix_decisions(
                         headers=strategy,
                         json={**BODY, "prompt": prefix + "first question"},
                     )
-                    # the second replica must know that choice before it is asked (shared with a few ms of lag)
+                    # the second replica must have that choice before it is asked (shared with some lag)
                     await eventually(lambda: _mirrored_everything(client, first.url, second.url))
                     for replica in (second, first):
                         follow = await client.post(

@@ -95,16 +95,17 @@ class InFlightCollector(Collector):
 
 
 class SyncCollector(Collector):
-    """``brixmesh_router_sync_events_total{direction}``: routing events this replica ``shared`` with the others
-    and ``mirrored`` from them, read at scrape time. Replicas are in sync when each one's mirrored count equals
-    the sum of the others' shared counts."""
+    """``brixmesh_router_sync_events_total{direction}``: routing events this replica ``shared`` with the
+    others and ``mirrored`` from them, read at scrape time. Replicas are in sync when each one's mirrored
+    count equals the sum of the others' shared counts."""
 
     def __init__(self, sync: RoutingSync) -> None:
         self.sync = sync
 
     def collect(self):  # type: ignore[no-untyped-def]
         family = CounterMetricFamily(
-            "brixmesh_router_sync_events", "Routing events shared with and mirrored from other router replicas",
+            "brixmesh_router_sync_events",
+            "Routing events shared with and mirrored from other router replicas",
             labels=["direction"],
         )
         family.add_metric(["shared"], self.sync.shared)
