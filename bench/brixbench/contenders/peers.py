@@ -40,26 +40,37 @@ def install_peers() -> bool:
     return router_overhead.ensure_peers()
 
 
-def _missing(binary: str) -> str | None:
-    if peer_binary(binary) is None:
-        return f"{binary} not installed in {peers_venv()} (brixmesh bench install-peers)"
-    return None
+class _PeerRouter:
+    """What both peers share: their binary in the peers venv, one router process, its pid for CPU sampling."""
 
+    binary: str
 
-class Smg:
-    """``smg launch --policy cache_aware`` with the documented thresholds (0.3 / 64 / 1.5, 60 s, 2^26)."""
-
-    def __init__(self, policy: str = "cache_aware") -> None:
+    def __init__(self, policy: str) -> None:
         self.policy = policy
-        self.name = f"smg {policy}"
+        self.name = f"{self.binary} {policy}"
         self._router: RouterProcess | None = None
 
     def unavailable(self) -> str | None:
-        return _missing("smg")
+        if peer_binary(self.binary) is None:
+            return f"{self.binary} not installed in {peers_venv()} (brixmesh bench install-peers)"
+        return None
 
     @property
     def pid(self) -> int | None:
         return self._router.pid if self._router else None
+
+    async def stop(self) -> None:
+        if self._router is not None:
+            await self._router.stop()
+
+
+class Smg(_PeerRouter):
+    """``smg launch --policy cache_aware`` with the documented thresholds (0.3 / 64 / 1.5, 60 s, 2^26)."""
+
+    binary = "smg"
+
+    def __init__(self, policy: str = "cache_aware") -> None:
+        super().__init__(policy)
 
     async def start(self, fleet: Fleet, workdir: Path) -> Target:
         port = free_port()
@@ -86,10 +97,6 @@ class Smg:
         self._router = RouterProcess("smg", argv, f"{url}/health", workdir, ready_check=all_workers)
         await self._router.start()
         return FixedTarget(url)
-
-    async def stop(self) -> None:
-        if self._router is not None:
-            await self._router.stop()
 
 
 class KvEventRelay:
@@ -144,21 +151,14 @@ class KvEventRelay:
         self._threads.clear()
 
 
-class VllmRouter:
+class VllmRouter(_PeerRouter):
     """``vllm-router`` with ``cache_aware`` (0.3 / 64 / 1.5, eviction 120 s) or ``kv_aware`` (engine events)."""
 
+    binary = "vllm-router"
+
     def __init__(self, policy: str = "cache_aware") -> None:
-        self.policy = policy
-        self.name = f"vllm-router {policy}"
-        self._router: RouterProcess | None = None
+        super().__init__(policy)
         self._relay: KvEventRelay | None = None
-
-    def unavailable(self) -> str | None:
-        return _missing("vllm-router")
-
-    @property
-    def pid(self) -> int | None:
-        return self._router.pid if self._router else None
 
     async def start(self, fleet: Fleet, workdir: Path) -> Target:
         port = free_port()
@@ -194,8 +194,7 @@ class VllmRouter:
         return FixedTarget(url)
 
     async def stop(self) -> None:
-        if self._router is not None:
-            await self._router.stop()
+        await super().stop()
         if self._relay is not None:
             self._relay.stop()
             self._relay = None
