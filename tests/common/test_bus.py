@@ -56,11 +56,17 @@ async def test_reconnects_after_the_server_restarts(tmp_path) -> None:
     bus = await Bus.connect(server.url, name="reconnect")
     received: list[PodMetrics] = []
     await bus.subscribe("metrics.pods.*", PodMetrics, lambda _s, msg: received.append(msg))
+    hook_saw_connected: list[bool] = []
+
+    async def on_reconnect() -> None:
+        hook_saw_connected.append(bus.connected)
+
+    bus.on_reconnect(on_reconnect)
     server.stop()
     restarted = NatsServer(tmp_path / "nats", port=port).start()
     try:
-        await eventually(lambda: bus.client.stats["reconnects"] >= 1 and bus.connected, 15)
-        assert bus.connected and bus.client.stats["reconnects"] >= 1
+        await eventually(lambda: hook_saw_connected, 15)
+        assert hook_saw_connected == [True] and bus.reconnects == 1
         await bus.publish("metrics.pods.p", _metrics("p", 7))
         await bus.client.flush()
         await eventually(lambda: received)

@@ -18,7 +18,9 @@ from tests.waiting import eventually
 async def test_a_replica_mirrors_the_other_and_counts_what_it_applied(fresh_nats_server: NatsServer) -> None:
     buses = [await Bus.connect(fresh_nats_server.url, name=name) for name in ("router-a", "router-b")]
     try:
-        a, b = RoutingSync(RoutingEnv(), "router-a"), RoutingSync(RoutingEnv(), "router-b")
+        a, b = (
+            RoutingSync(RoutingEnv(), name, replica_lease_s=6.0) for name in ("router-a", "router-b")
+        )
         await a.start(buses[0])
         await b.start(buses[1])
         a.routed("r1", "m", "pod-1", [11, 12])

@@ -44,11 +44,17 @@ class BusConnectError(Exception):
     """NATS could not be reached; ``str()`` is one line naming the URL and the setting."""
 
 
+ReconnectHook = Callable[[], Awaitable[None]]
+
+
 class Bus:
     def __init__(self, client: NatsClient) -> None:
         self.client = client
         self.decode_errors = 0
         self.closing = False
+        self.reconnects = 0
+        self._reconnect_hooks: list[ReconnectHook] = []
+        self._hook_tasks: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def connect(
@@ -62,6 +68,11 @@ class Bus:
             if not (owner and owner[0].closing):
                 log.warning("nats disconnected")
 
+        async def on_reconnect() -> None:
+            log.info("nats reconnected")
+            if owner:
+                owner[0]._reconnected()
+
         try:
             client = await asyncio.wait_for(
                 nats.connect(
@@ -73,7 +84,7 @@ class Bus:
                     reconnect_time_wait=0.25,
                     error_cb=_log_error,
                     disconnected_cb=on_disconnect,
-                    reconnected_cb=_log_reconnect,
+                    reconnected_cb=on_reconnect,
                 ),
                 timeout_s,
             )
@@ -83,6 +94,25 @@ class Bus:
         bus = cls(client)
         owner.append(bus)
         return bus
+
+    def on_reconnect(self, hook: ReconnectHook) -> None:
+        """Run ``hook()`` after every reconnect (subscriptions are back by then): what was published while
+        the connection was down is lost, so state learned from the bus must be re-fetched."""
+        self._reconnect_hooks.append(hook)
+
+    def _reconnected(self) -> None:
+        self.reconnects += 1
+        # As tasks: nats-py awaits this callback inside its reconnect sequence, where a request cannot run.
+        for hook in self._reconnect_hooks:
+            task = asyncio.get_running_loop().create_task(self._run_hook(hook))
+            self._hook_tasks.add(task)
+            task.add_done_callback(self._hook_tasks.discard)
+
+    async def _run_hook(self, hook: ReconnectHook) -> None:
+        try:
+            await hook()
+        except Exception:
+            log.exception("reconnect hook failed")
 
     @property
     def connected(self) -> bool:
@@ -159,6 +189,8 @@ class Bus:
         if self.client.is_closed:
             return
         self.closing = True
+        for task in self._hook_tasks:
+            task.cancel()
         try:
             await asyncio.wait_for(self.client.drain(), timeout=5)
         except (asyncio.TimeoutError, nats.errors.Error):
@@ -208,6 +240,3 @@ class Batcher(Generic[T]):
 async def _log_error(exc: Exception) -> None:
     log.warning("nats error: %s", exc)
 
-
-async def _log_reconnect() -> None:
-    log.info("nats reconnected")

@@ -22,6 +22,8 @@ class Heartbeat(msgspec.Struct, kw_only=True):
     uptime_s: float
     ready: bool
     http_url: str = ""
+    lease_s: float = 0.0
+    """Consumers may forget this instance after this long without a heartbeat (0: the sender does not say)."""
 
 
 class Ping(msgspec.Struct, kw_only=True):
@@ -55,10 +57,16 @@ class PodInfo(msgspec.Struct, kw_only=True):
 
 
 class PodEvent(msgspec.Struct, kw_only=True):
+    """A pod's lifecycle change, or its periodic re-announce (``reason="re-announce"``).
+
+    A consumer holds a pod it heard of as a lease of ``lease_s`` seconds, renewed by every event of the pod;
+    one not renewed in time is dropped as if removed. ``lease_s`` 0 (older orchestrators): never expires."""
+
     kind: PodEventKind
     pod: PodInfo
     ts: float
     reason: str = ""
+    lease_s: float = 0.0
 
 
 PodPhase = Literal["starting", "ready", "restarting", "crashloop", "draining", "exited"]
@@ -87,6 +95,8 @@ class PodList(msgspec.Struct, kw_only=True):
     pods: list[PodStatus]
     ts: float
     orchestrator: str = ""
+    lease_s: float = 0.0
+    """The lease of each listed pod, as in :class:`PodEvent`."""
 
 
 # --- metrics ----------------------------------------------------------------------------------------

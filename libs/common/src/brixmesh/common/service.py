@@ -105,6 +105,7 @@ class Service:
             uptime_s=round(time.time() - self.started_at, 3),
             ready=self.ready,
             http_url=self.http_url,
+            lease_s=self.settings.heartbeat_interval_s * self.settings.lease_intervals,
         )
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:

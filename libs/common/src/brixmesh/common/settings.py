@@ -23,6 +23,9 @@ class ServiceSettings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
     heartbeat_interval_s: float = Field(default=2.0, gt=0)
+    lease_intervals: float = Field(default=3.0, ge=1.5)
+    """What this service announces (heartbeats, the orchestrator's pods) is held by others for this many
+    announce intervals: missing one announcement is fine, silence for longer means gone."""
     instance_id: str = ""
     graceful_shutdown_s: float = Field(default=10.0, ge=0)
 

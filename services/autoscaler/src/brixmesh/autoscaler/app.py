@@ -60,7 +60,8 @@ def build_service(settings: AutoscalerSettings) -> Service:
     ).set_function(lambda: controller.decisions_published)
 
     async def start(svc: Service) -> None:
-        await controller.attach(svc.bus)
+        watch = await controller.attach(svc.bus, svc.registry)
+        svc.spawn(watch.expire_forever(), "pod-leases")
         svc.spawn(controller.run_scraping(svc.bus, settings.scrape_interval_s), "scrape")
         svc.spawn(controller.run_evaluation(svc.bus, settings.evaluate_interval_s), "evaluate")
 

@@ -14,8 +14,9 @@ from brixmesh.autoscaler.registry import Autoscalers
 from brixmesh.autoscaler.scraper import Scraper
 from brixmesh.common.bus import Bus
 from brixmesh.common.messages import RouterStats, ScaleDecision
-from brixmesh.common.pod_watch import watch_pods
+from brixmesh.common.pod_watch import PodWatch, watch_pods
 from brixmesh.common.subjects import METRICS_PODS, ROUTER_STATS, SCALE_DECISIONS
+from prometheus_client import CollectorRegistry
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +30,10 @@ class AutoscalerController:
         self.max_metrics_age_s = max_metrics_age_s
         self.decisions_published = 0
 
-    async def attach(self, bus: Bus) -> None:
+    async def attach(self, bus: Bus, registry: CollectorRegistry | None = None) -> PodWatch:
+        """Subscribe the inputs; the caller runs the returned pod watch's ``expire_forever()``."""
         await bus.subscribe(ROUTER_STATS.pattern(), RouterStats, self._on_router_stats)
-        await watch_pods(bus, self.fleet.apply)
+        return await watch_pods(bus, self.fleet.apply, registry=registry)
 
     def _on_router_stats(self, _subject: str, stats: RouterStats) -> None:
         self.routers.record(stats)

@@ -30,7 +30,8 @@ def build_service(settings: KvIndexSettings) -> Service:
             snapshot_interval_s=settings.kv_snapshot_interval_s,
         )
         metrics.export(service.registry, follower)
-        await follower.attach(service.bus)
+        watch = await follower.attach(service.bus, service.registry)
+        service.spawn(watch.expire_forever(), "pod-leases")
         holder.append(follower)
 
     async def stop(_service: Service) -> None:

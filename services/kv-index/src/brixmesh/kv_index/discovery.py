@@ -1,8 +1,9 @@
-"""Which engines to follow: pods from ``pods.*`` events (and ``pods.list`` at start) that publish KV events.
+"""Which engines to follow: pods held from ``pods.*`` events and ``pods.list`` answers
+(:mod:`brixmesh.common.pod_watch`) that publish KV events.
 
-A pod is followed from its first event that names a ``kv_events_endpoint`` until its ``removed`` event
-(draining pods still serve, so they still cache); changed endpoints (a pod rescheduled elsewhere) restart
-its stream.
+A pod is followed from its first event that names a ``kv_events_endpoint`` until its ``removed`` event or the
+end of its lease (draining pods still serve, so they still cache); changed endpoints (a pod rescheduled
+elsewhere) restart its stream.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ import logging
 
 import zmq.asyncio
 from nats.js.client import JetStreamContext
+from prometheus_client import CollectorRegistry
 
 from brixmesh.common.bus import Bus
 from brixmesh.common.messages import PodEvent, PodInfo
-from brixmesh.common.pod_watch import watch_pods
+from brixmesh.common.pod_watch import PodWatch, watch_pods
 
 from brixmesh.kv_index.pod_stream import BridgeStats, PodStream, run_forever
 from brixmesh.kv_index.zmq_source import EngineEventSource, SourceConfig
@@ -50,8 +52,9 @@ class PodFollower:
         found = self._streams.get(pod)
         return found[0] if found is not None else None
 
-    async def attach(self, bus: Bus) -> None:
-        await watch_pods(bus, self._on_event)
+    async def attach(self, bus: Bus, registry: CollectorRegistry | None = None) -> PodWatch:
+        """Follow the pods ``bus`` announces; the caller runs the returned watch's ``expire_forever()``."""
+        return await watch_pods(bus, self._on_event, registry=registry)
 
     async def _on_event(self, event: PodEvent) -> None:
         if event.kind == "removed":

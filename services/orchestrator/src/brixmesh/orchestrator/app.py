@@ -85,6 +85,7 @@ def build_service(settings: OrchestratorSettings) -> Service:
         announcer = Announcer(
             service.bus, backend, service.registry,
             interval_s=settings.announce_interval_s, instance_id=service.instance_id,
+            lease_s=settings.announce_interval_s * settings.lease_intervals,
         )
         await service.bus.serve(PODS_LIST.template, PodListRequest, announcer.pod_list)
         await service.bus.subscribe(SCALE_DECISIONS.pattern(), ScaleDecision, on_decision)

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from brixmesh.common.messages import PodEvent, PodInfo, PodPhase, PodStatus
+from brixmesh.common.messages import PodEvent, PodEventKind, PodInfo, PodPhase, PodStatus
 
 from brixmesh.orchestrator.spec import DeploymentSpec
 
@@ -38,6 +38,9 @@ class Pod:
     last_exit_code: int | None = None
     external: bool = False
     """Runs elsewhere: announced and probed only; removing it leaves the engine running."""
+    announced: PodEventKind | None = None
+    """What consumers were last told of it (None: nothing yet, or ``removed``): the periodic re-announce
+    repeats it, so their leases of the pod are renewed in the state they hold."""
 
     @property
     def name(self) -> str:

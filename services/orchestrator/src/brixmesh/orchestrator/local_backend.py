@@ -54,7 +54,6 @@ class LocalBackend:
         self._pods: dict[str, Pod] = {}
         self._processes: dict[str, SupervisedProcess] = {}
         self._monitors: dict[str, EndpointMonitor] = {}
-        self._announced: set[str] = set()
         self._changes: asyncio.Queue[PodEvent] = asyncio.Queue()
 
     # --- PodBackend ----------------------------------------------------------------------------------
@@ -210,16 +209,12 @@ class LocalBackend:
 
     def _emit(self, kind: PodEventKind, pod: Pod, reason: str) -> None:
         """Queue one event; ``removed`` only for a pod consumers know, ``added`` only for one they do not."""
-        if kind == "removed":
-            if pod.name not in self._announced:
+        if kind == "added":
+            if pod.announced is not None:
                 return
-            self._announced.discard(pod.name)
-        elif kind == "added":
-            if pod.name in self._announced:
-                return
-            self._announced.add(pod.name)
-        elif pod.name not in self._announced:
+        elif pod.announced is None:
             return
+        pod.announced = None if kind == "removed" else kind
         self._changes.put_nowait(PodEvent(kind=kind, pod=pod.info, ts=time.time(), reason=reason))
 
     # --- naming ------------------------------------------------------------------------------------------

@@ -19,7 +19,9 @@ class OrchestratorSettings(ServiceSettings):
     default_engine: Literal["sim", "vllm", "sglang"] = "sim"
     default_model: str = "tiny-llama"
     announce_interval_s: float = Field(default=5.0, gt=0)
-    """Ready and draining pods are re-announced this often (soft state for consumers that missed an event)."""
+    """Every pod consumers know is re-announced this often; they hold each one for ``lease_intervals`` (3)
+    announce intervals, so a pod the orchestrator stopped announcing (it died, a removal was lost) is
+    dropped."""
     reconcile_interval_s: float = Field(default=1.0, gt=0)
     drain_poll_interval_s: float = Field(default=0.25, gt=0)
     decision_max_age_s: float = Field(default=60.0, gt=0)

@@ -67,7 +67,9 @@ def build_router(settings: RouterSettings) -> RouterApp:
             _exit(f"{exc} (set BRIXMESH_DEFAULT_STRATEGY / BRIXMESH_MODEL_STRATEGIES)")
 
     service.registry.register(InFlightCollector(env.load))
-    sync = RoutingSync(env, service.instance_id)
+    sync = RoutingSync(
+        env, service.instance_id, replica_lease_s=settings.heartbeat_interval_s * settings.lease_intervals
+    )
     service.registry.register(SyncCollector(sync))
     stats = StatsCollector(service.instance_id)
     gateway = Gateway(
@@ -91,8 +93,9 @@ def build_router(settings: RouterSettings) -> RouterApp:
 
     async def start(svc: Service) -> None:
         await sync.start(svc.bus)
-        await follow_pods(svc.bus, pods)
-        svc.spawn(_publish_stats(svc, stats, env, settings.stats_interval_s), "router-stats")
+        watch = await follow_pods(svc.bus, pods, svc.registry)
+        svc.spawn(watch.expire_forever(), "pod-leases")
+        svc.spawn(_publish_stats(svc, stats, sync, settings.stats_interval_s), "router-stats")
 
     async def stop(_svc: Service) -> None:
         await sync.drain()
@@ -103,10 +106,14 @@ def build_router(settings: RouterSettings) -> RouterApp:
     return RouterApp(service, gateway)
 
 
-async def _publish_stats(service: Service, stats: StatsCollector, env: RoutingEnv, interval_s: float) -> None:
+async def _publish_stats(
+    service: Service, stats: StatsCollector, sync: RoutingSync, interval_s: float
+) -> None:
     while True:
         await asyncio.sleep(interval_s)
-        env.load.expire(time.monotonic())
+        now = time.monotonic()
+        sync.expire_replicas(now)
+        sync.env.load.expire(now)
         for record in stats.snapshot():
             await service.bus.publish(ROUTER_STATS.format(model=record.model, router=record.router), record)
 

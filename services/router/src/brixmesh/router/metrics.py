@@ -111,3 +111,12 @@ class SyncCollector(Collector):
         family.add_metric(["shared"], self.sync.shared)
         family.add_metric(["mirrored"], self.sync.mirrored)
         yield family
+        yield GaugeMetricFamily(
+            "brixmesh_router_replicas", "Other router replicas held (heard within their lease)",
+            value=len(self.sync.replicas),
+        )
+        yield CounterMetricFamily(
+            "brixmesh_router_replicas_expired",
+            "Other router replicas dropped after their lease ended, with their mirrored in-flight counts",
+            value=self.sync.replicas_expired,
+        )

@@ -1,20 +1,23 @@
-"""NATS inputs of the pod table: ``metrics.pods.*`` scrapes, and ``pods.*`` lifecycle events with the
-orchestrator's ``pods.list`` answer at start (:func:`brixmesh.common.pod_watch.watch_pods`), so that a
-(re)started router need not wait for new events."""
+"""NATS inputs of the pod table: ``metrics.pods.*`` scrapes, and pods held as leases from ``pods.*``
+lifecycle events and the orchestrator's ``pods.list`` answers (:mod:`brixmesh.common.pod_watch`), so that a
+(re)started router need not wait for new events and a pod nobody announces any more is dropped."""
 
 from __future__ import annotations
 
+from prometheus_client import CollectorRegistry
+
 from brixmesh.common.bus import Bus
 from brixmesh.common.messages import PodMetrics
-from brixmesh.common.pod_watch import watch_pods
+from brixmesh.common.pod_watch import PodWatch, watch_pods
 from brixmesh.common.subjects import METRICS_PODS
 
 from brixmesh.router.discovery.pod_table import PodTable
 
 
-async def follow_pods(bus: Bus, pods: PodTable) -> int:
-    """Feed ``pods`` from NATS; returns how many listed pods were applied (0 when no orchestrator answers)."""
+async def follow_pods(bus: Bus, pods: PodTable, registry: CollectorRegistry | None = None) -> PodWatch:
+    """Feed ``pods`` from NATS (static pods are not watched: they never expire); the caller runs the
+    returned watch's ``expire_forever()``."""
     await bus.subscribe(
         METRICS_PODS.pattern(), PodMetrics, lambda _subject, metrics: pods.apply_metrics(metrics)
     )
-    return await watch_pods(bus, pods.apply)
+    return await watch_pods(bus, pods.apply, registry=registry)
