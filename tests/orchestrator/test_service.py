@@ -86,6 +86,8 @@ async def test_applied_deployment_announces_pods_that_serve(
 
         again = await events.wait_for("ready", count=2, reannounced=True, timeout=5)  # every second here
         assert {e.pod.pod for e in again} == {e.pod.pod for e in ready}
+        # consumers hold pods for 3 announce intervals, as every event and listing tells them
+        assert {e.lease_s for e in [*added, *ready, *again]} == {listed.lease_s} == {3.0}
     removed = await events.wait_for("removed", count=2, timeout=10)
     assert all(e.reason == "orchestrator stopping" for e in removed)
 

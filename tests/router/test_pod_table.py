@@ -25,15 +25,15 @@ def apply_listing(table: PodTable, *pods: tuple[str, PodPhase]) -> None:
         table.apply(event)
 
 
-def test_listed_pods_reach_their_listed_state_and_exited_ones_are_not_added() -> None:
+def test_listed_pods_reach_their_listed_state_and_ones_not_running_are_not_added() -> None:
     table = PodTable()
     apply_listing(
         table, ("a", "ready"), ("b", "starting"), ("c", "crashloop"), ("d", "draining"), ("e", "exited")
     )
     assert {name: endpoint.state for name, endpoint in table.endpoints.items()} == {
-        "a": "ready", "b": "added", "c": "added", "d": "draining",
+        "a": "ready", "b": "added", "d": "draining",
     }  # fmt: skip
-    assert set(table.infos) == {"a", "b", "c", "d"}
+    assert set(table.infos) == {"a", "b", "d"}
     assert table.models() == {"m": None} and table.base_model_of("m") == "m"
 
 
