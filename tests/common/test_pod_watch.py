@@ -47,7 +47,8 @@ def test_listed_phases_become_the_events_that_reach_them() -> None:
                        ("e", "draining"), ("f", "exited"))  # fmt: skip
     events = listed_events(listing)
     assert [(e.pod.pod, e.kind) for e in events] == [
-        ("a", "ready"), ("b", "added"), ("c", "removed"), ("d", "removed"), ("e", "draining"), ("f", "removed"),
+        ("a", "ready"), ("b", "added"), ("c", "removed"), ("d", "removed"), ("e", "draining"),
+        ("f", "removed"),
     ]  # fmt: skip
     assert {(e.ts, e.reason) for e in events} == {(5.0, LISTED)}
 

@@ -1,5 +1,5 @@
-"""Every pod consumer (router, kv-index, autoscaler: real processes) drops the pods of an orchestrator that was
-SIGKILLed: it announces no removal, its leases run out, no ghost pod is left anywhere."""
+"""Every pod consumer (router, kv-index, autoscaler: real processes) drops the pods of an orchestrator that
+was SIGKILLed: it announces no removal, its leases run out, no ghost pod is left anywhere."""
 
 from __future__ import annotations
 

@@ -37,7 +37,7 @@ async def test_every_announced_pod_is_renewed_in_the_state_consumers_hold(bus: B
         _pod("probe-failing", None, "starting"),  # an external endpoint that stopped answering
     ])
     announcer = Announcer(
-        bus, backend, CollectorRegistry(), interval_s=1.5, instance_id="test", lease_s=4.5  # type: ignore[arg-type]
+        bus, backend, CollectorRegistry(), interval_s=1.5, instance_id="t", lease_s=4.5  # type: ignore[arg-type]
     )
     heard: list[PodEvent] = []
     await bus.subscribe(PODS.pattern(deployment="reannounce"), PodEvent, lambda _s, e: heard.append(e))

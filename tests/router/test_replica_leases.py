@@ -44,9 +44,8 @@ async def test_counts_mirrored_from_a_killed_replica_are_dropped_after_its_lease
                             lambda: _metric(client, survivor.url, "brixmesh_router_in_flight", pod=busy)
                         )
                         os.kill(doomed.process.pid, signal.SIGKILL)
-                        await eventually(
-                            lambda: _metric(client, survivor.url, "brixmesh_router_replicas_expired_total"), 20
-                        )
+                        expired = "brixmesh_router_replicas_expired_total"
+                        await eventually(lambda: _metric(client, survivor.url, expired), 20)
                 metrics = (await client.get(f"{survivor.url}/metrics")).text
                 assert metric_value(metrics, "brixmesh_router_in_flight") == 0
                 assert metric_value(metrics, "brixmesh_router_replicas") == 0

@@ -19,6 +19,7 @@ _COUNTERS = {
     "snapshots": "Per-pod snapshots published",
     "publish_errors": "JetStream publishes or purges that failed",
     "resyncs": "Pod states re-published in full after a lost batch",
+    "resumed": "Pod streams continued in their published epoch after a kv-index restart",
 }
 
 

@@ -4,7 +4,9 @@ Flow per message: sequence check (:mod:`.sequencer`) -> replay what is missing -
 bad payloads are counted and skipped) -> the pod's block state (:mod:`.pod_blocks`, for snapshots) -> one
 ``KvEventBatch`` per burst on ``kv.events.<model>.<pod>``. A stream (re)start gets a new ``epoch`` and begins
 with ``KvAllCleared``: after an engine restart, or when this bridge starts following a pod, the pod's old
-entries must go; a new follower then replays the engine's buffer from seq 0. Every ``snapshot_interval_s`` the pod's blocks are published to ``kv.snapshots.<model>.<pod>``,
+entries must go; a new follower then replays the engine's buffer from seq 0. A restarted bridge first tries to
+resume instead (:mod:`.resume`): when the pod's stream in JetStream ends with a step the engine still buffers,
+it goes on in that epoch from the next step, and routers keep their entries. Every ``snapshot_interval_s`` the pod's blocks are published to ``kv.snapshots.<model>.<pod>``,
 superseded snapshots are purged, and events older than the previous snapshot are purged from ``KV_EVENTS``.
 """
 
@@ -24,6 +26,7 @@ from brixmesh.common.subjects import KV_EVENTS, KV_EVENTS_STREAM, KV_SNAPSHOTS, 
 
 from brixmesh.kv_index.decode import DecodedBatch, PayloadError, decode_payload
 from brixmesh.kv_index.pod_blocks import PodBlocks
+from brixmesh.kv_index.resume import continues, published
 from brixmesh.kv_index.sequencer import SeqTracker
 from brixmesh.kv_index.zmq_source import EngineEventSource
 
@@ -54,6 +57,8 @@ class BridgeStats:
     publish_errors: int = 0
     resyncs: int = 0
     """Times a pod's whole state was re-published after a lost batch."""
+    resumed: int = 0
+    """Pod streams continued in their published epoch when this bridge started (no clear for routers)."""
 
 
 class PodStream:
@@ -90,6 +95,7 @@ class PodStream:
         self._next_snapshot = time.monotonic() + snapshot_interval_s
         self._in_flight: set[asyncio.Future[PubAck]] = set()
         self._resync = False
+        self._may_resume = True
         self.new_epoch()
 
     def new_epoch(self) -> None:
@@ -102,7 +108,8 @@ class PodStream:
     # --- the loop ---------------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        await self.catch_up()
+        if not await self.resume():
+            await self.catch_up()
         while True:
             timeout = max(0.0, self._next_snapshot - time.monotonic())
             frames = await self.source.receive(timeout)
@@ -118,6 +125,49 @@ class PodStream:
                 await self.flush()
             if time.monotonic() >= self._next_snapshot:
                 await self.snapshot()
+
+    async def resume(self) -> bool:
+        """Only at the stream's first start: go on from the last batch JetStream holds for the pod, in its
+        epoch, if the engine's replay buffer still holds that batch's last step (the same engine: not
+        restarted since). Returns False when the stream must start afresh (:meth:`catch_up`)."""
+        if not self._may_resume:
+            return False
+        self._may_resume = False
+        try:
+            found = await published(self.js, self.events_subject, self.snapshots_subject)
+        except Exception:  # JetStream away or answering oddly: a fresh epoch is always right
+            log.warning("kv stream resume lookup failed", extra={"pod": self.info.pod}, exc_info=True)
+            return False
+        if found is None:
+            return False
+        seq = found.last.engine_seq
+        replayed = await self.source.replay(seq, self.replay_timeout_s) or []
+        if not replayed or replayed[0][0] != seq:
+            return False  # the engine no longer buffers it (or restarted and has not got that far)
+        try:
+            step = decode_payload(replayed[0][1])
+        except PayloadError:
+            return False
+        if not continues(found.last, step.ts, step.events):
+            return False
+        self.epoch = found.last.epoch
+        self._clear_pending = False
+        self.blocks = found.blocks
+        self._last_published_seq = seq
+        self._last_stream_seq = found.stream_seq
+        self.tracker.reset()
+        self.tracker.applied(seq, step.ts)
+        for replay_seq, payload in replayed[1:]:
+            if replay_seq == self.tracker.next_seq:
+                try:
+                    self._take(replay_seq, decode_payload(payload))
+                except PayloadError:
+                    self._take(replay_seq, None)
+                self.stats.replayed += 1
+        self.stats.resumed += 1
+        log.info("kv stream resumed", extra={"pod": self.info.pod, "epoch": self.epoch, "from_seq": seq + 1})
+        await self.flush()
+        return True
 
     async def catch_up(self) -> None:
         """Start of a stream: the fresh epoch's clear, then whatever the engine's replay buffer still holds
