@@ -136,27 +136,31 @@ class PodWatch:
         async with self._resync_lock:
             self._heard = heard = set()
             try:
-                listing = await self._bus.request(
-                    PODS_LIST.template, PodListRequest(), PodList, timeout_s=self._list_timeout_s
-                )
-            except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+                return await self._apply_listing(heard)
+            finally:
                 self._heard = None
-                log.info("no orchestrator answered %s; pods are learned from events", PODS_LIST.template)
-                return None
-            delivered = 0
-            listed: set[str] = set()
-            for event in listed_events(listing):
-                listed.add(event.pod.pod)
-                if event.pod.pod in heard:
-                    continue
-                await self._deliver(event)
-                delivered += 1
-            for name, held in list(self.held.items()):
-                if name not in listed and name not in heard:
-                    await self._drop(held, "not_listed", f"not in the orchestrator's {LISTED} answer")
-            self._heard = None
-            self._resyncs.inc()
-            return delivered
+
+    async def _apply_listing(self, heard: set[str]) -> int | None:
+        try:
+            listing = await self._bus.request(
+                PODS_LIST.template, PodListRequest(), PodList, timeout_s=self._list_timeout_s
+            )
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+            log.info("no orchestrator answered %s; pods are learned from events", PODS_LIST.template)
+            return None
+        delivered = 0
+        listed: set[str] = set()
+        for event in listed_events(listing):
+            listed.add(event.pod.pod)
+            if event.pod.pod in heard:
+                continue
+            await self._deliver(event)
+            delivered += 1
+        for name, held in list(self.held.items()):
+            if name not in listed and name not in heard:
+                await self._drop(held, "not_listed", f"not in the orchestrator's {LISTED} answer")
+        self._resyncs.inc()
+        return delivered
 
     async def expire(self, now: float) -> int:
         """Drop the pods whose lease ended by ``now``; returns how many."""
