@@ -63,8 +63,8 @@ class Announcer:
             await self.reannounce()
 
     async def reannounce(self) -> None:
-        """Renew every pod consumers hold, in the state they were last told (read right before each publish,
-        so a change queued meanwhile is not overtaken by an older state)."""
+        """Renew every pod consumers hold, in the kind they were last told (``Pod.announced`` is set when a
+        change is queued, so a re-announce never repeats a state older than a change still in the queue)."""
         now = time.time()
         for pod in self._backend.list_pods():
             if pod.announced is not None:

@@ -58,6 +58,7 @@ class RoutingSync:
             self.env.load.forget_router(router)
         self.replicas_expired += len(gone)
         return gone
+
     def routed(self, request_id: str, model: str, pod: str, prefix_hashes: list[int] | None) -> None:
         self.env.load.start(self.router_id, request_id, pod, time.monotonic())
         if self._bus is not None:
