@@ -43,6 +43,13 @@ async def _stream(request: web.Request) -> web.StreamResponse:
     return response
 
 
+_LARGE = b'{"data":"' + b"x" * (3 << 20) + b'"}'
+
+
+async def _large(request: web.Request) -> web.Response:
+    return web.Response(body=_LARGE, content_type="application/json")
+
+
 async def _slow(request: web.Request) -> web.Response:
     await asyncio.sleep(2)
     return web.Response(text="late")
@@ -62,6 +69,7 @@ async def server() -> AsyncIterator[str]:
     app.router.add_post("/json", _json)
     app.router.add_post("/stream", _stream)
     app.router.add_post("/slow", _slow)
+    app.router.add_post("/large", _large)
     app.router.add_post("/close", _close)
     runner = web.AppRunner(app, keepalive_timeout=0.3)
     await runner.setup()
@@ -71,7 +79,7 @@ async def server() -> AsyncIterator[str]:
     await runner.cleanup()
 
 
-async def test_keep_alive_reuse_and_stale_connection_retry(server: str) -> None:
+async def test_keep_alive_reuse_and_idle_connection_closed_by_the_server(server: str) -> None:
     url = server
     pool = UpstreamPool(connect_timeout_s=1, read_timeout_s=1)
     first = await pool.post(url, "/json", b"[1]", b"X-Request-Id: a\r\n")
@@ -87,8 +95,45 @@ async def test_keep_alive_reuse_and_stale_connection_retry(server: str) -> None:
     await asyncio.sleep(0.8)  # the server's keep-alive timeout closes the idle connection
     third = await pool.post(url, "/json", b"[3]", b"X-Request-Id: c\r\n")
     assert third.status == 200 and (await third.read()).startswith(b'{"echo":[3]')
+    assert not third._conn.reused and pool.stale_retries == 0  # the pool had forgotten the closed one
     third.close()
     pool.close()
+
+
+async def test_pooled_connection_closed_as_the_request_is_sent_is_retried_on_a_fresh_one() -> None:
+    """The race the stale retry exists for: the engine closes an idle connection just as a request is written
+    on it. This server answers the first request of each connection and closes the connection, unanswered, on
+    its second, so the pool's idle connection is still open when it is reused."""
+    connections: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(0)
+        number = len(connections)
+        while await reader.readuntil(b"\r\n\r\n"):
+            await reader.readexactly(2)  # the body: b"{}"
+            connections[number - 1] += 1
+            if connections[number - 1] == 2:
+                writer.close()
+                return
+            answer = f'{{"connection":{number}}}'.encode()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                         + str(len(answer)).encode() + b"\r\n\r\n" + answer)  # fmt: skip
+
+    port = free_port()
+    server = await asyncio.start_server(serve, "127.0.0.1", port)
+    pool = UpstreamPool(connect_timeout_s=1, read_timeout_s=2)
+    try:
+        first = await pool.post(f"http://127.0.0.1:{port}", "/json", b"{}")
+        assert await first.read() == b'{"connection":1}'
+        first.close()
+        second = await pool.post(f"http://127.0.0.1:{port}", "/json", b"{}")
+        assert await second.read() == b'{"connection":2}'
+        second.close()
+        assert pool.stale_retries == 1 and connections == [2, 1]
+    finally:
+        pool.close()
+        server.close()
+        await server.wait_closed()
 
 
 async def test_streamed_chunks_and_usage(server: str) -> None:
@@ -121,4 +166,14 @@ async def test_timeouts_refusals_and_early_close(server: str) -> None:
     response.close()
     with pytest.raises(UpstreamError):
         await pool.post("https://example.invalid", "/x", b"{}")
+    pool.close()
+
+
+async def test_non_streamed_body_larger_than_the_read_pause_threshold(server: str) -> None:
+    """A 3 MiB JSON body: reading pauses past 1 MiB buffered; ``read()`` must keep draining, not wait for the
+    read timeout with the socket paused."""
+    pool = UpstreamPool(connect_timeout_s=1, read_timeout_s=2)
+    response = await pool.post(server, "/large", b"{}")
+    assert await asyncio.wait_for(response.read(), 10) == _LARGE
+    response.close()
     pool.close()

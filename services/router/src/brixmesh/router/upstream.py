@@ -158,12 +158,21 @@ class UpstreamResponse:
         return conn.take()
 
     async def read(self) -> bytes:
+        """The whole body. What arrived is taken as it comes: reading pauses while too much is buffered
+        (:meth:`_Connection.on_body`), so waiting for the end without taking would stall a large body."""
         conn = self._conn
+        parts: list[bytes] = []
         while not conn.complete:
             if conn.error is not None:
                 raise conn.error
+            if conn.chunks:
+                parts.append(conn.take())
+                continue
             await conn.wait(self._read_timeout_s)
-        return conn.take()
+        if not parts:
+            return conn.take()
+        parts.append(conn.take())
+        return b"".join(parts)
 
     def close(self) -> None:
         if self._closed:
@@ -185,6 +194,8 @@ class UpstreamPool:
         self.max_idle_per_engine = max_idle_per_engine
         self._idle: dict[tuple[str, int], list[_Connection]] = {}
         self._targets: dict[str, tuple[str, int, bytes]] = {}
+        self.stale_retries = 0
+        """Requests sent again on a fresh connection because the pooled one was closed under them."""
 
     def _target(self, base_url: str) -> tuple[str, int, bytes]:
         found = self._targets.get(base_url)
@@ -226,6 +237,7 @@ class UpstreamPool:
                     await conn.wait(self.read_timeout_s)
             except UpstreamError:
                 if conn.reused and not conn.received_any:
+                    self.stale_retries += 1
                     continue  # the engine closed this idle connection meanwhile: try a fresh one
                 raise
             except BaseException:
