@@ -1,4 +1,5 @@
-"""A minimal OpenAI-shaped engine (aiohttp, in a thread) for what the simulator does not serve: embeddings."""
+"""A minimal OpenAI-shaped engine (aiohttp, in a thread) for what the simulator does not serve: embeddings,
+and a non-streamed completion whose body trickles in (one piece per ``max_tokens``, 0.1 s apart)."""
 
 from __future__ import annotations
 
@@ -24,12 +25,27 @@ async def _embeddings(request: web.Request) -> web.Response:
     )
 
 
+async def _trickled_completion(request: web.Request) -> web.StreamResponse:
+    """Never silent for long, yet slow in total: what a per-read timeout alone never stops."""
+    body = await request.json()
+    response = web.StreamResponse(headers={"content-type": "application/json"})
+    await response.prepare(request)
+    await response.write(b'{"object":"text_completion","text":"')
+    for _ in range(body["max_tokens"]):
+        await asyncio.sleep(0.1)
+        await response.write(b"x")
+    await response.write(b'"}')
+    await response.write_eof()
+    return response
+
+
 @contextlib.contextmanager
 def fake_engine() -> Iterator[str]:
     port = free_port()
     loop = asyncio.new_event_loop()
     app = web.Application()
     app.router.add_post("/v1/embeddings", _embeddings)
+    app.router.add_post("/v1/completions", _trickled_completion)
     runner = web.AppRunner(app)
     loop.run_until_complete(runner.setup())
     loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())

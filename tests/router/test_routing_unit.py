@@ -162,6 +162,25 @@ async def test_vtc_sends_light_users_to_the_idle_pod() -> None:
     assert heavy_scores["busy"] >= heavy_scores["idle"] and light_scores["idle"] > light_scores["busy"]
 
 
+def test_vtc_remembers_a_bounded_number_of_users() -> None:
+    vtc = default_registry().scorer("vtc")
+    pod = pods("p")[0]
+    for i in range(10_000):
+        vtc.on_completed(ctx(user=f"u{i}"), pod, Usage(prompt_tokens=1, completion_tokens=1))
+    vtc.on_completed(ctx(user="u5000"), pod, Usage(prompt_tokens=1, completion_tokens=1))
+    assert len(vtc.served) == 4096 and vtc.served["u5000"] == 3  # forgotten, so counted afresh
+    assert "u9999" in vtc.served and "u0" not in vtc.served
+
+
+def test_strategy_cache_is_bounded_and_keeps_recent_specs() -> None:
+    registry = default_registry()
+    configured = registry.strategy("least-request")
+    for i in range(1, 1_000):
+        registry.strategy(f"least-request:{i}")
+        assert registry.strategy("least-request") is configured  # in use, so never the one evicted
+    assert len(registry._parsed) == 256
+
+
 def test_load_tracker_expires_lost_completions() -> None:
     tracker = LoadTracker(ttl_s=10)
     tracker.start("r1", "a", "pod", now=0)

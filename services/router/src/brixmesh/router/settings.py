@@ -25,10 +25,16 @@ class RouterSettings(ServiceSettings):
     connect_timeout_s: float = Field(default=3.0, gt=0)
     upstream_timeout_s: float = Field(default=600.0, gt=0)
     """Longest wait for the upstream's next bytes (first byte included): beyond it, 504 or an SSE error."""
+    request_timeout_s: float = Field(default=3600.0, gt=0)
+    """Overall deadline of one request from its first upstream attempt to its last byte, retries included
+    (the scale-from-zero hold is bounded apart, by ``cold_start_wait_s``). Past it a non-streamed request
+    gets 504; a stream, even one still producing tokens, ends with an SSE error event (type ``timeout``)."""
     unhealthy_s: float = Field(default=5.0, ge=0)
     """How long a pod that refused a connection stays out of routing."""
     cold_start_wait_s: float = Field(default=30.0, ge=0)
     """How long a request for a known model with no ready pod is held for one to become ready."""
+    max_held_requests: int = Field(default=1024, ge=0)
+    """Requests held at once for scale from zero; more get 503 with Retry-After at once."""
     retry_after_s: int = Field(default=5, ge=1)
     inflight_ttl_s: float = Field(default=900.0, gt=0)
     stats_interval_s: float = Field(default=1.0, gt=0)

@@ -4,13 +4,15 @@ Why not aiohttp or httpx: on the router's hot path the client is most of the cos
 aiohttp's request machinery took ~240 us of CPU per proxied request (httpx more); this client writes the
 request in one ``transport.write`` and parses with ``httptools`` (the parser uvicorn uses), ~40 us. It does
 only what proxying to engines needs: POST with a body, content-length or chunked responses, a pool of idle
-connections per engine, a connect timeout and a per-read timeout, and a stale pooled connection retried once.
+connections per engine, a connect timeout, a per-read timeout, an optional overall deadline per request, and a
+stale pooled connection retried on a fresh one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from urllib.parse import urlsplit
 
 import httptools
@@ -31,6 +33,10 @@ class UpstreamConnectTimeout(UpstreamError):
 
 class UpstreamTimeout(Exception):
     """Connected, but the engine sent nothing for longer than the read timeout."""
+
+
+class UpstreamDeadline(UpstreamTimeout):
+    """The request's overall deadline passed before the engine's answer ended."""
 
 
 class _Connection(asyncio.Protocol):
@@ -106,10 +112,17 @@ class _Connection(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def wait(self, timeout_s: float) -> None:
+    async def wait(self, timeout_s: float, deadline: float | None) -> None:
+        """Until the parser has news; UpstreamTimeout after ``timeout_s`` of silence, UpstreamDeadline at
+        ``deadline`` (``time.monotonic()`` time) if that comes first."""
+        error: UpstreamTimeout = UpstreamTimeout("the engine sent nothing in time")
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= timeout_s:
+                timeout_s, error = max(0.0, left), UpstreamDeadline("the request's deadline passed")
         loop = asyncio.get_running_loop()
         self.waiter = waiter = loop.create_future()
-        timer = loop.call_later(timeout_s, _expire, waiter)
+        timer = loop.call_later(timeout_s, _expire, waiter, error)
         try:
             await waiter
         finally:
@@ -126,20 +139,21 @@ class _Connection(asyncio.Protocol):
         return data
 
 
-def _expire(waiter: asyncio.Future[None]) -> None:
+def _expire(waiter: asyncio.Future[None], error: UpstreamTimeout) -> None:
     if not waiter.done():
-        waiter.set_exception(UpstreamTimeout("the engine sent nothing in time"))
+        waiter.set_exception(error)
 
 
 class UpstreamResponse:
     """One response; ``close()`` must be called (it returns the connection to the pool when the response
     was read to its end, and drops it otherwise: the engine then sees the client gone and aborts)."""
 
-    __slots__ = ("_conn", "_read_timeout_s", "status", "_closed")
+    __slots__ = ("_conn", "_read_timeout_s", "_deadline", "status", "_closed")
 
-    def __init__(self, conn: _Connection, read_timeout_s: float) -> None:
+    def __init__(self, conn: _Connection, read_timeout_s: float, deadline: float | None) -> None:
         self._conn = conn
         self._read_timeout_s = read_timeout_s
+        self._deadline = deadline
         self.status = conn.status
         self._closed = False
 
@@ -147,14 +161,15 @@ class UpstreamResponse:
         return self._conn.headers.get(name, default)
 
     async def next_chunk(self) -> bytes:
-        """The next body bytes; ``b""`` at the end. Raises UpstreamError / UpstreamTimeout."""
+        """The next body bytes; ``b""`` at the end. Raises UpstreamError / UpstreamTimeout / UpstreamDeadline."""
         conn = self._conn
         while not conn.chunks:
             if conn.complete:
                 return b""
             if conn.error is not None:
                 raise conn.error
-            await conn.wait(self._read_timeout_s)
+            await conn.wait(self._read_timeout_s, self._deadline)
+        self._check_deadline()
         return conn.take()
 
     async def read(self) -> bytes:
@@ -166,13 +181,19 @@ class UpstreamResponse:
             if conn.error is not None:
                 raise conn.error
             if conn.chunks:
+                self._check_deadline()
                 parts.append(conn.take())
                 continue
-            await conn.wait(self._read_timeout_s)
+            await conn.wait(self._read_timeout_s, self._deadline)
         if not parts:
             return conn.take()
         parts.append(conn.take())
         return b"".join(parts)
+
+    def _check_deadline(self) -> None:
+        """An engine that never stops sending is never waited for: the deadline is checked on data too."""
+        if self._deadline is not None and time.monotonic() >= self._deadline:
+            raise UpstreamDeadline("the request's deadline passed")
 
     def close(self) -> None:
         if self._closed:
@@ -208,9 +229,15 @@ class UpstreamPool:
         return found
 
     async def post(
-        self, base_url: str, path: str, body: bytes, extra_headers: bytes = b""
+        self,
+        base_url: str,
+        path: str,
+        body: bytes,
+        extra_headers: bytes = b"",
+        deadline: float | None = None,
     ) -> UpstreamResponse:
-        """POST ``body`` (JSON) and wait for the response head. ``extra_headers``: ``b"Name: value\\r\\n"`` lines."""
+        """POST ``body`` (JSON) and wait for the response head. ``extra_headers``: ``b"Name: value\\r\\n"`` lines.
+        ``deadline`` (``time.monotonic()`` time, None: none) bounds the whole exchange, body reads included."""
         host, port, host_header = self._target(base_url)
         head = (
             b"POST "
@@ -234,7 +261,7 @@ class UpstreamPool:
                 while not conn.headers_done:
                     if conn.error is not None:
                         raise conn.error
-                    await conn.wait(self.read_timeout_s)
+                    await conn.wait(self.read_timeout_s, deadline)
             except UpstreamError:
                 if conn.reused and not conn.received_any:
                     self.stale_retries += 1
@@ -244,7 +271,7 @@ class UpstreamPool:
                 if conn.transport is not None:
                     conn.transport.close()
                 raise
-            return UpstreamResponse(conn, self.read_timeout_s)
+            return UpstreamResponse(conn, self.read_timeout_s, deadline)
 
     def _checkout(self, key: tuple[str, int]) -> _Connection | None:
         idle = self._idle.get(key)

@@ -8,6 +8,10 @@ Data flow of one request::
 
 Errors are OpenAI-shaped JSON; once a stream has started, a failure becomes an SSE error event and the
 stream ends cleanly. A client disconnect cancels the upstream request (its connection is closed).
+
+Nothing a client sends becomes an internal key: every request gets its own id (the client's ``x-request-id``
+is only echoed back), strategies named in a ``routing-strategy`` header are labelled ``other`` in metrics
+unless configured, and the number of requests held for scale from zero is capped.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from brixmesh.router.stats import StatsCollector
 from brixmesh.router.sync import RoutingSync
 from brixmesh.router.upstream import (
     StreamUsage,
+    UpstreamDeadline,
     UpstreamError,
     UpstreamPool,
     UpstreamResponse,
@@ -86,6 +91,11 @@ class Gateway:
         self.known_models: dict[str, str] = dict.fromkeys(settings.models, "")
         self._pool = UpstreamPool(settings.connect_timeout_s, settings.upstream_timeout_s)
         self._background: set[asyncio.Task[None]] = set()
+        self._held = 0
+        self._strategy_labels = {
+            self.registry.strategy(spec).name
+            for spec in (settings.default_strategy, *settings.model_strategies.values())
+        }
 
     async def stop(self) -> None:
         if self._background:
@@ -97,14 +107,15 @@ class Gateway:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        request_id = headers.get("x-request-id") or uuid.uuid4().hex
+        request_id = uuid.uuid4().hex
+        echoed_id = headers.get("x-request-id") or request_id
         path, method = scope["path"], scope["method"]
         try:
             if path == "/v1/models":
                 if method != "GET":
                     raise ApiError(405, f"method {method} not allowed on {path}", "invalid_request_error")
                 self.auth.identity(headers.get("authorization"))
-                await _send_json(send, 200, self._models_body(), request_id)
+                await _send_json(send, 200, self._models_body(), echoed_id)
                 return
             api = API_BY_PATH.get(path)
             if api is None:
@@ -116,12 +127,12 @@ class Gateway:
             raw = await self._read_body(headers, receive)
             await self._handle(api, raw, headers, request_id, scope, receive, send)
         except ApiError as exc:
-            await _send_error(send, exc, request_id)
+            await _send_error(send, exc, echoed_id)
         except _Disconnected:
             self.metrics.client_disconnects.inc()
         except Exception:
             log.exception("request %s failed in the router", request_id)
-            await _send_error(send, ApiError(500, "internal router error", "internal_error"), request_id)
+            await _send_error(send, ApiError(500, "internal router error", "internal_error"), echoed_id)
 
     async def _read_body(self, headers: dict[str, str], receive: Receive) -> bytes:
         limit = self.settings.max_body_bytes
@@ -214,34 +225,57 @@ class Gateway:
             raise bad_request(str(exc), "routing-strategy") from None
 
     async def _decide(self, ctx: RequestContext, strategy: Strategy) -> RoutingDecision:
-        """Route now, or hold the request (bounded) until a pod of its model is ready: scale from zero."""
+        """Route now, or hold the request (bounded in time and number) until a pod of its model is ready:
+        scale from zero."""
+        try:
+            return await self.router.route(ctx, self.pods.all(), strategy)
+        except NoEndpoint:
+            pass
+        no_ready_pod = ApiError(
+            503,
+            f"no ready pod serves model `{ctx.model}`; retry later",
+            "service_unavailable",
+            code="no_ready_pod",
+            retry_after_s=self.settings.retry_after_s,
+        )
+        if self.settings.cold_start_wait_s <= 0:
+            raise no_ready_pod
+        if self._held >= self.settings.max_held_requests:
+            raise ApiError(
+                503,
+                f"no ready pod serves model `{ctx.model}` and {self._held} requests already wait for one; "
+                "retry later",
+                "service_unavailable",
+                code="too_many_held_requests",
+                retry_after_s=self.settings.retry_after_s,
+            )
         deadline = time.monotonic() + self.settings.cold_start_wait_s
-        while True:
-            try:
-                return await self.router.route(ctx, self.pods.all(), strategy)
-            except NoEndpoint:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise ApiError(
-                        503,
-                        f"no ready pod serves model `{ctx.model}`; retry later",
-                        "service_unavailable",
-                        code="no_ready_pod",
-                        retry_after_s=self.settings.retry_after_s,
-                    ) from None
-            self.stats.queued(ctx.model, 1)
-            self.metrics.held.inc()
-            try:  # woken by a ready pod, or after a short while to re-check pods that turn healthy again
+        self._held += 1
+        self.stats.queued(ctx.model, 1)
+        self.metrics.held.inc()
+        try:
+            while (remaining := deadline - time.monotonic()) > 0:
+                # woken by a ready pod, or after a short while to re-check pods that turn healthy again
                 await self.pods.wait_ready(ctx.model, min(remaining, 0.5))
-            finally:
-                self.stats.queued(ctx.model, -1)
-                self.metrics.held.dec()
+                try:
+                    return await self.router.route(ctx, self.pods.all(), strategy)
+                except NoEndpoint:
+                    pass
+            raise no_ready_pod
+        finally:
+            self._held -= 1
+            self.stats.queued(ctx.model, -1)
+            self.metrics.held.dec()
 
     async def _forward(
         self, ctx: RequestContext, decision: RoutingDecision, raw: bytes, send: Send
     ) -> tuple[bool, Usage | None]:
         attempts = decision.ranked[: self.settings.max_retries + 1]
         extra_headers = b"X-Request-Id: " + ctx.request_id.encode("latin-1") + b"\r\n"
+        deadline = time.monotonic() + self.settings.request_timeout_s
+        strategy_label = decision.strategy.name
+        if strategy_label not in self._strategy_labels:
+            strategy_label = "other"
         failure = "no pod answered"
         for attempt, pod in enumerate(attempts):
             last = attempt == len(attempts) - 1
@@ -253,13 +287,21 @@ class Gateway:
             try:
                 started = time.perf_counter()
                 try:
-                    response = await self._pool.post(pod.url, _path(ctx), raw, extra_headers)
+                    response = await self._pool.post(pod.url, _path(ctx), raw, extra_headers, deadline)
                     if response.status >= 500 and not last:
                         failure = f"pod {pod.name} answered {response.status}"
                         self.metrics.retries.labels(ctx.model, f"http_{response.status}").inc()
                         continue
                     streamed = response.header(b"content-type").startswith(b"text/event-stream")
                     first = await (response.next_chunk() if streamed else response.read())
+                except UpstreamDeadline:
+                    status = 504
+                    raise ApiError(
+                        504,
+                        f"upstream pod {pod.name} did not finish within the request deadline of "
+                        f"{self.settings.request_timeout_s:g} s",
+                        "timeout",
+                    ) from None
                 except UpstreamTimeout:
                     status = 504
                     raise ApiError(
@@ -291,7 +333,7 @@ class Gateway:
                     response.close()
                 self.sync.done(ctx.request_id, ctx.model, pod.name)
                 self.router.completed(ctx, decision, pod, usage)
-                self.metrics.count(ctx.model, decision.strategy.name, pod.name, status)
+                self.metrics.count(ctx.model, strategy_label, pod.name, status)
         raise ApiError(502, f"upstream failure after {len(attempts)} attempt(s): {failure}", "upstream_error")
 
     async def _relay_stream(
@@ -316,6 +358,7 @@ class Gateway:
         ok = response.status < 400
         tail = first[-32:]
         reason = ""
+        error_type, error_code = "upstream_error", 502
         try:
             while chunk := await response.next_chunk():
                 counter.feed(chunk)
@@ -323,6 +366,9 @@ class Gateway:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             if not tail.rstrip().endswith(b"data: [DONE]"):  # OpenAI streams always end so; this one was cut
                 reason = "ended the stream early"
+        except UpstreamDeadline:
+            reason = f"passed the request deadline of {self.settings.request_timeout_s:g} s"
+            error_type, error_code = "timeout", 504
         except (UpstreamTimeout, UpstreamError) as exc:
             reason = "timed out" if isinstance(exc, UpstreamTimeout) else "lost its connection"
         if reason:
@@ -331,7 +377,9 @@ class Gateway:
                 {
                     "type": "http.response.body",
                     "more_body": True,
-                    "body": sse_error_event(f"upstream pod {pod.name} {reason} mid-stream"),
+                    "body": sse_error_event(
+                        f"upstream pod {pod.name} {reason} mid-stream", error_type, error_code
+                    ),
                 }
             )
             ok = False
@@ -348,7 +396,7 @@ class Gateway:
     ) -> list[tuple[bytes, bytes]]:
         return [
             (b"content-type", response.header(b"content-type", b"application/json")),
-            (b"x-request-id", ctx.request_id.encode("latin-1")),
+            (b"x-request-id", ctx.client_request_id.encode("latin-1")),
             (b"x-brixmesh-pod", pod.name.encode("latin-1")),
             (b"x-brixmesh-strategy", decision.strategy.name.encode("latin-1")),
         ]

@@ -74,4 +74,5 @@ def build_context(
         session_id=headers.get("x-session-id") or None,
         stream=stream and api != "embeddings",
         headers=headers,
+        client_request_id=headers.get("x-request-id") or request_id,
     )

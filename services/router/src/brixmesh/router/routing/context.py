@@ -31,6 +31,7 @@ class RequestContext:
     """
 
     request_id: str
+    """The router's own id of this request, unique: the key of its load and KV bookkeeping."""
     api: ApiKind
     model: str
     body: Mapping[str, Any]
@@ -43,6 +44,8 @@ class RequestContext:
     session_id: str | None = None
     stream: bool = False
     headers: Mapping[str, str] = field(default_factory=dict)
+    client_request_id: str = ""
+    """The client's ``x-request-id`` (echoed back, never a key: clients may reuse one); else ``request_id``."""
     tokenizer: Tokenizer | None = None
     prefix_hashes: list[int] | None = None
     """Approximate prefix block hashes, set by the prefix-cache scorer; shared with other router replicas."""

@@ -2,13 +2,15 @@
 
 ``"least-request"`` is one scorer with weight 1; ``"prefix-cache:3,least-request:2,least-kv-cache:2"`` is a
 weighted sum. Weights are non-negative numbers; 0 disables a scorer. Unknown names raise :class:`UnknownStrategy`
-(the gateway answers 400).
+(the gateway answers 400). Parsed strategies are cached, least recently used out first: the spec may come from
+a client's ``routing-strategy`` header, so the cache must not grow with what clients send.
 """
 
 from __future__ import annotations
 
 import math
 import random
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -50,11 +52,12 @@ class Strategy:
 
 
 class StrategyRegistry:
-    def __init__(self, env: RoutingEnv | None = None) -> None:
+    def __init__(self, env: RoutingEnv | None = None, max_cached: int = 256) -> None:
         self.env = env or RoutingEnv()
+        self.max_cached = max_cached
         self._factories: dict[str, ScorerFactory] = {}
         self._instances: dict[str, Scorer] = {}
-        self._parsed: dict[str, Strategy] = {}
+        self._parsed: OrderedDict[str, Strategy] = OrderedDict()
 
     def register_scorer(self, name: str, factory: ScorerFactory) -> None:
         if name in self._factories:
@@ -82,6 +85,10 @@ class StrategyRegistry:
         found = self._parsed.get(spec)
         if found is None:
             found = self._parsed[spec] = self._parse(spec)
+            if len(self._parsed) > self.max_cached:
+                self._parsed.popitem(last=False)
+        else:
+            self._parsed.move_to_end(spec)
         return found
 
     def _parse(self, spec: str) -> Strategy:

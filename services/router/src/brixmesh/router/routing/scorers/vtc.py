@@ -3,11 +3,13 @@
 Each user's service is counted as prompt + 2 x completion tokens. Users who received little service so far
 are steered to the least-loaded pods, heavy users to the busier ones, so light users see the best latency.
 The fairness term is blended 50/50 with a least-load term. Requests without ``user`` only see the load term.
+Users are client input: the ``max_users`` served most recently are remembered; one forgotten starts again from
+zero, like a new user.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import OrderedDict
 from collections.abc import Sequence
 
 from brixmesh.router.routing.context import RequestContext, Usage
@@ -20,8 +22,9 @@ class VirtualTokenCounter:
     name = "vtc"
     category: Category = "distribution"
 
-    def __init__(self) -> None:
-        self.served: defaultdict[str, float] = defaultdict(float)
+    def __init__(self, max_users: int = 4096) -> None:
+        self.max_users = max_users
+        self.served: OrderedDict[str, float] = OrderedDict()
 
     def score(self, ctx: RequestContext, pods: Sequence[Endpoint]) -> dict[str, float]:
         load = lower_is_better({pod.name: pod.queue_load for pod in pods})
@@ -39,4 +42,7 @@ class VirtualTokenCounter:
 
     def on_completed(self, ctx: RequestContext, pod: Endpoint, usage: Usage | None) -> None:
         if ctx.user and usage is not None:
-            self.served[ctx.user] += usage.prompt_tokens + 2 * usage.completion_tokens
+            served = self.served
+            served[ctx.user] = served.pop(ctx.user, 0.0) + usage.prompt_tokens + 2 * usage.completion_tokens
+            if len(served) > self.max_users:
+                served.popitem(last=False)
