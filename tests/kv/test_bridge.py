@@ -11,6 +11,7 @@ import json
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 
 import httpx
 import msgspec
@@ -33,6 +34,7 @@ PROMPTS = [
     " ".join(f"alpha{i} beta{i} gamma" for i in range(40)),
     " ".join(f"delta{i} epsilon{i} zeta" for i in range(40)),
 ]
+LONG_PROMPT = " ".join(f"word{i} is{i % 7}" for i in range(150))  # 964 tokens: 30 blocks of 32
 
 
 @contextlib.contextmanager
@@ -62,7 +64,12 @@ async def bridge(nats: NatsServer, snapshot_interval_s: float = 3600.0) -> Async
     bus = await Bus.connect(nats.url, name="kv-index")
     await bus.ensure_stream(events_stream())
     await bus.ensure_stream(snapshots_stream())
-    follower = PodFollower(bus.jetstream, replay_timeout_s=1.0, snapshot_interval_s=snapshot_interval_s)
+    follower = PodFollower(
+        bus.jetstream,
+        max_payload=lambda: bus.client.max_payload,
+        replay_timeout_s=1.0,
+        snapshot_interval_s=snapshot_interval_s,
+    )
     _followers[:] = [follower]
     try:
         yield follower
@@ -342,3 +349,28 @@ async def test_router_is_ready_when_the_history_it_waited_for_is_gone(fresh_nats
             await router_bus.close()
     finally:
         await bus.close()
+
+
+async def test_long_prefill_is_split_under_the_servers_max_payload(
+    tmp_path: Path, endpoints: tuple[str, str]
+) -> None:
+    """A ~960-token prefill is one BlockStored of 30 blocks (~3 KB encoded); the server takes 2 KB at most. The
+    bridge splits it into batches under the limit: nothing fails, nothing is resynced, routers see it all."""
+    nats = NatsServer(tmp_path / "nats", max_payload=2048).start()
+    try:
+        events, replay = endpoints
+        with kv_sim(events, replay) as engine:
+            async with bridge(nats) as follower, router_index(nats) as router:
+                await follower.follow(pod_info(engine.base_url, events, replay))
+                await complete(engine, LONG_PROMPT)
+                await eventually(lambda: prompt_blocks(router.index, LONG_PROMPT).get(POD, 0) >= 29)
+                await eventually(in_sync(follower, router.index))
+                assert follower.stats.publish_errors == 0 and follower.stats.resyncs == 0
+                stream = follower.stream(POD)
+                assert stream is not None
+                await stream.snapshot()  # snapshot parts, too, stay under the limit
+                assert follower.stats.snapshots == 1 and follower.stats.publish_errors == 0
+            async with router_index(nats) as restarted:
+                assert restarted.index.engine_hashes(POD) == router.index.engine_hashes(POD)
+    finally:
+        nats.stop()

@@ -42,9 +42,9 @@ def frames(seq: int, first_hash: int, blocks: int = 1) -> list[bytes]:
     return [b"kv", seq.to_bytes(8, "big"), encode_batch(events, time.time(), 0)]
 
 
-def stream(js: FakeJetStream) -> PodStream:
+def stream(js: FakeJetStream, max_payload: int = 1 << 20) -> PodStream:
     info = PodInfo(pod="p", deployment="d", model="m", engine="vllm", endpoint="http://127.0.0.1:1")
-    return PodStream(info, NoSource(), js, BridgeStats())  # type: ignore[arg-type]
+    return PodStream(info, NoSource(), js, BridgeStats(), max_payload=lambda: max_payload)  # type: ignore[arg-type]
 
 
 def stored_hashes(batch: KvEventBatch) -> list[int]:
@@ -80,3 +80,23 @@ async def test_lost_publish_republishes_the_whole_state_in_a_new_epoch() -> None
     assert sorted(stored_hashes(resync)) == [100, 101, 102, 200]
     assert stored_hashes(latest) == [300]
     assert pod.stats.publish_errors == 1 and pod.stats.resyncs == 1
+
+
+async def test_batches_over_the_max_payload_are_split_resync_included() -> None:
+    js = FakeJetStream()
+    pod = stream(js, max_payload=1536)
+    await pod.catch_up()
+    await pod.handle(frames(0, 1000, blocks=40))  # ~40 x 30 bytes of events: one batch would not fit
+    await pod.flush()
+    split = js.batches[1:]
+    assert len(split) > 1 and {batch.engine_seq for batch in split} == {0}
+    assert [h for batch in split for h in stored_hashes(batch)] == list(range(1000, 1040))
+    js.fail_next = 1
+    await pod.handle(frames(1, 2000))
+    await pod.flush()  # lost: the whole state goes out again, split as well
+    await pod.handle(frames(2, 3000))
+    await pod.flush()
+    resync = [batch for batch in js.batches if batch.epoch > split[0].epoch][:-1]
+    assert len(resync) > 1 and isinstance(resync[0].events[0], KvAllCleared)
+    assert sorted(h for batch in resync for h in stored_hashes(batch)) == [*range(1000, 1040), 2000]
+    assert all(len(msgspec.msgpack.encode(batch)) <= 1536 - 512 for batch in js.batches)

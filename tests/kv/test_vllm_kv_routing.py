@@ -111,7 +111,12 @@ async def test_follow_ups_land_on_the_engine_holding_the_prefix(
     router_bus = await Bus.connect(fresh_nats_server.url, name="router")
     await bridge_bus.ensure_stream(events_stream())
     await bridge_bus.ensure_stream(snapshots_stream())
-    bridge = PodFollower(bridge_bus.jetstream, replay_timeout_s=2.0, snapshot_interval_s=3600)
+    bridge = PodFollower(
+        bridge_bus.jetstream,
+        max_payload=lambda: bridge_bus.client.max_payload,
+        replay_timeout_s=2.0,
+        snapshot_interval_s=3600,
+    )
     index = PrefixIndex()
     follower = IndexFollower(router_bus, index)
     client = httpx.AsyncClient(timeout=60)

@@ -26,6 +26,7 @@ def build_service(settings: KvIndexSettings) -> Service:
         await service.bus.ensure_stream(snapshots_stream(2 * settings.kv_events_max_age_s))
         follower = PodFollower(
             service.bus.jetstream,
+            max_payload=lambda: service.bus.client.max_payload,
             replay_timeout_s=settings.kv_replay_timeout_s,
             snapshot_interval_s=settings.kv_snapshot_interval_s,
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 import zmq.asyncio
 from nats.js.client import JetStreamContext
@@ -34,10 +35,12 @@ class PodFollower:
         self,
         js: JetStreamContext,
         *,
+        max_payload: Callable[[], int],
         replay_timeout_s: float,
         snapshot_interval_s: float,
     ) -> None:
         self.js = js
+        self.max_payload = max_payload
         self.stats = BridgeStats()
         self.replay_timeout_s = replay_timeout_s
         self.snapshot_interval_s = snapshot_interval_s
@@ -76,7 +79,7 @@ class PodFollower:
             log.warning("cannot open kv event sockets", extra={"pod": info.pod, "error": str(exc)})
             return
         stream = PodStream(
-            info, source, self.js, self.stats,
+            info, source, self.js, self.stats, max_payload=self.max_payload,
             replay_timeout_s=self.replay_timeout_s, snapshot_interval_s=self.snapshot_interval_s,
         )  # fmt: skip
         task = asyncio.get_running_loop().create_task(run_forever(stream), name=f"kv-pod-{info.pod}")

@@ -2,7 +2,8 @@
 
 Flow per message: sequence check (:mod:`.sequencer`) -> replay what is missing -> decode (:mod:`.decode`;
 bad payloads are counted and skipped) -> the pod's block state (:mod:`.pod_blocks`, for snapshots) -> one
-``KvEventBatch`` per burst on ``kv.events.<model>.<pod>``. A stream (re)start gets a new ``epoch`` and begins
+``KvEventBatch`` per burst on ``kv.events.<model>.<pod>``, split (:mod:`.split`) when its encoding exceeds the
+server's ``max_payload`` (a long prefill is one large event; a failed publish would force a resync). A stream (re)start gets a new ``epoch`` and begins
 with ``KvAllCleared``: after an engine restart, or when this bridge starts following a pod, the pod's old
 entries must go; a new follower then replays the engine's buffer from seq 0. A restarted bridge first tries to
 resume instead (:mod:`.resume`): when the pod's stream in JetStream ends with a step the engine still buffers,
@@ -15,19 +16,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import msgspec
 from nats.js.api import PubAck
 from nats.js.client import JetStreamContext
 
-from brixmesh.common.messages import KvAllCleared, KvBlockStored, KvEvent, KvEventBatch, KvSnapshot, PodInfo
+from brixmesh.common.messages import KvAllCleared, KvEvent, KvEventBatch, KvSnapshot, PodInfo
 from brixmesh.common.subjects import KV_EVENTS, KV_EVENTS_STREAM, KV_SNAPSHOTS, KV_SNAPSHOTS_STREAM
 
 from brixmesh.kv_index.decode import DecodedBatch, PayloadError, decode_payload
 from brixmesh.kv_index.pod_blocks import PodBlocks
 from brixmesh.kv_index.resume import continues, published
 from brixmesh.kv_index.sequencer import SeqTracker
+from brixmesh.kv_index.split import EventTooLarge, split_events
 from brixmesh.kv_index.zmq_source import EngineEventSource
 
 log = logging.getLogger(__name__)
@@ -35,6 +38,8 @@ log = logging.getLogger(__name__)
 _BURST_MESSAGES = 256
 _BURST_EVENTS = 4096
 _SNAPSHOT_PART_BYTES = 512 * 1024
+_HEADERS_ROOM = 512
+"""Kept free under ``max_payload`` for the message's headers (``Nats-Msg-Id``)."""
 _STALL_S = 5.0
 _encoder = msgspec.msgpack.Encoder()
 
@@ -69,6 +74,7 @@ class PodStream:
         js: JetStreamContext,
         stats: BridgeStats,
         *,
+        max_payload: Callable[[], int],
         replay_timeout_s: float = 2.0,
         snapshot_interval_s: float = 30.0,
     ) -> None:
@@ -76,6 +82,8 @@ class PodStream:
         self.source = source
         self.js = js
         self.stats = stats
+        self.max_payload = max_payload
+        """The server's largest message (bytes), as the connection last learnt it: servers may differ."""
         self.replay_timeout_s = replay_timeout_s
         self.snapshot_interval_s = snapshot_interval_s
         self.events_subject = KV_EVENTS.format(model=info.model, pod=info.pod)
@@ -250,29 +258,47 @@ class PodStream:
         if self._clear_pending:
             events = [KvAllCleared(), *events]
         seq = self._pending_seq if self._pending else self._last_published_seq
-        batch = KvEventBatch(self.info.pod, self.info.model, seq, self._pending_ts or time.time(), events, self.epoch)
+        ts = self._pending_ts or time.time()
         self._pending = []
         self._pending_ts = 0.0
         self._clear_pending = False
         self.blocks.apply(events)
         self._dirty = True
         self._last_published_seq = seq
-        await self._publish(batch, f"{self.info.pod}:{self.epoch}:{seq}:{len(events)}")
+        await self._publish_events(events, seq, ts, f"{self.info.pod}:{self.epoch}:{seq}:{len(events)}")
 
     async def _republish_state(self) -> None:
         self._resync = False
         self.epoch = max(time.time_ns(), self.epoch + 1)
         self.stats.resyncs += 1
-        for number, part in enumerate(_parts(self.blocks.snapshot_events())):
-            events = [KvAllCleared(), *part] if number == 0 else part
-            batch = KvEventBatch(self.info.pod, self.info.model, self._last_published_seq, time.time(), events, self.epoch)
-            await self._publish(batch, f"{self.info.pod}:{self.epoch}:resync:{number}")
+        events: list[KvEvent] = [KvAllCleared(), *self.blocks.snapshot_events()]
+        await self._publish_events(events, self._last_published_seq, time.time(), f"{self.info.pod}:{self.epoch}:resync")
 
-    async def _publish(self, batch: KvEventBatch, msg_id: str) -> None:
+    async def _publish_events(self, events: list[KvEvent], seq: int, ts: float, msg_id: str) -> None:
+        """One batch, or consecutive batches (message ids numbered) when one would exceed the server's
+        ``max_payload``. Every part carries the same ``engine_seq``: a snapshot never falls between them."""
+        batch = KvEventBatch(self.info.pod, self.info.model, seq, ts, events, self.epoch)
+        payload = _encoder.encode(batch)
+        budget = self.max_payload() - _HEADERS_ROOM
+        if len(payload) <= budget:
+            await self._publish(payload, msg_id)
+            return
+        overhead = len(_encoder.encode(msgspec.structs.replace(batch, events=[])))
+        try:
+            groups = split_events(events, budget - overhead)
+        except EventTooLarge as exc:
+            self._lost()
+            log.warning("kv batch cannot be published: %s", exc, extra={"pod": self.info.pod})
+            return
+        for number, group in enumerate(groups):
+            part = msgspec.structs.replace(batch, events=group)
+            await self._publish(_encoder.encode(part), f"{msg_id}:{number}")
+
+    async def _publish(self, payload: bytes, msg_id: str) -> None:
         try:
             # Not waiting for the ack here keeps a burst flowing; acks are collected by _acked, in order.
             future = await self.js.publish_async(
-                self.events_subject, _encoder.encode(batch), headers={"Nats-Msg-Id": msg_id}, wait_stall=_STALL_S
+                self.events_subject, payload, headers={"Nats-Msg-Id": msg_id}, wait_stall=_STALL_S
             )
         except Exception:
             self._lost()
@@ -312,16 +338,23 @@ class PodStream:
             self.stats.publish_errors += 1
             log.warning("kv snapshot skipped: batch acks missing", extra={"pod": self.info.pod})
             return
-        parts = _parts(self.blocks.snapshot_events())
         snapshot_id = time.time_ns()
+        empty = KvSnapshot(self.info.pod, self.info.model, self.epoch, self._last_published_seq, snapshot_id,
+                           0, 0, time.time(), [])  # fmt: skip
+        budget = min(_SNAPSHOT_PART_BYTES, self.max_payload() - _HEADERS_ROOM) - len(_encoder.encode(empty)) - 16
+        try:
+            parts = split_events(list(self.blocks.snapshot_events()), budget)
+        except EventTooLarge as exc:
+            self.stats.publish_errors += 1
+            log.warning("kv snapshot cannot be published: %s", exc, extra={"pod": self.info.pod})
+            return
         first_seq = 0
         cut_stream_seq = self._last_stream_seq
         try:
             for number, part in enumerate(parts):
-                message = KvSnapshot(
-                    self.info.pod, self.info.model, self.epoch, self._last_published_seq, snapshot_id,
-                    number, len(parts), time.time(), part,
-                )  # fmt: skip
+                message = msgspec.structs.replace(
+                    empty, part=number, parts=len(parts), ts=time.time(), blocks=part
+                )
                 ack = await self.js.publish(
                     self.snapshots_subject,
                     _encoder.encode(message),
@@ -359,14 +392,6 @@ class PodStream:
         except Exception:
             self.stats.publish_errors += 1
             log.warning("kv purge of removed pod failed", extra={"pod": self.info.pod}, exc_info=True)
-
-
-def _parts(blocks: list[KvBlockStored]) -> list[list[KvBlockStored]]:
-    """Blocks cut into messages of about ``_SNAPSHOT_PART_BYTES`` (NATS payloads are capped at 1 MiB);
-    always at least one part."""
-    per_block = 48 + 3 * (blocks[0].block_size if blocks else 1)
-    per_part = max(1, _SNAPSHOT_PART_BYTES // per_block)
-    return [blocks[i : i + per_part] for i in range(0, len(blocks), per_part)] or [[]]
 
 
 async def run_forever(stream: PodStream) -> None:
