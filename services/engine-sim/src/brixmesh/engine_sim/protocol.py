@@ -124,6 +124,8 @@ def generation_params(body: dict[str, Any], chat: bool) -> GenerationParams:
     seed = body.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise invalid_field("seed", "Input should be a valid integer")
+    if seed is not None and not -(1 << 63) <= seed < 1 << 63:  # vLLM's bounds: a C long
+        raise invalid_field("seed", f"Input should be between {-(1 << 63)} and {(1 << 63) - 1}")
     return GenerationParams(
         model=model,
         n=n,
@@ -206,8 +208,13 @@ def chat_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or "role" not in message:
             raise invalid_field(f"messages.{i}.role", "Field required")
+        if not isinstance(message["role"], str):
+            raise invalid_field(f"messages.{i}.role", "Input should be a valid string")
         content = message.get("content")
         if isinstance(content, list):
-            content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
+            texts = [part.get("text", "") for part in content if isinstance(part, dict)]
+            if not all(isinstance(text, str) for text in texts):
+                raise invalid_field(f"messages.{i}.content", "Input should be a valid string")
+            content = "".join(texts)
         out.append({**message, "content": "" if content is None else str(content)})
     return out

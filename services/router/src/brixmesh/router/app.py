@@ -22,6 +22,7 @@ from brixmesh.router.discovery.pod_table import PodTable
 from brixmesh.router.discovery.static_file import EndpointsFileError, load_endpoints
 from brixmesh.router.http.asgi import OpenAIRoutes
 from brixmesh.router.http.gateway import Gateway
+from brixmesh.router.http.openapi import document_openai_routes
 from brixmesh.router.limits import Authenticator, RateLimiter
 from brixmesh.router.metrics import InFlightCollector, RouterMetrics, SyncCollector
 from brixmesh.router.routing import Router, RoutingEnv, UnknownStrategy, default_registry
@@ -48,6 +49,7 @@ def build_service(settings: RouterSettings) -> Service:
 
 def build_router(settings: RouterSettings) -> RouterApp:
     service = Service("router", settings)
+    document_openai_routes(service.app)
     env = RoutingEnv(
         load=LoadTracker(settings.inflight_ttl_s), prefix_block_chars=settings.prefix_block_chars
     )
