@@ -200,7 +200,10 @@ async def role_bridge(nats_url: str, endpoint: str, seconds: float) -> None:
     tune_gc()  # as the kv-index service does
     bus = await Bus.connect(nats_url, name="bench-bridge")
     follower = PodFollower(
-        bus.jetstream, max_payload=lambda: bus.client.max_payload, replay_timeout_s=1.0, snapshot_interval_s=3600
+        bus.jetstream,
+        max_payload=lambda: bus.client.max_payload,
+        replay_timeout_s=1.0,
+        snapshot_interval_s=3600,
     )
     await follower.follow(PodInfo(pod="engine-0", deployment="d", model="bench-model", engine="sim",
                                   endpoint="http://127.0.0.1:1", kv_events_endpoint=endpoint,

@@ -1,5 +1,5 @@
-"""Hypothesis drives the bus decoders with arbitrary bytes: for every message schema, decoding raises only what
-``Bus.subscribe`` / ``Bus.serve`` catch (the payload is then counted in ``decode_errors`` and skipped)."""
+"""Hypothesis drives the bus decoders with arbitrary bytes: for every message schema, decoding raises only
+what ``Bus.subscribe`` and ``Bus.serve`` catch (the payload is then counted in ``decode_errors``, skipped)."""
 
 from __future__ import annotations
 

@@ -354,8 +354,8 @@ async def test_router_is_ready_when_the_history_it_waited_for_is_gone(fresh_nats
 async def test_long_prefill_is_split_under_the_servers_max_payload(
     tmp_path: Path, endpoints: tuple[str, str]
 ) -> None:
-    """A ~960-token prefill is one BlockStored of 30 blocks (~3 KB encoded); the server takes 2 KB at most. The
-    bridge splits it into batches under the limit: nothing fails, nothing is resynced, routers see it all."""
+    """A ~960-token prefill is one BlockStored of 30 blocks (~3 KB encoded); the server takes 2 KB at most.
+    The bridge splits it into batches under the limit: nothing fails or is resynced, routers see it all."""
     nats = NatsServer(tmp_path / "nats", max_payload=2048).start()
     try:
         events, replay = endpoints

@@ -72,11 +72,13 @@ def _stored(draw: st.DrawFn) -> KvBlockStored:
     block_size = draw(st.integers(1, 16))
     hashes = draw(st.lists(_hashes, min_size=1, max_size=40))
     tokens = draw(st.lists(_token, min_size=block_size * len(hashes), max_size=block_size * len(hashes)))
-    return KvBlockStored(hashes, draw(st.none() | _hashes), tokens, block_size, draw(st.none() | st.just("a")))
+    lora = draw(st.none() | st.just("a"))
+    return KvBlockStored(hashes, draw(st.none() | _hashes), tokens, block_size, lora)
 
 
 _events = st.lists(
-    _stored() | st.builds(KvBlockRemoved, st.lists(_hashes, max_size=200)) | st.just(KvAllCleared()), max_size=12
+    _stored() | st.builds(KvBlockRemoved, st.lists(_hashes, max_size=200)) | st.just(KvAllCleared()),
+    max_size=12,
 )
 
 

@@ -44,7 +44,9 @@ def frames(seq: int, first_hash: int, blocks: int = 1) -> list[bytes]:
 
 def stream(js: FakeJetStream, max_payload: int = 1 << 20) -> PodStream:
     info = PodInfo(pod="p", deployment="d", model="m", engine="vllm", endpoint="http://127.0.0.1:1")
-    return PodStream(info, NoSource(), js, BridgeStats(), max_payload=lambda: max_payload)  # type: ignore[arg-type]
+    return PodStream(
+        info, NoSource(), js, BridgeStats(), max_payload=lambda: max_payload  # type: ignore[arg-type]
+    )
 
 
 def stored_hashes(batch: KvEventBatch) -> list[int]:

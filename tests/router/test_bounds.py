@@ -29,7 +29,10 @@ def router(
 ) -> Iterator[ServiceProcess]:
     path = endpoints_file(tmp_path_factory.mktemp("bounds"), sims.urls)
     with router_process(
-        nats_server.url, endpoints=path, default_strategy=CONFIGURED, model_strategies={"lora-a": "round-robin"}
+        nats_server.url,
+        endpoints=path,
+        default_strategy=CONFIGURED,
+        model_strategies={"lora-a": "round-robin"},
     ) as process:
         yield process
 
@@ -44,11 +47,12 @@ def _strategy_labels(metrics: str) -> set[str]:
 
 def test_client_chosen_strategies_are_served_but_labelled_other(router: ServiceProcess) -> None:
     for weight in range(1, 6):
-        response = httpx.post(
-            f"{router.url}/v1/completions", json=BODY, headers={"routing-strategy": f"round-robin:{weight}"}
-        )
-        assert response.status_code == 200 and response.headers["x-brixmesh-strategy"] == f"round-robin:{weight}"
-    configured = httpx.post(f"{router.url}/v1/completions", json=BODY, headers={"routing-strategy": "round-robin"})
+        spec = f"round-robin:{weight}"
+        response = httpx.post(f"{router.url}/v1/completions", json=BODY, headers={"routing-strategy": spec})
+        assert response.status_code == 200 and response.headers["x-brixmesh-strategy"] == spec
+    configured = httpx.post(
+        f"{router.url}/v1/completions", json=BODY, headers={"routing-strategy": "round-robin"}
+    )
     assert configured.status_code == 200
     metrics = httpx.get(f"{router.url}/metrics").text
     assert _strategy_labels(metrics) <= {CONFIGURED, "round-robin", "other"}
@@ -57,7 +61,7 @@ def test_client_chosen_strategies_are_served_but_labelled_other(router: ServiceP
 
 
 async def test_requests_sharing_a_client_request_id_are_counted_apart(router: ServiceProcess) -> None:
-    """Four streams in flight under one client id: each counts in the pods' load, and each answer echoes it."""
+    """Four streams in flight under one client id: each counts in the pods' load; each answer echoes it."""
     body = {**BODY, "max_tokens": 1500, "stream": True}
     headers = {"x-request-id": "same-id"}
     async with httpx.AsyncClient(timeout=30) as client:
@@ -90,14 +94,15 @@ async def test_held_requests_are_capped(nats_server: NatsServer) -> None:
         nats_server.url, models=[MODEL], cold_start_wait_s=30, max_held_requests=2, retry_after_s=3
     ) as router:
         async with httpx.AsyncClient(timeout=10) as client:
-            held = [asyncio.create_task(client.post(f"{router.url}/v1/completions", json=BODY)) for _ in range(2)]
+            url = f"{router.url}/v1/completions"
+            held = [asyncio.create_task(client.post(url, json=BODY)) for _ in range(2)]
 
             async def both_held() -> bool:
                 text = (await client.get(f"{router.url}/metrics")).text
                 return metric_value(text, "brixmesh_router_held_requests") == 2
 
             await eventually(both_held)
-            refused = await client.post(f"{router.url}/v1/completions", json=BODY)
+            refused = await client.post(url, json=BODY)
             assert refused.status_code == 503 and refused.headers["retry-after"] == "3"
             assert refused.json()["error"]["code"] == "too_many_held_requests"
             assert not any(task.done() for task in held)
@@ -115,7 +120,8 @@ def test_overall_deadline_of_a_trickled_non_streamed_answer(nats_server: NatsSer
             nats_server.url, endpoints=path, upstream_timeout_s=2, request_timeout_s=1
         ) as router:
             started = time.monotonic()
-            response = httpx.post(f"{router.url}/v1/completions", json={**BODY, "max_tokens": 100}, timeout=20)
+            body = {**BODY, "max_tokens": 100}
+            response = httpx.post(f"{router.url}/v1/completions", json=body, timeout=20)
             assert response.status_code == 504, response.text
             assert response.json()["error"]["type"] == "timeout"
             assert time.monotonic() - started < 5

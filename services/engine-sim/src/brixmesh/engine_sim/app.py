@@ -183,7 +183,9 @@ class EngineApp:
                 prompt_ids = list(prompt) if isinstance(prompt, list) else tok.encode(prompt)
                 outside = [t for t in prompt_ids if not 0 <= t < tok.vocab_size]
                 if outside:  # as vLLM's input validation
-                    raise ApiError(400, f"Token id {outside[0]} is out of vocabulary", "BadRequestError", "prompt")
+                    raise ApiError(
+                        400, f"Token id {outside[0]} is out of vocabulary", "BadRequestError", "prompt"
+                    )
             requests = self._build_requests(params, prompt_ids, adapter, path, lora_id)
         except ApiError as exc:
             return exc.response()

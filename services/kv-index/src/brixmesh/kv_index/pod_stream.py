@@ -2,8 +2,9 @@
 
 Flow per message: sequence check (:mod:`.sequencer`) -> replay what is missing -> decode (:mod:`.decode`;
 bad payloads are counted and skipped) -> the pod's block state (:mod:`.pod_blocks`, for snapshots) -> one
-``KvEventBatch`` per burst on ``kv.events.<model>.<pod>``, split (:mod:`.split`) when its encoding exceeds the
-server's ``max_payload`` (a long prefill is one large event; a failed publish would force a resync). A stream (re)start gets a new ``epoch`` and begins
+``KvEventBatch`` per burst on ``kv.events.<model>.<pod>``, split (:mod:`.split`) when its encoding exceeds
+the server's ``max_payload`` (a long prefill is one large event; a failed publish would force a resync).
+A stream (re)start gets a new ``epoch`` and begins
 with ``KvAllCleared``: after an engine restart, or when this bridge starts following a pod, the pod's old
 entries must go; a new follower then replays the engine's buffer from seq 0. A restarted bridge first tries to
 resume instead (:mod:`.resume`): when the pod's stream in JetStream ends with a step the engine still buffers,
@@ -272,7 +273,8 @@ class PodStream:
         self.epoch = max(time.time_ns(), self.epoch + 1)
         self.stats.resyncs += 1
         events: list[KvEvent] = [KvAllCleared(), *self.blocks.snapshot_events()]
-        await self._publish_events(events, self._last_published_seq, time.time(), f"{self.info.pod}:{self.epoch}:resync")
+        resync_id = f"{self.info.pod}:{self.epoch}:resync"
+        await self._publish_events(events, self._last_published_seq, time.time(), resync_id)
 
     async def _publish_events(self, events: list[KvEvent], seq: int, ts: float, msg_id: str) -> None:
         """One batch, or consecutive batches (message ids numbered) when one would exceed the server's
@@ -341,7 +343,8 @@ class PodStream:
         snapshot_id = time.time_ns()
         empty = KvSnapshot(self.info.pod, self.info.model, self.epoch, self._last_published_seq, snapshot_id,
                            0, 0, time.time(), [])  # fmt: skip
-        budget = min(_SNAPSHOT_PART_BYTES, self.max_payload() - _HEADERS_ROOM) - len(_encoder.encode(empty)) - 16
+        room = min(_SNAPSHOT_PART_BYTES, self.max_payload() - _HEADERS_ROOM)
+        budget = room - len(_encoder.encode(empty)) - 16  # 16: the part numbers, absent from ``empty``
         try:
             parts = split_events(list(self.blocks.snapshot_events()), budget)
         except EventTooLarge as exc:

@@ -32,7 +32,10 @@ def split_events(events: list[KvEvent], budget: int) -> list[list[KvEvent]]:
     used = 0
     for event in events:
         size = len(_encoder.encode(event))
-        pieces = [(event, size)] if size <= room else [(p, len(_encoder.encode(p))) for p in _pieces(event, room)]
+        if size <= room:
+            pieces = [(event, size)]
+        else:
+            pieces = [(piece, len(_encoder.encode(piece))) for piece in _pieces(event, room)]
         for piece, piece_size in pieces:
             if used + piece_size > room and groups[-1]:
                 groups.append([])
@@ -65,5 +68,8 @@ def _pieces(event: KvEvent, room: int) -> list[KvEvent]:
         if count < 1:
             raise EventTooLarge(f"one block removal does not fit {room} bytes")
         hashes = event.block_hashes
-        return [msgspec.structs.replace(event, block_hashes=hashes[i : i + count]) for i in range(0, len(hashes), count)]
+        return [
+            msgspec.structs.replace(event, block_hashes=hashes[i : i + count])
+            for i in range(0, len(hashes), count)
+        ]
     raise EventTooLarge(f"a {type(event).__name__} event does not fit {room} bytes")

@@ -161,7 +161,7 @@ class UpstreamResponse:
         return self._conn.headers.get(name, default)
 
     async def next_chunk(self) -> bytes:
-        """The next body bytes; ``b""`` at the end. Raises UpstreamError / UpstreamTimeout / UpstreamDeadline."""
+        """The next body bytes; ``b""`` at the end. Raises UpstreamError or UpstreamTimeout (or Deadline)."""
         conn = self._conn
         while not conn.chunks:
             if conn.complete:
@@ -236,8 +236,8 @@ class UpstreamPool:
         extra_headers: bytes = b"",
         deadline: float | None = None,
     ) -> UpstreamResponse:
-        """POST ``body`` (JSON) and wait for the response head. ``extra_headers``: ``b"Name: value\\r\\n"`` lines.
-        ``deadline`` (``time.monotonic()`` time, None: none) bounds the whole exchange, body reads included."""
+        """POST ``body`` (JSON) and wait for the response head. ``extra_headers``: ``b"Name: value\\r\\n"``
+        lines. ``deadline`` (``time.monotonic()`` time; None: none) bounds the whole exchange."""
         host, port, host_header = self._target(base_url)
         head = (
             b"POST "

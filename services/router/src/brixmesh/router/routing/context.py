@@ -45,7 +45,7 @@ class RequestContext:
     stream: bool = False
     headers: Mapping[str, str] = field(default_factory=dict)
     client_request_id: str = ""
-    """The client's ``x-request-id`` (echoed back, never a key: clients may reuse one); else ``request_id``."""
+    """The client's ``x-request-id``, else ``request_id``: echoed back, never a key (clients reuse ids)."""
     tokenizer: Tokenizer | None = None
     prefix_hashes: list[int] | None = None
     """Approximate prefix block hashes, set by the prefix-cache scorer; shared with other router replicas."""
