@@ -356,7 +356,9 @@ async def test_long_prefill_is_split_under_the_servers_max_payload(
 ) -> None:
     """A ~960-token prefill is one BlockStored of 30 blocks (~3 KB encoded); the server takes 2 KB at most.
     The bridge splits it into batches under the limit: nothing fails or is resynced, routers see it all."""
-    nats = NatsServer(tmp_path / "nats", max_payload=2048).start()
+    config = tmp_path / "nats-server.conf"
+    config.write_text("max_payload: 2048\n")
+    nats = NatsServer(tmp_path / "nats", config=config).start()
     try:
         events, replay = endpoints
         with kv_sim(events, replay) as engine:

@@ -63,13 +63,13 @@ class _ManagedServer:
 
 @dataclass
 class NatsServer(_ManagedServer):
-    """``nats-server`` with JetStream, storing under ``data_dir``; ``port=0`` picks a free port.
-    ``max_payload`` (bytes) lowers the server's largest message from its 1 MiB default."""
+    """``nats-server`` with JetStream, storing under ``data_dir``; ``port=0`` picks a free port. ``config`` is
+    a nats-server config file (authorization, TLS); the options here override its listen address."""
 
     data_dir: Path
     port: int = 0
     host: str = "127.0.0.1"
-    max_payload: int | None = None
+    config: Path | None = None
     url: str = field(default="", init=False)
     monitor_url: str = field(default="", init=False)
 
@@ -81,10 +81,8 @@ class NatsServer(_ManagedServer):
         log = self.data_dir / "nats-server.log"
         argv = [binary, "-a", self.host, "-p", str(self.port or -1), "-m", "-1", "-js",
                 "-sd", str(self.data_dir / "jetstream"), "--ports_file_dir", str(ports_dir), "-l", str(log)]
-        if self.max_payload is not None:  # a config-file-only option
-            config = self.data_dir / "nats-server.conf"
-            config.write_text(f"max_payload: {self.max_payload}\n")
-            argv += ["-c", str(config)]
+        if self.config is not None:
+            argv += ["-c", str(self.config)]
         self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL, start_new_session=True)
         ports_file = ports_dir / f"nats-server_{self.process.pid}.ports"
