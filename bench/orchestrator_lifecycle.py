@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import secrets
 import signal
 import statistics
 import subprocess
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import httpx
 
+from brixmesh.common.admin import bearer_header
 from brixmesh.common.bus import Bus
 from brixmesh.common.messages import PodEvent, ScaleDecision
 from brixmesh.common.ports import free_port
@@ -87,14 +89,16 @@ async def run(pods: int, rounds: int) -> dict[str, list[float]]:
     with tempfile.TemporaryDirectory(prefix="bm-orch-bench-") as work:
         nats = NatsServer(Path(work) / "nats").start()
         port = free_port()
+        admin_token = secrets.token_urlsafe(32)
         env = {**os.environ, "BRIXMESH_NATS_URL": nats.url, "BRIXMESH_PORT": str(port),
-               "BRIXMESH_STATE_DIR": f"{work}/state", "BRIXMESH_LOG_LEVEL": "warning"}
+               "BRIXMESH_STATE_DIR": f"{work}/state", "BRIXMESH_LOG_LEVEL": "warning",
+               "BRIXMESH_ADMIN_TOKEN": admin_token}
         orchestrator = subprocess.Popen([sys.executable, "-m", "brixmesh.orchestrator"], env=env,
                                         start_new_session=True)
         bus = await Bus.connect(nats.url, name="bench")
         events = Events()
         await bus.subscribe(PODS.pattern(), PodEvent, events.on_event)
-        api = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10)
+        api = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10, headers=bearer_header(admin_token))
         try:
             while True:
                 with contextlib.suppress(httpx.TransportError):

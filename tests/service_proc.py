@@ -22,7 +22,12 @@ from pathlib import Path
 
 import httpx
 
+from brixmesh.common.admin import bearer_header
 from brixmesh.common.ports import free_port
+
+TEST_ADMIN_TOKEN = "test-admin-token-0123456789"
+ADMIN_HEADERS = bearer_header(TEST_ADMIN_TOKEN)
+"""What tests send on admin routes of services started here (they all get ``TEST_ADMIN_TOKEN``)."""
 
 
 @dataclass(frozen=True)
@@ -83,13 +88,15 @@ async def service_process(
     stop_grace_s: float = 10.0,
     term_group: bool = True,
 ) -> AsyncIterator[ServiceProcess]:
-    """``settings`` are ``BRIXMESH_*`` environment variables on top of the NATS URL, port and text logs."""
+    """``settings`` are ``BRIXMESH_*`` environment variables on top of the NATS URL, port, text logs and the
+    test admin token."""
     port = free_port()
     env = {
         **os.environ,
         "BRIXMESH_NATS_URL": nats_url,
         "BRIXMESH_PORT": str(port),
         "BRIXMESH_LOG_FORMAT": "text",
+        "BRIXMESH_ADMIN_TOKEN": TEST_ADMIN_TOKEN,
         **(settings or {}),
     }
     process = await asyncio.to_thread(_spawn, [sys.executable, "-m", module], env, log_path)

@@ -25,7 +25,7 @@ from brixmesh.common.servers import NatsServer
 from brixmesh.common.subjects import PODS
 from tests.engine_sim.sim_engine import ASSETS, BLOCK_SIZE, MODEL_NAME, sim_engine
 from tests.router.harness import router_process
-from tests.service_proc import ServiceProcess, consecutive_free_ports, service_process
+from tests.service_proc import ADMIN_HEADERS, ServiceProcess, consecutive_free_ports, service_process
 
 SYSTEM = "You answer questions about a fleet of storage servers. " + " ".join(f"Fact {i}: disks fail." for i in range(10))
 
@@ -103,7 +103,7 @@ def _prompts() -> list[list[dict[str, str]]]:
 
 
 async def _lookup(url: str, messages: list[dict[str, str]]) -> list[dict[str, object]]:
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(headers=ADMIN_HEADERS) as client:
         response = await client.post(f"{url}/admin/kv/lookup", json={"model": MODEL_NAME, "messages": messages})
     assert response.status_code == 200, response.text
     return response.json()["pods"]
@@ -140,10 +140,10 @@ async def _check_routing(url: str, infos: list[PodInfo]) -> list[str]:
                 messages.append({"role": "assistant", "content": answer})
         for home, messages in zip(homes, conversations):
             found = await _lookup(url, messages[:2])
-            assert found and found[0]["pod"] == home and found[0]["blocks"] >= 2, (found, httpx.get(f"{url}/admin/kv/pods").json())
+            assert found and found[0]["pod"] == home and found[0]["blocks"] >= 2, (found, httpx.get(f"{url}/admin/kv/pods", headers=ADMIN_HEADERS).json())
     assert {info.pod for info in infos} >= set(homes)
 
-    response = httpx.post(f"{url}/admin/kv/lookup", json={"model": MODEL_NAME})
+    response = httpx.post(f"{url}/admin/kv/lookup", json={"model": MODEL_NAME}, headers=ADMIN_HEADERS)
     assert response.status_code == 400 and response.json()["error"]["param"] == "prompt"
     return homes
 

@@ -22,7 +22,7 @@ from brixmesh.common.bus import Bus
 from brixmesh.common.messages import PodEvent
 from brixmesh.common.subjects import PODS
 
-from tests.service_proc import service_process
+from tests.service_proc import ADMIN_HEADERS, service_process
 
 
 @dataclass
@@ -52,7 +52,7 @@ async def run_orchestrator(
             "brixmesh.orchestrator", nats_url, work_dir / "orchestrator.log", settings,
             startup_timeout_s=startup_timeout, stop_grace_s=20.0, term_group=False,
         ) as service,
-        httpx.AsyncClient(base_url=service.url, timeout=10) as http,
+        httpx.AsyncClient(base_url=service.url, timeout=10, headers=ADMIN_HEADERS) as http,
     ):  # fmt: skip
         yield OrchestratorProcess(service.url, service.process, state_dir, service.log_path, http)
 

@@ -17,10 +17,11 @@ from rich.table import Table
 from brixmesh.common.bus import BusConnectError
 from brixmesh.common.ports import port_is_free
 from brixmesh.common.servers import ServerStartError
+from brixmesh.common.settings import SettingsError
 
 from brixmesh.cli.bench import bench_app
 from brixmesh.cli.mesh import Mesh, MeshOptions, run_until_signal
-from brixmesh.cli.state import default_state_dir, read_record, resolve_nats_url
+from brixmesh.cli.state import admin_token_path, default_state_dir, read_record, resolve_nats_auth, resolve_nats_url
 from brixmesh.cli.status import collect_heartbeats
 from brixmesh.cli.tap import tap as run_tap
 
@@ -93,6 +94,7 @@ def up(
                           f"(orchestrator: {mesh.services['orchestrator'].url}/v1/pods)")
         if not_ready:
             console.print(f"[red]not ready after {ready_timeout:.0f}s:[/] {', '.join(not_ready)} (see their logs)")
+        console.print(f"admin token (Authorization: Bearer ...): {admin_token_path(state_dir)}")
         console.print(f"OpenAI endpoint: [bold]{mesh.openai_base_url}[/]   (Ctrl-C stops everything)")
 
     try:
@@ -114,8 +116,8 @@ def status(
     if url is None:
         raise fail("no running mesh found; start one with `brixmesh up` or pass --nats-url")
     try:
-        beats = asyncio.run(collect_heartbeats(url, wait))
-    except BusConnectError as exc:
+        beats = asyncio.run(collect_heartbeats(url, resolve_nats_auth(nats_url, state_dir), wait))
+    except (BusConnectError, SettingsError) as exc:
         raise fail(str(exc)) from None
     if as_json:
         print(json.dumps(msgspec.to_builtins(beats)))
@@ -145,8 +147,9 @@ def tap(
     if url is None:
         raise fail("no running mesh found; start one with `brixmesh up` or pass --nats-url")
     try:
-        code = asyncio.run(run_tap(url, subjects, as_json=as_json, count=count, timeout_s=timeout))
-    except BusConnectError as exc:
+        auth = resolve_nats_auth(nats_url, state_dir)
+        code = asyncio.run(run_tap(url, auth, subjects, as_json=as_json, count=count, timeout_s=timeout))
+    except (BusConnectError, SettingsError) as exc:
         raise fail(str(exc)) from None
     except KeyboardInterrupt:
         code = 0

@@ -15,11 +15,14 @@ from pathlib import Path
 import httpx
 import yaml
 
+from brixmesh.common.nats_auth import generate_passwords, server_config
 from brixmesh.common.ports import free_port
 from brixmesh.common.servers import NatsServer
 from brixmesh.common.supervisor import ProcessSpec, ProcessState, ReadinessProbe, SupervisedProcess, Supervisor
 
-from brixmesh.cli.state import MeshRecord, record_path, write_record
+from brixmesh.cli.state import (
+    MeshRecord, admin_token, record_path, secrets_dir, write_nats_passwords, write_record, write_secret,
+)  # fmt: skip
 
 SERVICES = ("orchestrator", "kv-index", "autoscaler", "adapter-manager", "gpu-doctor", "router")
 """Start order: the router last, so that it finds pods and the KV index already announced."""
@@ -45,13 +48,16 @@ class RunningService:
     process: SupervisedProcess
 
 
-def service_spec(name: str, port: int, nats_url: str, options: MeshOptions) -> ProcessSpec:
+def service_spec(
+    name: str, port: int, nats_url: str, options: MeshOptions, secret_env: dict[str, str] | None = None
+) -> ProcessSpec:
     env = {
         "BRIXMESH_NATS_URL": nats_url,
         "BRIXMESH_HOST": "127.0.0.1",
         "BRIXMESH_PORT": str(port),
         "BRIXMESH_STATE_DIR": str(options.state_dir.resolve()),
         "BRIXMESH_LOG_FORMAT": "json",
+        **(secret_env or {}),
     }
     if name == "router":
         tokenizers = bundled_tokenizer_dirs(options.model)
@@ -112,6 +118,8 @@ class Mesh:
         self.nats: NatsServer | None = None
         self.nats_url = options.nats_url or ""
         self.services: dict[str, RunningService] = {}
+        self.admin_token = ""
+        self._nats_passwords: dict[str, str] = {}
         self.engine_pods: list[dict] = []
         self.supervisor = Supervisor(on_state=self._on_state)
         self._started = False
@@ -122,12 +130,17 @@ class Mesh:
 
     async def start(self) -> list[str]:
         """Start everything; returns the services that did not become ready in time."""
+        self.admin_token = admin_token(self.options.state_dir)
         if not self.nats_url:
-            self.nats = await asyncio.to_thread(NatsServer(self.options.state_dir / "nats").start)
+            self._nats_passwords = generate_passwords()
+            write_nats_passwords(self.options.state_dir, self._nats_passwords)
+            config = secrets_dir(self.options.state_dir) / "nats-server.conf"
+            write_secret(config, server_config(self._nats_passwords))
+            self.nats = await asyncio.to_thread(NatsServer(self.options.state_dir / "nats", config=config).start)
             self.nats_url = self.nats.url
         for name in SERVICES:
             port = self.options.port if name == "router" else free_port()
-            spec = service_spec(name, port, self.nats_url, self.options)
+            spec = service_spec(name, port, self.nats_url, self.options, self._secret_env(name))
             self.services[name] = RunningService(name, f"http://127.0.0.1:{port}", self.supervisor.add(spec))
         self.supervisor.start_all()
         not_ready = await self.supervisor.wait_all_ready(self.options.ready_timeout_s)
@@ -144,6 +157,13 @@ class Mesh:
             ),
         )
         return not_ready
+
+    def _secret_env(self, name: str) -> dict[str, str]:
+        """The admin token for every service; on the mesh's own NATS server, the service's own user."""
+        env = {"BRIXMESH_ADMIN_TOKEN": self.admin_token}
+        if self._nats_passwords:
+            env |= {"BRIXMESH_NATS_USER": name, "BRIXMESH_NATS_PASSWORD": self._nats_passwords[name]}
+        return env
 
     async def wait_engines_ready(self) -> list[dict]:
         """The default deployment's pods, once ``engines`` of them are ready (or the ready timeout passed)."""

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
-from brixmesh.common.bus import Bus, decoder_for, encode
+from brixmesh.common.bus import Bus, NatsAuth, decoder_for, encode
 from brixmesh.common.messages import Heartbeat, Ping
 from brixmesh.common.subjects import MESH_PING
 
 
-async def collect_heartbeats(nats_url: str, wait_s: float) -> list[Heartbeat]:
+async def collect_heartbeats(nats_url: str, auth: NatsAuth, wait_s: float) -> list[Heartbeat]:
     """Every instance answering ``mesh.ping`` within ``wait_s``, sorted by service name."""
-    bus = await Bus.connect(nats_url, name="brixmesh-status", setting="--nats-url")
+    bus = await Bus.connect(nats_url, name="brixmesh-status", setting="--nats-url", auth=auth)
     decoder = decoder_for(Heartbeat)
     replies: dict[str, Heartbeat] = {}
     inbox = bus.client.new_inbox()

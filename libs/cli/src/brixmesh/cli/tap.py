@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 from nats.aio.msg import Msg
 
-from brixmesh.common.bus import Bus, decoder_for
+from brixmesh.common.bus import Bus, NatsAuth, decoder_for
 from brixmesh.common.subjects import schema_for
 
 _MAX_LIST = 8
@@ -50,8 +50,10 @@ def _compact(value: Any) -> str:
     return readable(value)
 
 
-async def tap(nats_url: str, patterns: list[str], *, as_json: bool, count: int | None, timeout_s: float | None) -> int:
-    bus = await Bus.connect(nats_url, name="brixmesh-tap", setting="--nats-url")
+async def tap(
+    nats_url: str, auth: NatsAuth, patterns: list[str], *, as_json: bool, count: int | None, timeout_s: float | None
+) -> int:
+    bus = await Bus.connect(nats_url, name="brixmesh-tap", setting="--nats-url", auth=auth)
     seen = 0
     done = asyncio.Event()
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
-from typing import Any, Generic, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import msgspec
 import nats
@@ -19,6 +21,9 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
+
+if TYPE_CHECKING:
+    from brixmesh.common.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +52,52 @@ class BusConnectError(Exception):
 ReconnectHook = Callable[[], Awaitable[None]]
 
 
+@dataclass(frozen=True)
+class NatsAuth:
+    """Who we are to NATS (at most one of user/password, token, nkey seed file, creds file) and how TLS
+    verifies the server (and presents our certificate)."""
+
+    user: str = ""
+    password: str = ""
+    token: str = ""
+    nkey_seed_file: str = ""
+    creds_file: str = ""
+    tls_ca_file: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+
+    @classmethod
+    def from_settings(cls, settings: ServiceSettings) -> NatsAuth:
+        return cls(
+            user=settings.nats_user,
+            password=settings.nats_password.get_secret_value(),
+            token=settings.nats_token.get_secret_value(),
+            nkey_seed_file=str(settings.nats_nkey_seed_file or ""),
+            creds_file=str(settings.nats_creds_file or ""),
+            tls_ca_file=str(settings.nats_tls_ca_file or ""),
+            tls_cert_file=str(settings.nats_tls_cert_file or ""),
+            tls_key_file=str(settings.nats_tls_key_file or ""),
+        )
+
+    def connect_options(self) -> dict[str, Any]:
+        """Keyword arguments of ``nats.connect``; raises ``ssl.SSLError``/``OSError`` on unusable TLS files."""
+        options: dict[str, Any] = {}
+        if self.user:
+            options |= {"user": self.user, "password": self.password}
+        if self.token:
+            options["token"] = self.token
+        if self.nkey_seed_file:
+            options["nkeys_seed"] = self.nkey_seed_file
+        if self.creds_file:
+            options["user_credentials"] = self.creds_file
+        if self.tls_ca_file or self.tls_cert_file:
+            context = ssl.create_default_context(cafile=self.tls_ca_file or None)
+            if self.tls_cert_file:
+                context.load_cert_chain(self.tls_cert_file, self.tls_key_file)
+            options["tls"] = context
+        return options
+
+
 class Bus:
     def __init__(self, client: NatsClient) -> None:
         self.client = client
@@ -58,11 +109,16 @@ class Bus:
 
     @classmethod
     async def connect(
-        cls, url: str, *, name: str, timeout_s: float = 5.0, setting: str = "BRIXMESH_NATS_URL"
+        cls, url: str, *, name: str, timeout_s: float = 5.0, setting: str = "BRIXMESH_NATS_URL",
+        auth: NatsAuth | None = None,
     ) -> Bus:
         """Connect within ``timeout_s`` (nats-py retries the servers meanwhile); once connected, the client
         reconnects forever with a short wait, buffering publishes while the server is away."""
         owner: list[Bus] = []
+        try:
+            options = (auth or NatsAuth()).connect_options()
+        except (OSError, ssl.SSLError) as exc:
+            raise BusConnectError(f"cannot use the NATS TLS files: {exc}") from None
 
         async def on_disconnect() -> None:
             if not (owner and owner[0].closing):
@@ -73,6 +129,14 @@ class Bus:
             if owner:
                 owner[0]._reconnected()
 
+        connect_errors: list[Exception] = []
+
+        async def on_error(exc: Exception) -> None:
+            if owner:
+                log.warning("nats error: %s", exc)
+            else:  # while connecting, nats-py retries: the last error becomes the one-line reason
+                connect_errors[:] = [exc]
+
         try:
             client = await asyncio.wait_for(
                 nats.connect(
@@ -82,14 +146,20 @@ class Bus:
                     allow_reconnect=True,
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=0.25,
-                    error_cb=_log_error,
+                    error_cb=on_error,
                     disconnected_cb=on_disconnect,
                     reconnected_cb=on_reconnect,
+                    **options,
                 ),
                 timeout_s,
             )
         except (OSError, asyncio.TimeoutError, nats.errors.Error) as exc:
-            reason = "no answer in time" if isinstance(exc, asyncio.TimeoutError) else f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, asyncio.TimeoutError) and connect_errors and _refused(connect_errors[0]):
+                raise BusConnectError(f"NATS at {url} refused our credentials: {connect_errors[0]}") from None
+            if isinstance(exc, asyncio.TimeoutError):
+                reason = f"{connect_errors[0]}" if connect_errors else "no answer in time"
+            else:
+                reason = f"{type(exc).__name__}: {exc}"
             raise BusConnectError(f"cannot reach NATS at {url} (set {setting}): {reason}") from None
         bus = cls(client)
         owner.append(bus)
@@ -237,6 +307,6 @@ class Batcher(Generic[T]):
             await asyncio.gather(*self._pending)
 
 
-async def _log_error(exc: Exception) -> None:
-    log.warning("nats error: %s", exc)
+def _refused(exc: Exception) -> bool:
+    return "authorization violation" in str(exc).lower() or "authentication" in str(exc).lower()
 

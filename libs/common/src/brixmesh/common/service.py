@@ -30,7 +30,8 @@ from starlette.types import ASGIApp
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, Info, generate_latest
 
 from brixmesh.common import __version__
-from brixmesh.common.bus import Bus, BusConnectError
+from brixmesh.common.admin import AdminGuard
+from brixmesh.common.bus import Bus, BusConnectError, NatsAuth
 from brixmesh.common.logs import configure_logging
 from brixmesh.common.messages import Heartbeat, Ping
 from brixmesh.common.settings import ServiceSettings
@@ -63,6 +64,7 @@ class Service:
             lambda: float(self._bus is not None and self._bus.connected)
         )
         self.app = FastAPI(title=f"brixmesh {name}", version=version, lifespan=self._lifespan)
+        self.app.add_middleware(AdminGuard, token=settings.admin_token.get_secret_value())
         self._add_shell_routes()
 
     @property
@@ -135,7 +137,8 @@ class Service:
     async def _lifespan(self, _app: FastAPI) -> AsyncIterator[None]:
         try:
             self._bus = await Bus.connect(
-                self.settings.nats_url, name=self.instance_id, timeout_s=self.settings.nats_connect_timeout_s
+                self.settings.nats_url, name=self.instance_id, timeout_s=self.settings.nats_connect_timeout_s,
+                auth=NatsAuth.from_settings(self.settings),
             )
         except BusConnectError as exc:
             print(f"brixmesh-{self.name}: {exc}", file=sys.stderr)

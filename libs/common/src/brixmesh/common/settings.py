@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Literal, TypeVar
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "BRIXMESH_"
+MIN_ADMIN_TOKEN_CHARS = 16
 
 
 class ServiceSettings(BaseSettings):
@@ -28,6 +30,48 @@ class ServiceSettings(BaseSettings):
     announce intervals: missing one announcement is fine, silence for longer means gone."""
     instance_id: str = ""
     graceful_shutdown_s: float = Field(default=10.0, ge=0)
+    admin_token: SecretStr = SecretStr("")
+    """Bearer token of every mutating or admin HTTP route; unset locks those routes (401) instead of
+    leaving them open."""
+    nats_user: str = ""
+    nats_password: SecretStr = SecretStr("")
+    nats_token: SecretStr = SecretStr("")
+    nats_nkey_seed_file: Path | None = None
+    nats_creds_file: Path | None = None
+    """A decentralized-auth ``.creds`` file (JWT and nkey seed)."""
+    nats_tls_ca_file: Path | None = None
+    """Verify the server with this CA (implies TLS); without it, ``tls://`` URLs use the system CAs."""
+    nats_tls_cert_file: Path | None = None
+    nats_tls_key_file: Path | None = None
+    """Client certificate and key, for servers that verify clients (``tls { verify: true }``)."""
+
+    @field_validator("admin_token")
+    @classmethod
+    def _strong_token(cls, value: SecretStr) -> SecretStr:
+        if value and len(value.get_secret_value()) < MIN_ADMIN_TOKEN_CHARS:
+            raise ValueError(f"must be at least {MIN_ADMIN_TOKEN_CHARS} characters (or unset)")
+        return value
+
+    @field_validator("nats_nkey_seed_file", "nats_creds_file", "nats_tls_ca_file", "nats_tls_cert_file",
+                     "nats_tls_key_file")
+    @classmethod
+    def _readable_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_nats_identity(self) -> "ServiceSettings":
+        given = [name for name, value in (("NATS_USER", self.nats_user), ("NATS_TOKEN", self.nats_token),
+                                          ("NATS_NKEY_SEED_FILE", self.nats_nkey_seed_file),
+                                          ("NATS_CREDS_FILE", self.nats_creds_file)) if value]
+        if len(given) > 1:
+            raise ValueError(f"give one NATS identity, not {' and '.join(ENV_PREFIX + g for g in given)}")
+        if bool(self.nats_user) != bool(self.nats_password):
+            raise ValueError(f"{ENV_PREFIX}NATS_USER and {ENV_PREFIX}NATS_PASSWORD go together")
+        if (self.nats_tls_cert_file is None) != (self.nats_tls_key_file is None):
+            raise ValueError(f"{ENV_PREFIX}NATS_TLS_CERT_FILE and {ENV_PREFIX}NATS_TLS_KEY_FILE go together")
+        return self
 
     @field_validator("nats_url")
     @classmethod
@@ -56,8 +100,9 @@ def describe_validation_error(cls: type[BaseSettings], exc: ValidationError) -> 
     prefix = str(cls.model_config.get("env_prefix", ""))
     problems = []
     for error in exc.errors():
-        field = ".".join(str(part) for part in error["loc"]) or "?"
-        problems.append(f"{prefix}{field.upper()}: {error['msg']}")
+        message = error["msg"].removeprefix("Value error, ")
+        field = ".".join(str(part) for part in error["loc"])
+        problems.append(f"{prefix}{field.upper()}: {message}" if field else message)
     return "invalid setting " + "; ".join(problems)
 
 
