@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -107,3 +109,17 @@ def test_redis_down_applies_policy_visibly(
             assert response.headers["retry-after"] == "1"
         metrics = httpx.get(f"{router.url}/metrics").text
         assert metric_value(metrics, "brixmesh_router_limits_backend_errors_total", policy=policy) >= 1
+
+
+@pytest.mark.parametrize("limit", ["BRIXMESH_RPM_LIMIT", "BRIXMESH_TPM_LIMIT"])
+def test_limits_without_redis_are_a_one_line_startup_error(limit: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "brixmesh.router"],
+        env={limit: "10", "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines == [
+        "brixmesh-router: invalid setting BRIXMESH_RPM_LIMIT/BRIXMESH_TPM_LIMIT are counted in Redis: "
+        "set BRIXMESH_REDIS_URL too (or set the limits to 0)"
+    ], result.stderr

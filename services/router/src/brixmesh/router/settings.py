@@ -2,7 +2,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from brixmesh.common.settings import ServiceSettings
@@ -57,3 +57,12 @@ class RouterSettings(ServiceSettings):
                 return json.loads(value)
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _limits_need_redis(self) -> "RouterSettings":
+        if (self.rpm_limit or self.tpm_limit) and not self.redis_url:
+            raise ValueError(
+                "BRIXMESH_RPM_LIMIT/BRIXMESH_TPM_LIMIT are counted in Redis: set BRIXMESH_REDIS_URL too "
+                "(or set the limits to 0)"
+            )
+        return self
