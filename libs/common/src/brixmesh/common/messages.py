@@ -184,6 +184,9 @@ class KvBlockStored(msgspec.Struct, tag="stored", array_like=True, gc=False):
     medium: str | None = None
     lora_id: int | None = None
     """Only set when the engine gave no ``lora_name`` (older vLLM): keeps adapters apart in the index."""
+    cache_salt: str | None = None
+    """The request's ``cache_salt`` when the first block is the request's first (``parent_block_hash`` None):
+    as in vLLM, the salt is an extra key of that block only, so it reaches later blocks through the chain."""
 
 
 class KvBlockRemoved(msgspec.Struct, tag="removed", array_like=True, gc=False):

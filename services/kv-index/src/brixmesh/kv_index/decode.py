@@ -40,6 +40,7 @@ class _MapStored(msgspec.Struct, tag="BlockStored", tag_field="type", gc=False):
     lora_id: int | None = None
     medium: str | None = None
     lora_name: str | None = None
+    extra_keys: list[list[Any] | None] | None = None
 
 
 class _MapRemoved(msgspec.Struct, tag="BlockRemoved", tag_field="type", gc=False):
@@ -68,6 +69,7 @@ class _ArrayStored(msgspec.Struct, tag="BlockStored", array_like=True, gc=False)
     lora_id: int | None = None
     medium: str | None = None
     lora_name: str | None = None
+    extra_keys: list[list[Any] | None] | None = None
 
 
 class _ArrayRemoved(msgspec.Struct, tag="BlockRemoved", array_like=True, gc=False):
@@ -95,6 +97,17 @@ def to_u64(value: Hash) -> int:
     if not value:
         raise PayloadError("empty block hash")
     return int.from_bytes(value[-8:], "big")
+
+
+def first_block_salt(extra_keys: list[list[Any] | None] | None, lora_name: str | None) -> str | None:
+    """The ``cache_salt`` among the request's first block's extra keys. Events publish the keys untagged, in
+    vLLM's order (LoRA name, then the salt), so the salt is what follows the LoRA name."""
+    keys = extra_keys[0] if extra_keys else None
+    if not keys:
+        return None
+    rest = keys[1:] if lora_name is not None and keys[0] == lora_name else keys
+    salt = rest[-1] if rest else None
+    return salt if isinstance(salt, str) and salt else None
 
 
 def decode_payload(payload: bytes) -> DecodedBatch:
@@ -130,6 +143,7 @@ def _normalize(event: Any) -> KvEvent:
             event.lora_name,
             event.medium or DEFAULT_MEDIUM,
             event.lora_id if event.lora_name is None else None,
+            first_block_salt(event.extra_keys, event.lora_name) if parent is None else None,
         )
     if isinstance(event, (_MapRemoved, _ArrayRemoved)):
         return KvBlockRemoved(

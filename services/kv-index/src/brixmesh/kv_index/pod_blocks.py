@@ -13,10 +13,10 @@ from collections.abc import Iterable
 
 from brixmesh.common.messages import KvAllCleared, KvBlockRemoved, KvBlockStored, KvEvent
 
-# One ``BlockStored`` event as (tokens, hashes, parent, block_size, lora_name, lora_id): an array and tuples
-# of ints hold no references, so the cyclic GC never walks a pod's state, however many blocks it holds.
-_Stored = tuple[array, tuple[int, ...], "int | None", int, "str | None", "int | None"]
-_TOKENS, _HASHES, _PARENT, _SIZE, _LORA_NAME, _LORA_ID = range(6)
+# One ``BlockStored`` event as (tokens, hashes, parent, block_size, lora_name, lora_id, cache_salt): an array
+# and tuples of ints and strings hold no references, so the cyclic GC never walks a pod's state.
+_Stored = tuple[array, tuple[int, ...], "int | None", int, "str | None", "int | None", "str | None"]
+_TOKENS, _HASHES, _PARENT, _SIZE, _LORA_NAME, _LORA_ID, _CACHE_SALT = range(7)
 
 
 class _Medium:
@@ -56,7 +56,7 @@ class PodBlocks:
                 stored, positions, extra = medium.events, medium.positions, medium.extra
                 record = (
                     array("q", event.token_ids), tuple(event.block_hashes), event.parent_block_hash,
-                    event.block_size, event.lora_name, event.lora_id,
+                    event.block_size, event.lora_name, event.lora_id, event.cache_salt,
                 )  # fmt: skip
                 for position, block_hash in enumerate(record[_HASHES]):
                     if block_hash in stored:
@@ -112,8 +112,9 @@ def _parent(medium: _Medium, block_hash: int) -> int | None:
 def _as_event(name: str, medium: _Medium, block_hash: int) -> KvBlockStored:
     record = medium.events[block_hash]
     size = record[_SIZE]
-    start = medium.positions[block_hash] * size
+    position = medium.positions[block_hash]
+    start = position * size
     return KvBlockStored(
         [block_hash], _parent(medium, block_hash), record[_TOKENS][start : start + size].tolist(), size,
-        record[_LORA_NAME], name, record[_LORA_ID],
+        record[_LORA_NAME], name, record[_LORA_ID], None if position else record[_CACHE_SALT],
     )

@@ -62,6 +62,9 @@ def build_context(
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise bad_request("'stream' must be a boolean", "stream")
+    cache_salt = body.get("cache_salt")
+    if cache_salt is not None and not (isinstance(cache_salt, str) and cache_salt):
+        raise bad_request("'cache_salt' must be a non-empty string if provided", "cache_salt")
     user = headers.get("user") or body.get("user")
     return RequestContext(
         request_id=request_id,
@@ -74,6 +77,7 @@ def build_context(
         prompt_token_ids=token_ids,
         user=user if isinstance(user, str) and user else None,
         session_id=headers.get("x-session-id") or None,
+        cache_salt=cache_salt,
         stream=stream and api != "embeddings",
         headers=headers,
         client_request_id=headers.get("x-request-id") or request_id,

@@ -1,6 +1,6 @@
 """Admin HTTP endpoints of the KV index: which pods hold this prompt's prefix, and how much.
 
-``POST /admin/kv/lookup`` with ``{"model", "prompt" | "messages" | "prompt_token_ids"}`` answers
+``POST /admin/kv/lookup`` with ``{"model", "prompt" | "messages" | "prompt_token_ids", "cache_salt"?}`` answers
 ``{"model", "adapter", "prompt_tokens", "pods": [{"pod", "blocks", "tokens", "share", "weighted", "block_size"}]}``
 (best first). ``GET /admin/kv/pods`` lists the blocks each pod holds per the index.
 """
@@ -11,7 +11,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from brixmesh.router.kv.index import PrefixIndex
 from brixmesh.router.kv.tokenizer import PromptTokenizer, TokenizerError
@@ -22,6 +22,7 @@ class LookupRequest(BaseModel):
     prompt: str | None = None
     messages: list[dict[str, Any]] | None = None
     prompt_token_ids: list[int] | None = None
+    cache_salt: str | None = Field(default=None, min_length=1)
 
 
 def _error(status: int, message: str, param: str | None = None) -> JSONResponse:
@@ -58,7 +59,7 @@ def add_admin_routes(
         sizes = {index.block_size(pod) for pod in pods} - {0}
         found = []
         for size in sorted(sizes):
-            hashes = index.prompt_hashes(tokens, size, base, adapter)
+            hashes = index.prompt_hashes(tokens, size, base, adapter, body.cache_salt)
             names = [pod for pod in pods if index.block_size(pod) == size]
             for pod, match in index.match(hashes, size, names).items():
                 found.append({

@@ -1,8 +1,10 @@
 """The index's own block hashes: chained XXH3-64 over little-endian u32 token ids.
 
-``h_0 = xxh3_64(tokens_0, seed=root(model, adapter))``, ``h_i = xxh3_64(tokens_i, seed=h_{i-1})``. They depend
-only on the tokens, the block size and the (model, adapter) namespace, never on an engine's hash algorithm or
-``PYTHONHASHSEED``, so events and requests agree by construction and every router computes the same keys.
+``h_0 = xxh3_64(tokens_0, seed=first(model, adapter, cache_salt))``, ``h_i = xxh3_64(tokens_i, seed=h_{i-1})``.
+They depend only on the tokens, the block size, the (model, adapter) namespace and the request's
+``cache_salt``, never on an engine's hash algorithm or ``PYTHONHASHSEED``, so events and requests agree by
+construction and every router computes the same keys. As in vLLM, the salt is a key of the first block only
+(``first_seed``): it changes every block through the chain, and requests with different salts share nothing.
 """
 
 from __future__ import annotations
@@ -23,6 +25,13 @@ def root_seed(model: str, adapter: str | None) -> int:
     return xxh3_64_intdigest(f"brixmesh-kv\x00{model}\x00{adapter or ''}".encode())
 
 
+@lru_cache(maxsize=4096)
+def first_seed(model: str, adapter: str | None, cache_salt: str | None) -> int:
+    """What the first block is hashed with: the namespace's root, salted when the request has a salt."""
+    root = root_seed(model, adapter)
+    return xxh3_64_intdigest(b"cache_salt\x00" + cache_salt.encode(), root) if cache_salt else root
+
+
 def token_bytes(token_ids: Sequence[int]) -> bytes:
     """Token ids as packed u32 (raises OverflowError for ids outside 0 .. 2**32 - 1)."""
     packed = array(_U32)
@@ -41,6 +50,8 @@ def chain(packed: bytes, block_size: int, seed: int) -> list[int]:
     return hashes
 
 
-def block_hashes(token_ids: Sequence[int], block_size: int, model: str, adapter: str | None = None) -> list[int]:
+def block_hashes(
+    token_ids: Sequence[int], block_size: int, model: str, adapter: str | None = None, cache_salt: str | None = None
+) -> list[int]:
     """The own hashes of every full block of a prompt, as the index keys them."""
-    return chain(token_bytes(token_ids), block_size, root_seed(model, adapter))
+    return chain(token_bytes(token_ids), block_size, first_seed(model, adapter, cache_salt))

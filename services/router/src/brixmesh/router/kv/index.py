@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from brixmesh.common.messages import KvAllCleared, KvBlockRemoved, KvBlockStored, KvEventBatch
 
-from brixmesh.router.kv.hashing import chain, root_seed, token_bytes
+from brixmesh.router.kv.hashing import chain, first_seed, token_bytes
 
 SPECULATIVE_MEDIUM = "speculative"
 MEDIUM_WEIGHTS = {"GPU": 1.0, "CPU": 0.8, "CPU_PINNED": 0.8, SPECULATIVE_MEDIUM.upper(): 1.0}
@@ -176,7 +176,7 @@ class PrefixIndex:
         engine_map = pod.maps[location]
         parent = event.parent_block_hash
         if parent is None:
-            seed = root_seed(pod.model, adapter_key(event.lora_name, event.lora_id))
+            seed = first_seed(pod.model, adapter_key(event.lora_name, event.lora_id), event.cache_salt)
         else:
             seed = engine_map.get(parent)
             if seed is None:
@@ -296,8 +296,11 @@ class PrefixIndex:
 
     # --- requests -----------------------------------------------------------------------------------------
 
-    def prompt_hashes(self, token_ids: Sequence[int], block_size: int, model: str, adapter: str | None) -> list[int]:
-        return chain(token_bytes(token_ids), block_size, root_seed(model, adapter))
+    def prompt_hashes(
+        self, token_ids: Sequence[int], block_size: int, model: str, adapter: str | None,
+        cache_salt: str | None = None,
+    ) -> list[int]:
+        return chain(token_bytes(token_ids), block_size, first_seed(model, adapter, cache_salt))
 
     def match(self, hashes: Sequence[int], block_size: int, pods: Iterable[str] | None = None) -> dict[str, PodMatch]:
         """Each pod's longest held run of ``hashes`` (chained for ``block_size``); pods holding nothing are

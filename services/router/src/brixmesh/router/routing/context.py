@@ -42,6 +42,8 @@ class RequestContext:
     prompt_token_ids: list[int] | None = None
     user: str | None = None
     session_id: str | None = None
+    cache_salt: str | None = None
+    """vLLM's ``cache_salt``: requests with different salts never share cached blocks."""
     stream: bool = False
     headers: Mapping[str, str] = field(default_factory=dict)
     client_request_id: str = ""

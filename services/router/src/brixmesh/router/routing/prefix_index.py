@@ -1,7 +1,8 @@
 """Approximate prefix index: which pod this router fleet sent which prompt prefix to.
 
 Prompts are cut into fixed-size character blocks; block i's hash chains block i-1's (xxh64, seeded by the
-model name) so a hash identifies the whole prefix up to it. The index is an LRU of hash -> {pod: last use}
+model name and the request's ``cache_salt``) so a hash identifies the whole prefix up to it, and requests with
+different salts never match. The index is an LRU of hash -> {pod: last use}
 with a time-to-live; a pod's match is the number of leading blocks it holds contiguously.
 """
 
@@ -13,10 +14,14 @@ from collections.abc import Iterable
 import xxhash
 
 
-def prefix_hashes(text: str, model: str, block_chars: int = 64, max_blocks: int = 256) -> list[int]:
+def prefix_hashes(
+    text: str, model: str, block_chars: int = 64, max_blocks: int = 256, cache_salt: str | None = None
+) -> list[int]:
     """Chained hashes of the full blocks of ``text`` (a trailing partial block is ignored)."""
     hashes: list[int] = []
     seed = xxhash.xxh64_intdigest(model.encode())
+    if cache_salt:
+        seed = xxhash.xxh64_intdigest(b"cache_salt\x00" + cache_salt.encode(), seed=seed)
     encoded = text.encode()
     full = min(len(encoded) // block_chars, max_blocks)
     previous = seed

@@ -52,7 +52,7 @@ class KvAware:
         hashes = by_size.get(block_size)
         if hashes is None:
             hashes = by_size[block_size] = self.index.prompt_hashes(
-                tokens, block_size, ctx.base_model or ctx.model, ctx.adapter
+                tokens, block_size, ctx.base_model or ctx.model, ctx.adapter, ctx.cache_salt
             )
         return hashes
 
