@@ -196,3 +196,47 @@ async def test_follow_ups_land_on_the_engine_holding_the_prefix(
         context.destroy(linger=0)
         await router_bus.close()
         await bridge_bus.close()
+
+
+async def test_salted_prompts_hash_as_the_engine_does(real_vllm: VllmEngine, fresh_nats_server: NatsServer) -> None:
+    """vLLM folds ``cache_salt`` into the first block: the router's salted chain must find exactly the blocks
+    the engine stored for the salted prompt, and nothing under another salt or none."""
+    engine = real_vllm
+    tokenizer = LocalTokenizer(engine.model_dir)
+    bridge_bus = await Bus.connect(fresh_nats_server.url, name="kv-index")
+    router_bus = await Bus.connect(fresh_nats_server.url, name="router")
+    await bridge_bus.ensure_stream(events_stream())
+    await bridge_bus.ensure_stream(snapshots_stream())
+    bridge = PodFollower(bridge_bus.jetstream, replay_timeout_s=2.0, snapshot_interval_s=3600)
+    index = PrefixIndex()
+    follower = IndexFollower(router_bus, index)
+    prompt = f"{SYSTEM} Salted request {uuid.uuid4().hex}."
+    tokens = tokenizer.encode_prompt(prompt)
+    salt = f"tenant-{uuid.uuid4().hex[:8]}"
+
+    def held(cache_salt: str | None) -> int:
+        hashes = index.prompt_hashes(tokens, engine.block_size, engine.model, None, cache_salt)
+        found = index.match(hashes, engine.block_size).get("vllm-salted")
+        return found.blocks if found else 0
+
+    try:
+        await bridge.follow(PodInfo(pod="vllm-salted", deployment="d", model=engine.model, engine="vllm",
+                                    endpoint=engine.base_url, kv_events_endpoint=engine.kv_events_endpoint,
+                                    kv_replay_endpoint=engine.kv_replay_endpoint, kv_events_topic=engine.topic,
+                                    block_size=engine.block_size))  # fmt: skip
+        await follower.start()
+        assert await follower.wait_ready(10)
+        async with httpx.AsyncClient(timeout=60) as client:
+            response = await client.post(f"{engine.base_url}/v1/completions",
+                                         json={"model": engine.model, "prompt": prompt, "max_tokens": 1,
+                                               "cache_salt": salt})  # fmt: skip
+            assert response.status_code == 200, response.text
+        full = len(tokens) // engine.block_size
+        assert full >= 2
+        await eventually(lambda: held(salt) == full, 20)
+        assert held(None) == 0 and held(salt + "-other") == 0
+    finally:
+        await follower.stop()
+        await bridge.close()
+        await router_bus.close()
+        await bridge_bus.close()

@@ -11,6 +11,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "BRIXMESH_"
 MIN_ADMIN_TOKEN_CHARS = 16
+SECRET_ENV = ("BRIXMESH_ADMIN_TOKEN", "BRIXMESH_NATS_PASSWORD", "BRIXMESH_NATS_TOKEN")
+"""A service's secrets: never passed on to the processes it starts (engines)."""
 
 
 class ServiceSettings(BaseSettings):

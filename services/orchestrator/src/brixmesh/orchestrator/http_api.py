@@ -92,7 +92,7 @@ def deployment_view(deployment: Deployment, orchestrator: Orchestrator) -> dict[
     decision = deployment.last_decision
     return {
         "name": deployment.name,
-        "spec": deployment.spec.to_dict(),
+        "spec": deployment.spec.public_dict(),
         "generation": deployment.generation,
         "replicas": deployment.replicas,
         "status": {

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from brixmesh.common import vllm_cpu
+from brixmesh.common.settings import SECRET_ENV
 
 from brixmesh.orchestrator.spec import DeploymentSpec, SpecError, format_cpu_list
 
@@ -139,6 +140,7 @@ def build_launch(spec: DeploymentSpec, placement: PodPlacement) -> Launch:
     else:
         raise SpecError(f"engine {spec.engine!r} cannot run on the local backend", "engine")
     env.update(spec.env)
+    env.update({name: "" for name in SECRET_ENV if os.environ.get(name)})  # engines inherit our environment
     argv = dies_with_parent(argv)
     env[POD_ENV] = placement.pod
     env[STATE_DIR_ENV] = str(placement.state_dir)

@@ -5,8 +5,8 @@ HTTP bodies) into a frozen :class:`DeploymentSpec`; every problem becomes a :cla
     model: tiny-llama             # served model name
     engine: sim                   # sim | vllm | sglang
     model_path: /models/tiny      # optional: directory to serve (default: engine's own lookup of `model`)
-    engine_args: ["--max-num-seqs", "8"]   # or one string, split like a shell
-    env: {KEY: value}
+    engine_args: ["--max-num-seqs", "8"]   # or one string, split like a shell (policy.py refuses some flags)
+    env: {KEY: value}             # policy.py refuses loader/interpreter/path variables; GET redacts values
     replicas: 2
     role: both                    # prefill | decode | both
     cpus: "0-3"                   # optional CPU set the pods are pinned to
@@ -38,6 +38,8 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from brixmesh.orchestrator.policy import check_engine_args, check_env, redacted
 
 ENGINES = ("sim", "vllm", "sglang")
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
@@ -161,6 +163,13 @@ class DeploymentSpec(BaseModel):
             flag = arg.split("=", 1)[0]
             if flag in ORCHESTRATOR_FLAGS:
                 raise ValueError(f"{flag} is set by the orchestrator (it announces the endpoint); remove it")
+        check_engine_args(value)
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env_policy(cls, value: dict[str, str]) -> dict[str, str]:
+        check_env(value)
         return value
 
     @field_validator("cpus", mode="before")
@@ -226,6 +235,10 @@ class DeploymentSpec(BaseModel):
     def template(self) -> dict[str, Any]:
         """Everything that shapes a pod; pods made from another template are replaced (rolling)."""
         return self.model_dump(exclude={"replicas", "drain_grace_s"})
+
+    def public_dict(self) -> dict[str, Any]:
+        """What GET shows: env values redacted (secrets are never echoed)."""
+        return {**self.to_dict(), "env": redacted(self.env)}
 
     def to_dict(self) -> dict[str, Any]:
         data = self.model_dump()
