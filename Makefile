@@ -44,6 +44,7 @@ bench: deps
 
 docs: deps
 	$(VENV)/bin/python -m brixmesh.common.subjects > docs/subjects.md
+	$(VENV)/bin/python -m brixmesh.common.nats_auth > deploy/nats/nats.conf
 
 clean:
 	rm -rf $(VENV) .brixmesh

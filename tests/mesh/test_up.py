@@ -186,3 +186,48 @@ def test_up_with_engines_serves_the_official_openai_client(mesh: RunningMesh) ->
     assert reply.choices[0].finish_reason == "length" and reply.usage.completion_tokens == 5
     chunks = list(client.completions.create(model="tiny-llama", prompt="hello", max_tokens=4, stream=True))
     assert "".join(c.choices[0].text for c in chunks if c.choices)
+
+
+@pytest.mark.parametrize("mesh", [["--engines", "1", "--engine", "sim"]], indirect=True)
+async def test_up_locks_its_doors(mesh: RunningMesh) -> None:
+    """Generated admin token and NATS passwords (owner-only files), anonymous NATS refused, admin routes
+    need the token, and a mesh serving requests never hits its own NATS permissions."""
+    import httpx
+
+    from brixmesh.common.bus import Bus, BusConnectError
+    from brixmesh.common.nats_auth import generate_passwords
+
+    secrets = mesh.state_dir / "secrets"
+    token_file = secrets / "admin-token"
+    assert f"admin token (Authorization: Bearer ...): {token_file}" in mesh.printed.replace("\n", "")
+    assert secrets.stat().st_mode & 0o777 == 0o700
+    for name in ("admin-token", "nats-passwords.json", "nats-server.conf"):
+        assert (secrets / name).stat().st_mode & 0o777 == 0o600, name
+    token = token_file.read_text().strip()
+    passwords = json.loads((secrets / "nats-passwords.json").read_text())
+    assert set(passwords) == set(generate_passwords())
+
+    record = json.loads((mesh.state_dir / "mesh.json").read_text())
+    with pytest.raises(BusConnectError, match="refused our credentials"):
+        await Bus.connect(record["nats_url"], name="anonymous", timeout_s=2)
+
+    router = f"http://127.0.0.1:{mesh.port}"
+    orchestrator = record["services"]["orchestrator"]
+    async with httpx.AsyncClient(timeout=30) as http:
+        chat = {"model": "tiny-llama", "messages": [{"role": "user", "content": "hello " * 40}], "max_tokens": 4}
+        assert (await http.post(f"{router}/v1/chat/completions", json=chat)).status_code == 200
+        lookup = {"model": "tiny-llama", "messages": chat["messages"]}
+        assert (await http.post(f"{router}/admin/kv/lookup", json=lookup)).status_code == 401
+        found = await http.post(f"{router}/admin/kv/lookup", json=lookup, headers={"Authorization": f"Bearer {token}"})
+        assert found.status_code == 200, found.text
+        refused = await http.patch(f"{orchestrator}/v1/deployments/default", json={"replicas": 1})
+        assert refused.status_code == 401
+        patched = await http.patch(f"{orchestrator}/v1/deployments/default", json={"replicas": 1},
+                                   headers={"Authorization": f"Bearer {token}"})
+        assert patched.status_code == 200, patched.text
+
+    assert mesh.status()  # `brixmesh status` as the read-only cli user
+    logs = [*(mesh.state_dir / "logs").glob("*.log"), mesh.state_dir / "nats" / "nats-server.log"]
+    violations = [line for log in logs for line in log.read_text(errors="replace").splitlines()
+                  if "violation" in line.lower()]
+    assert violations == []

@@ -54,14 +54,12 @@ ReconnectHook = Callable[[], Awaitable[None]]
 
 @dataclass(frozen=True)
 class NatsAuth:
-    """Who we are to NATS (at most one of user/password, token, nkey seed file, creds file) and how TLS
-    verifies the server (and presents our certificate)."""
+    """Who we are to NATS (user/password or a token) and how TLS verifies the server (and presents our
+    certificate)."""
 
     user: str = ""
     password: str = ""
     token: str = ""
-    nkey_seed_file: str = ""
-    creds_file: str = ""
     tls_ca_file: str = ""
     tls_cert_file: str = ""
     tls_key_file: str = ""
@@ -72,8 +70,6 @@ class NatsAuth:
             user=settings.nats_user,
             password=settings.nats_password.get_secret_value(),
             token=settings.nats_token.get_secret_value(),
-            nkey_seed_file=str(settings.nats_nkey_seed_file or ""),
-            creds_file=str(settings.nats_creds_file or ""),
             tls_ca_file=str(settings.nats_tls_ca_file or ""),
             tls_cert_file=str(settings.nats_tls_cert_file or ""),
             tls_key_file=str(settings.nats_tls_key_file or ""),
@@ -86,10 +82,6 @@ class NatsAuth:
             options |= {"user": self.user, "password": self.password}
         if self.token:
             options["token"] = self.token
-        if self.nkey_seed_file:
-            options["nkeys_seed"] = self.nkey_seed_file
-        if self.creds_file:
-            options["user_credentials"] = self.creds_file
         if self.tls_ca_file or self.tls_cert_file:
             context = ssl.create_default_context(cafile=self.tls_ca_file or None)
             if self.tls_cert_file:

@@ -38,9 +38,6 @@ class ServiceSettings(BaseSettings):
     nats_user: str = ""
     nats_password: SecretStr = SecretStr("")
     nats_token: SecretStr = SecretStr("")
-    nats_nkey_seed_file: Path | None = None
-    nats_creds_file: Path | None = None
-    """A decentralized-auth ``.creds`` file (JWT and nkey seed)."""
     nats_tls_ca_file: Path | None = None
     """Verify the server with this CA (implies TLS); without it, ``tls://`` URLs use the system CAs."""
     nats_tls_cert_file: Path | None = None
@@ -54,8 +51,7 @@ class ServiceSettings(BaseSettings):
             raise ValueError(f"must be at least {MIN_ADMIN_TOKEN_CHARS} characters (or unset)")
         return value
 
-    @field_validator("nats_nkey_seed_file", "nats_creds_file", "nats_tls_ca_file", "nats_tls_cert_file",
-                     "nats_tls_key_file")
+    @field_validator("nats_tls_ca_file", "nats_tls_cert_file", "nats_tls_key_file")
     @classmethod
     def _readable_file(cls, value: Path | None) -> Path | None:
         if value is not None and not value.is_file():
@@ -63,12 +59,9 @@ class ServiceSettings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _one_nats_identity(self) -> "ServiceSettings":
-        given = [name for name, value in (("NATS_USER", self.nats_user), ("NATS_TOKEN", self.nats_token),
-                                          ("NATS_NKEY_SEED_FILE", self.nats_nkey_seed_file),
-                                          ("NATS_CREDS_FILE", self.nats_creds_file)) if value]
-        if len(given) > 1:
-            raise ValueError(f"give one NATS identity, not {' and '.join(ENV_PREFIX + g for g in given)}")
+    def _nats_credentials_consistent(self) -> "ServiceSettings":
+        if self.nats_user and self.nats_token:
+            raise ValueError(f"give one NATS identity: {ENV_PREFIX}NATS_USER or {ENV_PREFIX}NATS_TOKEN")
         if bool(self.nats_user) != bool(self.nats_password):
             raise ValueError(f"{ENV_PREFIX}NATS_USER and {ENV_PREFIX}NATS_PASSWORD go together")
         if (self.nats_tls_cert_file is None) != (self.nats_tls_key_file is None):
