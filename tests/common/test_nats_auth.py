@@ -17,7 +17,9 @@ import pytest
 
 from brixmesh.common.bus import Bus, BusConnectError, NatsAuth
 from brixmesh.common.messages import Heartbeat
-from brixmesh.common.nats_auth import CLI_USER, SERVICE_USERS, generate_passwords, publish_allowed, server_config
+from brixmesh.common.nats_auth import (
+    CLI_USER, SERVICE_USERS, generate_passwords, password_variable, publish_allowed, server_config,
+)
 from brixmesh.common.servers import NatsServer
 from brixmesh.common.subjects import MESH_HEARTBEAT
 from tests.waiting import eventually
@@ -197,5 +199,27 @@ async def test_tls_verifies_the_server_and_presents_our_certificate(tls_files: P
             assert bus.connected and bus.client.connected_server_version.major >= 2
         finally:
             await bus.close()
+    finally:
+        server.stop()
+
+
+async def test_deploy_config_takes_passwords_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What compose and Kubernetes run: deploy/nats/nats.conf with the secrets `--env` generates."""
+    generated = subprocess.run([sys.executable, "-m", "brixmesh.common.nats_auth", "--env"], capture_output=True,
+                               text=True, check=True, timeout=60).stdout
+    values = dict(line.split("=", 1) for line in generated.splitlines() if line and not line.startswith("#"))
+    assert set(values) == {"BRIXMESH_ADMIN_TOKEN"} | {password_variable(u) for u in (*SERVICE_USERS, CLI_USER)}
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)  # nats-server inherits them
+    server = NatsServer(tmp_path / "data", config=ROOT / "deploy" / "nats" / "nats.conf").start()
+    try:
+        for user in (*SERVICE_USERS, CLI_USER):
+            bus = await Bus.connect(server.url, name=user, timeout_s=3,
+                                    auth=NatsAuth(user=user, password=values[password_variable(user)]))
+            await bus.close()
+        with pytest.raises(BusConnectError, match="refused our credentials"):
+            await Bus.connect(server.url, name="x", timeout_s=2, auth=NatsAuth(user="router", password="p0"))
     finally:
         server.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -15,9 +16,19 @@ COMPOSE = Path(compose.__file__).parent / "docker-compose"
 SERVICES = {"router", "autoscaler", "adapter-manager", "kv-index", "orchestrator", "gpu-doctor"}
 
 
-def _config(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _secrets() -> dict[str, str]:
+    """What `python -m brixmesh.common.nats_auth --env > .env` gives compose."""
+    from brixmesh.common.nats_auth import secrets_env
+
+    return dict(line.split("=", 1) for line in secrets_env().splitlines())
+
+
+SECRETS = _secrets()
+
+
+def _config(path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(COMPOSE), "-f", str(path), "config", *args], capture_output=True, text=True,
-                          timeout=60, cwd=ROOT)
+                          timeout=60, cwd=ROOT, env={**os.environ, **(SECRETS if env is None else env)})
 
 
 def test_compose_file_is_valid() -> None:
@@ -55,3 +66,27 @@ def test_the_checker_catches_mistakes(tmp_path: Path, broken: str, message: str)
     result = _config(path, "-q")
     assert result.returncode != 0
     assert message in result.stderr
+
+
+def test_nats_runs_with_per_service_users_and_every_service_has_its_own() -> None:
+    from brixmesh.common.nats_auth import password_variable
+
+    resolved = yaml.safe_load(_config(ROOT / "docker-compose.yml").stdout)["services"]
+    nats = resolved["nats"]
+    assert nats["command"][:2] == ["-c", "/etc/nats/nats.conf"]
+    assert any(v["source"].endswith("deploy/nats/nats.conf") and v["target"] == "/etc/nats/nats.conf"
+               for v in nats["volumes"] if v["type"] == "bind")
+    for name in SERVICES:
+        env = resolved[name]["environment"]
+        assert env["BRIXMESH_NATS_USER"] == name
+        assert env["BRIXMESH_NATS_PASSWORD"] == SECRETS[password_variable(name)]
+        assert nats["environment"][password_variable(name)] == SECRETS[password_variable(name)]
+    for name in ("orchestrator", "autoscaler", "router"):  # the services with admin routes
+        assert resolved[name]["environment"]["BRIXMESH_ADMIN_TOKEN"] == SECRETS["BRIXMESH_ADMIN_TOKEN"]
+
+
+def test_compose_refuses_to_run_without_the_secrets() -> None:
+    missing = {k: v for k, v in SECRETS.items() if k != "ROUTER_NATS_PASSWORD"}
+    result = _config(ROOT / "docker-compose.yml", "-q", env={**missing, "ROUTER_NATS_PASSWORD": ""})
+    assert result.returncode != 0
+    assert "ROUTER_NATS_PASSWORD" in result.stderr and "header of docker-compose.yml" in result.stderr

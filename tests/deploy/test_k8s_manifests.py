@@ -45,3 +45,37 @@ def test_the_validator_rejects_a_typo(tmp_path: Path) -> None:
     broken.write_text((K8S / "router.yaml").read_text().replace("image:", "imagee:", 1))
     result = subprocess.run([*VALIDATE, str(broken)], capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
+
+
+def _documents() -> dict[tuple[str, str], dict]:
+    return {(doc["kind"], doc["metadata"]["name"]): doc for path in _manifests()
+            for doc in yaml.safe_load_all(path.read_text()) if doc}
+
+
+def test_nats_runs_the_generated_config_with_passwords_from_the_secret() -> None:
+    from brixmesh.common.nats_auth import CLI_USER, SERVICE_USERS, password_variable
+
+    documents = _documents()
+    config = documents[("ConfigMap", "nats-config")]["data"]["nats.conf"]
+    assert config == (ROOT / "deploy" / "nats" / "nats.conf").read_text()
+    pod = documents[("StatefulSet", "nats")]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["args"][:2] == ["-c", "/etc/nats/nats.conf"]
+    assert {"name": "config", "configMap": {"name": "nats-config"}} in pod["volumes"]
+    env = {item["name"]: item["valueFrom"]["secretKeyRef"] for item in container["env"]}
+    for user in (*SERVICE_USERS, CLI_USER):
+        assert env[password_variable(user)] == {"name": "brixmesh-secrets", "key": password_variable(user)}
+
+
+def test_every_service_connects_as_its_own_nats_user() -> None:
+    from brixmesh.common.nats_auth import SERVICE_USERS, password_variable
+
+    documents = _documents()
+    for service in SERVICE_USERS:
+        container = documents[("Deployment", service)]["spec"]["template"]["spec"]["containers"][0]
+        env = {item["name"]: item for item in container["env"]}
+        assert env["BRIXMESH_NATS_USER"]["value"] == service
+        assert env["BRIXMESH_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+            "name": "brixmesh-secrets", "key": password_variable(service)}
+        has_admin_routes = service in ("orchestrator", "autoscaler", "router")
+        assert ("BRIXMESH_ADMIN_TOKEN" in env) == has_admin_routes
