@@ -90,15 +90,22 @@ async def run(pods: int, rounds: int) -> dict[str, list[float]]:
         nats = NatsServer(Path(work) / "nats").start()
         port = free_port()
         admin_token = secrets.token_urlsafe(32)
-        env = {**os.environ, "BRIXMESH_NATS_URL": nats.url, "BRIXMESH_PORT": str(port),
-               "BRIXMESH_STATE_DIR": f"{work}/state", "BRIXMESH_LOG_LEVEL": "warning",
-               "BRIXMESH_ADMIN_TOKEN": admin_token}
+        env = {
+            **os.environ,
+            "BRIXMESH_NATS_URL": nats.url,
+            "BRIXMESH_PORT": str(port),
+            "BRIXMESH_STATE_DIR": f"{work}/state",
+            "BRIXMESH_LOG_LEVEL": "warning",
+            "BRIXMESH_ADMIN_TOKEN": admin_token,
+        }
         orchestrator = subprocess.Popen([sys.executable, "-m", "brixmesh.orchestrator"], env=env,
                                         start_new_session=True)
         bus = await Bus.connect(nats.url, name="bench")
         events = Events()
         await bus.subscribe(PODS.pattern(), PodEvent, events.on_event)
-        api = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10, headers=bearer_header(admin_token))
+        api = httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", timeout=10, headers=bearer_header(admin_token)
+        )
         try:
             while True:
                 with contextlib.suppress(httpx.TransportError):

@@ -41,7 +41,9 @@ OPEN = {
 
 
 def test_which_requests_need_the_token() -> None:
-    assert needs_admin("PUT", "/v1/deployments/a") and needs_admin("DELETE", "/x") and needs_admin("POST", "/")
+    assert (
+        needs_admin("PUT", "/v1/deployments/a") and needs_admin("DELETE", "/x") and needs_admin("POST", "/")
+    )
     assert needs_admin("GET", "/admin/kv/pods") and needs_admin("HEAD", "/admin/kv/pods")
     assert not needs_admin("GET", "/v1/deployments") and not needs_admin("GET", "/metrics")
     assert not needs_admin("GET", "/healthz") and not needs_admin("OPTIONS", "/v1/pods")
@@ -61,9 +63,11 @@ async def test_every_services_admin_routes_need_the_token(nats_server: NatsServe
                 for path in ("/healthz", "/readyz", "/metrics", *OPEN.get(module, [])):
                     assert (await http.get(urls[module] + path)).status_code == 200, (module, path)
                 for method, path, body in routes:
-                    for headers, why in (({}, "missing admin token"),
-                                         ({"Authorization": "Bearer not-the-token-at-all"}, "incorrect admin token"),
-                                         ({"Authorization": ADMIN_HEADERS["Authorization"].lower()}, "incorrect")):
+                    for headers, why in (
+                        ({}, "missing admin token"),
+                        ({"Authorization": "Bearer not-the-token-at-all"}, "incorrect admin token"),
+                        ({"Authorization": ADMIN_HEADERS["Authorization"].lower()}, "incorrect"),
+                    ):
                         refused = await http.request(method, urls[module] + path, json=body, headers=headers)
                         assert refused.status_code == 401, (module, method, path, refused.text)
                         error = refused.json()["error"]
@@ -71,15 +75,21 @@ async def test_every_services_admin_routes_need_the_token(nats_server: NatsServe
                         assert refused.headers["www-authenticate"].startswith("Bearer")
                     if method == "PUT":  # nothing was created by the refused requests
                         assert (await http.get(urls[module] + path)).status_code == 404
-                    allowed = await http.request(method, urls[module] + path, json=body, headers=ADMIN_HEADERS)
+                    allowed = await http.request(
+                        method, urls[module] + path, json=body, headers=ADMIN_HEADERS
+                    )
                     assert allowed.status_code != 401, (module, method, path, allowed.text)
                     if method == "PUT":
                         assert (await http.get(urls[module] + path)).status_code == 200
 
 
-async def test_without_a_configured_token_admin_routes_are_locked(nats_server: NatsServer, tmp_path: Path) -> None:
+async def test_without_a_configured_token_admin_routes_are_locked(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
     settings = {"BRIXMESH_STATE_DIR": str(tmp_path / "state"), "BRIXMESH_ADMIN_TOKEN": ""}
-    async with service_process("brixmesh.orchestrator", nats_server.url, tmp_path / "o.log", settings) as service:
+    async with service_process(
+        "brixmesh.orchestrator", nats_server.url, tmp_path / "o.log", settings
+    ) as service:
         async with httpx.AsyncClient(base_url=service.url, timeout=10) as http:
             for headers in ({}, ADMIN_HEADERS, {"Authorization": "Bearer"}):
                 refused = await http.put("/v1/deployments/chat", json={"model": "m"}, headers=headers)
@@ -92,7 +102,10 @@ async def test_without_a_configured_token_admin_routes_are_locked(nats_server: N
 def test_a_weak_token_is_a_one_line_startup_error(token: str) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "brixmesh.gpu_doctor"],
-        env={"BRIXMESH_ADMIN_TOKEN": token, "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=60,
+        env={"BRIXMESH_ADMIN_TOKEN": token, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2
     assert result.stderr.strip() == (

@@ -74,8 +74,11 @@ def test_nats_runs_with_per_service_users_and_every_service_has_its_own() -> Non
     resolved = yaml.safe_load(_config(ROOT / "docker-compose.yml").stdout)["services"]
     nats = resolved["nats"]
     assert nats["command"][:2] == ["-c", "/etc/nats/nats.conf"]
-    assert any(v["source"].endswith("deploy/nats/nats.conf") and v["target"] == "/etc/nats/nats.conf"
-               for v in nats["volumes"] if v["type"] == "bind")
+    assert any(
+        v["source"].endswith("deploy/nats/nats.conf") and v["target"] == "/etc/nats/nats.conf"
+        for v in nats["volumes"]
+        if v["type"] == "bind"
+    )
     for name in SERVICES:
         env = resolved[name]["environment"]
         assert env["BRIXMESH_NATS_USER"] == name

@@ -48,8 +48,12 @@ def test_the_validator_rejects_a_typo(tmp_path: Path) -> None:
 
 
 def _documents() -> dict[tuple[str, str], dict]:
-    return {(doc["kind"], doc["metadata"]["name"]): doc for path in _manifests()
-            for doc in yaml.safe_load_all(path.read_text()) if doc}
+    return {
+        (doc["kind"], doc["metadata"]["name"]): doc
+        for path in _manifests()
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc
+    }
 
 
 def test_nats_runs_the_generated_config_with_passwords_from_the_secret() -> None:
@@ -76,6 +80,8 @@ def test_every_service_connects_as_its_own_nats_user() -> None:
         env = {item["name"]: item for item in container["env"]}
         assert env["BRIXMESH_NATS_USER"]["value"] == service
         assert env["BRIXMESH_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
-            "name": "brixmesh-secrets", "key": password_variable(service)}
+            "name": "brixmesh-secrets",
+            "key": password_variable(service),
+        }
         has_admin_routes = service in ("orchestrator", "autoscaler", "router")
         assert ("BRIXMESH_ADMIN_TOKEN" in env) == has_admin_routes

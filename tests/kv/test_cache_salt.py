@@ -36,14 +36,25 @@ PROMPT = " ".join(f"tenant{i} secret{i} record" for i in range(40))
         ([[]], None, None),
     ],
 )
-def test_first_block_salt_from_untagged_extra_keys(extra_keys: list | None, lora: str | None, salt: str | None) -> None:
+def test_first_block_salt_from_untagged_extra_keys(
+    extra_keys: list | None, lora: str | None, salt: str | None
+) -> None:
     assert first_block_salt(extra_keys, lora) == salt
 
 
 def test_salt_is_read_only_from_a_request_first_block() -> None:
     def payload(parent: int | None) -> bytes:
-        stored = {"type": "BlockStored", "block_hashes": [7], "parent_block_hash": parent, "token_ids": [1] * 4,
-                  "block_size": 4, "lora_id": None, "medium": "GPU", "lora_name": None, "extra_keys": [["s1"]]}
+        stored = {
+            "type": "BlockStored",
+            "block_hashes": [7],
+            "parent_block_hash": parent,
+            "token_ids": [1] * 4,
+            "block_size": 4,
+            "lora_id": None,
+            "medium": "GPU",
+            "lora_name": None,
+            "extra_keys": [["s1"]],
+        }
         return msgspec.msgpack.encode([1.0, [stored], 0])
 
     first = decode_payload(payload(None)).events[0]
@@ -60,7 +71,9 @@ def test_salt_changes_every_block_and_nothing_without_it() -> None:
     assert not set(plain) & set(salted)
     assert not set(salted) & set(block_hashes(tokens, 16, "m", cache_salt="s2"))
     index = PrefixIndex()
-    index.apply(KvEventBatch("p", "m", 0, 0.0, [KvBlockStored([1, 2, 3, 4], None, tokens, 16, cache_salt="s1")]))
+    index.apply(
+        KvEventBatch("p", "m", 0, 0.0, [KvBlockStored([1, 2, 3, 4], None, tokens, 16, cache_salt="s1")])
+    )
     assert index.match(index.prompt_hashes(tokens, 16, "m", None, "s1"), 16)["p"].blocks == 4
     assert index.match(index.prompt_hashes(tokens, 16, "m", None), 16) == {}
     assert index.match(index.prompt_hashes(tokens, 16, "m", None, "s2"), 16) == {}
@@ -111,5 +124,8 @@ async def test_salted_prompts_match_only_their_salt_through_bridge_and_snapshot(
                 await eventually(lambda: follower.stats.snapshots >= 2)
             async with router_index(fresh_nats_server) as late:
                 await eventually(in_sync(follower, late.index))
-                assert _held(late.index, "tenant-a") == (full, full) and _held(late.index, None) == (full, full)
+                assert _held(late.index, "tenant-a") == (full, full) and _held(late.index, None) == (
+                    full,
+                    full,
+                )
                 assert _held(late.index, "tenant-b")[0] == 0

@@ -140,7 +140,8 @@ async def _check_routing(url: str, infos: list[PodInfo]) -> list[str]:
                 messages.append({"role": "assistant", "content": answer})
         for home, messages in zip(homes, conversations):
             found = await _lookup(url, messages[:2])
-            assert found and found[0]["pod"] == home and found[0]["blocks"] >= 2, (found, httpx.get(f"{url}/admin/kv/pods", headers=ADMIN_HEADERS).json())
+            assert found and found[0]["pod"] == home and found[0]["blocks"] >= 2, (
+                found, httpx.get(f"{url}/admin/kv/pods", headers=ADMIN_HEADERS).json())
     assert {info.pod for info in infos} >= set(homes)
 
     response = httpx.post(f"{url}/admin/kv/lookup", json={"model": MODEL_NAME}, headers=ADMIN_HEADERS)

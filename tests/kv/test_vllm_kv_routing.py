@@ -198,7 +198,9 @@ async def test_follow_ups_land_on_the_engine_holding_the_prefix(
         await bridge_bus.close()
 
 
-async def test_salted_prompts_hash_as_the_engine_does(real_vllm: VllmEngine, fresh_nats_server: NatsServer) -> None:
+async def test_salted_prompts_hash_as_the_engine_does(
+    real_vllm: VllmEngine, fresh_nats_server: NatsServer
+) -> None:
     """vLLM folds ``cache_salt`` into the first block: the router's salted chain must find exactly the blocks
     the engine stored for the salted prompt, and nothing under another salt or none."""
     engine = real_vllm
@@ -220,10 +222,11 @@ async def test_salted_prompts_hash_as_the_engine_does(real_vllm: VllmEngine, fre
         return found.blocks if found else 0
 
     try:
-        await bridge.follow(PodInfo(pod="vllm-salted", deployment="d", model=engine.model, engine="vllm",
-                                    endpoint=engine.base_url, kv_events_endpoint=engine.kv_events_endpoint,
-                                    kv_replay_endpoint=engine.kv_replay_endpoint, kv_events_topic=engine.topic,
-                                    block_size=engine.block_size))  # fmt: skip
+        await bridge.follow(PodInfo(
+            pod="vllm-salted", deployment="d", model=engine.model, engine="vllm", endpoint=engine.base_url,
+            kv_events_endpoint=engine.kv_events_endpoint, kv_replay_endpoint=engine.kv_replay_endpoint,
+            kv_events_topic=engine.topic, block_size=engine.block_size,
+        ))  # fmt: skip
         await follower.start()
         assert await follower.wait_ready(10)
         async with httpx.AsyncClient(timeout=60) as client:

@@ -214,20 +214,33 @@ async def test_up_locks_its_doors(mesh: RunningMesh) -> None:
     router = f"http://127.0.0.1:{mesh.port}"
     orchestrator = record["services"]["orchestrator"]
     async with httpx.AsyncClient(timeout=30) as http:
-        chat = {"model": "tiny-llama", "messages": [{"role": "user", "content": "hello " * 40}], "max_tokens": 4}
+        chat = {
+            "model": "tiny-llama",
+            "messages": [{"role": "user", "content": "hello " * 40}],
+            "max_tokens": 4,
+        }
         assert (await http.post(f"{router}/v1/chat/completions", json=chat)).status_code == 200
         lookup = {"model": "tiny-llama", "messages": chat["messages"]}
         assert (await http.post(f"{router}/admin/kv/lookup", json=lookup)).status_code == 401
-        found = await http.post(f"{router}/admin/kv/lookup", json=lookup, headers={"Authorization": f"Bearer {token}"})
+        found = await http.post(
+            f"{router}/admin/kv/lookup", json=lookup, headers={"Authorization": f"Bearer {token}"}
+        )
         assert found.status_code == 200, found.text
         refused = await http.patch(f"{orchestrator}/v1/deployments/default", json={"replicas": 1})
         assert refused.status_code == 401
-        patched = await http.patch(f"{orchestrator}/v1/deployments/default", json={"replicas": 1},
-                                   headers={"Authorization": f"Bearer {token}"})
+        patched = await http.patch(
+            f"{orchestrator}/v1/deployments/default",
+            json={"replicas": 1},
+            headers={"Authorization": f"Bearer {token}"},
+        )
         assert patched.status_code == 200, patched.text
 
     assert mesh.status()  # `brixmesh status` as the read-only cli user
     logs = [*(mesh.state_dir / "logs").glob("*.log"), mesh.state_dir / "nats" / "nats-server.log"]
-    violations = [line for log in logs for line in log.read_text(errors="replace").splitlines()
-                  if "violation" in line.lower()]
+    violations = [
+        line
+        for log in logs
+        for line in log.read_text(errors="replace").splitlines()
+        if "violation" in line.lower()
+    ]
     assert violations == []

@@ -132,7 +132,9 @@ def test_last_int_flag() -> None:
     assert last_int_flag(["--block-size"], "--block-size") is None
 
 
-def test_the_orchestrators_secrets_never_reach_an_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_orchestrators_secrets_never_reach_an_engine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("BRIXMESH_ADMIN_TOKEN", "orchestrator-admin-token-123")
     monkeypatch.setenv("BRIXMESH_NATS_PASSWORD", "orchestrator-nats-password")
     launch = build_launch(parse_spec({"name": "chat", "model": "m"}), placement(tmp_path))

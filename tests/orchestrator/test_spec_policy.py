@@ -45,28 +45,35 @@ def test_refused_engine_args(args: list[str] | str) -> None:
 def test_ordinary_tuning_passes_and_env_values_are_redacted() -> None:
     spec = parse_spec({
         "name": "a", "model": "m",
-        "env": {"VLLM_CPU_KVCACHE_SPACE": "1", "OMP_NUM_THREADS": "2", "PYTHONHASHSEED": "0", "HF_TOKEN": "hf_x"},
-        "engine_args": ["--max-num-seqs", "8", "--chat-template-content-format=string", "--enable-prefix-caching"],
+        "env": {"VLLM_CPU_KVCACHE_SPACE": "1", "OMP_NUM_THREADS": "2", "PYTHONHASHSEED": "0",
+                "HF_TOKEN": "hf_x"},
+        "engine_args": ["--max-num-seqs", "8", "--chat-template-content-format=string",
+                        "--enable-prefix-caching"],
     })  # fmt: skip
     assert spec.env["HF_TOKEN"] == "hf_x" and spec.to_dict()["env"]["HF_TOKEN"] == "hf_x"
     assert spec.public_dict()["env"] == dict.fromkeys(spec.env, REDACTED)
 
 
-async def test_http_refuses_dangerous_specs_and_never_echoes_env(fresh_nats_server: NatsServer, tmp_path: Path) -> None:
+async def test_http_refuses_dangerous_specs_and_never_echoes_env(
+    fresh_nats_server: NatsServer, tmp_path: Path
+) -> None:
     async with run_orchestrator(fresh_nats_server.url, tmp_path) as orch:
-        refused = await orch.http.put("/v1/deployments/a", json={"model": "m", "replicas": 0,
-                                                                  "env": {"LD_PRELOAD": "/tmp/evil.so"}})
+        refused = await orch.http.put(
+            "/v1/deployments/a", json={"model": "m", "replicas": 0, "env": {"LD_PRELOAD": "/tmp/evil.so"}}
+        )
         assert refused.status_code == 400
         error = refused.json()["error"]
         assert error["param"] == "env" and "LD_PRELOAD is not allowed" in error["message"]
-        refused = await orch.http.put("/v1/deployments/a", json={"model": "m", "replicas": 0,
-                                                                  "engine_args": ["--trust-remote-code"]})
+        refused = await orch.http.put(
+            "/v1/deployments/a", json={"model": "m", "replicas": 0, "engine_args": ["--trust-remote-code"]}
+        )
         assert refused.status_code == 400 and refused.json()["error"]["param"] == "engine_args"
         assert (await orch.http.get("/v1/deployments/a")).status_code == 404
 
         secret = "hf_secret_value_never_echoed"
-        created = await orch.http.put("/v1/deployments/a", json={"model": "m", "replicas": 0,
-                                                                  "env": {"HF_TOKEN": secret}})
+        created = await orch.http.put(
+            "/v1/deployments/a", json={"model": "m", "replicas": 0, "env": {"HF_TOKEN": secret}}
+        )
         assert created.status_code == 201 and secret not in created.text
         assert created.json()["spec"]["env"] == {"HF_TOKEN": REDACTED}
         patched = await orch.http.patch("/v1/deployments/a", json={"labels": {"team": "x"}})

@@ -115,7 +115,10 @@ def test_redis_down_applies_policy_visibly(
 def test_limits_without_redis_are_a_one_line_startup_error(limit: str) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "brixmesh.router"],
-        env={limit: "10", "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=60,
+        env={limit: "10", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()

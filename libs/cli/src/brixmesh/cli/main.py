@@ -21,7 +21,9 @@ from brixmesh.common.settings import SettingsError
 
 from brixmesh.cli.bench import bench_app
 from brixmesh.cli.mesh import Mesh, MeshOptions, run_until_signal
-from brixmesh.cli.state import admin_token_path, default_state_dir, read_record, resolve_nats_auth, resolve_nats_url
+from brixmesh.cli.state import (
+    admin_token_path, default_state_dir, read_record, resolve_nats_auth, resolve_nats_url,
+)  # fmt: skip
 from brixmesh.cli.status import collect_heartbeats
 from brixmesh.cli.tap import tap as run_tap
 

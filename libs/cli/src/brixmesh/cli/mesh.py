@@ -136,7 +136,8 @@ class Mesh:
             write_nats_passwords(self.options.state_dir, self._nats_passwords)
             config = secrets_dir(self.options.state_dir) / "nats-server.conf"
             write_secret(config, server_config(self._nats_passwords))
-            self.nats = await asyncio.to_thread(NatsServer(self.options.state_dir / "nats", config=config).start)
+            nats = NatsServer(self.options.state_dir / "nats", config=config)
+            self.nats = await asyncio.to_thread(nats.start)
             self.nats_url = self.nats.url
         for name in SERVICES:
             port = self.options.port if name == "router" else free_port()

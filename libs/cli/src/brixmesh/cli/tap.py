@@ -51,7 +51,13 @@ def _compact(value: Any) -> str:
 
 
 async def tap(
-    nats_url: str, auth: NatsAuth, patterns: list[str], *, as_json: bool, count: int | None, timeout_s: float | None
+    nats_url: str,
+    auth: NatsAuth,
+    patterns: list[str],
+    *,
+    as_json: bool,
+    count: int | None,
+    timeout_s: float | None,
 ) -> int:
     bus = await Bus.connect(nats_url, name="brixmesh-tap", setting="--nats-url", auth=auth)
     seen = 0

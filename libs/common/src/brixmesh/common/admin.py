@@ -54,7 +54,14 @@ class AdminGuard:
 
 async def _unauthorized(message: str, send: Send) -> None:
     body = json.dumps(
-        {"error": {"message": message, "type": "authentication_error", "param": None, "code": "invalid_admin_token"}}
+        {
+            "error": {
+                "message": message,
+                "type": "authentication_error",
+                "param": None,
+                "code": "invalid_admin_token",
+            }
+        }
     ).encode()
     await send({
         "type": "http.response.start",

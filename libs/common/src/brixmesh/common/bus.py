@@ -76,7 +76,7 @@ class NatsAuth:
         )
 
     def connect_options(self) -> dict[str, Any]:
-        """Keyword arguments of ``nats.connect``; raises ``ssl.SSLError``/``OSError`` on unusable TLS files."""
+        """Keyword arguments of ``nats.connect``; ``ssl.SSLError``/``OSError`` on unusable TLS files."""
         options: dict[str, Any] = {}
         if self.user:
             options |= {"user": self.user, "password": self.password}
@@ -101,7 +101,12 @@ class Bus:
 
     @classmethod
     async def connect(
-        cls, url: str, *, name: str, timeout_s: float = 5.0, setting: str = "BRIXMESH_NATS_URL",
+        cls,
+        url: str,
+        *,
+        name: str,
+        timeout_s: float = 5.0,
+        setting: str = "BRIXMESH_NATS_URL",
         auth: NatsAuth | None = None,
     ) -> Bus:
         """Connect within ``timeout_s`` (nats-py retries the servers meanwhile); once connected, the client

@@ -137,7 +137,9 @@ class Service:
     async def _lifespan(self, _app: FastAPI) -> AsyncIterator[None]:
         try:
             self._bus = await Bus.connect(
-                self.settings.nats_url, name=self.instance_id, timeout_s=self.settings.nats_connect_timeout_s,
+                self.settings.nats_url,
+                name=self.instance_id,
+                timeout_s=self.settings.nats_connect_timeout_s,
                 auth=NatsAuth.from_settings(self.settings),
             )
         except BusConnectError as exc:

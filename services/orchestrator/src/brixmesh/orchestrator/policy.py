@@ -67,15 +67,22 @@ def check_env(env: Mapping[str, str]) -> None:
         raise ValueError(f"at most {MAX_ENV_VARS} variables")
     for name, value in env.items():
         if not _ENV_NAME.match(name):
-            raise ValueError(f"{name!r} is not a variable name (letters, digits and '_', not starting with a digit)")
-        if name not in ALLOWED_ENV and (name in DENIED_ENV or name.upper().endswith("PATH")
-                                        or name.upper().startswith(DENIED_ENV_PREFIXES)):
+            raise ValueError(
+                f"{name!r} is not a variable name (letters, digits and '_', not starting with a digit)"
+            )
+        if name not in ALLOWED_ENV and (
+            name in DENIED_ENV
+            or name.upper().endswith("PATH")
+            or name.upper().startswith(DENIED_ENV_PREFIXES)
+        ):
             raise ValueError(
                 f"{name} is not allowed: loader, interpreter, search-path, trust-root, proxy and BRIXMESH_* "
                 "variables are refused (docs/orchestrator.md, spec policy)"
             )
         if value == REDACTED:
-            raise ValueError(f"{name}: {REDACTED!r} is what GET shows instead of the value; send the real value")
+            raise ValueError(
+                f"{name}: {REDACTED!r} is what GET shows instead of the value; send the real value"
+            )
         if "\x00" in value or len(value) > MAX_ENV_VALUE_CHARS:
             raise ValueError(f"{name}: value must be at most {MAX_ENV_VALUE_CHARS} characters, without NUL")
 
@@ -93,8 +100,10 @@ def check_engine_args(args: Sequence[str]) -> None:
         # argparse also takes unambiguous abbreviations: '--trust-remote' is '--trust-remote-code'
         denied = next((name for name in DENIED_ENGINE_FLAGS if name.startswith(flag)), None)
         if denied is not None:
-            raise ValueError(f"{denied} is not allowed: it {DENIED_ENGINE_FLAGS[denied]} "
-                             "(docs/orchestrator.md, spec policy)")
+            raise ValueError(
+                f"{denied} is not allowed: it {DENIED_ENGINE_FLAGS[denied]} "
+                "(docs/orchestrator.md, spec policy)"
+            )
 
 
 def redacted(env: Mapping[str, str]) -> dict[str, str]:

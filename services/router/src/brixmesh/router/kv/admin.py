@@ -1,6 +1,7 @@
 """Admin HTTP endpoints of the KV index: which pods hold this prompt's prefix, and how much.
 
-``POST /admin/kv/lookup`` with ``{"model", "prompt" | "messages" | "prompt_token_ids", "cache_salt"?}`` answers
+``POST /admin/kv/lookup`` with ``{"model", "prompt" | "messages" | "prompt_token_ids", "cache_salt"?}``
+answers
 ``{"model", "adapter", "prompt_tokens", "pods": [{"pod", "blocks", "tokens", "share", "weighted", "block_size"}]}``
 (best first). ``GET /admin/kv/pods`` lists the blocks each pod holds per the index.
 """

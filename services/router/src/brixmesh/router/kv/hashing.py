@@ -1,6 +1,7 @@
 """The index's own block hashes: chained XXH3-64 over little-endian u32 token ids.
 
-``h_0 = xxh3_64(tokens_0, seed=first(model, adapter, cache_salt))``, ``h_i = xxh3_64(tokens_i, seed=h_{i-1})``.
+``h_0 = xxh3_64(tokens_0, seed=first(model, adapter, cache_salt))``,
+``h_i = xxh3_64(tokens_i, seed=h_{i-1})``.
 They depend only on the tokens, the block size, the (model, adapter) namespace and the request's
 ``cache_salt``, never on an engine's hash algorithm or ``PYTHONHASHSEED``, so events and requests agree by
 construction and every router computes the same keys. As in vLLM, the salt is a key of the first block only
@@ -51,7 +52,11 @@ def chain(packed: bytes, block_size: int, seed: int) -> list[int]:
 
 
 def block_hashes(
-    token_ids: Sequence[int], block_size: int, model: str, adapter: str | None = None, cache_salt: str | None = None
+    token_ids: Sequence[int],
+    block_size: int,
+    model: str,
+    adapter: str | None = None,
+    cache_salt: str | None = None,
 ) -> list[int]:
     """The own hashes of every full block of a prompt, as the index keys them."""
     return chain(token_bytes(token_ids), block_size, first_seed(model, adapter, cache_salt))

@@ -297,7 +297,11 @@ class PrefixIndex:
     # --- requests -----------------------------------------------------------------------------------------
 
     def prompt_hashes(
-        self, token_ids: Sequence[int], block_size: int, model: str, adapter: str | None,
+        self,
+        token_ids: Sequence[int],
+        block_size: int,
+        model: str,
+        adapter: str | None,
         cache_salt: str | None = None,
     ) -> list[int]:
         return chain(token_bytes(token_ids), block_size, first_seed(model, adapter, cache_salt))

@@ -23,8 +23,9 @@ class PrefixCache:
 
     def hashes(self, ctx: RequestContext) -> list[int]:
         if ctx.prefix_hashes is None:
-            ctx.prefix_hashes = prefix_hashes(ctx.routing_text, ctx.model, self.block_chars,
-                                              cache_salt=ctx.cache_salt)
+            ctx.prefix_hashes = prefix_hashes(
+                ctx.routing_text, ctx.model, self.block_chars, cache_salt=ctx.cache_salt
+            )
         return ctx.prefix_hashes
 
     def score(self, ctx: RequestContext, pods: Sequence[Endpoint]) -> dict[str, float]:
