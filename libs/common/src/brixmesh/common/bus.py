@@ -306,4 +306,3 @@ class Batcher(Generic[T]):
 
 def _refused(exc: Exception) -> bool:
     return "authorization violation" in str(exc).lower() or "authentication" in str(exc).lower()
-
