@@ -131,7 +131,9 @@ class Bus:
         async def on_error(exc: Exception) -> None:
             if owner:
                 log.warning("nats error: %s", exc)
-            else:  # while connecting, nats-py retries: the last error becomes the one-line reason
+            elif not (connect_errors and _refused(connect_errors[0])):
+                # while connecting, nats-py retries: the last error becomes the one-line reason, unless the
+                # server refused our credentials (the connection reset that follows says less)
                 connect_errors[:] = [exc]
 
         try:
