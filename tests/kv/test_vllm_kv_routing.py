@@ -209,7 +209,12 @@ async def test_salted_prompts_hash_as_the_engine_does(
     router_bus = await Bus.connect(fresh_nats_server.url, name="router")
     await bridge_bus.ensure_stream(events_stream())
     await bridge_bus.ensure_stream(snapshots_stream())
-    bridge = PodFollower(bridge_bus.jetstream, replay_timeout_s=2.0, snapshot_interval_s=3600)
+    bridge = PodFollower(
+        bridge_bus.jetstream,
+        max_payload=lambda: bridge_bus.client.max_payload,
+        replay_timeout_s=2.0,
+        snapshot_interval_s=3600,
+    )
     index = PrefixIndex()
     follower = IndexFollower(router_bus, index)
     prompt = f"{SYSTEM} Salted request {uuid.uuid4().hex}."
