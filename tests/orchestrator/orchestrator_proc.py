@@ -44,9 +44,10 @@ async def run_orchestrator(
         "BRIXMESH_ANNOUNCE_INTERVAL_S": "1",
         "BRIXMESH_RECONCILE_INTERVAL_S": "0.5",
         "BRIXMESH_DRAIN_POLL_INTERVAL_S": "0.1",
+        "BRIXMESH_STOP_PODS_ON_EXIT": "1",  # tests leave nothing behind unless they ask to
         **(env or {}),
     }
-    # SIGTERM to the orchestrator alone: it drains and stops its engines itself
+    # SIGTERM to the orchestrator alone: it stops its engines itself
     async with (
         service_process(
             "brixmesh.orchestrator", nats_url, work_dir / "orchestrator.log", settings,

@@ -54,8 +54,12 @@ class MemoryBackend:
     def pending_changes(self) -> list[PodEvent]:
         return []
 
-    async def close(self) -> None:
-        self.pods.clear()
+    async def recover(self) -> list[str]:
+        return []
+
+    async def close(self, *, stop_pods: bool) -> None:
+        if stop_pods:
+            self.pods.clear()
 
 
 NOW = 1_000.0

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -322,23 +321,51 @@ def test_bad_start_configuration_exits_with_one_line(tmp_path: Path, env: dict[s
     assert len(lines) == 1 and lines[0].startswith("brixmesh-orchestrator: ") and message in lines[0], lines
 
 
-async def test_a_killed_orchestrator_leaves_no_engine_running(
+async def test_a_restarted_orchestrator_adopts_its_engines_and_keeps_http_deployments(
     fresh_nats_server: NatsServer, nats_bus: Bus, tmp_path: Path
 ) -> None:
-    """Pods get SIGTERM when the orchestrator dies (setpriv --pdeathsig); any that survive (no setpriv, or
-    children of the engine) are stopped by the next orchestrator with the same state directory."""
+    """SIGKILL (a crash) and a graceful stop without BRIXMESH_STOP_PODS_ON_EXIT both leave the engines
+    serving; the next orchestrator with the same state directory lists the same pids, withdraws nothing,
+    and still has the deployment applied over HTTP with its scaled replicas. Unrecorded pod processes of
+    the state directory are stopped."""
     events = await PodEventLog.start(nats_bus)
-    env = {"BRIXMESH_DEFAULT_ENGINES": "1"}
-    async with run_orchestrator(fresh_nats_server.url, tmp_path, env=env) as orch:
+    keep = {"BRIXMESH_STOP_PODS_ON_EXIT": "0"}
+    async with run_orchestrator(fresh_nats_server.url, tmp_path, env=keep) as orch:
+        assert (await orch.http.put("/v1/deployments/chat", json=sim_deployment(1))).status_code == 201
         await events.wait_for("ready")
-        (pod,) = (await orch.http.get("/v1/pods")).json()["data"]
-        orch.process.kill()  # SIGKILL: no stop hook runs
+        await decide(nats_bus, "chat", 2)
+        await events.wait_for("ready", count=2)
+        before = {p["pod"]["pod"]: p["pid"] for p in (await orch.http.get("/v1/pods")).json()["data"]}
+        orch.process.kill()  # SIGKILL: nothing runs on the way out
         orch.process.wait()
-        if shutil.which("setpriv"):
-            await wait_gone(pod["pid"])  # the kernel told it
-        async with run_orchestrator(fresh_nats_server.url, tmp_path, env=env):
-            await wait_gone(pod["pid"])
-            await events.wait_for("ready", count=2)
+    stray = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True,
+        env={**os.environ, "BRIXMESH_POD": "chat-stray", "BRIXMESH_POD_STATE_DIR": str((tmp_path / "state").resolve())},
+    )  # fmt: skip
+    try:
+        for _ in range(2):  # after the SIGKILL, then after a graceful stop that keeps the engines
+            async with run_orchestrator(fresh_nats_server.url, tmp_path, env=keep) as orch:
+                await events.wait_for("ready", count=2, where=lambda e: e.reason == "adopted from an earlier orchestrator")
+                pods = (await orch.http.get("/v1/pods")).json()["data"]
+                assert {p["pod"]["pod"]: p["pid"] for p in pods} == before
+                assert all(p["ready"] for p in pods)
+                view = (await orch.http.get("/v1/deployments/chat")).json()
+                assert (view["replicas"], view["origin"], view["last_decision"]["desired_replicas"]) == (2, "api", 2)
+                async with httpx.AsyncClient() as client:
+                    for pod in pods:
+                        assert (await client.get(pod["pod"]["endpoint"] + "/v1/models")).status_code == 200
+                assert stray.wait(10) == -signal.SIGTERM
+                events.events = [e for e in events.events if e.reason != "adopted from an earlier orchestrator"]
+        assert events.matching("removed") == []
+        assert all(_alive(pid) for pid in before.values())
+    finally:
+        if stray.poll() is None:
+            stray.kill()
+    async with run_orchestrator(fresh_nats_server.url, tmp_path) as orch:  # stops its engines on exit
+        await events.wait_for("ready", count=2, where=lambda e: e.reason == "adopted from an earlier orchestrator")
+    for pid in before.values():
+        await wait_gone(pid)
+    assert {e.reason for e in events.matching("removed")} == {"orchestrator stopping"}
 
 
 async def wait_gone(pid: int, timeout: float = 10) -> None:

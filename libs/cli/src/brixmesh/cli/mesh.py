@@ -64,6 +64,8 @@ def service_spec(name: str, port: int, nats_url: str, options: MeshOptions) -> P
             "BRIXMESH_DEFAULT_ENGINES": str(options.engines),
             "BRIXMESH_DEFAULT_ENGINE": options.engine,
             "BRIXMESH_DEFAULT_MODEL": options.model,
+            # the mesh's own shutdown stops its engines; a crashed orchestrator's successor adopts them
+            "BRIXMESH_STOP_PODS_ON_EXIT": "1",
         }
     return ProcessSpec(
         name=name,
