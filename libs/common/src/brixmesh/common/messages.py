@@ -170,6 +170,9 @@ class ScaleDecision(msgspec.Struct, kw_only=True):
     metrics: dict[str, float] = msgspec.field(default_factory=dict)
     window_state: str = ""
     ts: float
+    resent: bool = False
+    """The decision in force sent again (unacknowledged, overridden by hand, or a periodic claim of the
+    deployment), not a new verdict."""
 
 
 class DeploymentStatus(msgspec.Struct, kw_only=True):
