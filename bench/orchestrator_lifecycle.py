@@ -88,7 +88,8 @@ async def run(pods: int, rounds: int) -> dict[str, list[float]]:
         nats = NatsServer(Path(work) / "nats").start()
         port = free_port()
         env = {**os.environ, "BRIXMESH_NATS_URL": nats.url, "BRIXMESH_PORT": str(port),
-               "BRIXMESH_STATE_DIR": f"{work}/state", "BRIXMESH_LOG_LEVEL": "warning"}
+               "BRIXMESH_STATE_DIR": f"{work}/state", "BRIXMESH_LOG_LEVEL": "warning",
+               "BRIXMESH_STOP_PODS_ON_EXIT": "1"}
         orchestrator = subprocess.Popen([sys.executable, "-m", "brixmesh.orchestrator"], env=env,
                                         start_new_session=True)
         bus = await Bus.connect(nats.url, name="bench")

@@ -160,7 +160,8 @@ def test_highest_metric_source_wins() -> None:
         {"source": "router", "metric": "in_flight", "target": 2},
     ])  # fmt: skip
     for ts in (0.0, 1.0, 2.0):  # the 3 s panic window fills first
-        assert policy.evaluate(Observation(ts=ts, live_pods=1, ready_pods=1, totals={"pod:demand": 4.0})) is None
+        warming = Observation(ts=ts, live_pods=1, ready_pods=1, totals={"pod:demand": 4.0})
+        assert policy.evaluate(warming) is None
     obs = Observation(ts=3.0, live_pods=1, ready_pods=1, totals={"pod:demand": 4.0, "router:in_flight": 6.0})
     decision = policy.evaluate(obs)
     assert decision is not None and decision.desired_replicas == 2  # 3 wanted, rate cap 2x
@@ -168,7 +169,8 @@ def test_highest_metric_source_wins() -> None:
 
 
 def _observe(ts: float, demand: float, desired: int | None = 3) -> Observation:
-    return Observation(ts=ts, live_pods=2, ready_pods=2, totals={"pod:demand": demand}, desired_replicas=desired)
+    totals = {"pod:demand": demand}
+    return Observation(ts=ts, live_pods=2, ready_pods=2, totals=totals, desired_replicas=desired)
 
 
 def test_a_restarted_autoscaler_keeps_the_observed_count_until_its_windows_refill() -> None:

@@ -44,9 +44,12 @@ class Observer:
         self.removed: list[PodEvent] = []
 
     async def attach(self, bus: Bus) -> None:
-        await bus.subscribe(SCALE_DECISIONS.pattern(), ScaleDecision, lambda _s, d: self.decisions.append((time.time(), d)))
+        decisions, statuses = self.decisions, self.statuses
         await bus.subscribe(
-            DEPLOYMENTS_STATUS.pattern(), DeploymentStatus, lambda _s, s: self.statuses.append((time.time(), s))
+            SCALE_DECISIONS.pattern(), ScaleDecision, lambda _s, d: decisions.append((time.time(), d))
+        )
+        await bus.subscribe(
+            DEPLOYMENTS_STATUS.pattern(), DeploymentStatus, lambda _s, s: statuses.append((time.time(), s))
         )
         await bus.subscribe(PODS.pattern(kind="removed"), PodEvent, lambda _s, e: self.removed.append(e))
 
@@ -63,9 +66,9 @@ async def router_stats(bus: Bus, load: dict[str, int]) -> AsyncIterator[None]:
 
     async def publish() -> None:
         while True:
-            stats = RouterStats(router="test", model=MODEL, ts=time.time(), window_s=1.0, arrivals=0, completions=0,
-                                failures=0, in_flight=load["in_flight"], queued=0, prompt_tokens=0,
-                                completion_tokens=0)  # fmt: skip
+            stats = RouterStats(router="test", model=MODEL, ts=time.time(), window_s=1.0, arrivals=0,
+                                completions=0, failures=0, in_flight=load["in_flight"], queued=0,
+                                prompt_tokens=0, completion_tokens=0)  # fmt: skip
             await bus.publish(ROUTER_STATS.format(model=MODEL, router="test"), stats)
             await asyncio.sleep(0.25)
 
@@ -104,9 +107,9 @@ async def test_decisions_survive_lost_messages_restarts_and_manual_changes(
             async with run_orchestrator(nats_url, tmp_path, env=KEEP_ENGINES) as orch:
                 assert (await orch.http.put("/v1/deployments/chat", json=deployment)).status_code == 201
                 await eventually(lambda: ready_pids(orch.http), 30)
-                await autoscaled.enter_async_context(
-                    autoscaler_process(nats_url, spec_file, tmp_path / "autoscaler.log", **autoscaler_settings)
-                )
+                await autoscaled.enter_async_context(autoscaler_process(
+                    nats_url, spec_file, tmp_path / "autoscaler.log", **autoscaler_settings
+                ))  # fmt: skip
                 await eventually(lambda: seen.statuses, 10)
                 orch.process.kill()  # SIGKILL: the engine keeps serving, nobody takes decisions
                 orch.process.wait()
@@ -123,9 +126,13 @@ async def test_decisions_survive_lost_messages_restarts_and_manual_changes(
                 await eventually(lambda: seen.status_from(restarted_at), 10)
                 first_at, first = seen.status_from(restarted_at)[0]
                 assert (first.desired_replicas, first.last_decision_ts) == (1, 0.0)
-                await eventually(lambda: any(s.desired_replicas == 2 for _, s in seen.status_from(first_at)), 10)
-                applied_at = next(at for at, s in seen.status_from(first_at) if s.desired_replicas == 2)
-                assert applied_at - first_at <= EVALUATE_INTERVAL_S + 1.5, "not corrected within one evaluation"
+                def scaled() -> list[float]:
+                    return [at for at, s in seen.status_from(first_at) if s.desired_replicas == 2]
+
+                await eventually(scaled, 10)
+                # one evaluation, plus slack for a loaded machine
+                late_s = scaled()[0] - first_at
+                assert late_s <= EVALUATE_INTERVAL_S + 1.5, f"corrected {late_s:.2f}s after the first status"
                 resent = [d for _, d in seen.decisions if d.resent]
                 assert resent and resent[-1].desired_replicas == 2 and "not acknowledged" in resent[-1].reason
 

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from brixmesh.orchestrator.launch import (
-    Launch,
     PodPlacement,
     build_launch,
     check_engine,

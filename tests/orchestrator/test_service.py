@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from brixmesh.common.bus import Bus
-from brixmesh.common.messages import PodList, PodListRequest, ScaleDecision
+from brixmesh.common.messages import PodEvent, PodList, PodListRequest, ScaleDecision
 from brixmesh.common.servers import NatsServer
 from brixmesh.common.subjects import PODS_LIST, SCALE_DECISIONS
 from tests.engine_sim.sim_engine import sim_engine
@@ -338,34 +338,40 @@ async def test_a_restarted_orchestrator_adopts_its_engines_and_keeps_http_deploy
         before = {p["pod"]["pod"]: p["pid"] for p in (await orch.http.get("/v1/pods")).json()["data"]}
         orch.process.kill()  # SIGKILL: nothing runs on the way out
         orch.process.wait()
+    marks = {"BRIXMESH_POD": "chat-stray", "BRIXMESH_POD_STATE_DIR": str((tmp_path / "state").resolve())}
     stray = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True,
-        env={**os.environ, "BRIXMESH_POD": "chat-stray", "BRIXMESH_POD_STATE_DIR": str((tmp_path / "state").resolve())},
-    )  # fmt: skip
+        [sys.executable, "-c", "import time; time.sleep(60)"], env={**os.environ, **marks},
+        start_new_session=True,
+    )
     try:
         for _ in range(2):  # after the SIGKILL, then after a graceful stop that keeps the engines
             async with run_orchestrator(fresh_nats_server.url, tmp_path, env=keep) as orch:
-                await events.wait_for("ready", count=2, where=lambda e: e.reason == "adopted from an earlier orchestrator")
+                await events.wait_for("ready", count=2, where=adopted)
                 pods = (await orch.http.get("/v1/pods")).json()["data"]
                 assert {p["pod"]["pod"]: p["pid"] for p in pods} == before
                 assert all(p["ready"] for p in pods)
                 view = (await orch.http.get("/v1/deployments/chat")).json()
-                assert (view["replicas"], view["origin"], view["last_decision"]["desired_replicas"]) == (2, "api", 2)
+                decided = view["last_decision"]["desired_replicas"]
+                assert (view["replicas"], view["origin"], decided) == (2, "api", 2)
                 async with httpx.AsyncClient() as client:
                     for pod in pods:
                         assert (await client.get(pod["pod"]["endpoint"] + "/v1/models")).status_code == 200
                 assert stray.wait(10) == -signal.SIGTERM
-                events.events = [e for e in events.events if e.reason != "adopted from an earlier orchestrator"]
+                events.events = [e for e in events.events if not adopted(e)]
         assert events.matching("removed") == []
         assert all(_alive(pid) for pid in before.values())
     finally:
         if stray.poll() is None:
             stray.kill()
     async with run_orchestrator(fresh_nats_server.url, tmp_path) as orch:  # stops its engines on exit
-        await events.wait_for("ready", count=2, where=lambda e: e.reason == "adopted from an earlier orchestrator")
+        await events.wait_for("ready", count=2, where=adopted)
     for pid in before.values():
         await wait_gone(pid)
     assert {e.reason for e in events.matching("removed")} == {"orchestrator stopping"}
+
+
+def adopted(event: PodEvent) -> bool:
+    return event.reason == "adopted from an earlier orchestrator"
 
 
 async def wait_gone(pid: int, timeout: float = 10) -> None:

@@ -1,6 +1,6 @@
 """Supervised subprocesses: own process group, readiness probe, restart with exponential backoff, crash-loop
-detection, clean group stop, and adoption of a group a dead supervisor left running (Linux pidfds). Used by ``brixmesh up`` for services and by the orchestrator's local backend
-for engine pods.
+detection, clean group stop, and adoption of a group a dead supervisor left running (Linux pidfds). Used
+by ``brixmesh up`` for services and by the orchestrator's local backend for engine pods.
 """
 
 from __future__ import annotations

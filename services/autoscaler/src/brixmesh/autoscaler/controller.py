@@ -70,8 +70,9 @@ class AutoscalerController:
         for policy in self.autoscalers:
             status = self.deployments.get(policy.spec.deployment)
             obs = observe(
-                policy.spec, self.fleet, self.routers, now, max_metrics_age_s=self.max_metrics_age_s, status=status
-            )
+                policy.spec, self.fleet, self.routers, now,
+                max_metrics_age_s=self.max_metrics_age_s, status=status,
+            )  # fmt: skip
             decision = policy.evaluate(obs) or policy.enforce(status, now, refresh_s=self.decision_refresh_s)
             if decision is not None:
                 decisions.append(decision)
@@ -82,7 +83,8 @@ class AutoscalerController:
             if decision.resent:
                 self.decisions_resent += 1
             else:
-                log.info("scale decision", extra={"deployment": decision.deployment, "reason": decision.reason})
+                extra = {"deployment": decision.deployment, "reason": decision.reason}
+                log.info("scale decision", extra=extra)
                 self.decisions_published += 1
             await bus.publish(SCALE_DECISIONS.format(deployment=decision.deployment), decision)
 

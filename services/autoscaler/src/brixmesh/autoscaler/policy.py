@@ -111,7 +111,9 @@ class AutoscalerPolicy:
         )
         return self.in_force
 
-    def enforce(self, status: DeploymentStatus | None, now: float, *, refresh_s: float) -> ScaleDecision | None:
+    def enforce(
+        self, status: DeploymentStatus | None, now: float, *, refresh_s: float
+    ) -> ScaleDecision | None:
         """The decision in force, to send again (with ``ts`` now), or None when the orchestrator's status
         shows it in effect and it was sent less than ``refresh_s`` ago. Without a status nothing is sent:
         no orchestrator has reported the deployment."""

@@ -138,8 +138,9 @@ class Orchestrator:
                 log.error("cannot restore deployment %s: %s", name, exc)
                 continue
             self.deployments[spec.name] = Deployment(
-                spec=spec, generation=record.generation, replicas=record.replicas, created_at=record.created_at,
-                updated_at=record.updated_at, last_decision=record.last_decision, origin=record.origin,
+                spec=spec, generation=record.generation, replicas=record.replicas,
+                created_at=record.created_at, updated_at=record.updated_at,
+                last_decision=record.last_decision, origin=record.origin,
             )  # fmt: skip
         self._wake.set()
 

@@ -211,7 +211,8 @@ class LocalBackend:
         """Stop every pod (each reported as ``removed``), or with ``stop_pods`` false leave them running,
         recorded and announced as they are, for the next orchestrator to adopt."""
         if stop_pods:
-            await asyncio.gather(*(self.delete_pod(name, "orchestrator stopping") for name in list(self._pods)))
+            names = list(self._pods)
+            await asyncio.gather(*(self.delete_pod(name, "orchestrator stopping") for name in names))
             return
         await asyncio.gather(*(process.release() for process in self._processes.values()))
         await asyncio.gather(*(monitor.stop() for monitor in self._monitors.values()))
@@ -225,7 +226,9 @@ class LocalBackend:
         running = await asyncio.to_thread(find_pod_leaders, self.state_dir)
         adopted = []
         for name, record in self._records.load_all().items():
-            pod = Pod(info=record.info, generation=record.generation, slot=record.slot, created_at=record.created_at)
+            pod = Pod(
+                info=record.info, generation=record.generation, slot=record.slot, created_at=record.created_at
+            )
             if record.draining:
                 pod.phase = "draining"
             if record.launch is None:
@@ -268,8 +271,10 @@ class LocalBackend:
             self._set_phase(pod, "ready")
             if process.adopted:
                 reason = "adopted from an earlier orchestrator"
+            elif pod.restarts:
+                reason = f"ready after restart {pod.restarts}"
             else:
-                reason = "readiness probe passed" if not pod.restarts else f"ready after restart {pod.restarts}"
+                reason = "readiness probe passed"
             self._emit("ready", pod, reason)
         elif state in (ProcessState.BACKOFF, ProcessState.CRASHLOOP):
             self._set_phase(pod, "crashloop" if state is ProcessState.CRASHLOOP else "restarting")

@@ -17,7 +17,9 @@ from brixmesh.common.subjects import DEPLOYMENTS_STATUS
 from brixmesh.orchestrator.controller import Deployment, Orchestrator
 
 
-def deployment_status(orchestrator: Orchestrator, deployment: Deployment, instance_id: str) -> DeploymentStatus:
+def deployment_status(
+    orchestrator: Orchestrator, deployment: Deployment, instance_id: str
+) -> DeploymentStatus:
     active = [pod for pod in orchestrator.backend.list_pods(deployment.name) if not pod.draining]
     decision = deployment.last_decision
     return DeploymentStatus(
