@@ -327,7 +327,7 @@ async def test_a_restarted_orchestrator_adopts_its_engines_and_keeps_http_deploy
     """SIGKILL (a crash) and a graceful stop without BRIXMESH_STOP_PODS_ON_EXIT both leave the engines
     serving; the next orchestrator with the same state directory lists the same pids, withdraws nothing,
     and still has the deployment applied over HTTP with its scaled replicas. Unrecorded pod processes of
-    the state directory are stopped."""
+    the state directory are stopped; an adopted engine that dies is restarted as a child."""
     events = await PodEventLog.start(nats_bus)
     keep = {"BRIXMESH_STOP_PODS_ON_EXIT": "0"}
     async with run_orchestrator(fresh_nats_server.url, tmp_path, env=keep) as orch:
@@ -365,9 +365,19 @@ async def test_a_restarted_orchestrator_adopts_its_engines_and_keeps_http_deploy
             stray.kill()
     async with run_orchestrator(fresh_nats_server.url, tmp_path) as orch:  # stops its engines on exit
         await events.wait_for("ready", count=2, where=adopted)
-    for pid in before.values():
+        # an adopted engine that dies is restarted as an ordinary child, with the same identity
+        victim, victim_pid = next(iter(before.items()))
+        os.kill(victim_pid, signal.SIGKILL)
+        (removed,) = await events.wait_for("removed", pod=victim)
+        assert removed.reason == "exited (adopted: exit code unknown); restarting"
+        await events.wait_for("ready", pod=victim, where=lambda e: e.reason == "ready after restart 1")
+        restarted = {p["pod"]["pod"]: p["pid"] for p in (await orch.http.get("/v1/pods")).json()["data"]}
+        assert restarted.keys() == before.keys() and restarted[victim] != victim_pid
+    for pid in [*before.values(), restarted[victim]]:
         await wait_gone(pid)
-    assert {e.reason for e in events.matching("removed")} == {"orchestrator stopping"}
+    assert sorted(e.reason for e in events.matching("removed")) == [
+        "exited (adopted: exit code unknown); restarting", "orchestrator stopping", "orchestrator stopping",
+    ]
 
 
 def adopted(event: PodEvent) -> bool:
