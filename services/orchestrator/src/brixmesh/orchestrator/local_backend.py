@@ -229,11 +229,12 @@ class LocalBackend:
             pod = Pod(
                 info=record.info, generation=record.generation, slot=record.slot, created_at=record.created_at
             )
+            # consumers know it from the earlier orchestrator: no second ``added``; ``ready`` once probed
+            pod.announced = "added"
             if record.draining:
-                pod.phase = "draining"
+                pod.phase = pod.announced = "draining"
             if record.launch is None:
                 pod.external = True
-                self._announced.add(name)
                 self._monitor(pod, record.probe_url)
                 continue
             pid = running.pop(name, None)
@@ -243,7 +244,6 @@ class LocalBackend:
                 shutil.rmtree(self.runtime_root / name, ignore_errors=True)
                 continue
             pod.pid = pid
-            self._announced.add(name)  # consumers know it from the earlier orchestrator
             self._supervise(pod, record.launch).adopt(pid)
             adopted.append(name)
         if adopted:
