@@ -56,8 +56,8 @@ class MemoryBackend:
     def pending_changes(self) -> list[PodEvent]:
         return []
 
-    async def recover(self) -> list[str]:
-        return []
+    async def recover(self) -> None:
+        return None
 
     async def close(self, *, stop_pods: bool) -> None:
         if stop_pods:

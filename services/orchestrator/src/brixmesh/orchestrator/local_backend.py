@@ -219,10 +219,10 @@ class LocalBackend:
         self._processes.clear()
         self._monitors.clear()
 
-    async def recover(self) -> list[str]:
+    async def recover(self) -> None:
         """Before the first reconcile: adopt the recorded pods whose process still runs, take back the
         recorded external pods, forget recorded pods that died meanwhile, and stop the pod processes of this
-        state directory that are not recorded. Returns the names of the pods adopted."""
+        state directory that are not recorded."""
         running = await asyncio.to_thread(find_pod_leaders, self.state_dir)
         adopted = []
         for name, record in self._records.load_all().items():
@@ -249,7 +249,6 @@ class LocalBackend:
         if adopted:
             log.info("adopted %d running pod(s): %s", len(adopted), ", ".join(adopted))
         await asyncio.to_thread(stop_groups, sorted(running.values()))
-        return adopted
 
     # --- process states -> pod phases and events -------------------------------------------------------
 

@@ -8,13 +8,17 @@ or started late, converges). A deleted deployment is published once with ``delet
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
+import nats.errors
 from brixmesh.common.bus import Bus
 from brixmesh.common.messages import DeploymentStatus
 from brixmesh.common.subjects import DEPLOYMENTS_STATUS
 
 from brixmesh.orchestrator.controller import Deployment, Orchestrator
+
+log = logging.getLogger(__name__)
 
 
 def deployment_status(
@@ -44,6 +48,7 @@ class StatusPublisher:
         self._published: dict[str, DeploymentStatus] = {}
 
     async def publish_changes(self) -> None:
+        """After a reconcile pass."""
         await self._publish(everything=False)
 
     async def publish_forever(self, interval_s: float) -> None:
@@ -52,6 +57,14 @@ class StatusPublisher:
             await asyncio.sleep(interval_s)
 
     async def _publish(self, *, everything: bool) -> None:
+        """A failure (NATS away long enough to fill the reconnect buffer) stops neither the reconcile loop
+        nor this publisher: the next periodic publication catches up."""
+        try:
+            await self._publish_statuses(everything=everything)
+        except nats.errors.Error as exc:
+            log.warning("deployment status not published: %s", exc)
+
+    async def _publish_statuses(self, *, everything: bool) -> None:
         current = {
             name: deployment_status(self._orchestrator, deployment, self._instance_id)
             for name, deployment in list(self._orchestrator.deployments.items())
