@@ -309,6 +309,7 @@ async def test_deployments_file_and_default_deployment_at_start(
         ({"BRIXMESH_DEPLOYMENTS_FILE": "{dir}/missing.yaml"}, "missing.yaml: cannot read: No such file"),
         ({"BRIXMESH_DEFAULT_ENGINES": "1", "BRIXMESH_DEFAULT_ENGINE": "sglang"}, "'sglang' is not installed here"),
         ({"BRIXMESH_DEFAULT_ENGINE": "tgi"}, "BRIXMESH_DEFAULT_ENGINE: Input should be 'sim', 'vllm' or 'sglang'"),
+        ({"BRIXMESH_STATE_DIR": "/proc/bm"}, "cannot keep state in /proc/bm (set BRIXMESH_STATE_DIR)"),
     ],
 )
 def test_bad_start_configuration_exits_with_one_line(tmp_path: Path, env: dict[str, str], message: str) -> None:

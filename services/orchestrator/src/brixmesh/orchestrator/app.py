@@ -55,12 +55,19 @@ def initial_specs(settings: OrchestratorSettings) -> list[DeploymentSpec]:
 def build_service(settings: OrchestratorSettings) -> Service:
     service = Service("orchestrator", settings)
     backend = LocalBackend(settings.state_dir)
+    store = deployment_records(backend.state_dir)
+    try:
+        store.directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"brixmesh-orchestrator: cannot keep state in {backend.state_dir} (set BRIXMESH_STATE_DIR): "
+              f"{exc.strerror}", file=sys.stderr)
+        raise SystemExit(2) from None
     orchestrator = Orchestrator(
         backend,
         reconcile_interval_s=settings.reconcile_interval_s,
         drain_poll_interval_s=settings.drain_poll_interval_s,
         decision_max_age_s=settings.decision_max_age_s,
-        store=deployment_records(backend.state_dir),
+        store=store,
     )
     try:
         startup_specs = initial_specs(settings)
