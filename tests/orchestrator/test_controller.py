@@ -13,6 +13,7 @@ from brixmesh.orchestrator.backend import Pod
 from brixmesh.orchestrator.controller import Orchestrator, UnknownDeployment
 from brixmesh.orchestrator.spec import DeploymentSpec, SpecError, parse_spec
 from brixmesh.orchestrator.state import deployment_records
+from tests.waiting import eventually
 
 
 class MemoryBackend:
@@ -212,3 +213,21 @@ def test_a_deployment_is_autoscaled_while_decisions_keep_arriving() -> None:
     assert orchestrator.autoscaled(deployment) and deployment.last_decision.ts == NOW
     now[0] += 31
     assert not orchestrator.autoscaled(deployment)
+
+
+async def test_close_stops_the_reconcile_loop_before_the_pods() -> None:
+    """Else a pass during a slow backend close starts pods in place of the ones being stopped (left running:
+    engines outlive the orchestrator)."""
+    orchestrator, backend = make(reconcile_interval_s=0.01)
+    orchestrator.apply(parse_spec({"name": "chat", "model": "m", "replicas": 2}))
+    loop = asyncio.create_task(orchestrator.run())
+    await eventually(lambda: len(backend.pods) == 2, 5)
+    close = backend.close
+
+    async def slow_close(*, stop_pods: bool) -> None:
+        await close(stop_pods=stop_pods)
+        await asyncio.sleep(0.2)  # a pass would run meanwhile
+
+    backend.close = slow_close  # type: ignore[method-assign]
+    await orchestrator.close(stop_pods=True)
+    assert backend.pods == {} and loop.done()

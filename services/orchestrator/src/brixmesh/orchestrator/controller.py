@@ -98,6 +98,7 @@ class Orchestrator:
         self._wake = asyncio.Event()
         self._drains: dict[str, asyncio.Task[None]] = {}
         self._http: httpx.AsyncClient | None = None
+        self._loop: asyncio.Task[None] | None = None
 
     # --- desired state ---------------------------------------------------------------------------------
 
@@ -234,6 +235,7 @@ class Orchestrator:
     # --- reconcile loop --------------------------------------------------------------------------------
 
     async def run(self) -> None:
+        self._loop = asyncio.current_task()
         self._http = httpx.AsyncClient()
         try:
             while True:
@@ -312,6 +314,11 @@ class Orchestrator:
     async def close(self, *, stop_pods: bool) -> None:
         """Stop reconciling; stop every pod only with ``stop_pods`` (else the next orchestrator adopts them,
         and resumes the drains cut short here)."""
+        if self._loop is not None:
+            # first: a pass still running would start pods in place of the ones stopped below
+            self._loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop
         for task in list(self._drains.values()):
             task.cancel()
         await asyncio.gather(*self._drains.values(), return_exceptions=True)
