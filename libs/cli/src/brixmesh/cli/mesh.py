@@ -21,6 +21,7 @@ from brixmesh.common.supervisor import ProcessSpec, ProcessState, ReadinessProbe
 
 from brixmesh.cli.state import MeshRecord, record_path, write_record
 
+ORCHESTRATOR_STOP_GRACE_S = 30.0
 SERVICES = ("orchestrator", "kv-index", "autoscaler", "adapter-manager", "gpu-doctor", "router")
 """Start order: the router last, so that it finds pods and the KV index already announced."""
 
@@ -73,6 +74,9 @@ def service_spec(name: str, port: int, nats_url: str, options: MeshOptions) -> P
         env=env,
         log_path=options.state_dir / "logs" / f"{name}.log",
         readiness=ReadinessProbe(f"http://127.0.0.1:{port}/readyz", timeout_s=options.ready_timeout_s),
+        # the orchestrator stops its engines on the way out (up to 15 s for vLLM); killed earlier, it would
+        # leave them running
+        stop_grace_s=ORCHESTRATOR_STOP_GRACE_S if name == "orchestrator" else ProcessSpec.stop_grace_s,
     )
 
 
