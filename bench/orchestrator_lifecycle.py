@@ -97,6 +97,7 @@ async def run(pods: int, rounds: int) -> dict[str, list[float]]:
             "BRIXMESH_STATE_DIR": f"{work}/state",
             "BRIXMESH_LOG_LEVEL": "warning",
             "BRIXMESH_ADMIN_TOKEN": admin_token,
+            "BRIXMESH_STOP_PODS_ON_EXIT": "1",
         }
         orchestrator = subprocess.Popen([sys.executable, "-m", "brixmesh.orchestrator"], env=env,
                                         start_new_session=True)

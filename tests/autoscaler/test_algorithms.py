@@ -10,6 +10,7 @@ from brixmesh.autoscaler.algorithms import Bounds, KpaState, Tolerance
 from brixmesh.autoscaler.policy import AutoscalerPolicy, Observation
 from brixmesh.autoscaler.spec import parse_spec
 from brixmesh.autoscaler.window import SlidingWindow
+from brixmesh.common.messages import DeploymentStatus
 
 TOL = Tolerance(up=0.1, down=0.1)
 
@@ -148,8 +149,9 @@ def test_scale_from_zero_on_router_demand_at_once() -> None:
 
 def test_scale_to_zero_when_idle() -> None:
     policy = _policy(min_replicas=0, scale_to_zero=True, strategy="apa", scale_down_cooldown_s=0)
-    decisions = _run(policy, 0.0, 10.0, demand=0.0)
+    decisions = _run(policy, 0.0, 40.0, demand=0.0)
     assert decisions and decisions[-1].desired_replicas == 0
+    assert decisions[0].ts >= 30.0  # not before the 30 s stable window is full
 
 
 def test_highest_metric_source_wins() -> None:
@@ -157,7 +159,55 @@ def test_highest_metric_source_wins() -> None:
         {"source": "pod", "metric": "demand", "target": 4},
         {"source": "router", "metric": "in_flight", "target": 2},
     ])  # fmt: skip
-    obs = Observation(ts=0.0, live_pods=1, ready_pods=1, totals={"pod:demand": 4.0, "router:in_flight": 6.0})
+    for ts in (0.0, 1.0, 2.0):  # the 3 s panic window fills first
+        warming = Observation(ts=ts, live_pods=1, ready_pods=1, totals={"pod:demand": 4.0})
+        assert policy.evaluate(warming) is None
+    obs = Observation(ts=3.0, live_pods=1, ready_pods=1, totals={"pod:demand": 4.0, "router:in_flight": 6.0})
     decision = policy.evaluate(obs)
     assert decision is not None and decision.desired_replicas == 2  # 3 wanted, rate cap 2x
     assert "router:in_flight" in decision.reason
+
+
+def _observe(ts: float, demand: float, desired: int | None = 3) -> Observation:
+    totals = {"pod:demand": demand}
+    return Observation(ts=ts, live_pods=2, ready_pods=2, totals=totals, desired_replicas=desired)
+
+
+def test_a_restarted_autoscaler_keeps_the_observed_count_until_its_windows_refill() -> None:
+    idle = _policy(strategy="apa", scale_down_cooldown_s=0)  # stable window 30 s
+    assert [idle.evaluate(_observe(ts * 0.5, demand=0.0)) for ts in range(60)] == [None] * 60
+    assert idle.current == 3  # the orchestrator's desired replicas, not the 2 live pods
+    down = idle.evaluate(_observe(30.0, demand=0.0))
+    assert down is not None and (down.current_replicas, down.desired_replicas) == (3, 1)
+
+    busy = _policy(strategy="apa")  # panic window 3 s
+    assert [busy.evaluate(_observe(ts * 0.5, demand=40.0)) for ts in range(6)] == [None] * 6
+    up = busy.evaluate(_observe(3.0, demand=40.0))
+    assert up is not None and (up.current_replicas, up.desired_replicas) == (3, 6)
+
+
+def _status(desired: int, last_decision_ts: float, **fields: object) -> DeploymentStatus:
+    return DeploymentStatus(deployment="d", generation=1, desired_replicas=desired, ready_replicas=desired,
+                            pods=desired, last_decision_ts=last_decision_ts, ts=0.0, **fields)  # fmt: skip
+
+
+def test_the_decision_in_force_is_sent_again_until_the_orchestrator_shows_it() -> None:
+    policy = _policy(strategy="apa")
+    for ts in range(4):
+        decision = policy.evaluate(_observe(float(ts), demand=40.0))
+    assert decision is not None and decision.desired_replicas == 6 and not decision.resent
+    assert policy.enforce(None, 3.5, refresh_s=10) is None  # no orchestrator reports the deployment
+
+    lost = policy.enforce(_status(3, last_decision_ts=0.0), 3.5, refresh_s=10)
+    assert lost is not None and lost.resent and (lost.ts, lost.desired_replicas) == (3.5, 6)
+    assert lost.reason.startswith("re-sent (not acknowledged by the orchestrator): scale up 3->6")
+    assert policy.enforce(_status(6, last_decision_ts=3.5), 4.0, refresh_s=10) is None  # applied
+
+    by_hand = policy.enforce(_status(1, last_decision_ts=3.5), 4.5, refresh_s=10)
+    assert by_hand is not None and by_hand.desired_replicas == 6
+    assert "desired replicas were changed to 1" in by_hand.reason
+    assert policy.enforce(_status(6, last_decision_ts=4.5), 10.0, refresh_s=10) is None
+    refresh = policy.enforce(_status(6, last_decision_ts=4.5), 14.5, refresh_s=10)
+    assert refresh is not None and refresh.reason.startswith("re-sent (refresh)")
+    assert policy.enforce(_status(1, last_decision_ts=0.0, fixed_size=True), 15.0, refresh_s=10) is None
+    assert policy.decisions == 1  # re-sends are not new decisions

@@ -94,3 +94,45 @@ async def test_never_restart_policy_and_supervisor_group(tmp_path: Path) -> None
     finally:
         await supervisor.stop_all()
     assert web.state is ProcessState.STOPPED
+
+
+async def test_a_released_process_keeps_running_and_is_adopted_then_restarted_as_a_child(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    spec = ProcessSpec("web", [*HTTP_SERVER, str(port)], log_path=tmp_path / "web.log",
+                       readiness=ReadinessProbe(f"http://127.0.0.1:{port}/"), backoff_initial_s=0.1)
+    first = SupervisedProcess(spec)
+    first.start()
+    assert await first.wait_ready(20)
+    pid = first.pid
+    assert pid is not None and not first.adopted
+    await first.release()
+    assert _alive(pid)
+
+    states: list[ProcessState] = []
+    second = SupervisedProcess(spec, on_state=lambda _p, state: states.append(state))
+    second.adopt(pid)
+    try:
+        assert await second.wait_ready(20)
+        assert (second.pid, second.adopted) == (pid, True)
+        assert states == [ProcessState.STARTING, ProcessState.READY]
+        os.kill(pid, signal.SIGKILL)
+        assert await _wait_for(lambda: second.pid != pid and second.state is ProcessState.READY)
+        # not our child: its exit status went to its real parent
+        assert (second.adopted, second.restarts, second.last_exit_code) == (False, 1, None)
+    finally:
+        await second.stop()
+    assert not _alive(second.pid)
+
+
+async def test_adopting_a_process_that_is_already_gone_starts_a_child(tmp_path: Path) -> None:
+    gone = await asyncio.create_subprocess_exec(sys.executable, "-c", "pass")
+    await gone.wait()
+    process = SupervisedProcess(ProcessSpec("web", [sys.executable, "-c", "import time; time.sleep(60)"],
+                                            backoff_initial_s=0.01))
+    process.adopt(gone.pid)
+    try:
+        assert await _wait_for(lambda: process.pid != gone.pid and not process.adopted)
+    finally:
+        await process.stop()

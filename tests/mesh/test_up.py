@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from brixmesh.common.ports import free_port
+from brixmesh.orchestrator.local_backend import find_pod_leaders
 
 BRIXMESH = [sys.executable, "-m", "brixmesh.cli.main"]
 SERVICES = {"orchestrator", "kv-index", "autoscaler", "adapter-manager", "gpu-doctor", "router"}
@@ -187,6 +188,24 @@ def test_up_with_engines_serves_the_official_openai_client(mesh: RunningMesh) ->
     chunks = list(client.completions.create(model="tiny-llama", prompt="hello", max_tokens=4, stream=True))
     assert "".join(c.choices[0].text for c in chunks if c.choices)
 
+    # A crashed orchestrator is restarted by `brixmesh up` and adopts the engines: same pids, still serving.
+    engines = find_pod_leaders(mesh.state_dir.resolve())
+    assert len(engines) == 2
+    (orchestrator,) = [b for b in mesh.status() if b["service"] == "orchestrator"]
+    os.kill(orchestrator["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while not [b for b in mesh.status() if b["service"] == "orchestrator" and b["pid"] != orchestrator["pid"]
+               and b["ready"]]:  # fmt: skip
+        assert time.monotonic() < deadline, "the orchestrator was not restarted"
+        time.sleep(0.2)
+    assert find_pod_leaders(mesh.state_dir.resolve()) == engines
+    reply = client.completions.create(model="tiny-llama", prompt="still there", max_tokens=3)
+    assert reply.choices[0].finish_reason == "length"
+
+    # Ctrl-C: the mesh's own shutdown stops its engines too.
+    mesh.process.send_signal(signal.SIGINT)
+    assert mesh.process.wait(60) == 0
+    assert find_pod_leaders(mesh.state_dir.resolve()) == {}
 
 @pytest.mark.parametrize("mesh", [["--engines", "1", "--engine", "sim"]], indirect=True)
 async def test_up_locks_its_doors(mesh: RunningMesh) -> None:

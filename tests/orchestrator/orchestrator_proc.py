@@ -21,6 +21,7 @@ import httpx
 from brixmesh.common.bus import Bus
 from brixmesh.common.messages import PodEvent
 from brixmesh.common.subjects import PODS
+from brixmesh.orchestrator.local_backend import find_pod_leaders, stop_groups
 
 from tests.service_proc import ADMIN_HEADERS, service_process
 
@@ -44,17 +45,29 @@ async def run_orchestrator(
         "BRIXMESH_ANNOUNCE_INTERVAL_S": "1",
         "BRIXMESH_RECONCILE_INTERVAL_S": "0.5",
         "BRIXMESH_DRAIN_POLL_INTERVAL_S": "0.1",
+        "BRIXMESH_STOP_PODS_ON_EXIT": "1",  # tests leave nothing behind unless they ask to
         **(env or {}),
     }
-    # SIGTERM to the orchestrator alone: it drains and stops its engines itself
-    async with (
-        service_process(
-            "brixmesh.orchestrator", nats_url, work_dir / "orchestrator.log", settings,
-            startup_timeout_s=startup_timeout, stop_grace_s=20.0, term_group=False,
-        ) as service,
-        httpx.AsyncClient(base_url=service.url, timeout=10, headers=ADMIN_HEADERS) as http,
-    ):  # fmt: skip
-        yield OrchestratorProcess(service.url, service.process, state_dir, service.log_path, http)
+    # SIGTERM to the orchestrator alone: it stops its engines itself (engines live in their own sessions)
+    stops_engines = settings["BRIXMESH_STOP_PODS_ON_EXIT"] == "1"
+    completed = False
+    try:
+        async with (
+            service_process(
+                "brixmesh.orchestrator", nats_url, work_dir / "orchestrator.log", settings,
+                startup_timeout_s=startup_timeout, stop_grace_s=20.0, term_group=False,
+            ) as service,
+            httpx.AsyncClient(base_url=service.url, timeout=10, headers=ADMIN_HEADERS) as http,
+        ):  # fmt: skip
+            yield OrchestratorProcess(service.url, service.process, state_dir, service.log_path, http)
+        completed = True
+    finally:
+        # engines a test kept running for the next orchestrator are its business, unless it failed
+        left = {}
+        if stops_engines or not completed:
+            left = await asyncio.to_thread(find_pod_leaders, state_dir.resolve())
+            await asyncio.to_thread(stop_groups, list(left.values()))
+    assert not (stops_engines and left), f"the orchestrator left engines running: {left}"
 
 
 class PodEventLog:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +12,8 @@ from brixmesh.common.messages import PodEvent, PodInfo, ScaleDecision
 from brixmesh.orchestrator.backend import Pod
 from brixmesh.orchestrator.controller import Orchestrator, UnknownDeployment
 from brixmesh.orchestrator.spec import DeploymentSpec, SpecError, parse_spec
+from brixmesh.orchestrator.state import deployment_records
+from tests.waiting import eventually
 
 
 class MemoryBackend:
@@ -54,8 +57,12 @@ class MemoryBackend:
     def pending_changes(self) -> list[PodEvent]:
         return []
 
-    async def close(self) -> None:
-        self.pods.clear()
+    async def recover(self) -> None:
+        return None
+
+    async def close(self, *, stop_pods: bool) -> None:
+        if stop_pods:
+            self.pods.clear()
 
 
 NOW = 1_000.0
@@ -163,3 +170,64 @@ def test_external_deployments_have_a_fixed_size_that_follows_their_endpoints() -
     assert orchestrator.apply_decision(decision(5, NOW)) == "fixed_size"
     assert orchestrator.get("chat").replicas == 2
     assert orchestrator.patch("chat", {"external": two[:1]}).replicas == 1
+
+
+async def test_durable_state_then_startup_sources_win_at_start_and_the_api_keeps_its_own(
+    tmp_path: Path,
+) -> None:
+    store = deployment_records(tmp_path)
+    before, _ = make(store=store)
+    before.apply(parse_spec({"name": "by-hand", "model": "m", "replicas": 1}))
+    before.patch("by-hand", {"replicas": 3})
+    before.apply_startup([parse_spec({"name": "from-file", "model": "m", "replicas": 1}),
+                          parse_spec({"name": "dropped", "model": "m"})])  # fmt: skip
+    assert before.apply_decision(decision(4, NOW, deployment="from-file")) == "applied"
+    before.apply(parse_spec({"name": "gone", "model": "m"}))
+    before.delete("gone")
+
+    after, _ = make(store=store)
+    after.restore()
+    assert sorted(after.deployments) == ["by-hand", "dropped", "from-file"]
+    restored = after.get("from-file")
+    assert (restored.replicas, restored.origin) == (4, "startup")
+    assert restored.last_decision == decision(4, NOW, "from-file")
+    # the files now list from-file with a new template and no longer list `dropped`
+    after.apply_startup([parse_spec({"name": "from-file", "model": "m2", "replicas": 1})])
+    assert sorted(after.deployments) == ["by-hand", "from-file"]
+    updated = after.get("from-file")
+    assert (updated.generation, updated.replicas) == (2, 4)  # a new template; the autoscaled count is kept
+    assert (after.get("by-hand").replicas, after.get("by-hand").origin) == (3, "api")
+
+    again, _ = make(store=store)
+    again.restore()
+    assert sorted(again.deployments) == ["by-hand", "from-file"] and again.get("from-file").spec.model == "m2"
+    assert sorted(path.name for path in store.directory.iterdir()) == ["by-hand.json", "from-file.json"]
+
+
+def test_a_deployment_is_autoscaled_while_decisions_keep_arriving() -> None:
+    now = [NOW]
+    orchestrator = Orchestrator(MemoryBackend(), decision_max_age_s=30, clock=lambda: now[0])
+    deployment, _ = orchestrator.apply(parse_spec({"name": "chat", "model": "m"}))
+    assert not orchestrator.autoscaled(deployment)
+    assert orchestrator.apply_decision(decision(1, NOW)) == "unchanged"  # a claim without a change counts
+    assert orchestrator.autoscaled(deployment) and deployment.last_decision.ts == NOW
+    now[0] += 31
+    assert not orchestrator.autoscaled(deployment)
+
+
+async def test_close_stops_the_reconcile_loop_before_the_pods() -> None:
+    """Else a pass during a slow backend close starts pods in place of the ones being stopped (left running:
+    engines outlive the orchestrator)."""
+    orchestrator, backend = make(reconcile_interval_s=0.01)
+    orchestrator.apply(parse_spec({"name": "chat", "model": "m", "replicas": 2}))
+    loop = asyncio.create_task(orchestrator.run())
+    await eventually(lambda: len(backend.pods) == 2, 5)
+    close = backend.close
+
+    async def slow_close(*, stop_pods: bool) -> None:
+        await close(stop_pods=stop_pods)
+        await asyncio.sleep(0.2)  # a pass would run meanwhile
+
+    backend.close = slow_close  # type: ignore[method-assign]
+    await orchestrator.close(stop_pods=True)
+    assert backend.pods == {} and loop.done()

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
 import pytest
 
 from brixmesh.orchestrator.launch import (
-    Launch,
     PodPlacement,
     build_launch,
     check_engine,
@@ -28,19 +26,6 @@ def placement(tmp_path: Path, slot: int = 0) -> PodPlacement:
     )
 
 
-def engine_argv(launch: Launch) -> list[str]:
-    """The command without the ``setpriv --pdeathsig TERM --`` prefix (present where setpriv is installed)."""
-    argv = launch.argv
-    return argv[argv.index("--") + 1 :] if Path(argv[0]).name == "setpriv" else argv
-
-
-def test_pods_are_told_to_stop_when_the_orchestrator_dies(tmp_path: Path) -> None:
-    if shutil.which("setpriv") is None:
-        pytest.skip("util-linux setpriv not installed")
-    launch = build_launch(parse_spec({"name": "chat", "model": "m"}), placement(tmp_path))
-    assert launch.argv[1:4] == ["--pdeathsig", "TERM", "--"]
-
-
 def flag(argv: list[str], name: str) -> str:
     return argv[argv.index(name) + 1]
 
@@ -48,7 +33,7 @@ def flag(argv: list[str], name: str) -> str:
 def test_sim_command_endpoints_and_probe(tmp_path: Path) -> None:
     spec = parse_spec({"name": "chat", "model": "tiny-llama", "engine_args": ["--block-size", "32", "--seed", "3"]})
     launch = build_launch(spec, placement(tmp_path))
-    argv = engine_argv(launch)
+    argv = launch.argv
     assert argv[:5] == [sys.executable, "-m", "brixmesh.engine_sim", "serve", "tiny-llama"]
     assert (flag(argv, "--host"), flag(argv, "--port"), flag(argv, "--served-model-name")) == (
         "127.0.0.1", "8100", "tiny-llama",
@@ -79,7 +64,7 @@ def test_cpu_pinning_slices_by_slot(tmp_path: Path) -> None:
     assert pod_cpus(parse_spec({"name": "a", "model": "m"}), 0) is None
     usable = sorted(os.sched_getaffinity(0))
     pinned = parse_spec({"name": "a", "model": "m", "cpus": [usable[0]]})
-    assert engine_argv(build_launch(pinned, placement(tmp_path)))[:3] == ["taskset", "-c", str(usable[0])]
+    assert build_launch(pinned, placement(tmp_path)).argv[:3] == ["taskset", "-c", str(usable[0])]
 
 
 def test_unavailable_cpus_and_sglang_are_rejected() -> None:
@@ -115,7 +100,7 @@ def test_vllm_command_from_the_cached_install(tmp_path: Path, monkeypatch: pytes
     cores = sorted(os.sched_getaffinity(0))
     for slot in range(2):
         launch = build_launch(spec, placement(tmp_path, slot))
-        assert engine_argv(launch)[:3] == [str(venv / "bin/vllm"), "serve", str(tmp_path / "models/tiny-llama")]
+        assert launch.argv[:3] == [str(venv / "bin/vllm"), "serve", str(tmp_path / "models/tiny-llama")]
         assert flag(launch.argv, "--served-model-name") == "tiny-llama"
         assert launch.block_size == 64  # engine_args come last and win
         assert launch.readiness_url == "http://127.0.0.1:8100/health"

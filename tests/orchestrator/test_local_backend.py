@@ -10,7 +10,7 @@ from pathlib import Path
 
 from brixmesh.common.ports import free_port
 from brixmesh.orchestrator.launch import POD_ENV, STATE_DIR_ENV
-from brixmesh.orchestrator.local_backend import LocalBackend, reap_orphans, runtime_root
+from brixmesh.orchestrator.local_backend import LocalBackend, find_pod_leaders, runtime_root, stop_groups
 from brixmesh.orchestrator.spec import parse_spec
 
 
@@ -31,7 +31,7 @@ async def test_pods_never_share_ports_and_take_the_lowest_free_slot(tmp_path: Pa
         assert third.slot == 0
         assert [e.kind for e in backend.pending_changes()] == ["added", "added", "removed", "added"]
     finally:
-        await backend.close()
+        await backend.close(stop_pods=True)
     assert backend.list_pods() == []
 
 
@@ -43,7 +43,7 @@ def test_socket_dir_falls_back_to_a_short_path_when_the_state_dir_is_deep(tmp_pa
     assert runtime_root(deep) == short  # stable for one state dir
 
 
-def test_orphans_with_our_state_dir_are_stopped_and_others_kept(tmp_path: Path) -> None:
+def test_pod_leaders_of_our_state_dir_are_found_by_pod_name_and_stopped(tmp_path: Path) -> None:
     def sleeper(state_dir: Path) -> subprocess.Popen[bytes]:
         env = {**os.environ, POD_ENV: "chat-00000", STATE_DIR_ENV: str(state_dir)}
         return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env=env,
@@ -51,7 +51,8 @@ def test_orphans_with_our_state_dir_are_stopped_and_others_kept(tmp_path: Path) 
 
     ours, theirs = sleeper(tmp_path), sleeper(tmp_path / "elsewhere")
     try:
-        assert reap_orphans(tmp_path, grace_s=5) == [ours.pid]
+        assert find_pod_leaders(tmp_path) == {"chat-00000": ours.pid}
+        stop_groups([ours.pid], grace_s=5)
         assert ours.wait(5) == -signal.SIGTERM
         assert theirs.poll() is None
     finally:

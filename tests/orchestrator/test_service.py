@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import httpx
 import pytest
 
 from brixmesh.common.bus import Bus
-from brixmesh.common.messages import PodList, PodListRequest, ScaleDecision
+from brixmesh.common.messages import PodEvent, PodList, PodListRequest, ScaleDecision
 from brixmesh.common.servers import NatsServer
 from brixmesh.common.subjects import PODS_LIST, SCALE_DECISIONS
 from tests.engine_sim.sim_engine import sim_engine
@@ -310,6 +309,7 @@ async def test_deployments_file_and_default_deployment_at_start(
         ({"BRIXMESH_DEPLOYMENTS_FILE": "{dir}/missing.yaml"}, "missing.yaml: cannot read: No such file"),
         ({"BRIXMESH_DEFAULT_ENGINES": "1", "BRIXMESH_DEFAULT_ENGINE": "sglang"}, "'sglang' is not installed here"),
         ({"BRIXMESH_DEFAULT_ENGINE": "tgi"}, "BRIXMESH_DEFAULT_ENGINE: Input should be 'sim', 'vllm' or 'sglang'"),
+        ({"BRIXMESH_STATE_DIR": "/proc/bm"}, "cannot keep state in /proc/bm (set BRIXMESH_STATE_DIR)"),
     ],
 )
 def test_bad_start_configuration_exits_with_one_line(tmp_path: Path, env: dict[str, str], message: str) -> None:
@@ -322,23 +322,67 @@ def test_bad_start_configuration_exits_with_one_line(tmp_path: Path, env: dict[s
     assert len(lines) == 1 and lines[0].startswith("brixmesh-orchestrator: ") and message in lines[0], lines
 
 
-async def test_a_killed_orchestrator_leaves_no_engine_running(
+async def test_a_restarted_orchestrator_adopts_its_engines_and_keeps_http_deployments(
     fresh_nats_server: NatsServer, nats_bus: Bus, tmp_path: Path
 ) -> None:
-    """Pods get SIGTERM when the orchestrator dies (setpriv --pdeathsig); any that survive (no setpriv, or
-    children of the engine) are stopped by the next orchestrator with the same state directory."""
+    """SIGKILL (a crash) and a graceful stop without BRIXMESH_STOP_PODS_ON_EXIT both leave the engines
+    serving; the next orchestrator with the same state directory lists the same pids, withdraws nothing,
+    and still has the deployment applied over HTTP with its scaled replicas. Unrecorded pod processes of
+    the state directory are stopped; an adopted engine that dies is restarted as a child."""
     events = await PodEventLog.start(nats_bus)
-    env = {"BRIXMESH_DEFAULT_ENGINES": "1"}
-    async with run_orchestrator(fresh_nats_server.url, tmp_path, env=env) as orch:
+    keep = {"BRIXMESH_STOP_PODS_ON_EXIT": "0"}
+    async with run_orchestrator(fresh_nats_server.url, tmp_path, env=keep) as orch:
+        assert (await orch.http.put("/v1/deployments/chat", json=sim_deployment(1))).status_code == 201
         await events.wait_for("ready")
-        (pod,) = (await orch.http.get("/v1/pods")).json()["data"]
-        orch.process.kill()  # SIGKILL: no stop hook runs
+        await decide(nats_bus, "chat", 2)
+        await events.wait_for("ready", count=2)
+        before = {p["pod"]["pod"]: p["pid"] for p in (await orch.http.get("/v1/pods")).json()["data"]}
+        orch.process.kill()  # SIGKILL: nothing runs on the way out
         orch.process.wait()
-        if shutil.which("setpriv"):
-            await wait_gone(pod["pid"])  # the kernel told it
-        async with run_orchestrator(fresh_nats_server.url, tmp_path, env=env):
-            await wait_gone(pod["pid"])
-            await events.wait_for("ready", count=2)
+    marks = {"BRIXMESH_POD": "chat-stray", "BRIXMESH_POD_STATE_DIR": str((tmp_path / "state").resolve())}
+    stray = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"], env={**os.environ, **marks},
+        start_new_session=True,
+    )
+    try:
+        for _ in range(2):  # after the SIGKILL, then after a graceful stop that keeps the engines
+            async with run_orchestrator(fresh_nats_server.url, tmp_path, env=keep) as orch:
+                await events.wait_for("ready", count=2, where=adopted)
+                pods = (await orch.http.get("/v1/pods")).json()["data"]
+                assert {p["pod"]["pod"]: p["pid"] for p in pods} == before
+                assert all(p["ready"] for p in pods)
+                view = (await orch.http.get("/v1/deployments/chat")).json()
+                decided = view["last_decision"]["desired_replicas"]
+                assert (view["replicas"], view["origin"], decided) == (2, "api", 2)
+                async with httpx.AsyncClient() as client:
+                    for pod in pods:
+                        assert (await client.get(pod["pod"]["endpoint"] + "/v1/models")).status_code == 200
+                assert stray.wait(10) == -signal.SIGTERM
+                events.events = [e for e in events.events if not adopted(e)]
+        assert events.matching("removed") == []
+        assert all(_alive(pid) for pid in before.values())
+    finally:
+        if stray.poll() is None:
+            stray.kill()
+    async with run_orchestrator(fresh_nats_server.url, tmp_path) as orch:  # stops its engines on exit
+        await events.wait_for("ready", count=2, where=adopted)
+        # an adopted engine that dies is restarted as an ordinary child, with the same identity
+        victim, victim_pid = next(iter(before.items()))
+        os.kill(victim_pid, signal.SIGKILL)
+        (removed,) = await events.wait_for("removed", pod=victim)
+        assert removed.reason == "exited (adopted: exit code unknown); restarting"
+        await events.wait_for("ready", pod=victim, where=lambda e: e.reason == "ready after restart 1")
+        restarted = {p["pod"]["pod"]: p["pid"] for p in (await orch.http.get("/v1/pods")).json()["data"]}
+        assert restarted.keys() == before.keys() and restarted[victim] != victim_pid
+    for pid in [*before.values(), restarted[victim]]:
+        await wait_gone(pid)
+    assert sorted(e.reason for e in events.matching("removed")) == [
+        "exited (adopted: exit code unknown); restarting", "orchestrator stopping", "orchestrator stopping",
+    ]
+
+
+def adopted(event: PodEvent) -> bool:
+    return event.reason == "adopted from an earlier orchestrator"
 
 
 async def wait_gone(pid: int, timeout: float = 10) -> None:

@@ -24,6 +24,7 @@ from brixmesh.cli.state import (
     MeshRecord, admin_token, record_path, secrets_dir, write_nats_passwords, write_record, write_secret,
 )  # fmt: skip
 
+ORCHESTRATOR_STOP_GRACE_S = 30.0
 SERVICES = ("orchestrator", "kv-index", "autoscaler", "adapter-manager", "gpu-doctor", "router")
 """Start order: the router last, so that it finds pods and the KV index already announced."""
 
@@ -70,6 +71,8 @@ def service_spec(
             "BRIXMESH_DEFAULT_ENGINES": str(options.engines),
             "BRIXMESH_DEFAULT_ENGINE": options.engine,
             "BRIXMESH_DEFAULT_MODEL": options.model,
+            # the mesh's own shutdown stops its engines; a crashed orchestrator's successor adopts them
+            "BRIXMESH_STOP_PODS_ON_EXIT": "1",
         }
     return ProcessSpec(
         name=name,
@@ -77,6 +80,9 @@ def service_spec(
         env=env,
         log_path=options.state_dir / "logs" / f"{name}.log",
         readiness=ReadinessProbe(f"http://127.0.0.1:{port}/readyz", timeout_s=options.ready_timeout_s),
+        # the orchestrator stops its engines on the way out (up to 15 s for vLLM); killed earlier, it would
+        # leave them running
+        stop_grace_s=ORCHESTRATOR_STOP_GRACE_S if name == "orchestrator" else ProcessSpec.stop_grace_s,
     )
 
 

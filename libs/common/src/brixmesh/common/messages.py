@@ -170,6 +170,29 @@ class ScaleDecision(msgspec.Struct, kw_only=True):
     metrics: dict[str, float] = msgspec.field(default_factory=dict)
     window_state: str = ""
     ts: float
+    resent: bool = False
+    """The decision in force sent again (unacknowledged, overridden by hand, or a periodic claim of the
+    deployment), not a new verdict."""
+
+
+class DeploymentStatus(msgspec.Struct, kw_only=True):
+    """The orchestrator's observed fleet of one deployment: published when it changes and every announce
+    interval. ``last_decision_ts`` is the ``ts`` of the last scale decision it took (0: none), so an
+    autoscaler knows its decision arrived; ``deleted`` is sent once when the deployment goes away."""
+
+    deployment: str
+    role: PodRole = "both"
+    generation: int
+    desired_replicas: int
+    ready_replicas: int
+    pods: int
+    """Pods not draining (starting or ready)."""
+    fixed_size: bool = False
+    """External endpoints: its size follows their list, scale decisions do not apply."""
+    last_decision_ts: float = 0.0
+    deleted: bool = False
+    orchestrator: str = ""
+    ts: float
 
 
 # --- KV events (normalized by kv-index; engine hashes as u64) -----------------------------------------

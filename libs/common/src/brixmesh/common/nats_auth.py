@@ -2,7 +2,8 @@
 subjects each service owns (:mod:`brixmesh.common.subjects`). Subscribing stays open to every user: the
 bus carries no prompts, and ``brixmesh tap`` must see everything.
 
-- Only the orchestrator publishes ``pods.*`` (announcements; the ``pods.list`` request is everyone's).
+- Only the orchestrator publishes ``pods.*`` (announcements; the ``pods.list`` request is everyone's) and
+  ``deployments.status.*``.
 - Only kv-index publishes ``kv.events.*`` / ``kv.snapshots.*``; only the autoscaler ``metrics.pods.*`` and
   ``scale.decisions.*``; only routers ``router.*``.
 - Every service publishes its own ``mesh.heartbeat.<service>``, replies on ``_INBOX.>``, and requests
@@ -23,7 +24,7 @@ import secrets
 import sys
 
 from brixmesh.common.subjects import (
-    KV_EVENTS, KV_SNAPSHOTS, MESH_HEARTBEAT, MESH_PING, METRICS_PODS, PODS, PODS_LIST, ROUTER_ROUTING,
+    DEPLOYMENTS_STATUS, KV_EVENTS, KV_SNAPSHOTS, MESH_HEARTBEAT, MESH_PING, METRICS_PODS, PODS, PODS_LIST, ROUTER_ROUTING,
     ROUTER_STATS, SCALE_DECISIONS, Subject,
 )  # fmt: skip
 
@@ -31,7 +32,6 @@ CLI_USER = "cli"
 SERVICE_USERS = ("orchestrator", "kv-index", "autoscaler", "router", "adapter-manager", "gpu-doctor")
 INBOXES = "_INBOX.>"
 JETSTREAM = ("$JS.API.>", "$JS.ACK.>", "$JS.FC.>")
-KEY_VALUE = "$KV.>"
 
 
 def _owned(*subjects: Subject) -> list[str]:
@@ -39,15 +39,14 @@ def _owned(*subjects: Subject) -> list[str]:
 
 
 OWNED_SUBJECTS: dict[str, list[str]] = {
-    "orchestrator": [PODS.template.split(".")[0] + ".>", *JETSTREAM, KEY_VALUE],
+    "orchestrator": [PODS.template.split(".")[0] + ".>", *_owned(DEPLOYMENTS_STATUS), *JETSTREAM],
     "kv-index": [*_owned(KV_EVENTS, KV_SNAPSHOTS), *JETSTREAM],
-    "autoscaler": [*_owned(METRICS_PODS, SCALE_DECISIONS), *JETSTREAM, KEY_VALUE],
+    "autoscaler": [*_owned(METRICS_PODS, SCALE_DECISIONS), *JETSTREAM],
     "router": [*_owned(ROUTER_STATS, ROUTER_ROUTING), *JETSTREAM],
     "adapter-manager": [],
     "gpu-doctor": [],
 }
-"""Beyond what every service may publish. ``pods.>`` covers every :data:`PODS` kind; the orchestrator and
-the autoscaler keep durable state in JetStream key-value buckets (``$KV.>``)."""
+"""Beyond what every service may publish. ``pods.>`` covers every :data:`PODS` kind."""
 
 
 def publish_allowed(user: str) -> list[str]:

@@ -91,6 +91,12 @@ METRICS_PODS = Subject(
 SCALE_DECISIONS = Subject(
     "scale.decisions.{deployment}", m.ScaleDecision, "Autoscaler verdicts with reason; the orchestrator applies them."
 )
+DEPLOYMENTS_STATUS = Subject(
+    "deployments.status.{deployment}",
+    m.DeploymentStatus,
+    "The orchestrator's observed fleet per deployment (desired, ready, generation, last decision taken); "
+    "on change and every announce interval.",
+)
 ROUTER_STATS = Subject(
     "router.stats.{model}.{router}", m.RouterStats, "Per-second request statistics of each router replica per model.", "medium"
 )
@@ -116,7 +122,8 @@ KV_SNAPSHOTS = Subject(
 )
 
 ALL: tuple[Subject, ...] = (
-    MESH_HEARTBEAT, MESH_PING, PODS, PODS_LIST, METRICS_PODS, SCALE_DECISIONS, ROUTER_STATS, ROUTER_ROUTING, KV_EVENTS, KV_SNAPSHOTS
+    MESH_HEARTBEAT, MESH_PING, PODS, PODS_LIST, METRICS_PODS, SCALE_DECISIONS, DEPLOYMENTS_STATUS,
+    ROUTER_STATS, ROUTER_ROUTING, KV_EVENTS, KV_SNAPSHOTS,
 )
 
 

@@ -1,6 +1,6 @@
 """Supervised subprocesses: own process group, readiness probe, restart with exponential backoff, crash-loop
-detection, clean group stop. Used by ``brixmesh up`` for services and by the orchestrator's local backend
-for engine pods.
+detection, clean group stop, and adoption of a group a dead supervisor left running (Linux pidfds). Used
+by ``brixmesh up`` for services and by the orchestrator's local backend for engine pods.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import enum
 import logging
 import os
 import signal
+import subprocess
 import time
 from collections import deque
 from collections.abc import Callable
@@ -63,25 +64,41 @@ StateListener = Callable[["SupervisedProcess", ProcessState], None]
 
 
 class SupervisedProcess:
+    """One process group: started as a child, or adopted from a supervisor that died (then restarted as a
+    child once it exits). Exits are watched through a pidfd, which works for both."""
+
     def __init__(self, spec: ProcessSpec, on_state: StateListener | None = None) -> None:
         self.spec = spec
         self.state = ProcessState.STOPPED
         self.pid: int | None = None
         self.restarts = 0
         self.last_exit_code: int | None = None
+        """None after an adopted process exited: its exit status went to its real parent."""
         self.started_at: float | None = None
+        self.adopted = False
+        """True while the running process is one this supervisor adopted rather than started."""
         self._on_state = on_state
-        self._process: asyncio.subprocess.Process | None = None
+        self._exited: asyncio.Future[None] | None = None
         self._runner: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self._recent_restarts: deque[float] = deque()
         self._stop_requested = False
 
     def start(self) -> None:
+        self._begin(None)
+
+    def adopt(self, pid: int) -> None:
+        """Supervise the running group leader ``pid`` (which the caller identified as this process):
+        probe its readiness, watch it, and start a child in its place when it exits."""
+        self._begin(pid)
+
+    def _begin(self, adopted_pid: int | None) -> None:
         if self._runner is not None and not self._runner.done():
             return
         self._stop_requested = False
-        self._runner = asyncio.get_running_loop().create_task(self._run(), name=f"supervise:{self.spec.name}")
+        self._runner = asyncio.get_running_loop().create_task(
+            self._run(adopted_pid), name=f"supervise:{self.spec.name}"
+        )
 
     async def wait_ready(self, timeout_s: float) -> bool:
         try:
@@ -94,21 +111,33 @@ class SupervisedProcess:
         """SIGTERM the whole process group, SIGKILL after ``stop_grace_s``; no restart afterwards."""
         self._stop_requested = True
         await self._terminate_group()
+        await self._cancel_runner()
+        self._set_state(ProcessState.STOPPED)
+
+    async def release(self) -> None:
+        """Stop supervising and leave the process running, for a later supervisor to :meth:`adopt`."""
+        self._stop_requested = True
+        await self._cancel_runner()
+
+    def signal(self, signum: int) -> None:
+        if self.pid is not None and self._exited is not None and not self._exited.done():
+            os.killpg(self.pid, signum)
+
+    async def _cancel_runner(self) -> None:
         if self._runner is not None:
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._runner
-        self._set_state(ProcessState.STOPPED)
 
-    def signal(self, signum: int) -> None:
-        if self._process is not None and self._process.returncode is None:
-            os.killpg(self._process.pid, signum)
-
-    async def _run(self) -> None:
+    async def _run(self, adopted_pid: int | None) -> None:
         backoff = self.spec.backoff_initial_s
         while not self._stop_requested:
             launched_at = time.monotonic()
-            code = await self._launch_and_wait()
+            if adopted_pid is not None:
+                code = await self._watch(adopted_pid, None)
+                adopted_pid = None
+            else:
+                code = await self._launch_and_wait()
             if self._stop_requested:
                 return
             self.last_exit_code = code
@@ -131,42 +160,62 @@ class SupervisedProcess:
             backoff = min(backoff * 2, self.spec.backoff_max_s)
             self.restarts += 1
 
-    async def _launch_and_wait(self) -> int:
-        self._ready.clear()
-        self._set_state(ProcessState.STARTING)
+    async def _launch_and_wait(self) -> int | None:
         env = {**os.environ, **self.spec.env}
         log_file = None
         if self.spec.log_path is not None:
             self.spec.log_path.parent.mkdir(parents=True, exist_ok=True)
-            log_file = open(self.spec.log_path, "ab")  # noqa: SIM115 (owned by the child's lifetime)
+            log_file = open(self.spec.log_path, "ab")  # noqa: SIM115 (the child keeps its own descriptor)
         try:
-            self._process = await asyncio.create_subprocess_exec(
-                *self.spec.argv,
+            # Popen rather than an asyncio subprocess: an asyncio transport kills its child when it is
+            # closed, and a child released at shutdown must outlive this process.
+            child = subprocess.Popen(
+                self.spec.argv,
                 env=env,
                 cwd=self.spec.cwd,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log_file or asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.STDOUT if log_file else asyncio.subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file or subprocess.DEVNULL,
+                stderr=subprocess.STDOUT if log_file else subprocess.DEVNULL,
                 start_new_session=True,
             )
         except OSError as exc:
+            self._ready.clear()
+            self._set_state(ProcessState.STARTING)
             log.error("%s could not start: %s", self.spec.name, exc)
             return 127
         finally:
             if log_file is not None:
                 log_file.close()
-        self.pid = self._process.pid
+        return await self._watch(child.pid, child)
+
+    async def _watch(self, pid: int, child: subprocess.Popen[bytes] | None) -> int | None:
+        """Probe and wait until the group leader ``pid`` exits; then kill what it left in its group.
+        Returns its exit code (None for an adopted process, or one already gone)."""
+        self._ready.clear()
+        self.pid = pid
+        self.adopted = child is None
         self.started_at = time.time()
-        probe = asyncio.get_running_loop().create_task(self._probe_ready())
+        self._set_state(ProcessState.STARTING)
+        loop = asyncio.get_running_loop()
         try:
-            return await self._process.wait()
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return None
+        exited = self._exited = loop.create_future()
+        loop.add_reader(pidfd, lambda: exited.done() or exited.set_result(None))
+        probe = loop.create_task(self._probe_ready())
+        try:
+            await asyncio.shield(exited)
         finally:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
             probe.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await probe
-            # the leader is gone; make sure nothing it forked keeps running
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self._process.pid, signal.SIGKILL)
+        # the leader is gone (a zombie still holds its pid for a child); nothing it forked may keep running
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+        return child.wait() if child is not None else None
 
     async def _probe_ready(self) -> None:
         probe = self.spec.readiness
@@ -188,17 +237,17 @@ class SupervisedProcess:
         self._set_state(ProcessState.READY)
 
     async def _terminate_group(self) -> None:
-        process = self._process
-        if process is None or process.returncode is not None:
+        exited = self._exited
+        if self.pid is None or exited is None or exited.done():
             return
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
+            os.killpg(self.pid, signal.SIGTERM)
         try:
-            await asyncio.wait_for(process.wait(), self.spec.stop_grace_s)
+            await asyncio.wait_for(asyncio.shield(exited), self.spec.stop_grace_s)
         except asyncio.TimeoutError:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            await process.wait()
+                os.killpg(self.pid, signal.SIGKILL)
+            await asyncio.shield(exited)
 
     def _set_state(self, state: ProcessState) -> None:
         if state is self.state:

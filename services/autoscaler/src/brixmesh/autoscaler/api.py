@@ -9,6 +9,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 import yaml
 from brixmesh.autoscaler.policy import AutoscalerPolicy
 from brixmesh.autoscaler.registry import Autoscalers
@@ -30,6 +31,7 @@ def describe_policy(policy: AutoscalerPolicy) -> dict[str, Any]:
             "current_replicas": policy.current,
             "decisions": policy.decisions,
             "panicking": policy.kpa_state.panicking,
+            "in_force": msgspec.to_builtins(policy.in_force) if policy.in_force is not None else None,
         },
     }
 

@@ -1,7 +1,8 @@
 """Wiring of the autoscaler service.
 
-Inputs: ``pods.*`` (pod discovery), ``router.stats.*`` (leading demand signal), engines' ``/metrics``
-(scraped), specs from YAML files and the HTTP API. State: :class:`Fleet`, :class:`RouterSignals`,
+Inputs: ``pods.*`` (pod discovery), ``router.stats.*`` (leading demand signal), ``deployments.status.*``
+(the orchestrator's observed fleet: closes the loop), engines' ``/metrics`` (scraped), specs from YAML files
+and the HTTP API. State: :class:`Fleet`, :class:`RouterSignals`,
 :class:`Autoscalers`. Decisions: :mod:`policy`. Outputs: ``metrics.pods.<pod>``, ``scale.decisions.<deployment>``.
 """
 
@@ -37,7 +38,10 @@ def build_service(settings: AutoscalerSettings) -> Service:
         rate_window_s=settings.rate_window_s,
         quantile_window_s=settings.quantile_window_s,
     )
-    controller = AutoscalerController(scraper, autoscalers, max_metrics_age_s=settings.max_metrics_age_s)
+    controller = AutoscalerController(
+        scraper, autoscalers, max_metrics_age_s=settings.max_metrics_age_s,
+        decision_refresh_s=settings.decision_refresh_s,
+    )  # fmt: skip
     add_routes(service.app, autoscalers, lambda: set(controller.fleet.models))
 
     registry = service.registry
@@ -58,6 +62,11 @@ def build_service(settings: AutoscalerSettings) -> Service:
     Gauge(
         "brixmesh_autoscaler_decisions", "Scale decisions published so far", registry=registry
     ).set_function(lambda: controller.decisions_published)
+    Gauge(
+        "brixmesh_autoscaler_decisions_resent",
+        "Decisions in force sent again (unacknowledged, overridden by hand, or refreshed)",
+        registry=registry,
+    ).set_function(lambda: controller.decisions_resent)
 
     async def start(svc: Service) -> None:
         watch = await controller.attach(svc.bus, svc.registry)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from brixmesh.autoscaler.fleet import Fleet, RouterSignals
 from brixmesh.autoscaler.policy import Observation
 from brixmesh.autoscaler.spec import PodAutoscalerSpec
-from brixmesh.common.messages import PodMetrics, RouterStats
+from brixmesh.common.messages import DeploymentStatus, PodMetrics, RouterStats
 
 
 def pod_value(metrics: PodMetrics, metric: str) -> float:
@@ -28,7 +28,13 @@ def router_value(stats: RouterStats, metric: str) -> float:
 
 
 def observe(
-    spec: PodAutoscalerSpec, fleet: Fleet, routers: RouterSignals, now: float, *, max_metrics_age_s: float
+    spec: PodAutoscalerSpec,
+    fleet: Fleet,
+    routers: RouterSignals,
+    now: float,
+    *,
+    max_metrics_age_s: float,
+    status: DeploymentStatus | None = None,
 ) -> Observation:
     """Sums each metric source over fresh data only: stale or too old pod metrics are left out, and a
     source with no fresh data at all is absent (not zero), so the policy never decides on missing data."""
@@ -49,4 +55,7 @@ def observe(
         elif source.source == "router" and router_stats:
             totals[source.key] = sum(router_value(s, source.metric) for s in router_stats)
     demand = float(sum(s.arrivals + s.in_flight + s.queued for s in router_stats))
-    return Observation(ts=now, live_pods=live, ready_pods=len(ready), totals=totals, router_demand=demand)
+    return Observation(
+        ts=now, live_pods=live, ready_pods=len(ready), totals=totals, router_demand=demand,
+        desired_replicas=status.desired_replicas if status is not None else None,
+    )  # fmt: skip

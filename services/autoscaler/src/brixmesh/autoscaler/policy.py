@@ -2,7 +2,18 @@
 
 Pure: :meth:`AutoscalerPolicy.evaluate` takes an :class:`Observation` (already aggregated from pod
 metrics and router stats) and returns a :class:`ScaleDecision` only when the desired count changes, so
-every published decision is a real change and counting them measures flapping.
+every new decision is a real change and counting them measures flapping.
+
+The loop is closed on the orchestrator's ``deployments.status``: until the first decision the policy
+starts from the desired replicas the orchestrator reports (the count a restarted autoscaler finds in
+force), and :meth:`AutoscalerPolicy.enforce` keeps the decision in force: it is sent again (``resent``)
+when the orchestrator has not taken it by the next evaluation (a lost message, an orchestrator restart),
+when the orchestrator's desired replicas differ from it (changed by hand: the autoscaler owns ``replicas``,
+as Kubernetes' HPA does), and every ``refresh_s`` so the orchestrator can show the deployment as autoscaled.
+
+No decision is made from a window that does not yet cover its span (after a start or restart the windows
+refill first): scaling up needs a full panic window, scaling down a full stable window. Scale from zero on
+router demand is the exception: it needs no window.
 """
 
 from __future__ import annotations
@@ -10,10 +21,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import msgspec
 from brixmesh.autoscaler import algorithms
 from brixmesh.autoscaler.spec import PodAutoscalerSpec
 from brixmesh.autoscaler.window import SlidingWindow
-from brixmesh.common.messages import ScaleDecision
+from brixmesh.common.messages import DeploymentStatus, ScaleDecision
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +38,8 @@ class Observation:
     """Metric-source key (``pod:running``) -> sum over pods or routers; absent when there is no fresh data."""
     router_demand: float = 0.0
     """Requests the routers see for the model (arrivals + in flight + queued): the scale-from-zero trigger."""
+    desired_replicas: int | None = None
+    """The orchestrator's desired replicas for the target (``deployments.status``); None while unknown."""
 
 
 class AutoscalerPolicy:
@@ -35,15 +49,20 @@ class AutoscalerPolicy:
         self.panic = SlidingWindow(spec.panic_window_s)
         self.kpa_state = algorithms.KpaState()
         self.current: int | None = None
-        """The count last asked for; follows the live pod count until the first decision."""
+        """The count last asked for; until the first decision, the orchestrator's desired replicas (or the
+        live pod count while those are unknown)."""
         self.decided = False
         self.last_change_ts = -math.inf
         self.decisions = 0
+        self.in_force: ScaleDecision | None = None
+        """The last decision as last sent (its ``ts`` is that of the last send)."""
+        self.reason_in_force = ""
+        """Why the decision in force was made (re-sent copies say so, then repeat it)."""
 
     def evaluate(self, obs: Observation) -> ScaleDecision | None:
         spec = self.spec
         if not self.decided:
-            self.current = obs.live_pods
+            self.current = obs.desired_replicas if obs.desired_replicas is not None else obs.live_pods
         current = self.current or 0
         raws = {m.key: obs.totals[m.key] / m.target for m in spec.metrics if m.key in obs.totals}
         from_zero = current == 0 and obs.router_demand > 0
@@ -63,6 +82,8 @@ class AutoscalerPolicy:
             return None
         since_change = obs.ts - self.last_change_ts
         if not from_zero:
+            if not (self.panic if desired > current else self.stable).filled(obs.ts):
+                return None  # the window is still refilling: too little history to act on
             if desired > current and since_change < spec.scale_up_cooldown_s:
                 return None
             if desired < current and since_change < spec.scale_down_cooldown_s:
@@ -76,17 +97,41 @@ class AutoscalerPolicy:
             raw_desired=round(raw, 4), stable_mean=round(stable_mean, 4), panic_mean=round(panic_mean, 4),
             ready_pods=float(obs.ready_pods), live_pods=float(obs.live_pods), router_demand=obs.router_demand,
         )  # fmt: skip
-        return ScaleDecision(
+        self.reason_in_force = self._reason(current, desired, raws, basis, from_zero)
+        self.in_force = ScaleDecision(
             deployment=spec.deployment,
             role=spec.role or "both",
             current_replicas=current,
             desired_replicas=desired,
             algorithm=spec.strategy,
-            reason=self._reason(current, desired, raws, basis, from_zero),
+            reason=self.reason_in_force,
             metrics=metrics,
             window_state=self._window_state(obs.ts),
             ts=obs.ts,
         )
+        return self.in_force
+
+    def enforce(
+        self, status: DeploymentStatus | None, now: float, *, refresh_s: float
+    ) -> ScaleDecision | None:
+        """The decision in force, to send again (with ``ts`` now), or None when the orchestrator's status
+        shows it in effect and it was sent less than ``refresh_s`` ago. Without a status nothing is sent:
+        no orchestrator has reported the deployment."""
+        sent = self.in_force
+        if sent is None or status is None or status.fixed_size:
+            return None
+        if status.last_decision_ts < sent.ts:
+            why = "not acknowledged by the orchestrator"
+        elif status.desired_replicas != sent.desired_replicas:
+            why = f"the orchestrator's desired replicas were changed to {status.desired_replicas}"
+        elif now - sent.ts >= refresh_s:
+            why = "refresh"
+        else:
+            return None
+        self.in_force = msgspec.structs.replace(
+            sent, ts=now, resent=True, reason=f"re-sent ({why}): {self.reason_in_force}"
+        )
+        return self.in_force
 
     def _algorithm(
         self, current: int, raw: float, stable_mean: float, panic_mean: float, now: float

@@ -14,12 +14,14 @@ class Autoscalers:
 
     def put(self, spec: PodAutoscalerSpec) -> bool:
         """Add or replace; returns True when created. A replacement aimed at the same target keeps the
-        count it asked for and its cooldown clock (so an edit does not cause a jump), but restarts windows."""
+        count it asked for, the decision it keeps in force and its cooldown clock (so an edit does not cause a
+        jump), but restarts windows."""
         old = self._policies.get(spec.name)
         policy = AutoscalerPolicy(spec)
         if old is not None and (old.spec.deployment, old.spec.role) == (spec.deployment, spec.role):
             policy.current, policy.decided = old.current, old.decided
             policy.last_change_ts, policy.decisions = old.last_change_ts, old.decisions
+            policy.in_force, policy.reason_in_force = old.in_force, old.reason_in_force
         self._policies[spec.name] = policy
         return old is None
 

@@ -16,6 +16,9 @@ class AutoscalerSettings(ServiceSettings):
     """TTFT/ITL quantiles come from histogram bucket deltas over this window."""
     max_metrics_age_s: float = Field(default=2.0, gt=0)
     """Pod metrics older than this are left out of decisions."""
+    decision_refresh_s: float = Field(default=10.0, gt=0)
+    """A decision in force is sent again at least this often (the orchestrator shows a deployment as
+    autoscaled while it hears from an autoscaler within its ``decision_max_age_s``, 60 s by default)."""
     autoscaler_specs: str = ""
     """Comma-separated YAML files of PodAutoscaler specs loaded at start."""
 

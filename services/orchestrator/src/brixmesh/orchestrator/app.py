@@ -2,13 +2,13 @@
 
 Inputs: deployment specs (YAML files at start, HTTP API), ``scale.decisions.*`` (autoscaler), pod process
 states (local backend). State: :class:`~brixmesh.orchestrator.controller.Orchestrator` (deployments, desired
-replicas, drains in progress). Outputs: pods started/drained/stopped, ``pods.*`` lifecycle events, ``pods.list``
-answers, the HTTP API.
+replicas, drains in progress), durable in the state directory, and the pods it adopts at start. Outputs: pods
+started/drained/stopped, ``pods.*`` lifecycle events, ``pods.list`` answers, ``deployments.status.*``, the
+HTTP API.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 
@@ -24,6 +24,8 @@ from brixmesh.orchestrator.local_backend import LocalBackend
 from brixmesh.orchestrator.metrics import OrchestratorCollector
 from brixmesh.orchestrator.settings import OrchestratorSettings
 from brixmesh.orchestrator.spec import DeploymentSpec, SpecError, load_path, unique
+from brixmesh.orchestrator.state import deployment_records
+from brixmesh.orchestrator.status import StatusPublisher
 
 log = logging.getLogger(__name__)
 
@@ -53,15 +55,24 @@ def initial_specs(settings: OrchestratorSettings) -> list[DeploymentSpec]:
 def build_service(settings: OrchestratorSettings) -> Service:
     service = Service("orchestrator", settings)
     backend = LocalBackend(settings.state_dir)
+    store = deployment_records(backend.state_dir)
+    try:
+        store.directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"brixmesh-orchestrator: cannot keep state in {backend.state_dir} (set BRIXMESH_STATE_DIR): "
+              f"{exc.strerror}", file=sys.stderr)
+        raise SystemExit(2) from None
     orchestrator = Orchestrator(
         backend,
         reconcile_interval_s=settings.reconcile_interval_s,
         drain_poll_interval_s=settings.drain_poll_interval_s,
         decision_max_age_s=settings.decision_max_age_s,
+        store=store,
     )
     try:
-        for spec in initial_specs(settings):
-            orchestrator.apply(spec)
+        startup_specs = initial_specs(settings)
+        for spec in startup_specs:
+            backend.validate(spec)
     except SpecError as exc:
         print(f"brixmesh-orchestrator: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -81,7 +92,9 @@ def build_service(settings: OrchestratorSettings) -> Service:
 
     async def start(service: Service) -> None:
         nonlocal announcer
-        await asyncio.to_thread(backend.reap_orphans)
+        await backend.recover()
+        orchestrator.restore()
+        orchestrator.apply_startup(startup_specs)
         announcer = Announcer(
             service.bus, backend, service.registry,
             interval_s=settings.announce_interval_s, instance_id=service.instance_id,
@@ -91,10 +104,13 @@ def build_service(settings: OrchestratorSettings) -> Service:
         await service.bus.subscribe(SCALE_DECISIONS.pattern(), ScaleDecision, on_decision)
         service.spawn(announcer.publish_changes(), "pod-events")
         service.spawn(announcer.reannounce_forever(), "pod-reannounce")
+        status = StatusPublisher(service.bus, orchestrator, instance_id=service.instance_id)
+        orchestrator.on_reconciled = status.publish_changes
+        service.spawn(status.publish_forever(settings.announce_interval_s), "deployment-status")
         service.spawn(orchestrator.run(), "reconcile")
 
     async def stop(_service: Service) -> None:
-        await orchestrator.close()
+        await orchestrator.close(stop_pods=settings.stop_pods_on_exit)
         if announcer is not None:
             await announcer.flush()
 

@@ -96,5 +96,10 @@ class PodBackend(Protocol):
     def pending_changes(self) -> list[PodEvent]:
         """Changes queued but not yet taken from :meth:`changes` (to publish them at shutdown)."""
 
-    async def close(self) -> None:
-        """Stop every pod (each reported as ``removed``)."""
+    async def recover(self) -> None:
+        """At start, before the first reconcile: take over the pods an earlier orchestrator left running
+        (announced as they are, supervised from now on)."""
+
+    async def close(self, *, stop_pods: bool) -> None:
+        """Stop every pod (each reported as ``removed``), or with ``stop_pods`` false only stop watching
+        them: they keep running for the next orchestrator to :meth:`recover`."""

@@ -3,6 +3,11 @@ makes a backend's pods match them (start, drain-then-stop, rolling replacement a
 
 All changes (HTTP applies, scale decisions, pod state changes) only update desired state and wake the loop;
 the loop alone starts and drains pods, so there is never more than one actor deciding about a deployment.
+
+Desired state is durable: every change is written to the state directory (:mod:`~brixmesh.orchestrator.state`)
+before it is acted on, and :meth:`Orchestrator.restore` reads it back at start. Start-up sources (deployment
+files, ``--engines``) are then applied over it with :meth:`Orchestrator.apply_startup` (see
+``docs/orchestrator.md``: they win at start; the HTTP API wins afterwards; the last writer owns a deployment).
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -22,6 +27,7 @@ from brixmesh.orchestrator.backend import Pod, PodBackend
 from brixmesh.orchestrator.drain import wait_until_idle
 from brixmesh.orchestrator.planner import PodView, plan_scale
 from brixmesh.orchestrator.spec import DeploymentSpec, SpecError, merge_patch, parse_spec
+from brixmesh.orchestrator.state import DeploymentRecord, Origin, RecordDir
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +56,19 @@ class Deployment:
     created_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
     last_decision: ScaleDecision | None = None
+    origin: Origin = "api"
+    decision_received_at: float | None = None
+    """When (our clock) the last scale decision for it was accepted; an autoscaler re-sends its decision in
+    force at least every few seconds, so a recent one means an autoscaler owns ``replicas``."""
     error: str | None = None
     """Why the last reconcile of this deployment failed (retried every reconcile), or None."""
+
+    def record(self) -> DeploymentRecord:
+        return DeploymentRecord(
+            spec=self.spec.model_dump(mode="json"), generation=self.generation, replicas=self.replicas,
+            created_at=self.created_at, updated_at=self.updated_at, origin=self.origin,
+            last_decision=self.last_decision,
+        )  # fmt: skip
 
     @property
     def name(self) -> str:
@@ -66,10 +83,14 @@ class Orchestrator:
         reconcile_interval_s: float = 1.0,
         drain_poll_interval_s: float = 0.25,
         decision_max_age_s: float = 60.0,
+        store: RecordDir[DeploymentRecord] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.backend = backend
         self.deployments: dict[str, Deployment] = {}
+        self.on_reconciled: Callable[[], Awaitable[None]] | None = None
+        """Called after every reconcile pass (the deployment-status publisher)."""
+        self._store = store
         self._reconcile_interval_s = reconcile_interval_s
         self._drain_poll_interval_s = drain_poll_interval_s
         self._decision_max_age_s = decision_max_age_s
@@ -77,17 +98,20 @@ class Orchestrator:
         self._wake = asyncio.Event()
         self._drains: dict[str, asyncio.Task[None]] = {}
         self._http: httpx.AsyncClient | None = None
+        self._loop: asyncio.Task[None] | None = None
 
     # --- desired state ---------------------------------------------------------------------------------
 
-    def apply(self, spec: DeploymentSpec) -> tuple[Deployment, bool]:
+    def apply(self, spec: DeploymentSpec, origin: Origin = "api") -> tuple[Deployment, bool]:
         """Create or update a deployment; returns it and whether it is new. A spec whose ``replicas`` did not
         change keeps the current (possibly autoscaled) replica count."""
         self.backend.validate(spec)
         now = self._clock()
         current = self.deployments.get(spec.name)
         if current is None:
-            deployment = Deployment(spec=spec, generation=1, replicas=spec.replicas, created_at=now, updated_at=now)
+            deployment = Deployment(
+                spec=spec, generation=1, replicas=spec.replicas, created_at=now, updated_at=now, origin=origin
+            )
             self.deployments[spec.name] = deployment
             created = True
         else:
@@ -97,9 +121,48 @@ class Orchestrator:
             if spec.replicas != current.spec.replicas:
                 deployment.replicas = spec.replicas
             deployment.spec = spec
+            deployment.origin = origin
             deployment.updated_at = now
+        self._save(deployment)
         self._wake.set()
         return deployment, created
+
+    def restore(self) -> None:
+        """Take back the deployments recorded in the state directory (before :meth:`apply_startup`)."""
+        if self._store is None:
+            return
+        for name, record in self._store.load_all().items():
+            try:
+                spec = parse_spec(record.spec, source=f"{self._store.directory / name}.json")
+                self.backend.validate(spec)
+            except SpecError as exc:
+                log.error("cannot restore deployment %s: %s", name, exc)
+                continue
+            self.deployments[spec.name] = Deployment(
+                spec=spec, generation=record.generation, replicas=record.replicas,
+                created_at=record.created_at, updated_at=record.updated_at,
+                last_decision=record.last_decision, origin=record.origin,
+            )  # fmt: skip
+        self._wake.set()
+
+    def apply_startup(self, specs: Iterable[DeploymentSpec]) -> None:
+        """Apply the start-up sources over the restored state; a deployment they applied last time and no
+        longer list is deleted (one applied over the HTTP API stays)."""
+        listed = set()
+        for spec in specs:
+            self.apply(spec, origin="startup")
+            listed.add(spec.name)
+        for name in [n for n, d in self.deployments.items() if d.origin == "startup" and n not in listed]:
+            log.info("deleting deployment %s: its start-up source no longer lists it", name)
+            self.delete(name)
+
+    def autoscaled(self, deployment: Deployment) -> bool:
+        received = deployment.decision_received_at
+        return received is not None and self._clock() - received <= self._decision_max_age_s
+
+    def _save(self, deployment: Deployment) -> None:
+        if self._store is not None:
+            self._store.save(deployment.name, deployment.record())
 
     def patch(self, name: str, changes: Mapping[str, Any]) -> Deployment:
         """Merge-patch a deployment's spec; ``{"replicas": n}`` sets the desired replicas directly."""
@@ -113,6 +176,7 @@ class Orchestrator:
         deployment, _ = self.apply(spec)
         if "replicas" in changes:
             deployment.replicas = spec.replicas
+            self._save(deployment)
         return deployment
 
     def delete(self, name: str) -> list[str]:
@@ -120,6 +184,8 @@ class Orchestrator:
         deployment = self.deployments.pop(name, None)
         if deployment is None:
             raise UnknownDeployment(name)
+        if self._store is not None:
+            self._store.drop(name)
         names = []
         for pod in self.backend.list_pods(name):
             self._start_drain(pod.name, deployment.spec.drain_grace_s, "deployment deleted")
@@ -149,7 +215,10 @@ class Orchestrator:
         if self._clock() - decision.ts > self._decision_max_age_s:
             return "stale"
         deployment.last_decision = decision
+        deployment.decision_received_at = self._clock()
+        self._wake.set()  # the status that acknowledges it goes out after the next pass
         if decision.desired_replicas == deployment.replicas:
+            self._save(deployment)
             return "unchanged"
         log.info(
             "scaling %s %d -> %d (%s: %s)", deployment.name, deployment.replicas, decision.desired_replicas,
@@ -157,7 +226,7 @@ class Orchestrator:
         )
         deployment.replicas = decision.desired_replicas
         deployment.updated_at = self._clock()
-        self._wake.set()
+        self._save(deployment)
         return "applied"
 
     def wake(self) -> None:
@@ -166,6 +235,7 @@ class Orchestrator:
     # --- reconcile loop --------------------------------------------------------------------------------
 
     async def run(self) -> None:
+        self._loop = asyncio.current_task()
         self._http = httpx.AsyncClient()
         try:
             while True:
@@ -173,6 +243,8 @@ class Orchestrator:
                     await asyncio.wait_for(self._wake.wait(), self._reconcile_interval_s)
                 self._wake.clear()
                 await self.reconcile()
+                if self.on_reconciled is not None:
+                    await self.on_reconciled()
         finally:
             await self._http.aclose()
 
@@ -188,8 +260,13 @@ class Orchestrator:
             else:
                 deployment.error = None
         for pod in self.backend.list_pods():
-            if pod.deployment not in self.deployments and pod.name not in self._drains:
+            if pod.name in self._drains:
+                continue
+            deployment = self.deployments.get(pod.deployment)
+            if deployment is None:
                 self._start_drain(pod.name, ORPHAN_DRAIN_GRACE_S, "deployment deleted")
+            elif pod.draining:  # adopted while an earlier orchestrator drained it
+                self._start_drain(pod.name, deployment.spec.drain_grace_s, "drain resumed")
 
     async def _reconcile(self, deployment: Deployment) -> None:
         pods = [pod for pod in self.backend.list_pods(deployment.name) if pod.name not in self._drains]
@@ -215,7 +292,7 @@ class Orchestrator:
             pod = next((p for p in self.backend.list_pods() if p.name == name), None)
             if pod is None:
                 return
-            serving = pod.ready
+            serving = pod.ready or pod.draining
             await self.backend.drain_pod(name, reason)
             if pod.external:
                 removal = "external engine left running"
@@ -234,11 +311,18 @@ class Orchestrator:
             self._drains.pop(name, None)
             self._wake.set()
 
-    async def close(self) -> None:
+    async def close(self, *, stop_pods: bool) -> None:
+        """Stop reconciling; stop every pod only with ``stop_pods`` (else the next orchestrator adopts them,
+        and resumes the drains cut short here)."""
+        if self._loop is not None:
+            # first: a pass still running would start pods in place of the ones stopped below
+            self._loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop
         for task in list(self._drains.values()):
             task.cancel()
         await asyncio.gather(*self._drains.values(), return_exceptions=True)
-        await self.backend.close()
+        await self.backend.close(stop_pods=stop_pods)
 
 
 def _view(pod: Pod) -> PodView:

@@ -1,5 +1,9 @@
 """The HTTP API: list deployments and pods with status; apply (PUT, YAML or JSON), patch and delete a
-deployment. Bad specs get a 400 naming the field, unknown deployments a 404 (OpenAI-style error JSON)."""
+deployment. Bad specs get a 400 naming the field, unknown deployments a 404 (OpenAI-style error JSON).
+
+Changes are durable (the state directory) before the response. A deployment that an autoscaler scales shows
+``autoscaled: true``; a PUT or PATCH setting its ``replicas`` is applied but answered with a ``warning``: the
+autoscaler owns ``replicas`` and restores its own count at its next evaluation (the Kubernetes HPA rule)."""
 
 from __future__ import annotations
 
@@ -40,17 +44,19 @@ def add_routes(app: FastAPI, orchestrator: Orchestrator) -> None:
             deployment, created = orchestrator.apply(spec)
         except SpecError as exc:
             return invalid_request(str(exc), exc.param)
-        return JSONResponse(deployment_view(deployment, orchestrator), status_code=201 if created else 200)
+        view = deployment_view(deployment, orchestrator, replicas_set="replicas" in body)
+        return JSONResponse(view, status_code=201 if created else 200)
 
     @app.patch("/v1/deployments/{name}")
     async def patch_deployment(name: str, request: Request) -> JSONResponse:
         try:
-            deployment = orchestrator.patch(name, await _mapping_body(request))
+            changes = await _mapping_body(request)
+            deployment = orchestrator.patch(name, changes)
         except UnknownDeployment as exc:
             return not_found(str(exc))
         except SpecError as exc:
             return invalid_request(str(exc), exc.param)
-        return JSONResponse(deployment_view(deployment, orchestrator))
+        return JSONResponse(deployment_view(deployment, orchestrator, replicas_set="replicas" in changes))
 
     @app.delete("/v1/deployments/{name}")
     async def delete_deployment(name: str) -> JSONResponse:
@@ -86,11 +92,14 @@ async def _mapping_body(request: Request) -> dict[str, Any]:
     return dict(body)
 
 
-def deployment_view(deployment: Deployment, orchestrator: Orchestrator) -> dict[str, Any]:
+def deployment_view(
+    deployment: Deployment, orchestrator: Orchestrator, *, replicas_set: bool = False
+) -> dict[str, Any]:
     pods = orchestrator.backend.list_pods(deployment.name)
     active = [pod for pod in pods if not pod.draining]
     decision = deployment.last_decision
-    return {
+    autoscaled = orchestrator.autoscaled(deployment)
+    view = {
         "name": deployment.name,
         "spec": deployment.spec.public_dict(),
         "generation": deployment.generation,
@@ -102,11 +111,19 @@ def deployment_view(deployment: Deployment, orchestrator: Orchestrator) -> dict[
             "draining": sum(pod.draining for pod in pods),
             "pod_names": [pod.name for pod in pods],
         },
+        "autoscaled": autoscaled,
         "last_decision": msgspec.to_builtins(decision) if decision is not None else None,
+        "origin": deployment.origin,
         "error": deployment.error,
         "created_at": deployment.created_at,
         "updated_at": deployment.updated_at,
     }
+    if replicas_set and autoscaled:
+        view["warning"] = (
+            f"deployment {deployment.name!r} is scaled by an autoscaler, which owns its replicas: it will "
+            "restore its own count at its next evaluation; delete or edit the autoscaler to scale by hand"
+        )
+    return view
 
 
 def pod_view(pod: Pod) -> dict[str, Any]:

@@ -25,7 +25,8 @@ SIM_BLOCK_SIZE = 16
 """The simulator's default ``--block-size`` (as vLLM on GPUs)."""
 POD_ENV = "BRIXMESH_POD"
 STATE_DIR_ENV = "BRIXMESH_POD_STATE_DIR"
-"""Set in every pod's environment, so pods left behind by a killed orchestrator can be found and stopped."""
+"""Set in every pod's environment: a restarted orchestrator finds the pods of its state directory by them
+(adopting the ones it recorded, stopping the others). Pods outlive their orchestrator on purpose."""
 _SHADOWING_ENV = ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")
 
 
@@ -141,7 +142,6 @@ def build_launch(spec: DeploymentSpec, placement: PodPlacement) -> Launch:
         raise SpecError(f"engine {spec.engine!r} cannot run on the local backend", "engine")
     env.update(spec.env)
     env.update({name: "" for name in SECRET_ENV if os.environ.get(name)})  # engines inherit our environment
-    argv = dies_with_parent(argv)
     env[POD_ENV] = placement.pod
     env[STATE_DIR_ENV] = str(placement.state_dir)
     return Launch(
@@ -189,13 +189,6 @@ def _vllm_command(spec: DeploymentSpec, placement: PodPlacement) -> tuple[list[s
     changed = {key: value for key, value in env.items() if os.environ.get(key) != value}
     changed.update({key: "" for key in _SHADOWING_ENV if os.environ.get(key)})
     return argv, changed
-
-
-def dies_with_parent(argv: list[str]) -> list[str]:
-    """Prefix ``setpriv --pdeathsig TERM``: the pod is told to stop when the orchestrator dies, even by SIGKILL,
-    instead of running on unsupervised. (Without util-linux's setpriv, the next orchestrator reaps it.)"""
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "TERM", "--", *argv] if setpriv else argv
 
 
 def last_int_flag(argv: Sequence[str], flag: str) -> int | None:

@@ -3,6 +3,11 @@
 Restarts, backoff, crash-loop detection and readiness probing come from ``brixmesh.common.supervisor``; this
 module turns its state changes into pod lifecycle events. Logs: ``<state_dir>/logs/<pod>.log`` (appended
 across restarts, kept after the pod is gone).
+
+Pods outlive the orchestrator: each one is recorded in the state directory when it is created, and a new
+orchestrator with the same state directory adopts the recorded pods whose process still runs (same name,
+pid, ports, generation and slot), probes them and supervises them from then on. Only a scale-down, a
+deletion or :meth:`LocalBackend.close` with ``stop_pods`` stops an engine.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from brixmesh.orchestrator.launch import (
     check_engine,
 )
 from brixmesh.orchestrator.spec import DeploymentSpec
+from brixmesh.orchestrator.state import LaunchRecord, PodRecord, pod_records
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +61,7 @@ class LocalBackend:
         self._processes: dict[str, SupervisedProcess] = {}
         self._monitors: dict[str, EndpointMonitor] = {}
         self._changes: asyncio.Queue[PodEvent] = asyncio.Queue()
+        self._records = pod_records(self.state_dir)
 
     # --- PodBackend ----------------------------------------------------------------------------------
 
@@ -84,23 +91,43 @@ class LocalBackend:
             block_size=launch.block_size,
         )  # fmt: skip
         pod = Pod(info=info, generation=generation, slot=slot)
-        process = SupervisedProcess(
-            ProcessSpec(
-                name=name,
-                argv=launch.argv,
-                env=launch.env,
-                log_path=self.log_dir / f"{name}.log",
-                readiness=ReadinessProbe(url=launch.readiness_url, timeout_s=launch.readiness_timeout_s),
-                restart=spec.restart_policy,
-                stop_grace_s=launch.stop_grace_s,
-            ),
-            on_state=self._on_process_state,
+        command = LaunchRecord(
+            argv=launch.argv,
+            env=launch.env,
+            readiness_url=launch.readiness_url,
+            readiness_timeout_s=launch.readiness_timeout_s,
+            stop_grace_s=launch.stop_grace_s,
+            restart=spec.restart_policy,
         )
-        self._pods[name] = pod
-        self._processes[name] = process
+        self._save(pod, command)
+        process = self._supervise(pod, command)
         self._emit("added", pod, "created")
         process.start()
         return pod
+
+    def _supervise(self, pod: Pod, command: LaunchRecord) -> SupervisedProcess:
+        process = SupervisedProcess(
+            ProcessSpec(
+                name=pod.name,
+                argv=command.argv,
+                env=command.env,
+                log_path=self.log_dir / f"{pod.name}.log",
+                readiness=ReadinessProbe(url=command.readiness_url, timeout_s=command.readiness_timeout_s),
+                restart=command.restart,
+                stop_grace_s=command.stop_grace_s,
+            ),
+            on_state=self._on_process_state,
+        )
+        self._pods[pod.name] = pod
+        self._processes[pod.name] = process
+        return process
+
+    def _save(self, pod: Pod, command: LaunchRecord | None, probe_url: str = "") -> None:
+        record = PodRecord(
+            info=pod.info, generation=pod.generation, slot=pod.slot, created_at=pod.created_at,
+            draining=pod.draining, launch=command, probe_url=probe_url,
+        )  # fmt: skip
+        self._records.save(pod.name, record)
 
     def _register_external(self, spec: DeploymentSpec, generation: int) -> Pod:
         """A pod for the first endpoint no pod of this generation holds (during a rollout an endpoint is held
@@ -114,13 +141,17 @@ class LocalBackend:
             kv_events=endpoint.kv_events, kv_replay=endpoint.kv_replay, block_size=spec.block_size,
         )  # fmt: skip
         pod = Pod(info=info, generation=generation, slot=slot, external=True)
-        probe_path = spec.readiness.path or DEFAULTS[spec.engine].readiness_path
-        monitor = EndpointMonitor(endpoint.url + probe_path, lambda serving: self._on_external_change(pod, serving))
-        self._pods[name] = pod
-        self._monitors[name] = monitor
+        probe_url = endpoint.url + (spec.readiness.path or DEFAULTS[spec.engine].readiness_path)
+        self._save(pod, None, probe_url)
+        self._monitor(pod, probe_url)
         self._emit("added", pod, "external endpoint registered")
-        monitor.start()
         return pod
+
+    def _monitor(self, pod: Pod, probe_url: str) -> None:
+        monitor = EndpointMonitor(probe_url, lambda serving: self._on_external_change(pod, serving))
+        self._pods[pod.name] = pod
+        self._monitors[pod.name] = monitor
+        monitor.start()
 
     def _on_external_change(self, pod: Pod, serving: bool) -> None:
         if pod.name not in self._pods:
@@ -142,6 +173,10 @@ class LocalBackend:
             return
         self._set_phase(pod, "draining")
         self._emit("draining", pod, reason)
+        record = self._records.load(name)
+        if record is not None:
+            record.draining = True
+            self._records.save(name, record)
 
     async def delete_pod(self, name: str, reason: str) -> None:
         process = self._processes.pop(name, None)
@@ -153,6 +188,7 @@ class LocalBackend:
         pod = self._pods.pop(name, None)
         if pod is None:
             return
+        self._records.drop(name)
         self._emit("removed", pod, reason)
         shutil.rmtree(self.runtime_root / name, ignore_errors=True)
 
@@ -171,8 +207,48 @@ class LocalBackend:
             events.append(self._changes.get_nowait())
         return events
 
-    async def close(self) -> None:
-        await asyncio.gather(*(self.delete_pod(name, "orchestrator stopping") for name in list(self._pods)))
+    async def close(self, *, stop_pods: bool) -> None:
+        """Stop every pod (each reported as ``removed``), or with ``stop_pods`` false leave them running,
+        recorded and announced as they are, for the next orchestrator to adopt."""
+        if stop_pods:
+            names = list(self._pods)
+            await asyncio.gather(*(self.delete_pod(name, "orchestrator stopping") for name in names))
+            return
+        await asyncio.gather(*(process.release() for process in self._processes.values()))
+        await asyncio.gather(*(monitor.stop() for monitor in self._monitors.values()))
+        self._processes.clear()
+        self._monitors.clear()
+
+    async def recover(self) -> None:
+        """Before the first reconcile: adopt the recorded pods whose process still runs, take back the
+        recorded external pods, forget recorded pods that died meanwhile, and stop the pod processes of this
+        state directory that are not recorded."""
+        running = await asyncio.to_thread(find_pod_leaders, self.state_dir)
+        adopted = []
+        for name, record in self._records.load_all().items():
+            pod = Pod(
+                info=record.info, generation=record.generation, slot=record.slot, created_at=record.created_at
+            )
+            # consumers know it from the earlier orchestrator: no second ``added``; ``ready`` once probed
+            pod.announced = "added"
+            if record.draining:
+                pod.phase = pod.announced = "draining"
+            if record.launch is None:
+                pod.external = True
+                self._monitor(pod, record.probe_url)
+                continue
+            pid = running.pop(name, None)
+            if pid is None:
+                log.info("pod %s ended while no orchestrator watched it; it will be replaced", name)
+                self._records.drop(name)
+                shutil.rmtree(self.runtime_root / name, ignore_errors=True)
+                continue
+            pod.pid = pid
+            self._supervise(pod, record.launch).adopt(pid)
+            adopted.append(name)
+        if adopted:
+            log.info("adopted %d running pod(s): %s", len(adopted), ", ".join(adopted))
+        await asyncio.to_thread(stop_groups, sorted(running.values()))
 
     # --- process states -> pod phases and events -------------------------------------------------------
 
@@ -185,22 +261,27 @@ class LocalBackend:
         pod.last_exit_code = process.last_exit_code
         if state is ProcessState.STOPPED or pod.draining:
             if state in (ProcessState.BACKOFF, ProcessState.CRASHLOOP, ProcessState.EXITED):
-                self._emit("removed", pod, f"exited with code {process.last_exit_code} while draining")
+                self._emit("removed", pod, f"{_exited(process)} while draining")
             return
         if state is ProcessState.STARTING:
             self._set_phase(pod, "starting")
             self._emit("added", pod, f"restart {process.restarts}")
         elif state is ProcessState.READY:
             self._set_phase(pod, "ready")
-            self._emit("ready", pod, "readiness probe passed" if not pod.restarts else f"ready after restart {pod.restarts}")
+            if process.adopted:
+                reason = "adopted from an earlier orchestrator"
+            elif pod.restarts:
+                reason = f"ready after restart {pod.restarts}"
+            else:
+                reason = "readiness probe passed"
+            self._emit("ready", pod, reason)
         elif state in (ProcessState.BACKOFF, ProcessState.CRASHLOOP):
             self._set_phase(pod, "crashloop" if state is ProcessState.CRASHLOOP else "restarting")
-            self._emit("removed", pod, f"exited with code {process.last_exit_code}; restarting"
+            self._emit("removed", pod, f"{_exited(process)}; restarting"
                        + (" (crash loop)" if state is ProcessState.CRASHLOOP else ""))
         elif state is ProcessState.EXITED:
             self._set_phase(pod, "exited")
-            self._emit("removed", pod, f"exited with code {process.last_exit_code}; restart policy "
-                       f"{process.spec.restart}")
+            self._emit("removed", pod, f"{_exited(process)}; restart policy {process.spec.restart}")
 
     def _set_phase(self, pod: Pod, phase: PodPhase) -> None:
         if pod.phase != phase:
@@ -242,10 +323,6 @@ class LocalBackend:
     def _free_slot(self, deployment: str) -> int:
         taken = {pod.slot for pod in self._pods.values() if pod.deployment == deployment}
         return next(slot for slot in range(len(taken) + 1) if slot not in taken)
-
-    def reap_orphans(self) -> list[int]:
-        """Stop pods a killed orchestrator left running with this state directory; returns their pids."""
-        return reap_orphans(self.state_dir)
 
 
 def pod_info(
@@ -295,11 +372,12 @@ def runtime_root(state_dir: Path) -> Path:
     return Path(tempfile.gettempdir()) / f"brixmesh-{os.getuid()}-{digest}"
 
 
-def reap_orphans(state_dir: Path, grace_s: float = 5.0) -> list[int]:
-    """Process-group leaders whose environment names ``state_dir`` as their pod state dir: SIGTERM, then
-    SIGKILL after ``grace_s``. Blocking; called once at start before any pod of ours exists."""
+def find_pod_leaders(state_dir: Path) -> dict[str, int]:
+    """Running process-group leaders whose environment names ``state_dir`` as their pod state dir, by the
+    pod name in their environment. Blocking (reads /proc)."""
     marker = f"{STATE_DIR_ENV}={state_dir}".encode()
-    leaders = []
+    pod_prefix = f"{POD_ENV}=".encode()
+    leaders: dict[str, int] = {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
@@ -308,8 +386,14 @@ def reap_orphans(state_dir: Path, grace_s: float = 5.0) -> list[int]:
             is_leader = os.getpgid(int(proc.name)) == int(proc.name)
         except (OSError, ProcessLookupError):
             continue
-        if is_leader and marker in environ and any(item.startswith(f"{POD_ENV}=".encode()) for item in environ):
-            leaders.append(int(proc.name))
+        pod = next((item[len(pod_prefix):] for item in environ if item.startswith(pod_prefix)), None)
+        if is_leader and marker in environ and pod is not None:
+            leaders[pod.decode(errors="replace")] = int(proc.name)
+    return leaders
+
+
+def stop_groups(leaders: list[int], grace_s: float = 5.0) -> None:
+    """SIGTERM each process group, SIGKILL those left after ``grace_s``. Blocking."""
     for pid in leaders:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGTERM)
@@ -321,8 +405,12 @@ def reap_orphans(state_dir: Path, grace_s: float = 5.0) -> list[int]:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
     if leaders:
-        log.warning("stopped %d pod process group(s) left over from an earlier orchestrator", len(leaders))
-    return leaders
+        log.warning("stopped %d unrecorded pod process group(s) of this state directory", len(leaders))
+
+
+def _exited(process: SupervisedProcess) -> str:
+    code = process.last_exit_code
+    return "exited (adopted: exit code unknown)" if code is None else f"exited with code {code}"
 
 
 def _alive(pid: int) -> bool:

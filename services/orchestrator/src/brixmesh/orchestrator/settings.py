@@ -9,7 +9,8 @@ class OrchestratorSettings(ServiceSettings):
     """Settings of the orchestrator service (environment variables ``BRIXMESH_*``)."""
 
     state_dir: Path = Path(".brixmesh")
-    """Pod logs go to ``<state_dir>/logs/<pod>.log``, KV-event sockets to ``<state_dir>/run/``."""
+    """Pod logs go to ``<state_dir>/logs/<pod>.log``, KV-event sockets to ``<state_dir>/run/``; deployments
+    (``deployments/``) and pod records (``pods/``) are kept there across restarts."""
     deployments_file: Path | None = None
     """A YAML file of deployment specs applied at start."""
     deployments_dir: Path | None = None
@@ -25,4 +26,8 @@ class OrchestratorSettings(ServiceSettings):
     reconcile_interval_s: float = Field(default=1.0, gt=0)
     drain_poll_interval_s: float = Field(default=0.25, gt=0)
     decision_max_age_s: float = Field(default=60.0, gt=0)
-    """Scale decisions older than this (by their ``ts``) are ignored as stale."""
+    """Scale decisions older than this (by their ``ts``) are ignored as stale; a deployment that received
+    none for this long is no longer shown as autoscaled."""
+    stop_pods_on_exit: bool = False
+    """Stop every engine when the orchestrator stops gracefully. Off: engines keep serving and the next
+    orchestrator with the same state directory adopts them (``brixmesh up`` turns it on for its own)."""
