@@ -60,33 +60,44 @@ def test_client_chosen_strategies_are_served_but_labelled_other(router: ServiceP
     assert metric_value(metrics, "brixmesh_router_requests_total", strategy="round-robin") >= 1
 
 
-async def test_requests_sharing_a_client_request_id_are_counted_apart(router: ServiceProcess) -> None:
+async def test_requests_sharing_a_client_request_id_are_counted_apart(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
     """Four streams in flight under one client id: each counts in the pods' load; each answer echoes it."""
-    body = {**BODY, "max_tokens": 1500, "stream": True}
+    body = {**BODY, "max_tokens": 100, "stream": True}
     headers = {"x-request-id": "same-id"}
-    async with httpx.AsyncClient(timeout=30) as client:
+    # streams stall after their first token for longer than the test runs: all four stay in flight until the
+    # test closes them, however slow the machine
+    stall = ["--fault-stall-after-tokens", "1", "--fault-stall-seconds", "600"]
+    with (
+        sim_engine(stall, replicas=2, kv_events=False) as engines,
+        router_process(
+            nats_server.url, endpoints=endpoints_file(tmp_path, engines.urls), default_strategy=CONFIGURED
+        ) as router,
+    ):
+        async with httpx.AsyncClient(timeout=30) as client:
 
-        async def in_flight() -> float:
-            return metric_value((await client.get(f"{router.url}/metrics")).text, "brixmesh_router_in_flight")
+            async def in_flight() -> float:
+                return metric_value((await client.get(f"{router.url}/metrics")).text, "brixmesh_router_in_flight")
 
-        requests = [
-            client.build_request("POST", f"{router.url}/v1/completions", json=body, headers=headers)
-            for _ in range(4)
-        ]
-        responses = await asyncio.gather(*(client.send(request, stream=True) for request in requests))
-        try:
-            for response in responses:
-                assert response.status_code == 200 and response.headers["x-request-id"] == "same-id"
-                await anext(response.aiter_raw())
-            assert await in_flight() == 4
-        finally:
-            for response in responses:
-                await response.aclose()
+            requests = [
+                client.build_request("POST", f"{router.url}/v1/completions", json=body, headers=headers)
+                for _ in range(4)
+            ]
+            responses = await asyncio.gather(*(client.send(request, stream=True) for request in requests))
+            try:
+                for response in responses:
+                    assert response.status_code == 200 and response.headers["x-request-id"] == "same-id"
+                    await anext(response.aiter_raw())
+                assert await in_flight() == 4
+            finally:
+                for response in responses:
+                    await response.aclose()
 
-        async def none_in_flight() -> bool:
-            return await in_flight() == 0
+            async def none_in_flight() -> bool:
+                return await in_flight() == 0
 
-        await eventually(none_in_flight)
+            await eventually(none_in_flight)
 
 
 async def test_held_requests_are_capped(nats_server: NatsServer) -> None:
