@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from brixmesh.common.vllm_cpu import STARTUP_HOOK_DIR
 from brixmesh.orchestrator.launch import (
     PodPlacement,
     build_launch,
@@ -105,7 +106,7 @@ def test_vllm_command_from_the_cached_install(tmp_path: Path, monkeypatch: pytes
         assert launch.block_size == 64  # engine_args come last and win
         assert launch.readiness_url == "http://127.0.0.1:8100/health"
         assert launch.env["VLLM_CPU_OMP_THREADS_BIND"] == str(cores[slot % len(cores)])
-        assert launch.env["PYTHONPATH"] == ""  # our venv's packages must not shadow vLLM's
+        assert launch.env["PYTHONPATH"] == str(STARTUP_HOOK_DIR)  # our venv's packages must not shadow vLLM's
         assert launch.env["TMPDIR"] == str(tmp_path / "run/chat-abcde")
     unknown = parse_spec({"name": "a", "model": "llama-70b", "engine": "vllm"})
     with pytest.raises(SpecError, match="model 'llama-70b' is not among the cached models"):

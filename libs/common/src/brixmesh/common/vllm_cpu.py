@@ -4,7 +4,7 @@
 (default ``~/.cache/brixmesh``). The orchestrator's local backend (``engine: vllm`` pods) and the pytest
 engine plugin (``tests/plugins/vllm_engine.py``) both build their command line and environment here, so the
 flags that make vLLM work on a small CPU box live in one place. Recipe and pitfalls:
-``shared/reference/real-vllm-cpu.md``.
+``shared/reference/real-vllm-cpu.md``; the AMX start-up hook: ``vllm_site/sitecustomize.py``.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ BLOCK_SIZE = 32
 NUM_BLOCKS = 64
 MAX_MODEL_LEN = 1024
 SETUP_HINT = "run scripts/setup-vllm-cpu.sh (make test does)"
+STARTUP_HOOK_DIR = Path(__file__).with_name("vllm_site")
+"""The engine's only ``PYTHONPATH`` entry: its ``sitecustomize`` grants every vLLM process AMX (see there)."""
 
 
 class VllmNotInstalled(RuntimeError):
@@ -118,6 +120,7 @@ def engine_env(cpu_bind: str, venv: Path, tmp_dir: Path, extra_env: Mapping[str,
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
     env.update(
         PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}",
+        PYTHONPATH=str(STARTUP_HOOK_DIR),
         PYTHONHASHSEED="0",
         VLLM_CPU_KVCACHE_SPACE="1",
         VLLM_HOST_IP="127.0.0.1",

@@ -187,7 +187,7 @@ def _vllm_command(spec: DeploymentSpec, placement: PodPlacement) -> tuple[list[s
     env = vllm_cpu.engine_env(format_cpu_list(cpus), install.venv, placement.runtime_dir)
     # Only differences from our own environment matter (the supervisor overlays them on it).
     changed = {key: value for key, value in env.items() if os.environ.get(key) != value}
-    changed.update({key: "" for key in _SHADOWING_ENV if os.environ.get(key)})
+    changed.update({key: "" for key in _SHADOWING_ENV if os.environ.get(key) and key not in env})
     return argv, changed
 
 

@@ -1,0 +1,54 @@
+"""The environment every real vLLM engine gets (``brixmesh.common.vllm_cpu.engine_env``)."""
+
+from __future__ import annotations
+
+import ctypes
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from brixmesh.common.vllm_cpu import STARTUP_HOOK_DIR, engine_env
+
+_SYS_ARCH_PRCTL = 158
+_ARCH_GET_XCOMP_SUPP = 0x1021
+_XTILEDATA = 1 << 18
+
+# Prints the process's permitted extended-state features (ARCH_GET_XCOMP_PERM) as an integer.
+_PRINT_PERMITTED_FEATURES = """
+import ctypes
+features = ctypes.c_uint64()
+assert ctypes.CDLL(None).syscall(158, 0x1022, ctypes.byref(features)) == 0
+print(features.value)
+"""
+
+
+def _kernel_offers_amx() -> bool:
+    if sys.platform != "linux" or platform.machine() != "x86_64":
+        return False
+    features = ctypes.c_uint64()
+    offered = ctypes.CDLL(None).syscall(_SYS_ARCH_PRCTL, _ARCH_GET_XCOMP_SUPP, ctypes.byref(features))
+    return offered == 0 and bool(features.value & _XTILEDATA)
+
+
+def test_engine_pythonpath_is_only_the_startup_hook(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PYTHONPATH", "/somewhere/else")
+    env = engine_env("0", tmp_path / "venv", tmp_path)
+    assert env["PYTHONPATH"] == str(STARTUP_HOOK_DIR)  # our venv's packages must not shadow vLLM's
+    assert (STARTUP_HOOK_DIR / "sitecustomize.py").is_file()
+
+
+@pytest.mark.skipif(not _kernel_offers_amx(), reason="no AMX on this CPU/kernel")
+def test_engine_processes_may_use_amx_from_the_start(tmp_path: Path) -> None:
+    """vLLM's AMX attention kernel never asks for AMX itself; without the permission it dies of SIGILL."""
+    plain = _permitted_features(env=None)
+    engine = _permitted_features(env=engine_env("0", tmp_path / "venv", tmp_path))
+    assert not plain & _XTILEDATA  # the permission does not survive exec: each interpreter must ask
+    assert engine & _XTILEDATA
+
+
+def _permitted_features(env: dict[str, str] | None) -> int:
+    check = [sys.executable, "-c", _PRINT_PERMITTED_FEATURES]
+    return int(subprocess.run(check, env=env, capture_output=True, text=True, check=True).stdout)
