@@ -25,8 +25,10 @@ Engine flags: ``--enforce-eager --block-size 32 --num-gpu-blocks-override 64 --m
 both endpoints above. Env: ``PYTHONHASHSEED=0`` (so block hashes are reproducible: first parent is
 ``sha256(pickle("0"))``), ``VLLM_CPU_KVCACHE_SPACE=1``, ``VLLM_HOST_IP=127.0.0.1``, ``HF_HUB_OFFLINE=1``,
 ``VLLM_SERVER_DEV_MODE=1`` (``POST /reset_prefix_cache``), ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``, and
-``VLLM_CPU_OMP_THREADS_BIND`` set to a different core per engine started by this process. The command line
-and environment come from ``brixmesh.common.vllm_cpu`` (shared with the orchestrator's local backend).
+``VLLM_CPU_OMP_THREADS_BIND`` set to a different core per engine started by this process, and ``PYTHONPATH``
+only ``brixmesh/common/vllm_site`` (its ``sitecustomize`` grants every vLLM process AMX: without it a first
+batch of <= 4 tokens kills the worker with SIGILL on AMX CPUs). The command line and environment come from
+``brixmesh.common.vllm_cpu`` (shared with the orchestrator's local backend).
 Start-up to ``/health`` takes 20-30 s on two busy cores (two engines started together: ~23 s).
 
 Entry points:
