@@ -1,8 +1,8 @@
 """Request shapes: (input length, output length) in power-of-two buckets, shared by the router's stats,
 the GPU profiles and the autoscaler's optimizer so that all three count the same cells.
 
-Bucket ``i`` holds lengths in ``(2**(i-1), 2**i]`` (bucket 0 holds 0 and 1). ``MAX_BUCKET`` caps the index so a
-histogram has at most ``(MAX_BUCKET + 1) ** 2`` cells whatever clients send.
+Bucket ``i`` holds lengths in ``(2**(i-1), 2**i]`` (bucket 0 holds 0 and 1). ``MAX_BUCKET`` caps the index
+so a histogram has at most ``(MAX_BUCKET + 1) ** 2`` cells whatever clients send.
 """
 
 from __future__ import annotations

@@ -45,7 +45,9 @@ def build_service(settings: AutoscalerSettings) -> Service:
         decision_refresh_s=settings.decision_refresh_s,
     )  # fmt: skip
     add_routes(service.app, autoscalers, lambda: set(controller.fleet.models))
-    optimizers = GpuOptimizers.from_files(spec_paths(settings.gpu_optimizer_specs), controller.fleet.live_count)
+    optimizers = GpuOptimizers.from_files(
+        spec_paths(settings.gpu_optimizer_specs), controller.fleet.live_count
+    )
     optimizers.add_routes(service.app)
 
     registry = service.registry

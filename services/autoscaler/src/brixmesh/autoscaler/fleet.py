@@ -52,7 +52,9 @@ class Fleet:
 
     def live_count(self, deployment: str) -> int:
         """Pods of ``deployment`` starting or ready (not draining)."""
-        return sum(1 for e in self.pods.values() if e.info.deployment == deployment and e.state in ("added", "ready"))
+        return sum(
+            1 for e in self.pods.values() if e.info.deployment == deployment and e.state in ("added", "ready")
+        )
 
     def model_of(self, spec: PodAutoscalerSpec) -> str:
         return spec.model or self.models.get(spec.deployment, "")

@@ -59,7 +59,9 @@ class OptimizerSpec(BaseModel):
     def _consistent(self) -> OptimizerSpec:
         unknown = set(self.min_replicas) - set(self.deployments)
         if unknown:
-            raise ValueError(f"min_replicas names GPU types without a deployment: {', '.join(sorted(unknown))}")
+            raise ValueError(
+                f"min_replicas names GPU types without a deployment: {', '.join(sorted(unknown))}"
+            )
         for gpu, count in self.min_replicas.items():
             if not 0 <= count <= self.max_replicas:
                 raise ValueError(f"min_replicas[{gpu}] = {count} must be within 0..max_replicas")
@@ -111,7 +113,8 @@ class GpuOptimizer:
         self.decisions = 0
         self._asked: dict[str, tuple[int, float]] = {}
         """deployment -> (count last asked for, when it was sent)."""
-        self._recent = {d: SlidingWindow(max(spec.scale_down_delay_s, 1e-3)) for d in spec.deployments.values()}
+        delay = max(spec.scale_down_delay_s, 1e-3)
+        self._recent = {d: SlidingWindow(delay) for d in spec.deployments.values()}
         if spec.profiles_dir:
             for gpu in spec.deployments:
                 path = Path(spec.profiles_dir) / f"{gpu}.json"
@@ -150,8 +153,8 @@ class GpuOptimizer:
         else:
             self.plan, self.infeasible_reason = plan, ""
             total = sum(load.values())
-            reason = (f"optimizer: {plan.describe()} for {total:.2f} req/s in {len(load)} length buckets over "
-                      f"{covered:.0f}s" + (f" (no profile for {', '.join(missing)})" if missing else ""))
+            reason = (f"optimizer: {plan.describe()} for {total:.2f} req/s in {len(load)} length buckets "
+                      f"over {covered:.0f}s" + (f" (no profile for {', '.join(missing)})" if missing else ""))
         self.plan_reason = reason
         decisions = []
         for gpu, deployment in spec.deployments.items():
@@ -168,7 +171,7 @@ class GpuOptimizer:
                 continue
             self._asked[deployment] = (desired, now)
             self.decisions += 1
-            held = f"; held at {desired} for scale_down_delay_s (plan says {wanted})" if desired > wanted else ""
+            held = f"; held at {desired} by scale_down_delay_s (plan: {wanted})" if desired > wanted else ""
             decisions.append(ScaleDecision(
                 deployment=deployment, current_replicas=live, desired_replicas=desired, algorithm="optimizer",
                 reason=reason + held, ts=now, window_state=f"window={covered:.0f}/{spec.window_s:g}s",
@@ -231,7 +234,8 @@ class GpuOptimizers:
         published = 0
         for optimizer in self.optimizers:
             for decision in optimizer.evaluate(now):
-                log.info("scale decision", extra={"deployment": decision.deployment, "reason": decision.reason})
+                log.info("scale decision",
+                         extra={"deployment": decision.deployment, "reason": decision.reason})
                 await bus.publish(SCALE_DECISIONS.format(deployment=decision.deployment), decision)
                 published += 1
         return published

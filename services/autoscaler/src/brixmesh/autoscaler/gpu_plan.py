@@ -86,7 +86,8 @@ def solve(load: Mapping[Cell, float], options: Sequence[GpuOption], *, time_limi
     for cell in cells:
         highs.addConstr(sum(share[cell, o.gpu] for o in options if (cell, o.gpu) in share) == 1)
     for o in options:
-        used = [load[cell] / caps[cell, o.gpu] * share[cell, o.gpu] for cell in cells if (cell, o.gpu) in share]
+        used = [load[cell] / caps[cell, o.gpu] * share[cell, o.gpu]
+                for cell in cells if (cell, o.gpu) in share]
         if used:
             highs.addConstr(sum(used) <= replicas[o.gpu])
     highs.minimize(sum(o.cost_per_hour * replicas[o.gpu] for o in options))
