@@ -24,7 +24,7 @@ import aiohttp
 from brixmesh.common.messages import GpuProfile, ProfileCell, Slo
 from brixmesh.common.shapes import bucket_tokens
 
-from brixbench.arrivals import poisson
+from brixbench.arrivals import OpenLoop, poisson
 from brixbench.client import FixedTarget, LoadClient
 from brixbench.engine_metrics import GAUGES, parse_metrics
 from brixbench.stats import RequestRecord, percentile
@@ -147,6 +147,13 @@ async def wait_idle(url: str, timeout_s: float = 600.0) -> None:
 Report = Callable[[str], None]
 
 
+def trial_limit_s(arrivals: OpenLoop, slo: Slo, output_bucket: int) -> float:
+    """Modelled seconds after which a trial's backlog means overload: the last arrival, then twice what
+    a request may take within the SLO (its TTFT and every output token at the TPOT bound)."""
+    tpot = slo.tpot_s or 0.1
+    return arrivals.offsets[-1] + 2 * (slo.ttft_s + tpot * bucket_tokens(output_bucket)) + 5
+
+
 async def profile_cell(client: LoadClient, url: str, source: TextSource, input_bucket: int,
                        output_bucket: int, settings: SweepSettings, start_rate: float,
                        report: Report) -> ProfileCell:
@@ -157,11 +164,18 @@ async def profile_cell(client: LoadClient, url: str, source: TextSource, input_b
     seed = settings.seed * 1_000_003 + input_bucket * 1009 + output_bucket
     while (rate := search.next_rate()) is not None:
         count = min(settings.max_requests, max(settings.min_requests, round(rate * settings.duration_s)))
-        jobs = cell_jobs(source, input_bucket, output_bucket, count, seed)
-        arrivals = poisson(rate, len(jobs), seed + round(rate * 1000))
-        result = await client.run(jobs, arrivals, FixedTarget(url))
-        judged = [r for r in result.records if r.sent_s >= settings.warmup_s] or result.records
-        verdict = slo_verdict(judged, settings.slo)
+        # fresh prompts per trial: an engine with a large KV cache must not serve a trial from the last one's
+        trial_seed = seed + round(rate * 1000)
+        jobs = cell_jobs(source, input_bucket, output_bucket, count, trial_seed)
+        arrivals = poisson(rate, len(jobs), trial_seed)
+        try:
+            result = await asyncio.wait_for(client.run(jobs, arrivals, FixedTarget(url)),
+                                            trial_limit_s(arrivals, settings.slo, output_bucket) * client.time_scale)
+        except TimeoutError:
+            verdict = Verdict(False, math.inf, math.inf, 0)  # a backlog that outlives the trial: over
+        else:
+            judged = [r for r in result.records if r.sent_s >= settings.warmup_s] or result.records
+            verdict = slo_verdict(judged, settings.slo)
         search.record(rate, verdict.ok)
         if verdict.ok and rate >= search.best:
             best = verdict

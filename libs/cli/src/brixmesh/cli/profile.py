@@ -77,7 +77,7 @@ def profile(
     cost: Annotated[list[str] | None, typer.Option(
         help="GPU=PRICE per hour (repeat); defaults: a10 1.01, l20 1.50, a100 3.67, h100 7.52.")] = None,
     time_scale: Annotated[float, typer.Option(help="Wall seconds per simulated second of the simulator "
-                                                   "(< 1: faster than real time).")] = 0.1,
+                                                   "(< 1: faster than real time).")] = 0.25,
     seed: Annotated[int, typer.Option(help="Seed of prompts and arrivals.")] = 0,
     out: Annotated[Path | None, typer.Option(help="Directory for <gpu>.json (default <state-dir>/profiles/"
                                                   "<model>).")] = None,
