@@ -147,7 +147,8 @@ async def profiles_for(shapes: Sequence[Shape], args: argparse.Namespace, source
             started = time.monotonic()
             found[gpu] = await profile_engine(
                 fleet.urls[0], MODEL, gpu, DEFAULT_COST_PER_HOUR[gpu], settings, source,
-                time_scale=args.profile_time_scale, report=lambda line: print(f"  {gpu} {line}", flush=True))
+                time_scale=args.profile_time_scale, only=sorted({s.cell for s in shapes}),
+                report=lambda line: print(f"  {gpu} {line}", flush=True))
             print(f"profiled {gpu} in {time.monotonic() - started:.0f}s", flush=True)
         finally:
             await fleet.stop()

@@ -145,6 +145,7 @@ async def wait_idle(url: str, timeout_s: float = 600.0) -> None:
 
 
 Report = Callable[[str], None]
+Cell = tuple[int, int]
 
 
 def trial_limit_s(arrivals: OpenLoop, slo: Slo, output_bucket: int) -> float:
@@ -187,19 +188,28 @@ async def profile_cell(client: LoadClient, url: str, source: TextSource, input_b
                        ttft_s=round(best.ttft_s, 6), tpot_s=round(best.tpot_s, 6))
 
 
+def start_rate(cell: Cell, profiled: dict[Cell, ProfileCell], default: float) -> float:
+    """Where a bucket's search starts: the rate of the nearest shorter bucket already profiled, scaled by
+    their token counts (a request twice as long takes about twice the work), else ``default``."""
+    shorter = [c for c, found in profiled.items() if c[0] <= cell[0] and c[1] <= cell[1] and found.max_rate > 0]
+    if not shorter:
+        return default
+    nearest = max(shorter)
+    work = bucket_tokens(cell[0]) + bucket_tokens(cell[1])
+    return profiled[nearest].max_rate * (bucket_tokens(nearest[0]) + bucket_tokens(nearest[1])) / work
+
+
 async def profile_engine(url: str, model: str, gpu: str, cost_per_hour: float,
-                         settings: SweepSettings, source: TextSource, *, time_scale: float = 1.0, engine_source: str = "",
+                         settings: SweepSettings, source: TextSource, *, time_scale: float = 1.0,
+                         engine_source: str = "", only: Sequence[Cell] = (),
                          report: Report = lambda _line: None) -> GpuProfile:
-    """Every bucket of ``settings`` against the engine at ``url`` (one replica), shortest first: a bucket's
-    search starts from the rate its shorter neighbour reached, which is close to where it will end."""
+    """Every bucket of ``settings`` (or ``only`` these) against the engine at ``url`` (one replica), shortest
+    first, each search starting near where the shorter buckets ended (:func:`start_rate`)."""
     client = LoadClient(model, time_scale=time_scale)
-    cells: dict[tuple[int, int], ProfileCell] = {}
-    inputs, outputs = sorted(settings.input_buckets), sorted(settings.output_buckets)
-    for x, i in enumerate(inputs):
-        for y, o in enumerate(outputs):
-            shorter = [(i, outputs[y - 1]) if y else None, (inputs[x - 1], o) if x else None]
-            reached = [cells[c].max_rate for c in shorter if c is not None and cells[c].max_rate > 0]
-            start = min(reached, default=settings.start_rate)
-            cells[i, o] = await profile_cell(client, url, source, i, o, settings, start, report)
+    cells: dict[Cell, ProfileCell] = {}
+    grid = only or [(i, o) for i in settings.input_buckets for o in settings.output_buckets]
+    for cell in sorted(grid, key=lambda c: (c[0] + c[1], c)):
+        start = start_rate(cell, cells, settings.start_rate)
+        cells[cell] = await profile_cell(client, url, source, cell[0], cell[1], settings, start, report)
     return GpuProfile(model=model, gpu=gpu, cost_per_hour=cost_per_hour, slo=settings.slo,
                       cells=list(cells.values()), created_at=time.time(), source=engine_source or url)

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import httpx
 import msgspec
+import pytest
 import yaml
 from brixmesh.common.bus import Bus
 from brixmesh.common.messages import (
+    GpuPlan,
     GpuProfile,
     PodEvent,
     PodInfo,
@@ -22,7 +24,7 @@ from brixmesh.common.messages import (
     Slo,
 )  # fmt: skip
 from brixmesh.common.servers import NatsServer
-from brixmesh.common.subjects import GPU_PROFILES, PODS, ROUTER_STATS, SCALE_DECISIONS
+from brixmesh.common.subjects import GPU_PLANS, GPU_PROFILES, PODS, ROUTER_STATS, SCALE_DECISIONS
 
 from tests.autoscaler.autoscaler_proc import autoscaler_process
 from tests.waiting import eventually
@@ -51,6 +53,8 @@ async def test_optimizer_strategy_scales_gpu_type_deployments(
     decisions: dict[str, ScaleDecision] = {}
     await bus.subscribe(SCALE_DECISIONS.pattern(), ScaleDecision,
                         lambda _s, d: decisions.__setitem__(d.deployment, d))
+    plans: list[GpuPlan] = []
+    await bus.subscribe(GPU_PLANS.pattern(), GpuPlan, lambda _s, p: plans.append(p))
 
     async with autoscaler_process(nats_server.url, spec_file, tmp_path / "autoscaler.log", autoscaler_specs="",
                                   gpu_optimizer_specs=str(spec_file), evaluate_interval_s="0.2") as url:
@@ -87,6 +91,12 @@ async def test_optimizer_strategy_scales_gpu_type_deployments(
             shapes[:] = [ShapeCount(*SHORT, 10), ShapeCount(*LONG, 3)]
             await eventually(lambda: replicas() == {"chat-a10": 2, "chat-l20": 2}, 15,
                              describe=lambda: str(replicas()))
+            # the routers get the plan: long requests mostly to l20 (2 a10 cannot take more than 1 of the 3
+            # long req/s and still serve their share of the short ones)
+            await eventually(lambda: plans and plans[-1].replicas == {"a10": 2, "l20": 2}, 10)
+            long_route = next(r for r in plans[-1].routes if (r.input_bucket, r.output_bucket) == LONG)
+            assert long_route.shares["l20"] >= 2 / 3 - 0.01
+            assert sum(long_route.shares.values()) == pytest.approx(1.0, abs=0.01)
 
             # a bucket no GPU type was profiled for: the last plan stays, and the status says why
             shapes[:] = [ShapeCount(12, 8, 1)]

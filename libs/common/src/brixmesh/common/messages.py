@@ -242,6 +242,25 @@ class GpuProfile(msgspec.Struct, kw_only=True):
     """The engine that was measured (URL, or the simulator's flags)."""
 
 
+class PlanRoute(msgspec.Struct, kw_only=True):
+    """The share of one length bucket's requests each GPU type should serve (shares sum to 1)."""
+
+    input_bucket: int
+    output_bucket: int
+    shares: dict[str, float]
+
+
+class GpuPlan(msgspec.Struct, kw_only=True):
+    """The optimizer's plan for one model: replicas per GPU type and where each length bucket goes; the
+    router's ``gpu-plan`` scorer follows ``routes`` (pods name their GPU type in the ``brixmesh.io/gpu`` label)."""
+
+    model: str
+    ts: float
+    replicas: dict[str, int]
+    cost_per_hour: float
+    routes: list[PlanRoute]
+
+
 # --- KV events (normalized by kv-index; engine hashes as u64) -----------------------------------------
 
 

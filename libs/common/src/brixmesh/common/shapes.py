@@ -7,6 +7,9 @@ so a histogram has at most ``(MAX_BUCKET + 1) ** 2`` cells whatever clients send
 
 from __future__ import annotations
 
+GPU_LABEL = "brixmesh.io/gpu"
+"""Pod label naming the pod's GPU type (a deployment label, so every pod of the deployment carries it)."""
+
 MAX_BUCKET = 20
 """2**20 tokens: longer prompts or outputs share the last bucket."""
 

@@ -28,9 +28,12 @@ from brixmesh.autoscaler.load_shape import LoadShape
 from brixmesh.autoscaler.spec import SpecError, describe
 from brixmesh.autoscaler.window import SlidingWindow
 from brixmesh.common.bus import Bus
-from brixmesh.common.messages import GpuProfile, RouterStats, ScaleDecision
+from brixmesh.common.messages import GpuPlan, GpuProfile, PlanRoute, RouterStats, ScaleDecision
 from brixmesh.common.shapes import bucket_tokens
-from brixmesh.common.subjects import GPU_PROFILES, ROUTER_STATS, SCALE_DECISIONS
+from brixmesh.common.subjects import GPU_PLANS, GPU_PROFILES, ROUTER_STATS, SCALE_DECISIONS
+
+PLAN_REPUBLISH_S = 5.0
+"""The plan goes out on every change and at least this often (a router that starts late gets it soon)."""
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +114,7 @@ class GpuOptimizer:
         self.plan_reason = "no plan yet"
         self.infeasible_reason = ""
         self.decisions = 0
+        self._plan_sent: tuple[Plan | None, float] = (None, 0.0)
         self._asked: dict[str, tuple[int, float]] = {}
         """deployment -> (count last asked for, when it was sent)."""
         delay = max(spec.scale_down_delay_s, 1e-3)
@@ -182,6 +186,21 @@ class GpuOptimizer:
             ))  # fmt: skip
         return decisions
 
+    def plan_to_publish(self, now: float) -> GpuPlan | None:
+        """The plan for the routers when it changed or was last sent ``PLAN_REPUBLISH_S`` ago."""
+        plan = self.plan
+        sent, sent_at = self._plan_sent
+        if plan is None or (plan is sent and now - sent_at < PLAN_REPUBLISH_S):
+            return None
+        self._plan_sent = (plan, now)
+        routes = [
+            PlanRoute(input_bucket=i, output_bucket=o,
+                      shares={gpu: round(rate / sum(split.values()), 4) for gpu, rate in split.items()})
+            for (i, o), split in sorted(plan.routing.items()) if split
+        ]  # fmt: skip
+        return GpuPlan(model=self.spec.model, ts=now, replicas=plan.replicas, cost_per_hour=plan.cost_per_hour,
+                       routes=routes)
+
     def status(self) -> dict[str, Any]:
         plan = self.plan
         return {
@@ -238,6 +257,9 @@ class GpuOptimizers:
                          extra={"deployment": decision.deployment, "reason": decision.reason})
                 await bus.publish(SCALE_DECISIONS.format(deployment=decision.deployment), decision)
                 published += 1
+            plan = optimizer.plan_to_publish(now)
+            if plan is not None:
+                await bus.publish(GPU_PLANS.format(model=plan.model), plan)
         return published
 
     def add_routes(self, app: FastAPI) -> None:
