@@ -1,9 +1,9 @@
 """GPU-mix benchmark: the optimizer's mix of simulated A10 and L20 engines against single-GPU-type fleets.
 
-1. Profiles: ``brixmesh profile``'s sweep (``brixbench.profiling``) on one simulated engine per GPU type, for the
-   length buckets of the workload (or ``--profiles DIR`` with ``<gpu>.json`` files it wrote).
-2. Plans: the autoscaler's integer program (``brixmesh.autoscaler.gpu_plan.solve``) for the workload's rate per
-   bucket, once with every GPU type (the mix) and once per type alone (each single-type fleet sized by the
+1. Profiles: ``brixmesh profile``'s sweep (``brixbench.profiling``) on one simulated engine per GPU type, for
+   the length buckets of the workload (or ``--profiles DIR`` with ``<gpu>.json`` files it wrote).
+2. Plans: the autoscaler's integer program (``brixmesh.autoscaler.gpu_plan.solve``) for the workload's rate
+   per bucket, once with every GPU type (the mix) and once per type alone (each single-type fleet sized by the
    same profiles and SLO).
 3. Runs: each planned fleet is started (simulated engines) and serves the same mixed workload, Poisson
    arrivals per shape; the mix routes each bucket's requests to GPU types in the plan's proportions, every
@@ -40,7 +40,11 @@ from brixmesh.autoscaler.gpu_plan import Cell, GpuOption, Infeasible, Plan, capa
 from brixmesh.common.messages import GpuProfile, Slo
 from brixmesh.common.shapes import bucket_tokens, length_bucket
 
-MODEL = "sim-llama-8b"
+MODEL = "sim-llama2-7b"
+MODEL_PROFILE = "llama2-7b"
+"""AIBrix's GPU-optimizer examples profile Llama-2-7B; its full-size KV cache (512 KiB per token) makes the
+cache, where L20 holds ~4.5x what A10 holds, matter at a few requests per second."""
+MAX_MODEL_LEN = 4096
 GPUS = ("a10", "l20")
 SLO = Slo(ttft_s=1.5, tpot_s=0.08, percentile=90)
 
@@ -60,10 +64,11 @@ class Shape:
 
 # Chat turns, retrieval-augmented questions (long prompt, short answer) and long generations: AIBrix's
 # heterogeneous experiment mixed ShareGPT chat with Text2SQL (long prompts, short outputs) the same way.
-WORKLOAD = (Shape("chat", 256, 32, 8.0), Shape("rag", 2048, 32, 1.5), Shape("writer", 256, 256, 2.0))
+WORKLOAD = (Shape("chat", 256, 32, 6.0), Shape("rag", 2048, 32, 1.0), Shape("writer", 256, 256, 3.0))
 
 
-def workload_jobs(shapes: Sequence[Shape], duration_s: float, source: TextSource, seed: int) -> tuple[list[Job], OpenLoop, dict[str, Cell]]:
+def workload_jobs(shapes: Sequence[Shape], duration_s: float, source: TextSource,
+                  seed: int) -> tuple[list[Job], OpenLoop, dict[str, Cell]]:
     """Poisson arrivals per shape over ``duration_s``; lengths uniform in the upper half of each bucket."""
     rng = random.Random(seed)
     arrivals: list[tuple[float, Job]] = []
@@ -91,7 +96,8 @@ class PlanTarget:
     def __init__(self, urls: dict[str, list[str]], plan: Plan, cells: dict[str, Cell]) -> None:
         self.urls = urls
         self.cells = cells
-        self.weights = {cell: {g: r for g, r in split.items() if urls.get(g)} for cell, split in plan.routing.items()}
+        self.weights = {cell: {g: r for g, r in split.items() if urls.get(g)}
+                        for cell, split in plan.routing.items()}
         self.credit: dict[tuple[Cell, str], float] = {}
         self.in_flight = {url: 0 for group in urls.values() for url in group}
 
@@ -125,6 +131,10 @@ class FleetResult:
     failed: int
 
 
+def in_use(plan: Plan) -> dict[str, int]:
+    return {gpu: n for gpu, n in plan.replicas.items() if n}
+
+
 def attainment(records: Sequence[RequestRecord], slo: Slo) -> float:
     met = sum(1 for r in records if r.ok and r.ttft_s is not None and r.ttft_s <= slo.ttft_s
               and (r.tpot_s is None or r.tpot_s <= slo.tpot_s))
@@ -136,13 +146,15 @@ async def profiles_for(shapes: Sequence[Shape], args: argparse.Namespace, source
     if args.profiles:
         return {gpu: msgspec.json.decode((args.profiles / f"{gpu}.json").read_bytes(), type=GpuProfile)
                 for gpu in GPUS}
-    settings = SweepSettings(tuple(sorted({s.cell[0] for s in shapes})), tuple(sorted({s.cell[1] for s in shapes})),
-                             SLO, duration_s=args.profile_duration, warmup_s=args.profile_duration / 3,
+    inputs, outputs = tuple(sorted({s.cell[0] for s in shapes})), tuple(sorted({s.cell[1] for s in shapes}))
+    settings = SweepSettings(inputs, outputs, SLO, duration_s=args.profile_duration,
+                             warmup_s=args.profile_duration / 3,
                              precision=args.precision, start_rate=2.0)
     found = {}
     for gpu in GPUS:
-        fleet = await Fleet(FleetSpec(engines=1, model=MODEL, gpu=gpu, time_scale=args.profile_time_scale,
-                                      processes=1), workdir / f"profile-{gpu}").start()
+        spec = FleetSpec(engines=1, model=MODEL, gpu=gpu, model_profile=MODEL_PROFILE,
+                         max_model_len=MAX_MODEL_LEN, time_scale=args.profile_time_scale, processes=1)
+        fleet = await Fleet(spec, workdir / f"profile-{gpu}").start()
         try:
             started = time.monotonic()
             found[gpu] = await profile_engine(
@@ -159,11 +171,13 @@ async def profiles_for(shapes: Sequence[Shape], args: argparse.Namespace, source
 async def serve(label: str, plan: Plan, jobs: list[Job], arrivals: OpenLoop, cells: dict[str, Cell],
                 args: argparse.Namespace, workdir: Path) -> FleetResult:
     fleets: dict[str, Fleet] = {}
+    workdir = workdir / label.replace(" ", "-")
     try:
         for gpu, count in plan.replicas.items():
             if count:
-                fleets[gpu] = await Fleet(FleetSpec(engines=count, model=MODEL, gpu=gpu, time_scale=args.time_scale,
-                                                    processes=1), workdir / f"{label}-{gpu}").start()
+                spec = FleetSpec(engines=count, model=MODEL, gpu=gpu, model_profile=MODEL_PROFILE,
+                                 max_model_len=MAX_MODEL_LEN, time_scale=args.time_scale, processes=1)
+                fleets[gpu] = await Fleet(spec, workdir / gpu).start()
         target = PlanTarget({gpu: fleet.urls for gpu, fleet in fleets.items()}, plan, cells)
         client = LoadClient(MODEL, time_scale=args.time_scale)
         result = await client.run(jobs, arrivals, target)
@@ -189,13 +203,14 @@ def describe_profiles(profiles: dict[str, GpuProfile]) -> None:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="shorter profiles and runs (under 10 minutes)")
-    parser.add_argument("--profiles", type=Path, help="directory of <gpu>.json profiles to use instead of profiling")
+    parser.add_argument("--profiles", type=Path, help="directory of <gpu>.json profiles (skips profiling)")
     parser.add_argument("--duration", type=float, help="modelled seconds of workload per fleet")
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies every shape's rate")
-    parser.add_argument("--time-scale", type=float, default=0.5, help="simulator wall s per simulated s (runs)")
+    parser.add_argument("--time-scale", type=float, default=0.5, help="wall s per simulated s (the runs)")
     parser.add_argument("--profile-time-scale", type=float, default=0.25, help="the same while profiling")
-    parser.add_argument("--out", type=Path, default=Path("bench/results") / f"gpu-mix-{time.strftime('%Y%m%d-%H%M%S')}")
+    parser.add_argument("--out", type=Path, help="report folder (default bench/results/gpu-mix-<time>)")
     args = parser.parse_args()
+    args.out = args.out or Path("bench/results", time.strftime("gpu-mix-%Y%m%d-%H%M%S"))
     args.duration = args.duration or (60.0 if args.quick else 180.0)
     args.profile_duration = 20.0 if args.quick else 40.0
     args.precision = 0.25 if args.quick else 0.1
@@ -221,8 +236,8 @@ async def main() -> None:
         raise SystemExit(1)
     singles = {label: plan for label, plan in plans.items() if label != "mix"}
     best_single = min(singles, key=lambda label: singles[label].cost_per_hour) if singles else None
-    print("\nworkload: " + ", ".join(f"{s.name} in<={bucket_tokens(s.cell[0])}/out<={bucket_tokens(s.cell[1])} "
-                                     f"{s.rate:g}/s" for s in shapes))
+    print("\nworkload: " + ", ".join(f"{s.name} in<={bucket_tokens(s.cell[0])}/out<="
+                                     f"{bucket_tokens(s.cell[1])} {s.rate:g}/s" for s in shapes))
     for label, plan in plans.items():
         print(f"plan {label}: {plan.describe()}")
 
@@ -232,25 +247,27 @@ async def main() -> None:
         to_run.append("l20 only")
     results = []
     for label in to_run:
-        if label != "mix" and plans[label].replicas == plans["mix"].replicas:
+        if label != "mix" and in_use(plans[label]) == in_use(plans["mix"]):
             continue  # the same fleet: the mix run stands for it
         print(f"serving {len(jobs)} requests with {label}: {plans[label].describe()}", flush=True)
-        results.append(await serve(label.replace(" ", "-"), plans[label], jobs, arrivals, cells, args, args.out))
+        results.append(await serve(label, plans[label], jobs, arrivals, cells, args, args.out))
 
     print(f"\n{'fleet':<14}{'replicas':<22}{'cost/h':>8}{'SLO attained':>14}{'TTFT p90':>10}{'TPOT p90':>10}"
           f"{'failed':>8}")
     for r in results:
         mix = " + ".join(f"{n}x{g}" for g, n in sorted(r.plan.replicas.items()) if n)
-        print(f"{r.label:<14}{mix:<22}{r.plan.cost_per_hour:>8.2f}{r.attainment:>14.1%}{r.ttft_p90_s * 1000:>8.0f}ms"
-              f"{r.tpot_p90_s * 1000:>8.1f}ms{r.failed:>8}")
+        print(f"{r.label:<14}{mix:<22}{r.plan.cost_per_hour:>8.2f}{r.attainment:>14.1%}"
+              f"{r.ttft_p90_s * 1000:>8.0f}ms{r.tpot_p90_s * 1000:>8.1f}ms{r.failed:>8}")
     mix_result = results[0]
-    single = next((r for r in results[1:] if r.label.replace("-", " ") == best_single), None)
-    single_plan = plans[best_single] if best_single else None
-    saving = 1 - mix_result.plan.cost_per_hour / single_plan.cost_per_hour if single_plan else math.nan
+    single = next((r for r in results[1:] if r.label == best_single), None)
+    if best_single is None:
+        single_text, saving = "no single type can serve it", math.nan
+    else:
+        attained = f"SLO {single.attainment:.1%}" if single else "the same fleet as the mix"
+        single_text = f"best single type {plans[best_single].describe()}, {attained}"
+        saving = 1 - mix_result.plan.cost_per_hour / plans[best_single].cost_per_hour
     l20 = plans.get("l20 only")
     vs_l20 = 1 - mix_result.plan.cost_per_hour / l20.cost_per_hour if l20 else math.nan
-    single_text = (f"best single type {single_plan.describe()}, SLO {single.attainment:.1%}" if single and single_plan
-                   else f"best single type {single_plan.describe()} (same fleet as the mix)" if single_plan else "no single type")
     print(f"({time.monotonic() - started:.0f}s, report folder {args.out})")
     print(f"gpu_mix: mix {mix_result.plan.describe()}, SLO {mix_result.attainment:.1%} | {single_text} | "
           f"saving {saving:.1%} vs best single type, {vs_l20:.1%} vs L20 only (AIBrix: ~10% vs L20 only)",

@@ -170,8 +170,8 @@ async def profile_cell(client: LoadClient, url: str, source: TextSource, input_b
         jobs = cell_jobs(source, input_bucket, output_bucket, count, trial_seed)
         arrivals = poisson(rate, len(jobs), trial_seed)
         try:
-            result = await asyncio.wait_for(client.run(jobs, arrivals, FixedTarget(url)),
-                                            trial_limit_s(arrivals, settings.slo, output_bucket) * client.time_scale)
+            limit_s = trial_limit_s(arrivals, settings.slo, output_bucket) * client.time_scale
+            result = await asyncio.wait_for(client.run(jobs, arrivals, FixedTarget(url)), limit_s)
         except TimeoutError:
             verdict = Verdict(False, math.inf, math.inf, 0)  # a backlog that outlives the trial: over
         else:
@@ -182,7 +182,8 @@ async def profile_cell(client: LoadClient, url: str, source: TextSource, input_b
             best = verdict
         report(f"in<={bucket_tokens(input_bucket)} out<={bucket_tokens(output_bucket)} {rate:g} req/s: "
                f"{'ok' if verdict.ok else 'over'} (p{settings.slo.percentile:g} "
-               f"TTFT {verdict.ttft_s * 1000:.0f} ms, TPOT {verdict.tpot_s * 1000:.1f} ms, {verdict.failed} failed)")
+               f"TTFT {verdict.ttft_s * 1000:.0f} ms, TPOT {verdict.tpot_s * 1000:.1f} ms, "
+               f"{verdict.failed} failed)")
         await wait_idle(url)
     return ProfileCell(input_bucket=input_bucket, output_bucket=output_bucket, max_rate=search.best,
                        ttft_s=round(best.ttft_s, 6), tpot_s=round(best.tpot_s, 6))
@@ -191,7 +192,8 @@ async def profile_cell(client: LoadClient, url: str, source: TextSource, input_b
 def start_rate(cell: Cell, profiled: dict[Cell, ProfileCell], default: float) -> float:
     """Where a bucket's search starts: the rate of the nearest shorter bucket already profiled, scaled by
     their token counts (a request twice as long takes about twice the work), else ``default``."""
-    shorter = [c for c, found in profiled.items() if c[0] <= cell[0] and c[1] <= cell[1] and found.max_rate > 0]
+    shorter = [c for c, found in profiled.items()
+               if c[0] <= cell[0] and c[1] <= cell[1] and found.max_rate > 0]
     if not shorter:
         return default
     nearest = max(shorter)

@@ -56,8 +56,9 @@ async def test_optimizer_strategy_scales_gpu_type_deployments(
     plans: list[GpuPlan] = []
     await bus.subscribe(GPU_PLANS.pattern(), GpuPlan, lambda _s, p: plans.append(p))
 
-    async with autoscaler_process(nats_server.url, spec_file, tmp_path / "autoscaler.log", autoscaler_specs="",
-                                  gpu_optimizer_specs=str(spec_file), evaluate_interval_s="0.2") as url:
+    async with autoscaler_process(nats_server.url, spec_file, tmp_path / "autoscaler.log",
+                                  autoscaler_specs="", gpu_optimizer_specs=str(spec_file),
+                                  evaluate_interval_s="0.2") as url:
         for deployment in ("chat-a10", "chat-l20"):
             pod = PodInfo(pod=f"{deployment}-0", deployment=deployment, model=MODEL, engine="sim",
                           endpoint="http://127.0.0.1:9")

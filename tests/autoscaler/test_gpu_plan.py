@@ -83,7 +83,8 @@ def test_realistic_bucket_counts_solve_well_under_a_second() -> None:
     cells = [(i, o) for i in range(5, 15) for o in range(3, 11)]  # 80 buckets
     options = [
         GpuOption(gpu, cost, {c: scale * 64 / (c[0] * c[1]) for c in cells})
-        for gpu, cost, scale in (("a10", 1.01, 1.0), ("l20", 1.5, 1.6), ("a100", 3.67, 3.5), ("h100", 7.52, 8.0))
+        for gpu, cost, scale in (("a10", 1.01, 1.0), ("l20", 1.5, 1.6), ("a100", 3.67, 3.5),
+                                 ("h100", 7.52, 8.0))
     ]
     load = {c: 0.5 + (c[0] * 7 + c[1]) % 5 for c in cells}
     started = time.perf_counter()

@@ -8,8 +8,8 @@ from brixmesh.common.messages import RouterStats, ShapeCount
 
 
 def stats(router: str, ts: float, shapes: list[ShapeCount], window_s: float = 1.0) -> RouterStats:
-    return RouterStats(router=router, model="m", ts=ts, window_s=window_s, arrivals=0, completions=0, failures=0,
-                       in_flight=0, queued=0, prompt_tokens=0, completion_tokens=0, shapes=shapes)
+    return RouterStats(router=router, model="m", ts=ts, window_s=window_s, arrivals=0, completions=0,
+                       failures=0, in_flight=0, queued=0, prompt_tokens=0, completion_tokens=0, shapes=shapes)
 
 
 def test_rates_sum_routers_over_the_time_each_one_covers() -> None:

@@ -80,18 +80,21 @@ async def test_profiles_from_the_simulator_are_monotone_and_reproducible(tmp_pat
     on the same rate within the search's precision."""
     source = TextSource(single_token_words(TOKENIZER_DIR / "tokenizer.json"))
     slo = Slo(ttft_s=1.5, tpot_s=0.08, percentile=90)
-    settings = SweepSettings((length_bucket(SHORT_IN), length_bucket(LONG_IN)), (length_bucket(SHORT_OUT),),
-                             slo, duration_s=15, warmup_s=5, precision=0.3, start_rate=4.0)
+
+    def sweep(inputs: tuple[int, ...], outputs: tuple[int, ...]) -> SweepSettings:
+        buckets = tuple(length_bucket(n) for n in inputs), tuple(length_bucket(n) for n in outputs)
+        return SweepSettings(*buckets, slo, duration_s=15, warmup_s=5, precision=0.3, start_rate=4.0)
+
     fleet = await Fleet(FleetSpec(engines=1, model="m", gpu="a10", time_scale=0.25, processes=1),
                         tmp_path / "fleet").start()
+    url = fleet.urls[0]
     try:
-        first = await profile_engine(fleet.urls[0], "m", "a10", 1.01, settings, source, time_scale=0.25)
-        longer_output = SweepSettings((length_bucket(SHORT_IN),), (length_bucket(LONG_OUT),), slo, duration_s=15,
-                                      warmup_s=5, precision=0.3, start_rate=4.0)
-        long_out = await profile_engine(fleet.urls[0], "m", "a10", 1.01, longer_output, source, time_scale=0.25)
-        short_only = SweepSettings((length_bucket(SHORT_IN),), (length_bucket(SHORT_OUT),), slo, duration_s=15,
-                                   warmup_s=5, precision=0.3, start_rate=4.0)
-        again = await profile_engine(fleet.urls[0], "m", "a10", 1.01, short_only, source, time_scale=0.25)
+        first = await profile_engine(url, "m", "a10", 1.01, sweep((SHORT_IN, LONG_IN), (SHORT_OUT,)), source,
+                                     time_scale=0.25)
+        long_out = await profile_engine(url, "m", "a10", 1.01, sweep((SHORT_IN,), (LONG_OUT,)), source,
+                                        time_scale=0.25)
+        again = await profile_engine(url, "m", "a10", 1.01, sweep((SHORT_IN,), (SHORT_OUT,)), source,
+                                     time_scale=0.25)
     finally:
         await fleet.stop()
     rates = {(c.input_bucket, c.output_bucket): c.max_rate for c in first.cells + long_out.cells}

@@ -60,7 +60,8 @@ def profile(
     sim_gpu: Annotated[list[str] | None, typer.Option(
         "--sim-gpu", help="Simulated GPU type to profile (repeat): a10, l20, a100, h100.")] = None,
     url: Annotated[str | None, typer.Option(help="A real engine's OpenAI base URL (one replica).")] = None,
-    gpu: Annotated[str | None, typer.Option(help="GPU type of the --url engine (its profile's name).")] = None,
+    gpu: Annotated[str | None, typer.Option(help="GPU type of the --url engine (its profile's name).")]
+    = None,
     model: Annotated[str, typer.Option(help="Served model name (the router's and autoscaler's key).")]
     = "sim-llama-8b",
     model_profile: Annotated[str, typer.Option(help="Simulated model (--sim-gpu).")] = "llama-8b",
@@ -71,7 +72,8 @@ def profile(
     slo_tpot_ms: Annotated[float, typer.Option(help="TPOT bound (0: none).")] = 80.0,
     percentile: Annotated[float, typer.Option(help="Percentile the SLO bounds apply to.")] = 90.0,
     duration: Annotated[float, typer.Option(help="Modelled seconds of arrivals per trial rate.")] = 30.0,
-    warmup: Annotated[float, typer.Option(help="Modelled seconds at the start of a trial not judged.")] = 10.0,
+    warmup: Annotated[float, typer.Option(help="Modelled seconds at the start of a trial not judged.")]
+    = 10.0,
     precision: Annotated[float, typer.Option(help="Stop when failing/passing rate <= 1 + this.")] = 0.15,
     start_rate: Annotated[float, typer.Option(help="First trial rate (req/s).")] = 1.0,
     cost: Annotated[list[str] | None, typer.Option(
@@ -82,7 +84,8 @@ def profile(
     out: Annotated[Path | None, typer.Option(help="Directory for <gpu>.json (default <state-dir>/profiles/"
                                                   "<model>).")] = None,
     publish: Annotated[bool | None, typer.Option(
-        "--publish/--no-publish", help="Publish on gpu.profiles.* (default: when a mesh is reachable).")] = None,
+        "--publish/--no-publish", help="Publish on gpu.profiles.* (default: when a mesh is reachable).")]
+    = None,
     nats_url: Annotated[str | None, typer.Option(help="NATS server (default: the running mesh's).")] = None,
     state_dir: Annotated[Path, typer.Option(help="The mesh's state directory.")] = default_state_dir(),
 ) -> None:
@@ -151,8 +154,9 @@ async def _profile_simulated(profiling: Any, gpu_type: str, model: str, model_pr
                              cost_per_hour: float, settings: Any, time_scale: float, directory: Path,
                              report: Any) -> GpuProfile:
     fleet_mod = brixbench("fleet")
+    longest = bucket_tokens(max(settings.input_buckets)) + bucket_tokens(max(settings.output_buckets))
     spec = fleet_mod.FleetSpec(engines=1, model=model, gpu=gpu_type, model_profile=model_profile,
-                               time_scale=time_scale, processes=1)
+                               max_model_len=longest, time_scale=time_scale, processes=1)
     fleet = fleet_mod.Fleet(spec, directory / f"work-{gpu_type}")
     try:
         await fleet.start()

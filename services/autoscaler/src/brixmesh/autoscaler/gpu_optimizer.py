@@ -198,8 +198,8 @@ class GpuOptimizer:
                       shares={gpu: round(rate / sum(split.values()), 4) for gpu, rate in split.items()})
             for (i, o), split in sorted(plan.routing.items()) if split
         ]  # fmt: skip
-        return GpuPlan(model=self.spec.model, ts=now, replicas=plan.replicas, cost_per_hour=plan.cost_per_hour,
-                       routes=routes)
+        return GpuPlan(model=self.spec.model, ts=now, replicas=plan.replicas,
+                       cost_per_hour=plan.cost_per_hour, routes=routes)
 
     def status(self) -> dict[str, Any]:
         plan = self.plan
