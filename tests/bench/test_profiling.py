@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from brixbench.fleet import TOKENIZER_DIR, Fleet, FleetSpec
-from brixbench.profiling import RateSearch, SweepSettings, profile_engine, slo_verdict
+from brixbench.profiling import RateSearch, SweepSettings, Verdict, profile_engine, queue_built_up, slo_verdict
 from brixbench.stats import RequestRecord
 from brixbench.text import TextSource, single_token_words
 from brixmesh.common.messages import Slo
@@ -70,6 +70,13 @@ def test_slo_verdict_reads_the_percentile_of_ttft_and_tpot() -> None:
     assert slo_verdict(fast + [record(0.9, 1.1)], slo).ok  # one slow TTFT in 19 is above p90
     assert not slo_verdict(fast + [record(0.9, 1.1)] * 3, slo).ok
     assert math.isnan(slo_verdict([], slo).ttft_s) and not slo_verdict([], slo).ok
+
+
+def test_a_failed_trial_is_tried_again_only_without_a_queue() -> None:
+    slo = Slo(ttft_s=1.0, tpot_s=0.05)
+    assert not queue_built_up(Verdict(False, 1.2, 0.2, 0), slo)  # slow tokens: maybe the host, try again
+    assert queue_built_up(Verdict(False, 3.5, 0.06, 0), slo)
+    assert queue_built_up(Verdict(False, math.inf, math.inf, 0), slo)  # backlog left after the trial
 
 
 SHORT_IN, LONG_IN, SHORT_OUT, LONG_OUT = 256, 2048, 32, 256
