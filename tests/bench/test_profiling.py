@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 from brixbench.fleet import TOKENIZER_DIR, Fleet, FleetSpec
-from brixbench.profiling import RateSearch, SweepSettings, Verdict, profile_engine, queue_built_up, slo_verdict
+from brixbench.profiling import (
+    RateSearch,
+    SweepSettings,
+    Verdict,
+    profile_engine,
+    queue_built_up,
+    slo_verdict,
+)
 from brixbench.stats import RequestRecord
 from brixbench.text import TextSource, single_token_words
 from brixmesh.common.messages import Slo
