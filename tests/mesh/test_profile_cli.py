@@ -21,11 +21,12 @@ BRIXMESH = [sys.executable, "-m", "brixmesh.cli.main"]
 
 
 def test_profile_without_an_engine_is_a_one_line_error(tmp_path: Path) -> None:
-    result = subprocess.run([*BRIXMESH, "profile", "--state-dir", str(tmp_path)], capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run([*BRIXMESH, "profile", "--state-dir", str(tmp_path)], capture_output=True,
+                            text=True, timeout=60)
     assert result.returncode == 2
-    assert result.stderr.strip() == ("brixmesh profile: give either --sim-gpu (simulated types) or --url with "
-                                     "--gpu (a real engine)")
+    assert result.stderr.strip() == (
+        "brixmesh profile: give either --sim-gpu (simulated types) or --url with --gpu (a real engine)"
+    )
     result = subprocess.run([*BRIXMESH, "profile", "--url", "http://127.0.0.1:9", "--gpu", "tpu9",
                              "--state-dir", str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
