@@ -252,12 +252,13 @@ async def main() -> None:
         print(f"serving {len(jobs)} requests with {label}: {plans[label].describe()}", flush=True)
         results.append(await serve(label, plans[label], jobs, arrivals, cells, args, args.out))
 
-    print(f"\n{'fleet':<14}{'replicas':<22}{'cost/h':>8}{'SLO attained':>14}{'TTFT p90':>10}{'TPOT p90':>10}"
-          f"{'failed':>8}")
+    table = [f"{'fleet':<14}{'replicas':<22}{'cost/h':>8}{'SLO attained':>14}{'TTFT p90':>10}{'TPOT p90':>10}"
+             f"{'failed':>8}"]
     for r in results:
         mix = " + ".join(f"{n}x{g}" for g, n in sorted(r.plan.replicas.items()) if n)
-        print(f"{r.label:<14}{mix:<22}{r.plan.cost_per_hour:>8.2f}{r.attainment:>14.1%}"
-              f"{r.ttft_p90_s * 1000:>8.0f}ms{r.tpot_p90_s * 1000:>8.1f}ms{r.failed:>8}")
+        table.append(f"{r.label:<14}{mix:<22}{r.plan.cost_per_hour:>8.2f}{r.attainment:>14.1%}"
+                     f"{r.ttft_p90_s * 1000:>8.0f}ms{r.tpot_p90_s * 1000:>8.1f}ms{r.failed:>8}")
+    print("\n" + "\n".join(table))
     mix_result = results[0]
     single = next((r for r in results[1:] if r.label == best_single), None)
     if best_single is None:
@@ -268,10 +269,12 @@ async def main() -> None:
         saving = 1 - mix_result.plan.cost_per_hour / plans[best_single].cost_per_hour
     l20 = plans.get("l20 only")
     vs_l20 = 1 - mix_result.plan.cost_per_hour / l20.cost_per_hour if l20 else math.nan
-    print(f"({time.monotonic() - started:.0f}s, report folder {args.out})")
-    print(f"gpu_mix: mix {mix_result.plan.describe()}, SLO {mix_result.attainment:.1%} | {single_text} | "
-          f"saving {saving:.1%} vs best single type, {vs_l20:.1%} vs L20 only (AIBrix: ~10% vs L20 only)",
-          flush=True)
+    headline = (f"gpu_mix: mix {mix_result.plan.describe()}, SLO {mix_result.attainment:.1%} | {single_text} "
+                f"| saving {saving:.1%} vs best single type, {vs_l20:.1%} vs L20 only "
+                f"(AIBrix: ~10% vs L20 only)")
+    (args.out / "summary.txt").write_text("\n".join([*table, headline, ""]))
+    print(f"({time.monotonic() - started:.0f}s; profiles and summary.txt in {args.out})")
+    print(headline, flush=True)
 
 
 if __name__ == "__main__":
