@@ -252,7 +252,8 @@ class PlanRoute(msgspec.Struct, kw_only=True):
 
 class GpuPlan(msgspec.Struct, kw_only=True):
     """The optimizer's plan for one model: replicas per GPU type and where each length bucket goes; the
-    router's ``gpu-plan`` scorer follows ``routes`` (pods name their GPU type in the ``brixmesh.io/gpu`` label)."""
+    router's ``gpu-plan`` scorer follows ``routes`` (pods name their GPU type in the ``brixmesh.io/gpu``
+    label)."""
 
     model: str
     ts: float

@@ -97,9 +97,9 @@ def solve(load: Mapping[Cell, float], options: Sequence[GpuOption], *, time_limi
     if status == highspy.HighsModelStatus.kInfeasible:
         needed = {o.gpu: math.ceil(sum(load[c] / caps[c, o.gpu] for c in cells if caps[c, o.gpu] > 0))
                   for o in options}
-        raise Infeasible(
-            "the load needs more replicas than max_replicas "
-            f"allows (one type alone would need " + ", ".join(f"{g} {n}" for g, n in needed.items()) + ")")
+        alone = ", ".join(f"{g} {n}" for g, n in needed.items())
+        raise Infeasible(f"the load needs more replicas than max_replicas allows (one type alone would need "
+                         f"{alone})")
     counts = {o.gpu: round(highs.val(replicas[o.gpu])) for o in options}
     routing = {
         cell: {o.gpu: load[cell] * highs.val(share[cell, o.gpu]) for o in options

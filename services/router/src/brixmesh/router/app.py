@@ -2,8 +2,9 @@
 
 Inputs: ``pods.*``, ``metrics.pods.*``, ``pods.list`` (discovery), ``router.routing.*`` (other replicas),
 ``gpu.plans.*`` (the optimizer's GPU-type routing), the static endpoints file, and the OpenAI HTTP routes.
-State: the pod table, the routing env (shared in-flight counts, prefix index). Decisions: the routing pipeline. Outputs: proxied requests, ``router.routing.<me>``,
-``router.stats.<model>.<me>`` every second, Prometheus metrics.
+State: the pod table, the routing env (shared in-flight counts, prefix index). Decisions: the routing
+pipeline. Outputs: proxied requests, ``router.routing.<me>``, ``router.stats.<model>.<me>`` every second,
+Prometheus metrics.
 """
 
 from __future__ import annotations
