@@ -17,8 +17,8 @@ import typer
 from rich.console import Console
 
 from brixmesh.cli.bench import brixbench
-from brixmesh.cli.state import default_state_dir, resolve_nats_url
-from brixmesh.common.bus import Bus, BusConnectError
+from brixmesh.cli.state import default_state_dir, resolve_nats_auth, resolve_nats_url
+from brixmesh.common.bus import Bus, BusConnectError, NatsAuth
 from brixmesh.common.messages import GpuProfile, Slo
 from brixmesh.common.shapes import bucket_tokens, length_bucket
 from brixmesh.common.subjects import GPU_PROFILES
@@ -114,6 +114,7 @@ def profile(
     if publish and target_nats is None:
         raise fail("--publish: no running mesh found; start one with `brixmesh up` or pass --nats-url")
     publish_to = target_nats if publish is not False else None
+    auth = resolve_nats_auth(nats_url, state_dir) if publish_to else NatsAuth()
 
     def report(line: str) -> None:
         console.print(f"  {line}", markup=False)
@@ -131,7 +132,7 @@ def profile(
             path = write_profile(found, directory)
             console.print(f"{gpu_type}: {path}", markup=False)
             if publish_to is not None:
-                await publish_profile(publish_to, found)
+                await publish_profile(publish_to, auth, found)
             profiles.append(found)
         return profiles
 
@@ -182,8 +183,8 @@ def write_profile(found: GpuProfile, directory: Path) -> Path:
     return path
 
 
-async def publish_profile(nats_url: str, found: GpuProfile) -> None:
-    bus = await Bus.connect(nats_url, name="brixmesh-profile")
+async def publish_profile(nats_url: str, auth: NatsAuth, found: GpuProfile) -> None:
+    bus = await Bus.connect(nats_url, name="brixmesh-profile", setting="--nats-url", auth=auth)
     try:
         await bus.publish(GPU_PROFILES.format(model=found.model, gpu=found.gpu), found)
     finally:
