@@ -13,6 +13,7 @@ import pytest
 import yaml
 from brixmesh.common.bus import Bus
 from brixmesh.common.messages import (
+    DeploymentStatus,
     GpuPlan,
     GpuProfile,
     PodEvent,
@@ -24,7 +25,14 @@ from brixmesh.common.messages import (
     Slo,
 )  # fmt: skip
 from brixmesh.common.servers import NatsServer
-from brixmesh.common.subjects import GPU_PLANS, GPU_PROFILES, PODS, ROUTER_STATS, SCALE_DECISIONS
+from brixmesh.common.subjects import (
+    DEPLOYMENTS_STATUS,
+    GPU_PLANS,
+    GPU_PROFILES,
+    PODS,
+    ROUTER_STATS,
+    SCALE_DECISIONS,
+)
 
 from tests.autoscaler.autoscaler_proc import autoscaler_process
 from tests.waiting import eventually
@@ -112,5 +120,13 @@ async def test_optimizer_strategy_scales_gpu_type_deployments(
                 missing = await client.get(f"{url}/v1/gpu-optimizers/nope")
                 assert missing.status_code == 404
             assert replicas() == {"chat-a10": 2, "chat-l20": 2}
+
+            # someone set chat-a10 to 5 by hand: the decision in force goes out again
+            await bus.publish(DEPLOYMENTS_STATUS.format(deployment="chat-a10"), DeploymentStatus(
+                deployment="chat-a10", generation=2, desired_replicas=5, ready_replicas=5, pods=5,
+                last_decision_ts=decisions["chat-a10"].ts, ts=time.time()))
+            await eventually(lambda: "changed to 5" in decisions["chat-a10"].reason, 10,
+                             describe=lambda: decisions["chat-a10"].reason)
+            assert decisions["chat-a10"].resent and decisions["chat-a10"].desired_replicas == 2
         finally:
             publisher.cancel()

@@ -2,8 +2,9 @@
 
 Inputs: ``pods.*`` (pod discovery), ``router.stats.*`` (leading demand signal), ``deployments.status.*``
 (the orchestrator's observed fleet: closes the loop), engines' ``/metrics`` (scraped), specs from YAML files
-and the HTTP API. State: :class:`Fleet`, :class:`RouterSignals`,
-:class:`Autoscalers`. Decisions: :mod:`policy`. Outputs: ``metrics.pods.<pod>``, ``scale.decisions.<deployment>``.
+and the HTTP API, ``gpu.profiles.*`` (optimizer). State: :class:`Fleet`, :class:`RouterSignals`,
+:class:`Autoscalers`, :class:`GpuOptimizers`. Decisions: :mod:`policy`, :mod:`gpu_optimizer`. Outputs:
+``metrics.pods.<pod>``, ``scale.decisions.<deployment>``, ``gpu.plans.<model>``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 import httpx
 from brixmesh.autoscaler.api import add_routes
 from brixmesh.autoscaler.controller import AutoscalerController, _every
-from brixmesh.autoscaler.gpu_optimizer import GpuOptimizers
+from brixmesh.autoscaler.gpu_optimizer import FleetView, GpuOptimizers
 from brixmesh.autoscaler.registry import Autoscalers
 from brixmesh.autoscaler.scraper import Scraper
 from brixmesh.autoscaler.settings import AutoscalerSettings, spec_paths
@@ -46,7 +47,8 @@ def build_service(settings: AutoscalerSettings) -> Service:
     )  # fmt: skip
     add_routes(service.app, autoscalers, lambda: set(controller.fleet.models))
     optimizers = GpuOptimizers.from_files(
-        spec_paths(settings.gpu_optimizer_specs), controller.fleet.live_count
+        spec_paths(settings.gpu_optimizer_specs),
+        FleetView(controller.fleet.live_count, controller.deployments.get, settings.decision_refresh_s),
     )
     optimizers.add_routes(service.app)
 

@@ -6,7 +6,9 @@ Inputs: :class:`GpuProfile` per GPU type (JSON files written by ``brixmesh profi
 :class:`ScaleDecision` per deployment whose count changes. An infeasible load keeps the last feasible plan
 in force and says why. Scale-downs wait ``scale_down_delay_s``: a deployment goes no lower than the most
 any plan asked of it in that time, so a dip in traffic does not stop pods that the next second needs.
-Decisions are re-sent while the live count disagrees with them (a lost message is not a lost decision).
+The loop is closed on the orchestrator's ``deployments.status`` as for PodAutoscalers: a decision in force
+is sent again when the orchestrator has not taken it, when its desired replicas were changed by hand, and
+every ``decision_refresh_s`` (so the orchestrator shows the deployment as autoscaled).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +31,9 @@ from brixmesh.autoscaler.load_shape import LoadShape
 from brixmesh.autoscaler.spec import SpecError, describe
 from brixmesh.autoscaler.window import SlidingWindow
 from brixmesh.common.bus import Bus
-from brixmesh.common.messages import GpuPlan, GpuProfile, PlanRoute, RouterStats, ScaleDecision
+from brixmesh.common.messages import (
+    DeploymentStatus, GpuPlan, GpuProfile, PlanRoute, RouterStats, ScaleDecision,
+)  # fmt: skip
 from brixmesh.common.shapes import bucket_tokens
 from brixmesh.common.subjects import GPU_PLANS, GPU_PROFILES, ROUTER_STATS, SCALE_DECISIONS
 
@@ -56,7 +61,6 @@ class OptimizerSpec(BaseModel):
     min_window_s: float = Field(default=5.0, ge=0)
     """No plan until the window covers this much traffic time (no decision from an empty window)."""
     scale_down_delay_s: float = Field(default=60.0, ge=0)
-    resend_after_s: float = Field(default=10.0, gt=0)
 
     @model_validator(mode="after")
     def _consistent(self) -> OptimizerSpec:
@@ -101,13 +105,24 @@ def read_profile(path: Path) -> GpuProfile:
         raise SpecError(f"{path}: not a GPU profile: {exc}") from None
 
 
-class GpuOptimizer:
-    """One optimizer spec's state. ``live_replicas(deployment)`` counts the deployment's starting and ready
-    pods (from the autoscaler's fleet)."""
+@dataclass(frozen=True, slots=True)
+class FleetView:
+    """What the optimizer reads of the autoscaler's state about a deployment."""
 
-    def __init__(self, spec: OptimizerSpec, live_replicas: Callable[[str], int]) -> None:
+    live_replicas: Callable[[str], int]
+    """Starting and ready pods (from ``pods.*``)."""
+    status_of: Callable[[str], DeploymentStatus | None]
+    """The orchestrator's latest ``deployments.status``, None while it has reported none."""
+    refresh_s: float = 10.0
+    """A decision in force is sent again at least this often."""
+
+
+class GpuOptimizer:
+    """One optimizer spec's state."""
+
+    def __init__(self, spec: OptimizerSpec, fleet: FleetView) -> None:
         self.spec = spec
-        self.live_replicas = live_replicas
+        self.fleet = fleet
         self.shape = LoadShape(spec.window_s)
         self.profiles: dict[str, GpuProfile] = {}
         self.plan: Plan | None = None
@@ -115,8 +130,8 @@ class GpuOptimizer:
         self.infeasible_reason = ""
         self.decisions = 0
         self._plan_sent: tuple[Plan | None, float] = (None, 0.0)
-        self._asked: dict[str, tuple[int, float]] = {}
-        """deployment -> (count last asked for, when it was sent)."""
+        self._in_force: dict[str, tuple[ScaleDecision, str]] = {}
+        """deployment -> the decision last sent for it, and the reason it was first made."""
         delay = max(spec.scale_down_delay_s, 1e-3)
         self._recent = {d: SlidingWindow(delay) for d in spec.deployments.values()}
         if spec.profiles_dir:
@@ -166,25 +181,50 @@ class GpuOptimizer:
             recent = self._recent[deployment]
             recent.add(now, wanted)
             desired = max(wanted, int(recent.max(now) or 0)) if spec.scale_down_delay_s > 0 else wanted
-            live = self.live_replicas(deployment)
-            asked, sent_at = self._asked.get(deployment, (None, 0.0))
-            if desired == asked and (desired == live or now - sent_at < spec.resend_after_s):
+            status = self.fleet.status_of(deployment)
+            current = status.desired_replicas if status is not None else self.fleet.live_replicas(deployment)
+            sent, _ = self._in_force.get(deployment, (None, ""))
+            if sent is not None and sent.desired_replicas == desired:
+                again = self._enforce(deployment, status, now)
+                if again is not None:
+                    decisions.append(again)
                 continue
-            if asked is None and desired == live:
-                self._asked[deployment] = (desired, now)
-                continue
-            self._asked[deployment] = (desired, now)
+            if sent is None and desired == current:
+                continue  # nothing to change: the first decision is a real change
             self.decisions += 1
             held = f"; held at {desired} by scale_down_delay_s (plan: {wanted})" if desired > wanted else ""
-            decisions.append(ScaleDecision(
-                deployment=deployment, current_replicas=live, desired_replicas=desired, algorithm="optimizer",
-                reason=reason + held, ts=now, window_state=f"window={covered:.0f}/{spec.window_s:g}s",
+            decision = ScaleDecision(
+                deployment=deployment, current_replicas=current, desired_replicas=desired,
+                algorithm="optimizer", reason=reason + held, ts=now,
+                window_state=f"window={covered:.0f}/{spec.window_s:g}s",
                 metrics={"plan_cost_per_hour": round(plan.cost_per_hour, 4),
                          "load_rps": round(sum(load.values()), 4), f"replicas_{gpu}": float(desired),
                          **{f"load_rps_in{bucket_tokens(i)}_out{bucket_tokens(o)}": round(r, 4)
                             for (i, o), r in sorted(load.items())}},
-            ))  # fmt: skip
+            )  # fmt: skip
+            self._in_force[deployment] = (decision, decision.reason)
+            decisions.append(decision)
         return decisions
+
+    def _enforce(
+        self, deployment: str, status: DeploymentStatus | None, now: float
+    ) -> ScaleDecision | None:
+        """The decision in force again (``ts`` now), or None while the orchestrator shows it in effect and
+        it went out less than ``refresh_s`` ago; without a status, after ``refresh_s``."""
+        sent, reason = self._in_force[deployment]
+        if status is not None and status.fixed_size:
+            return None
+        if status is not None and status.last_decision_ts < sent.ts:
+            why = "not acknowledged by the orchestrator"
+        elif status is not None and status.desired_replicas != sent.desired_replicas:
+            why = f"the orchestrator's desired replicas were changed to {status.desired_replicas}"
+        elif now - sent.ts >= self.fleet.refresh_s:
+            why = "refresh"
+        else:
+            return None
+        again = msgspec.structs.replace(sent, ts=now, resent=True, reason=f"re-sent ({why}): {reason}")
+        self._in_force[deployment] = (again, reason)
+        return again
 
     def plan_to_publish(self, now: float) -> GpuPlan | None:
         """The plan for the routers when it changed or was last sent ``PLAN_REPUBLISH_S`` ago."""
@@ -221,15 +261,15 @@ class GpuOptimizer:
 class GpuOptimizers:
     """Every optimizer spec in force, fed from the bus, evaluated by :meth:`run_once`."""
 
-    def __init__(self, specs: list[OptimizerSpec], live_replicas: Callable[[str], int]) -> None:
-        self.optimizers = [GpuOptimizer(spec, live_replicas) for spec in specs]
+    def __init__(self, specs: list[OptimizerSpec], fleet: FleetView) -> None:
+        self.optimizers = [GpuOptimizer(spec, fleet) for spec in specs]
 
     @classmethod
-    def from_files(cls, paths: list[Path], live_replicas: Callable[[str], int]) -> GpuOptimizers:
+    def from_files(cls, paths: list[Path], fleet: FleetView) -> GpuOptimizers:
         """Specs and their profiles from files; a bad file is a one-line error and exit status 2."""
         try:
             specs = [spec for path in paths for spec in load_optimizer_specs(path)]
-            return cls(specs, live_replicas)
+            return cls(specs, fleet)
         except SpecError as exc:
             print(f"brixmesh-autoscaler: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
