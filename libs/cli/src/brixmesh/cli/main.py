@@ -21,6 +21,7 @@ from brixmesh.common.settings import SettingsError
 
 from brixmesh.cli.bench import bench_app
 from brixmesh.cli.mesh import Mesh, MeshOptions, run_until_signal
+from brixmesh.cli.profile import profile
 from brixmesh.cli.state import (
     admin_token_path, default_state_dir, read_record, resolve_nats_auth, resolve_nats_url,
 )  # fmt: skip
@@ -33,6 +34,7 @@ app = typer.Typer(help="brixmesh: one OpenAI endpoint over a fleet of LLM engine
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 errors = Console(stderr=True, highlight=False)
 app.add_typer(bench_app, name="bench")
+app.command()(profile)
 
 StateDir = Annotated[Path, typer.Option("--state-dir", help="Where the mesh keeps data, logs and its record.")]
 NatsUrl = Annotated[str | None, typer.Option("--nats-url", help="NATS server (default: the running mesh's).")]

@@ -91,7 +91,7 @@ def write_nats_passwords(state_dir: Path, passwords: dict[str, str]) -> None:
 
 
 def resolve_nats_auth(explicit_url: str | None, state_dir: Path) -> NatsAuth:
-    """The read-only ``cli`` user of the running mesh's own NATS server; for any other server, the
+    """The ``cli`` user (pings, reads, GPU profiles) of the running mesh's own NATS server; for any other server, the
     ``BRIXMESH_NATS_*`` credential variables."""
     record = read_record(state_dir)
     if record is not None and explicit_url in (None, record.nats_url):

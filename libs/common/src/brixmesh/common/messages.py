@@ -138,6 +138,16 @@ class RouterStats(msgspec.Struct, kw_only=True, array_like=True, gc=False):
     queued: int
     prompt_tokens: int
     completion_tokens: int
+    shapes: list[ShapeCount] = []
+    """Completed requests of the window by (input, output) length bucket (``brixmesh.common.shapes``)."""
+
+
+class ShapeCount(msgspec.Struct, array_like=True, gc=False):
+    """Requests whose prompt fell in length bucket ``input_bucket`` and output in ``output_bucket``."""
+
+    input_bucket: int
+    output_bucket: int
+    count: int
 
 
 class RoutingEvent(msgspec.Struct, array_like=True, gc=False):
@@ -193,6 +203,63 @@ class DeploymentStatus(msgspec.Struct, kw_only=True):
     deleted: bool = False
     orchestrator: str = ""
     ts: float
+
+
+# --- GPU profiles ------------------------------------------------------------------------------------
+
+
+class Slo(msgspec.Struct, kw_only=True, frozen=True):
+    """A latency objective: the ``percentile`` of TTFT and of TPOT (time per output token after the
+    first) must stay within the bounds; 0 leaves a bound out."""
+
+    ttft_s: float
+    tpot_s: float
+    percentile: float = 90.0
+
+
+class ProfileCell(msgspec.Struct, kw_only=True):
+    """One (input, output) bucket of a profile: the highest request rate one replica served within the
+    SLO at those lengths, and the latencies measured at that rate (0 when no rate tried met the SLO)."""
+
+    input_bucket: int
+    output_bucket: int
+    max_rate: float
+    ttft_s: float = 0.0
+    tpot_s: float = 0.0
+
+
+class GpuProfile(msgspec.Struct, kw_only=True):
+    """What one replica of ``model`` on ``gpu`` serves within ``slo``, per length bucket, and what it
+    costs; written by ``brixmesh profile``, read by the autoscaler's ``optimizer`` strategy."""
+
+    model: str
+    gpu: str
+    cost_per_hour: float
+    slo: Slo
+    cells: list[ProfileCell]
+    created_at: float
+    source: str = ""
+    """The engine that was measured (URL, or the simulator's flags)."""
+
+
+class PlanRoute(msgspec.Struct, kw_only=True):
+    """The share of one length bucket's requests each GPU type should serve (shares sum to 1)."""
+
+    input_bucket: int
+    output_bucket: int
+    shares: dict[str, float]
+
+
+class GpuPlan(msgspec.Struct, kw_only=True):
+    """The optimizer's plan for one model: replicas per GPU type and where each length bucket goes; the
+    router's ``gpu-plan`` scorer follows ``routes`` (pods name their GPU type in the ``brixmesh.io/gpu``
+    label)."""
+
+    model: str
+    ts: float
+    replicas: dict[str, int]
+    cost_per_hour: float
+    routes: list[PlanRoute]
 
 
 # --- KV events (normalized by kv-index; engine hashes as u64) -----------------------------------------

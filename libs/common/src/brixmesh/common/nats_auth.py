@@ -4,11 +4,11 @@ bus carries no prompts, and ``brixmesh tap`` must see everything.
 
 - Only the orchestrator publishes ``pods.*`` (announcements; the ``pods.list`` request is everyone's) and
   ``deployments.status.*``.
-- Only kv-index publishes ``kv.events.*`` / ``kv.snapshots.*``; only the autoscaler ``metrics.pods.*`` and
-  ``scale.decisions.*``; only routers ``router.*``.
+- Only kv-index publishes ``kv.events.*`` / ``kv.snapshots.*``; only the autoscaler ``metrics.pods.*``,
+  ``scale.decisions.*`` and ``gpu.plans.*``; only routers ``router.*``.
 - Every service publishes its own ``mesh.heartbeat.<service>``, replies on ``_INBOX.>``, and requests
   ``pods.list``; services that use JetStream get its API (``$JS.API.>``, acks, flow control).
-- The ``cli`` user (``brixmesh status``/``tap``) only pings and reads.
+- The ``cli`` user (``brixmesh status``/``tap``/``profile``) pings, reads, and publishes GPU profiles.
 
 ``brixmesh up`` renders this into nats-server's config with generated passwords;
 ``python -m brixmesh.common.nats_auth`` prints the same config with ``$<SERVICE>_NATS_PASSWORD`` variables,
@@ -24,8 +24,8 @@ import secrets
 import sys
 
 from brixmesh.common.subjects import (
-    DEPLOYMENTS_STATUS, KV_EVENTS, KV_SNAPSHOTS, MESH_HEARTBEAT, MESH_PING, METRICS_PODS, PODS, PODS_LIST, ROUTER_ROUTING,
-    ROUTER_STATS, SCALE_DECISIONS, Subject,
+    DEPLOYMENTS_STATUS, GPU_PLANS, GPU_PROFILES, KV_EVENTS, KV_SNAPSHOTS, MESH_HEARTBEAT, MESH_PING, METRICS_PODS, PODS,
+    PODS_LIST, ROUTER_ROUTING, ROUTER_STATS, SCALE_DECISIONS, Subject,
 )  # fmt: skip
 
 CLI_USER = "cli"
@@ -41,7 +41,7 @@ def _owned(*subjects: Subject) -> list[str]:
 OWNED_SUBJECTS: dict[str, list[str]] = {
     "orchestrator": [PODS.template.split(".")[0] + ".>", *_owned(DEPLOYMENTS_STATUS), *JETSTREAM],
     "kv-index": [*_owned(KV_EVENTS, KV_SNAPSHOTS), *JETSTREAM],
-    "autoscaler": [*_owned(METRICS_PODS, SCALE_DECISIONS), *JETSTREAM],
+    "autoscaler": [*_owned(METRICS_PODS, SCALE_DECISIONS, GPU_PLANS), *JETSTREAM],
     "router": [*_owned(ROUTER_STATS, ROUTER_ROUTING), *JETSTREAM],
     "adapter-manager": [],
     "gpu-doctor": [],
@@ -51,7 +51,7 @@ OWNED_SUBJECTS: dict[str, list[str]] = {
 
 def publish_allowed(user: str) -> list[str]:
     if user == CLI_USER:
-        return [MESH_PING.template, INBOXES]
+        return [MESH_PING.template, GPU_PROFILES.pattern(), INBOXES]
     own = [MESH_HEARTBEAT.format(service=user), PODS_LIST.template, INBOXES]
     return own + OWNED_SUBJECTS[user]
 

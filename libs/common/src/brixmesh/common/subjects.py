@@ -106,6 +106,17 @@ ROUTER_ROUTING = Subject(
     "Routing decisions and completions of each router replica, mirrored by the others (shared load, prefixes).",
     "high",
 )
+GPU_PROFILES = Subject(
+    "gpu.profiles.{model}.{gpu}",
+    m.GpuProfile,
+    "A model's measured capacity per length bucket on one GPU type, and its cost (brixmesh profile).",
+)
+GPU_PLANS = Subject(
+    "gpu.plans.{model}",
+    m.GpuPlan,
+    "The autoscaler optimizer's plan for a model (replicas per GPU type, share of each length bucket per "
+    "GPU type), on every change and every few seconds; the router's gpu-plan scorer follows it.",
+)
 KV_EVENTS = Subject(
     "kv.events.{model}.{pod}",
     m.KvEventBatch,
@@ -123,7 +134,7 @@ KV_SNAPSHOTS = Subject(
 
 ALL: tuple[Subject, ...] = (
     MESH_HEARTBEAT, MESH_PING, PODS, PODS_LIST, METRICS_PODS, SCALE_DECISIONS, DEPLOYMENTS_STATUS,
-    ROUTER_STATS, ROUTER_ROUTING, KV_EVENTS, KV_SNAPSHOTS,
+    ROUTER_STATS, ROUTER_ROUTING, GPU_PROFILES, GPU_PLANS, KV_EVENTS, KV_SNAPSHOTS,
 )
 
 

@@ -2,20 +2,23 @@
 
 Inputs: ``pods.*`` (pod discovery), ``router.stats.*`` (leading demand signal), ``deployments.status.*``
 (the orchestrator's observed fleet: closes the loop), engines' ``/metrics`` (scraped), specs from YAML files
-and the HTTP API. State: :class:`Fleet`, :class:`RouterSignals`,
-:class:`Autoscalers`. Decisions: :mod:`policy`. Outputs: ``metrics.pods.<pod>``, ``scale.decisions.<deployment>``.
+and the HTTP API, ``gpu.profiles.*`` (optimizer). State: :class:`Fleet`, :class:`RouterSignals`,
+:class:`Autoscalers`, :class:`GpuOptimizers`. Decisions: :mod:`policy`, :mod:`gpu_optimizer`. Outputs:
+``metrics.pods.<pod>``, ``scale.decisions.<deployment>``, ``gpu.plans.<model>``.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 
 import httpx
 from brixmesh.autoscaler.api import add_routes
-from brixmesh.autoscaler.controller import AutoscalerController
+from brixmesh.autoscaler.controller import AutoscalerController, _every
+from brixmesh.autoscaler.gpu_optimizer import FleetView, GpuOptimizers
 from brixmesh.autoscaler.registry import Autoscalers
 from brixmesh.autoscaler.scraper import Scraper
-from brixmesh.autoscaler.settings import AutoscalerSettings
+from brixmesh.autoscaler.settings import AutoscalerSettings, spec_paths
 from brixmesh.autoscaler.spec import SpecError, load_spec_file
 from brixmesh.common.service import Service
 from prometheus_client import Gauge
@@ -43,6 +46,11 @@ def build_service(settings: AutoscalerSettings) -> Service:
         decision_refresh_s=settings.decision_refresh_s,
     )  # fmt: skip
     add_routes(service.app, autoscalers, lambda: set(controller.fleet.models))
+    optimizers = GpuOptimizers.from_files(
+        spec_paths(settings.gpu_optimizer_specs),
+        FleetView(controller.fleet.live_count, controller.deployments.get, settings.decision_refresh_s),
+    )
+    optimizers.add_routes(service.app)
 
     registry = service.registry
     Gauge("brixmesh_autoscaler_pods", "Pods known from pods.* events", registry=registry).set_function(
@@ -73,6 +81,10 @@ def build_service(settings: AutoscalerSettings) -> Service:
         svc.spawn(watch.expire_forever(), "pod-leases")
         svc.spawn(controller.run_scraping(svc.bus, settings.scrape_interval_s), "scrape")
         svc.spawn(controller.run_evaluation(svc.bus, settings.evaluate_interval_s), "evaluate")
+        if optimizers.optimizers:
+            await optimizers.attach(svc.bus)
+            svc.spawn(_every(settings.evaluate_interval_s, lambda: optimizers.run_once(svc.bus, time.time())),
+                      "gpu-optimizer")
 
     async def stop(_svc: Service) -> None:
         await client.aclose()

@@ -50,6 +50,12 @@ class Fleet:
             if e.info.deployment == spec.deployment and (spec.role is None or e.info.role == spec.role)
         ]  # fmt: skip
 
+    def live_count(self, deployment: str) -> int:
+        """Pods of ``deployment`` starting or ready (not draining)."""
+        return sum(
+            1 for e in self.pods.values() if e.info.deployment == deployment and e.state in ("added", "ready")
+        )
+
     def model_of(self, spec: PodAutoscalerSpec) -> str:
         return spec.model or self.models.get(spec.deployment, "")
 

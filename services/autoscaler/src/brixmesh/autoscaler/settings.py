@@ -21,8 +21,10 @@ class AutoscalerSettings(ServiceSettings):
     autoscaled while it hears from an autoscaler within its ``decision_max_age_s``, 60 s by default)."""
     autoscaler_specs: str = ""
     """Comma-separated YAML files of PodAutoscaler specs loaded at start."""
+    gpu_optimizer_specs: str = ""
+    """Comma-separated YAML files of ``optimizer`` strategy specs (GPU-type mix of one model)."""
 
-    @field_validator("autoscaler_specs")
+    @field_validator("autoscaler_specs", "gpu_optimizer_specs")
     @classmethod
     def _files_exist(cls, value: str) -> str:
         for path in spec_paths(value):

@@ -1,9 +1,10 @@
 """Wiring of the router service.
 
 Inputs: ``pods.*``, ``metrics.pods.*``, ``pods.list`` (discovery), ``router.routing.*`` (other replicas),
-the static endpoints file, and the OpenAI HTTP routes. State: the pod table, the routing env (shared in-flight
-counts, prefix index). Decisions: the routing pipeline. Outputs: proxied requests, ``router.routing.<me>``,
-``router.stats.<model>.<me>`` every second, Prometheus metrics.
+``gpu.plans.*`` (the optimizer's GPU-type routing), the static endpoints file, and the OpenAI HTTP routes.
+State: the pod table, the routing env (shared in-flight counts, prefix index). Decisions: the routing
+pipeline. Outputs: proxied requests, ``router.routing.<me>``, ``router.stats.<model>.<me>`` every second,
+Prometheus metrics.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import time
 from dataclasses import dataclass
 
 from brixmesh.common.service import Service
-from brixmesh.common.subjects import ROUTER_STATS
+from brixmesh.common.messages import GpuPlan
+from brixmesh.common.subjects import GPU_PLANS, ROUTER_STATS
 
 from brixmesh.router import kv
 from brixmesh.router.discovery.nats_inputs import follow_pods
@@ -27,6 +29,7 @@ from brixmesh.router.limits import Authenticator, RateLimiter
 from brixmesh.router.metrics import InFlightCollector, RouterMetrics, SyncCollector
 from brixmesh.router.routing import Router, RoutingEnv, UnknownStrategy, default_registry
 from brixmesh.router.routing.load import LoadTracker
+from brixmesh.router.routing.scorers.gpu_plan import GpuPlanScorer
 from brixmesh.router.settings import RouterSettings
 from brixmesh.router.stats import StatsCollector
 from brixmesh.router.sync import RoutingSync
@@ -61,6 +64,8 @@ def build_router(settings: RouterSettings) -> RouterApp:
             pods.add_static(load_endpoints(settings.endpoints_file))
         except EndpointsFileError as exc:
             _exit(f"{exc} (set BRIXMESH_ENDPOINTS_FILE)")
+    gpu_plans = GpuPlanScorer(env.rng)
+    registry.register_scorer("gpu-plan", lambda _env: gpu_plans)  # fed by the optimizer's gpu.plans.*
     kv.attach(service, registry, pods)  # extension point of the precise KV-aware routing (brixmesh.router.kv)
     for spec in {settings.default_strategy, *settings.model_strategies.values()}:
         try:
@@ -97,6 +102,7 @@ def build_router(settings: RouterSettings) -> RouterApp:
         await sync.start(svc.bus)
         watch = await follow_pods(svc.bus, pods, svc.registry)
         svc.spawn(watch.expire_forever(), "pod-leases")
+        await svc.bus.subscribe(GPU_PLANS.pattern(), GpuPlan, gpu_plans.on_plan)
         svc.spawn(_publish_stats(svc, stats, sync, settings.stats_interval_s), "router-stats")
 
     async def stop(_svc: Service) -> None:

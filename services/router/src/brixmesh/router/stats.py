@@ -4,9 +4,10 @@ autoscaler's leading signal, including demand held while a model has no ready po
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from brixmesh.common.messages import RouterStats
+from brixmesh.common.messages import RouterStats, ShapeCount
+from brixmesh.common.shapes import length_bucket
 
 
 @dataclass(slots=True)
@@ -19,6 +20,8 @@ class _Window:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     last_active: float = 0.0
+    shapes: dict[tuple[int, int], int] = field(default_factory=dict)
+    """(input bucket, output bucket) -> completed requests; bounded by the bucket cap of common.shapes."""
 
 
 class StatsCollector:
@@ -52,6 +55,9 @@ class StatsCollector:
             window.failures += 1
         window.prompt_tokens += prompt_tokens
         window.completion_tokens += completion_tokens
+        if ok and prompt_tokens > 0:  # no usage (a stream without include_usage): shape unknown
+            cell = (length_bucket(prompt_tokens), length_bucket(completion_tokens))
+            window.shapes[cell] = window.shapes.get(cell, 0) + 1
 
     def snapshot(self) -> list[RouterStats]:
         """Close the current window: one record per model active in the last ``idle_report_s``."""
@@ -68,6 +74,8 @@ class StatsCollector:
                 router=self.router_id, model=model, ts=wall, window_s=span, arrivals=w.arrivals,
                 completions=w.completions, failures=w.failures, in_flight=w.in_flight, queued=w.queued,
                 prompt_tokens=w.prompt_tokens, completion_tokens=w.completion_tokens,
+                shapes=[ShapeCount(i, o, n) for (i, o), n in w.shapes.items()],
             ))  # fmt: skip
             w.arrivals = w.completions = w.failures = w.prompt_tokens = w.completion_tokens = 0
+            w.shapes = {}
         return out
