@@ -14,7 +14,7 @@ import time
 
 import httpx
 from brixmesh.autoscaler.api import add_routes
-from brixmesh.autoscaler.controller import AutoscalerController, _every
+from brixmesh.autoscaler.controller import AutoscalerController, every
 from brixmesh.autoscaler.gpu_optimizer import FleetView, GpuOptimizers
 from brixmesh.autoscaler.registry import Autoscalers
 from brixmesh.autoscaler.scraper import Scraper
@@ -83,7 +83,7 @@ def build_service(settings: AutoscalerSettings) -> Service:
         svc.spawn(controller.run_evaluation(svc.bus, settings.evaluate_interval_s), "evaluate")
         if optimizers.optimizers:
             await optimizers.attach(svc.bus)
-            svc.spawn(_every(settings.evaluate_interval_s, lambda: optimizers.run_once(svc.bus, time.time())),
+            svc.spawn(every(settings.evaluate_interval_s, lambda: optimizers.run_once(svc.bus, time.time())),
                       "gpu-optimizer")
 
     async def stop(_svc: Service) -> None:

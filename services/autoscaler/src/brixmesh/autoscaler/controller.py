@@ -89,16 +89,16 @@ class AutoscalerController:
             await bus.publish(SCALE_DECISIONS.format(deployment=decision.deployment), decision)
 
     async def run_scraping(self, bus: Bus, interval_s: float) -> None:
-        await _every(interval_s, lambda: self.scrape_once(bus))
+        await every(interval_s, lambda: self.scrape_once(bus))
 
     async def run_evaluation(self, bus: Bus, interval_s: float) -> None:
         async def tick() -> None:
             await self.publish(bus, self.evaluate_once(time.time()))
 
-        await _every(interval_s, tick)
+        await every(interval_s, tick)
 
 
-async def _every(interval_s: float, step: Callable[[], Awaitable[None]]) -> None:
+async def every(interval_s: float, step: Callable[[], Awaitable[None]]) -> None:
     """Run ``step`` at a fixed cadence; a slow step delays the next one instead of stacking them."""
     loop = asyncio.get_running_loop()
     next_at = loop.time()
