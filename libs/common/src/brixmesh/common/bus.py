@@ -7,6 +7,7 @@ never allowed to kill the subscription.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
@@ -136,9 +137,10 @@ class Bus:
                 # server refused our credentials (the connection reset that follows says less)
                 connect_errors[:] = [exc]
 
+        client = NatsClient()
         try:
-            client = await asyncio.wait_for(
-                nats.connect(
+            await asyncio.wait_for(
+                client.connect(
                     url.split(","),
                     name=name,
                     connect_timeout=max(1, int(timeout_s)),
@@ -153,6 +155,9 @@ class Bus:
                 timeout_s,
             )
         except (OSError, asyncio.TimeoutError, nats.errors.Error) as exc:
+            # a cancelled connect leaves nats-py's retry tasks behind, still presenting our credentials
+            with contextlib.suppress(Exception):
+                await client.close()
             if isinstance(exc, asyncio.TimeoutError) and connect_errors and _refused(connect_errors[0]):
                 raise BusConnectError(f"NATS at {url} refused our credentials: {connect_errors[0]}") from None
             if isinstance(exc, asyncio.TimeoutError):
