@@ -54,6 +54,12 @@ class PodInfo(msgspec.Struct, kw_only=True):
     block_size: int = 0
     adapters: list[str] = msgspec.field(default_factory=list)
     labels: dict[str, str] = msgspec.field(default_factory=dict)
+    max_loras: int = 0
+    """LoRA adapters one batch may use (``--max-loras``); 0: unknown, or LoRA not enabled."""
+    max_cpu_loras: int = 0
+    """LoRA adapters the engine keeps loaded (``--max-cpu-loras``, default ``max_loras``); 0: unknown."""
+    max_lora_rank: int = 0
+    """The largest adapter rank the engine accepts (``--max-lora-rank``); 0: unknown."""
 
 
 class PodEvent(msgspec.Struct, kw_only=True):
@@ -165,6 +171,38 @@ class RoutingEventBatch(msgspec.Struct, array_like=True, gc=False):
     router: str
     ts: float
     events: list[RoutingEvent]
+
+
+# --- adapters ---------------------------------------------------------------------------------------
+
+AdapterPhase = Literal["Pending", "Placed", "Loading", "Running", "Failed"]
+
+
+class AdapterPlacement(msgspec.Struct, kw_only=True):
+    """One registered LoRA adapter: the pods that hold it now (loaded and verified), where it should be."""
+
+    name: str
+    base_model: str
+    phase: AdapterPhase
+    pods: list[str] = msgspec.field(default_factory=list)
+    """Pods that serve it: routers send ``model=<name>`` only there."""
+    desired: list[str] = msgspec.field(default_factory=list)
+    reason: str = ""
+
+
+class AdapterPlacements(msgspec.Struct, kw_only=True):
+    """Every registered adapter and where it is loaded, from the adapter-manager: on every change and every
+    announce interval (the whole table each time, so a router that missed messages converges on the next)."""
+
+    manager: str
+    ts: float
+    adapters: list[AdapterPlacement]
+
+
+class AdapterPlacementsRequest(msgspec.Struct, kw_only=True):
+    """Asks the adapter-manager for its :class:`AdapterPlacements` now (a router starting)."""
+
+    sender: str = ""
 
 
 # --- scaling ----------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ bus carries no prompts, and ``brixmesh tap`` must see everything.
 
 - Only the orchestrator publishes ``pods.*`` (announcements; the ``pods.list`` request is everyone's) and
   ``deployments.status.*``.
+- Only the adapter-manager publishes ``adapters.placements`` (the ``adapters.list`` request is everyone's).
 - Only kv-index publishes ``kv.events.*`` / ``kv.snapshots.*``; only the autoscaler ``metrics.pods.*``,
   ``scale.decisions.*`` and ``gpu.plans.*``; only routers ``router.*``.
 - Every service publishes its own ``mesh.heartbeat.<service>``, replies on ``_INBOX.>``, and requests
@@ -24,8 +25,9 @@ import secrets
 import sys
 
 from brixmesh.common.subjects import (
-    DEPLOYMENTS_STATUS, GPU_PLANS, GPU_PROFILES, KV_EVENTS, KV_SNAPSHOTS, MESH_HEARTBEAT, MESH_PING, METRICS_PODS, PODS,
-    PODS_LIST, ROUTER_ROUTING, ROUTER_STATS, SCALE_DECISIONS, Subject,
+    ADAPTERS_LIST, ADAPTERS_PLACEMENTS, DEPLOYMENTS_STATUS, GPU_PLANS, GPU_PROFILES, KV_EVENTS, KV_SNAPSHOTS,
+    MESH_HEARTBEAT, MESH_PING, METRICS_PODS, PODS, PODS_LIST, ROUTER_ROUTING, ROUTER_STATS, SCALE_DECISIONS,
+    Subject,
 )  # fmt: skip
 
 CLI_USER = "cli"
@@ -43,7 +45,7 @@ OWNED_SUBJECTS: dict[str, list[str]] = {
     "kv-index": [*_owned(KV_EVENTS, KV_SNAPSHOTS), *JETSTREAM],
     "autoscaler": [*_owned(METRICS_PODS, SCALE_DECISIONS, GPU_PLANS), *JETSTREAM],
     "router": [*_owned(ROUTER_STATS, ROUTER_ROUTING), *JETSTREAM],
-    "adapter-manager": [],
+    "adapter-manager": _owned(ADAPTERS_PLACEMENTS),
     "gpu-doctor": [],
 }
 """Beyond what every service may publish. ``pods.>`` covers every :data:`PODS` kind."""
@@ -52,7 +54,7 @@ OWNED_SUBJECTS: dict[str, list[str]] = {
 def publish_allowed(user: str) -> list[str]:
     if user == CLI_USER:
         return [MESH_PING.template, GPU_PROFILES.pattern(), INBOXES]
-    own = [MESH_HEARTBEAT.format(service=user), PODS_LIST.template, INBOXES]
+    own = [MESH_HEARTBEAT.format(service=user), PODS_LIST.template, ADAPTERS_LIST.template, INBOXES]
     return own + OWNED_SUBJECTS[user]
 
 

@@ -132,9 +132,22 @@ KV_SNAPSHOTS = Subject(
     KV_SNAPSHOTS_STREAM,
 )
 
+ADAPTERS_PLACEMENTS = Subject(
+    "adapters.placements",
+    m.AdapterPlacements,
+    "The adapter-manager's registered LoRA adapters and the pods holding each; on change and every announce "
+    "interval. Routers route an adapter only to its pods.",
+)
+ADAPTERS_LIST = Subject(
+    "adapters.list",
+    m.AdapterPlacementsRequest,
+    "Request: the adapter-manager replies with its AdapterPlacements, so a starting router need not wait.",
+)
+
 ALL: tuple[Subject, ...] = (
     MESH_HEARTBEAT, MESH_PING, PODS, PODS_LIST, METRICS_PODS, SCALE_DECISIONS, DEPLOYMENTS_STATUS,
-    ROUTER_STATS, ROUTER_ROUTING, GPU_PROFILES, GPU_PLANS, KV_EVENTS, KV_SNAPSHOTS,
+    ROUTER_STATS, ROUTER_ROUTING, GPU_PROFILES, GPU_PLANS, KV_EVENTS, KV_SNAPSHOTS, ADAPTERS_PLACEMENTS,
+    ADAPTERS_LIST,
 )
 
 

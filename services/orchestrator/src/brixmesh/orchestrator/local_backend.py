@@ -22,9 +22,10 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
+from brixmesh.common.lora import lora_limits
 from brixmesh.common.messages import PodEvent, PodEventKind, PodInfo, PodPhase
 from brixmesh.common.ports import free_port
 from brixmesh.common.supervisor import ProcessSpec, ProcessState, ReadinessProbe, SupervisedProcess
@@ -88,7 +89,7 @@ class LocalBackend:
         info = pod_info(
             spec, name, self.kind, placement.base_url,
             kv_events=placement.kv_events_endpoint, kv_replay=placement.kv_replay_endpoint,
-            block_size=launch.block_size,
+            block_size=launch.block_size, engine_argv=launch.argv,
         )  # fmt: skip
         pod = Pod(info=info, generation=generation, slot=slot)
         command = LaunchRecord(
@@ -139,6 +140,7 @@ class LocalBackend:
         info = pod_info(
             spec, name, "external", endpoint.url,
             kv_events=endpoint.kv_events, kv_replay=endpoint.kv_replay, block_size=spec.block_size,
+            engine_argv=spec.engine_args,
         )  # fmt: skip
         pod = Pod(info=info, generation=generation, slot=slot, external=True)
         probe_url = endpoint.url + (spec.readiness.path or DEFAULTS[spec.engine].readiness_path)
@@ -334,8 +336,11 @@ def pod_info(
     kv_events: str,
     kv_replay: str,
     block_size: int,
+    engine_argv: Sequence[str] = (),
 ) -> PodInfo:
-    """What consumers learn of one pod of ``spec`` served at ``url`` (``kv_events`` empty: no KV events)."""
+    """What consumers learn of one pod of ``spec`` served at ``url`` (``kv_events`` empty: no KV events;
+    LoRA limits from the engine's command line)."""
+    limits = lora_limits(engine_argv)
     return PodInfo(
         pod=name,
         deployment=spec.name,
@@ -349,6 +354,9 @@ def pod_info(
         kv_events_topic=KV_TOPIC if kv_events else "",
         block_size=block_size,
         labels=pod_labels(spec, backend),
+        max_loras=limits.max_loras,
+        max_cpu_loras=limits.max_cpu_loras,
+        max_lora_rank=limits.max_lora_rank,
     )
 
 

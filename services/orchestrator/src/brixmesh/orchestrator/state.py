@@ -11,14 +11,12 @@ new version, never half of one. Files are private to the user (specs may carry s
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
 import msgspec
+from brixmesh.common.files import write_atomic
 from brixmesh.common.messages import PodInfo, ScaleDecision
 
 log = logging.getLogger(__name__)
@@ -61,21 +59,6 @@ class PodRecord(msgspec.Struct, kw_only=True):
 
 
 R = TypeVar("R", DeploymentRecord, PodRecord)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
 
 
 class RecordDir(Generic[R]):
