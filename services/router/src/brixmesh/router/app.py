@@ -19,7 +19,7 @@ from brixmesh.common.messages import GpuPlan
 from brixmesh.common.subjects import GPU_PLANS, ROUTER_STATS
 
 from brixmesh.router import kv
-from brixmesh.router.discovery.nats_inputs import follow_pods
+from brixmesh.router.discovery.nats_inputs import follow_adapters, follow_pods
 from brixmesh.router.discovery.pod_table import PodTable
 from brixmesh.router.discovery.static_file import EndpointsFileError, load_endpoints
 from brixmesh.router.http.asgi import OpenAIRoutes
@@ -101,6 +101,7 @@ def build_router(settings: RouterSettings) -> RouterApp:
     async def start(svc: Service) -> None:
         await sync.start(svc.bus)
         watch = await follow_pods(svc.bus, pods, svc.registry)
+        await follow_adapters(svc.bus, pods, svc.instance_id)
         svc.spawn(watch.expire_forever(), "pod-leases")
         await svc.bus.subscribe(GPU_PLANS.pattern(), GpuPlan, gpu_plans.on_plan)
         svc.spawn(_publish_stats(svc, stats, sync, settings.stats_interval_s), "router-stats")

@@ -3,6 +3,10 @@
 Pod events move an endpoint through added -> ready <-> draining -> removed. Metrics that arrive before the
 pod's event are kept and attached when it appears. Waiters (scale from zero) are woken when a pod serving
 their model becomes ready.
+
+A pod's adapters are those its announcement lists (static ``--lora-modules``) plus those the adapter-manager's
+placements say it holds; an adapter registered there is known (requests for it wait while it is loaded)
+even when no pod holds it yet.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import asyncio
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 
-from brixmesh.common.messages import PodEvent, PodInfo, PodMetrics
+from brixmesh.common.messages import AdapterPlacements, PodEvent, PodInfo, PodMetrics
 
 from brixmesh.router.routing.endpoint import Endpoint
 
@@ -37,6 +41,10 @@ class PodTable:
         self._early_metrics: dict[str, PodMetrics] = {}
         self._waiters: defaultdict[str, set[asyncio.Future[None]]] = defaultdict(set)
         self._removed_listeners: list[RemovedListener] = []
+        self.placed: dict[str, frozenset[str]] = {}
+        """pod -> adapters the adapter-manager placed there (loaded and verified)."""
+        self.registered_adapters: dict[str, str] = {}
+        """adapter -> base model, for every adapter registered with the adapter-manager and not Failed."""
         self.version = 0
         """Bumped on every membership or state change (cheap change detection for caches)."""
 
@@ -49,6 +57,7 @@ class PodTable:
             self.remove(name)
             return
         endpoint = endpoint_from(event.pod)
+        endpoint.adapters |= self.placed.get(name, frozenset())
         previous = self.endpoints.get(name)
         endpoint.metrics = previous.metrics if previous is not None else self._early_metrics.pop(name, None)
         endpoint.unhealthy_until = previous.unhealthy_until if previous is not None else 0.0
@@ -73,6 +82,29 @@ class PodTable:
         self.version += 1
         for listener in self._removed_listeners:
             listener(name)
+
+    def apply_placements(self, placements: AdapterPlacements) -> None:
+        """The adapter-manager's whole table replaces the previous one (level-triggered)."""
+        placed: dict[str, set[str]] = {}
+        registered: dict[str, str] = {}
+        for adapter in placements.adapters:
+            if adapter.phase == "Failed":
+                continue
+            registered[adapter.name] = adapter.base_model
+            for pod in adapter.pods:
+                placed.setdefault(pod, set()).add(adapter.name)
+        previous = self.placed
+        self.registered_adapters = registered
+        self.placed = {pod: frozenset(names) for pod, names in placed.items()}
+        for name, endpoint in self.endpoints.items():
+            info = self.infos.get(name)
+            static = frozenset(info.adapters) if info is not None else endpoint.adapters - previous.get(name, set())
+            adapters = static | self.placed.get(name, frozenset())
+            if adapters != endpoint.adapters:
+                endpoint.adapters = adapters
+                self.version += 1
+                if endpoint.state == "ready":
+                    self._wake(endpoint)
 
     def apply_metrics(self, metrics: PodMetrics) -> None:
         endpoint = self.endpoints.get(metrics.pod)
@@ -104,7 +136,7 @@ class PodTable:
                 return model
             if model in endpoint.adapters:
                 return endpoint.model
-        return None
+        return self.registered_adapters.get(model)
 
     async def wait_ready(self, model: str, timeout_s: float) -> bool:
         """Wait until a pod serving ``model`` becomes ready; False on timeout."""

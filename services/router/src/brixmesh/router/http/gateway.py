@@ -210,7 +210,8 @@ class Gateway:
     def _base_model(self, model: str) -> str | None:
         base = self.pods.base_model_of(model)
         if base is not None:
-            self.known_models[model] = base
+            if model not in self.pods.registered_adapters:  # those are known while registered, no longer
+                self.known_models[model] = base
             return base
         remembered = self.known_models.get(model)
         if remembered is None:
