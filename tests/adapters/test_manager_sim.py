@@ -129,6 +129,11 @@ async def test_adapters_placed_routed_refused_removed_and_kept_across_restarts(
                 }
                 assert (await complete(client, router.url, "a")).status_code == 200
 
+                # a new router replica routes adapters at once (it asks for the placements as it starts)
+                async with service_process("brixmesh.router", nats_server.url, tmp_path / "r2.log") as second:
+                    answer = await complete(client, second.url, "a")
+                    assert answer.status_code == 200 and answer.headers["x-brixmesh-pod"] == holder[0]
+
 
 async def phases_of(client: httpx.AsyncClient, url: str) -> dict[str, str]:
     return {a["name"]: a["phase"] for a in (await client.get(f"{url}/adapters")).json()["adapters"]}

@@ -53,3 +53,32 @@ def test_metrics_of_a_pod_removed_before_its_first_event_are_dropped() -> None:
     apply_listing(table, ("a", "exited"))
     table.apply(PodEvent(kind="ready", pod=info("a"), ts=2.0))  # a new pod under the same name
     assert table.endpoints["a"].metrics is None
+
+
+async def test_adapter_placements_add_to_announced_adapters_and_wake_held_requests() -> None:
+    import asyncio
+
+    from brixmesh.common.messages import AdapterPlacement, AdapterPlacements
+
+    def table_of(*adapters: AdapterPlacement) -> AdapterPlacements:
+        return AdapterPlacements(manager="am", ts=0.0, adapters=list(adapters))
+
+    table = PodTable()
+    static = PodInfo(pod="a", deployment="d", model="m", engine="sim", endpoint="http://a/", adapters=["fixed"])
+    table.apply(PodEvent(kind="ready", pod=static, ts=0.0))
+    table.apply(PodEvent(kind="ready", pod=info("b"), ts=0.0))
+    table.apply_placements(table_of(
+        AdapterPlacement(name="x", base_model="m", phase="Loading"),
+        AdapterPlacement(name="bad", base_model="m", phase="Failed", reason="wrong base model"),
+    ))  # fmt: skip
+    assert table.base_model_of("x") == "m" and table.base_model_of("bad") is None
+    waiter = asyncio.create_task(table.wait_ready("x", 5.0))
+    await asyncio.sleep(0)
+    table.apply_placements(table_of(AdapterPlacement(name="x", base_model="m", phase="Running", pods=["b"])))
+    assert await waiter
+    assert table.endpoints["b"].adapters == {"x"} and table.endpoints["a"].adapters == {"fixed"}
+    table.apply(PodEvent(kind="ready", pod=info("b"), ts=1.0))  # a re-announce keeps the placed adapters
+    assert table.endpoints["b"].serves("x")
+    table.apply_placements(table_of())
+    assert not table.endpoints["b"].serves("x") and table.endpoints["a"].serves("fixed")
+    assert table.base_model_of("x") is None

@@ -73,7 +73,7 @@ class AdapterController:
         self._failures: dict[tuple[str, str], LoadFailures] = {}
         self._refused: dict[tuple[str, str], tuple[float, str]] = {}
         """(adapter, pod) -> (until, the engine's last message)."""
-        self._retired: set[str] = set()
+        self._retired: set[str] = store.load_retired() - self.records.keys()
         """Removed adapters still to unload wherever they are."""
         self._wake = asyncio.Event()
         self._last_published: list[AdapterPlacement] | None = None
@@ -104,7 +104,9 @@ class AdapterController:
         self.specs[spec.name] = spec
         self._artifacts.pop(spec.name, None)
         self._forget_failures(spec.name)
-        self._retired.discard(spec.name)
+        if spec.name in self._retired:
+            self._retired.discard(spec.name)
+            self.store.save_retired(self._retired)
         self.store.save(spec.name, record)
         self._wake.set()
         return record
@@ -117,6 +119,7 @@ class AdapterController:
         self._forget_failures(name)
         self.demand.forget(name)
         self._retired.add(name)
+        self.store.save_retired(self._retired)
         self.store.drop(name)
         self._wake.set()
         return True
@@ -176,6 +179,10 @@ class AdapterController:
         if self._changed():
             await self._publish(self.placements())
         await asyncio.gather(*(self._converge_pod(pod, now) for pod in list(self.pods)))
+        unloaded = {name for name in self._retired if not any(name in held for held in self.observed.values())}
+        if unloaded:
+            self._retired -= unloaded
+            self.store.save_retired(self._retired)
         self._update_phases(plan.short, loading=self._pending_loads(self._clock()))
         return self._changed()
 
@@ -296,7 +303,6 @@ class AdapterController:
             if failures is not None and failures.retry_at > now:
                 continue
             await self._load(pod, url, name, held)
-        self._retired = {name for name in self._retired if any(name in h for h in self.observed.values())}
 
     async def _load(self, pod: str, url: str, name: str, held: set[str]) -> None:
         artifact = self._artifacts.get(name)

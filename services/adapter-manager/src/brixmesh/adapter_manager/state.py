@@ -1,5 +1,6 @@
-"""Registered adapters in ``<state_dir>/adapters/<name>.json``, one file each, written atomically: a restarted
-adapter-manager knows every adapter, its phase and where it was placed."""
+"""Registered adapters in ``<state_dir>/adapters/<name>.json``, one file each, and the unregistered ones still to
+unload in ``<state_dir>/adapters-retired.json``, written atomically: a restarted adapter-manager knows every
+adapter, its phase and where it was placed."""
 
 from __future__ import annotations
 
@@ -31,6 +32,20 @@ class AdapterRecord(msgspec.Struct, kw_only=True):
 class AdapterStore:
     def __init__(self, state_dir: Path) -> None:
         self.directory = state_dir / "adapters"
+        self.retired_file = state_dir / "adapters-retired.json"
+        """Adapters unregistered but maybe still loaded somewhere: a restarted manager unloads them too."""
+
+    def save_retired(self, names: set[str]) -> None:
+        write_atomic(self.retired_file, msgspec.json.encode(sorted(names)))
+
+    def load_retired(self) -> set[str]:
+        try:
+            return set(msgspec.json.decode(self.retired_file.read_bytes(), type=list[str]))
+        except FileNotFoundError:
+            return set()
+        except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.error("ignoring unreadable state file %s: %s", self.retired_file, exc)
+            return set()
 
     def save(self, name: str, record: AdapterRecord) -> None:
         write_atomic(self.directory / f"{name}.json", msgspec.json.encode(record))
