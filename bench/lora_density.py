@@ -69,11 +69,14 @@ def engines(count: int) -> Iterator[list[str]]:
     argv = [
         sys.executable, "-m", "brixmesh.engine_sim", "serve", MODEL, "--port", "0", "--replicas", str(count),
         "--perf-model", "constant", "--time-to-first-token", "20", "--inter-token-latency", "10",
-        "--max-num-seqs", "8", "--max-model-len", "1024", "--block-size", "16", "--num-gpu-blocks-override", "512",
+        "--max-num-seqs", "8", "--max-model-len", "1024", "--block-size", "16",
+        "--num-gpu-blocks-override", "512",
         "--enable-lora", "--max-loras", str(MAX_LORAS), "--max-cpu-loras", str(MAX_CPU_LORAS),
         "--lora-step-overhead", "0.05",
     ]  # fmt: skip
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         assert process.stdout is not None
         line = process.stdout.readline()
@@ -124,8 +127,13 @@ def dynamic_placement(config: Config, pods: list[str]) -> dict[str, list[str]]:
     weights = zipf_weights(config.adapters, config.zipf_s)
     wants = [
         Want(
-            name=f"lora-{i}", base_model=MODEL, replicas="all", min_replicas=1, policy="least-adapters",
-            rank=8, demand=config.rate * w,
+            name=f"lora-{i}",
+            base_model=MODEL,
+            replicas="all",
+            min_replicas=1,
+            policy="least-adapters",
+            rank=8,
+            demand=config.rate * w,
             demand_replicas=demand_replicas(config.rate * w, config.per_replica_rps),
         )  # fmt: skip
         for i, w in enumerate(weights)
@@ -134,7 +142,9 @@ def dynamic_placement(config: Config, pods: list[str]) -> dict[str, list[str]]:
     return place(wants, views, {}, {}).pods
 
 
-async def apply_placement(placement: dict[str, list[str]], dirs: dict[str, Path], all_urls: list[str]) -> None:
+async def apply_placement(
+    placement: dict[str, list[str]], dirs: dict[str, Path], all_urls: list[str]
+) -> None:
     engine = EngineClient(30.0)
     try:
         for url in all_urls:
@@ -236,7 +246,9 @@ def main() -> None:
     parser.add_argument("--rate", type=float, help="requests per second, all adapters together")
     parser.add_argument("--duration", type=float, help="seconds of traffic per configuration")
     parser.add_argument("--zipf", type=float, default=1.1)
-    parser.add_argument("--per-replica", type=float, default=10.0, help="requests/s one adapter replica takes")
+    parser.add_argument(
+        "--per-replica", type=float, default=10.0, help="requests/s one adapter replica takes"
+    )
     parser.add_argument("--slo-ms", type=float, help="TTFT p90 target (default: 2x the dedicated fleet's)")
     args = parser.parse_args()
     adapters = args.adapters or (12 if args.quick else 24)

@@ -9,7 +9,9 @@ import pytest
 from brixmesh.common.ports import free_port
 
 
-def make_adapter(directory: Path, *, base: str = "tiny-llama", rank: int = 8, weights: bytes = b"w" * 64) -> Path:
+def make_adapter(
+    directory: Path, *, base: str = "tiny-llama", rank: int = 8, weights: bytes = b"w" * 64
+) -> Path:
     """An adapter directory as peft writes it (config + weights); the weights need not be real for the
     simulator."""
     directory.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import httpx
 
@@ -24,18 +24,30 @@ def pod_infos(urls: Sequence[str], model: str = "tiny-llama", **limits: int) -> 
 
 
 @contextlib.asynccontextmanager
-async def announced(bus: Bus, pods: list[PodInfo]) -> AsyncIterator[None]:
+async def announced(bus: Bus, pods: list[PodInfo]) -> AsyncIterator[Callable[[PodInfo], Awaitable[None]]]:
+    """Announce ``pods``; yields ``reannounce(info)``, which replaces the pod of that name (a restarted
+    engine) in the listing and announces it again."""
+
+    async def announce(pod: PodInfo) -> None:
+        subject = PODS.format(kind="ready", deployment=pod.deployment, pod=pod.pod)
+        await bus.publish(subject, PodEvent(kind="ready", pod=pod, ts=time.time()))
+
+    async def reannounce(pod: PodInfo) -> None:
+        pods[:] = [pod if p.pod == pod.pod else p for p in pods]
+        await announce(pod)
+
     def listing(_subject: str, _request: PodListRequest) -> PodList:
         now = time.time()
-        statuses = [PodStatus(pod=p, phase="ready", ready=True, created_at=now, phase_since=now) for p in pods]
+        statuses = [
+            PodStatus(pod=p, phase="ready", ready=True, created_at=now, phase_since=now) for p in pods
+        ]
         return PodList(pods=statuses, ts=now)
 
     subscription = await bus.serve(PODS_LIST.template, PodListRequest, listing)
     for pod in pods:
-        subject = PODS.format(kind="ready", deployment=pod.deployment, pod=pod.pod)
-        await bus.publish(subject, PodEvent(kind="ready", pod=pod, ts=time.time()))
+        await announce(pod)
     try:
-        yield
+        yield reannounce
     finally:
         await subscription.unsubscribe()
 

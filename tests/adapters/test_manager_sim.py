@@ -69,8 +69,9 @@ async def test_adapters_placed_routed_refused_removed_and_kept_across_restarts(
                     listed = (await client.get(f"{manager.url}/adapters")).json()["adapters"]
                     return {item["name"]: item["phase"] for item in listed}
 
-                await eventually(lambda: _has(phases, a="Running", b="Running", missing="Failed",
-                                              **{"wrong-base": "Failed", "big-rank": "Failed"}), 20)  # fmt: skip
+                expected = {"a": "Running", "b": "Running", "missing": "Failed", "wrong-base": "Failed",
+                            "big-rank": "Failed"}  # fmt: skip
+                await eventually(lambda: _has(phases, **expected), 20)
                 reasons = {n: (await adapter(client, manager.url, n))["reason"] for n in failing}
                 assert "no adapter directory" in reasons["missing"]
                 assert "wrong base model" in reasons["wrong-base"]
@@ -96,6 +97,7 @@ async def test_adapters_placed_routed_refused_removed_and_kept_across_restarts(
                 await client.post(f"{refusing}/admin/faults", json={"lora_load_fail": True})
                 await register(client, manager.url, name="c", base_model="tiny-llama", artifact=str(good),
                                replicas="all")  # fmt: skip
+
                 async def refused_and_running_elsewhere() -> bool:
                     c = await adapter(client, manager.url, "c")
                     return c["phase"] == "Running" and "pod pod-0 refused it" in c["reason"]
@@ -105,7 +107,9 @@ async def test_adapters_placed_routed_refused_removed_and_kept_across_restarts(
                 await client.post(f"{refusing}/admin/faults", json={"lora_load_fail": False})
 
                 # removal unloads it everywhere
-                assert (await client.delete(f"{manager.url}/adapters/c", headers=ADMIN_HEADERS)).status_code == 200
+                assert (
+                    await client.delete(f"{manager.url}/adapters/c", headers=ADMIN_HEADERS)
+                ).status_code == 200
                 await eventually(lambda: _nowhere(client, urls, "c"), 10)
 
                 # cold adapter (min_replicas 0) is unloaded once idle; a request is held while it is loaded

@@ -9,7 +9,9 @@ def pods(*names: str, capacity: int = 2, model: str = "base", **kw: float) -> li
 
 
 def want(name: str, **kw: object) -> Want:
-    defaults: dict[str, object] = dict(base_model="base", replicas=1, min_replicas=None, policy="least-adapters")
+    defaults: dict[str, object] = dict(
+        base_model="base", replicas=1, min_replicas=None, policy="least-adapters"
+    )
     return Want(name=name, **{**defaults, **kw})  # type: ignore[arg-type]
 
 

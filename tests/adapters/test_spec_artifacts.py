@@ -7,7 +7,12 @@ from pathlib import Path
 import boto3
 import pytest
 
-from brixmesh.adapter_manager.artifacts import ArtifactError, ArtifactStore, base_model_matches, inspect_adapter
+from brixmesh.adapter_manager.artifacts import (
+    ArtifactError,
+    ArtifactStore,
+    base_model_matches,
+    inspect_adapter,
+)
 from brixmesh.adapter_manager.spec import SpecError, load_spec_files, parse_spec
 
 from tests.adapters.conftest import make_adapter
@@ -15,7 +20,10 @@ from tests.adapters.conftest import make_adapter
 
 def store(tmp_path: Path, s3_url: str = "", credentials_dir: Path | None = None) -> ArtifactStore:
     return ArtifactStore(
-        tmp_path / "cache", hf_cache_dir=tmp_path / "hf", credentials_dir=credentials_dir, s3_endpoint_url=s3_url
+        tmp_path / "cache",
+        hf_cache_dir=tmp_path / "hf",
+        credentials_dir=credentials_dir,
+        s3_endpoint_url=s3_url,
     )
 
 
@@ -38,7 +46,10 @@ def test_spec_errors_are_one_line() -> None:
 
 def test_yaml_files(tmp_path: Path) -> None:
     (tmp_path / "a.yaml").write_text("adapters:\n- {name: a, base_model: m, artifact: /a}\n")
-    (tmp_path / "b.yml").write_text("name: b\nbase_model: m\nartifact: s3://bucket/b\n---\n- {name: c, base_model: m, artifact: hf://o/c}\n")
+    (tmp_path / "b.yml").write_text(
+        "name: b\nbase_model: m\nartifact: s3://bucket/b\n"
+        "---\n- {name: c, base_model: m, artifact: hf://o/c}\n"
+    )
     assert [s.name for s in load_spec_files(tmp_path)] == ["a", "b", "c"]
     (tmp_path / "bad.yaml").write_text("name: d\nbase_model: m\n")
     with pytest.raises(SpecError, match="bad.yaml.*artifact"):
@@ -48,7 +59,9 @@ def test_yaml_files(tmp_path: Path) -> None:
 def test_local_artifact_is_verified(tmp_path: Path) -> None:
     found = inspect_adapter(make_adapter(tmp_path / "a", rank=16))
     assert (found.rank, found.base_model) == (16, "/models/tiny-llama")
-    assert base_model_matches(found.base_model, "tiny-llama") and not base_model_matches(found.base_model, "x")
+    assert base_model_matches(found.base_model, "tiny-llama") and not base_model_matches(
+        found.base_model, "x"
+    )
     (tmp_path / "a" / "adapter_model.safetensors").unlink()
     with pytest.raises(ArtifactError, match="no adapter weights"):
         inspect_adapter(tmp_path / "a")

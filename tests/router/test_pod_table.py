@@ -64,7 +64,9 @@ async def test_adapter_placements_add_to_announced_adapters_and_wake_held_reques
         return AdapterPlacements(manager="am", ts=0.0, adapters=list(adapters))
 
     table = PodTable()
-    static = PodInfo(pod="a", deployment="d", model="m", engine="sim", endpoint="http://a/", adapters=["fixed"])
+    static = PodInfo(
+        pod="a", deployment="d", model="m", engine="sim", endpoint="http://a/", adapters=["fixed"]
+    )
     table.apply(PodEvent(kind="ready", pod=static, ts=0.0))
     table.apply(PodEvent(kind="ready", pod=info("b"), ts=0.0))
     table.apply_placements(table_of(

@@ -47,10 +47,12 @@ def build_service(settings: AdapterManagerSettings) -> Service:
     add_routes(service.app, controller)
 
     async def start(svc: Service) -> None:
-        await svc.bus.serve(ADAPTERS_LIST.template, AdapterPlacementsRequest, lambda _s, _r: controller.placements())
+        await svc.bus.serve(
+            ADAPTERS_LIST.template, AdapterPlacementsRequest, lambda _s, _r: controller.placements()
+        )
         await svc.bus.subscribe(
             ROUTER_STATS.pattern(), RouterStats,
-            lambda _s, stats: controller.on_router_stats(stats.model, stats.router, stats.arrivals, stats.queued),
+            lambda _s, s: controller.on_router_stats(s.model, s.router, s.arrivals, s.queued),
         )  # fmt: skip
         await svc.bus.subscribe(METRICS_PODS.pattern(), PodMetrics, lambda _s, m: controller.on_metrics(m))
         watch = await watch_pods(svc.bus, controller.on_pod_event, registry=svc.registry)

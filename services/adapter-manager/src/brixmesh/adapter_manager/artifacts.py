@@ -63,8 +63,8 @@ def inspect_adapter(path: Path) -> Artifact:
 
 
 def base_model_matches(declared: str, served: str) -> bool:
-    """Whether adapter_config.json's ``base_model_name_or_path`` (a hub id or a local path) names the model the
-    pods serve: equal, or its last path component is (engines serve a directory under a short name)."""
+    """Whether adapter_config.json's ``base_model_name_or_path`` (a hub id or a local path) names the model
+    the pods serve: equal, or its last path component is (engines serve a directory under a short name)."""
     return not declared or declared == served or declared.rstrip("/").rsplit("/", 1)[-1] == served
 
 
@@ -178,7 +178,9 @@ class ArtifactStore:
                         continue
                     destination = (into / relative).resolve()
                     if into.resolve() not in destination.parents:
-                        raise ArtifactError(f"{url}: object key {item['Key']!r} escapes the adapter directory")
+                        raise ArtifactError(
+                            f"{url}: object key {item['Key']!r} escapes the adapter directory"
+                        )
                     destination.parent.mkdir(parents=True, exist_ok=True)
                     client.download_file(bucket, item["Key"], str(destination))
                     listed[relative] = int(item["Size"])

@@ -78,7 +78,8 @@ class AdapterController:
         self._wake = asyncio.Event()
         self._last_published: list[AdapterPlacement] | None = None
         self._loads = Counter(
-            "brixmesh_adapter_loads", "Adapter loads on engines by result (ok, failed, refused: pod given up)",
+            "brixmesh_adapter_loads",
+            "Adapter loads on engines by result (ok, failed, refused: pod given up)",
             ["result"], registry=registry,
         )  # fmt: skip
         self._unloads = Counter("brixmesh_adapter_unloads", "Adapter unloads on engines", registry=registry)
@@ -98,7 +99,8 @@ class AdapterController:
             return previous
         record = AdapterRecord(
             spec=spec.model_dump(), origin=origin, created_at=previous.created_at if previous else now,
-            updated_at=now, pods=previous.pods if previous else [], desired=previous.desired if previous else [],
+            updated_at=now, pods=previous.pods if previous else [],
+            desired=previous.desired if previous else [],
         )  # fmt: skip
         self.records[spec.name] = record
         self.specs[spec.name] = spec
@@ -179,7 +181,9 @@ class AdapterController:
         if self._changed():
             await self._publish(self.placements())
         await asyncio.gather(*(self._converge_pod(pod, now) for pod in list(self.pods)))
-        unloaded = {name for name in self._retired if not any(name in held for held in self.observed.values())}
+        unloaded = {
+            name for name in self._retired if not any(name in held for held in self.observed.values())
+        }
         if unloaded:
             self._retired -= unloaded
             self.store.save_retired(self._retired)
@@ -208,13 +212,16 @@ class AdapterController:
                 continue
             if not base_model_matches(artifact.base_model, spec.base_model):
                 self._fail(
-                    name, f"wrong base model: adapter_config.json says {artifact.base_model!r}, the spec and its "
+                    name,
+                    f"wrong base model: adapter_config.json says {artifact.base_model!r}, the spec and its "
                     f"pods serve {spec.base_model!r}",
-                )  # fmt: skip
+                )
                 continue
             ranks = [info.max_lora_rank for info in self.pods.values() if info.model == spec.base_model]
             if ranks and all(ranks) and artifact.rank > max(ranks):
-                self._fail(name, f"bad rank: rank {artifact.rank} exceeds the engines' --max-lora-rank {max(ranks)}")
+                self._fail(
+                    name, f"bad rank: rank {artifact.rank} exceeds the engines' --max-lora-rank {max(ranks)}"
+                )
                 continue
             self._artifacts[name] = artifact
 
@@ -233,7 +240,9 @@ class AdapterController:
             if artifact is None:
                 continue
             rate = self.demand.rate(name, now)
-            needed: int | None = demand_replicas(rate, self.settings.replica_requests_per_s) if known else None
+            needed: int | None = (
+                demand_replicas(rate, self.settings.replica_requests_per_s) if known else None
+            )
             if self.demand.waiting(name, now):
                 needed = max(needed or 0, 1)
             wants.append(Want(
@@ -327,8 +336,10 @@ class AdapterController:
             self._failures.pop((name, pod), None)
             self._refused[(name, pod)] = (now + self.settings.refused_pod_s, message)
             self._loads.labels("refused").inc()
-            log.warning("pod refused adapter; placing it elsewhere",
-                        extra={"adapter": name, "pod": pod, "attempts": attempts, "error": message})
+            log.warning(
+                "pod refused adapter; placing it elsewhere",
+                extra={"adapter": name, "pod": pod, "attempts": attempts, "error": message},
+            )
             self._wake.set()
             return
         backoff = self.settings.load_backoff_s * 2 ** (attempts - 1)
@@ -345,8 +356,12 @@ class AdapterController:
             if record.phase == "Failed":
                 continue
             holders = sorted(pod for pod, held in self.observed.items() if name in held and pod in self.pods)
-            refusals = [f"pod {pod} refused it: {msg}" for (a, pod), (_u, msg) in self._refused.items() if a == name]
-            retrying = [f"retrying on {pod} ({f.message})" for (a, pod), f in self._failures.items() if a == name]
+            refusals = [
+                f"pod {pod} refused it: {msg}" for (a, pod), (_u, msg) in self._refused.items() if a == name
+            ]
+            retrying = [
+                f"retrying on {pod} ({f.message})" for (a, pod), f in self._failures.items() if a == name
+            ]
             if holders:
                 phase = "Running"
             elif name in loading:
@@ -374,8 +389,12 @@ class AdapterController:
     def _placement_list(self) -> list[AdapterPlacement]:
         return [
             AdapterPlacement(
-                name=name, base_model=self.specs[name].base_model, phase=record.phase, pods=list(record.pods),
-                desired=list(record.desired), reason=record.reason,
+                name=name,
+                base_model=self.specs[name].base_model,
+                phase=record.phase,
+                pods=list(record.pods),
+                desired=list(record.desired),
+                reason=record.reason,
             )  # fmt: skip
             for name, record in sorted(self.records.items())
         ]

@@ -38,5 +38,7 @@ class DemandTracker:
     def waiting(self, adapter: str, now: float) -> bool:
         """Some router holds requests for it (reported within the last few seconds)."""
         return any(
-            queued > 0 and now - ts < 5.0 for (name, _router), (ts, queued) in self._held.items() if name == adapter
+            queued > 0 and now - ts < 5.0
+            for (name, _router), (ts, queued) in self._held.items()
+            if name == adapter
         )

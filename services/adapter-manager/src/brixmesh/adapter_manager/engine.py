@@ -19,7 +19,11 @@ def _message(response: httpx.Response) -> str:
     try:
         body: Any = response.json()
         error = body.get("error", body) if isinstance(body, dict) else body
-        return str(error.get("message") or error.get("detail") or error) if isinstance(error, dict) else str(error)
+        return (
+            str(error.get("message") or error.get("detail") or error)
+            if isinstance(error, dict)
+            else str(error)
+        )
     except ValueError:
         return response.text[:300] or f"HTTP {response.status_code}"
 

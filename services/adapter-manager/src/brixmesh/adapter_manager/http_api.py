@@ -1,10 +1,10 @@
 """The adapter registry over HTTP (mutating routes need the admin token; the service shell enforces it).
 
-    GET    /adapters            every adapter: spec, phase, reason, pods holding it, desired pods
-    GET    /adapters/{name}
-    POST   /adapters            register (or replace) from a JSON spec -> 201
-    PUT    /adapters/{name}     the same, the name from the path
-    DELETE /adapters/{name}     unregister: unloaded from every engine
+GET    /adapters            every adapter: spec, phase, reason, pods holding it, desired pods
+GET    /adapters/{name}
+POST   /adapters            register (or replace) from a JSON spec -> 201
+PUT    /adapters/{name}     the same, the name from the path
+DELETE /adapters/{name}     unregister: unloaded from every engine
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from brixmesh.adapter_manager.state import AdapterRecord
 
 
 def _error(status: int, message: str, error_type: str = "invalid_request_error") -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": error_type, "param": None, "code": None}}, status)
+    return JSONResponse(
+        {"error": {"message": message, "type": error_type, "param": None, "code": None}}, status
+    )
 
 
 def adapter_view(name: str, record: AdapterRecord) -> dict[str, Any]:

@@ -85,7 +85,9 @@ def place(
         qualified = [
             pod
             for pod in pods
-            if pod.model == want.base_model and pod.name not in skip and (not pod.max_rank or want.rank <= pod.max_rank)
+            if pod.model == want.base_model
+            and pod.name not in skip
+            and (not pod.max_rank or want.rank <= pod.max_rank)
         ]
         have = [name for name in current.get(want.name, []) if name in by_name]
         target = target_replicas(want, len(qualified), len(have))

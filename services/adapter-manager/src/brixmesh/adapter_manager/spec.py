@@ -1,13 +1,13 @@
 """An adapter's spec, from the HTTP API or YAML files.
 
-    name: support-bot                 # the model name clients ask for
-    base_model: tiny-llama            # pods serving this model can load it
-    artifact: s3://bucket/adapters/support-bot/   # or /local/dir, or hf://org/name[@revision] (offline cache)
-    replicas: 2                       # pods holding it, or "all" (every pod of the base model)
-    min_replicas: 1                   # optional: follow demand between min_replicas and replicas (0: unload
-                                      # when idle, load again on the next request)
-    policy: least-adapters            # or bin-pack, latency-aware
-    credentials: team-a               # optional: <credentials_dir>/team-a.yaml for s3:// artifacts
+name: support-bot                 # the model name clients ask for
+base_model: tiny-llama            # pods serving this model can load it
+artifact: s3://bucket/adapters/support-bot/   # or /local/dir, or hf://org/name[@revision] (offline cache)
+replicas: 2                       # pods holding it, or "all" (every pod of the base model)
+min_replicas: 1                   # optional: follow demand between min_replicas and replicas (0: unload
+                                  # when idle, load again on the next request)
+policy: least-adapters            # or bin-pack, latency-aware
+credentials: team-a               # optional: <credentials_dir>/team-a.yaml for s3:// artifacts
 """
 
 from __future__ import annotations
@@ -41,10 +41,14 @@ class AdapterSpec(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> "AdapterSpec":
         if isinstance(self.replicas, int) and self.replicas < 1:
-            raise ValueError("replicas must be at least 1, or \"all\"")
+            raise ValueError('replicas must be at least 1, or "all"')
         if self.name == self.base_model:
             raise ValueError("an adapter's name must differ from its base model")
-        if self.min_replicas is not None and isinstance(self.replicas, int) and self.min_replicas > self.replicas:
+        if (
+            self.min_replicas is not None
+            and isinstance(self.replicas, int)
+            and self.min_replicas > self.replicas
+        ):
             raise ValueError("min_replicas may not exceed replicas")
         if not self.artifact.startswith(("s3://", "hf://")) and not Path(self.artifact).is_absolute():
             raise ValueError("artifact must be an absolute local path, s3://bucket/prefix or hf://org/name")

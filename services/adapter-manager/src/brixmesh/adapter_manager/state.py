@@ -1,6 +1,6 @@
-"""Registered adapters in ``<state_dir>/adapters/<name>.json``, one file each, and the unregistered ones still to
-unload in ``<state_dir>/adapters-retired.json``, written atomically: a restarted adapter-manager knows every
-adapter, its phase and where it was placed."""
+"""Registered adapters in ``<state_dir>/adapters/<name>.json``, one file each, and the unregistered ones still
+to unload in ``<state_dir>/adapters-retired.json``, written atomically: a restarted adapter-manager knows
+every adapter, its phase and where it was placed."""
 
 from __future__ import annotations
 

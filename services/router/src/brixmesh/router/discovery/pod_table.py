@@ -98,7 +98,10 @@ class PodTable:
         self.placed = {pod: frozenset(names) for pod, names in placed.items()}
         for name, endpoint in self.endpoints.items():
             info = self.infos.get(name)
-            static = frozenset(info.adapters) if info is not None else endpoint.adapters - previous.get(name, set())
+            if info is not None:
+                static = frozenset(info.adapters)
+            else:  # a static endpoint: its own adapters are what is left without the previous placement
+                static = endpoint.adapters - previous.get(name, frozenset())
             adapters = static | self.placed.get(name, frozenset())
             if adapters != endpoint.adapters:
                 endpoint.adapters = adapters
