@@ -83,5 +83,5 @@ def test_every_service_connects_as_its_own_nats_user() -> None:
             "name": "brixmesh-secrets",
             "key": password_variable(service),
         }
-        has_admin_routes = service in ("orchestrator", "autoscaler", "router")
+        has_admin_routes = service in ("orchestrator", "autoscaler", "router", "adapter-manager")
         assert ("BRIXMESH_ADMIN_TOKEN" in env) == has_admin_routes
