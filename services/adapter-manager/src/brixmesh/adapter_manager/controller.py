@@ -208,7 +208,10 @@ class AdapterController:
             try:
                 artifact = await asyncio.to_thread(self.artifacts.fetch, spec.artifact, spec.credentials)
             except ArtifactError as exc:
-                self._fail(name, f"artifact: {exc}")
+                if self.specs.get(name) is spec:  # not replaced or removed meanwhile
+                    self._fail(name, f"artifact: {exc}")
+                continue
+            if self.specs.get(name) is not spec:
                 continue
             if not base_model_matches(artifact.base_model, spec.base_model):
                 self._fail(
