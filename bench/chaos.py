@@ -841,7 +841,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--announce-interval", type=float, default=1.0,
                         help="seconds between the orchestrator's re-announcements")
     parser.add_argument("--settle", type=float, default=None, help="seconds of steady load before each fault")
-    parser.add_argument("--recover-timeout", type=float, default=60.0)
+    parser.add_argument("--recover-timeout", type=float, default=None,
+                        help="seconds a fault may take to recover (default 60, --quick 30)")
     parser.add_argument("--only", action="append", default=[],
                         help="run only the faults whose name contains this (repeatable)")
     parser.add_argument("--seed", type=int, default=0)
@@ -850,6 +851,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.rate = args.rate or (4.0 if args.quick else 6.0)
+    args.recover_timeout = args.recover_timeout or (30.0 if args.quick else 60.0)
     args.settle = args.settle if args.settle is not None else (3.0 if args.quick else 8.0)
     return args
 

@@ -7,11 +7,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 from brixmesh.common.ports import free_port
@@ -266,10 +268,6 @@ async def test_up_locks_its_doors(mesh: RunningMesh) -> None:
 
 @pytest.mark.parametrize("mesh", [["--engines", "2", "--engine", "sim"]], indirect=True)
 def test_a_service_restart_under_load_shows_in_tap_and_status_and_heals(mesh: RunningMesh) -> None:
-    import threading
-
-    import httpx
-
     before = {b["service"]: b for b in mesh.status()}
     tap = subprocess.Popen([*BRIXMESH, "tap", "pods.>", "mesh.heartbeat.>", "--json", "--timeout", "90",
                             "--state-dir", str(mesh.state_dir)], stdout=subprocess.PIPE, text=True)
