@@ -2,8 +2,8 @@
 :class:`brixmesh.cli.mesh.Mesh`) under a steady open-loop mix of streamed and non-streamed requests, one fault
 at a time, each measured against issue 10's targets.
 
-Mesh: nats-server (JetStream on disk, a fixed port so that it restarts with its data), redis-server, every
-service supervised as ``brixmesh up`` runs them, two router replicas with RPM/TPM limits in Redis
+Mesh: nats-server (JetStream on disk; restarted on its port with its data), redis-server, every service
+supervised as ``brixmesh up`` runs them, two router replicas with RPM/TPM limits in Redis
 (``fail-open``), pods re-announced every ``--announce-interval`` seconds. The client sends shared-prefix
 prompts (so the KV index matters) with a ``user`` (so every request passes the Redis limiter) to one replica,
 round robin, and fails over to the other only when a connection is refused or closed before any response
@@ -20,9 +20,9 @@ Per fault:
   replica, or an SSE error before any content); **cut**: streams that ended after some content, and how many
   of them ended with an SSE error event. Counted over requests in flight at the fault or started until the
   index check.
-- **recovery s**: from the fault until every supervised service is ready, the orchestrator has all engines
-  ready, every router knows them, the fault's own condition holds (a restarted process is back), and every
-  request started from then on succeeded.
+- **recovery s**: from the fault (a kill; the end of an outage) until every supervised service is ready,
+  the orchestrator has all engines ready, every router knows them, the fault's own condition holds (a
+  restarted process is back), and every request started from then on succeeded.
 - **ghosts**: pods that a consumer (each router, kv-index, autoscaler; ``GET /admin/pods``) still holds
   3 announce intervals after recovery while the orchestrator no longer has them (or has them exited);
   ghosts an earlier fault left are shown apart and not counted again.
@@ -70,9 +70,9 @@ import httpx
 from brixbench.report import markdown_table
 from brixbench.text import TextSource, single_token_words
 from brixbench.workloads import Job, shared_prefix
-from brixmesh.cli.mesh import Mesh, MeshOptions, bundled_tokenizer_dirs, service_spec
+from brixmesh.cli.mesh import Mesh, MeshOptions, bundled_tokenizer_dirs
 from brixmesh.common.ports import free_port
-from brixmesh.common.servers import NatsServer, RedisServer
+from brixmesh.common.servers import RedisServer
 from brixmesh.common.supervisor import ProcessState
 
 MODEL = "tiny-llama"
@@ -244,7 +244,7 @@ def chaos_jobs(quick: bool) -> list[Job]:
 
 
 class ChaosMesh:
-    """The embedded mesh with NATS and Redis owned here (so that they can be restarted on their ports)."""
+    """The embedded mesh (its own NATS server, restarted here on its port), Redis, extra router replicas."""
 
     def __init__(self, state_dir: Path, engines: int, announce_interval_s: float,
                  log: Callable[[str], None]) -> None:
@@ -252,7 +252,6 @@ class ChaosMesh:
         self.engines = engines
         self.announce_interval_s = announce_interval_s
         self.log = log
-        self.nats = NatsServer(state_dir / "nats", port=free_port())
         self.redis = RedisServer(state_dir / "redis", port=free_port())
         self.mesh: Mesh | None = None
         self.routers: dict[str, str] = {}
@@ -270,7 +269,6 @@ class ChaosMesh:
         return self.mesh.services[service].url
 
     async def start(self) -> None:
-        await asyncio.to_thread(self.nats.start)
         await asyncio.to_thread(self.redis.start)
         os.environ.update({
             "BRIXMESH_ANNOUNCE_INTERVAL_S": str(self.announce_interval_s),
@@ -280,7 +278,7 @@ class ChaosMesh:
             "BRIXMESH_TPM_LIMIT": "1000000000",
             "BRIXMESH_LIMITS_POLICY": "fail-open",
         })  # fmt: skip
-        options = MeshOptions(free_port(), self.state_dir, self.nats.url, self.engines, "sim", MODEL, 180.0)
+        options = MeshOptions(free_port(), self.state_dir, None, self.engines, "sim", MODEL, 180.0)
         self.mesh = Mesh(options, report=self.log)
         not_ready = await self.mesh.start()
         if not_ready:
@@ -289,11 +287,15 @@ class ChaosMesh:
         await self.add_router("router-2", "fail-open")
 
     async def add_router(self, name: str, policy: str) -> str:
-        assert self.mesh is not None
+        """Another replica, configured as the mesh's own router (NATS user, tokens) but on its own port."""
         port = free_port()
-        spec = service_spec("router", port, self.nats.url, self.mesh.options)
-        spec = dataclasses.replace(spec, name=name, env={**spec.env, "BRIXMESH_LIMITS_POLICY": policy},
-                                   log_path=self.state_dir / "logs" / f"{name}.log")
+        spec = self.supervisor.processes["router"].spec
+        assert spec.readiness is not None
+        spec = dataclasses.replace(
+            spec, name=name, env={**spec.env, "BRIXMESH_PORT": str(port), "BRIXMESH_LIMITS_POLICY": policy},
+            log_path=self.state_dir / "logs" / f"{name}.log",
+            readiness=dataclasses.replace(spec.readiness, url=f"http://127.0.0.1:{port}/readyz"),
+        )
         process = self.supervisor.add(spec)
         process.start()
         if not await process.wait_ready(120):
@@ -310,16 +312,18 @@ class ChaosMesh:
         if self.mesh is not None:
             await self.mesh.stop()
         await asyncio.to_thread(self.redis.stop)
-        await asyncio.to_thread(self.nats.stop)
         for pid in self.engine_pids:  # engines an orchestrator left behind (adopted or orphaned)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
     async def restart_nats(self, down_s: float) -> None:
-        await asyncio.to_thread(self.nats.stop)
+        """Stop the mesh's nats-server and start it again, same port, same configuration, same store."""
+        assert self.mesh is not None and self.mesh.nats is not None
+        running = self.mesh.nats
+        await asyncio.to_thread(running.stop)
         await asyncio.sleep(down_s)
-        self.nats = NatsServer(self.nats.data_dir, port=self.nats.port)
-        await asyncio.to_thread(self.nats.start)
+        again = dataclasses.replace(running, port=int(running.url.rsplit(":", 1)[1]))
+        self.mesh.nats = await asyncio.to_thread(again.start)
 
     async def stop_redis(self) -> None:
         await asyncio.to_thread(self.redis.stop)
@@ -400,6 +404,8 @@ class Injected:
     victims: set[str] = field(default_factory=set)
     restored: Callable[[], Awaitable[bool]] | None = None
     cleanup: Callable[[], Awaitable[None]] | None = None
+    ended_at: float | None = None
+    """When an outage ended (the server is back); recovery counts from here (default: the injection)."""
     expected_failures_until: float | None = None
     """fail-closed: refusals of requests started before this moment are the policy, not a miss."""
     notes: list[str] = field(default_factory=list)
@@ -460,7 +466,7 @@ def restart_service(name: str, signum: int) -> Callable[[ChaosMesh, Load], Await
 
 async def restart_nats(mesh: ChaosMesh, load: Load) -> Injected:
     await mesh.restart_nats(down_s=1.0)
-    return Injected(notes=["nats-server down 1 s, restarted on its port with its JetStream store"])
+    return Injected(ended_at=time.monotonic(), notes=["nats-server down 1 s, restarted on its port with its JetStream store"])
 
 
 REDIS_DOWN_S = 4.0
@@ -470,7 +476,7 @@ async def stop_redis_fail_open(mesh: ChaosMesh, load: Load) -> Injected:
     await mesh.stop_redis()
     await asyncio.sleep(REDIS_DOWN_S)
     await mesh.start_redis()
-    return Injected(notes=[f"Redis down {REDIS_DOWN_S:.0f} s; both replicas fail-open"])
+    return Injected(ended_at=time.monotonic(), notes=[f"Redis down {REDIS_DOWN_S:.0f} s; both replicas fail-open"])
 
 
 async def stop_redis_fail_closed(mesh: ChaosMesh, load: Load) -> Injected:
@@ -488,7 +494,7 @@ async def stop_redis_fail_closed(mesh: ChaosMesh, load: Load) -> Injected:
         load.routers[:] = others
         await mesh.remove_router("router-closed")
 
-    return Injected(cleanup=cleanup, expected_failures_until=back,
+    return Injected(cleanup=cleanup, ended_at=back, expected_failures_until=back,
                     notes=[f"Redis down {REDIS_DOWN_S:.0f} s; load on one fail-closed replica"])
 
 
@@ -664,7 +670,7 @@ async def run_fault(fault: Fault, round_: int, mesh: ChaosMesh, load: Load, sett
             result.errors.append(outcome.error)
     if healthy_after is not None:
         last_bad = max(bad_moments, default=t0)
-        result.recovery_s = round(max(t_healthy, last_bad) - t0, 2)
+        result.recovery_s = round(max(0.0, max(t_healthy, last_bad) - (injected.ended_at or t0)), 2)
     judge(fault, result)
     return result
 
