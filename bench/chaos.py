@@ -466,7 +466,8 @@ def restart_service(name: str, signum: int) -> Callable[[ChaosMesh, Load], Await
 
 async def restart_nats(mesh: ChaosMesh, load: Load) -> Injected:
     await mesh.restart_nats(down_s=1.0)
-    return Injected(ended_at=time.monotonic(), notes=["nats-server down 1 s, restarted on its port with its JetStream store"])
+    return Injected(ended_at=time.monotonic(),
+                    notes=["nats-server down 1 s, restarted on its port with its JetStream store"])
 
 
 REDIS_DOWN_S = 4.0
@@ -476,7 +477,8 @@ async def stop_redis_fail_open(mesh: ChaosMesh, load: Load) -> Injected:
     await mesh.stop_redis()
     await asyncio.sleep(REDIS_DOWN_S)
     await mesh.start_redis()
-    return Injected(ended_at=time.monotonic(), notes=[f"Redis down {REDIS_DOWN_S:.0f} s; both replicas fail-open"])
+    return Injected(ended_at=time.monotonic(),
+                    notes=[f"Redis down {REDIS_DOWN_S:.0f} s; both replicas fail-open"])
 
 
 async def stop_redis_fail_closed(mesh: ChaosMesh, load: Load) -> Injected:
