@@ -28,7 +28,7 @@ Per fault:
   ghosts an earlier fault left are shown apart and not counted again.
 - **index = engines**: load paused after the ghost check; within 5 s every router's index of every pod
   (``GET /admin/kv/pods/{pod}``) equals that engine's cached blocks (``GET /admin/kv/blocks``), and pods
-  the orchestrator no longer has hold nothing.
+  the orchestrator no longer has hold nothing (a late index is watched up to 30 s: late or never).
 - **same pids** (orchestrator restart): the engines' pids before and after.
 
 Targets (issue 10): no failed or cut request for faults that do not hit an engine (for ``fail-closed`` the
@@ -77,6 +77,8 @@ from brixmesh.common.supervisor import ProcessState
 
 MODEL = "tiny-llama"
 INDEX_WINDOW_S = 5.0
+INDEX_PATIENCE_S = 30.0
+"""How long a late index is still watched, to tell late from never."""
 GHOST_INTERVALS = 3
 BRIXMESH = [sys.executable, "-m", "brixmesh.cli.main"]
 
@@ -637,12 +639,12 @@ async def run_fault(fault: Fault, round_: int, mesh: ChaosMesh, load: Load, sett
     await load.pause()
     t_end = time.monotonic()
     started = time.monotonic()
-    while True:
-        result.index_mismatch, result.index_blocks = await index_mismatch(mesh)
-        if not result.index_mismatch:
-            result.index_equal_after_s = time.monotonic() - started
-            break
-        if time.monotonic() - started > INDEX_WINDOW_S:
+    while time.monotonic() - started < INDEX_PATIENCE_S:
+        mismatch, result.index_blocks = await index_mismatch(mesh)
+        if time.monotonic() - started <= INDEX_WINDOW_S or not result.index_mismatch:
+            result.index_mismatch = mismatch  # kept as it stood at the end of the window
+        if not mismatch:
+            result.index_equal_after_s = round(time.monotonic() - started, 2)
             break
         await asyncio.sleep(0.25)
     if injected.cleanup is not None:
@@ -697,7 +699,7 @@ def judge(fault: Fault, result: FaultResult) -> None:
     if new_ghosts:
         held = "; ".join(f"{consumer}: {','.join(pods)}" for consumer, pods in result.ghosts.items())
         missed.append(f"{new_ghosts} new ghost pods ({held})")
-    if result.index_mismatch:
+    if result.index_equal_after_s is None or result.index_equal_after_s > INDEX_WINDOW_S:
         missed.append(f"index != engines after {INDEX_WINDOW_S:.0f} s "
                       f"({len(result.index_mismatch)} differences)")
     if result.same_engine_pids is False:
@@ -752,8 +754,13 @@ COLUMNS = ("fault", "requests", "failed", "cut (SSE error)", "recovery s", "ghos
 def row(result: FaultResult) -> list[str]:
     failed = str(result.failed)
     failed += f" (+{result.expected_refusals} refused by policy)" if result.expected_refusals else ""
-    index = (f"yes ({result.index_equal_after_s:.1f} s, {result.index_blocks} blocks)"
-             if result.index_equal_after_s is not None else "NO")
+    equal_after = result.index_equal_after_s
+    if equal_after is None:
+        index = f"NO (not after {INDEX_PATIENCE_S:.0f} s)"
+    elif equal_after > INDEX_WINDOW_S:
+        index = f"NO (equal after {equal_after:.1f} s)"
+    else:
+        index = f"yes ({equal_after:.1f} s, {result.index_blocks} blocks)"
     ghosts = str(sum(len(v) for v in result.ghosts.values()) - result.carried_ghosts)
     ghosts += f" (+{result.carried_ghosts} earlier)" if result.carried_ghosts else ""
     pids = {None: "-", True: "yes", False: "NO"}[result.same_engine_pids]
