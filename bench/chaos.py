@@ -165,9 +165,10 @@ class Load:
         return [o for o in self.outcomes if o.started < end and (o.finished == 0.0 or o.finished >= start)]
 
     def in_flight_per_pod(self) -> dict[str, int]:
+        """Streams answering now, per pod (a pod is known once the answer's headers arrived)."""
         counts: dict[str, int] = {}
         for outcome in self.outcomes[-200:]:
-            if outcome.finished == 0.0 and outcome.pod:
+            if outcome.stream and outcome.finished == 0.0 and outcome.pod:
                 counts[outcome.pod] = counts.get(outcome.pod, 0) + 1
         return counts
 
@@ -428,8 +429,12 @@ def restarted(mesh: ChaosMesh, name: str, old_pid: int | None) -> Callable[[], A
     return check
 
 
-async def busiest_pod(mesh: ChaosMesh, load: Load) -> dict[str, Any]:
-    """The ready engine pod with the most requests of ours in flight (so that the kill cuts some)."""
+async def busiest_pod(mesh: ChaosMesh, load: Load, wait_s: float = 5.0) -> dict[str, Any]:
+    """The ready engine pod with the most streams of ours in flight, once one has some (so that the kill
+    cuts streams and shows how they end)."""
+    deadline = time.monotonic() + wait_s
+    while not load.in_flight_per_pod() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
     ready = await mesh.ready_pods()
     if not ready:
         raise RuntimeError("no ready engine pod to kill")
