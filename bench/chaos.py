@@ -73,7 +73,7 @@ from brixbench.workloads import Job, shared_prefix
 from brixmesh.cli.mesh import Mesh, MeshOptions, bundled_tokenizer_dirs
 from brixmesh.common.ports import free_port
 from brixmesh.common.servers import RedisServer
-from brixmesh.common.supervisor import ProcessState
+from brixmesh.common.supervisor import ProcessState, Supervisor
 
 MODEL = "tiny-llama"
 INDEX_WINDOW_S = 5.0
@@ -120,7 +120,7 @@ class Outcome:
 
 
 class Load:
-    """Open-loop Poisson arrivals over a cycle of shared-prefix jobs; half of them streamed."""
+    """Open-loop Poisson arrivals over a cycle of shared-prefix jobs, ``stream_share`` of them streamed."""
 
     def __init__(self, jobs: list[Job], routers: list[str], rate: float, stream_share: float,
                  seed: int) -> None:
@@ -263,7 +263,7 @@ class ChaosMesh:
         self.http = httpx.AsyncClient(timeout=3.0, headers=admin_headers())
 
     @property
-    def supervisor(self):  # noqa: ANN201 (brixmesh.common.supervisor.Supervisor)
+    def supervisor(self) -> Supervisor:
         assert self.mesh is not None
         return self.mesh.supervisor
 
