@@ -71,6 +71,7 @@ from brixbench.report import markdown_table
 from brixbench.text import TextSource, single_token_words
 from brixbench.workloads import Job, shared_prefix
 from brixmesh.cli.mesh import Mesh, MeshOptions, bundled_tokenizer_dirs
+from brixmesh.common.admin import bearer_header
 from brixmesh.common.ports import free_port
 from brixmesh.common.servers import RedisServer
 from brixmesh.common.supervisor import ProcessState, Supervisor
@@ -81,11 +82,6 @@ INDEX_PATIENCE_S = 30.0
 """How long a late index is still watched, to tell late from never."""
 GHOST_INTERVALS = 3
 BRIXMESH = [sys.executable, "-m", "brixmesh.cli.main"]
-
-
-def admin_headers() -> dict[str, str]:
-    token = os.environ.get("BRIXMESH_ADMIN_TOKEN", "")
-    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 # --- the load ---------------------------------------------------------------------------------------------
@@ -239,7 +235,9 @@ class Load:
 def chaos_jobs(quick: bool) -> list[Job]:
     tokenizer = Path(bundled_tokenizer_dirs(MODEL)[MODEL]) / "tokenizer.json"
     source = TextSource(single_token_words(tokenizer))
-    return shared_prefix(source, groups=6 if quick else 12, prompts_per_group=16, system_len=512,
+    # many questions per shared prefix: no prompt repeats within a run, so the engines keep caching (and
+    # publishing KV events) through every fault instead of settling once each prompt was seen
+    return shared_prefix(source, groups=6 if quick else 12, prompts_per_group=1000, system_len=512,
                          question_len=48, output_len=160, range_ratio=0.4, seed=7)
 
 
@@ -260,7 +258,7 @@ class ChaosMesh:
         self.routers: dict[str, str] = {}
         """supervised name -> base URL of every router replica running now"""
         self.engine_pids: set[int] = set()
-        self.http = httpx.AsyncClient(timeout=3.0, headers=admin_headers())
+        self.http = httpx.AsyncClient(timeout=3.0)
 
     @property
     def supervisor(self) -> Supervisor:
@@ -284,6 +282,7 @@ class ChaosMesh:
         options = MeshOptions(free_port(), self.state_dir, None, self.engines, "sim", MODEL, 180.0)
         self.mesh = Mesh(options, report=self.log)
         not_ready = await self.mesh.start()
+        self.http.headers.update(bearer_header(self.mesh.admin_token))  # GET /admin/* needs it too
         if not_ready:
             raise RuntimeError(f"not ready: {', '.join(not_ready)} (logs: {self.state_dir / 'logs'})")
         self.routers["router"] = self.url("router")
@@ -405,6 +404,8 @@ class Injected:
     """What a fault did: the engine pods it killed, and when the fault's own condition is restored."""
 
     victims: set[str] = field(default_factory=set)
+    killed_at: float | None = None
+    """When the victims were killed: only requests they carried then may fail (default: the injection)."""
     restored: Callable[[], Awaitable[bool]] | None = None
     cleanup: Callable[[], Awaitable[None]] | None = None
     ended_at: float | None = None
@@ -445,13 +446,14 @@ async def busiest_pod(mesh: ChaosMesh, load: Load, wait_s: float = 5.0) -> dict[
 async def kill_engine(mesh: ChaosMesh, load: Load) -> Injected:
     victim = await busiest_pod(mesh, load)
     os.kill(victim["pid"], signal.SIGKILL)
+    killed_at = time.monotonic()
 
     async def replaced() -> bool:
         ready = await mesh.ready_pods()
         return ready is not None and victim["pid"] not in {p["pid"] for p in ready.values()}
 
     name = victim["pod"]["pod"]
-    return Injected({name}, replaced, notes=[f"killed {name} (pid {victim['pid']})"])
+    return Injected({name}, killed_at, replaced, notes=[f"killed {name} (pid {victim['pid']})"])
 
 
 async def kill_orchestrator(mesh: ChaosMesh, load: Load) -> Injected:
@@ -513,9 +515,10 @@ async def lose_pod_removal(mesh: ChaosMesh, load: Load) -> Injected:
     victim = await busiest_pod(mesh, load)
     os.kill(orchestrator, signal.SIGSTOP)
     os.kill(victim["pid"], signal.SIGKILL)
+    killed_at = time.monotonic()
     await asyncio.sleep(0.5)
     os.kill(orchestrator, signal.SIGKILL)  # a stopped process dies without running again: nothing announced
-    return Injected({victim["pod"]["pod"]}, restarted(mesh, "orchestrator", orchestrator),
+    return Injected({victim["pod"]["pod"]}, killed_at, restarted(mesh, "orchestrator", orchestrator),
                     notes=[f"orchestrator stopped, {victim['pod']['pod']} (pid {victim['pid']}) killed, "
                            "orchestrator killed"])
 
@@ -663,7 +666,8 @@ async def run_fault(fault: Fault, round_: int, mesh: ChaosMesh, load: Load, sett
         if outcome.ok:
             continue
         bad_moments.append(outcome.started)
-        on_victim = fault.hits_engine and outcome.started < t0 and outcome.pod in injected.victims
+        killed_at = injected.killed_at or t0
+        on_victim = fault.hits_engine and outcome.started < killed_at and outcome.pod in injected.victims
         if outcome.failed:
             policy_until = injected.expected_failures_until
             if policy_until is not None and outcome.started < policy_until:
@@ -679,7 +683,8 @@ async def run_fault(fault: Fault, round_: int, mesh: ChaosMesh, load: Load, sett
             result.errors.append(outcome.error)
     if healthy_after is not None:
         last_bad = max(bad_moments, default=t0)
-        result.recovery_s = round(max(0.0, max(t_healthy, last_bad) - (injected.ended_at or t0)), 2)
+        since = injected.ended_at or injected.killed_at or t0
+        result.recovery_s = round(max(0.0, max(t_healthy, last_bad) - since), 2)
     judge(fault, result)
     return result
 
