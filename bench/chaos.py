@@ -619,7 +619,9 @@ async def run_fault(fault: Fault, round_: int, mesh: ChaosMesh, load: Load, sett
     await asyncio.sleep(settle_s)
     pids_before = {p["pid"] for p in (await mesh.pods() or [])}
     ghosts_before = await ghost_pods(mesh)
-    tap = await asyncio.to_thread(start_capture, mesh, capture) if capture is not None else None
+    tap = None
+    if capture is not None:
+        tap = await asyncio.to_thread(start_capture, mesh, capture, "orchestrator")
     t0 = time.monotonic()
     try:
         injected = await fault.inject(mesh, load)
@@ -725,15 +727,23 @@ def cli(mesh: ChaosMesh, *args: str) -> str:
     return done.stdout + done.stderr
 
 
-def start_capture(mesh: ChaosMesh, path: Path) -> subprocess.Popen[str]:
+TAP_MARK = "## brixmesh tap during the restart"
+
+
+def start_capture(mesh: ChaosMesh, path: Path, service: str) -> subprocess.Popen[str]:
+    """``brixmesh status`` into ``path``, then a tap, returned once it shows ``service``'s heartbeat."""
     with path.open("a") as out:
-        out.write(f"\n## brixmesh status before\n{cli(mesh, 'status')}\n## brixmesh tap during the restart\n")
+        out.write(f"\n## brixmesh status before\n{cli(mesh, 'status')}\n{TAP_MARK}\n")
         out.flush()
         tap = subprocess.Popen(
             [*BRIXMESH, "tap", "pods.>", "mesh.heartbeat.>", "--state-dir", str(mesh.state_dir)],
             stdout=out, stderr=subprocess.STDOUT, text=True,
         )
-    time.sleep(1.0)  # subscribed before the fault
+    deadline = time.monotonic() + 15
+    while f"mesh.heartbeat.{service} " not in path.read_text().rsplit(TAP_MARK, 1)[-1]:
+        if time.monotonic() > deadline or tap.poll() is not None:
+            break  # the capture shows what it got; the fault goes on
+        time.sleep(0.1)
     return tap
 
 
@@ -745,7 +755,7 @@ async def finish_capture(mesh: ChaosMesh, tap: subprocess.Popen[str], path: Path
         await asyncio.to_thread(tap.wait, 10)
     except subprocess.TimeoutExpired:
         tap.kill()
-    tapped = path.read_text().split("## brixmesh tap during the restart", 1)[-1].splitlines()
+    tapped = path.read_text().rsplit(TAP_MARK, 1)[-1].splitlines()
     pod_events = sum(" pods." in line for line in tapped)
     instances = {m.group(1) for line in tapped if f"mesh.heartbeat.{service} " in line
                  for m in [re.search(r"instance_id=(\S+)", line)] if m}
