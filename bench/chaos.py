@@ -869,7 +869,7 @@ async def run(args: argparse.Namespace, faults: tuple[Fault, ...]) -> int:
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="every fault once, short settles (about 5 min)")
+    parser.add_argument("--quick", action="store_true", help="every fault once, short settles (about 2 min)")
     parser.add_argument("--rounds", type=int, default=None, help="runs of every fault (default 3, --quick 1)")
     parser.add_argument("--engines", type=int, default=4)
     parser.add_argument("--rate", type=float, default=None, help="requests per second (default 6, --quick 4)")
