@@ -28,7 +28,9 @@ Per fault:
   ghosts an earlier fault left are shown apart and not counted again.
 - **index = engines**: load paused after the ghost check; within 5 s every router's index of every pod
   (``GET /admin/kv/pods/{pod}``) equals that engine's cached blocks (``GET /admin/kv/blocks``), and pods
-  the orchestrator no longer has hold nothing (a late index is watched up to 30 s: late or never).
+  the orchestrator no longer has hold nothing (a late index is watched up to 30 s: late or never). The
+  window opens at recovery + 3 announce intervals, not at the restart: an index equal here may have been
+  stale for longer; one not equal here is a miss by any reading.
 - **same pids** (orchestrator restart): the engines' pids before and after.
 
 Targets (issue 10): no failed or cut request for faults that do not hit an engine (for ``fail-closed`` the
