@@ -3,7 +3,8 @@
 
 Follow-up chat turns land on the engine that served the first turn; the admin endpoint says which pods hold
 a prompt; a router started later rebuilds the same index from JetStream (snapshot + replay) before it is
-ready and makes the same decisions; a removed pod's entries disappear everywhere.
+ready and makes the same decisions; a removed pod's entries disappear everywhere; the router's index of each pod equals the engine's own cache
+(the read-only routes bench/chaos.py compares), and router and kv-index list the pods they hold.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from brixmesh.common.subjects import PODS
 from tests.engine_sim.sim_engine import ASSETS, BLOCK_SIZE, MODEL_NAME, sim_engine
 from tests.router.harness import router_process
 from tests.service_proc import ADMIN_HEADERS, ServiceProcess, consecutive_free_ports, service_process
+from tests.waiting import eventually
 
 SYSTEM = "You answer questions about a fleet of storage servers. " + " ".join(f"Fact {i}: disks fail." for i in range(10))
 
@@ -72,6 +74,10 @@ async def test_kv_aware_routing_through_the_mesh(fresh_nats_server: NatsServer) 
                     with router(fresh_nats_server.url) as first:
                         await announce(bus, "ready", infos)  # the router learns pods from pods.* events
                         homes = await _check_routing(first.url, infos)
+                        await eventually(lambda: _index_is_engine_truth(first.url, infos))
+                        for url in (first.url, kv_index.url):
+                            listed = httpx.get(f"{url}/admin/pods", headers=ADMIN_HEADERS).json()["pods"]
+                            assert listed == [info.pod for info in infos], (url, listed)
                         await asyncio.sleep(2.5)  # at least one snapshot per pod, and history purged behind it
                         with router(fresh_nats_server.url) as second:
                             metrics = httpx.get(f"{second.url}/metrics").text
@@ -93,6 +99,20 @@ async def test_kv_aware_routing_through_the_mesh(fresh_nats_server: NatsServer) 
                         assert await _holders(first.url) == set(homes) - {gone}  # the other pod keeps its entries
             finally:
                 await bus.close()
+
+
+async def _index_is_engine_truth(router_url: str, infos: list[PodInfo]) -> bool:
+    """Every pod's GPU blocks in the router's index are the engine's cached blocks (and some are cached)."""
+    cached = 0
+    async with httpx.AsyncClient(headers=ADMIN_HEADERS) as client:
+        for info in infos:
+            engine = (await client.get(f"{info.endpoint}/admin/kv/blocks")).json()["hashes"]
+            indexed = await client.get(f"{router_url}/admin/kv/pods/{info.pod}")
+            held = indexed.json()["media"].get("GPU", []) if indexed.status_code == 200 else []
+            if held != engine:
+                return False
+            cached += len(engine)
+    return cached > 0
 
 
 def _prompts() -> list[list[dict[str, str]]]:

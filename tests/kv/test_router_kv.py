@@ -83,6 +83,10 @@ async def test_admin_lookup_and_errors(tokens: list[int]) -> None:
         assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request_error"
         pods = (await client.get("/admin/kv/pods")).json()
         assert pods["pods"] == [{"pod": "a", "model": MODEL, "block_size": BLOCK, "blocks": 3}]
+        one = (await client.get("/admin/kv/pods/a")).json()
+        assert one["media"] == {"GPU": sorted(index.engine_hashes("a"))} and len(one["media"]["GPU"]) == 3
+        missing = await client.get("/admin/kv/pods/nobody")
+        assert missing.status_code == 404 and missing.json()["error"]["param"] == "pod"
 
 
 def test_settings_name_a_bad_tokenizer_directory(tmp_path: Path) -> None:

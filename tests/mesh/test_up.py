@@ -7,11 +7,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 from brixmesh.common.ports import free_port
@@ -263,3 +265,59 @@ async def test_up_locks_its_doors(mesh: RunningMesh) -> None:
         if "violation" in line.lower()
     ]
     assert violations == []
+
+@pytest.mark.parametrize("mesh", [["--engines", "2", "--engine", "sim"]], indirect=True)
+def test_a_service_restart_under_load_shows_in_tap_and_status_and_heals(mesh: RunningMesh) -> None:
+    before = {b["service"]: b for b in mesh.status()}
+    tap = subprocess.Popen([*BRIXMESH, "tap", "pods.>", "mesh.heartbeat.>", "--json", "--timeout", "90",
+                            "--state-dir", str(mesh.state_dir)], stdout=subprocess.PIPE, text=True)
+    tapped: list[dict] = []
+    reader = threading.Thread(target=lambda: tapped.extend(json.loads(line) for line in tap.stdout), daemon=True)
+    reader.start()
+
+    def kv_index_instances() -> set[str]:
+        return {t["data"]["instance_id"] for t in list(tapped) if t["subject"] == "mesh.heartbeat.kv-index"}
+
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(base_url=f"http://127.0.0.1:{mesh.port}/v1", timeout=30) as client:
+            while not stop.is_set():
+                body = {"model": "tiny-llama", "prompt": "a shared prefix " * 20, "max_tokens": 8}
+                statuses.append(client.post("/completions", json=body).status_code)
+
+    sender = threading.Thread(target=load)
+    sender.start()
+    try:
+        deadline = time.monotonic() + 30
+        while before["kv-index"]["instance_id"] not in kv_index_instances():  # the tap sees the running one
+            assert time.monotonic() < deadline, tapped
+            time.sleep(0.1)
+        os.kill(before["kv-index"]["pid"], signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        after: dict[str, dict] = {}
+        while time.monotonic() < deadline:
+            after = {b["service"]: b for b in mesh.status()}
+            healed = set(after) == SERVICES and all(b["ready"] for b in after.values())
+            if healed and after["kv-index"]["instance_id"] != before["kv-index"]["instance_id"]:
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError(f"kv-index not back in brixmesh status: {after}")
+        deadline = time.monotonic() + 30
+        while after["kv-index"]["instance_id"] not in kv_index_instances():  # ... and the new one
+            assert time.monotonic() < deadline, tapped
+            time.sleep(0.1)
+        served = len(statuses)
+        while len(statuses) < served + 5:  # load keeps flowing after the restart
+            assert time.monotonic() < deadline, statuses
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        sender.join(60)
+        tap.send_signal(signal.SIGINT)
+        tap.wait(30)
+    assert after["kv-index"]["pid"] != before["kv-index"]["pid"]
+    assert "kv-index exited with code -9; restarting" in (mesh.state_dir.parent / "up.log").read_text()
+    assert set(statuses) == {200}, statuses

@@ -19,7 +19,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine
 from typing import Any
 
 import uvicorn
@@ -81,6 +81,14 @@ class Service:
 
     def add_readiness(self, name: str, check: Callable[[], bool]) -> None:
         self._readiness[name] = check
+
+    def add_known_pods_route(self, known: Callable[[], Collection[str]]) -> None:
+        """``GET /admin/pods``: the pods this service holds now, so that an operator (or bench/chaos.py) can
+        see a pod it keeps after the orchestrator dropped it."""
+
+        @self.app.get("/admin/pods", include_in_schema=False)
+        async def known_pods() -> dict[str, Any]:
+            return {"service": self.name, "instance_id": self.instance_id, "pods": sorted(known())}
 
     def readiness(self) -> dict[str, bool]:
         return {name: bool(check()) for name, check in self._readiness.items()}

@@ -51,6 +51,7 @@ def build_service(settings: AutoscalerSettings) -> Service:
         FleetView(controller.fleet.live_count, controller.deployments.get, settings.decision_refresh_s),
     )
     optimizers.add_routes(service.app)
+    service.add_known_pods_route(lambda: controller.fleet.pods)
 
     registry = service.registry
     Gauge("brixmesh_autoscaler_pods", "Pods known from pods.* events", registry=registry).set_function(

@@ -539,6 +539,9 @@ class EngineApp:
         self.r.apply_publisher_faults()
         return _json(self.r.faults.as_dict())
 
+    async def kv_blocks(self, http: Request) -> Response:
+        return _json({"block_size": self.r.config.block_size, "hashes": sorted(self.r.kv.cached_block_hashes())})
+
     async def stats(self, http: Request) -> Response:
         engine = self.r.engine
         return _json(
@@ -624,6 +627,7 @@ def build_app(replica: Replica) -> Starlette:
         Route("/admin/faults", api.get_faults, methods=["GET"]),
         Route("/admin/faults", api.post_faults, methods=["POST"]),
         Route("/admin/stats", api.stats, methods=["GET"]),
+        Route("/admin/kv/blocks", api.kv_blocks, methods=["GET"]),
         Route("/sleep", api.sleep, methods=["POST"]),
         Route("/wake_up", api.wake_up, methods=["POST"]),
         Route("/is_sleeping", api.is_sleeping, methods=["GET"]),

@@ -177,6 +177,11 @@ class KvCacheManager:
         """Physical blocks currently holding a cached hash (duplicates counted)."""
         return sum(len(group) for group in self._cached.values())
 
+    def cached_block_hashes(self) -> list[int]:
+        """Every cached block hash as KV-event consumers index it (its low 64 bits), for comparing an index
+        with the engine's truth."""
+        return [int.from_bytes(digest[-8:], "big") for digest in self._cached]
+
     def block_ids(self, request_id: str) -> list[int]:
         """Physical block ids held by a request, in token order (empty when it holds none)."""
         return [b.block_id for b in self._req_blocks.get(request_id, ())]

@@ -42,4 +42,5 @@ def build_service(settings: KvIndexSettings) -> Service:
     service.on_start(start)
     service.on_stop(stop)
     service.add_readiness("pods", lambda: bool(holder))
+    service.add_known_pods_route(lambda: [pod for follower in holder for pod in follower.pods])
     return service

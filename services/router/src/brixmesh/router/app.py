@@ -59,6 +59,7 @@ def build_router(settings: RouterSettings) -> RouterApp:
     registry = default_registry(env)
     pods = PodTable()
     pods.on_removed(env.prefix_index.forget_pod)
+    service.add_known_pods_route(lambda: pods.endpoints)
     if settings.endpoints_file is not None:
         try:
             pods.add_static(load_endpoints(settings.endpoints_file))

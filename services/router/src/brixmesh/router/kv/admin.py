@@ -3,7 +3,8 @@
 ``POST /admin/kv/lookup`` with ``{"model", "prompt" | "messages" | "prompt_token_ids", "cache_salt"?}``
 answers
 ``{"model", "adapter", "prompt_tokens", "pods": [{"pod", "blocks", "tokens", "share", "weighted", "block_size"}]}``
-(best first). ``GET /admin/kv/pods`` lists the blocks each pod holds per the index.
+(best first). ``GET /admin/kv/pods`` lists the blocks each pod holds per the index; ``GET /admin/kv/pods/{pod}``
+lists that pod's engine block hashes per medium (to compare with the engine's own cache).
 """
 
 from __future__ import annotations
@@ -79,4 +80,13 @@ def add_admin_routes(
                  "blocks": index.pod_blocks(pod)}
                 for pod in sorted(index.pods)
             ],
+        })  # fmt: skip
+
+    @app.get("/admin/kv/pods/{pod}")
+    async def pod_hashes(pod: str) -> JSONResponse:
+        if pod not in index.pods:
+            return _error(404, f"the index holds no pod {pod!r}", "pod")
+        return JSONResponse({
+            "pod": pod, "model": index.pod_model(pod), "block_size": index.block_size(pod),
+            "media": {medium: sorted(index.engine_hashes(pod, medium)) for medium in index.media(pod)},
         })  # fmt: skip

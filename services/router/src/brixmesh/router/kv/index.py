@@ -119,6 +119,11 @@ class PrefixIndex:
         found = self._pods.get(pod)
         return found.model if found is not None else None
 
+    def media(self, pod: str) -> list[str]:
+        """Media (GPU, CPU, ...) the pod has held blocks in."""
+        found = self._pods.get(pod)
+        return list(found.locations) if found is not None else []
+
     def engine_hashes(self, pod: str, medium: str = "GPU") -> set[int]:
         """Engine hashes the pod holds in ``medium`` (the index's view of the engine's stored-not-removed)."""
         found = self._pods.get(pod)
