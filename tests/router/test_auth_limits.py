@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -126,3 +127,31 @@ def test_limits_without_redis_are_a_one_line_startup_error(limit: str) -> None:
         "brixmesh-router: invalid setting BRIXMESH_RPM_LIMIT/BRIXMESH_TPM_LIMIT are counted in Redis: "
         "set BRIXMESH_REDIS_URL too (or set the limits to 0)"
     ], result.stderr
+
+
+async def test_fail_closed_serves_every_request_once_redis_is_back(
+    nats_server: NatsServer, endpoints: Path, tmp_path: Path
+) -> None:
+    """Connections pooled before a Redis restart are dead afterwards; a request must not pay for one."""
+    redis = RedisServer(tmp_path / "redis").start()
+    try:
+        with router_process(
+            nats_server.url, endpoints=endpoints, redis_url=redis.url, rpm_limit=1000, limits_policy="fail-closed"
+        ) as router:
+            async with httpx.AsyncClient(timeout=30) as client:
+
+                async def burst() -> list[int]:
+                    responses = await asyncio.gather(*(
+                        client.post(f"{router.url}/v1/completions", json=BODY, headers={"user": "u"})
+                        for _ in range(8)
+                    ))  # fmt: skip
+                    return [r.status_code for r in responses]
+
+                assert await burst() == [200] * 8  # the pool now holds several connections
+                redis.stop()
+                redis = RedisServer(redis.data_dir, port=redis.port).start()
+                assert await burst() == [200] * 8
+                metrics = (await client.get(f"{router.url}/metrics")).text
+                assert metric_value(metrics, "brixmesh_router_limits_backend_errors_total", policy="fail-closed") == 0
+    finally:
+        redis.stop()

@@ -3,6 +3,10 @@
 One round trip per request (INCR the request counter, read the token counter) and one after it (INCRBY the
 tokens from usage). When Redis cannot be reached, ``fail-open`` lets requests through and ``fail-closed``
 answers 503; either way ``brixmesh_router_limits_backend_errors_total{policy}`` counts it.
+
+A connection error gets one immediate retry on a fresh connection: after a Redis restart every connection the
+pool kept is dead, and each would otherwise fail one request (redis-py's ``from_url`` retries nothing). While
+Redis is down the retry's connect is refused at once, so it adds no wait; timeouts are not retried.
 """
 
 from __future__ import annotations
@@ -14,6 +18,9 @@ from collections.abc import Sequence
 
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, Counter
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from brixmesh.router.http.errors import ApiError
@@ -53,7 +60,14 @@ class RateLimiter:
         self.tpm = tpm
         self.policy = policy
         self._redis = (
-            aioredis.Redis.from_url(url, socket_timeout=0.25, socket_connect_timeout=0.25) if url else None
+            aioredis.Redis.from_url(
+                url,
+                socket_timeout=0.25,
+                socket_connect_timeout=0.25,
+                retry=Retry(NoBackoff(), retries=1, supported_errors=(RedisConnectionError,)),
+            )
+            if url
+            else None
         )
         self.backend_errors = Counter(
             "brixmesh_router_limits_backend_errors",
