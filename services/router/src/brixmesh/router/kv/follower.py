@@ -4,6 +4,12 @@ Start-up: load the newest complete snapshot of every pod from ``KV_SNAPSHOTS``, 
 from its first retained message with one ordered consumer, skipping each pod's batches the snapshot already
 covers (by ``(epoch, engine_seq)``). :attr:`ready` turns true once the consumer has reached the last message
 that existed when it started; the same consumer then keeps the index live.
+
+After a NATS reconnect (a restarted server has lost the ephemeral consumer) the consumer is re-created from
+the message after the last one applied, at once, from the bus's reconnect hook; nats-py alone would only
+notice after two missed idle heartbeats. The short heartbeat covers a consumer lost without a reconnect.
+Messages at or below the last applied stream sequence are skipped, so an old and a new consumer overlapping
+never apply a batch twice or out of order.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
-from nats.js.api import DeliverPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 
@@ -32,6 +38,8 @@ log = logging.getLogger(__name__)
 
 _SNAPSHOT_READ_TIMEOUT_S = 5.0
 _EXPIRY_CHECK_S = 1.0
+_IDLE_HEARTBEAT_S = 1.0
+_RESUBSCRIBE_RETRY_S = 0.25
 
 
 @dataclass(slots=True)
@@ -42,6 +50,8 @@ class FollowerStats:
     snapshots_loaded: int = 0
     snapshot_blocks: int = 0
     rebuild_s: float = 0.0
+    consumer_resets: int = 0
+    """Times the events consumer was re-created after a NATS reconnect."""
 
 
 class SnapshotAssembler:
@@ -90,6 +100,10 @@ class IndexFollower:
         self._subscription: Any = None
         self._watcher: asyncio.Task[None] | None = None
         self._started = 0.0
+        self._last_stream_seq = 0
+        self._resubscribing = asyncio.Lock()
+        self._stopped = False
+        bus.on_reconnect(self._resubscribe)
 
     async def start(self) -> None:
         """Provision the streams, load snapshots, start following events; returns before the replay ends
@@ -106,15 +120,42 @@ class IndexFollower:
         self._caught_up_at = info.state.last_seq if info.state.messages else 0
         if self._caught_up_at == 0:
             self._mark_ready()
-        self._subscription = await js.subscribe(
+        self._subscription = await self._subscribe(js)
+        if not self.ready:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch_expiry(js), name="kv-ready-watch")
+
+    async def _subscribe(self, js: JetStreamContext) -> Any:
+        start = self._last_stream_seq + 1
+        return await js.subscribe(
             KV_EVENTS.pattern(),
             ordered_consumer=True,
-            deliver_policy=DeliverPolicy.ALL,
+            idle_heartbeat=_IDLE_HEARTBEAT_S,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start > 1 else DeliverPolicy.ALL,
+            config=ConsumerConfig(opt_start_seq=start) if start > 1 else None,
             cb=self._on_message,
             pending_msgs_limit=1_000_000,
         )
-        if not self.ready:
-            self._watcher = asyncio.get_running_loop().create_task(self._watch_expiry(js), name="kv-ready-watch")
+
+    async def _resubscribe(self) -> None:
+        """Reconnect hook: a new consumer from the message after the last applied one (retried while the
+        restarted server's JetStream is still loading its streams)."""
+        async with self._resubscribing:
+            while self._subscription is not None and not self._stopped:
+                try:
+                    info = await self.bus.jetstream.stream_info(KV_EVENTS_STREAM)
+                    if info.state.last_seq < self._last_stream_seq:
+                        self._last_stream_seq = 0  # the stream was created anew (store lost): from its start
+                    subscription = await self._subscribe(self.bus.jetstream)
+                except Exception:  # JetStream not answering yet
+                    await asyncio.sleep(_RESUBSCRIBE_RETRY_S)
+                    continue
+                old, self._subscription = self._subscription, subscription
+                self.stats.consumer_resets += 1
+                try:
+                    await old.unsubscribe()
+                except Exception:  # already gone with the old connection
+                    log.debug("old kv events subscription did not unsubscribe", exc_info=True)
+                return
 
     async def _watch_expiry(self, js: JetStreamContext) -> None:
         """Ready also when the messages we were waiting for are gone (aged out or purged) before we got them."""
@@ -132,6 +173,7 @@ class IndexFollower:
         return True
 
     async def stop(self) -> None:
+        self._stopped = True
         if self._watcher is not None:
             self._watcher.cancel()
             await asyncio.gather(self._watcher, return_exceptions=True)
@@ -181,8 +223,12 @@ class IndexFollower:
             self.stats.snapshots_loaded += 1
 
     async def _on_message(self, msg: Msg) -> None:
+        stream_seq = msg.metadata.sequence.stream
+        if stream_seq <= self._last_stream_seq:
+            return  # already applied, delivered again by a consumer re-created after a reconnect
+        self._last_stream_seq = stream_seq
         self.apply_message(msg.data)
-        if not self.ready and msg.metadata.sequence.stream >= self._caught_up_at:
+        if not self.ready and stream_seq >= self._caught_up_at:
             self._mark_ready()
 
     def apply_message(self, data: bytes) -> None:
