@@ -10,6 +10,11 @@ entries must go; a new follower then replays the engine's buffer from seq 0. A r
 resume instead (:mod:`.resume`): when the pod's stream in JetStream ends with a step the engine still buffers,
 it goes on in that epoch from the next step, and routers keep their entries. Every ``snapshot_interval_s`` the pod's blocks are published to ``kv.snapshots.<model>.<pod>``,
 superseded snapshots are purged, and events older than the previous snapshot are purged from ``KV_EVENTS``.
+
+A batch is lost when its publish fails or its JetStream ack does not come within ``_ACK_TIMEOUT_S`` (a server
+that dies holding it never answers, and nats-py times nothing out): the pod's whole state then goes out again
+in a new epoch (a resync) as soon as the loop notices, and the snapshot waits for that resync instead of
+being skipped for ever.
 """
 
 from __future__ import annotations
@@ -42,6 +47,10 @@ _SNAPSHOT_PART_BYTES = 512 * 1024
 _HEADERS_ROOM = 512
 """Kept free under ``max_payload`` for the message's headers (``Nats-Msg-Id``)."""
 _STALL_S = 5.0
+_ACK_TIMEOUT_S = 3.0
+"""Acks take milliseconds; one this late is lost. Keeps a resync well inside the 5 s convergence target."""
+_ACK_CHECK_S = 0.5
+"""How often the loop looks for lost batches while acks are outstanding."""
 _encoder = msgspec.msgpack.Encoder()
 
 
@@ -121,6 +130,8 @@ class PodStream:
             await self.catch_up()
         while True:
             timeout = max(0.0, self._next_snapshot - time.monotonic())
+            if self._in_flight or self._resync:
+                timeout = min(timeout, _ACK_CHECK_S)
             frames = await self.source.receive(timeout)
             if frames is not None:
                 await self.handle(frames)
@@ -131,6 +142,8 @@ class PodStream:
                         break
                     await self.handle(more)
                     burst += 1
+                await self.flush()
+            elif self._resync:
                 await self.flush()
             if time.monotonic() >= self._next_snapshot:
                 await self.snapshot()
@@ -308,6 +321,8 @@ class PodStream:
             return
         self._in_flight.add(future)
         future.add_done_callback(self._acked)
+        # Cancelling frees nats-py's pending-ack slot too; _acked then counts the batch as lost.
+        asyncio.get_running_loop().call_later(_ACK_TIMEOUT_S, future.cancel)
 
     def _lost(self) -> None:
         self.stats.publish_errors += 1
@@ -317,16 +332,15 @@ class PodStream:
         self._in_flight.discard(future)
         if future.cancelled() or future.exception() is not None:
             self._lost()
+            log.warning("kv batch not acknowledged; resyncing the pod", extra={"pod": self.info.pod})
             return
         self._last_stream_seq = max(self._last_stream_seq, future.result().seq)
         self.stats.batches_published += 1
 
-    async def settle(self, timeout_s: float = _STALL_S) -> bool:
-        """Wait for the acks of every batch published so far; False if some did not come in time."""
-        if not self._in_flight:
-            return True
-        _done, pending = await asyncio.wait(set(self._in_flight), timeout=timeout_s)
-        return not pending
+    async def settle(self) -> None:
+        """Wait until every batch published so far is acknowledged or lost (bounded: acks time out)."""
+        if self._in_flight:
+            await asyncio.wait(set(self._in_flight))
 
     # --- snapshots ----------------------------------------------------------------------------------------
 
@@ -336,9 +350,12 @@ class PodStream:
         await self.flush()
         if not self._dirty:
             return
-        if not await self.settle():
-            self.stats.publish_errors += 1
-            log.warning("kv snapshot skipped: batch acks missing", extra={"pod": self.info.pod})
+        await self.settle()
+        if self._resync:  # a batch was lost: the snapshot covers the resync, which goes out first
+            await self.flush()
+            await self.settle()
+        if self._resync:
+            log.warning("kv snapshot postponed: resync not acknowledged", extra={"pod": self.info.pod})
             return
         snapshot_id = time.time_ns()
         empty = KvSnapshot(self.info.pod, self.info.model, self.epoch, self._last_published_seq, snapshot_id,
