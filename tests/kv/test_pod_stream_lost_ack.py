@@ -72,7 +72,8 @@ async def test_a_batch_whose_ack_never_comes_is_resynced_and_snapshots_go_on(tmp
         os.kill(server.process.pid, signal.SIGSTOP)  # type: ignore[union-attr]
         source.frames.put_nowait(_frames(1, 200))
         await eventually(lambda: pod.stats.events == 2, 5)
-        await asyncio.sleep(0.5)  # the batch leaves the client's buffer for the frozen server's socket
+        # The batch has left the client's buffer for the frozen server's socket: no reconnect re-sends it.
+        await eventually(lambda: len(pod._in_flight) == 1 and bridge.client.pending_data_size == 0, 5)
         server.process.kill()  # type: ignore[union-attr]
         server.process.wait()  # type: ignore[union-attr]
         server = NatsServer(tmp_path / "nats", port=port).start()
