@@ -24,6 +24,37 @@ async def test_typed_publish_subscribe_round_trip(bus: Bus) -> None:
     assert received == [("metrics.pods.p1", _metrics("p1", 3))]
 
 
+async def test_a_subscription_is_in_place_when_subscribe_returns(nats_server: NatsServer) -> None:
+    """The PONG that subscribe() waits for answers a PING sent after the SUB (the server handles one
+    connection's commands in order), so a message published from then on reaches the subscription. What the
+    client sends is recorded by a proxy in front of the server."""
+    sent = bytearray()
+    host, port = nats_server.url.removeprefix("nats://").rsplit(":", 1)
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, record: bool) -> None:
+        while data := await reader.read(65536):
+            if record:
+                sent.extend(data)
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    async def relay(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        server_reader, server_writer = await asyncio.open_connection(host, int(port))
+        await asyncio.gather(
+            pipe(client_reader, server_writer, True), pipe(server_reader, client_writer, False)
+        )
+
+    proxy = await asyncio.start_server(relay, "127.0.0.1", 0)
+    bus = await Bus.connect(f"nats://127.0.0.1:{proxy.sockets[0].getsockname()[1]}", name="ordered")
+    try:
+        await bus.subscribe("test.ordered", PodMetrics, lambda _s, _m: None)
+        assert 0 <= sent.find(b"SUB test.ordered ") < sent.rfind(b"PING\r\n"), bytes(sent)
+    finally:
+        await bus.close()
+        proxy.close()
+
+
 async def test_undecodable_payloads_are_counted_and_skipped(bus: Bus) -> None:
     received: list[PodMetrics] = []
     await bus.subscribe("test.bad.*", PodMetrics, lambda _s, msg: received.append(msg))

@@ -91,10 +91,10 @@ async def _delivered(listener: Bus, publisher: Bus, subject: str) -> bool:
         got.append(msg.subject)  # type: ignore[attr-defined]
 
     subscription = await listener.client.subscribe(">", cb=on_message)
-    await listener.client.flush()
+    await listener.sync()
     await publisher.client.publish(subject, b"x")
     await publisher.client.publish(marker, b"")
-    await publisher.client.flush()
+    await publisher.sync()
     await eventually(lambda: marker in got, 10)
     await subscription.unsubscribe()
     return subject in got

@@ -101,7 +101,7 @@ async def test_a_pod_heard_from_an_event_is_not_overwritten_by_the_older_listing
         await msg.respond(encode(listing))
 
     await orchestrator.client.subscribe(PODS_LIST.template, cb=answer_after_a_newer_event)
-    await orchestrator.client.flush()
+    await orchestrator.sync()
     assert (await watch_pods(consumer, on_event, list_timeout_s=5.0)).listed == 1
     assert seen == [("a", "draining"), ("b", "ready")]
 

@@ -238,8 +238,16 @@ class Bus:
     async def _live(self, subscription: Subscription) -> Subscription:
         """Round-trip to the server so that what is published after we return reaches the subscription."""
         if self.client.is_connected:
-            await self.client.flush()
+            await self.sync()
         return subscription
+
+    async def sync(self) -> None:
+        """Return once the server has processed everything sent so far (subscriptions included)."""
+        # nats-py's flush() writes its PING straight to the socket, ahead of the commands still queued for
+        # its flusher task (a SUB just made), so that PONG proves nothing about them. The flusher writes
+        # them before that PONG can be read: the second PING follows them, and its PONG does.
+        await self.client.flush()
+        await self.client.flush()
 
     async def request(self, subject: str, message: Any, schema: type[T], timeout_s: float = 1.0) -> T:
         reply = await self.client.request(subject, _encoder.encode(message), timeout=timeout_s)
