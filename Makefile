@@ -1,4 +1,4 @@
-# Two commands on a fresh machine: `make up` (the whole mesh, embedded) and `make test`.
+# Two commands on a fresh machine: `make up` (the whole mesh with two simulated engines) and `make test`.
 SHELL := /bin/bash
 PYTHON ?= python3.11
 UV_VERSION := 0.13.8
@@ -39,7 +39,9 @@ test: deps redis-server vllm-env
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 # Side by side with the peer routers on a simulated fleet (~5 min); report under bench/results/.
+# The peers (pinned, from PyPI) are installed into their own venv on the first run.
 bench: deps
+	$(VENV)/bin/brixmesh bench install-peers
 	$(VENV)/bin/brixmesh bench compare --quick
 
 docs: deps

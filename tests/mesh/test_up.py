@@ -77,11 +77,14 @@ def mesh(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[RunningMesh
                 raise
 
 
+@pytest.mark.parametrize("mesh", [["--engines", "0"]], indirect=True)
 def test_up_status_tap_restart_and_clean_stop(mesh: RunningMesh) -> None:
     printed = mesh.printed
     assert f"http://127.0.0.1:{mesh.port}/v1" in printed
     for service in SERVICES:
         assert service in printed
+    assert "curl" not in printed  # an empty mesh has nothing to answer a request
+    assert httpx.get(f"http://127.0.0.1:{mesh.port}/health").status_code == 503
 
     beats = mesh.status()
     assert {b["service"] for b in beats} == SERVICES
@@ -177,11 +180,19 @@ def test_router_gets_the_bundled_tokenizer_of_the_tiny_model(tmp_path: Path) -> 
     assert "BRIXMESH_KV_TOKENIZER_DIRS" not in service_spec("router", 8000, "nats://127.0.0.1:1", other).env
 
 
-@pytest.mark.parametrize("mesh", [["--engines", "2", "--engine", "sim"]], indirect=True)
-def test_up_with_engines_serves_the_official_openai_client(mesh: RunningMesh) -> None:
+def test_default_up_serves_its_printed_request_and_the_official_openai_client(mesh: RunningMesh) -> None:
     import openai
 
     assert mesh.printed.count("(sim)") == 2 and "engines ready" not in mesh.printed
+    assert httpx.get(f"http://127.0.0.1:{mesh.port}/health").status_code == 200
+    (request,) = [line.strip() for line in mesh.printed.splitlines() if line.strip().startswith("curl ")]
+    streamed = subprocess.run(request, shell=True, capture_output=True, text=True, timeout=60)
+    assert streamed.returncode == 0, streamed.stderr
+    events = [line.removeprefix("data: ") for line in streamed.stdout.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    text = "".join(c["delta"].get("content") or "" for e in events[:-1] for c in json.loads(e)["choices"])
+    assert text
+
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{mesh.port}/v1", api_key="unused", max_retries=0)
     assert [m.id for m in client.models.list().data] == ["tiny-llama"]
     reply = client.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "hi"}],

@@ -48,7 +48,7 @@ def fail(message: str) -> typer.Exit:
 @app.command()
 def up(
     port: Annotated[int, typer.Option(help="Port of the OpenAI endpoint (the router).")] = 8000,
-    engines: Annotated[int, typer.Option(help="Engine pods of the default deployment.")] = 0,
+    engines: Annotated[int, typer.Option(help="Engine pods of the default deployment (0: an empty mesh).")] = 2,
     engine: Annotated[str, typer.Option(help="Engine kind: sim (simulator) or vllm (real vLLM on CPU).")] = "sim",
     model: Annotated[str, typer.Option(help="Served model name of the default deployment.")] = "tiny-llama",
     autoscale: Annotated[str | None, typer.Option(help="Autoscale the default deployment: hpa, kpa or apa.")] = None,
@@ -100,12 +100,22 @@ def up(
             console.print(f"[red]not ready after {ready_timeout:.0f}s:[/] {', '.join(not_ready)} (see their logs)")
         console.print(f"admin token (Authorization: Bearer ...): {admin_token_path(state_dir)}")
         console.print(f"OpenAI endpoint: [bold]{mesh.openai_base_url}[/]   (Ctrl-C stops everything)")
+        if ready_engines:
+            console.print("try it:", markup=False)
+            console.print(first_request(mesh.openai_base_url, model), markup=False, soft_wrap=True)
 
     try:
         asyncio.run(run_until_signal(mesh, started))
     except ServerStartError as exc:
         raise fail(str(exc)) from None
     console.print("brixmesh stopped")
+
+
+def first_request(base_url: str, model: str) -> str:
+    """One copy-paste request that streams an answer from the mesh just started."""
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Hello!"}],
+                       "max_tokens": 32, "stream": True})
+    return f"  curl -N {base_url}/chat/completions -H 'Content-Type: application/json' -d '{body}'"
 
 
 @app.command()
