@@ -192,7 +192,7 @@ class Gateway:
         try:
             decision = await self._decide(ctx, strategy)
             self.metrics.decision_seconds.observe(decision.decision_s)
-            outcome = await self._forward(ctx, decision, raw, send)
+            outcome = await self._forward(ctx, decision, scope["path"], raw, send)
         except asyncio.CancelledError:
             if not watch.disconnected:
                 raise
@@ -269,7 +269,7 @@ class Gateway:
             self.metrics.held.dec()
 
     async def _forward(
-        self, ctx: RequestContext, decision: RoutingDecision, raw: bytes, send: Send
+        self, ctx: RequestContext, decision: RoutingDecision, path: str, raw: bytes, send: Send
     ) -> tuple[bool, Usage | None]:
         attempts = decision.ranked[: self.settings.max_retries + 1]
         extra_headers = b"X-Request-Id: " + ctx.request_id.encode("latin-1") + b"\r\n"
@@ -288,7 +288,7 @@ class Gateway:
             try:
                 started = time.perf_counter()
                 try:
-                    response = await self._pool.post(pod.url, _path(ctx), raw, extra_headers, deadline)
+                    response = await self._pool.post(pod.url, path, raw, extra_headers, deadline)
                     if response.status >= 500 and not last:
                         failure = f"pod {pod.name} answered {response.status}"
                         self.metrics.retries.labels(ctx.model, f"http_{response.status}").inc()
@@ -360,12 +360,17 @@ class Gateway:
         tail = first[-32:]
         reason = ""
         error_type, error_code = "upstream_error", 502
+        ended = _responses_stream_ended(first) if ctx.api == "responses" else False
         try:
             while chunk := await response.next_chunk():
                 counter.feed(chunk)
+                if ctx.api == "responses" and not ended:
+                    ended = _responses_stream_ended(tail + chunk)
                 tail = (tail + chunk)[-32:]
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            if not tail.rstrip().endswith(b"data: [DONE]"):  # OpenAI streams always end so; this one was cut
+            if ctx.api != "responses":  # completions and chat streams always end with [DONE]
+                ended = tail.rstrip().endswith(b"data: [DONE]")
+            if not ended:
                 reason = "ended the stream early"
         except UpstreamDeadline:
             reason = f"passed the request deadline of {self.settings.request_timeout_s:g} s"
@@ -423,10 +428,14 @@ class Gateway:
         task.add_done_callback(self._background.discard)
 
 
-def _path(ctx: RequestContext) -> str:
-    return {"chat": "/v1/chat/completions", "completions": "/v1/completions", "embeddings": "/v1/embeddings"}[
-        ctx.api
-    ]
+_RESPONSES_LAST_EVENTS = (
+    b"event: response.completed", b"event: response.incomplete", b"event: response.failed"
+)
+
+
+def _responses_stream_ended(data: bytes) -> bool:
+    """A Responses API stream ends with one of these events (no ``[DONE]``)."""
+    return any(event in data for event in _RESPONSES_LAST_EVENTS)
 
 
 class _DisconnectWatch:
