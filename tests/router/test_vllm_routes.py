@@ -1,16 +1,21 @@
 """Every model route of vLLM 0.32's server behind the router, against simulated engines: the Responses API,
 tokenize/detokenize, score and rerank (with vLLM's aliases), pooling, classify; the official openai client
-with streaming, ``n > 1`` and tools; errors in OpenAI's shape."""
+with streaming, ``n > 1`` and tools; ``vllm bench serve``; errors in OpenAI's shape."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
+from brixmesh.cli.mesh import bundled_tokenizer_dirs
 from brixmesh.common.servers import NatsServer
+from brixmesh.common.vllm_cpu import find_install
 from tests.engine_sim.sim_engine import SimEngine
 from tests.router.harness import MODEL, endpoints_file, router_process
 from tests.service_proc import ServiceProcess
@@ -114,3 +119,19 @@ def test_openai_client_streams_n_choices_and_tools(router: ServiceProcess) -> No
     reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Paris?"}],
                                            tools=[weather], tool_choice="auto", max_tokens=4)
     assert reply.choices[0].message.role == "assistant" and reply.usage.completion_tokens >= 1
+
+
+@pytest.mark.vllm
+def test_vllm_bench_serve_runs_through_the_router(router: ServiceProcess, tmp_path: Path) -> None:
+    """vLLM's own load generator, unchanged, against the router: every request succeeds, streamed."""
+    tokenizer = Path(bundled_tokenizer_dirs(MODEL)[MODEL])
+    result = subprocess.run(
+        [str(find_install().vllm_bin), "bench", "serve", "--backend", "openai-chat", "--base-url", router.url,
+         "--endpoint", "/v1/chat/completions", "--model", MODEL, "--tokenizer", str(tokenizer),
+         "--dataset-name", "random", "--random-input-len", "32", "--random-output-len", "8",
+         "--ignore-eos", "--num-prompts", "20", "--save-result", "--result-dir", str(tmp_path), "--result-filename", "run.json"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert (run["completed"], run["failed"]) == (20, 0) and run["total_output_tokens"] == 20 * 8
