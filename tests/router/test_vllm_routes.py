@@ -129,7 +129,8 @@ def test_vllm_bench_serve_runs_through_the_router(router: ServiceProcess, tmp_pa
         [str(find_install().vllm_bin), "bench", "serve", "--backend", "openai-chat", "--base-url", router.url,
          "--endpoint", "/v1/chat/completions", "--model", MODEL, "--tokenizer", str(tokenizer),
          "--dataset-name", "random", "--random-input-len", "32", "--random-output-len", "8",
-         "--ignore-eos", "--num-prompts", "20", "--save-result", "--result-dir", str(tmp_path), "--result-filename", "run.json"],
+         "--ignore-eos", "--num-prompts", "20",
+         "--save-result", "--result-dir", str(tmp_path), "--result-filename", "run.json"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
