@@ -35,6 +35,7 @@ from brixmesh.router.routing.scorers.gpu_plan import GpuPlanScorer
 from brixmesh.router.settings import RouterSettings
 from brixmesh.router.stats import StatsCollector
 from brixmesh.router.sync import RoutingSync
+from brixmesh.router.tracing import RequestTracing, traces_endpoint
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,8 @@ def build_router(settings: RouterSettings) -> RouterApp:
     )
     service.registry.register(SyncCollector(sync))
     stats = StatsCollector(service.instance_id)
+    endpoint = traces_endpoint(settings.otlp_endpoint)
+    tracing = RequestTracing(endpoint, service.instance_id) if endpoint else None
     gateway = Gateway(
         settings=settings,
         router=Router(registry),
@@ -97,6 +100,7 @@ def build_router(settings: RouterSettings) -> RouterApp:
             settings.limits_policy,
             service.registry,
         ),
+        tracing=tracing,
     )
     # /v1/* also when the service app is served alone (__main__ puts the gateway ahead of it for speed)
     service.app.add_middleware(OpenAIRoutes, gateway=gateway)
@@ -113,6 +117,8 @@ def build_router(settings: RouterSettings) -> RouterApp:
     async def stop(_svc: Service) -> None:
         await sync.drain()
         await gateway.stop()
+        if tracing is not None:
+            await asyncio.to_thread(tracing.shutdown)
 
     service.on_start(start)
     service.on_stop(stop)
