@@ -120,7 +120,10 @@ def test_spans_reach_an_otlp_receiver_and_the_trace_reaches_the_engine(
 def test_without_an_endpoint_the_clients_traceparent_passes_through(
     nats_server: NatsServer, tmp_path: Path
 ) -> None:
-    with fake_engine() as engine, router_process(nats_server.url, endpoints=endpoints_file(tmp_path, [engine])) as r:
+    with (
+        fake_engine() as engine,
+        router_process(nats_server.url, endpoints=endpoints_file(tmp_path, [engine])) as r,
+    ):
         body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True}
         client_trace = {"traceparent": CLIENT_TRACEPARENT}
         traced = httpx.post(f"{r.url}/v1/chat/completions", json=body, headers=client_trace)
