@@ -99,6 +99,7 @@ def up(
         if not_ready:
             console.print(f"[red]not ready after {ready_timeout:.0f}s:[/] {', '.join(not_ready)} (see their logs)")
         console.print(f"admin token (Authorization: Bearer ...): {admin_token_path(state_dir)}")
+        console.print(f"Prometheus scrape config: {mesh.prometheus_config()}", soft_wrap=True)
         console.print(f"OpenAI endpoint: [bold]{mesh.openai_base_url}[/]   (Ctrl-C stops everything)")
         if ready_engines:
             console.print("try it:", markup=False)
