@@ -64,14 +64,14 @@ def prometheus(mesh: RunningMesh, tmp_path: Path) -> Iterator[str]:
 
 
 def _load(base_url: str, stop: threading.Event) -> None:
-    """Streamed chats with a shared prefix, and now and then a prompt longer than the model's context (400)."""
+    """Streamed chats with a shared prefix; now and then a prompt longer than the model's context (a 400)."""
     with httpx.Client(base_url=base_url, timeout=30) as client:
         sent = 0
         while not stop.is_set():
             sent += 1
             content = "x " * 3000 if sent % 10 == 0 else f"You are a helpful assistant. Question {sent % 7}?"
-            body = {"model": "tiny-llama", "messages": [{"role": "user", "content": content}], "max_tokens": 8,
-                    "stream": True}  # fmt: skip
+            messages = [{"role": "user", "content": content}]
+            body = {"model": "tiny-llama", "messages": messages, "max_tokens": 8, "stream": True}
             with client.stream("POST", "/v1/chat/completions", json=body) as response:
                 response.read()
 
@@ -103,7 +103,7 @@ def test_prometheus_scrapes_the_mesh_and_every_dashboard_query_returns_data(
         loader.join(30)
     targets = httpx.get(f"{prometheus}/api/v1/targets").json()["data"]["activeTargets"]
     services = {t["labels"]["service"] for t in targets}
-    assert services == {"orchestrator", "kv-index", "autoscaler", "adapter-manager", "gpu-doctor", "router",
-                        "engine"}  # fmt: skip
+    expected = {"orchestrator", "kv-index", "autoscaler", "adapter-manager", "gpu-doctor", "router", "engine"}
+    assert services == expected
     assert sum(t["labels"]["service"] == "engine" for t in targets) == 2
     assert all(t["health"] == "up" for t in targets), [(t["scrapeUrl"], t["lastError"]) for t in targets]

@@ -131,7 +131,8 @@ def test_default_up_serves_its_printed_request_and_the_official_openai_client(me
     (request,) = [line.strip() for line in mesh.printed.splitlines() if line.strip().startswith("curl ")]
     streamed = subprocess.run(request, shell=True, capture_output=True, text=True, timeout=60)
     assert streamed.returncode == 0, streamed.stderr
-    events = [line.removeprefix("data: ") for line in streamed.stdout.splitlines() if line.startswith("data: ")]
+    lines = streamed.stdout.splitlines()
+    events = [line.removeprefix("data: ") for line in lines if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
     text = "".join(c["delta"].get("content") or "" for e in events[:-1] for c in json.loads(e)["choices"])
     assert text

@@ -27,6 +27,7 @@ from brixmesh.cli.state import (
 )  # fmt: skip
 from brixmesh.cli.status import collect_heartbeats
 from brixmesh.cli.tap import tap as run_tap
+from brixmesh.cli.top import top as run_top
 
 app = typer.Typer(help="brixmesh: one OpenAI endpoint over a fleet of LLM engines.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
@@ -169,6 +170,27 @@ def tap(
     except KeyboardInterrupt:
         code = 0
     raise typer.Exit(code)
+
+
+@app.command()
+def top(
+    nats_url: NatsUrl = None,
+    state_dir: StateDir = default_state_dir(),
+    refresh: Annotated[float, typer.Option(help="Seconds between redraws.")] = 1.0,
+) -> None:
+    """Live view of the fleet: pods (load, KV usage, hit rate), deployments (desired vs ready), request rates,
+    the latest scale decisions. Ctrl-C quits."""
+    if refresh <= 0:
+        raise fail("--refresh must be > 0")
+    url = resolve_nats_url(nats_url, state_dir)
+    if url is None:
+        raise fail("no running mesh found; start one with `brixmesh up` or pass --nats-url")
+    try:
+        asyncio.run(run_top(url, resolve_nats_auth(nats_url, state_dir), console, refresh))
+    except (BusConnectError, SettingsError) as exc:
+        raise fail(str(exc)) from None
+    except KeyboardInterrupt:
+        pass
 
 
 if __name__ == "__main__":
