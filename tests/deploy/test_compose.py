@@ -93,3 +93,19 @@ def test_compose_refuses_to_run_without_the_secrets() -> None:
     result = _config(ROOT / "docker-compose.yml", "-q", env={**missing, "ROUTER_NATS_PASSWORD": ""})
     assert result.returncode != 0
     assert "ROUTER_NATS_PASSWORD" in result.stderr and "header of docker-compose.yml" in result.stderr
+
+
+def test_prometheus_scrapes_every_service_and_engine_and_grafana_gets_the_dashboards() -> None:
+    resolved = yaml.safe_load(_config(ROOT / "docker-compose.yml").stdout)["services"]
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "compose.yml").read_text())
+    targets = {t for group in config["scrape_configs"][0]["static_configs"] for t in group["targets"]}
+    engines = {f"{name}:8000" for name in resolved if name.startswith("engine-")}
+    expected = {f"{name}:8080" for name in SERVICES} | engines
+    assert targets == expected
+    mounts = {volume["target"]: Path(volume["source"]) for volume in resolved["grafana"]["volumes"]}
+    dashboards = mounts["/var/lib/grafana/dashboards"]
+    assert {p.stem for p in dashboards.glob("*.json")} == {"router", "engines", "autoscaler", "kv-index"}
+    provisioning = mounts["/etc/grafana/provisioning"]
+    datasource = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())
+    assert datasource["datasources"][0]["uid"] == "prometheus"
+    assert datasource["datasources"][0]["url"] == "http://prometheus:9090"

@@ -38,6 +38,11 @@ def test_every_service_has_a_deployment_with_health_probes() -> None:
         container = deployment["spec"]["template"]["spec"]["containers"][0]
         assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
         assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+        # Prometheus' kubernetes_sd (annotation relabelling) scrapes every service pod's /metrics
+        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true"
+        assert annotations["prometheus.io/path"] == "/metrics"
+        assert int(annotations["prometheus.io/port"]) == container["ports"][0]["containerPort"]
 
 
 def test_the_validator_rejects_a_typo(tmp_path: Path) -> None:

@@ -67,7 +67,7 @@ def kv_index(nats: NatsServer, log: Path) -> contextlib.AbstractAsyncContextMana
 
 
 async def _resumed(client: httpx.AsyncClient, kv: ServiceProcess) -> float:
-    return metric_value((await client.get(f"{kv.url}/metrics")).text, "brixmesh_kv_bridge_resumed")
+    return metric_value((await client.get(f"{kv.url}/metrics")).text, "brixmesh_kv_bridge_resumed_total")
 
 
 async def _converged(index: PrefixIndex, engine: SimEngine, info: PodInfo) -> bool:

@@ -87,8 +87,8 @@ async def test_kv_aware_routing_through_the_mesh(fresh_nats_server: NatsServer) 
                             for prompt in _prompts():
                                 assert await _lookup(second.url, prompt) == await _lookup(first.url, prompt)
                         bridge_metrics = httpx.get(f"{kv_index.url}/metrics").text
-                        assert metric(bridge_metrics, "brixmesh_kv_bridge_snapshots") >= 2
-                        assert metric(bridge_metrics, "brixmesh_kv_bridge_bad_payloads") == 0
+                        assert metric(bridge_metrics, "brixmesh_kv_bridge_snapshots_total") >= 2
+                        assert metric(bridge_metrics, "brixmesh_kv_bridge_bad_payloads_total") == 0
 
                         gone = homes[0]
                         await announce(bus, "removed", [info for info in infos if info.pod == gone])

@@ -6,11 +6,8 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -18,70 +15,19 @@ import pytest
 
 from brixmesh.common.ports import free_port
 from brixmesh.orchestrator.local_backend import find_pod_leaders
+from tests.mesh.conftest import BRIXMESH, RunningMesh
 
-BRIXMESH = [sys.executable, "-m", "brixmesh.cli.main"]
 SERVICES = {"orchestrator", "kv-index", "autoscaler", "adapter-manager", "gpu-doctor", "router"}
 
 
-@dataclass
-class RunningMesh:
-    process: subprocess.Popen[str]
-    state_dir: Path
-    port: int
-    printed: str
-
-    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*BRIXMESH, *args, "--state-dir", str(self.state_dir)], capture_output=True,
-                              text=True, timeout=timeout)
-
-    def status(self) -> list[dict]:
-        result = self.cli("status", "--json")
-        assert result.returncode == 0, result.stderr
-        return json.loads(result.stdout)
-
-
-def _wait_for_text(process: subprocess.Popen[str], log: Path, needle: str, timeout_s: float) -> str:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        text = log.read_text(errors="replace") if log.exists() else ""
-        if needle in text:
-            return text
-        if process.poll() is not None:
-            raise AssertionError(f"brixmesh up exited with {process.returncode}: {text}")
-        time.sleep(0.1)
-    raise AssertionError(f"{needle!r} not printed within {timeout_s}s: {log.read_text(errors='replace')}")
-
-
-@pytest.fixture
-def mesh(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[RunningMesh]:
-    extra = getattr(request, "param", [])
-    port = free_port()
-    state_dir = tmp_path / "state"
-    log = tmp_path / "up.log"
-    with open(log, "w") as out:
-        process = subprocess.Popen(
-            [*BRIXMESH, "up", "--port", str(port), "--state-dir", str(state_dir), *extra],
-            stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-            env={**os.environ, "BRIXMESH_HEARTBEAT_INTERVAL_S": "0.5"},
-        )
-    try:
-        printed = _wait_for_text(process, log, "OpenAI endpoint", 180)
-        yield RunningMesh(process, state_dir, port, printed)
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                raise
-
-
+@pytest.mark.parametrize("mesh", [["--engines", "0"]], indirect=True)
 def test_up_status_tap_restart_and_clean_stop(mesh: RunningMesh) -> None:
     printed = mesh.printed
     assert f"http://127.0.0.1:{mesh.port}/v1" in printed
     for service in SERVICES:
         assert service in printed
+    assert "curl" not in printed  # an empty mesh has nothing to answer a request
+    assert httpx.get(f"http://127.0.0.1:{mesh.port}/health").status_code == 503
 
     beats = mesh.status()
     assert {b["service"] for b in beats} == SERVICES
@@ -177,11 +123,20 @@ def test_router_gets_the_bundled_tokenizer_of_the_tiny_model(tmp_path: Path) -> 
     assert "BRIXMESH_KV_TOKENIZER_DIRS" not in service_spec("router", 8000, "nats://127.0.0.1:1", other).env
 
 
-@pytest.mark.parametrize("mesh", [["--engines", "2", "--engine", "sim"]], indirect=True)
-def test_up_with_engines_serves_the_official_openai_client(mesh: RunningMesh) -> None:
+def test_default_up_serves_its_printed_request_and_the_official_openai_client(mesh: RunningMesh) -> None:
     import openai
 
     assert mesh.printed.count("(sim)") == 2 and "engines ready" not in mesh.printed
+    assert httpx.get(f"http://127.0.0.1:{mesh.port}/health").status_code == 200
+    (request,) = [line.strip() for line in mesh.printed.splitlines() if line.strip().startswith("curl ")]
+    streamed = subprocess.run(request, shell=True, capture_output=True, text=True, timeout=60)
+    assert streamed.returncode == 0, streamed.stderr
+    lines = streamed.stdout.splitlines()
+    events = [line.removeprefix("data: ") for line in lines if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    text = "".join(c["delta"].get("content") or "" for e in events[:-1] for c in json.loads(e)["choices"])
+    assert text
+
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{mesh.port}/v1", api_key="unused", max_retries=0)
     assert [m.id for m in client.models.list().data] == ["tiny-llama"]
     reply = client.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "hi"}],

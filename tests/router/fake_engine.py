@@ -1,10 +1,12 @@
-"""A minimal OpenAI-shaped engine (aiohttp, in a thread) for what the simulator does not serve: embeddings,
-and a non-streamed completion whose body trickles in (one piece per ``max_tokens``, 0.1 s apart)."""
+"""A minimal OpenAI-shaped engine (aiohttp, in a thread) for what the simulator does not do: a streamed chat
+that answers with the ``traceparent`` header it received, embeddings, and a non-streamed completion whose
+body trickles in (one piece per ``max_tokens``, 0.1 s apart)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import threading
 from collections.abc import Iterator
 
@@ -23,6 +25,16 @@ async def _embeddings(request: web.Request) -> web.Response:
             "usage": {"prompt_tokens": 1, "total_tokens": 1},
         }
     )
+
+
+async def _traceparent_chat(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+    await response.prepare(request)
+    content = request.headers.get("traceparent", "")
+    chunk = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": content}}]}
+    await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\ndata: [DONE]\n\n")
+    await response.write_eof()
+    return response
 
 
 async def _trickled_completion(request: web.Request) -> web.StreamResponse:
@@ -46,6 +58,7 @@ def fake_engine() -> Iterator[str]:
     app = web.Application()
     app.router.add_post("/v1/embeddings", _embeddings)
     app.router.add_post("/v1/completions", _trickled_completion)
+    app.router.add_post("/v1/chat/completions", _traceparent_chat)
     runner = web.AppRunner(app)
     loop.run_until_complete(runner.setup())
     loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())

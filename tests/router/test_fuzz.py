@@ -21,6 +21,13 @@ ROUTES = {
     "/v1/chat/completions": "ChatCompletionRequest",
     "/v1/completions": "CompletionRequest",
     "/v1/embeddings": "EmbeddingRequest",
+    "/v1/responses": "ResponseRequest",
+    "/tokenize": "TokenizeRequest",
+    "/detokenize": "DetokenizeRequest",
+    "/v1/score": "ScoreRequest",
+    "/rerank": "RerankRequest",
+    "/pooling": "PoolingRequest",
+    "/classify": "PoolingRequest",
 }
 FUZZ = settings(
     max_examples=400,

@@ -179,8 +179,16 @@ def test_wrong_method_and_openai_client_errors(router: ServiceProcess) -> None:
 
 def test_shell_routes_still_served(router: ServiceProcess) -> None:
     assert httpx.get(f"{router.url}/healthz").json()["service"] == "router"
+    assert httpx.get(f"{router.url}/health").status_code == 200  # static endpoints: it can route
     metrics = httpx.get(f"{router.url}/metrics").text
     assert "brixmesh_router_requests_total" in metrics and "brixmesh_router_decision_seconds" in metrics
+
+
+def test_health_is_503_until_a_pod_is_ready(nats_server: NatsServer) -> None:
+    with router_process(nats_server.url) as empty:
+        health = httpx.get(f"{empty.url}/health")
+        assert health.status_code == 503 and health.json() == {"status": "no ready pod"}
+        assert httpx.get(f"{empty.url}/readyz").status_code == 200  # started, but has nowhere to route
 
 
 def test_embeddings_are_forwarded(nats_server: NatsServer, tmp_path: Path) -> None:

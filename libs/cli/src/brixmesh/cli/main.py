@@ -27,6 +27,7 @@ from brixmesh.cli.state import (
 )  # fmt: skip
 from brixmesh.cli.status import collect_heartbeats
 from brixmesh.cli.tap import tap as run_tap
+from brixmesh.cli.top import top as run_top
 
 app = typer.Typer(help="brixmesh: one OpenAI endpoint over a fleet of LLM engines.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
@@ -48,7 +49,7 @@ def fail(message: str) -> typer.Exit:
 @app.command()
 def up(
     port: Annotated[int, typer.Option(help="Port of the OpenAI endpoint (the router).")] = 8000,
-    engines: Annotated[int, typer.Option(help="Engine pods of the default deployment.")] = 0,
+    engines: Annotated[int, typer.Option(help="Engine pods of the default deployment (0: an empty mesh).")] = 2,
     engine: Annotated[str, typer.Option(help="Engine kind: sim (simulator) or vllm (real vLLM on CPU).")] = "sim",
     model: Annotated[str, typer.Option(help="Served model name of the default deployment.")] = "tiny-llama",
     autoscale: Annotated[str | None, typer.Option(help="Autoscale the default deployment: hpa, kpa or apa.")] = None,
@@ -99,13 +100,24 @@ def up(
         if not_ready:
             console.print(f"[red]not ready after {ready_timeout:.0f}s:[/] {', '.join(not_ready)} (see their logs)")
         console.print(f"admin token (Authorization: Bearer ...): {admin_token_path(state_dir)}")
+        console.print(f"Prometheus scrape config: {mesh.prometheus_config()}", soft_wrap=True)
         console.print(f"OpenAI endpoint: [bold]{mesh.openai_base_url}[/]   (Ctrl-C stops everything)")
+        if ready_engines:
+            console.print("try it:", markup=False)
+            console.print(first_request(mesh.openai_base_url, model), markup=False, soft_wrap=True)
 
     try:
         asyncio.run(run_until_signal(mesh, started))
     except ServerStartError as exc:
         raise fail(str(exc)) from None
     console.print("brixmesh stopped")
+
+
+def first_request(base_url: str, model: str) -> str:
+    """One copy-paste request that streams an answer from the mesh just started."""
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Hello!"}],
+                       "max_tokens": 32, "stream": True})
+    return f"  curl -N {base_url}/chat/completions -H 'Content-Type: application/json' -d '{body}'"
 
 
 @app.command()
@@ -158,6 +170,27 @@ def tap(
     except KeyboardInterrupt:
         code = 0
     raise typer.Exit(code)
+
+
+@app.command()
+def top(
+    nats_url: NatsUrl = None,
+    state_dir: StateDir = default_state_dir(),
+    refresh: Annotated[float, typer.Option(help="Seconds between redraws.")] = 1.0,
+) -> None:
+    """Live view of the fleet: pods (load, KV usage, hit rate), deployments (desired vs ready), request rates,
+    the latest scale decisions. Ctrl-C quits."""
+    if refresh <= 0:
+        raise fail("--refresh must be > 0")
+    url = resolve_nats_url(nats_url, state_dir)
+    if url is None:
+        raise fail("no running mesh found; start one with `brixmesh up` or pass --nats-url")
+    try:
+        asyncio.run(run_top(url, resolve_nats_auth(nats_url, state_dir), console, refresh))
+    except (BusConnectError, SettingsError) as exc:
+        raise fail(str(exc)) from None
+    except KeyboardInterrupt:
+        pass
 
 
 if __name__ == "__main__":

@@ -25,6 +25,18 @@ from brixmesh.cli.state import (
 )  # fmt: skip
 
 ORCHESTRATOR_STOP_GRACE_S = 30.0
+TARGETS_REFRESH_S = 5.0
+PROMETHEUS_CONFIG = """\
+# Written by `brixmesh up`: every service and engine of this mesh (targets.json, refreshed as pods change).
+#   prometheus --config.file={config}
+global:
+  scrape_interval: 5s
+  evaluation_interval: 5s
+scrape_configs:
+  - job_name: brixmesh
+    file_sd_configs:
+      - files: [targets.json]
+"""
 SERVICES = ("orchestrator", "kv-index", "autoscaler", "adapter-manager", "gpu-doctor", "router")
 """Start order: the router last, so that it finds pods and the KV index already announced."""
 
@@ -153,6 +165,7 @@ class Mesh:
         not_ready = await self.supervisor.wait_all_ready(self.options.ready_timeout_s)
         if self.options.engines and "orchestrator" not in not_ready:
             self.engine_pods = await self.wait_engines_ready()
+        self.write_prometheus_config()
         self._started = True
         write_record(
             self.options.state_dir,
@@ -188,6 +201,47 @@ class Mesh:
                 await asyncio.sleep(0.25)
         return pods
 
+    def prometheus_config(self) -> Path:
+        return self.options.state_dir.resolve() / "prometheus" / "prometheus.yml"
+
+    def write_prometheus_config(self) -> None:
+        path = self.prometheus_config()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(PROMETHEUS_CONFIG.format(config=path))
+        self.write_scrape_targets(self.engine_pods)
+
+    def write_scrape_targets(self, pods: list[dict]) -> None:
+        """Prometheus file-based discovery: one group per service (label ``service``) and per engine pod."""
+        groups = [
+            {"targets": [service.url.removeprefix("http://")], "labels": {"service": name}}
+            for name, service in self.services.items()
+        ]
+        groups += [
+            {
+                "targets": [pod["pod"]["endpoint"].removeprefix("http://").rstrip("/")],
+                "labels": {
+                    "service": "engine", "pod": pod["pod"]["pod"], "deployment": pod["pod"]["deployment"],
+                },
+            }
+            for pod in pods
+        ]
+        path = self.prometheus_config().parent / "targets.json"
+        staged = path.with_suffix(".tmp")
+        staged.write_text(json.dumps(groups, indent=1))
+        staged.replace(path)  # Prometheus never reads a half-written file
+
+    async def refresh_scrape_targets(self) -> None:
+        """Keep the engines in the scrape targets as the orchestrator creates and removes pods."""
+        url = f"{self.services['orchestrator'].url}/v1/pods"
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            while True:
+                await asyncio.sleep(TARGETS_REFRESH_S)
+                try:
+                    pods = (await client.get(url)).json()["data"]
+                except (httpx.HTTPError, ValueError, KeyError):
+                    continue
+                self.write_scrape_targets(pods)
+
     async def stop(self) -> None:
         await self.supervisor.stop_all()
         if self.nats is not None:
@@ -217,7 +271,9 @@ async def run_until_signal(mesh: Mesh, on_started: Callable[[list[str]], None]) 
         await asyncio.wait({starting, stopped_early}, return_when=asyncio.FIRST_COMPLETED)
         if starting.done():
             on_started(starting.result())
+            refreshing = asyncio.ensure_future(mesh.refresh_scrape_targets())
             await stop.wait()
+            refreshing.cancel()
         else:
             starting.cancel()
         stopped_early.cancel()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,9 +21,11 @@ from brixmesh.engine_sim.protocol import (
     missing_field,
     parse_json_body,
 )
+from brixmesh.engine_sim.pooling import classify_body, embeddings_body, rerank_body, score_body
 from brixmesh.engine_sim.replica import VLLM_VERSION, Replica
 from brixmesh.engine_sim.request import SimRequest
 from brixmesh.engine_sim.responses import SSE_DONE, ChunkWriter, chat_body, completion_body, new_id
+from brixmesh.engine_sim.responses_api import EventWriter, as_chat_body, new_response_id, response_object
 from brixmesh.engine_sim.textgen import TokenStream
 from brixmesh.engine_sim.tokenizer import StopStringMatcher
 from starlette.applications import Starlette
@@ -333,7 +336,101 @@ class EngineApp:
                 if not request.is_finished:
                     engine.abort(request)
 
+    async def responses(self, http: Request) -> Response:
+        """``/v1/responses``: one chat generation, answered as a response object or its event stream."""
+        try:
+            body = parse_json_body(await http.body())
+            chat = as_chat_body(body)
+            params = generation_params(chat, True)
+            model, adapter, path, lora_id = self._resolve_model(params.model)
+            await self._gate(http)
+            prompt_ids = self.r.tokenizer.encode_chat(chat_messages(chat), True)
+            (request,) = self._build_requests(params, prompt_ids, adapter, path, lora_id)
+        except ApiError as exc:
+            return exc.response()
+        rid, created = new_response_id()
+        updated = asyncio.Event()
+        request.on_update = lambda _: updated.set()
+        self.r.engine.submit(request)
+        if params.stream:
+            return StreamingResponse(
+                self._response_events(request, updated, rid, created, model, body),
+                media_type="text/event-stream; charset=utf-8",
+            )
+        try:
+            while not request.is_finished:
+                await updated.wait()
+                updated.clear()
+        finally:
+            if not request.is_finished:
+                self.r.engine.abort(request)
+        return _json(self._finished_response(request, rid, created, model, body))
+
+    def _finished_response(
+        self, request: SimRequest, rid: str, created: int, model: str, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        usage = (request.num_prompt_tokens, request.num_output_tokens)
+        text = self._final_text(request, False)
+        return response_object(rid, created, model, body, text, usage, request.finish_reason == "length")
+
+    async def _response_events(
+        self,
+        request: SimRequest,
+        updated: asyncio.Event,
+        rid: str,
+        created: int,
+        model: str,
+        body: dict[str, Any],
+    ) -> AsyncIterator[bytes]:
+        writer = EventWriter(rid)
+        decoder = self.r.tokenizer.incremental_decoder()
+        sent = 0
+        try:
+            started = response_object(rid, created, model, body, None, None)
+            yield writer.event("response.created", response=started)
+            while True:
+                await updated.wait()
+                updated.clear()
+                tokens = request.output_token_ids
+                delta = "".join(decoder.push(token) for token in tokens[sent:])
+                sent = len(tokens)
+                if delta:
+                    yield writer.text_delta(delta)
+                if request.is_finished:
+                    break
+            final = self._finished_response(request, rid, created, model, body)
+            kind = "response.completed" if final["status"] == "completed" else "response.incomplete"
+            yield writer.event(kind, response=final)
+        finally:
+            if not request.is_finished:
+                self.r.engine.abort(request)
+
+    async def _pool(self, http: Request, build: Any) -> Response:
+        """A pooling route: ``build(body, model, encode)`` makes the answer from the request body."""
+        try:
+            body = parse_json_body(await http.body())
+            model = self._resolve_model(body.get("model"))[0]
+            await self._gate(http)
+            return _json(build(body, model, self.r.tokenizer.encode))
+        except ApiError as exc:
+            return exc.response()
+
     # ----- routes --------------------------------------------------------------------------------
+
+    async def embeddings(self, http: Request) -> Response:
+        return await self._pool(http, embeddings_body)
+
+    async def pooling(self, http: Request) -> Response:
+        return await self._pool(http, functools.partial(embeddings_body, object_name="pooling"))
+
+    async def score(self, http: Request) -> Response:
+        return await self._pool(http, score_body)
+
+    async def rerank(self, http: Request) -> Response:
+        return await self._pool(http, rerank_body)
+
+    async def classify(self, http: Request) -> Response:
+        return await self._pool(http, classify_body)
 
     async def completions(self, http: Request) -> Response:
         return await self._generate(http, chat=False)
@@ -607,6 +704,12 @@ def build_app(replica: Replica) -> Starlette:
         Route("/v1/completions/render", api.completions_render, methods=["POST"]),
         Route("/v1/chat/completions/render", api.chat_render, methods=["POST"]),
         Route("/v1/models", api.models, methods=["GET"]),
+        Route("/v1/responses", api.responses, methods=["POST"]),
+        Route("/v1/embeddings", api.embeddings, methods=["POST"]),
+        Route("/pooling", api.pooling, methods=["POST"]),
+        Route("/classify", api.classify, methods=["POST"]),
+        *(Route(path, api.score, methods=["POST"]) for path in ("/score", "/v1/score")),
+        *(Route(path, api.rerank, methods=["POST"]) for path in ("/rerank", "/v1/rerank", "/v2/rerank")),
         Route("/health", api.health, methods=["GET"]),
         Route("/ping", api.health, methods=["GET", "POST"]),
         Route("/health/ready", api.health, methods=["GET"]),

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from brixmesh.kv_index.discovery import PodFollower
 
@@ -23,13 +27,21 @@ _COUNTERS = {
 }
 
 
+class _BridgeCounters(Collector):
+    """Counters kept as plain ints on the hot path, read at scrape time (``..._total``)."""
+
+    def __init__(self, follower: PodFollower) -> None:
+        self._stats = follower.stats
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        for field, documentation in _COUNTERS.items():
+            yield CounterMetricFamily(
+                f"brixmesh_kv_bridge_{field}", documentation, value=float(getattr(self._stats, field))
+            )
+
+
 def export(registry: CollectorRegistry, follower: PodFollower) -> None:
-    stats = follower.stats
-    for field, documentation in _COUNTERS.items():
-        # Counters kept as plain ints on the hot path; exported as gauges read at scrape time.
-        Gauge(f"brixmesh_kv_bridge_{field}", documentation, registry=registry).set_function(
-            lambda field=field: float(getattr(stats, field))
-        )
+    registry.register(_BridgeCounters(follower))
     Gauge("brixmesh_kv_bridge_pods", "Engines followed", registry=registry).set_function(
         lambda: float(len(follower.pods))
     )

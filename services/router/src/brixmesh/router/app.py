@@ -14,6 +14,8 @@ import sys
 import time
 from dataclasses import dataclass
 
+from fastapi.responses import JSONResponse
+
 from brixmesh.common.service import Service
 from brixmesh.common.messages import GpuPlan
 from brixmesh.common.subjects import GPU_PLANS, ROUTER_STATS
@@ -33,6 +35,7 @@ from brixmesh.router.routing.scorers.gpu_plan import GpuPlanScorer
 from brixmesh.router.settings import RouterSettings
 from brixmesh.router.stats import StatsCollector
 from brixmesh.router.sync import RoutingSync
+from brixmesh.router.tracing import RequestTracing, traces_endpoint
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,8 @@ def build_router(settings: RouterSettings) -> RouterApp:
     )
     service.registry.register(SyncCollector(sync))
     stats = StatsCollector(service.instance_id)
+    endpoint = traces_endpoint(settings.otlp_endpoint)
+    tracing = RequestTracing(endpoint, service.instance_id) if endpoint else None
     gateway = Gateway(
         settings=settings,
         router=Router(registry),
@@ -95,9 +100,11 @@ def build_router(settings: RouterSettings) -> RouterApp:
             settings.limits_policy,
             service.registry,
         ),
+        tracing=tracing,
     )
-    # /v1/* also when the service app is served alone (serve.py puts the gateway ahead of it for speed)
+    # /v1/* also when the service app is served alone (__main__ puts the gateway ahead of it for speed)
     service.app.add_middleware(OpenAIRoutes, gateway=gateway)
+    _add_health_route(service, pods)
 
     async def start(svc: Service) -> None:
         await sync.start(svc.bus)
@@ -110,10 +117,23 @@ def build_router(settings: RouterSettings) -> RouterApp:
     async def stop(_svc: Service) -> None:
         await sync.drain()
         await gateway.stop()
+        if tracing is not None:
+            await asyncio.to_thread(tracing.shutdown)
 
     service.on_start(start)
     service.on_stop(stop)
     return RouterApp(service, gateway)
+
+
+def _add_health_route(service: Service, pods: PodTable) -> None:
+    """``/health`` as vLLM and the peer routers serve it, for load balancers: 200 while the router can route
+    (a ready pod or a static endpoint), else 503. ``/healthz`` (alive) and ``/readyz`` (started) stay."""
+
+    @service.app.get("/health", include_in_schema=False)
+    async def health() -> JSONResponse:
+        if pods.any_ready():
+            return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "no ready pod"}, status_code=503)
 
 
 async def _publish_stats(

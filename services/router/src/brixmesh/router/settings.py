@@ -48,6 +48,9 @@ class RouterSettings(ServiceSettings):
     """Tokens (prompt + completion, from usage) per minute per API key and per user (0: unlimited)."""
     limits_policy: Literal["fail-open", "fail-closed"] = "fail-open"
     """What happens to requests when Redis cannot be reached."""
+    otlp_endpoint: str = ""
+    """OTLP/HTTP collector base URL for request traces (``/v1/traces`` is appended); empty: the standard
+    ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_ENDPOINT``; none set: tracing off."""
 
     @field_validator("api_keys", "models", mode="before")
     @classmethod

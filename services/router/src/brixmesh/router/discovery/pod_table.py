@@ -121,6 +121,9 @@ class PodTable:
     def all(self) -> list[Endpoint]:
         return list(self.endpoints.values())
 
+    def any_ready(self) -> bool:
+        return any(endpoint.state == "ready" for endpoint in self.endpoints.values())
+
     def models(self) -> dict[str, str | None]:
         """Model names that ready pods serve -> the base model (None for base models themselves)."""
         served: dict[str, str | None] = {}

@@ -43,6 +43,7 @@ from brixmesh.router.routing.registry import Strategy
 from brixmesh.router.settings import RouterSettings
 from brixmesh.router.stats import StatsCollector
 from brixmesh.router.sync import RoutingSync
+from brixmesh.router.tracing import NO_SPAN, RequestTracing, traceparent
 from brixmesh.router.upstream import (
     StreamUsage,
     UpstreamDeadline,
@@ -78,6 +79,7 @@ class Gateway:
         metrics: RouterMetrics,
         auth: Authenticator,
         limiter: RateLimiter,
+        tracing: RequestTracing | None = None,
     ) -> None:
         self.settings = settings
         self.router = router
@@ -88,6 +90,7 @@ class Gateway:
         self.metrics = metrics
         self.auth = auth
         self.limiter = limiter
+        self.tracing = tracing
         self.known_models: dict[str, str] = dict.fromkeys(settings.models, "")
         self._pool = UpstreamPool(settings.connect_timeout_s, settings.upstream_timeout_s)
         self._background: set[asyncio.Task[None]] = set()
@@ -125,7 +128,11 @@ class Gateway:
                     405, f"method {method} not allowed on {path}; use POST", "invalid_request_error"
                 )
             raw = await self._read_body(headers, receive)
-            await self._handle(api, raw, headers, request_id, scope, receive, send)
+            if self.tracing is None:
+                await self._handle(api, raw, headers, request_id, scope, receive, send)
+            else:
+                with self.tracing.request_span(path, request_id, headers):
+                    await self._handle(api, raw, headers, request_id, scope, receive, send)
         except ApiError as exc:
             await _send_error(send, exc, echoed_id)
         except _Disconnected:
@@ -169,18 +176,24 @@ class Gateway:
         send: Send,
     ) -> None:
         key_id = self.auth.identity(headers.get("authorization"))
-        ctx = build_context(api, parse_body(raw), headers, request_id)
-        base = self._base_model(ctx.model)
-        if base is None:
-            raise ApiError(
-                404,
-                f"The model `{ctx.model}` does not exist.",
-                "invalid_request_error",
-                param="model",
-                code="model_not_found",
-            )
-        ctx.base_model = base
-        ctx.adapter = ctx.model if base != ctx.model else None
+        tracing = self.tracing
+        with tracing.span("router.parse") if tracing else NO_SPAN as span:
+            ctx = build_context(api, parse_body(raw), headers, request_id)
+            base = self._base_model(ctx.model)
+            if base is None:
+                raise ApiError(
+                    404,
+                    f"The model `{ctx.model}` does not exist.",
+                    "invalid_request_error",
+                    param="model",
+                    code="model_not_found",
+                )
+            ctx.base_model = base
+            ctx.adapter = ctx.model if base != ctx.model else None
+            if span is not None:
+                span.set_attributes(
+                    {"brixmesh.api": api, "brixmesh.model": ctx.model, "brixmesh.stream": ctx.stream}
+                )
         strategy = self._strategy(ctx.model, headers.get("routing-strategy"))
         identities = ([f"key:{key_id}"] if key_id else []) + ([f"user:{ctx.user}"] if ctx.user else [])
         await self.limiter.check(identities)
@@ -190,9 +203,12 @@ class Gateway:
         watch = _DisconnectWatch(receive, asyncio.current_task())
         send = _Finishing(send, watch)
         try:
-            decision = await self._decide(ctx, strategy)
+            with tracing.span("router.decision") if tracing else NO_SPAN as span:
+                decision = await self._decide(ctx, strategy)
+                if span is not None:
+                    _describe_decision(span, decision)
             self.metrics.decision_seconds.observe(decision.decision_s)
-            outcome = await self._forward(ctx, decision, raw, send)
+            outcome = await self._forward(ctx, decision, scope["path"], raw, send)
         except asyncio.CancelledError:
             if not watch.disconnected:
                 raise
@@ -269,72 +285,93 @@ class Gateway:
             self.metrics.held.dec()
 
     async def _forward(
-        self, ctx: RequestContext, decision: RoutingDecision, raw: bytes, send: Send
+        self, ctx: RequestContext, decision: RoutingDecision, path: str, raw: bytes, send: Send
     ) -> tuple[bool, Usage | None]:
         attempts = decision.ranked[: self.settings.max_retries + 1]
         extra_headers = b"X-Request-Id: " + ctx.request_id.encode("latin-1") + b"\r\n"
+        tracing = self.tracing
+        client_trace = ctx.headers.get("traceparent")
+        if client_trace and tracing is None:  # not traced here: the engine's spans join the client's trace
+            extra_headers += b"traceparent: " + client_trace.encode("latin-1") + b"\r\n"
         deadline = time.monotonic() + self.settings.request_timeout_s
         strategy_label = decision.strategy.name
         if strategy_label not in self._strategy_labels:
             strategy_label = "other"
         failure = "no pod answered"
         for attempt, pod in enumerate(attempts):
-            last = attempt == len(attempts) - 1
-            self.router.routed(ctx, decision, pod)
-            self.sync.routed(ctx.request_id, ctx.model, pod.name, ctx.prefix_hashes)
-            usage: Usage | None = None
-            status = 502
-            response: UpstreamResponse | None = None
-            try:
-                started = time.perf_counter()
+            with tracing.span("router.upstream") if tracing else NO_SPAN as span:
+                sent_headers = extra_headers if span is None else extra_headers + traceparent(span)
+                last = attempt == len(attempts) - 1
+                self.router.routed(ctx, decision, pod)
+                self.sync.routed(ctx.request_id, ctx.model, pod.name, ctx.prefix_hashes)
+                usage: Usage | None = None
+                status = 502
+                response: UpstreamResponse | None = None
                 try:
-                    response = await self._pool.post(pod.url, _path(ctx), raw, extra_headers, deadline)
-                    if response.status >= 500 and not last:
-                        failure = f"pod {pod.name} answered {response.status}"
-                        self.metrics.retries.labels(ctx.model, f"http_{response.status}").inc()
+                    started = time.perf_counter()
+                    try:
+                        response = await self._pool.post(pod.url, path, raw, sent_headers, deadline)
+                        if response.status >= 500 and not last:
+                            failure = f"pod {pod.name} answered {response.status}"
+                            self.metrics.retries.labels(ctx.model, f"http_{response.status}").inc()
+                            continue
+                        streamed = response.header(b"content-type").startswith(b"text/event-stream")
+                        first = await (response.next_chunk() if streamed else response.read())
+                    except UpstreamDeadline:
+                        status = 504
+                        raise ApiError(
+                            504,
+                            f"upstream pod {pod.name} did not finish within the request deadline of "
+                            f"{self.settings.request_timeout_s:g} s",
+                            "timeout",
+                        ) from None
+                    except UpstreamTimeout:
+                        status = 504
+                        raise ApiError(
+                            504, f"upstream pod {pod.name} did not answer in time", "timeout"
+                        ) from None
+                    except UpstreamError as exc:
+                        failure = self._connection_failed(ctx, pod, type(exc).__name__, str(exc))
                         continue
-                    streamed = response.header(b"content-type").startswith(b"text/event-stream")
-                    first = await (response.next_chunk() if streamed else response.read())
-                except UpstreamDeadline:
-                    status = 504
-                    raise ApiError(
-                        504,
-                        f"upstream pod {pod.name} did not finish within the request deadline of "
-                        f"{self.settings.request_timeout_s:g} s",
-                        "timeout",
-                    ) from None
-                except UpstreamTimeout:
-                    status = 504
-                    raise ApiError(
-                        504, f"upstream pod {pod.name} did not answer in time", "timeout"
-                    ) from None
-                except UpstreamError as exc:
-                    failure = self._connection_failed(ctx, pod, type(exc).__name__, str(exc))
-                    continue
-                self.metrics.ttft(ctx.model, time.perf_counter() - started)
-                status = response.status
-                if status >= 500:
-                    detail = first[:300].decode("utf-8", "replace")
-                    status = 502
-                    raise ApiError(
-                        502, f"upstream pod {pod.name} answered {response.status}: {detail}", "upstream_error"
-                    )
-                if streamed:
-                    ok, usage = await self._relay_stream(ctx, decision, pod, response, first, send)
+                    self.metrics.ttft(ctx.model, time.perf_counter() - started)
+                    status = response.status
+                    if status >= 500:
+                        detail = first[:300].decode("utf-8", "replace")
+                        status = 502
+                        raise ApiError(
+                            502,
+                            f"upstream pod {pod.name} answered {response.status}: {detail}",
+                            "upstream_error",
+                        )
+                    if streamed:
+                        with tracing.span("router.stream_relay") if tracing else NO_SPAN as relay:
+                            ok, usage = await self._relay_stream(ctx, decision, pod, response, first, send)
+                            if relay is not None:
+                                relay.set_attributes(
+                                    {"brixmesh.ok": ok, "brixmesh.completion_tokens": usage.completion_tokens}
+                                )
+                        return ok, usage
+                    ok = status < 400
+                    usage = usage_of_body(first) if ok else None
+                    headers = self._headers(response, ctx, decision, pod)
+                    headers.append((b"content-length", str(len(first)).encode()))
+                    await send({"type": "http.response.start", "status": status, "headers": headers})
+                    await send({"type": "http.response.body", "body": first})
                     return ok, usage
-                ok = status < 400
-                usage = usage_of_body(first) if ok else None
-                headers = self._headers(response, ctx, decision, pod)
-                headers.append((b"content-length", str(len(first)).encode()))
-                await send({"type": "http.response.start", "status": status, "headers": headers})
-                await send({"type": "http.response.body", "body": first})
-                return ok, usage
-            finally:
-                if response is not None:
-                    response.close()
-                self.sync.done(ctx.request_id, ctx.model, pod.name)
-                self.router.completed(ctx, decision, pod, usage)
-                self.metrics.count(ctx.model, strategy_label, pod.name, status)
+                finally:
+                    if response is not None:
+                        response.close()
+                    self.sync.done(ctx.request_id, ctx.model, pod.name)
+                    self.router.completed(ctx, decision, pod, usage)
+                    self.metrics.count(ctx.model, strategy_label, pod.name, status)
+                    if span is not None:
+                        span.set_attributes(
+                            {
+                                "brixmesh.pod": pod.name,
+                                "brixmesh.attempt": attempt,
+                                "http.response.status_code": status,
+                            }
+                        )
         raise ApiError(502, f"upstream failure after {len(attempts)} attempt(s): {failure}", "upstream_error")
 
     async def _relay_stream(
@@ -360,12 +397,17 @@ class Gateway:
         tail = first[-32:]
         reason = ""
         error_type, error_code = "upstream_error", 502
+        ended = _responses_stream_ended(first) if ctx.api == "responses" else False
         try:
             while chunk := await response.next_chunk():
                 counter.feed(chunk)
+                if ctx.api == "responses" and not ended:
+                    ended = _responses_stream_ended(tail + chunk)
                 tail = (tail + chunk)[-32:]
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            if not tail.rstrip().endswith(b"data: [DONE]"):  # OpenAI streams always end so; this one was cut
+            if ctx.api != "responses":  # completions and chat streams always end with [DONE]
+                ended = tail.rstrip().endswith(b"data: [DONE]")
+            if not ended:
                 reason = "ended the stream early"
         except UpstreamDeadline:
             reason = f"passed the request deadline of {self.settings.request_timeout_s:g} s"
@@ -423,10 +465,26 @@ class Gateway:
         task.add_done_callback(self._background.discard)
 
 
-def _path(ctx: RequestContext) -> str:
-    return {"chat": "/v1/chat/completions", "completions": "/v1/completions", "embeddings": "/v1/embeddings"}[
-        ctx.api
-    ]
+def _describe_decision(span: Any, decision: RoutingDecision) -> None:
+    best = sorted(decision.scores.items(), key=lambda item: -item[1])[:16]
+    span.set_attributes(
+        {
+            "brixmesh.strategy": decision.strategy.name,
+            "brixmesh.pod": decision.ranked[0].name,
+            "brixmesh.candidates": len(decision.ranked),
+            "brixmesh.scores": [f"{pod}={score:.4g}" for pod, score in best],
+        }
+    )
+
+
+_RESPONSES_LAST_EVENTS = (
+    b"event: response.completed", b"event: response.incomplete", b"event: response.failed"
+)
+
+
+def _responses_stream_ended(data: bytes) -> bool:
+    """A Responses API stream ends with one of these events (no ``[DONE]``)."""
+    return any(event in data for event in _RESPONSES_LAST_EVENTS)
 
 
 class _DisconnectWatch:

@@ -1,5 +1,5 @@
-"""The OpenAPI description of the OpenAI routes the raw gateway serves (``/v1/*``), merged into the service
-app's ``/openapi.json`` (FastAPI only knows its own routes). Request schemas say what the router accepts
+"""The OpenAPI description of the model routes the raw gateway serves (``/v1/*``, ``/tokenize``, ``/score``,
+...), merged into the service app's ``/openapi.json`` (FastAPI only knows its own routes). Request schemas say what the router accepts
 (:mod:`.request` checks the same); other fields pass through to the engine, so objects stay open."""
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ _PROMPT = {
         {"type": "array", "items": _TOKEN_IDS, "minItems": 1},
     ]
 }
+_TEXTS = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}]}
 _SAMPLING: dict[str, Any] = {
     "model": {"type": "string", "minLength": 1, "description": "A served model or LoRA adapter"},
     "max_tokens": {"type": "integer", "minimum": 1},
@@ -72,6 +73,53 @@ SCHEMAS: dict[str, Any] = {
             "encoding_format": {"type": "string", "enum": ["float", "base64"]},
             "user": _SAMPLING["user"],
         },
+    },
+    "ResponseRequest": {
+        "type": "object",
+        "required": ["model", "input"],
+        "properties": {
+            "model": _SAMPLING["model"],
+            "input": {"anyOf": [{"type": "string", "minLength": 1},
+                                {"type": "array", "items": _MESSAGE, "minItems": 1}]},  # fmt: skip
+            "instructions": {"type": "string"},
+            "max_output_tokens": {"type": "integer", "minimum": 1},
+            "temperature": _SAMPLING["temperature"],
+            "stream": _SAMPLING["stream"],
+        },
+    },
+    "TokenizeRequest": {
+        "type": "object",
+        "required": ["model"],
+        "properties": {
+            "model": _SAMPLING["model"],
+            "prompt": {"type": "string"},
+            "messages": {"type": "array", "items": _MESSAGE, "minItems": 1},
+        },
+    },
+    "DetokenizeRequest": {
+        "type": "object",
+        "required": ["model", "tokens"],
+        "properties": {"model": _SAMPLING["model"], "tokens": _TOKEN_IDS},
+    },
+    "ScoreRequest": {
+        "type": "object",
+        "required": ["model", "text_1", "text_2"],
+        "properties": {"model": _SAMPLING["model"], "text_1": _TEXTS, "text_2": _TEXTS},
+    },
+    "RerankRequest": {
+        "type": "object",
+        "required": ["model", "query", "documents"],
+        "properties": {
+            "model": _SAMPLING["model"],
+            "query": {"type": "string"},
+            "documents": _TEXTS,
+            "top_n": {"type": "integer", "minimum": 0},
+        },
+    },
+    "PoolingRequest": {
+        "type": "object",
+        "required": ["model", "input"],
+        "properties": {"model": _SAMPLING["model"], "input": _PROMPT},
     },
     "Error": {
         "type": "object",
@@ -142,6 +190,7 @@ _ERRORS = {
 
 
 def _generate(summary: str, request: str) -> dict[str, Any]:
+    """A POST route forwarded to the pod chosen for the body's ``model``."""
     return {
         "post": {
             "summary": summary,
@@ -165,6 +214,16 @@ PATHS: dict[str, Any] = {
     "/v1/chat/completions": _generate("Chat completion, routed to the best pod", "ChatCompletionRequest"),
     "/v1/completions": _generate("Completion, routed to the best pod", "CompletionRequest"),
     "/v1/embeddings": _generate("Embeddings, routed to the best pod", "EmbeddingRequest"),
+    "/v1/responses": _generate("Responses API, routed to the best pod", "ResponseRequest"),
+    "/tokenize": _generate("Token ids of a prompt or chat, from a pod of the model", "TokenizeRequest"),
+    "/detokenize": _generate("Text of token ids, from a pod of the model", "DetokenizeRequest"),
+    **{path: _generate("Scores of text pairs (vLLM)", "ScoreRequest") for path in ("/score", "/v1/score")},
+    **{
+        path: _generate("Documents ranked by relevance to a query (vLLM)", "RerankRequest")
+        for path in ("/rerank", "/v1/rerank", "/v2/rerank")
+    },
+    "/pooling": _generate("Pooled hidden states (vLLM)", "PoolingRequest"),
+    "/classify": _generate("Classification (vLLM)", "PoolingRequest"),
     "/v1/models": {
         "get": {
             "summary": "Models and adapters served now (and configured ones)",
@@ -181,7 +240,7 @@ PATHS: dict[str, Any] = {
 
 
 def document_openai_routes(app: FastAPI) -> None:
-    """``app.openapi()`` (what ``/openapi.json`` serves) also describes the gateway's ``/v1/*`` routes."""
+    """``app.openapi()`` (what ``/openapi.json`` serves) also describes the gateway's model routes."""
     generate = app.openapi
 
     def with_openai_routes() -> dict[str, Any]:

@@ -16,7 +16,20 @@ API_BY_PATH: dict[str, ApiKind] = {
     "/v1/chat/completions": "chat",
     "/v1/completions": "completions",
     "/v1/embeddings": "embeddings",
+    "/v1/responses": "responses",
+    "/tokenize": "tokenize",
+    "/detokenize": "detokenize",
+    "/score": "score",
+    "/v1/score": "score",
+    "/rerank": "rerank",
+    "/v1/rerank": "rerank",
+    "/v2/rerank": "rerank",
+    "/pooling": "pooling",
+    "/classify": "classify",
 }
+"""Every POST route of vLLM 0.32's server that serves a model named in its body (forwarded to the same path);
+vLLM's aliases (``/score``, ``/rerank``, ``/v2/rerank``) included."""
+STREAMING_APIS = frozenset({"chat", "completions", "responses"})
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
@@ -44,7 +57,15 @@ def build_context(
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise bad_request("'messages' must be a non-empty array", "messages")
-    else:
+    elif api == "responses":
+        prompt = body.get("input")
+        if isinstance(prompt, str) and prompt:
+            text = prompt
+        elif isinstance(prompt, list) and prompt:
+            messages = prompt
+        else:
+            raise bad_request("'input' must be a non-empty string or array of input items", "input")
+    elif api in ("completions", "embeddings"):
         field = "prompt" if api == "completions" else "input"
         prompt = body.get(field)
         if isinstance(prompt, str) and prompt:
@@ -59,6 +80,8 @@ def build_context(
             raise bad_request(
                 f"'{field}' must be a non-empty string, array of strings or array of token ids", field
             )
+    # the other routes (tokenize, score, rerank, pooling, ...) are routed by model and load only: they fill no
+    # engine's prefix cache; the engine validates their bodies
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise bad_request("'stream' must be a boolean", "stream")
@@ -78,7 +101,7 @@ def build_context(
         user=user if isinstance(user, str) and user else None,
         session_id=headers.get("x-session-id") or None,
         cache_salt=cache_salt,
-        stream=stream and api != "embeddings",
+        stream=stream and api in STREAMING_APIS,
         headers=headers,
         client_request_id=headers.get("x-request-id") or request_id,
     )

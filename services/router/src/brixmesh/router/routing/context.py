@@ -8,7 +8,10 @@ from typing import Any, Literal
 
 import msgspec
 
-ApiKind = Literal["chat", "completions", "embeddings"]
+ApiKind = Literal[
+    "chat", "completions", "embeddings", "responses", "tokenize", "detokenize", "score", "rerank", "pooling",
+    "classify",
+]
 Tokenizer = Callable[["RequestContext"], Awaitable[list[int] | None]]
 
 
