@@ -130,6 +130,7 @@ def test_every_round_robin_pod_is_used(router: ServiceProcess) -> None:
     ("path", "content", "headers", "status", "param"),
     [
         ("/v1/chat/completions", b"{not json", {}, 400, None),
+        ("/v1/chat/completions", b'{"model": "\xff"}', {}, 400, None),  # invalid UTF-8
         ("/v1/chat/completions", b"[1, 2]", {}, 400, None),
         ("/v1/chat/completions", b"", {}, 400, None),
         ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}]}', {}, 400, "model"),

@@ -13,6 +13,7 @@ import msgspec
 from nats.aio.msg import Msg
 
 from brixmesh.common.bus import Bus, NatsAuth, decoder_for
+from brixmesh.common.messages import PAYLOAD_ERRORS
 from brixmesh.common.subjects import schema_for
 
 _MAX_LIST = 8
@@ -28,7 +29,7 @@ def describe(subject: str, data: bytes) -> tuple[str, Any]:
             return "raw", {"bytes": len(data)}
     try:
         return declared.schema.__name__, msgspec.to_builtins(decoder_for(declared.schema).decode(data))
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except PAYLOAD_ERRORS as exc:
         return "undecodable", {"bytes": len(data), "error": str(exc)}
 
 

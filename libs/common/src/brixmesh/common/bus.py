@@ -23,6 +23,8 @@ from nats.js import JetStreamContext
 from nats.js.api import StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
 
+from brixmesh.common.messages import PAYLOAD_ERRORS
+
 if TYPE_CHECKING:
     from brixmesh.common.settings import ServiceSettings
 
@@ -208,7 +210,7 @@ class Bus:
         async def on_message(msg: Msg) -> None:
             try:
                 decoded = decoder.decode(msg.data)
-            except (msgspec.DecodeError, msgspec.ValidationError):
+            except PAYLOAD_ERRORS:
                 self.decode_errors += 1
                 return
             result = handler(msg.subject, decoded)
@@ -227,7 +229,7 @@ class Bus:
         async def on_request(msg: Msg) -> None:
             try:
                 decoded = decoder.decode(msg.data)
-            except (msgspec.DecodeError, msgspec.ValidationError):
+            except PAYLOAD_ERRORS:
                 self.decode_errors += 1
                 return
             if msg.reply:

@@ -10,6 +10,10 @@ from typing import Literal
 
 import msgspec
 
+PAYLOAD_ERRORS: tuple[type[Exception], ...] = (msgspec.DecodeError, UnicodeDecodeError)
+"""What decoding untrusted bytes with msgspec raises: invalid UTF-8 in a string is a ``UnicodeDecodeError``, not a
+``msgspec.DecodeError`` (``msgspec.ValidationError`` is one)."""
+
 # --- mesh -------------------------------------------------------------------------------------------
 
 

@@ -25,7 +25,7 @@ def _validation_error(
 def parse_json_body(raw: bytes) -> dict[str, Any]:
     try:
         body = _DECODER.decode(raw)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         # Rare path: stdlib json gives the exact message and position pydantic reports.
         try:
             json.loads(raw)

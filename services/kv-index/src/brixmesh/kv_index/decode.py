@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from brixmesh.common.messages import KvAllCleared, KvBlockRemoved, KvBlockStored, KvEvent
+from brixmesh.common.messages import PAYLOAD_ERRORS, KvAllCleared, KvBlockRemoved, KvBlockStored, KvEvent
 
 DEFAULT_MEDIUM = "GPU"
 _U64 = (1 << 64) - 1
@@ -118,9 +118,9 @@ def decode_payload(payload: bytes) -> DecodedBatch:
     except msgspec.ValidationError as map_error:  # (a DecodeError subclass: catch it first)
         try:
             batch = _array_decoder.decode(payload)
-        except msgspec.DecodeError:
+        except PAYLOAD_ERRORS:
             raise PayloadError(f"not a KV-event batch: {map_error}") from None
-    except msgspec.DecodeError as exc:
+    except PAYLOAD_ERRORS as exc:
         raise PayloadError(f"not msgpack: {exc}") from None
     return DecodedBatch(batch.ts, [_normalize(event) for event in batch.events])
 

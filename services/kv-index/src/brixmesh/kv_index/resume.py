@@ -15,7 +15,7 @@ from nats.js.api import DeliverPolicy
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from brixmesh.common.messages import KvAllCleared, KvEvent, KvEventBatch, KvSnapshot
+from brixmesh.common.messages import PAYLOAD_ERRORS, KvAllCleared, KvEvent, KvEventBatch, KvSnapshot
 from brixmesh.common.subjects import KV_EVENTS_STREAM, KV_SNAPSHOTS_STREAM
 
 from brixmesh.kv_index.pod_blocks import PodBlocks
@@ -92,7 +92,7 @@ async def published(js: JetStreamContext, events_subject: str, snapshots_subject
     try:
         batches = [_batch_decoder.decode(data) for _seq, data in events]
         parts = [_snapshot_decoder.decode(data) for _seq, data in snapshots]
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except PAYLOAD_ERRORS:
         return None
     blocks = rebuild(parts, batches)
     return Published(batches[-1], events[-1][0], blocks) if blocks is not None else None

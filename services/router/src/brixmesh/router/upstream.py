@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import httptools
 import msgspec
+from brixmesh.common.messages import PAYLOAD_ERRORS
 
 from brixmesh.router.routing.context import Usage
 
@@ -330,7 +331,7 @@ _usage_decoder = msgspec.json.Decoder(_UsageOnly)
 def usage_of_body(body: bytes) -> Usage | None:
     try:
         return _usage_decoder.decode(body).usage
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except PAYLOAD_ERRORS:
         return None
 
 

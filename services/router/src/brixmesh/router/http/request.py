@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import msgspec
+from brixmesh.common.messages import PAYLOAD_ERRORS
 
 from brixmesh.router.http.errors import bad_request
 from brixmesh.router.routing.context import ApiKind, RequestContext
@@ -37,7 +38,7 @@ def parse_body(raw: bytes) -> dict[str, Any]:
         raise bad_request("request body is empty; expected a JSON object")
     try:
         body = _decoder.decode(raw)
-    except msgspec.DecodeError as exc:
+    except PAYLOAD_ERRORS as exc:
         raise bad_request(f"request body is not valid JSON: {exc}") from None
     except RecursionError:
         raise bad_request("request body is nested too deeply") from None

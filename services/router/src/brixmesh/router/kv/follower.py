@@ -29,7 +29,7 @@ from nats.js.errors import NotFoundError
 
 from brixmesh.common.bus import Bus
 from brixmesh.common.kv_streams import events_stream, snapshots_stream
-from brixmesh.common.messages import KvAllCleared, KvEventBatch, KvSnapshot
+from brixmesh.common.messages import PAYLOAD_ERRORS, KvAllCleared, KvEventBatch, KvSnapshot
 from brixmesh.common.subjects import KV_EVENTS, KV_EVENTS_STREAM, KV_SNAPSHOTS, KV_SNAPSHOTS_STREAM
 
 from brixmesh.router.kv.index import PrefixIndex
@@ -205,7 +205,7 @@ class IndexFollower:
                 msg = await sub.next_msg(timeout=_SNAPSHOT_READ_TIMEOUT_S)
                 try:
                     assembler.add(decoder.decode(msg.data))
-                except (msgspec.DecodeError, msgspec.ValidationError):
+                except PAYLOAD_ERRORS:
                     self.stats.decode_errors += 1
                 if msg.metadata.sequence.stream >= last:
                     break
@@ -234,7 +234,7 @@ class IndexFollower:
     def apply_message(self, data: bytes) -> None:
         try:
             batch = self._decoder.decode(data)
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except PAYLOAD_ERRORS:
             self.stats.decode_errors += 1
             return
         cut = self._cuts.get(batch.pod)
