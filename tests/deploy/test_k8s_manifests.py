@@ -27,13 +27,18 @@ def test_kustomization_lists_every_manifest() -> None:
     assert listed == {p.relative_to(K8S).as_posix() for p in _manifests()}
 
 
-def test_every_service_has_a_deployment_with_health_probes() -> None:
+def test_every_service_has_a_workload_with_health_probes() -> None:
     deployments = {}
     for path in _manifests():
         for doc in yaml.safe_load_all(path.read_text()):
-            if doc and doc["kind"] == "Deployment":
-                deployments[doc["metadata"]["name"]] = doc
-    assert set(deployments) == {"router", "kv-index", "autoscaler", "adapter-manager", "gpu-doctor", "orchestrator"}
+            if doc and doc["kind"] in ("Deployment", "DaemonSet"):
+                deployments[(doc["kind"], doc["metadata"]["name"])] = doc
+    services = {"router", "kv-index", "autoscaler", "adapter-manager", "orchestrator"}
+    # one gpu-doctor per node, reporting for that node's GPUs under the node's name
+    assert set(deployments) == {("Deployment", name) for name in services} | {("DaemonSet", "gpu-doctor")}
+    doctor = deployments[("DaemonSet", "gpu-doctor")]["spec"]["template"]["spec"]["containers"][0]
+    node = next(e for e in doctor["env"] if e["name"] == "BRIXMESH_NODE_NAME")
+    assert node["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
     for deployment in deployments.values():
         container = deployment["spec"]["template"]["spec"]["containers"][0]
         assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
