@@ -86,12 +86,13 @@ def test_every_service_connects_as_its_own_nats_user() -> None:
 
     documents = _documents()
     for service in SERVICE_USERS:
-        container = documents[("Deployment", service)]["spec"]["template"]["spec"]["containers"][0]
+        kind = "DaemonSet" if service == "gpu-doctor" else "Deployment"
+        container = documents[(kind, service)]["spec"]["template"]["spec"]["containers"][0]
         env = {item["name"]: item for item in container["env"]}
         assert env["BRIXMESH_NATS_USER"]["value"] == service
         assert env["BRIXMESH_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
             "name": "brixmesh-secrets",
             "key": password_variable(service),
         }
-        has_admin_routes = service in ("orchestrator", "autoscaler", "router", "adapter-manager")
+        has_admin_routes = service in ("orchestrator", "autoscaler", "router", "adapter-manager", "gpu-doctor")
         assert ("BRIXMESH_ADMIN_TOKEN" in env) == has_admin_routes
