@@ -38,6 +38,12 @@ PodEventKind = Literal["added", "ready", "draining", "removed"]
 PodRole = Literal["prefill", "decode", "both"]
 
 
+NODE_LABEL = "node"
+"""Pod label: the node the pod runs on (its gpu-doctor acts on it)."""
+GPU_LABEL = "gpu"
+"""Pod label: the index of the GPU the pod runs on, on its node (several: comma-separated)."""
+
+
 class PodInfo(msgspec.Struct, kw_only=True):
     """Everything a router, scraper or KV bridge needs to reach one engine pod."""
 
