@@ -42,10 +42,12 @@ def parse_dcgm(text: str) -> list[GpuReading]:
     """Readings of every GPU in a dcgm-exporter payload (GPUs keyed by their ``gpu`` label)."""
     values: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for family in text_string_to_metric_families(text):
+        attribute = FIELDS.get(family.name)  # the parser names a counter's samples <name>_total
+        if attribute is None:
+            continue
         for sample in family.samples:
-            attribute = FIELDS.get(sample.name)
             gpu = sample.labels.get("gpu")
-            if attribute is None or gpu is None:
+            if gpu is None:
                 continue
             values[gpu][attribute] += sample.value
     readings = []
