@@ -51,7 +51,10 @@ class Doctor:
         self._resend_interval_s = resend_interval_s
         self._clock = clock
         self.pods: dict[str, PodInfo] = {}
-        """This node's pods that serve (announced added or ready, not draining)."""
+        """This node's pods that are not draining (announced added or ready)."""
+        self.ready: set[str] = set()
+        """Those of them that passed their readiness probe: only they are probed for engine symptoms (a
+        starting engine does not answer yet)."""
         self._in_force: dict[str, GpuDecision] = {}
         self.recent: deque[GpuDecision] = deque(maxlen=RECENT_DECISIONS)
         self._subject = GPU_DECISIONS.format(node=node)
@@ -69,11 +72,16 @@ class Doctor:
             return
         if event.kind in ("added", "ready"):
             self.pods[info.pod] = info
+            if event.kind == "ready":
+                self.ready.add(info.pod)
+            else:
+                self.ready.discard(info.pod)
         else:
             self.pods.pop(info.pod, None)
+            self.ready.discard(info.pod)
 
     def serving_pods(self) -> list[PodInfo]:
-        return list(self.pods.values())
+        return [self.pods[name] for name in self.ready]
 
     def pods_on(self, gpu: str) -> list[str]:
         return sorted(name for name, info in self.pods.items() if gpu in info.labels.get(GPU_LABEL, "").split(","))
