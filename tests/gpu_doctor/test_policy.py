@@ -46,7 +46,7 @@ def test_counters_below_their_threshold_are_nothing() -> None:
 
 
 def test_a_state_acts_only_after_it_held_for_its_hold_time() -> None:
-    policy = Policy(gap_s=1.5, hold_scale=0.1)  # throttle_hw holds 30 s -> 3 s
+    policy = Policy(gap_polls=0, hold_scale=0.1)  # throttle_hw holds 30 s -> 3 s
     throttled = Signal("throttle_hw", gpu="1")
     for t in (0.0, 1.0, 2.0):
         assert policy.evaluate([throttled], now=t) == []
@@ -55,21 +55,21 @@ def test_a_state_acts_only_after_it_held_for_its_hold_time() -> None:
 
 
 def test_a_state_flapping_faster_than_its_hold_never_acts() -> None:
-    policy = Policy(gap_s=1.5, hold_scale=0.1)
+    policy = Policy(gap_polls=0, hold_scale=0.1)
     throttled = Signal("throttle_hw", gpu="1")
     t = 0.0
-    for _ in range(20):  # 2 s on, 2 s off
-        for _ in range(2):
-            assert policy.evaluate([throttled], now=t) == []
+    for _ in range(20):  # 2 s on, 2 s off, a poll a second
+        for signals in ([throttled], [throttled], [], []):
+            assert policy.evaluate(signals, now=t) == []
             t += 1.0
-        t += 2.0
 
 
 def test_a_flapping_fault_does_not_replace_again_within_the_cooldown() -> None:
-    policy = Policy(cooldown_s=60.0, gap_s=1.5)
+    policy = Policy(cooldown_s=60.0, gap_polls=0)
     actions = []
-    for t in range(0, 120, 10):  # Xid 95 every 10 s for two minutes
-        actions += [(t, v.action, v.held_back) for v in policy.evaluate([xid(95)], now=float(t))]
+    for t in range(0, 120):  # Xid 95 every 10 s for two minutes, a poll a second
+        found = policy.evaluate([xid(95)] if t % 10 == 0 else [], now=float(t))
+        actions += [(t, v.action, v.held_back) for v in found]
     taken = [(t, action) for t, action, held in actions if not held]
     assert taken == [(0, "replace_pod"), (70, "replace_pod")]  # once per cooldown
     assert all(action == "observe" for _, action, held in actions if held)
@@ -78,10 +78,12 @@ def test_a_flapping_fault_does_not_replace_again_within_the_cooldown() -> None:
 
 
 def test_a_restart_that_does_not_cure_escalates_to_a_replacement() -> None:
-    policy = Policy(cooldown_s=60.0, gap_s=1.5)
+    policy = Policy(cooldown_s=60.0, gap_polls=0)
     assert [v.action for v in policy.evaluate([xid(94)], now=0.0)] == ["restart_engine"]
+    policy.evaluate([], now=10.0)
     [again] = policy.evaluate([xid(94)], now=20.0)
     assert again.action == "replace_pod" and "escalated" in again.reason
+    policy.evaluate([], now=30.0)
     [third] = policy.evaluate([xid(94)], now=40.0)
     assert third.held_back and third.action == "observe"
 
@@ -101,7 +103,16 @@ def test_targets_are_independent() -> None:
 
 def test_memory_stays_bounded_once_signals_stop() -> None:
     policy = Policy(cooldown_s=10.0)
-    for gpu in range(50):
-        policy.evaluate([xid(48, str(gpu))], now=0.0)
-    policy.evaluate([], now=100.0)
+    assert len(policy.evaluate([xid(48, str(gpu)) for gpu in range(50)], now=0.0)) == 50
+    for t in (100.0, 101.0, 102.0, 103.0):
+        policy.evaluate([], now=t)
     assert not policy._episodes and not policy._targets
+
+
+def test_slow_polls_do_not_split_an_episode() -> None:
+    policy = Policy(hold_scale=0.1)  # throttle_hw: 3 s
+    throttled = Signal("throttle_hw", gpu="0")
+    assert policy.evaluate([throttled], now=0.0) == []
+    assert policy.evaluate([throttled], now=2.5) == []  # a poll that took 2.5 s
+    [verdict] = policy.evaluate([throttled], now=5.0)
+    assert verdict.action == "replace_pod"

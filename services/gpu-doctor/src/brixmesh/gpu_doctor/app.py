@@ -104,8 +104,7 @@ def build_service(settings: GpuDoctorSettings) -> Service:
 
     async def start(service: Service) -> None:
         nonlocal doctor
-        policy = Policy(cooldown_s=settings.cooldown_s, gap_s=3 * settings.poll_interval_s,
-                        hold_scale=settings.hold_scale)
+        policy = Policy(cooldown_s=settings.cooldown_s, hold_scale=settings.hold_scale)
         doctor = Doctor(
             service.bus, node=settings.node_name, instance_id=service.instance_id, sources=[], policy=policy,
             resend_interval_s=settings.resend_interval_s, registry=service.registry,

@@ -1,7 +1,8 @@
 """From signals to verdicts, debounced. Pure: the caller passes the time.
 
-- An *episode* is a signal (kind, GPU, pod, Xid code) seen at successive polls with gaps of at most
-  ``gap_s``; it yields at most one verdict, once the signal held for its rule's ``hold_s`` (scaled by
+- An *episode* is a signal (kind, GPU, pod, Xid code) seen at successive polls, missing from at most
+  ``gap_polls`` polls in a row (polls, not seconds: a slow poll does not split an episode); it yields at
+  most one verdict, once the signal held for its rule's ``hold_s`` (scaled by
   ``hold_scale``). A signal that flaps faster than its hold never acts.
 - A *target* is the GPU (or, unknown GPU, the pod) a verdict acts on. After an action on a target, an action
   of the same or lower rank on it within ``cooldown_s`` is held back (published as ``observe`` with the
@@ -24,6 +25,7 @@ from brixmesh.gpu_doctor.signals import Signal
 class Episode:
     first_seen: float
     last_seen: float
+    last_poll: int
     count: int = 0
     decided: bool = False
 
@@ -49,18 +51,21 @@ class Policy:
         self,
         *,
         cooldown_s: float = 300.0,
-        gap_s: float = 3.0,
+        gap_polls: int = 2,
         hold_scale: float = 1.0,
         restarts_before_replace: int = 1,
     ) -> None:
         self.cooldown_s = cooldown_s
-        self.gap_s = gap_s
+        self.gap_polls = gap_polls
+        self._polls = 0
         self.hold_scale = hold_scale
         self.restarts_before_replace = restarts_before_replace
         self._episodes: dict[tuple[str, str, str, float], Episode] = {}
         self._targets: dict[str, TargetHistory] = {}
 
     def evaluate(self, signals: list[Signal], now: float) -> list[Verdict]:
+        """Judge one poll's signals (call once per poll, also with none: that is how episodes end)."""
+        self._polls += 1
         verdicts = []
         for signal in signals:
             rule = rule_for(signal.kind, signal.value)
@@ -78,9 +83,9 @@ class Policy:
         code = signal.value if signal.kind == "xid" else 0.0
         key = (signal.kind, signal.gpu, signal.pod, code)
         episode = self._episodes.get(key)
-        if episode is None or now - episode.last_seen > self.gap_s:
-            episode = self._episodes[key] = Episode(first_seen=now, last_seen=now)
-        episode.last_seen = now
+        if episode is None or self._polls - episode.last_poll > self.gap_polls + 1:
+            episode = self._episodes[key] = Episode(first_seen=now, last_seen=now, last_poll=self._polls)
+        episode.last_seen, episode.last_poll = now, self._polls
         episode.count += 1
         return episode
 
@@ -104,7 +109,8 @@ class Policy:
 
     def _forget(self, now: float) -> None:
         """Episodes and histories that can no longer matter (memory stays bounded by live signals)."""
-        for key in [k for k, e in self._episodes.items() if now - e.last_seen > max(self.gap_s, 60.0)]:
+        stale = [k for k, e in self._episodes.items() if self._polls - e.last_poll > self.gap_polls + 1]
+        for key in stale:
             del self._episodes[key]
         for key in [k for k, h in self._targets.items() if all(now - at > self.cooldown_s for at, _ in h.actions)]:
             del self._targets[key]

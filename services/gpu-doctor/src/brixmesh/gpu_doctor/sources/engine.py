@@ -4,7 +4,8 @@ and canary prompts at temperature 0 whose answer changes (silent data corruption
 - Probe: ``GET /health`` every poll; ``probe_failures`` carries the run of consecutive failures.
 - Step time: the mean inter-token latency between two scrapes of ``vllm:inter_token_latency_seconds``
   (only intervals with at least ``min_tokens`` tokens count); the baseline is the median of the pod's first
-  ``baseline_intervals`` such intervals. ``step_time_regression`` carries now / baseline.
+  ``baseline_intervals`` such intervals. ``step_time_regression`` carries latest / baseline, reported at
+  every poll until a newer interval is measured (or for ``STEP_STALE_S`` without one), like any state.
 - Canary: every ``canary_interval_s`` a fixed prompt, greedy, a few tokens. The reference answer of a
   model is the one most of its pods give (with one pod: that pod's first answer); a pod answering
   otherwise raises ``canary_mismatch``.
@@ -25,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from brixmesh.gpu_doctor.signals import Signal
 
 ITL_METRIC = "vllm:inter_token_latency_seconds"
+STEP_STALE_S = 10.0
 CANARY_PROMPT = "The quick brown fox jumps over the lazy dog. Repeat after me: one, two, three,"
 
 
@@ -80,6 +82,10 @@ class PodState:
     probe_failures: int = 0
     steps: StepBaseline = field(default_factory=StepBaseline)
     canary_due: float = 0.0
+    step: Signal | None = None
+    step_measured_at: float = 0.0
+    canary: asyncio.Task[None] | None = None
+    """The canary in flight: it runs beside the polls (a slow engine must not slow every poll)."""
     first_answer: str | None = None
     answer: str | None = None
 
@@ -108,7 +114,9 @@ class EngineSource:
     async def poll(self, now: float) -> list[Signal]:
         current = {info.pod: info for info in self._pods()}
         for gone in self._state.keys() - current.keys():
-            del self._state[gone]
+            canary = self._state.pop(gone).canary
+            if canary is not None:
+                canary.cancel()
         for name, info in current.items():
             if name not in self._state:
                 self._state[name] = PodState(
@@ -140,16 +148,22 @@ class EngineSource:
                 step = None
             if step is not None and step[1] > 0:
                 mean, baseline = step
-                found.append(Signal("step_time_regression", gpu=gpu, pod=info.pod, value=mean / baseline,
-                                    source=self.name,
-                                    detail={"itl_ms": f"{mean * 1000:.2f}", "baseline_itl_ms": f"{baseline * 1000:.2f}"}))
-        if now >= state.canary_due:
+                detail = {"itl_ms": f"{mean * 1000:.2f}", "baseline_itl_ms": f"{baseline * 1000:.2f}"}
+                state.step = Signal("step_time_regression", gpu=gpu, pod=info.pod, value=mean / baseline,
+                                    source=self.name, detail=detail)
+                state.step_measured_at = now
+            if state.step is not None and now - state.step_measured_at <= STEP_STALE_S:
+                found.append(state.step)
+        if now >= state.canary_due and (state.canary is None or state.canary.done()):
             state.canary_due = now + self._canary_interval_s
-            answer = await self._canary(info)
-            if answer is not None:
-                state.answer = answer
-                state.first_answer = state.first_answer if state.first_answer is not None else answer
+            state.canary = asyncio.get_running_loop().create_task(self._ask_canary(state))
         return found
+
+    async def _ask_canary(self, state: PodState) -> None:
+        answer = await self._canary(state.info)
+        if answer is not None:
+            state.answer = answer
+            state.first_answer = state.first_answer if state.first_answer is not None else answer
 
     async def _canary(self, info: PodInfo) -> str | None:
         body = {"model": info.model, "prompt": CANARY_PROMPT, "max_tokens": self._canary_tokens,
@@ -179,4 +193,8 @@ class EngineSource:
         return found
 
     async def close(self) -> None:
+        canaries = [state.canary for state in self._state.values() if state.canary is not None]
+        for canary in canaries:
+            canary.cancel()
+        await asyncio.gather(*canaries, return_exceptions=True)
         await self._http.aclose()
