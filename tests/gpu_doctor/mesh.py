@@ -80,7 +80,8 @@ class Mesh:
         return next(e.pod.endpoint for e in self.events.events if e.pod.pod == pod)
 
     async def inject(self, *faults: dict[str, object]) -> None:
-        response = await self.http.post(f"{self.doctor.url}/admin/faults", json=list(faults), headers=ADMIN_HEADERS)
+        url = f"{self.doctor.url}/admin/faults"
+        response = await self.http.post(url, json=list(faults), headers=ADMIN_HEADERS)
         assert response.status_code == 201, response.text
 
     async def engine_fault(self, pod: str, **faults: object) -> None:
@@ -111,9 +112,10 @@ async def run_mesh(nats_url: str, work_dir: Path, gpus: int = 4) -> AsyncIterato
     try:
         async with (
             run_orchestrator(nats_url, work_dir, orchestrator_env) as orchestrator,
-            service_process("brixmesh.router", nats_url, work_dir / "router.log", {"BRIXMESH_HOST": "127.0.0.1"},
-                            stop_grace_s=15.0) as router,
-            service_process("brixmesh.gpu_doctor", nats_url, work_dir / "doctor.log", DOCTOR_SETTINGS) as doctor,
+            service_process("brixmesh.router", nats_url, work_dir / "router.log",
+                            {"BRIXMESH_HOST": "127.0.0.1"}, stop_grace_s=15.0) as router,
+            service_process("brixmesh.gpu_doctor", nats_url, work_dir / "doctor.log",
+                            DOCTOR_SETTINGS) as doctor,
             httpx.AsyncClient(timeout=30) as http,
         ):  # fmt: skip
             yield Mesh(bus, orchestrator, router, doctor, events, decisions, http)

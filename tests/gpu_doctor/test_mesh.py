@@ -50,7 +50,8 @@ async def test_gpu_fault_drains_the_pod_in_flight_requests_finish_and_a_replacem
         await mesh.inject({"gpu": gpu, "signal": "xid", "value": 48})
 
         decision = await mesh.decisions.wait_for(action="replace_pod", signal="xid")
-        assert (decision.node, decision.gpu, decision.pods, decision.severity) == (NODE, gpu, [victim], "critical")
+        assert (decision.node, decision.gpu, decision.pods) == (NODE, gpu, [victim])
+        assert decision.severity == "critical"
         assert "Xid 48" in decision.reason and decision.evidence["source"] == "sim"
         await mesh.events.wait_for("draining", pod=victim, timeout=10)
 

@@ -59,7 +59,8 @@ class Doctor:
         self.recent: deque[GpuDecision] = deque(maxlen=RECENT_DECISIONS)
         self._subject = GPU_DECISIONS.format(node=node)
         self._signals = Counter(
-            "brixmesh_gpu_doctor_signals", "Signals seen, by kind and source", ["kind", "source"], registry=registry
+            "brixmesh_gpu_doctor_signals", "Signals seen, by kind and source", ["kind", "source"],
+            registry=registry,
         )
         self._decisions = Counter(
             "brixmesh_gpu_doctor_decisions", "Decisions published (first sending), by action", ["action"],
@@ -84,7 +85,9 @@ class Doctor:
         return [self.pods[name] for name in self.ready]
 
     def pods_on(self, gpu: str) -> list[str]:
-        return sorted(name for name, info in self.pods.items() if gpu in info.labels.get(GPU_LABEL, "").split(","))
+        return sorted(
+            name for name, info in self.pods.items() if gpu in info.labels.get(GPU_LABEL, "").split(",")
+        )
 
     async def tick(self) -> list[GpuDecision]:
         now = self._clock()
@@ -103,7 +106,9 @@ class Doctor:
             self._decisions.labels(decision.action).inc()
             self.recent.append(decision)
             if decision.action != "observe":
-                log.warning("%s gpu %r pods %s: %s", decision.action, decision.gpu, decision.pods, decision.reason)
+                log.warning(
+                    "%s gpu %r pods %s: %s", decision.action, decision.gpu, decision.pods, decision.reason
+                )
                 self._in_force[decision.decision_id] = decision
         return decisions
 
@@ -122,7 +127,8 @@ class Doctor:
         if signal.pod:
             evidence["pod"] = signal.pod
         return GpuDecision(
-            decision_id=uuid.uuid4().hex[:12], node=self.node, gpu=signal.gpu, pods=pods, action=verdict.action,
+            decision_id=uuid.uuid4().hex[:12], node=self.node, gpu=signal.gpu, pods=pods,
+            action=verdict.action,
             severity=verdict.rule.severity, signal=signal.kind, value=signal.value, reason=verdict.reason,
             evidence=evidence, doctor=self._instance_id, ts=now,
         )  # fmt: skip

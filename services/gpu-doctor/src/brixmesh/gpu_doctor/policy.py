@@ -102,8 +102,11 @@ class Policy:
             blocking = [(at, taken) for at, taken in recent if ACTION_RANK[taken] >= ACTION_RANK[action]]
             if blocking:
                 at, taken = blocking[-1]
-                reason += f"; held back: {taken} of this {target.split(':')[0]} {now - at:.0f} s ago (debounce)"
-                return Verdict(signal, rule, "observe", reason, episode.first_seen, episode.count, held_back=True)
+                kind = target.split(":")[0]
+                reason += f"; held back: {taken} of this {kind} {now - at:.0f} s ago (debounce)"
+                return Verdict(
+                    signal, rule, "observe", reason, episode.first_seen, episode.count, held_back=True
+                )
             history.actions = [*recent, (now, action)]
         return Verdict(signal, rule, action, reason, episode.first_seen, episode.count)
 
@@ -112,5 +115,6 @@ class Policy:
         stale = [k for k, e in self._episodes.items() if self._polls - e.last_poll > self.gap_polls + 1]
         for key in stale:
             del self._episodes[key]
-        for key in [k for k, h in self._targets.items() if all(now - at > self.cooldown_s for at, _ in h.actions)]:
+        idle = [k for k, h in self._targets.items() if all(now - at > self.cooldown_s for at, _ in h.actions)]
+        for key in idle:
             del self._targets[key]

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 from brixmesh.gpu_doctor.signals import Signal
 
-# nvmlClocksEventReasons (formerly ...ThrottleReasons) bits, as in nvml.h and DCGM_FI_DEV_CLOCK_THROTTLE_REASONS
+# nvmlClocksEventReasons (formerly ...ThrottleReasons) bits, as in nvml.h and
+# DCGM_FI_DEV_CLOCK_THROTTLE_REASONS
 THROTTLE_SW_POWER_CAP = 0x4
 THROTTLE_HW_SLOWDOWN = 0x8
 THROTTLE_SW_THERMAL = 0x20

@@ -16,11 +16,13 @@ class GpuDoctorSettings(ServiceSettings):
     dcgm_url: str = ""
     """A DCGM exporter's metrics URL, e.g. ``http://<node>:9400/metrics``."""
     fault_script: Path | None = None
-    """YAML fault script of the ``sim`` source (faults can also be added at run time: ``POST /admin/faults``)."""
+    """YAML fault script of the ``sim`` source (faults can also be added at run time:
+    ``POST /admin/faults``)."""
     poll_interval_s: float = Field(default=1.0, gt=0)
     resend_interval_s: float = Field(default=2.0, gt=0)
     cooldown_s: float = Field(default=300.0, ge=0)
-    """After an action on a GPU (or pod), actions of the same or a lower rank on it are held back this long."""
+    """After an action on a GPU (or pod), actions of the same or a lower rank on it are held back this
+    long."""
     hold_scale: float = Field(default=1.0, ge=0)
     """Multiplies every catalogue hold time (tests and benchmarks shorten them)."""
     canary_interval_s: float = Field(default=10.0, gt=0)

@@ -1,7 +1,8 @@
 """Wiring of the orchestrator service.
 
 Inputs: deployment specs (YAML files at start, HTTP API), ``scale.decisions.*`` (autoscaler),
-``gpu.decisions.<node>`` (this node's gpu-doctor: drain, replace, cordon), pod process states (local backend). State: :class:`~brixmesh.orchestrator.controller.Orchestrator` (deployments, desired
+``gpu.decisions.<node>`` (this node's gpu-doctor: drain, replace, cordon), pod process states (local
+backend). State: :class:`~brixmesh.orchestrator.controller.Orchestrator` (deployments, desired
 replicas, drains in progress), durable in the state directory, and the pods it adopts at start. Outputs: pods
 started/drained/stopped, ``pods.*`` lifecycle events, ``pods.list`` answers, ``deployments.status.*``, the
 HTTP API.
@@ -109,7 +110,8 @@ def build_service(settings: OrchestratorSettings) -> Service:
         )
         await service.bus.serve(PODS_LIST.template, PodListRequest, announcer.pod_list)
         await service.bus.subscribe(SCALE_DECISIONS.pattern(), ScaleDecision, on_decision)
-        await service.bus.subscribe(GPU_DECISIONS.format(node=settings.node_name), GpuDecision, on_gpu_decision)
+        own_node = GPU_DECISIONS.format(node=settings.node_name)
+        await service.bus.subscribe(own_node, GpuDecision, on_gpu_decision)
         service.spawn(announcer.publish_changes(), "pod-events")
         service.spawn(announcer.reannounce_forever(), "pod-reannounce")
         status = StatusPublisher(service.bus, orchestrator, instance_id=service.instance_id)

@@ -39,7 +39,8 @@ class Cordons:
         return True
 
     def uncordon(self, node: str, gpu: str | None = None) -> list[Cordon]:
-        """Lift the node's cordon and its GPUs' (``gpu`` None), or one GPU's (``gpu`` "" is the node's own)."""
+        """Lift the node's cordon and its GPUs' (``gpu`` None), or one GPU's (``gpu`` "": the node's
+        own)."""
         lifted = [c for key, c in self._cordons.items() if key[0] == node and (gpu is None or key[1] == gpu)]
         for cordon in lifted:
             del self._cordons[(cordon.node, cordon.gpu)]

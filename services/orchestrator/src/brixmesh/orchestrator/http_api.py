@@ -73,7 +73,8 @@ def add_routes(app: FastAPI, orchestrator: Orchestrator) -> None:
 
     @app.delete("/v1/cordons/{node}")
     async def uncordon(node: str, gpu: str | None = None) -> JSONResponse:
-        """Lift a node's cordons (``?gpu=N``: only that GPU's) once it is fixed; new pods may land there again."""
+        """Lift a node's cordons (``?gpu=N``: only that GPU's) once it is fixed; new pods may land there
+        again."""
         lifted = orchestrator.backend.cordons.uncordon(node, gpu)
         if not lifted:
             return not_found(f"no cordon on node {node!r}" + (f" gpu {gpu!r}" if gpu is not None else ""))

@@ -341,7 +341,8 @@ class LocalBackend:
         node_cordon = self.cordons.node_cordon(self.node_name)
         if node_cordon is not None:
             raise Unschedulable(f"node {self.node_name} is cordoned: {node_cordon.reason}")
-        free = [str(gpu) for gpu in range(self.gpus) if self.cordons.blocking(self.node_name, str(gpu)) is None]
+        gpus = [str(gpu) for gpu in range(self.gpus)]
+        free = [gpu for gpu in gpus if self.cordons.blocking(self.node_name, gpu) is None]
         if not free:
             raise Unschedulable(f"every GPU of node {self.node_name} is cordoned")
         load = {gpu: 0 for gpu in free}

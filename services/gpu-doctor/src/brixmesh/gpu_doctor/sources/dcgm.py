@@ -51,7 +51,8 @@ def parse_dcgm(text: str) -> list[GpuReading]:
                 continue
             values[gpu][attribute] += sample.value
     readings = []
-    for gpu, fields in sorted(values.items(), key=lambda item: int(item[0]) if item[0].isdigit() else item[0]):
+    by_index = sorted(values.items(), key=lambda item: (len(item[0]), item[0]))
+    for gpu, fields in by_index:
         typed = {
             name: bool(value) if name in _FLAGS else int(value) if name in _INTEGERS else value
             for name, value in fields.items()

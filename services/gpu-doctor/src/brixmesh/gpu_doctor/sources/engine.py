@@ -188,8 +188,9 @@ class EngineSource:
                 expected = canary_reference(answers, first, name)
                 if answer != expected:
                     info = self._state[name].info
+                    detail = {"expected": expected[:80], "got": answer[:80]}
                     found.append(Signal("canary_mismatch", gpu=info.labels.get(GPU_LABEL, ""), pod=name,
-                                        source=self.name, detail={"expected": expected[:80], "got": answer[:80]}))
+                                        source=self.name, detail=detail))
         return found
 
     async def close(self) -> None:

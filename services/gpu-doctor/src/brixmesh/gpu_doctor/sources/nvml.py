@@ -18,7 +18,9 @@ from brixmesh.gpu_doctor.readings import GpuReading, reading_signals
 from brixmesh.gpu_doctor.signals import Signal
 
 T = TypeVar("T")
-NVLINK_ERRORS = ("NVML_NVLINK_ERROR_DL_CRC_FLIT", "NVML_NVLINK_ERROR_DL_CRC_DATA", "NVML_NVLINK_ERROR_DL_REPLAY")
+NVLINK_ERRORS = (
+    "NVML_NVLINK_ERROR_DL_CRC_FLIT", "NVML_NVLINK_ERROR_DL_CRC_DATA", "NVML_NVLINK_ERROR_DL_REPLAY"
+)
 
 
 class NvmlUnavailable(RuntimeError):
@@ -59,7 +61,7 @@ class NvmlSource:
 
     def read_all(self) -> list[GpuReading]:
         xids = self._drain_xids()
-        return [self._read(index, handle, tuple(xids.get(index, ()))) for index, handle in enumerate(self._handles)]
+        return [self._read(i, handle, tuple(xids.get(i, ()))) for i, handle in enumerate(self._handles)]
 
     def _drain_xids(self) -> dict[int, list[int]]:
         found: dict[int, list[int]] = {}
@@ -106,7 +108,11 @@ class NvmlSource:
                 continue
             for counter in counters:
                 total += _optional(
-                    lambda c=counter: pynvml.nvmlDeviceGetNvLinkErrorCounter(handle, link, getattr(pynvml, c)), 0)
+                    lambda c=counter: pynvml.nvmlDeviceGetNvLinkErrorCounter(
+                        handle, link, getattr(pynvml, c)
+                    ),
+                    0,
+                )
         return total
 
     async def poll(self, now: float) -> list[Signal]:
