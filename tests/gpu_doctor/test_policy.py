@@ -116,3 +116,22 @@ def test_slow_polls_do_not_split_an_episode() -> None:
     assert policy.evaluate([throttled], now=2.5) == []  # a poll that took 2.5 s
     [verdict] = policy.evaluate([throttled], now=5.0)
     assert verdict.action == "replace_pod"
+
+
+def test_tap_shows_why_a_pod_was_taken_out() -> None:
+    import msgspec
+
+    from brixmesh.cli.tap import describe, readable
+    from brixmesh.common.messages import GpuDecision
+    from brixmesh.common.subjects import GPU_DECISIONS
+
+    decision = GpuDecision(
+        decision_id="d1", node="node-a", gpu="3", pods=["chat-1a2b3"], action="replace_pod", severity="critical",
+        signal="xid", value=48, reason="Xid 48: double-bit ECC error; the GPU needs a reset",
+        evidence={"source": "nvml", "temperature_c": "71"}, ts=1.0,
+    )  # fmt: skip
+    schema, body = describe(GPU_DECISIONS.format(node="node-a"), msgspec.msgpack.encode(decision))
+    line = readable(body)
+    assert schema == "GpuDecision"
+    assert "action=replace_pod" in line and "pods=[chat-1a2b3]" in line and "double-bit ECC" in line
+    assert "source=nvml" in line
