@@ -16,6 +16,8 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 
+import msgspec
+
 from brixmesh.common.bus import Bus
 from brixmesh.common.messages import GPU_LABEL, NODE_LABEL, GpuDecision, PodEvent, PodInfo
 from brixmesh.common.subjects import GPU_DECISIONS
@@ -140,8 +142,7 @@ class Doctor:
             if not serving:
                 del self._in_force[decision_id]
                 continue
-            decision.pods, decision.resent, decision.ts = serving, True, self._clock()
-            await self._publish(decision)
+            await self._publish(msgspec.structs.replace(decision, pods=serving, resent=True, ts=self._clock()))
 
     async def _publish(self, decision: GpuDecision) -> None:
         await self._bus.publish(self._subject, decision)
