@@ -36,7 +36,7 @@ import httpx
 
 from brixmesh.common.admin import bearer_header
 from brixmesh.common.bus import Bus
-from brixmesh.common.messages import GPU_LABEL, GpuDecision, PodEvent
+from brixmesh.common.messages import GPU_INDEX_LABEL, GpuDecision, PodEvent
 from brixmesh.common.ports import free_port
 from brixmesh.common.servers import NatsServer
 from brixmesh.common.subjects import GPU_DECISIONS, PODS
@@ -225,7 +225,7 @@ async def one_fault(
 ) -> dict[str, Any]:
     pods = seen.ready_pods()
     victim = sorted(pods.values(), key=lambda e: e.pod.pod)[0].pod
-    gpu = victim.labels[GPU_LABEL]
+    gpu = victim.labels[GPU_INDEX_LABEL]
     injected = time.time()
     if doctor_fault is not None:
         body = [{"gpu": gpu, **doctor_fault}]

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 
 from brixmesh.common.bus import Bus
-from brixmesh.common.messages import GPU_LABEL, GpuDecision
+from brixmesh.common.messages import GPU_INDEX_LABEL, GpuDecision
 from brixmesh.common.subjects import GPU_DECISIONS
 from tests.orchestrator.orchestrator_proc import OrchestratorProcess, PodEventLog, run_orchestrator
 from tests.service_proc import ADMIN_HEADERS, ServiceProcess, service_process
@@ -74,7 +74,7 @@ class Mesh:
         return [event.pod.pod for event in ready]
 
     def gpu_of(self, pod: str) -> str:
-        return next(e.pod.labels[GPU_LABEL] for e in self.events.events if e.pod.pod == pod)
+        return next(e.pod.labels[GPU_INDEX_LABEL] for e in self.events.events if e.pod.pod == pod)
 
     def endpoint_of(self, pod: str) -> str:
         return next(e.pod.endpoint for e in self.events.events if e.pod.pod == pod)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from brixmesh.common.messages import GPU_LABEL
+from brixmesh.common.messages import GPU_INDEX_LABEL
 from brixmesh.common.servers import NatsServer
 from tests.gpu_doctor.mesh import NODE, run_mesh
 from tests.waiting import eventually
@@ -69,7 +69,7 @@ async def test_gpu_fault_drains_the_pod_in_flight_requests_finish_and_a_replacem
         await mesh.events.wait_for("removed", pod=victim, timeout=40)
         ready = await mesh.events.wait_for("ready", count=3, timeout=60)
         replacement = ready[2].pod
-        assert replacement.labels[GPU_LABEL] != gpu
+        assert replacement.labels[GPU_INDEX_LABEL] != gpu
         await mesh.wait_routed_to({replacement.pod})
         cordons = (await mesh.orchestrator.http.get("/v1/cordons")).json()["data"]
         assert [(c["node"], c["gpu"]) for c in cordons] == [(NODE, gpu)]
@@ -141,7 +141,7 @@ async def test_a_flapping_fault_replaces_once_and_a_lost_gpu_cordons_the_node(
         assert not mesh.events.matching("draining", second.pod.pod)
 
         # the replacement's GPU falls off the bus: its pod drains, nothing new is placed on the node
-        other = second.pod.labels[GPU_LABEL]
+        other = second.pod.labels[GPU_INDEX_LABEL]
         assert other != gpu
         await mesh.inject({"gpu": other, "signal": "xid", "value": 79})
         decision = await mesh.decisions.wait_for(action="cordon_node")

@@ -38,10 +38,11 @@ PodEventKind = Literal["added", "ready", "draining", "removed"]
 PodRole = Literal["prefill", "decode", "both"]
 
 
-NODE_LABEL = "node"
+NODE_LABEL = "brixmesh.io/node"
 """Pod label: the node the pod runs on (its gpu-doctor acts on it)."""
-GPU_LABEL = "gpu"
-"""Pod label: the index of the GPU the pod runs on, on its node (several: comma-separated)."""
+GPU_INDEX_LABEL = "brixmesh.io/gpu-index"
+"""Pod label: the index of the GPU the pod runs on, on its node (several: comma-separated). Not the GPU
+type, which is ``brixmesh.common.shapes.GPU_LABEL``."""
 
 
 class PodInfo(msgspec.Struct, kw_only=True):

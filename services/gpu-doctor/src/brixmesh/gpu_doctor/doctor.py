@@ -19,7 +19,7 @@ from collections.abc import Callable
 import msgspec
 
 from brixmesh.common.bus import Bus
-from brixmesh.common.messages import GPU_LABEL, NODE_LABEL, GpuDecision, PodEvent, PodInfo
+from brixmesh.common.messages import GPU_INDEX_LABEL, NODE_LABEL, GpuDecision, PodEvent, PodInfo
 from brixmesh.common.subjects import GPU_DECISIONS
 from prometheus_client import CollectorRegistry, Counter
 
@@ -88,7 +88,7 @@ class Doctor:
 
     def pods_on(self, gpu: str) -> list[str]:
         return sorted(
-            name for name, info in self.pods.items() if gpu in info.labels.get(GPU_LABEL, "").split(",")
+            name for name, info in self.pods.items() if gpu in info.labels.get(GPU_INDEX_LABEL, "").split(",")
         )
 
     async def tick(self) -> list[GpuDecision]:

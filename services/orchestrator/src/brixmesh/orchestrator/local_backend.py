@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 from brixmesh.common.lora import lora_limits
-from brixmesh.common.messages import GPU_LABEL, NODE_LABEL, PodEvent, PodEventKind, PodInfo, PodPhase
+from brixmesh.common.messages import GPU_INDEX_LABEL, NODE_LABEL, PodEvent, PodEventKind, PodInfo, PodPhase
 from brixmesh.common.ports import free_port
 from brixmesh.common.supervisor import ProcessSpec, ProcessState, ReadinessProbe, SupervisedProcess
 
@@ -104,7 +104,7 @@ class LocalBackend:
             kv_events=placement.kv_events_endpoint, kv_replay=placement.kv_replay_endpoint,
             block_size=launch.block_size, engine_argv=launch.argv,
         )  # fmt: skip
-        info.labels.update({NODE_LABEL: self.node_name, GPU_LABEL: gpu})
+        info.labels.update({NODE_LABEL: self.node_name, GPU_INDEX_LABEL: gpu})
         pod = Pod(info=info, generation=generation, slot=slot)
         command = LaunchRecord(
             argv=launch.argv,
@@ -347,7 +347,7 @@ class LocalBackend:
             raise Unschedulable(f"every GPU of node {self.node_name} is cordoned")
         load = {gpu: 0 for gpu in free}
         for pod in self._pods.values():
-            gpu = pod.info.labels.get(GPU_LABEL, "")
+            gpu = pod.info.labels.get(GPU_INDEX_LABEL, "")
             if gpu in load and not pod.draining:
                 load[gpu] += 1
         return min(free, key=lambda gpu: (load[gpu], int(gpu)))

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
-from brixmesh.common.messages import GPU_LABEL, PodInfo
+from brixmesh.common.messages import GPU_INDEX_LABEL, PodInfo
 from prometheus_client.parser import text_string_to_metric_families
 
 from brixmesh.gpu_doctor.signals import Signal
@@ -129,7 +129,7 @@ class EngineSource:
 
     async def _check(self, state: PodState, now: float) -> list[Signal]:
         info = state.info
-        gpu = info.labels.get(GPU_LABEL, "")
+        gpu = info.labels.get(GPU_INDEX_LABEL, "")
         found = []
         try:
             (await self._http.get(info.endpoint + "/health")).raise_for_status()
@@ -189,7 +189,7 @@ class EngineSource:
                 if answer != expected:
                     info = self._state[name].info
                     detail = {"expected": expected[:80], "got": answer[:80]}
-                    found.append(Signal("canary_mismatch", gpu=info.labels.get(GPU_LABEL, ""), pod=name,
+                    found.append(Signal("canary_mismatch", gpu=info.labels.get(GPU_INDEX_LABEL, ""), pod=name,
                                         source=self.name, detail=detail))
         return found
 
