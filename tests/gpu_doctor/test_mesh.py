@@ -16,8 +16,11 @@ from tests.gpu_doctor.mesh import NODE, run_mesh
 from tests.waiting import eventually
 
 
-async def stream_through(router_url: str, max_tokens: int) -> tuple[str, int, str | None]:
-    """A streamed completion through the router: (pod that served it, tokens received, finish reason)."""
+async def stream_through(
+    router_url: str, max_tokens: int, started: asyncio.Queue[str]
+) -> tuple[str, int, str | None]:
+    """A streamed completion through the router: (pod that served it, tokens received, finish reason); the
+    pod goes into ``started`` as soon as the response begins."""
     body = {"model": "tiny-llama", "prompt": "a long story", "max_tokens": max_tokens, "stream": True,
             "stream_options": {"include_usage": True}}
     tokens, finish = 0, None
@@ -27,6 +30,7 @@ async def stream_through(router_url: str, max_tokens: int) -> tuple[str, int, st
     ):
         assert response.status_code == 200
         pod = response.headers["x-brixmesh-pod"]
+        started.put_nowait(pod)
         async for line in response.aiter_lines():
             if line.startswith("data: {"):
                 chunk = json.loads(line[6:])
@@ -43,10 +47,10 @@ async def test_gpu_fault_drains_the_pod_in_flight_requests_finish_and_a_replacem
     async with run_mesh(fresh_nats_server.url, tmp_path) as mesh:
         pods = await mesh.deploy(2)
         await mesh.wait_routed_to(set(pods))
-        streams = [asyncio.create_task(stream_through(mesh.router.url, 60)) for _ in range(4)]
-        victim = pods[0]
+        started: asyncio.Queue[str] = asyncio.Queue()
+        streams = [asyncio.create_task(stream_through(mesh.router.url, 60, started)) for _ in range(4)]
+        victim = await asyncio.wait_for(started.get(), 10)  # a pod with a stream in flight
         gpu = mesh.gpu_of(victim)
-        await asyncio.sleep(0.5)  # the streams are admitted and generating
         await mesh.inject({"gpu": gpu, "signal": "xid", "value": 48})
 
         decision = await mesh.decisions.wait_for(action="replace_pod", signal="xid")
