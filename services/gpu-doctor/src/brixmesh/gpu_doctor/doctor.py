@@ -130,9 +130,8 @@ class Doctor:
             evidence["pod"] = signal.pod
         return GpuDecision(
             decision_id=uuid.uuid4().hex[:12], node=self.node, gpu=signal.gpu, pods=pods,
-            action=verdict.action,
-            severity=verdict.rule.severity, signal=signal.kind, value=signal.value, reason=verdict.reason,
-            evidence=evidence, doctor=self._instance_id, ts=now,
+            action=verdict.action, severity=verdict.rule.severity, signal=signal.kind, value=signal.value,
+            reason=verdict.reason, evidence=evidence, doctor=self._instance_id, ts=now,
         )  # fmt: skip
 
     async def resend_in_force(self) -> None:
