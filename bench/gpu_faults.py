@@ -44,6 +44,8 @@ from brixmesh.common.subjects import GPU_DECISIONS, PODS
 NODE = "bench-node"
 SIM = ["--perf-model", "constant", "--time-to-first-token", "5", "--inter-token-latency", "20"]
 REPLICAS = 4
+BASELINE_S = 15.0
+"""A pod serves this long under load before its step time is slowed (its baseline is measured first)."""
 
 # (name, expected action, doctor fault or None, engine fault or None); a fault needs load on its pod to show
 FAULTS: list[tuple[str, str, dict[str, Any] | None, dict[str, Any] | None]] = [
@@ -72,11 +74,12 @@ class Observed:
         if not decision.resent:
             self.decisions.append((time.time(), decision))
 
-    def ready_pods(self) -> dict[str, PodEvent]:
-        state: dict[str, PodEvent] = {}
-        for _, event in self.events:
+    def ready_pods(self) -> dict[str, tuple[float, PodEvent]]:
+        """Pods ready now, with when they became ready."""
+        state: dict[str, tuple[float, PodEvent]] = {}
+        for t, event in self.events:
             if event.kind == "ready":
-                state[event.pod.pod] = event
+                state.setdefault(event.pod.pod, (t, event))
             else:
                 state.pop(event.pod.pod, None)
         return state
@@ -223,8 +226,11 @@ async def one_fault(
     name: str, expected: str, doctor_fault: dict[str, Any] | None, engine_fault: dict[str, Any] | None,
     seen: Observed, load: Load, http: httpx.AsyncClient, urls: dict[str, str], admin: dict[str, str],
 ) -> dict[str, Any]:
-    pods = seen.ready_pods()
-    victim = sorted(pods.values(), key=lambda e: e.pod.pod)[0].pod
+    ready_at, event = min(seen.ready_pods().values(), key=lambda item: item[0])  # the longest serving
+    victim = event.pod
+    if engine_fault is not None and "slowdown" in engine_fault:
+        # step time is judged against the pod's own baseline, measured over its first busy seconds
+        await asyncio.sleep(max(0.0, ready_at + BASELINE_S - time.time()))
     gpu = victim.labels[GPU_INDEX_LABEL]
     injected = time.time()
     if doctor_fault is not None:
