@@ -189,9 +189,10 @@ async def run(steady_s: float, hold_scale: float, clients: int) -> dict[str, Any
             }  # fmt: skip
 
             results = []
+            touched: set[str] = set()
             for name, expected, doctor_fault, engine_fault in FAULTS:
                 results.append(await one_fault(
-                    name, expected, doctor_fault, engine_fault, seen, load, http, urls, admin
+                    name, expected, doctor_fault, engine_fault, seen, load, http, urls, admin, touched
                 ))  # fmt: skip
                 if expected == "cordon_node":
                     await http.delete(f"{urls['orchestrator']}/v1/cordons/{NODE}", headers=admin)
@@ -225,9 +226,15 @@ async def whole(seen: Observed, since: float, timeout_s: float) -> float:
 async def one_fault(
     name: str, expected: str, doctor_fault: dict[str, Any] | None, engine_fault: dict[str, Any] | None,
     seen: Observed, load: Load, http: httpx.AsyncClient, urls: dict[str, str], admin: dict[str, str],
+    touched: set[str],
 ) -> dict[str, Any]:
-    ready_at, event = min(seen.ready_pods().values(), key=lambda item: item[0])  # the longest serving
+    # the longest-serving pod on a GPU no earlier fault touched: the policy judges each GPU by its history
+    # (a restart within the cooldown escalates to a replacement), and each fault here is measured alone
+    ready = sorted(seen.ready_pods().values(), key=lambda item: item[0])
+    fresh = [item for item in ready if item[1].pod.labels[GPU_INDEX_LABEL] not in touched]
+    ready_at, event = (fresh or ready)[0]
     victim = event.pod
+    touched.add(victim.labels[GPU_INDEX_LABEL])
     if engine_fault is not None and "slowdown" in engine_fault:
         # step time is judged against the pod's own baseline, measured over its first busy seconds
         await asyncio.sleep(max(0.0, ready_at + BASELINE_S - time.time()))
