@@ -20,6 +20,7 @@ GUARDED = {
         ("PUT", "/v1/deployments/chat", {"model": "tiny-llama", "replicas": 0}),
         ("PATCH", "/v1/deployments/chat", {"replicas": 0}),
         ("DELETE", "/v1/deployments/chat", None),
+        ("DELETE", "/v1/cordons/node-a", None),
     ],
     "brixmesh.autoscaler": [
         ("PUT", "/v1/autoscalers/a", {"deployment": "chat", "strategy": "apa"}),
@@ -31,10 +32,14 @@ GUARDED = {
     ],
     "brixmesh.kv_index": [("POST", "/admin/anything", {})],
     "brixmesh.adapter_manager": [("DELETE", "/v1/anything", None)],
-    "brixmesh.gpu_doctor": [("POST", "/v1/anything", {})],
+    "brixmesh.gpu_doctor": [
+        ("POST", "/admin/faults", [{"gpu": "0", "signal": "xid", "value": 79}]),
+        ("GET", "/admin/faults", None),
+    ],
 }
 OPEN = {
-    "brixmesh.orchestrator": ["/v1/deployments", "/v1/pods"],
+    "brixmesh.orchestrator": ["/v1/deployments", "/v1/pods", "/v1/cordons"],
+    "brixmesh.gpu_doctor": ["/v1/decisions", "/v1/health"],
     "brixmesh.autoscaler": ["/v1/autoscalers"],
     "brixmesh.router": ["/v1/models"],
 }

@@ -117,6 +117,9 @@ async def test_only_the_owner_publishes_its_subjects(
         assert not await _delivered(cli, router, "kv.events.m.chat-0")
         assert not await _delivered(cli, orchestrator, "kv.snapshots.m.chat-0")
         assert await _delivered(cli, router, "router.routing.r1")
+        doctor = await users.as_user("gpu-doctor")
+        assert await _delivered(cli, doctor, "gpu.decisions.node-a")
+        assert not await _delivered(cli, router, "gpu.decisions.node-a")
         assert not await _delivered(cli, kv_index, "router.routing.r1")
         assert not await _delivered(orchestrator, cli, "mesh.heartbeat.router")  # the cli user only reads
         assert not await _delivered(cli, router, "mesh.heartbeat.orchestrator")  # nor impersonates

@@ -84,7 +84,7 @@ def test_nats_runs_with_per_service_users_and_every_service_has_its_own() -> Non
         assert env["BRIXMESH_NATS_USER"] == name
         assert env["BRIXMESH_NATS_PASSWORD"] == SECRETS[password_variable(name)]
         assert nats["environment"][password_variable(name)] == SECRETS[password_variable(name)]
-    for name in ("orchestrator", "autoscaler", "router", "adapter-manager"):  # the services with admin routes
+    for name in ("orchestrator", "autoscaler", "router", "adapter-manager", "gpu-doctor"):  # with admin routes
         assert resolved[name]["environment"]["BRIXMESH_ADMIN_TOKEN"] == SECRETS["BRIXMESH_ADMIN_TOKEN"]
 
 

@@ -27,13 +27,18 @@ def test_kustomization_lists_every_manifest() -> None:
     assert listed == {p.relative_to(K8S).as_posix() for p in _manifests()}
 
 
-def test_every_service_has_a_deployment_with_health_probes() -> None:
+def test_every_service_has_a_workload_with_health_probes() -> None:
     deployments = {}
     for path in _manifests():
         for doc in yaml.safe_load_all(path.read_text()):
-            if doc and doc["kind"] == "Deployment":
-                deployments[doc["metadata"]["name"]] = doc
-    assert set(deployments) == {"router", "kv-index", "autoscaler", "adapter-manager", "gpu-doctor", "orchestrator"}
+            if doc and doc["kind"] in ("Deployment", "DaemonSet"):
+                deployments[(doc["kind"], doc["metadata"]["name"])] = doc
+    services = {"router", "kv-index", "autoscaler", "adapter-manager", "orchestrator"}
+    # one gpu-doctor per node, reporting for that node's GPUs under the node's name
+    assert set(deployments) == {("Deployment", name) for name in services} | {("DaemonSet", "gpu-doctor")}
+    doctor = deployments[("DaemonSet", "gpu-doctor")]["spec"]["template"]["spec"]["containers"][0]
+    node = next(e for e in doctor["env"] if e["name"] == "BRIXMESH_NODE_NAME")
+    assert node["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
     for deployment in deployments.values():
         container = deployment["spec"]["template"]["spec"]["containers"][0]
         assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
@@ -81,12 +86,13 @@ def test_every_service_connects_as_its_own_nats_user() -> None:
 
     documents = _documents()
     for service in SERVICE_USERS:
-        container = documents[("Deployment", service)]["spec"]["template"]["spec"]["containers"][0]
+        kind = "DaemonSet" if service == "gpu-doctor" else "Deployment"
+        container = documents[(kind, service)]["spec"]["template"]["spec"]["containers"][0]
         env = {item["name"]: item for item in container["env"]}
         assert env["BRIXMESH_NATS_USER"]["value"] == service
         assert env["BRIXMESH_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
             "name": "brixmesh-secrets",
             "key": password_variable(service),
         }
-        has_admin_routes = service in ("orchestrator", "autoscaler", "router", "adapter-manager")
+        has_admin_routes = service in ("orchestrator", "autoscaler", "router", "adapter-manager", "gpu-doctor")
         assert ("BRIXMESH_ADMIN_TOKEN" in env) == has_admin_routes

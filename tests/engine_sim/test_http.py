@@ -90,6 +90,12 @@ async def test_fault_injection_runtime_knobs(sim) -> None:
         slow = (await c.get("/admin/stats")).json()["busy_seconds"] - busy
         await c.post("/admin/faults", json={"slowdown": 1.0})
         assert slow == pytest.approx(5 * normal, rel=0.01)
+        # silent data corruption: the same greedy request answers differently, and again once it is healed
+        healthy = (await _complete(c, "z", 6)).json()["choices"][0]["text"]
+        await c.post("/admin/faults", json={"corrupt_output": True})
+        corrupted = (await _complete(c, "z", 6)).json()["choices"][0]["text"]
+        await c.post("/admin/faults", json={"corrupt_output": False})
+        assert corrupted != healthy == (await _complete(c, "z", 6)).json()["choices"][0]["text"]
         # mid-stream disconnect after 3 tokens: the stream ends without [DONE]
         await c.post("/admin/faults", json={"disconnect_after_tokens": 3})
         lines = []

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from brixmesh.common.messages import PodEvent, PodInfo, ScaleDecision
+from brixmesh.common.messages import GpuDecision, PodEvent, PodInfo, ScaleDecision
 from brixmesh.orchestrator.backend import Pod
 from brixmesh.orchestrator.controller import Orchestrator, UnknownDeployment
+from brixmesh.orchestrator.cordons import Cordons
 from brixmesh.orchestrator.spec import DeploymentSpec, SpecError, parse_spec
 from brixmesh.orchestrator.state import deployment_records
 from tests.waiting import eventually
@@ -20,8 +21,10 @@ class MemoryBackend:
     """Pods that exist as records only; tests set their phase."""
 
     kind = "memory"
+    node_name = "node-a"
 
-    def __init__(self) -> None:
+    def __init__(self, cordons: Cordons | None = None) -> None:
+        self.cordons = cordons if cordons is not None else Cordons(Path("/nonexistent/cordons.json"))
         self.pods: dict[str, Pod] = {}
         self.log: list[tuple[str, str]] = []
         self._count = 0
@@ -231,3 +234,31 @@ async def test_close_stops_the_reconcile_loop_before_the_pods() -> None:
     backend.close = slow_close  # type: ignore[method-assign]
     await orchestrator.close(stop_pods=True)
     assert backend.pods == {} and loop.done()
+
+
+def gpu_decision(action: str, pods: list[str], node: str = "node-a", gpu: str = "1") -> GpuDecision:
+    return GpuDecision(
+        decision_id="d", node=node, gpu=gpu, pods=pods, action=action, severity="critical", signal="xid",
+        reason="test", ts=NOW,
+    )  # fmt: skip
+
+
+async def test_gpu_decisions_drain_and_cordon_idempotently(tmp_path: Path) -> None:
+    backend = MemoryBackend(Cordons(tmp_path / "cordons.json"))
+    orchestrator = Orchestrator(backend, drain_poll_interval_s=0.01, clock=lambda: NOW)
+    orchestrator.apply(parse_spec({"name": "chat", "model": "m", "replicas": 2, "drain_grace_s": 0}))
+    await orchestrator.reconcile()
+    first, second = backend.pods
+    assert orchestrator.apply_gpu_decision(gpu_decision("replace_pod", [first], node="node-b")) == "other_node"
+    assert orchestrator.apply_gpu_decision(gpu_decision("observe", [first])) == "observed"
+    assert orchestrator.apply_gpu_decision(gpu_decision("replace_pod", [first, "gone-pod"])) == "applied"
+    assert orchestrator.apply_gpu_decision(gpu_decision("replace_pod", [first])) == "unchanged"  # resent
+    await eventually(lambda: first not in backend.pods, 5)
+    assert ("drain", first) in backend.log and ("drain", second) not in backend.log
+    await orchestrator.reconcile()  # the drained pod is replaced
+    assert len(backend.pods) == 2
+    assert [(c.node, c.gpu) for c in Cordons(tmp_path / "cordons.json").all()] == [("node-a", "1")]  # durable
+    assert orchestrator.apply_gpu_decision(gpu_decision("cordon_node", [])) == "applied"
+    assert backend.cordons.blocking("node-a", "5") is not None
+    assert sorted(c.gpu for c in backend.cordons.uncordon("node-a")) == ["", "1"]
+    assert backend.cordons.blocking("node-a", "1") is None

@@ -62,7 +62,8 @@ async def test_applied_deployment_announces_pods_that_serve(
                 assert (info.deployment, info.model, info.engine, info.role) == ("chat", "tiny-llama", "sim", "both")
                 assert info.labels == {
                     "team": "search", "model": "tiny-llama", "engine": "sim", "role": "both", "deployment": "chat",
-                    "backend": "local",
+                    "backend": "local", "brixmesh.io/node": info.labels["brixmesh.io/node"],
+                    "brixmesh.io/gpu-index": info.labels["brixmesh.io/gpu-index"],
                 }
                 assert info.metrics_url == info.endpoint + "/metrics"
                 assert info.kv_events_endpoint.startswith("ipc://") and info.kv_replay_endpoint.startswith("tcp://")

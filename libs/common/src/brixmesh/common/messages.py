@@ -42,6 +42,13 @@ PodEventKind = Literal["added", "ready", "draining", "removed"]
 PodRole = Literal["prefill", "decode", "both"]
 
 
+NODE_LABEL = "brixmesh.io/node"
+"""Pod label: the node the pod runs on (its gpu-doctor acts on it)."""
+GPU_INDEX_LABEL = "brixmesh.io/gpu-index"
+"""Pod label: the index of the GPU the pod runs on, on its node (several: comma-separated). Not the GPU
+type, which is ``brixmesh.common.shapes.GPU_LABEL``."""
+
+
 class PodInfo(msgspec.Struct, kw_only=True):
     """Everything a router, scraper or KV bridge needs to reach one engine pod."""
 
@@ -302,6 +309,39 @@ class GpuPlan(msgspec.Struct, kw_only=True):
     replicas: dict[str, int]
     cost_per_hour: float
     routes: list[PlanRoute]
+
+
+# --- accelerator health (gpu-doctor) ---------------------------------------------------------------
+
+GpuAction = Literal["observe", "restart_engine", "replace_pod", "cordon_node"]
+GpuSeverity = Literal["info", "warning", "critical", "fatal"]
+
+
+class GpuDecision(msgspec.Struct, kw_only=True):
+    """A gpu-doctor's verdict on one signal of one GPU (or one engine) of its node, with its evidence.
+
+    The orchestrator of ``node`` acts on it: ``restart_engine`` drains ``pods`` and starts replacements
+    anywhere; ``replace_pod`` also cordons ``gpu`` so replacements land on another GPU; ``cordon_node``
+    drains ``pods`` and places no new pod on the node. Acting is idempotent: the doctor sends a decision
+    again every few seconds while any of its pods still serves (``resent``)."""
+
+    decision_id: str
+    node: str
+    gpu: str = ""
+    """GPU index on the node ("" when the signal is the engine's, not tied to one GPU's telemetry)."""
+    pods: list[str] = msgspec.field(default_factory=list)
+    action: GpuAction
+    severity: GpuSeverity
+    signal: str
+    """What was seen: ``xid``, ``ecc_uncorrected``, ``gpu_lost``, ``probe_failures``, ``step_time_regression``..."""
+    value: float = 0.0
+    reason: str
+    """One line for humans: the catalogue entry and why this action (or why it was held back)."""
+    evidence: dict[str, str] = msgspec.field(default_factory=dict)
+    """The source and readings behind the verdict (first seen, count, baseline, canary outputs...)."""
+    doctor: str = ""
+    ts: float
+    resent: bool = False
 
 
 # --- KV events (normalized by kv-index; engine hashes as u64) -----------------------------------------

@@ -10,6 +10,7 @@ bus carries no prompts, and ``brixmesh tap`` must see everything.
 - Every service publishes its own ``mesh.heartbeat.<service>``, replies on ``_INBOX.>``, and requests
   ``pods.list``; services that use JetStream get its API (``$JS.API.>``, acks, flow control).
 - The ``cli`` user (``brixmesh status``/``tap``/``profile``) pings, reads, and publishes GPU profiles.
+- Only the gpu-doctor publishes ``gpu.decisions.*``.
 
 ``brixmesh up`` renders this into nats-server's config with generated passwords;
 ``python -m brixmesh.common.nats_auth`` prints the same config with ``$<SERVICE>_NATS_PASSWORD`` variables,
@@ -25,9 +26,9 @@ import secrets
 import sys
 
 from brixmesh.common.subjects import (
-    ADAPTERS_LIST, ADAPTERS_PLACEMENTS, DEPLOYMENTS_STATUS, GPU_PLANS, GPU_PROFILES, KV_EVENTS, KV_SNAPSHOTS,
-    MESH_HEARTBEAT, MESH_PING, METRICS_PODS, PODS, PODS_LIST, ROUTER_ROUTING, ROUTER_STATS, SCALE_DECISIONS,
-    Subject,
+    ADAPTERS_LIST, ADAPTERS_PLACEMENTS, DEPLOYMENTS_STATUS, GPU_DECISIONS, GPU_PLANS, GPU_PROFILES, KV_EVENTS,
+    KV_SNAPSHOTS, MESH_HEARTBEAT, MESH_PING, METRICS_PODS, PODS, PODS_LIST, ROUTER_ROUTING, ROUTER_STATS,
+    SCALE_DECISIONS, Subject,
 )  # fmt: skip
 
 CLI_USER = "cli"
@@ -46,7 +47,7 @@ OWNED_SUBJECTS: dict[str, list[str]] = {
     "autoscaler": [*_owned(METRICS_PODS, SCALE_DECISIONS, GPU_PLANS), *JETSTREAM],
     "router": [*_owned(ROUTER_STATS, ROUTER_ROUTING), *JETSTREAM],
     "adapter-manager": _owned(ADAPTERS_PLACEMENTS),
-    "gpu-doctor": [],
+    "gpu-doctor": _owned(GPU_DECISIONS),
 }
 """Beyond what every service may publish. ``pods.>`` covers every :data:`PODS` kind."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import sys
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -31,6 +32,9 @@ class ServiceSettings(BaseSettings):
     """What this service announces (heartbeats, the orchestrator's pods) is held by others for this many
     announce intervals: missing one announcement is fine, silence for longer means gone."""
     instance_id: str = ""
+    node_name: str = Field(default_factory=socket.gethostname)
+    """The node this instance runs on (Kubernetes: the downward API's ``spec.nodeName``); the local
+    orchestrator labels its pods with it and the gpu-doctor of the node acts on them."""
     graceful_shutdown_s: float = Field(default=10.0, ge=0)
     admin_token: SecretStr = SecretStr("")
     """Bearer token of every mutating or admin HTTP route; unset locks those routes (401) instead of

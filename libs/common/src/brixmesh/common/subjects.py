@@ -97,6 +97,12 @@ DEPLOYMENTS_STATUS = Subject(
     "The orchestrator's observed fleet per deployment (desired, ready, generation, last decision taken); "
     "on change and every announce interval.",
 )
+GPU_DECISIONS = Subject(
+    "gpu.decisions.{node}",
+    m.GpuDecision,
+    "A gpu-doctor's verdict on an accelerator or engine fault of its node, with evidence; the orchestrator "
+    "drains, replaces or cordons accordingly.",
+)
 ROUTER_STATS = Subject(
     "router.stats.{model}.{router}", m.RouterStats, "Per-second request statistics of each router replica per model.", "medium"
 )
@@ -146,8 +152,8 @@ ADAPTERS_LIST = Subject(
 
 ALL: tuple[Subject, ...] = (
     MESH_HEARTBEAT, MESH_PING, PODS, PODS_LIST, METRICS_PODS, SCALE_DECISIONS, DEPLOYMENTS_STATUS,
-    ROUTER_STATS, ROUTER_ROUTING, GPU_PROFILES, GPU_PLANS, KV_EVENTS, KV_SNAPSHOTS, ADAPTERS_PLACEMENTS,
-    ADAPTERS_LIST,
+    GPU_DECISIONS, ROUTER_STATS, ROUTER_ROUTING, GPU_PROFILES, GPU_PLANS, KV_EVENTS, KV_SNAPSHOTS,
+    ADAPTERS_PLACEMENTS, ADAPTERS_LIST,
 )
 
 

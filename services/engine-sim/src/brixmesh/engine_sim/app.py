@@ -37,6 +37,8 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 _ENCODE = msgspec.json.encode
+CORRUPTED_SEED_OFFSET = 0x5DC
+"""With the ``corrupt_output`` fault, every request samples as if its seed were this much higher."""
 
 
 def _json(payload: Any, status: int = 200) -> Response:
@@ -137,6 +139,8 @@ class EngineApp:
         remote, transfer = self._pd_fields(params, len(prompt_ids))
         now = self.r.engine.now()
         seed = params.seed if params.seed is not None else self.r.config.seed
+        if self.r.faults.corrupt_output:
+            seed += CORRUPTED_SEED_OFFSET
         return [
             SimRequest(
                 request_id=new_id("req"),

@@ -150,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fault-crash-after", type=float, help="s after start the engine dies")
     p.add_argument("--fault-hang-after", type=float, help="s after start the engine stops answering")
     p.add_argument("--fault-slowdown", type=float, default=1.0, help="step time multiplier (straggler GPU)")
+    p.add_argument(
+        "--fault-corrupt-output", action="store_true",
+        help="silent data corruption: other tokens than a healthy engine gives",
+    )
     p.add_argument("--fault-stall-after-tokens", type=int)
     p.add_argument("--fault-stall-seconds", type=float, default=0.0)
     p.add_argument("--fault-disconnect-after-tokens", type=int)
@@ -209,6 +213,7 @@ def configs_from_args(args: argparse.Namespace) -> list[EngineConfig]:
             crash_after_s=args.fault_crash_after,
             hang_after_s=args.fault_hang_after,
             slowdown=args.fault_slowdown,
+            corrupt_output=args.fault_corrupt_output,
             stall_after_tokens=args.fault_stall_after_tokens,
             stall_seconds=args.fault_stall_seconds,
             disconnect_after_tokens=args.fault_disconnect_after_tokens,

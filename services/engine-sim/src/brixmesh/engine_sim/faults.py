@@ -29,6 +29,9 @@ class Faults:
     hang_after_s: float | None = None
     hang: bool = False
     slowdown: float = 1.0
+    corrupt_output: bool = False
+    """Silent data corruption: generated tokens differ from a healthy engine's for the same prompt and seed
+    (what a gpu-doctor's temperature-0 canary prompts catch)."""
     stall_after_tokens: int | None = None
     stall_seconds: float = 0.0
     disconnect_after_tokens: int | None = None

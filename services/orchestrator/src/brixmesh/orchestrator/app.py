@@ -1,7 +1,8 @@
 """Wiring of the orchestrator service.
 
-Inputs: deployment specs (YAML files at start, HTTP API), ``scale.decisions.*`` (autoscaler), pod process
-states (local backend). State: :class:`~brixmesh.orchestrator.controller.Orchestrator` (deployments, desired
+Inputs: deployment specs (YAML files at start, HTTP API), ``scale.decisions.*`` (autoscaler),
+``gpu.decisions.<node>`` (this node's gpu-doctor: drain, replace, cordon), pod process states (local
+backend). State: :class:`~brixmesh.orchestrator.controller.Orchestrator` (deployments, desired
 replicas, drains in progress), durable in the state directory, and the pods it adopts at start. Outputs: pods
 started/drained/stopped, ``pods.*`` lifecycle events, ``pods.list`` answers, ``deployments.status.*``, the
 HTTP API.
@@ -12,9 +13,9 @@ from __future__ import annotations
 import logging
 import sys
 
-from brixmesh.common.messages import PodListRequest, ScaleDecision
+from brixmesh.common.messages import GpuDecision, PodListRequest, ScaleDecision
 from brixmesh.common.service import Service
-from brixmesh.common.subjects import PODS_LIST, SCALE_DECISIONS
+from brixmesh.common.subjects import GPU_DECISIONS, PODS_LIST, SCALE_DECISIONS
 from prometheus_client import Counter
 
 from brixmesh.orchestrator.announcer import Announcer
@@ -54,7 +55,7 @@ def initial_specs(settings: OrchestratorSettings) -> list[DeploymentSpec]:
 
 def build_service(settings: OrchestratorSettings) -> Service:
     service = Service("orchestrator", settings)
-    backend = LocalBackend(settings.state_dir)
+    backend = LocalBackend(settings.state_dir, node_name=settings.node_name, gpus=settings.local_gpus)
     store = deployment_records(backend.state_dir)
     try:
         store.directory.mkdir(parents=True, exist_ok=True)
@@ -82,7 +83,14 @@ def build_service(settings: OrchestratorSettings) -> Service:
         "brixmesh_orchestrator_scale_decisions", "Scale decisions received, by outcome", ["outcome"],
         registry=service.registry,
     )
+    gpu_decisions = Counter(
+        "brixmesh_orchestrator_gpu_decisions", "gpu-doctor decisions received, by action and outcome",
+        ["action", "outcome"], registry=service.registry,
+    )
     announcer: Announcer | None = None
+
+    def on_gpu_decision(_subject: str, decision: GpuDecision) -> None:
+        gpu_decisions.labels(decision.action, orchestrator.apply_gpu_decision(decision)).inc()
 
     def on_decision(_subject: str, decision: ScaleDecision) -> None:
         outcome = orchestrator.apply_decision(decision)
@@ -102,6 +110,8 @@ def build_service(settings: OrchestratorSettings) -> Service:
         )
         await service.bus.serve(PODS_LIST.template, PodListRequest, announcer.pod_list)
         await service.bus.subscribe(SCALE_DECISIONS.pattern(), ScaleDecision, on_decision)
+        own_node = GPU_DECISIONS.format(node=settings.node_name)
+        await service.bus.subscribe(own_node, GpuDecision, on_gpu_decision)
         service.spawn(announcer.publish_changes(), "pod-events")
         service.spawn(announcer.reannounce_forever(), "pod-reannounce")
         status = StatusPublisher(service.bus, orchestrator, instance_id=service.instance_id)

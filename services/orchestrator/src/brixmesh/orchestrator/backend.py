@@ -19,7 +19,12 @@ from typing import Protocol
 
 from brixmesh.common.messages import PodEvent, PodEventKind, PodInfo, PodPhase, PodStatus
 
+from brixmesh.orchestrator.cordons import Cordons
 from brixmesh.orchestrator.spec import DeploymentSpec
+
+
+class Unschedulable(Exception):
+    """No place for a new pod: its node, or every GPU of it, is cordoned."""
 
 
 @dataclass
@@ -73,13 +78,18 @@ class Pod:
 class PodBackend(Protocol):
     kind: str
     """Short name of the backend ("local", "kubernetes", "ray")."""
+    node_name: str
+    """The node whose gpu-doctor decisions this backend acts on (a cluster backend: every node's)."""
+    cordons: Cordons
+    """Where no new pod may be placed; :meth:`create_pod` honours it."""
 
     def validate(self, spec: DeploymentSpec) -> None:
         """Raise :class:`~brixmesh.orchestrator.spec.SpecError` if this backend cannot run ``spec`` (engine not
         installed, CPUs it does not have, ...). Called before a spec is accepted."""
 
     async def create_pod(self, spec: DeploymentSpec, generation: int) -> Pod:
-        """Start one pod of ``spec``; returns at once (readiness is reported later as a ``ready`` change)."""
+        """Start one pod of ``spec``; returns at once (readiness is reported later as a ``ready`` change).
+        Raises :class:`Unschedulable` when cordons leave no place for it."""
 
     async def drain_pod(self, name: str, reason: str) -> None:
         """Mark the pod draining (no new requests); it keeps running until :meth:`delete_pod`."""

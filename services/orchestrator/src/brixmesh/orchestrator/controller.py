@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import httpx
-from brixmesh.common.messages import ScaleDecision
+from brixmesh.common.messages import GpuDecision, ScaleDecision
 
 from brixmesh.orchestrator.backend import Pod, PodBackend
 from brixmesh.orchestrator.drain import wait_until_idle
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 DecisionOutcome = Literal[
     "applied", "unchanged", "stale", "duplicate", "unknown_deployment", "role_mismatch", "fixed_size"
 ]
+GpuOutcome = Literal["applied", "unchanged", "observed", "other_node"]
 ORPHAN_DRAIN_GRACE_S = 30.0
 """Grace for pods whose deployment is gone before the reconcile loop saw it deleted (rare)."""
 
@@ -228,6 +229,35 @@ class Orchestrator:
         deployment.updated_at = self._clock()
         self._save(deployment)
         return "applied"
+
+    def apply_gpu_decision(self, decision: GpuDecision) -> GpuOutcome:
+        """Act on a gpu-doctor's verdict about this backend's node. Level-triggered and idempotent: the doctor
+        re-sends it while it stands; a cordon already in place or a pod already draining or gone is left as
+        it is. Drained pods are replaced by the reconcile loop (it counts only pods that do not drain), on a
+        GPU no cordon blocks."""
+        if decision.node != self.backend.node_name:
+            return "other_node"
+        if decision.action == "observe":
+            return "observed"
+        changed = False
+        why = f"gpu-doctor {decision.action}: {decision.reason}"
+        if decision.action == "replace_pod" and decision.gpu:
+            changed |= self.backend.cordons.cordon(decision.node, decision.gpu, why)
+        elif decision.action == "cordon_node":
+            changed |= self.backend.cordons.cordon(decision.node, "", why)
+        pods = {pod.name: pod for pod in self.backend.list_pods()}
+        for name in decision.pods:
+            pod = pods.get(name)
+            if pod is None or name in self._drains:
+                continue
+            deployment = self.deployments.get(pod.deployment)
+            grace_s = deployment.spec.drain_grace_s if deployment is not None else ORPHAN_DRAIN_GRACE_S
+            self._start_drain(name, grace_s, why)
+            changed = True
+        if changed:
+            log.warning("%s on %s gpu %r, pods %s", why, decision.node, decision.gpu, decision.pods)
+            self._wake.set()
+        return "applied" if changed else "unchanged"
 
     def wake(self) -> None:
         self._wake.set()

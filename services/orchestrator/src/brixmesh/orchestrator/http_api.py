@@ -66,6 +66,21 @@ def add_routes(app: FastAPI, orchestrator: Orchestrator) -> None:
             return not_found(str(exc))
         return JSONResponse({"name": name, "deleted": True, "draining_pods": draining})
 
+    @app.get("/v1/cordons")
+    async def list_cordons() -> JSONResponse:
+        data = [msgspec.to_builtins(cordon) for cordon in orchestrator.backend.cordons.all()]
+        return JSONResponse({"object": "list", "data": data})
+
+    @app.delete("/v1/cordons/{node}")
+    async def uncordon(node: str, gpu: str | None = None) -> JSONResponse:
+        """Lift a node's cordons (``?gpu=N``: only that GPU's) once it is fixed; new pods may land there
+        again."""
+        lifted = orchestrator.backend.cordons.uncordon(node, gpu)
+        if not lifted:
+            return not_found(f"no cordon on node {node!r}" + (f" gpu {gpu!r}" if gpu is not None else ""))
+        orchestrator.wake()
+        return JSONResponse({"object": "list", "data": [msgspec.to_builtins(cordon) for cordon in lifted]})
+
     @app.get("/v1/pods")
     async def list_pods(deployment: str | None = None, model: str | None = None) -> JSONResponse:
         pods = [

@@ -26,11 +26,12 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 from brixmesh.common.lora import lora_limits
-from brixmesh.common.messages import PodEvent, PodEventKind, PodInfo, PodPhase
+from brixmesh.common.messages import GPU_INDEX_LABEL, NODE_LABEL, PodEvent, PodEventKind, PodInfo, PodPhase
 from brixmesh.common.ports import free_port
 from brixmesh.common.supervisor import ProcessSpec, ProcessState, ReadinessProbe, SupervisedProcess
 
-from brixmesh.orchestrator.backend import Pod
+from brixmesh.orchestrator.backend import Pod, Unschedulable
+from brixmesh.orchestrator.cordons import Cordons
 from brixmesh.orchestrator.external import EndpointMonitor
 from brixmesh.orchestrator.launch import (
     DEFAULTS,
@@ -53,8 +54,19 @@ _IPC_PATH_LIMIT = 100  # sun_path holds 107 bytes; keep a margin
 class LocalBackend:
     kind = "local"
 
-    def __init__(self, state_dir: Path, *, port_picker: Callable[[], int] = free_port) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        node_name: str = "local",
+        gpus: int = 8,
+        port_picker: Callable[[], int] = free_port,
+    ) -> None:
         self.state_dir = state_dir.resolve()
+        self.node_name = node_name
+        self.gpus = gpus
+        """How many GPUs this node has to place pods on (simulated engines only pretend to use theirs)."""
+        self.cordons = Cordons(self.state_dir / "cordons.json")
         self.log_dir = self.state_dir / "logs"
         self.runtime_root = runtime_root(self.state_dir)
         self._free_port = port_picker
@@ -72,6 +84,7 @@ class LocalBackend:
     async def create_pod(self, spec: DeploymentSpec, generation: int) -> Pod:
         if spec.is_external:
             return self._register_external(spec, generation)
+        gpu = self._place()
         name = self._new_pod_name(spec.name)
         slot = self._free_slot(spec.name)
         runtime_dir = self.runtime_root / name
@@ -91,6 +104,7 @@ class LocalBackend:
             kv_events=placement.kv_events_endpoint, kv_replay=placement.kv_replay_endpoint,
             block_size=launch.block_size, engine_argv=launch.argv,
         )  # fmt: skip
+        info.labels.update({NODE_LABEL: self.node_name, GPU_INDEX_LABEL: gpu})
         pod = Pod(info=info, generation=generation, slot=slot)
         command = LaunchRecord(
             argv=launch.argv,
@@ -321,6 +335,22 @@ class LocalBackend:
             port = self._free_port()
             if port not in taken:
                 return port
+
+    def _place(self) -> str:
+        """The GPU of this node for a new pod: not cordoned, fewest pods (not draining) first."""
+        node_cordon = self.cordons.node_cordon(self.node_name)
+        if node_cordon is not None:
+            raise Unschedulable(f"node {self.node_name} is cordoned: {node_cordon.reason}")
+        gpus = [str(gpu) for gpu in range(self.gpus)]
+        free = [gpu for gpu in gpus if self.cordons.blocking(self.node_name, gpu) is None]
+        if not free:
+            raise Unschedulable(f"every GPU of node {self.node_name} is cordoned")
+        load = {gpu: 0 for gpu in free}
+        for pod in self._pods.values():
+            gpu = pod.info.labels.get(GPU_INDEX_LABEL, "")
+            if gpu in load and not pod.draining:
+                load[gpu] += 1
+        return min(free, key=lambda gpu: (load[gpu], int(gpu)))
 
     def _free_slot(self, deployment: str) -> int:
         taken = {pod.slot for pod in self._pods.values() if pod.deployment == deployment}

@@ -28,6 +28,9 @@ class OrchestratorSettings(ServiceSettings):
     decision_max_age_s: float = Field(default=60.0, gt=0)
     """Scale decisions older than this (by their ``ts``) are ignored as stale; a deployment that received
     none for this long is no longer shown as autoscaled."""
+    local_gpus: int = Field(default=8, ge=1)
+    """GPUs of this node the local backend places pods on (each pod is labelled with its node and GPU, the
+    gpu-doctor's unit of action; a cordoned GPU gets no new pod)."""
     stop_pods_on_exit: bool = False
     """Stop every engine when the orchestrator stops gracefully. Off: engines keep serving and the next
     orchestrator with the same state directory adopts them (``brixmesh up`` turns it on for its own)."""
