@@ -148,7 +148,7 @@ def test_every_user_may_heartbeat_and_answer_requests() -> None:
             and "_INBOX.>" in allowed
             and "pods.list" in allowed
         )
-    assert publish_allowed(CLI_USER) == ["mesh.ping", "gpu.profiles.*.*", "_INBOX.>"]
+    assert publish_allowed(CLI_USER) == ["mesh.ping", "pods.list", "gpu.profiles.*.*", "_INBOX.>"]
 
 
 async def test_a_service_process_uses_its_credentials(

@@ -9,27 +9,25 @@ ready. Routers (``router.stats.*``): requests per second per model. The latest s
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import deque
 from typing import Any
 
 import msgspec
-from nats.aio.msg import Msg
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
 from brixmesh.common import messages as m
-from brixmesh.common.bus import Bus, NatsAuth, decoder_for
-from brixmesh.common.subjects import DEPLOYMENTS_STATUS, METRICS_PODS, PODS, ROUTER_STATS, SCALE_DECISIONS
+from brixmesh.common.bus import Bus, NatsAuth
+from brixmesh.common.pod_watch import watch_pods
+from brixmesh.common.subjects import DEPLOYMENTS_STATUS, METRICS_PODS, ROUTER_STATS, SCALE_DECISIONS
 
 DECISIONS_SHOWN = 5
 ROUTER_STATS_TTL_S = 10.0
 """A router replica silent this long is left out of the request rates."""
 
 WATCHED: dict[str, type[msgspec.Struct]] = {
-    PODS.pattern(): m.PodEvent,
     METRICS_PODS.pattern(): m.PodMetrics,
     DEPLOYMENTS_STATUS.pattern(): m.DeploymentStatus,
     SCALE_DECISIONS.pattern(): m.ScaleDecision,
@@ -122,26 +120,25 @@ def _clock(ts: float) -> str:
 
 
 async def top(nats_url: str, auth: NatsAuth, console: Console, refresh_s: float) -> None:
-    """Until cancelled (Ctrl-C): follow the bus, redraw every ``refresh_s``."""
+    """Until cancelled (Ctrl-C): follow the bus, redraw every ``refresh_s``. Pods come through the shared pod
+    watch (the orchestrator's listing at start, leases that expire), the rest straight from their subjects."""
     bus = await Bus.connect(nats_url, name="brixmesh-top", setting="--nats-url", auth=auth)
     view = FleetView()
-    decoders = {pattern: decoder_for(schema) for pattern, schema in WATCHED.items()}
 
-    def subscriber(pattern: str) -> Any:
-        decoder = decoders[pattern]
-
-        async def on_message(msg: Msg) -> None:
-            with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
-                view.apply(decoder.decode(msg.data), time.monotonic())
-
-        return on_message
+    def apply(_subject: str, message: Any) -> None:
+        view.apply(message, time.monotonic())
 
     try:
-        for pattern in WATCHED:
-            await bus.client.subscribe(pattern, cb=subscriber(pattern))
-        with Live(view.render(time.monotonic()), console=console, auto_refresh=False) as live:
-            while True:
-                await asyncio.sleep(refresh_s)
-                live.update(view.render(time.monotonic()), refresh=True)
+        for pattern, schema in WATCHED.items():
+            await bus.subscribe(pattern, schema, apply)
+        watch = await watch_pods(bus, lambda event: view.apply(event, time.monotonic()))
+        expiring = asyncio.ensure_future(watch.expire_forever())
+        try:
+            with Live(view.render(time.monotonic()), console=console, auto_refresh=False) as live:
+                while True:
+                    await asyncio.sleep(refresh_s)
+                    live.update(view.render(time.monotonic()), refresh=True)
+        finally:
+            expiring.cancel()
     finally:
         await bus.close()

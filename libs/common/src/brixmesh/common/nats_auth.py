@@ -9,7 +9,8 @@ bus carries no prompts, and ``brixmesh tap`` must see everything.
   ``scale.decisions.*`` and ``gpu.plans.*``; only routers ``router.*``.
 - Every service publishes its own ``mesh.heartbeat.<service>``, replies on ``_INBOX.>``, and requests
   ``pods.list``; services that use JetStream get its API (``$JS.API.>``, acks, flow control).
-- The ``cli`` user (``brixmesh status``/``tap``/``profile``) pings, reads, and publishes GPU profiles.
+- The ``cli`` user (``brixmesh status``/``tap``/``top``/``profile``) pings, lists pods, reads, and publishes GPU
+  profiles.
 - Only the gpu-doctor publishes ``gpu.decisions.*``.
 
 ``brixmesh up`` renders this into nats-server's config with generated passwords;
@@ -54,7 +55,7 @@ OWNED_SUBJECTS: dict[str, list[str]] = {
 
 def publish_allowed(user: str) -> list[str]:
     if user == CLI_USER:
-        return [MESH_PING.template, GPU_PROFILES.pattern(), INBOXES]
+        return [MESH_PING.template, PODS_LIST.template, GPU_PROFILES.pattern(), INBOXES]
     own = [MESH_HEARTBEAT.format(service=user), PODS_LIST.template, ADAPTERS_LIST.template, INBOXES]
     return own + OWNED_SUBJECTS[user]
 
