@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
+
 from brixmesh.common.ports import free_port
 from brixmesh.orchestrator.launch import POD_ENV, STATE_DIR_ENV
 from brixmesh.orchestrator.local_backend import LocalBackend, find_pod_leaders, runtime_root, stop_groups
 from brixmesh.orchestrator.spec import parse_spec
+from tests.waiting import eventually
 
 
 async def test_pods_never_share_ports_and_take_the_lowest_free_slot(tmp_path: Path) -> None:
@@ -60,3 +65,34 @@ def test_pod_leaders_of_our_state_dir_are_found_by_pod_name_and_stopped(tmp_path
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+
+
+async def test_a_deletion_cut_short_leaves_the_pod_for_close_to_stop(tmp_path: Path) -> None:
+    """An orchestrator stopping cancels its drains, possibly while one waits for its pod to stop: the pod must
+    still be stopped by close(), not left running unrecorded."""
+    backend = LocalBackend(tmp_path)
+    # a hung engine with a request in flight takes its graceful-shutdown time to exit after SIGTERM
+    spec = parse_spec({"name": "chat", "model": "m", "engine_args": ["--fault-hang-after", "0"]})
+    pod = await backend.create_pod(spec, 1)
+    async with httpx.AsyncClient(timeout=30) as http:
+        hung = asyncio.ensure_future(http.get(pod.info.endpoint + "/v1/models"))
+
+        async def engine_listening() -> bool:
+            try:
+                await asyncio.open_connection(*pod.info.endpoint.removeprefix("http://").split(":"))
+            except OSError:
+                return False
+            return True
+
+        await eventually(engine_listening, 20)
+        await asyncio.sleep(0.3)  # the hung request reached the engine
+        stopping = asyncio.ensure_future(backend.delete_pod(pod.name, "drained"))
+        await asyncio.sleep(0.3)  # inside the process's stop: SIGTERM sent, the engine still shutting down
+        assert not stopping.done()
+        stopping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await stopping
+        await backend.close(stop_pods=True)
+        hung.cancel()
+    assert find_pod_leaders(tmp_path) == {}
+    assert backend.list_pods() == []

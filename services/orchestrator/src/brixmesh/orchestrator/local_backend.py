@@ -195,12 +195,15 @@ class LocalBackend:
             self._records.save(name, record)
 
     async def delete_pod(self, name: str, reason: str) -> None:
-        process = self._processes.pop(name, None)
+        # forgotten only once stopped: a deletion cut short (the orchestrator stopping) leaves them for close()
+        process = self._processes.get(name)
         if process is not None:
             await process.stop()
-        monitor = self._monitors.pop(name, None)
+            self._processes.pop(name, None)
+        monitor = self._monitors.get(name)
         if monitor is not None:
             await monitor.stop()
+            self._monitors.pop(name, None)
         pod = self._pods.pop(name, None)
         if pod is None:
             return
