@@ -22,16 +22,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import math
 import random
-import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
+from brixbench.simulator import simulator
 from brixmesh.autoscaler.fleet import Fleet, RouterSignals
 from brixmesh.autoscaler.observe import observe
 from brixmesh.autoscaler.policy import AutoscalerPolicy
@@ -55,33 +54,12 @@ def spec_for(strategy: str, max_replicas: int) -> dict:
     }  # fmt: skip
 
 
-@contextlib.contextmanager
-def engines(replicas: int) -> Iterator[list[str]]:
-    argv = [
-        sys.executable, "-m", "brixmesh.engine_sim", "serve", MODEL, "--port", "0", "--replicas", str(replicas),
-        "--perf-model", "constant", "--time-to-first-token", "20", "--inter-token-latency", "20",
-        "--max-num-seqs", "4", "--max-model-len", "1024", "--block-size", "16", "--num-gpu-blocks-override", "512",
+def engine_args(replicas: int) -> list[str]:
+    return [
+        "--replicas", str(replicas), "--perf-model", "constant", "--time-to-first-token", "20",
+        "--inter-token-latency", "20", "--max-num-seqs", "4", "--max-model-len", "1024", "--block-size", "16",
+        "--num-gpu-blocks-override", "512",
     ]  # fmt: skip
-    process = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True
-    )
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        if not line:
-            raise RuntimeError("simulator failed to start")
-        urls = [e["url"] for e in json.loads(line)["engines"]]
-        deadline = time.monotonic() + 20
-        with httpx.Client() as client:
-            for url in urls:
-                while client.get(f"{url}/health").status_code != 200:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError("simulator not healthy")
-                    time.sleep(0.05)
-        yield urls
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 @dataclass
@@ -318,7 +296,7 @@ async def main() -> None:
     period = 30.0 if args.quick else 60.0
     light, heavy = 2.0, 20.0
     results = []
-    with engines(args.replicas) as urls:
+    with simulator(engine_args(args.replicas), model=MODEL, healthy_within_s=20) as (_, urls):
         await warm_up(urls)
         for strategy in args.strategies.split(","):
             for trace in ("step", "sinusoid"):

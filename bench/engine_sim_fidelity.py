@@ -13,17 +13,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
 import statistics
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import httpx
+from brixbench.simulator import simulator
 from brixmesh.engine_sim.timing import RooflineModel, StepShape, gpu_profile, model_profile_named
 
 REFERENCE = {"ttft_1k": 0.032, "ttft_4k": 0.130, "b1": 0.0072, "b32": 0.0105, "b128": 0.0205}
@@ -33,25 +30,6 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process (Linux /proc)."""
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-@contextmanager
-def simulator(args: list[str], cpu: int | None = None) -> Iterator[tuple[int, list[str]]]:
-    argv = [sys.executable, "-m", "brixmesh.engine_sim", "serve", "tiny-llama", "--port", "0", *args]
-    if cpu is not None and hasattr(os, "sched_setaffinity"):
-        argv = ["taskset", "-c", str(cpu), *argv]
-    process = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True
-    )
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        if not line:
-            raise RuntimeError("simulator failed to start")
-        yield process.pid, [e["url"] for e in json.loads(line)["engines"]]
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 async def stream_timings(c: httpx.AsyncClient, url: str, prompt: list[int], max_tokens: int) -> list[float]:

@@ -20,20 +20,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import random
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-import httpx
 from brixbench.arrivals import poisson
+from brixbench.simulator import simulator
 from brixbench.stats import percentile
 from brixmesh.adapter_manager.engine import EngineClient
 from brixmesh.adapter_manager.planner import PodView, Want, demand_replicas, place
@@ -64,36 +60,14 @@ class Result:
     requests: int
 
 
-@contextlib.contextmanager
-def engines(count: int) -> Iterator[list[str]]:
-    argv = [
-        sys.executable, "-m", "brixmesh.engine_sim", "serve", MODEL, "--port", "0", "--replicas", str(count),
-        "--perf-model", "constant", "--time-to-first-token", "20", "--inter-token-latency", "10",
-        "--max-num-seqs", "8", "--max-model-len", "1024", "--block-size", "16",
+def engine_args(count: int) -> list[str]:
+    return [
+        "--replicas", str(count), "--perf-model", "constant", "--time-to-first-token", "20",
+        "--inter-token-latency", "10", "--max-num-seqs", "8", "--max-model-len", "1024", "--block-size", "16",
         "--num-gpu-blocks-override", "512",
         "--enable-lora", "--max-loras", str(MAX_LORAS), "--max-cpu-loras", str(MAX_CPU_LORAS),
         "--lora-step-overhead", "0.05",
     ]  # fmt: skip
-    process = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True
-    )
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        if not line:
-            raise RuntimeError("simulator failed to start")
-        urls = [e["url"] for e in json.loads(line)["engines"]]
-        deadline = time.monotonic() + 30
-        with httpx.Client() as client:
-            for url in urls:
-                while client.get(f"{url}/health").status_code != 200:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError("simulator not healthy")
-                    time.sleep(0.05)
-        yield urls
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def adapter_dirs(root: Path, count: int) -> dict[str, Path]:
@@ -206,7 +180,10 @@ def show(result: Result) -> None:
 
 async def main_async(config: Config, slo_ms: float | None) -> None:
     requests = trace(config)
-    with tempfile.TemporaryDirectory(prefix="bm-lora-density-") as tmp, engines(config.adapters) as urls:
+    with (
+        tempfile.TemporaryDirectory(prefix="bm-lora-density-") as tmp,
+        simulator(engine_args(config.adapters), model=MODEL, healthy_within_s=30) as (_, urls),
+    ):
         dirs = adapter_dirs(Path(tmp), config.adapters)
         print(
             f"lora_density: {config.adapters} adapters, {config.rate:g} req/s Zipf(s={config.zipf_s:g}) for "
