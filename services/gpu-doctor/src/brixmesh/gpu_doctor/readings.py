@@ -51,6 +51,15 @@ def _increase(previous: float | None, current: float) -> float:
     return current - previous if current >= previous else current
 
 
+def new_signals(previous: dict[str, GpuReading], readings: list[GpuReading], source: str) -> list[Signal]:
+    """Signals of each GPU's reading against the one before it in ``previous``, which then holds these."""
+    signals = []
+    for reading in readings:
+        signals += reading_signals(previous.get(reading.gpu), reading, source)
+        previous[reading.gpu] = reading
+    return signals
+
+
 def reading_signals(previous: GpuReading | None, current: GpuReading, source: str) -> list[Signal]:
     """Signals of one GPU from its reading now and the one before (None at the first poll: counters then
     only set the base, so a long-lived count of corrected errors is not news)."""

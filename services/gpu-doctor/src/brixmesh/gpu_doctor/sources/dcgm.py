@@ -13,7 +13,7 @@ from collections import defaultdict
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from brixmesh.gpu_doctor.readings import GpuReading, reading_signals
+from brixmesh.gpu_doctor.readings import GpuReading, new_signals
 from brixmesh.gpu_doctor.signals import Signal
 
 FIELDS: dict[str, str] = {
@@ -80,11 +80,7 @@ class DcgmSource:
             self.last_error = f"{type(exc).__name__}: {exc}"
             return []
         self.last_error = ""
-        signals = []
-        for reading in readings:
-            signals += reading_signals(self._previous.get(reading.gpu), reading, self.name)
-            self._previous[reading.gpu] = reading
-        return signals
+        return new_signals(self._previous, readings, self.name)
 
     async def close(self) -> None:
         await self._http.aclose()

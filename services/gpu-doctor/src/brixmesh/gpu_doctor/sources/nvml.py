@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import pynvml
 
-from brixmesh.gpu_doctor.readings import GpuReading, reading_signals
+from brixmesh.gpu_doctor.readings import GpuReading, new_signals
 from brixmesh.gpu_doctor.signals import Signal
 
 T = TypeVar("T")
@@ -117,11 +117,7 @@ class NvmlSource:
 
     async def poll(self, now: float) -> list[Signal]:
         readings = await asyncio.to_thread(self.read_all)
-        signals = []
-        for reading in readings:
-            signals += reading_signals(self._previous.get(reading.gpu), reading, self.name)
-            self._previous[reading.gpu] = reading
-        return signals
+        return new_signals(self._previous, readings, self.name)
 
     async def close(self) -> None:
         if self._handles:
