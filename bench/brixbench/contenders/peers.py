@@ -2,7 +2,7 @@
 
 They live in their own virtual environment (``install_peers`` makes it; the router engineer's overhead
 bench uses the same pins). Thresholds are passed explicitly: the Rust defaults differ from the documented
-Python ones (see shared/reference/anchors.md section 4).
+Python ones.
 """
 
 from __future__ import annotations

