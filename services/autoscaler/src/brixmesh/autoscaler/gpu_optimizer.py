@@ -21,14 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import yaml
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from brixmesh.autoscaler.gpu_plan import GpuOption, Infeasible, Plan, capacity_from_profile, solve
 from brixmesh.autoscaler.load_shape import LoadShape
-from brixmesh.autoscaler.spec import SpecError, describe
+from brixmesh.autoscaler.spec import SpecError, describe, read_spec_items
 from brixmesh.autoscaler.window import SlidingWindow
 from brixmesh.common.bus import Bus
 from brixmesh.common.messages import (
@@ -79,16 +78,8 @@ class OptimizerSpec(BaseModel):
 
 def load_optimizer_specs(path: Path) -> list[OptimizerSpec]:
     """A YAML file with one spec, a list, or ``{gpu_optimizers: [...]}``; errors are one line."""
-    try:
-        document = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise SpecError(f"{path}: cannot read: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
-    if isinstance(document, dict) and "gpu_optimizers" in document:
-        document = document["gpu_optimizers"]
     specs = []
-    for item in document if isinstance(document, list) else [document]:
+    for item in read_spec_items(path, "gpu_optimizers"):
         if not isinstance(item, dict):
             raise SpecError(f"{path}: an optimizer spec must be a mapping, got {type(item).__name__}")
         try:

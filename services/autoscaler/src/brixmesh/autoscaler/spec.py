@@ -139,17 +139,23 @@ def describe(exc: ValidationError, name: object = None) -> str:
     return prefix + "; ".join(problems)
 
 
-def load_spec_file(path: Path) -> list[PodAutoscalerSpec]:
-    """A YAML file holds one spec, a list of specs, or ``{autoscalers: [...]}``."""
+def read_spec_items(path: Path, list_key: str) -> list[Any]:
+    """The items of a YAML file holding one spec, a list of specs, or ``{<list_key>: [...]}``; errors are
+    one line."""
     try:
         document = yaml.safe_load(path.read_text())
     except OSError as exc:
         raise SpecError(f"{path}: cannot read: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         raise SpecError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
-    if isinstance(document, dict) and "autoscalers" in document:
-        document = document["autoscalers"]
-    items = document if isinstance(document, list) else [document]
+    if isinstance(document, dict) and list_key in document:
+        document = document[list_key]
+    return document if isinstance(document, list) else [document]
+
+
+def load_spec_file(path: Path) -> list[PodAutoscalerSpec]:
+    """A YAML file holds one spec, a list of specs, or ``{autoscalers: [...]}``."""
+    items = read_spec_items(path, "autoscalers")
     specs = []
     for item in items:
         try:
