@@ -88,9 +88,12 @@ def test_prometheus_scrapes_the_mesh_and_every_dashboard_query_returns_data(
     def all_answered() -> bool:
         for name, expr in list(empty.items()):
             try:
-                answer = httpx.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=5).json()
+                response = httpx.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=5)
             except httpx.HTTPError:
                 return False
+            if response.status_code == 503:  # Prometheus answers 503 until its TSDB has opened
+                return False
+            answer = response.json()
             assert answer["status"] == "success", (name, answer)
             if answer["data"]["result"]:
                 del empty[name]
