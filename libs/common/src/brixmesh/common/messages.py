@@ -58,6 +58,17 @@ class PodInfo(msgspec.Struct, kw_only=True):
     engine: str
     role: PodRole = "both"
     endpoint: str
+    role_set: str = ""
+    """The role set the pod belongs to (``<deployment>-<index>``), empty outside role-set deployments: a
+    prefill pod and a decode pod of one role set are paired in replica mode."""
+    replica_index: int = 0
+    """The pod's index within its role (or deployment, outside role sets)."""
+    kv_transfer: str = ""
+    """How its KV cache moves between prefill and decode: ``nixl`` (vLLM pull: the prefill response's
+    ``kv_transfer_params`` go into the decode request), ``shared-storage`` (no parameters: prefill, then
+    decode), ``sglang`` (bootstrap host/port/room, both requests at once); empty: no P/D transfer."""
+    bootstrap_port: int = 0
+    """SGLang prefill pods: the port of their KV bootstrap server (0: none)."""
     metrics_url: str = ""
     kv_events_endpoint: str = ""
     kv_replay_endpoint: str = ""
