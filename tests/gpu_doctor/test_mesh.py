@@ -137,7 +137,7 @@ async def test_a_flapping_fault_replaces_once_and_a_lost_gpu_cordons_the_node(
         await mesh.decisions.wait_for(action="replace_pod", signal="xid")
         await mesh.events.wait_for("removed", pod=first, timeout=40)
         [_, second] = await mesh.events.wait_for("ready", count=2, timeout=60)
-        await eventually(lambda: len([d for d in mesh.decisions.first() if d.signal == "xid"]) >= 8, 30)
+        await eventually(lambda: len([d for d in mesh.decisions.first() if d.signal == "xid"]) >= 8, 90)
         taken = [d for d in mesh.decisions.first() if d.action != "observe"]
         assert [(d.signal, d.action, d.pods) for d in taken] == [("xid", "replace_pod", [first])]
         held = [d for d in mesh.decisions.first() if d.signal == "xid" and d.action == "observe"]
