@@ -20,7 +20,11 @@ from typing import Protocol
 from brixmesh.common.messages import PodEvent, PodEventKind, PodInfo, PodPhase, PodStatus
 
 from brixmesh.orchestrator.cordons import Cordons
-from brixmesh.orchestrator.spec import DeploymentSpec
+from brixmesh.orchestrator.spec import DeploymentSpec, RoleMember
+
+ROLE_SET_LABEL = "role_set"
+ROLE_NAME_LABEL = "role_name"
+"""Pod labels of a role-set deployment's pods: the role set and the role's name (``role`` is its function)."""
 
 
 class Unschedulable(Exception):
@@ -87,9 +91,13 @@ class PodBackend(Protocol):
         """Raise :class:`~brixmesh.orchestrator.spec.SpecError` if this backend cannot run ``spec`` (engine not
         installed, CPUs it does not have, ...). Called before a spec is accepted."""
 
-    async def create_pod(self, spec: DeploymentSpec, generation: int) -> Pod:
+    async def create_pod(self, spec: DeploymentSpec, generation: int, member: RoleMember | None = None) -> Pod:
         """Start one pod of ``spec``; returns at once (readiness is reported later as a ``ready`` change).
-        Raises :class:`Unschedulable` when cordons leave no place for it."""
+        For a deployment with roles, ``member`` says where it belongs: the pod is launched from
+        ``spec.for_role(member.role)`` and its PodInfo carries ``role_set``, ``replica_index`` and
+        ``kv_transfer`` (see :func:`~brixmesh.orchestrator.spec.kv_transfer_of`), and the labels
+        :data:`ROLE_SET_LABEL`, :data:`ROLE_NAME_LABEL`. Raises :class:`Unschedulable` when cordons leave no
+        place for it."""
 
     async def drain_pod(self, name: str, reason: str) -> None:
         """Mark the pod draining (no new requests); it keeps running until :meth:`delete_pod`."""

@@ -18,7 +18,7 @@ from pathlib import Path
 from brixmesh.common import vllm_cpu
 from brixmesh.common.settings import SECRET_ENV
 
-from brixmesh.orchestrator.spec import DeploymentSpec, SpecError, format_cpu_list
+from brixmesh.orchestrator.spec import DeploymentSpec, SpecError, format_cpu_list, last_flag
 
 KV_TOPIC = vllm_cpu.TOPIC
 SIM_BLOCK_SIZE = 16
@@ -193,13 +193,5 @@ def _vllm_command(spec: DeploymentSpec, placement: PodPlacement) -> tuple[list[s
 
 def last_int_flag(argv: Sequence[str], flag: str) -> int | None:
     """The value of the last ``flag N`` / ``flag=N`` in ``argv`` (argparse: the last one wins)."""
-    found: int | None = None
-    for i, arg in enumerate(argv):
-        value = None
-        if arg == flag and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif arg.startswith(flag + "="):
-            value = arg.split("=", 1)[1]
-        if value is not None and value.isdigit():
-            found = int(value)
-    return found
+    value = last_flag(argv, flag)
+    return int(value) if value is not None and value.isdigit() else None

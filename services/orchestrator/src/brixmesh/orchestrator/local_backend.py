@@ -30,7 +30,7 @@ from brixmesh.common.messages import GPU_INDEX_LABEL, NODE_LABEL, PodEvent, PodE
 from brixmesh.common.ports import free_port
 from brixmesh.common.supervisor import ProcessSpec, ProcessState, ReadinessProbe, SupervisedProcess
 
-from brixmesh.orchestrator.backend import Pod, Unschedulable
+from brixmesh.orchestrator.backend import ROLE_NAME_LABEL, ROLE_SET_LABEL, Pod, Unschedulable
 from brixmesh.orchestrator.cordons import Cordons
 from brixmesh.orchestrator.external import EndpointMonitor
 from brixmesh.orchestrator.launch import (
@@ -42,12 +42,12 @@ from brixmesh.orchestrator.launch import (
     build_launch,
     check_engine,
 )
-from brixmesh.orchestrator.spec import DeploymentSpec
+from brixmesh.orchestrator.spec import DeploymentSpec, RoleMember, kv_transfer_of, role_set_name
 from brixmesh.orchestrator.state import LaunchRecord, PodRecord, pod_records
 
 log = logging.getLogger(__name__)
 
-_MAX_POD_NAME = 46  # 40-character deployment name, '-', 5 hex digits
+_MAX_POD_NAME = 63  # 40-character deployment name, role set (2 digits), role (12), 5 hex digits, 4 '-' 
 _IPC_PATH_LIMIT = 100  # sun_path holds 107 bytes; keep a margin
 
 
@@ -81,12 +81,15 @@ class LocalBackend:
     def validate(self, spec: DeploymentSpec) -> None:
         check_engine(spec)
 
-    async def create_pod(self, spec: DeploymentSpec, generation: int) -> Pod:
+    async def create_pod(self, spec: DeploymentSpec, generation: int, member: RoleMember | None = None) -> Pod:
         if spec.is_external:
             return self._register_external(spec, generation)
         gpu = self._place()
-        name = self._new_pod_name(spec.name)
-        slot = self._free_slot(spec.name)
+        role_name = ""
+        if member is not None:
+            spec, role_name = spec.for_role(member.role), member.role
+        name = self._new_pod_name(spec.name if member is None else f"{spec.name}-{member.role_set}-{role_name}")
+        slot = self._free_slot(spec.name, role_name)
         runtime_dir = self.runtime_root / name
         runtime_dir.mkdir(parents=True, exist_ok=True)
         http_port = self._unused_port()
@@ -105,6 +108,8 @@ class LocalBackend:
             block_size=launch.block_size, engine_argv=launch.argv,
         )  # fmt: skip
         info.labels.update({NODE_LABEL: self.node_name, GPU_INDEX_LABEL: gpu})
+        if member is not None:
+            place_in_role_set(info, member, spec.engine_args)
         pod = Pod(info=info, generation=generation, slot=slot)
         command = LaunchRecord(
             argv=launch.argv,
@@ -355,8 +360,12 @@ class LocalBackend:
                 load[gpu] += 1
         return min(free, key=lambda gpu: (load[gpu], int(gpu)))
 
-    def _free_slot(self, deployment: str) -> int:
-        taken = {pod.slot for pod in self._pods.values() if pod.deployment == deployment}
+    def _free_slot(self, deployment: str, role_name: str = "") -> int:
+        """Per role: a role's ``cpus_per_pod`` slices its own CPU set."""
+        taken = {
+            pod.slot for pod in self._pods.values()
+            if pod.deployment == deployment and pod.info.labels.get(ROLE_NAME_LABEL, "") == role_name
+        }  # fmt: skip
         return next(slot for slot in range(len(taken) + 1) if slot not in taken)
 
 
@@ -391,6 +400,14 @@ def pod_info(
         max_cpu_loras=limits.max_cpu_loras,
         max_lora_rank=limits.max_lora_rank,
     )
+
+
+def place_in_role_set(info: PodInfo, member: RoleMember, engine_args: Sequence[str]) -> None:
+    """Mark ``info`` (a pod launched with the role's ``engine_args``) as a member of its role set."""
+    info.role_set = role_set_name(info.deployment, member.role_set)
+    info.replica_index = member.replica_index
+    info.kv_transfer, info.bootstrap_port = kv_transfer_of(info.engine, engine_args)
+    info.labels.update({ROLE_SET_LABEL: info.role_set, ROLE_NAME_LABEL: member.role})
 
 
 def pod_labels(spec: DeploymentSpec, backend: str) -> dict[str, str]:

@@ -25,14 +25,45 @@ Engines the orchestrator does not run (containers, remote servers) are registere
       - {url: "http://engine-0:8000", kv_events: "tcp://engine-0:5557", kv_replay: "tcp://engine-0:5558"}
     block_size: 16                # their KV block size, if known
 
+A deployment made of **role sets** (prefill/decode disaggregation) declares ``roles`` instead of one
+``role``; the fields above are shared by every role, each role adds its own:
+
+    name: pd
+    model: tiny-llama
+    engine: sim
+    mode: replica                 # replica: `replicas` role sets of this shape | pool: one role set whose
+                                  # roles each scale on their own (`replicas` must stay 1)
+    replicas: 2                   # role sets
+    roles:
+      - name: prefill             # lowercase letters, digits, '-'; at most 12 characters
+        role: prefill             # what it does: prefill | decode | both (default: its name, if one of them)
+        replicas: 1               # pods of this role per role set (pool mode: in all)
+        engine_args: ["--kv-transfer-config", '{"kv_connector":"NixlConnector","kv_role":"kv_producer"}']
+        env: {KEY: value}
+        resources: {cpus: "0-3", cpus_per_pod: 1, gpus: 1, memory: 16Gi}
+        upgrade_order: 0          # lower first (role_order sequential / interleaved)
+      - name: decode
+        replicas: 1
+        engine_args: ["--kv-transfer-config", '{"kv_connector":"NixlConnector","kv_role":"kv_consumer"}']
+    update:                       # how a template change rolls out
+      max_surge: 1                # role sets (replica mode) or pods per role (pool mode) above the desired
+      max_unavailable: 0          # ready ones that may be missing meanwhile
+      role_order: sequential      # sequential | parallel | interleaved: how the roles of a role set start
+
+A single-role deployment is a deployment with one implicit role (``roles`` empty) and keeps its surge
+rollout. The model is backend-neutral: the local backend runs it as processes, the Kubernetes backend as
+pods of a custom resource; ``resources`` fields a backend cannot apply are documented there.
+
 A YAML source holds one spec, a list of specs, ``deployments: [...]``, or several documents.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,6 +74,12 @@ from brixmesh.orchestrator.policy import check_engine_args, check_env, redacted
 
 ENGINES = ("sim", "vllm", "sglang")
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
+_ROLE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?$")
+_MEMORY = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|K|M|G|T)?$")
+MAX_ROLE_SETS = 100
+"""Role-set indexes stay below this: they are part of pod names."""
+PodRole = Literal["prefill", "decode", "both"]
+RoleOrder = Literal["sequential", "parallel", "interleaved"]
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?$")
 ORCHESTRATOR_FLAGS = ("--host", "--port", "--served-model-name", "--kv-events-config", "--replicas", "--base-port")
 """Flags the orchestrator sets itself (endpoints it announces); engine_args may not override them."""
@@ -98,6 +135,116 @@ class ExternalEndpoint(BaseModel):
         return value
 
 
+class ResourcesSpec(BaseModel):
+    """What one pod of a role needs. ``cpus``/``cpus_per_pod`` pin local processes (as a single-role
+    deployment's top-level fields do); ``gpus``/``memory`` are requests of cluster backends (Kubernetes:
+    ``nvidia.com/gpu`` and memory); the local backend places every pod on one GPU of its node."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cpus: tuple[int, ...] | None = None
+    cpus_per_pod: int = Field(default=0, ge=0)
+    gpus: int = Field(default=1, ge=0)
+    memory: str | None = None
+    """A Kubernetes quantity (``16Gi``); None: no request."""
+
+    @field_validator("cpus", mode="before")
+    @classmethod
+    def _parse_cpus(cls, value: Any) -> Any:
+        return _cpu_input(value)
+
+    @field_validator("cpus")
+    @classmethod
+    def _cpus_unique(cls, value: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        return _cpu_set(value)
+
+    @field_validator("cpus_per_pod")
+    @classmethod
+    def _cpu_slices(cls, value: int, info: ValidationInfo) -> int:
+        return _cpu_slice(value, info.data.get("cpus"))
+
+    @field_validator("memory")
+    @classmethod
+    def _quantity(cls, value: str | None) -> str | None:
+        if value is not None and not _MEMORY.match(value):
+            raise ValueError(f"{value!r} is not a memory quantity like '512Mi' or '16Gi'")
+        return value
+
+
+class RoleSpec(BaseModel):
+    """One role of a role set: its pods share the deployment's fields plus these."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    role: PodRole = "both"
+    """What its pods do; defaults to the role's name when that is ``prefill`` or ``decode``."""
+    replicas: int = Field(default=1, ge=0)
+    """Pods of this role in each role set (pool mode: in the one role set)."""
+    engine_args: tuple[str, ...] = ()
+    """Appended to the deployment's ``engine_args``."""
+    env: dict[str, str] = Field(default_factory=dict)
+    """Over the deployment's ``env``."""
+    resources: ResourcesSpec = ResourcesSpec()
+    upgrade_order: int = 0
+    """Lower starts (and is replaced) first under role_order sequential and interleaved; ties keep the
+    order of ``roles``."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _role_from_name(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "role" not in data and data.get("name") in ("prefill", "decode"):
+            return {**data, "role": data["name"]}
+        return data
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _ROLE_NAME.match(value):
+            raise ValueError(
+                f"{value!r} is not a valid role name: 1-12 lowercase letters, digits or '-', starting and "
+                "ending with a letter or digit"
+            )
+        return value
+
+    @field_validator("engine_args", mode="before")
+    @classmethod
+    def _split_engine_args(cls, value: Any) -> Any:
+        return shlex.split(value) if isinstance(value, str) else value
+
+    @field_validator("engine_args")
+    @classmethod
+    def _engine_args_policy(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return _checked_engine_args(value)
+
+    @field_validator("env")
+    @classmethod
+    def _env_policy(cls, value: dict[str, str]) -> dict[str, str]:
+        check_env(value)
+        return value
+
+
+class UpdatePolicy(BaseModel):
+    """A rolling update of a role-set deployment. Replica mode replaces whole role sets: at most
+    ``max_surge`` new ones beyond ``replicas``, an old one drained only while at least ``replicas -
+    max_unavailable`` role sets stay ready. Pool mode does the same per role, pod by pod."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_surge: int = Field(default=1, ge=0)
+    max_unavailable: int = Field(default=0, ge=0)
+    role_order: RoleOrder = "sequential"
+    """How the roles of a role set are started (and, in pool mode, replaced): ``sequential`` one role after
+    the other in ``upgrade_order``, each once the previous one is ready; ``parallel`` all at once;
+    ``interleaved`` one pod at a time, alternating between the roles."""
+
+    @model_validator(mode="after")
+    def _progress(self) -> UpdatePolicy:
+        if self.max_surge == 0 and self.max_unavailable == 0:
+            raise ValueError("max_surge and max_unavailable cannot both be 0: the update could never proceed")
+        return self
+
+
 class DeploymentSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -119,6 +266,10 @@ class DeploymentSpec(BaseModel):
     """Engines already running elsewhere: one pod per endpoint, announced and probed, never started."""
     block_size: int = Field(default=0, ge=0)
     """KV block size of external engines (0: unknown); pods the orchestrator runs report their own."""
+    roles: tuple[RoleSpec, ...] = ()
+    """The roles of each role set; empty: one implicit role (``role``, ``replicas`` pods)."""
+    mode: Literal["replica", "pool"] = "replica"
+    update: UpdatePolicy = UpdatePolicy()
 
     @model_validator(mode="before")
     @classmethod
@@ -159,12 +310,7 @@ class DeploymentSpec(BaseModel):
     @field_validator("engine_args")
     @classmethod
     def _no_orchestrator_flags(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for arg in value:
-            flag = arg.split("=", 1)[0]
-            if flag in ORCHESTRATOR_FLAGS:
-                raise ValueError(f"{flag} is set by the orchestrator (it announces the endpoint); remove it")
-        check_engine_args(value)
-        return value
+        return _checked_engine_args(value)
 
     @field_validator("env")
     @classmethod
@@ -175,22 +321,12 @@ class DeploymentSpec(BaseModel):
     @field_validator("cpus", mode="before")
     @classmethod
     def _parse_cpus(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return parse_cpu_list(value)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return [value]
-        return value
+        return _cpu_input(value)
 
     @field_validator("cpus")
     @classmethod
     def _cpus_unique(cls, value: tuple[int, ...] | None) -> tuple[int, ...] | None:
-        if value is None:
-            return None
-        if not value:
-            raise ValueError("must name at least one CPU (leave it out for no pinning)")
-        if any(cpu < 0 for cpu in value):
-            raise ValueError("CPU numbers must be >= 0")
-        return tuple(sorted(set(value)))
+        return _cpu_set(value)
 
     @field_validator("labels")
     @classmethod
@@ -203,12 +339,7 @@ class DeploymentSpec(BaseModel):
     @field_validator("cpus_per_pod")
     @classmethod
     def _cpu_slices(cls, value: int, info: ValidationInfo) -> int:
-        cpus = info.data.get("cpus")
-        if value and cpus is None:
-            raise ValueError("needs cpus (the set to slice)")
-        if cpus is not None and value > len(cpus):
-            raise ValueError(f"{value} is more than the {len(cpus)} CPUs in cpus")
-        return value
+        return _cpu_slice(value, info.data.get("cpus"))
 
     @field_validator("external")
     @classmethod
@@ -228,13 +359,65 @@ class DeploymentSpec(BaseModel):
             raise ValueError("an endpoint is listed twice")
         return value
 
+    @model_validator(mode="after")
+    def _role_sets(self) -> DeploymentSpec:
+        if not self.roles:
+            if self.mode != "replica" or self.update != UpdatePolicy():
+                raise ValueError("mode and update apply to deployments with roles")
+            return self
+        names = [role.name for role in self.roles]
+        if len(set(names)) != len(names):
+            raise ValueError(f"roles: role {next(n for n in names if names.count(n) > 1)!r} is listed twice")
+        clashes = [field for field in ("external", "cpus", "cpus_per_pod") if getattr(self, field)]
+        if self.role != "both":
+            clashes.append("role")
+        if clashes:
+            raise ValueError(f"{clashes[0]} does not apply to deployments with roles (set it per role)")
+        if self.mode == "pool" and self.replicas != 1:
+            raise ValueError("replicas: a pool-mode deployment is one role set (scale its roles instead)")
+        if self.replicas + self.update.max_surge > MAX_ROLE_SETS:
+            raise ValueError(f"replicas: at most {MAX_ROLE_SETS} role sets, surge included")
+        for role in self.roles:
+            _checked_engine_args(self.engine_args + role.engine_args)
+            check_env({**self.env, **role.env})
+        return self
+
     @property
     def is_external(self) -> bool:
         return bool(self.external)
 
+    @property
+    def has_roles(self) -> bool:
+        return bool(self.roles)
+
+    def role_named(self, name: str) -> RoleSpec:
+        """The role called ``name``; KeyError if there is none."""
+        for role in self.roles:
+            if role.name == name:
+                return role
+        raise KeyError(name)
+
+    def roles_in_upgrade_order(self) -> list[RoleSpec]:
+        return sorted(self.roles, key=lambda role: role.upgrade_order)
+
+    def for_role(self, name: str) -> DeploymentSpec:
+        """The single-role spec one pod of role ``name`` is launched from: the deployment's fields with the
+        role's function, engine args (appended), env (over the deployment's) and CPUs."""
+        role = self.role_named(name)
+        return self.model_copy(update={
+            "role": role.role, "replicas": role.replicas, "engine_args": self.engine_args + role.engine_args,
+            "env": {**self.env, **role.env}, "cpus": role.resources.cpus,
+            "cpus_per_pod": role.resources.cpus_per_pod, "roles": (), "mode": "replica", "update": UpdatePolicy(),
+        })  # fmt: skip
+
     def template(self) -> dict[str, Any]:
         """Everything that shapes a pod; pods made from another template are replaced (rolling)."""
-        return self.model_dump(exclude={"replicas", "drain_grace_s"})
+        return self.model_dump(exclude={"replicas", "drain_grace_s", "roles", "mode", "update"})
+
+    def role_template(self, name: str) -> dict[str, Any]:
+        """Everything that shapes a pod of role ``name`` (its pods are replaced when it changes)."""
+        role = self.role_named(name)
+        return {**self.for_role(name).template(), "resources": role.resources.model_dump()}
 
     def public_dict(self) -> dict[str, Any]:
         """What GET shows: env values redacted (secrets are never echoed)."""
@@ -245,7 +428,98 @@ class DeploymentSpec(BaseModel):
         data["engine_args"] = list(self.engine_args)
         data["cpus"] = None if self.cpus is None else list(self.cpus)
         data["external"] = [endpoint.model_dump() for endpoint in self.external]
+        data["roles"] = [role.model_dump(mode="json") for role in self.roles]
         return data
+
+
+@dataclass(frozen=True, order=True)
+class RoleMember:
+    """Where one pod of a role-set deployment belongs: role set ``role_set`` (named
+    ``<deployment>-<role_set>``), role ``role``, ``replica_index`` within that role in that role set."""
+
+    role_set: int
+    role: str
+    replica_index: int
+
+
+def role_set_name(deployment: str, index: int) -> str:
+    return f"{deployment}-{index}"
+
+
+KV_CONNECTORS = {
+    "NixlConnector": "nixl",
+    "NixlPullConnector": "nixl",
+    "ExampleConnector": "shared-storage",
+    "SharedStorageConnector": "shared-storage",
+}
+"""vLLM ``kv_connector`` names -> how the router moves KV between the pods (``PodInfo.kv_transfer``)."""
+SGLANG_BOOTSTRAP_PORT = 8998
+
+
+def kv_transfer_of(engine: str, engine_args: Sequence[str]) -> tuple[str, int]:
+    """How a pod launched with ``engine_args`` hands its KV cache over (``PodInfo.kv_transfer``) and, for
+    SGLang, its bootstrap port: vLLM's (and the simulator's) ``--kv-transfer-config`` connector, or
+    SGLang's ``--disaggregation-mode``. ``("", 0)``: no P/D transfer (or a connector the router need not
+    know, such as a KV-cache tier)."""
+    if engine == "sglang" or last_flag(engine_args, "--disaggregation-mode") is not None:
+        if last_flag(engine_args, "--disaggregation-mode") in (None, "null"):
+            return "", 0
+        port = last_flag(engine_args, "--disaggregation-bootstrap-port")
+        return "sglang", int(port) if port is not None and port.isdigit() else SGLANG_BOOTSTRAP_PORT
+    config = last_flag(engine_args, "--kv-transfer-config")
+    if config is None:
+        return "", 0
+    try:
+        connector = json.loads(config).get("kv_connector", "")
+    except (ValueError, AttributeError):
+        return "", 0
+    return KV_CONNECTORS.get(connector, ""), 0
+
+
+def last_flag(argv: Sequence[str], flag: str) -> str | None:
+    """The value of the last ``flag VALUE`` / ``flag=VALUE`` in ``argv`` (argparse: the last one wins)."""
+    found: str | None = None
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            found = argv[i + 1]
+        elif arg.startswith(flag + "="):
+            found = arg.split("=", 1)[1]
+    return found
+
+
+def _checked_engine_args(value: tuple[str, ...]) -> tuple[str, ...]:
+    for arg in value:
+        flag = arg.split("=", 1)[0]
+        if flag in ORCHESTRATOR_FLAGS:
+            raise ValueError(f"{flag} is set by the orchestrator (it announces the endpoint); remove it")
+    check_engine_args(value)
+    return value
+
+
+def _cpu_input(value: Any) -> Any:
+    if isinstance(value, str):
+        return parse_cpu_list(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [value]
+    return value
+
+
+def _cpu_set(value: tuple[int, ...] | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    if not value:
+        raise ValueError("must name at least one CPU (leave it out for no pinning)")
+    if any(cpu < 0 for cpu in value):
+        raise ValueError("CPU numbers must be >= 0")
+    return tuple(sorted(set(value)))
+
+
+def _cpu_slice(value: int, cpus: tuple[int, ...] | None) -> int:
+    if value and cpus is None:
+        raise ValueError("needs cpus (the set to slice)")
+    if cpus is not None and value > len(cpus):
+        raise ValueError(f"{value} is more than the {len(cpus)} CPUs in cpus")
+    return value
 
 
 def parse_cpu_list(text: str) -> list[int]:
@@ -343,6 +617,7 @@ def _spec_error(exc: ValidationError, where: str) -> SpecError:
     elif error["type"] == "missing":
         message = f"{param}: required field missing"
     else:
-        message = f"{param}: {error['msg'].removeprefix('Value error, ')}"
+        reason = error["msg"].removeprefix("Value error, ")
+        message = f"{param}: {reason}" if param else reason
     more = len(exc.errors()) - 1
     return SpecError(f"{where}: {message}" + (f" (and {more} more problem{'s' * (more > 1)})" if more else ""), param)
