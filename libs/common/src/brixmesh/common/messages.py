@@ -245,10 +245,38 @@ class ScaleDecision(msgspec.Struct, kw_only=True):
     deployment), not a new verdict."""
 
 
+class RoleStatus(msgspec.Struct, kw_only=True):
+    """One role of a role-set deployment, over all its role sets."""
+
+    name: str
+    role: PodRole = "both"
+    desired_replicas: int
+    """Pods of this role wanted in all role sets (pool mode: the role's own count, which a decision
+    targeting its function scales)."""
+    ready_replicas: int
+    pods: int
+    last_decision_ts: float = 0.0
+    """Pool mode: the ``ts`` of the last scale decision taken for this role (0: none)."""
+
+
+class RoleSetStatus(msgspec.Struct, kw_only=True):
+    name: str
+    """``<deployment>-<index>``, as in ``PodInfo.role_set``."""
+    ready: bool
+    """Every role has its desired number of ready pods: only then does the role set serve as a whole."""
+    current: bool
+    """Every pod runs its role's current template (false: it is being replaced by a rolling update)."""
+    pods: int
+
+
 class DeploymentStatus(msgspec.Struct, kw_only=True):
     """The orchestrator's observed fleet of one deployment: published when it changes and every announce
     interval. ``last_decision_ts`` is the ``ts`` of the last scale decision it took (0: none), so an
-    autoscaler knows its decision arrived; ``deleted`` is sent once when the deployment goes away."""
+    autoscaler knows its decision arrived; ``deleted`` is sent once when the deployment goes away.
+
+    A role-set deployment (``mode`` ``replica`` or ``pool``) counts ``desired_replicas`` and
+    ``ready_replicas`` in role sets, and details each role and role set; ``mode`` empty: a single-role
+    deployment counting pods."""
 
     deployment: str
     role: PodRole = "both"
@@ -263,6 +291,9 @@ class DeploymentStatus(msgspec.Struct, kw_only=True):
     deleted: bool = False
     orchestrator: str = ""
     ts: float
+    mode: str = ""
+    roles: list[RoleStatus] = msgspec.field(default_factory=list)
+    role_sets: list[RoleSetStatus] = msgspec.field(default_factory=list)
 
 
 # --- GPU profiles ------------------------------------------------------------------------------------

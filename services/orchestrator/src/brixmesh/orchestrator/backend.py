@@ -67,6 +67,20 @@ class Pod:
     def draining(self) -> bool:
         return self.phase == "draining"
 
+    @property
+    def member(self) -> RoleMember | None:
+        """Where it belongs in a role-set deployment (from its labels), or None."""
+        role_set = self.info.labels.get(ROLE_SET_LABEL, "")
+        index = role_set.rsplit("-", 1)[-1]
+        if not index.isdigit() or ROLE_NAME_LABEL not in self.info.labels:
+            return None
+        return RoleMember(int(index), self.info.labels[ROLE_NAME_LABEL], self.info.replica_index)
+
+    @property
+    def failed(self) -> bool:
+        """Its process exited for good or keeps crashing: a role set replaces it with a new pod."""
+        return self.phase in ("exited", "crashloop")
+
     def status(self) -> PodStatus:
         return PodStatus(
             pod=self.info,

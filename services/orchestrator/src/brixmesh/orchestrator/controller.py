@@ -26,6 +26,7 @@ from brixmesh.common.messages import GpuDecision, ScaleDecision
 from brixmesh.orchestrator.backend import Pod, PodBackend
 from brixmesh.orchestrator.drain import wait_until_idle
 from brixmesh.orchestrator.planner import PodView, plan_scale
+from brixmesh.orchestrator.role_planner import MemberView, RoleView, plan_role_sets
 from brixmesh.orchestrator.spec import DeploymentSpec, SpecError, merge_patch, parse_spec
 from brixmesh.orchestrator.state import DeploymentRecord, Origin, RecordDir
 
@@ -63,13 +64,52 @@ class Deployment:
     force at least every few seconds, so a recent one means an autoscaler owns ``replicas``."""
     error: str | None = None
     """Why the last reconcile of this deployment failed (retried every reconcile), or None."""
+    role_generations: dict[str, int] = field(default_factory=dict)
+    """Role sets: the generation of each role's current template (pods of another are replaced)."""
+    role_replicas: dict[str, int] = field(default_factory=dict)
+    """Role sets: desired pods of each role per role set (pool mode: scaled by decisions for the role)."""
+    role_decisions: dict[str, ScaleDecision] = field(default_factory=dict)
+    """Pool mode: the last scale decision taken for each role."""
 
     def record(self) -> DeploymentRecord:
         return DeploymentRecord(
             spec=self.spec.model_dump(mode="json"), generation=self.generation, replicas=self.replicas,
             created_at=self.created_at, updated_at=self.updated_at, origin=self.origin,
-            last_decision=self.last_decision,
+            last_decision=self.last_decision, role_generations=self.role_generations,
+            role_replicas=self.role_replicas, role_decisions=self.role_decisions,
         )  # fmt: skip
+
+    def update_roles(self, old: DeploymentSpec | None) -> bool:
+        """Take the roles of ``self.spec`` over from ``old``: a role whose template changed (or is new) gets
+        the next generation, a role whose spec replicas changed gets them. Returns whether any template
+        changed (the deployment's generation is then bumped by the caller)."""
+        spec = self.spec
+        old_roles = {role.name: role for role in old.roles} if old is not None else {}
+        changed = [
+            role.name for role in spec.roles
+            if role.name not in old_roles or spec.role_template(role.name) != old.role_template(role.name)  # type: ignore[union-attr]
+        ]  # fmt: skip
+        removed = old_roles.keys() - {role.name for role in spec.roles}
+        next_generation = self.generation + 1 if old is not None and (changed or removed) else self.generation
+        self.role_generations = {
+            role.name: next_generation if role.name in changed else self.role_generations[role.name]
+            for role in spec.roles
+        }  # fmt: skip
+        self.role_replicas = {
+            role.name: role.replicas
+            if role.name not in old_roles or old_roles[role.name].replicas != role.replicas
+            else self.role_replicas.get(role.name, role.replicas)
+            for role in spec.roles
+        }  # fmt: skip
+        self.role_decisions = {name: d for name, d in self.role_decisions.items() if name in self.role_replicas}
+        return next_generation != self.generation
+
+    def roles_to_plan(self) -> list[RoleView]:
+        return [
+            RoleView(role.name, self.role_replicas[role.name], self.role_generations[role.name],
+                     role.upgrade_order)
+            for role in self.spec.roles
+        ]  # fmt: skip
 
     @property
     def name(self) -> str:
@@ -113,15 +153,20 @@ class Orchestrator:
             deployment = Deployment(
                 spec=spec, generation=1, replicas=spec.replicas, created_at=now, updated_at=now, origin=origin
             )
+            deployment.update_roles(None)
             self.deployments[spec.name] = deployment
             created = True
         else:
             deployment, created = current, False
-            if spec.template() != current.spec.template():
-                deployment.generation += 1
-            if spec.replicas != current.spec.replicas:
-                deployment.replicas = spec.replicas
+            old = current.spec
             deployment.spec = spec
+            roles_changed = deployment.update_roles(old if old.has_roles else None)
+            if spec.template() != old.template() or spec.has_roles != old.has_roles or roles_changed:
+                deployment.generation += 1
+                if spec.has_roles and not old.has_roles:
+                    deployment.role_generations = dict.fromkeys(deployment.role_generations, deployment.generation)
+            if spec.replicas != old.replicas:
+                deployment.replicas = spec.replicas
             deployment.origin = origin
             deployment.updated_at = now
         self._save(deployment)
@@ -139,11 +184,17 @@ class Orchestrator:
             except SpecError as exc:
                 log.error("cannot restore deployment %s: %s", name, exc)
                 continue
-            self.deployments[spec.name] = Deployment(
+            deployment = Deployment(
                 spec=spec, generation=record.generation, replicas=record.replicas,
                 created_at=record.created_at, updated_at=record.updated_at,
                 last_decision=record.last_decision, origin=record.origin,
+                role_generations=record.role_generations, role_replicas=record.role_replicas,
+                role_decisions=record.role_decisions,
             )  # fmt: skip
+            if spec.has_roles and set(record.role_generations) != {role.name for role in spec.roles}:
+                log.error("cannot restore deployment %s: its role state does not match its roles", name)
+                continue
+            self.deployments[spec.name] = deployment
         self._wake.set()
 
     def apply_startup(self, specs: Iterable[DeploymentSpec]) -> None:
@@ -206,8 +257,10 @@ class Orchestrator:
         deployment = self.deployments.get(decision.deployment)
         if deployment is None:
             return "unknown_deployment"
+        if deployment.spec.mode == "pool" and deployment.spec.has_roles:
+            return self._apply_role_decision(deployment, decision)
         if decision.role not in ("both", deployment.spec.role):
-            return "role_mismatch"
+            return "role_mismatch"  # replica mode: role sets are the unit, so only whole-deployment decisions
         if deployment.spec.is_external:
             return "fixed_size"
         last = deployment.last_decision
@@ -226,6 +279,33 @@ class Orchestrator:
             decision.algorithm, decision.reason,
         )
         deployment.replicas = decision.desired_replicas
+        deployment.updated_at = self._clock()
+        self._save(deployment)
+        return "applied"
+
+    def _apply_role_decision(self, deployment: Deployment, decision: ScaleDecision) -> DecisionOutcome:
+        """Pool mode: a decision scales the one role whose function it targets (decode by KV usage or
+        inter-token latency, prefill by queue or TTFT); a decision matching no role, or several, is refused."""
+        targets = [role.name for role in deployment.spec.roles if role.role == decision.role]
+        if len(targets) != 1:
+            return "role_mismatch"
+        (role,) = targets
+        last = deployment.role_decisions.get(role)
+        if last is not None and decision.ts <= last.ts:
+            return "duplicate" if decision.ts == last.ts else "stale"
+        if self._clock() - decision.ts > self._decision_max_age_s:
+            return "stale"
+        deployment.role_decisions[role] = decision
+        deployment.decision_received_at = self._clock()
+        self._wake.set()
+        if decision.desired_replicas == deployment.role_replicas[role]:
+            self._save(deployment)
+            return "unchanged"
+        log.info(
+            "scaling %s role %s %d -> %d (%s: %s)", deployment.name, role, deployment.role_replicas[role],
+            decision.desired_replicas, decision.algorithm, decision.reason,
+        )
+        deployment.role_replicas[role] = decision.desired_replicas
         deployment.updated_at = self._clock()
         self._save(deployment)
         return "applied"
@@ -299,6 +379,9 @@ class Orchestrator:
                 self._start_drain(pod.name, deployment.spec.drain_grace_s, "drain resumed")
 
     async def _reconcile(self, deployment: Deployment) -> None:
+        if deployment.spec.has_roles:
+            await self._reconcile_role_sets(deployment)
+            return
         pods = [pod for pod in self.backend.list_pods(deployment.name) if pod.name not in self._drains]
         plan = plan_scale(deployment.replicas, deployment.generation, [_view(pod) for pod in pods])
         for _ in range(plan.create):
@@ -307,6 +390,21 @@ class Orchestrator:
         for name in plan.drain:
             reason = "replaced by a newer template" if name in outdated else "scale down"
             self._start_drain(name, deployment.spec.drain_grace_s, reason)
+
+    async def _reconcile_role_sets(self, deployment: Deployment) -> None:
+        views = [self.member_view(pod) for pod in self.backend.list_pods(deployment.name)]
+        spec = deployment.spec
+        plan = plan_role_sets(spec.mode, deployment.replicas, deployment.roles_to_plan(), spec.update, views)
+        for name, reason in plan.drain:
+            self._start_drain(name, spec.drain_grace_s, reason)
+        for member in plan.create:
+            await self.backend.create_pod(spec, deployment.role_generations[member.role], member)
+
+    def member_view(self, pod: Pod) -> MemberView:
+        return MemberView(
+            name=pod.name, member=pod.member, generation=pod.generation, ready=pod.ready,
+            created_at=pod.created_at, draining=pod.draining or pod.name in self._drains, failed=pod.failed,
+        )  # fmt: skip
 
     def draining(self) -> list[str]:
         return list(self._drains)

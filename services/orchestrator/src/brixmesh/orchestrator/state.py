@@ -1,7 +1,8 @@
 """What the orchestrator keeps in its state directory so that a restart is not an outage:
 
 - ``deployments/<name>.json``: each deployment as last applied (spec, generation, desired replicas, the last
-  scale decision taken, and whether it came from a start-up file or the HTTP API);
+  scale decision taken, and whether it came from a start-up file or the HTTP API; for role sets also each
+  role's template generation, desired pods and last decision);
 - ``pods/<pod>.json``: each pod it created (identity, endpoints, generation, slot, how to relaunch it), so
   that a new orchestrator adopts the engines still running instead of starting others.
 
@@ -33,6 +34,9 @@ class DeploymentRecord(msgspec.Struct, kw_only=True):
     updated_at: float
     origin: Origin
     last_decision: ScaleDecision | None = None
+    role_generations: dict[str, int] = msgspec.field(default_factory=dict)
+    role_replicas: dict[str, int] = msgspec.field(default_factory=dict)
+    role_decisions: dict[str, ScaleDecision] = msgspec.field(default_factory=dict)
 
 
 class LaunchRecord(msgspec.Struct, kw_only=True):

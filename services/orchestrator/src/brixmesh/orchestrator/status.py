@@ -11,12 +11,16 @@ import asyncio
 import logging
 import time
 
+import msgspec
 import nats.errors
 from brixmesh.common.bus import Bus
-from brixmesh.common.messages import DeploymentStatus
+from brixmesh.common.messages import DeploymentStatus, RoleSetStatus, RoleStatus
 from brixmesh.common.subjects import DEPLOYMENTS_STATUS
 
+from brixmesh.orchestrator.backend import Pod
 from brixmesh.orchestrator.controller import Deployment, Orchestrator
+from brixmesh.orchestrator.role_planner import role_set_states
+from brixmesh.orchestrator.spec import role_set_name
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +28,11 @@ log = logging.getLogger(__name__)
 def deployment_status(
     orchestrator: Orchestrator, deployment: Deployment, instance_id: str
 ) -> DeploymentStatus:
-    active = [pod for pod in orchestrator.backend.list_pods(deployment.name) if not pod.draining]
+    pods = orchestrator.backend.list_pods(deployment.name)
+    active = [pod for pod in pods if not pod.draining]
     decision = deployment.last_decision
+    if deployment.spec.has_roles:
+        return _role_set_status(orchestrator, deployment, instance_id, pods)
     return DeploymentStatus(
         deployment=deployment.name,
         role=deployment.spec.role,
@@ -38,6 +45,37 @@ def deployment_status(
         orchestrator=instance_id,
         ts=time.time(),
     )
+
+
+def _role_set_status(
+    orchestrator: Orchestrator, deployment: Deployment, instance_id: str, pods: list[Pod]
+) -> DeploymentStatus:
+    """Role sets are the replicas: a role set counts as ready only when all its roles are."""
+    spec = deployment.spec
+    views = [orchestrator.member_view(pod) for pod in pods]
+    role_sets = [
+        RoleSetStatus(name=role_set_name(spec.name, state.index), ready=state.ready, current=state.current,
+                      pods=state.pods)
+        for state in role_set_states(deployment.roles_to_plan(), views)
+    ]  # fmt: skip
+    sets = 1 if spec.mode == "pool" else deployment.replicas
+    roles = []
+    for role in spec.roles:
+        members = [view for view in views if not view.draining and view.member and view.member.role == role.name]
+        decision = deployment.role_decisions.get(role.name)
+        roles.append(RoleStatus(
+            name=role.name, role=role.role, desired_replicas=deployment.role_replicas[role.name] * sets,
+            ready_replicas=sum(view.ready for view in members), pods=len(members),
+            last_decision_ts=decision.ts if decision is not None else 0.0,
+        ))  # fmt: skip
+    decision = deployment.last_decision
+    return DeploymentStatus(
+        deployment=spec.name, generation=deployment.generation, desired_replicas=sets,
+        ready_replicas=sum(role_set.ready for role_set in role_sets),
+        pods=sum(not view.draining for view in views),
+        last_decision_ts=decision.ts if decision is not None else 0.0,
+        orchestrator=instance_id, ts=time.time(), mode=spec.mode, roles=roles, role_sets=role_sets,
+    )  # fmt: skip
 
 
 class StatusPublisher:
@@ -80,6 +118,4 @@ class StatusPublisher:
 
 
 def _changed(old: DeploymentStatus | None, new: DeploymentStatus) -> bool:
-    return old is None or (old.generation, old.desired_replicas, old.ready_replicas, old.pods,
-                           old.last_decision_ts) != (new.generation, new.desired_replicas, new.ready_replicas,
-                                                     new.pods, new.last_decision_ts)  # fmt: skip
+    return old is None or msgspec.structs.replace(old, ts=new.ts) != new
