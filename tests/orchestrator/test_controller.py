@@ -12,7 +12,8 @@ from brixmesh.common.messages import GpuDecision, PodEvent, PodInfo, ScaleDecisi
 from brixmesh.orchestrator.backend import Pod
 from brixmesh.orchestrator.controller import Orchestrator, UnknownDeployment
 from brixmesh.orchestrator.cordons import Cordons
-from brixmesh.orchestrator.spec import DeploymentSpec, SpecError, parse_spec
+from brixmesh.orchestrator.local_backend import place_in_role_set
+from brixmesh.orchestrator.spec import DeploymentSpec, RoleMember, SpecError, parse_spec
 from brixmesh.orchestrator.state import deployment_records
 from tests.waiting import eventually
 
@@ -33,10 +34,13 @@ class MemoryBackend:
         if spec.engine == "sglang":
             raise SpecError("engine 'sglang' is not installed here", "engine")
 
-    async def create_pod(self, spec: DeploymentSpec, generation: int) -> Pod:
+    async def create_pod(self, spec: DeploymentSpec, generation: int, member: RoleMember | None = None) -> Pod:
         self._count += 1
         name = f"{spec.name}-{self._count}"
         info = PodInfo(pod=name, deployment=spec.name, model=spec.model, engine=spec.engine, endpoint="")
+        if member is not None:
+            info.role = spec.role_named(member.role).role
+            place_in_role_set(info, member, spec.for_role(member.role).engine_args)
         pod = Pod(info=info, generation=generation, slot=0, created_at=float(self._count))
         self.pods[name] = pod
         self.log.append(("create", name))
