@@ -11,7 +11,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from brixmesh.autoscaler.fleet import Fleet, RouterSignals
-from brixmesh.autoscaler.observe import observe
+from brixmesh.autoscaler.observe import observe, target_status
 from brixmesh.autoscaler.registry import Autoscalers
 from brixmesh.autoscaler.scraper import Scraper
 from brixmesh.common.bus import Bus
@@ -68,7 +68,7 @@ class AutoscalerController:
         """New decisions, and the decisions in force that must be sent again."""
         decisions = []
         for policy in self.autoscalers:
-            status = self.deployments.get(policy.spec.deployment)
+            status = target_status(self.deployments.get(policy.spec.deployment), policy.spec.role)
             obs = observe(
                 policy.spec, self.fleet, self.routers, now,
                 max_metrics_age_s=self.max_metrics_age_s, status=status,

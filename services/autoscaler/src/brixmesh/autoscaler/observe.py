@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 from brixmesh.autoscaler.fleet import Fleet, RouterSignals
 from brixmesh.autoscaler.policy import Observation
 from brixmesh.autoscaler.spec import PodAutoscalerSpec
@@ -25,6 +26,22 @@ def router_value(stats: RouterStats, metric: str) -> float:
     if metric == "completion_token_rate":
         return stats.completion_tokens / window
     return float(getattr(stats, metric))
+
+
+def target_status(status: DeploymentStatus | None, role: str | None) -> DeploymentStatus | None:
+    """The orchestrator's status as one autoscaler sees its target: for a role of a pool-mode role-set
+    deployment, that role's desired pods and last decision (the deployment's counts are role sets); None
+    when no single role of the deployment has that function (the orchestrator refuses such decisions)."""
+    if status is None or role is None or status.mode != "pool":
+        return status
+    matching = [entry for entry in status.roles if entry.role == role]
+    if len(matching) != 1:
+        return None
+    (entry,) = matching
+    return msgspec.structs.replace(
+        status, role=entry.role, desired_replicas=entry.desired_replicas, ready_replicas=entry.ready_replicas,
+        pods=entry.pods, last_decision_ts=entry.last_decision_ts,
+    )  # fmt: skip
 
 
 def observe(

@@ -62,7 +62,10 @@ class PodAutoscalerSpec(BaseModel):
     name: str
     deployment: str
     role: Literal["prefill", "decode", "both"] | None = None
-    """Scale only the pods of this role; None scales the whole deployment."""
+    """Scale only the pods of this role; None scales the whole deployment. For a role-set deployment: in
+    pool mode, the one role with this function (decode by ``kv_usage`` or ``itl_p90_s``, prefill by
+    ``waiting`` or ``ttft_p90_s``); in replica mode leave it out: role sets are the unit, and a metric's
+    target is what one role set should carry."""
     model: str = ""
     """Served model name, for router signals while the deployment has no pod yet (scale from zero)."""
     strategy: Strategy = "kpa"
