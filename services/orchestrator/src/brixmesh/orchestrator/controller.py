@@ -104,6 +104,13 @@ class Deployment:
         self.role_decisions = {name: d for name, d in self.role_decisions.items() if name in self.role_replicas}
         return next_generation != self.generation
 
+    def is_current(self, pod: Pod) -> bool:
+        """Whether ``pod`` runs the current template (of its role, in a role-set deployment)."""
+        member = pod.member
+        if not self.spec.has_roles or member is None:
+            return pod.generation == self.generation
+        return pod.generation == self.role_generations.get(member.role)
+
     def roles_to_plan(self) -> list[RoleView]:
         return [
             RoleView(role.name, self.role_replicas[role.name], self.role_generations[role.name],

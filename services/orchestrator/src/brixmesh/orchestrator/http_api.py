@@ -19,6 +19,7 @@ from brixmesh.orchestrator.backend import Pod
 from brixmesh.orchestrator.controller import Deployment, Orchestrator, UnknownDeployment
 from brixmesh.orchestrator.errors import invalid_request, not_found
 from brixmesh.orchestrator.spec import SpecError, parse_spec
+from brixmesh.orchestrator.status import deployment_status
 
 
 def add_routes(app: FastAPI, orchestrator: Orchestrator) -> None:
@@ -122,7 +123,7 @@ def deployment_view(
         "status": {
             "pods": len(active),
             "ready": sum(pod.ready for pod in active),
-            "updated": sum(pod.generation == deployment.generation for pod in active),
+            "updated": sum(deployment.is_current(pod) for pod in active),
             "draining": sum(pod.draining for pod in pods),
             "pod_names": [pod.name for pod in pods],
         },
@@ -133,6 +134,11 @@ def deployment_view(
         "created_at": deployment.created_at,
         "updated_at": deployment.updated_at,
     }
+    if deployment.spec.has_roles:
+        status = deployment_status(orchestrator, deployment, "")
+        view["status"]["role_sets"] = [msgspec.to_builtins(role_set) for role_set in status.role_sets]
+        view["status"]["roles"] = [msgspec.to_builtins(role) for role in status.roles]
+        view["role_replicas"] = deployment.role_replicas
     if replicas_set and autoscaled:
         view["warning"] = (
             f"deployment {deployment.name!r} is scaled by an autoscaler, which owns its replicas: it will "
