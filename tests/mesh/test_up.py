@@ -94,13 +94,45 @@ def test_up_refuses_a_busy_port(tmp_path: Path) -> None:
         (["--autoscale", "magic"], "brixmesh: --autoscale must be hpa, kpa or apa, not 'magic'"),
         (["--engines", "3", "--autoscale", "kpa", "--max-engines", "2"],
          "brixmesh: --max-engines must be at least --engines (and at least 1)"),
+        (["--pd", "3X"], "brixmesh: --pd must be a ratio such as 1P1D or 2P1D, or a spec file; '3X' is neither"),
+        (["--pd", "1P1D", "--engines", "2"], "brixmesh: --pd sets the engines itself: leave out --engines and "
+         "--autoscale (autoscale a role with a PodAutoscaler spec instead)"),
+        (["--pd", "1P1D", "--model", "no-such-model", "--engine", "vllm"],
+         "brixmesh: --pd: model 'no-such-model' is not among the cached models in "),
     ],
 )
 def test_up_rejects_bad_flags_in_one_line(tmp_path: Path, args: list[str], message: str) -> None:
     result = subprocess.run([*BRIXMESH, "up", "--port", str(free_port()), "--state-dir", str(tmp_path), *args],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
-    assert result.stderr.strip() == message
+    assert result.stderr.strip().startswith(message) and "\n" not in result.stderr.strip()
+
+
+def test_up_pd_rejects_a_bad_spec_file_in_one_line(tmp_path: Path) -> None:
+    spec = tmp_path / "pd.yaml"
+    spec.write_text("name: pd\nmodel: tiny-llama\nroles: [{name: prefill, replicas: -1}]\n")
+    result = subprocess.run([*BRIXMESH, "up", "--port", str(free_port()), "--state-dir", str(tmp_path / "state"),
+                             "--pd", str(spec)], capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"brixmesh: --pd: {spec}: deployment 'pd': roles.0.replicas: Input should be greater than or equal to 0"
+    )
+
+
+@pytest.mark.parametrize("mesh", [["--pd", "1P1D"]], indirect=True)
+def test_up_pd_runs_one_role_set_of_a_prefill_and_a_decode_pod_that_serves(mesh: RunningMesh) -> None:
+    assert mesh.printed.count("(sim, prefill)") == 1 and mesh.printed.count("(sim, decode)") == 1
+    assert "engines ready" not in mesh.printed
+    orchestrator = next(b for b in mesh.status() if b["service"] == "orchestrator")
+    view = httpx.get(f"{orchestrator['http_url']}/v1/deployments/default").json()
+    assert [(s["name"], s["ready"]) for s in view["status"]["role_sets"]] == [("default-0", True)]
+    pods = httpx.get(f"{orchestrator['http_url']}/v1/pods").json()["data"]
+    assert sorted((p["pod"]["role"], p["pod"]["role_set"], p["pod"]["kv_transfer"]) for p in pods) == [
+        ("decode", "default-0", "nixl"), ("prefill", "default-0", "nixl")
+    ]  # fmt: skip
+    reply = httpx.post(f"http://127.0.0.1:{mesh.port}/v1/completions", timeout=30,
+                       json={"model": "tiny-llama", "prompt": "hello", "max_tokens": 4})  # fmt: skip
+    assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] == 4
 
 
 def test_default_autoscaler_spec_is_accepted_by_the_autoscaler(tmp_path: Path) -> None:

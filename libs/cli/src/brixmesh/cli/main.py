@@ -20,7 +20,7 @@ from brixmesh.common.servers import ServerStartError
 from brixmesh.common.settings import SettingsError
 
 from brixmesh.cli.bench import bench_app
-from brixmesh.cli.mesh import Mesh, MeshOptions, run_until_signal
+from brixmesh.cli.mesh import Mesh, MeshOptions, PdError, pd_deployments, run_until_signal
 from brixmesh.cli.profile import profile
 from brixmesh.cli.state import (
     admin_token_path, default_state_dir, read_record, resolve_nats_auth, resolve_nats_url,
@@ -33,7 +33,7 @@ app = typer.Typer(help="brixmesh: one OpenAI endpoint over a fleet of LLM engine
                   add_completion=False, pretty_exceptions_enable=False)
 # piped output (CI logs, tests) gets wide tables instead of 80-column truncation
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
-errors = Console(stderr=True, highlight=False)
+errors = Console(stderr=True, highlight=False, soft_wrap=True)  # one line, however long
 app.add_typer(bench_app, name="bench")
 app.command()(profile)
 
@@ -49,7 +49,9 @@ def fail(message: str) -> typer.Exit:
 @app.command()
 def up(
     port: Annotated[int, typer.Option(help="Port of the OpenAI endpoint (the router).")] = 8000,
-    engines: Annotated[int, typer.Option(help="Engine pods of the default deployment (0: an empty mesh).")] = 2,
+    engines: Annotated[
+        int | None, typer.Option(help="Engine pods of the default deployment (0: an empty mesh; default 2).")
+    ] = None,
     engine: Annotated[str, typer.Option(help="Engine kind: sim (simulator) or vllm (real vLLM on CPU).")] = "sim",
     model: Annotated[str, typer.Option(help="Served model name of the default deployment.")] = "tiny-llama",
     autoscale: Annotated[str | None, typer.Option(help="Autoscale the default deployment: hpa, kpa or apa.")] = None,
@@ -57,10 +59,17 @@ def up(
     nats_url: Annotated[str | None, typer.Option(help="Use this NATS server instead of starting one.")] = None,
     state_dir: StateDir = default_state_dir(),
     ready_timeout: Annotated[float, typer.Option(help="Seconds to wait for every service to be ready.")] = 120.0,
+    pd: Annotated[str | None, typer.Option(
+        help="Prefill/decode instead of --engines: a ratio such as 1P1D or 2P1D (one role set), or a YAML "
+             "file of role-set deployment specs (docs/pd.md).")] = None,
 ) -> None:
     """Run the whole mesh on this machine: NATS and every service, until Ctrl-C."""
     if engine not in ("sim", "vllm"):
         raise fail(f"--engine must be sim or vllm, not {engine!r}")
+    if pd is not None and (engines is not None or autoscale):
+        raise fail("--pd sets the engines itself: leave out --engines and --autoscale (autoscale a role with "
+                   "a PodAutoscaler spec instead)")
+    engines = 2 if engines is None else engines
     if engines < 0:
         raise fail("--engines must be 0 or more")
     if autoscale not in (None, "hpa", "kpa", "apa"):
@@ -73,7 +82,15 @@ def up(
     running = read_record(state_dir)
     if running is not None:
         raise fail(f"a mesh is already running from {state_dir} (pid {running.pid}, {running.openai_base_url})")
-    options = MeshOptions(port, state_dir, nats_url, engines, engine, model, ready_timeout, autoscale, max_engines)
+    deployments_file = None
+    if pd is not None:
+        try:
+            deployments_file, engines = pd_deployments(pd, engine, model, state_dir)
+        except PdError as exc:
+            raise fail(str(exc)) from None
+    options = MeshOptions(
+        port, state_dir, nats_url, engines, engine, model, ready_timeout, autoscale, max_engines, deployments_file
+    )
     mesh = Mesh(options, report=lambda line: console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {line}"))
 
     def started(not_ready: list[str]) -> None:
@@ -89,7 +106,8 @@ def up(
                           str(process.pid), service.url, str(process.spec.log_path))
         for pod in mesh.engine_pods:
             info = pod["pod"]
-            table.add_row(f"engine {info['pod']} ({info['engine']})",
+            kind = info["engine"] if info["role"] == "both" else f"{info['engine']}, {info['role']}"
+            table.add_row(f"engine {info['pod']} ({kind})",
                           "[green]ready[/]" if pod["ready"] else f"[red]{pod['phase']}[/]",
                           str(pod.get("pid") or "-"), info["endpoint"], "")
         console.print(table)

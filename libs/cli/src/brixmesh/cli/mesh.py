@@ -6,7 +6,9 @@ import asyncio
 import importlib.util
 import json
 import os
+import re
 import signal
+import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,6 +54,9 @@ class MeshOptions:
     ready_timeout_s: float
     autoscale: str | None = None
     max_engines: int = 0
+    deployments_file: Path | None = None
+    """``--pd``: the orchestrator applies these deployments at start instead of a ``default`` of
+    ``engines`` pods (``engines`` is then the number of pods they run in all)."""
 
 
 @dataclass(frozen=True)
@@ -79,8 +84,10 @@ def service_spec(
     if name == "autoscaler" and options.autoscale:
         env["BRIXMESH_AUTOSCALER_SPECS"] = str(write_default_autoscaler(options).resolve())
     if name == "orchestrator":
+        if options.deployments_file is not None:
+            env["BRIXMESH_DEPLOYMENTS_FILE"] = str(options.deployments_file.resolve())
         env |= {
-            "BRIXMESH_DEFAULT_ENGINES": str(options.engines),
+            "BRIXMESH_DEFAULT_ENGINES": "0" if options.deployments_file is not None else str(options.engines),
             "BRIXMESH_DEFAULT_ENGINE": options.engine,
             "BRIXMESH_DEFAULT_MODEL": options.model,
             # the mesh's own shutdown stops its engines; a crashed orchestrator's successor adopts them
@@ -96,6 +103,62 @@ def service_spec(
         # leave them running
         stop_grace_s=ORCHESTRATOR_STOP_GRACE_S if name == "orchestrator" else ProcessSpec.stop_grace_s,
     )
+
+
+PD_RATIO = re.compile(r"^([1-9][0-9]?)P([1-9][0-9]?)D$", re.IGNORECASE)
+PD_CONNECTORS = {
+    # the simulator pulls the blocks from the prefill pod as vLLM's NixlConnector does
+    "sim": lambda kv_dir: {"kv_connector": "NixlConnector"},
+    # the connector that runs on vLLM's CPU build: blocks go through files in a shared directory
+    "vllm": lambda kv_dir: {"kv_connector": "ExampleConnector",
+                            "kv_connector_extra_config": {"shared_storage_path": str(kv_dir)}},
+}  # fmt: skip
+
+
+class PdError(ValueError):
+    """``--pd`` names neither a ratio nor a valid spec file; ``str()`` is one line."""
+
+
+def pd_ratio_spec(ratio: str, engine: str, model: str, state_dir: Path) -> dict | None:
+    """``1P1D``, ``2P1D``...: the ``default`` deployment as one role set of that many prefill and decode
+    pods, with the engine's P/D KV connector; None if ``ratio`` is not such a ratio."""
+    match = PD_RATIO.match(ratio)
+    if match is None:
+        return None
+    prefill, decode = int(match[1]), int(match[2])
+    connector = PD_CONNECTORS[engine](state_dir.resolve() / "pd-kv")
+
+    def role(name: str, replicas: int, kv_role: str) -> dict:
+        config = json.dumps({**connector, "kv_role": kv_role})
+        return {"name": name, "replicas": replicas, "engine_args": ["--kv-transfer-config", config]}
+
+    return {
+        "name": "default", "model": model, "engine": engine, "replicas": 1,
+        "roles": [role("prefill", prefill, "kv_producer"), role("decode", decode, "kv_consumer")],
+        "update": {"max_surge": 1, "max_unavailable": 0, "role_order": "parallel"},
+    }  # fmt: skip
+
+
+def pd_deployments(pd: str, engine: str, model: str, state_dir: Path) -> tuple[Path, int]:
+    """The deployments file for ``--pd`` (a ratio is written to ``<state_dir>/pd.yaml``) and the number of
+    engine pods it runs, checked by the orchestrator's own rules; PdError says what is wrong."""
+    spec = pd_ratio_spec(pd, engine, model, state_dir)
+    if spec is not None:
+        path = state_dir / "pd.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    else:
+        path = Path(pd)
+        if not path.is_file():
+            raise PdError(f"--pd must be a ratio such as 1P1D or 2P1D, or a spec file; {pd!r} is neither")
+    checked = subprocess.run(
+        [sys.executable, "-m", "brixmesh.orchestrator.check", str(path)], capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    if checked.returncode != 0:
+        lines = checked.stderr.strip().splitlines() or [f"exit status {checked.returncode}"]
+        raise PdError(f"--pd: {lines[-1]}")
+    return path, int(checked.stdout.strip())
 
 
 def bundled_tokenizer_dirs(model: str) -> dict[str, str]:
@@ -186,14 +249,16 @@ class Mesh:
         return env
 
     async def wait_engines_ready(self) -> list[dict]:
-        """The default deployment's pods, once ``engines`` of them are ready (or the ready timeout passed)."""
+        """The default deployment's pods (``--pd``: every pod), once ``engines`` of them are ready (or the
+        ready timeout passed)."""
         url = f"{self.services['orchestrator'].url}/v1/pods"
         deadline = asyncio.get_running_loop().time() + self.options.ready_timeout_s
         pods: list[dict] = []
         async with httpx.AsyncClient(timeout=2.0) as client:
             while asyncio.get_running_loop().time() < deadline:
                 try:
-                    pods = [p for p in (await client.get(url)).json()["data"] if p["pod"]["deployment"] == "default"]
+                    pods = [p for p in (await client.get(url)).json()["data"]
+                            if self.options.deployments_file is not None or p["pod"]["deployment"] == "default"]
                 except (httpx.HTTPError, ValueError, KeyError):
                     pods = []
                 if sum(p["ready"] for p in pods) >= self.options.engines:

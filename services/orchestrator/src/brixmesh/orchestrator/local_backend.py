@@ -31,6 +31,7 @@ from brixmesh.common.ports import free_port
 from brixmesh.common.supervisor import ProcessSpec, ProcessState, ReadinessProbe, SupervisedProcess
 
 from brixmesh.orchestrator.backend import ROLE_NAME_LABEL, ROLE_SET_LABEL, Pod, Unschedulable
+from brixmesh.orchestrator.check import check_runnable
 from brixmesh.orchestrator.cordons import Cordons
 from brixmesh.orchestrator.external import EndpointMonitor
 from brixmesh.orchestrator.launch import (
@@ -40,7 +41,6 @@ from brixmesh.orchestrator.launch import (
     STATE_DIR_ENV,
     PodPlacement,
     build_launch,
-    check_engine,
 )
 from brixmesh.orchestrator.spec import DeploymentSpec, RoleMember, kv_transfer_of, role_set_name
 from brixmesh.orchestrator.state import LaunchRecord, PodRecord, pod_records
@@ -79,7 +79,7 @@ class LocalBackend:
     # --- PodBackend ----------------------------------------------------------------------------------
 
     def validate(self, spec: DeploymentSpec) -> None:
-        check_engine(spec)
+        check_runnable(spec)
 
     async def create_pod(self, spec: DeploymentSpec, generation: int, member: RoleMember | None = None) -> Pod:
         if spec.is_external:
