@@ -260,6 +260,8 @@ class RoleStatus(msgspec.Struct, kw_only=True):
 
 
 class RoleSetStatus(msgspec.Struct, kw_only=True):
+    """One role set of a role-set deployment."""
+
     name: str
     """``<deployment>-<index>``, as in ``PodInfo.role_set``."""
     ready: bool
