@@ -24,7 +24,8 @@ def test_a_role_target_sees_its_roles_desired_pods_and_last_decision() -> None:
     assert (seen.role, seen.desired_replicas, seen.ready_replicas, seen.pods, seen.last_decision_ts) == (
         "prefill", 2, 1, 2, 7.0
     )  # fmt: skip
-    assert target_status(pool_status(PREFILL, DECODE), "decode").desired_replicas == 4  # type: ignore[union-attr]
+    decode = target_status(pool_status(PREFILL, DECODE), "decode")
+    assert decode is not None and decode.desired_replicas == 4
 
 
 def test_whole_deployment_and_replica_mode_targets_see_the_deployment() -> None:

@@ -94,9 +94,11 @@ def test_up_refuses_a_busy_port(tmp_path: Path) -> None:
         (["--autoscale", "magic"], "brixmesh: --autoscale must be hpa, kpa or apa, not 'magic'"),
         (["--engines", "3", "--autoscale", "kpa", "--max-engines", "2"],
          "brixmesh: --max-engines must be at least --engines (and at least 1)"),
-        (["--pd", "3X"], "brixmesh: --pd must be a ratio such as 1P1D or 2P1D, or a spec file; '3X' is neither"),
-        (["--pd", "1P1D", "--engines", "2"], "brixmesh: --pd sets the engines itself: leave out --engines and "
-         "--autoscale (autoscale a role with a PodAutoscaler spec instead)"),
+        (["--pd", "3X"],
+         "brixmesh: --pd must be a ratio such as 1P1D or 2P1D, or a spec file; '3X' is neither"),
+        (["--pd", "1P1D", "--engines", "2"],
+         "brixmesh: --pd sets the engines itself: leave out --engines and --autoscale (autoscale a role with "
+         "a PodAutoscaler spec instead)"),
         (["--pd", "1P1D", "--model", "no-such-model", "--engine", "vllm"],
          "brixmesh: --pd: model 'no-such-model' is not among the cached models in "),
     ],
@@ -111,11 +113,12 @@ def test_up_rejects_bad_flags_in_one_line(tmp_path: Path, args: list[str], messa
 def test_up_pd_rejects_a_bad_spec_file_in_one_line(tmp_path: Path) -> None:
     spec = tmp_path / "pd.yaml"
     spec.write_text("name: pd\nmodel: tiny-llama\nroles: [{name: prefill, replicas: -1}]\n")
-    result = subprocess.run([*BRIXMESH, "up", "--port", str(free_port()), "--state-dir", str(tmp_path / "state"),
-                             "--pd", str(spec)], capture_output=True, text=True, timeout=60)  # fmt: skip
+    argv = [*BRIXMESH, "up", "--port", str(free_port()), "--state-dir", str(tmp_path / "state")]
+    result = subprocess.run([*argv, "--pd", str(spec)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        f"brixmesh: --pd: {spec}: deployment 'pd': roles.0.replicas: Input should be greater than or equal to 0"
+        f"brixmesh: --pd: {spec}: deployment 'pd': roles.0.replicas: "
+        "Input should be greater than or equal to 0"
     )
 
 

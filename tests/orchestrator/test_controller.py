@@ -34,7 +34,9 @@ class MemoryBackend:
         if spec.engine == "sglang":
             raise SpecError("engine 'sglang' is not installed here", "engine")
 
-    async def create_pod(self, spec: DeploymentSpec, generation: int, member: RoleMember | None = None) -> Pod:
+    async def create_pod(
+        self, spec: DeploymentSpec, generation: int, member: RoleMember | None = None
+    ) -> Pod:
         self._count += 1
         name = f"{spec.name}-{self._count}"
         info = PodInfo(pod=name, deployment=spec.name, model=spec.model, engine=spec.engine, endpoint="")

@@ -19,6 +19,7 @@ from brixmesh.orchestrator.spec import RoleMember, UpdatePolicy
 
 PREFILL = RoleView("prefill", replicas=1, generation=1)
 DECODE = RoleView("decode", replicas=2, generation=1)
+ROLES = ("prefill", "decode")
 
 
 class World:
@@ -74,13 +75,17 @@ def test_sequential_starts_a_role_once_the_earlier_ones_are_ready() -> None:
 
 
 def test_interleaved_starts_one_pod_at_a_time_alternating_roles() -> None:
-    world = World("replica", [PREFILL, replace(DECODE, upgrade_order=1)], UpdatePolicy(role_order="interleaved"))
+    roles = [PREFILL, replace(DECODE, upgrade_order=1)]
+    world = World("replica", roles, UpdatePolicy(role_order="interleaved"))
     order = [world.step().create for _ in range(4)]
-    assert order == [(RoleMember(0, "decode", 0),), (RoleMember(0, "prefill", 0),), (RoleMember(0, "decode", 1),), ()]
+    assert order == [
+        (RoleMember(0, "decode", 0),), (RoleMember(0, "prefill", 0),), (RoleMember(0, "decode", 1),), ()
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize(
-    ("surge", "unavailable", "most_sets", "fewest_ready"), [(1, 0, 3, 2), (2, 0, 4, 2), (0, 1, 2, 1), (1, 1, 3, 1)]
+    ("surge", "unavailable", "most_sets", "fewest_ready"),
+    [(1, 0, 3, 2), (2, 0, 4, 2), (0, 1, 2, 1), (1, 1, 3, 1)],
 )
 def test_a_rolling_update_replaces_role_sets_within_its_bounds(
     surge: int, unavailable: int, most_sets: int, fewest_ready: int
@@ -98,7 +103,7 @@ def test_a_rolling_update_replaces_role_sets_within_its_bounds(
     assert max(seen_sets) == most_sets and min(seen_ready) >= fewest_ready
     members = world.members()
     assert len(members) == 6 and len({m.role_set for m in members}) == 2
-    assert all(p.generation == (2 if p.member.role == "decode" else 1) for p in world.pods.values())  # type: ignore[union-attr]
+    assert all(p.generation == (2 if p.place.role == "decode" else 1) for p in world.pods.values())
 
 
 def test_a_failed_pod_is_replaced_in_its_own_role_set() -> None:
@@ -167,8 +172,8 @@ def test_pool_mode_sequential_update_rolls_one_role_after_the_other() -> None:
     world.roles = [replace(PREFILL, generation=2), replace(DECODE, upgrade_order=1, generation=2)]
     history = []
     while not world.step().empty:
-        history.append({role: [p.generation for p in world.pods.values() if p.member.role == role]  # type: ignore[union-attr]
-                        for role in ("prefill", "decode")})  # fmt: skip
+        pods = world.pods.values()
+        history.append({role: [p.generation for p in pods if p.place.role == role] for role in ROLES})
     prefill_done = next(i for i, h in enumerate(history) if h["prefill"] == [2])
     assert all(h["decode"] == [1, 1] for h in history[:prefill_done])
     assert history[-1] == {"prefill": [2], "decode": [2, 2]}

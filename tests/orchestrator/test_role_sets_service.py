@@ -29,7 +29,9 @@ def kv_config(role: str) -> str:
     return json.dumps({"kv_connector": NIXL, "kv_role": role})
 
 
-def pd_deployment(replicas: int = 2, decode_args: tuple[str, ...] = (), **fields: object) -> dict[str, object]:
+def pd_deployment(
+    replicas: int = 2, decode_args: tuple[str, ...] = (), **fields: object
+) -> dict[str, object]:
     return {
         "model": "tiny-llama", "engine": "sim", "replicas": replicas, "engine_args": FAST_SIM,
         "drain_grace_s": 20,
@@ -114,7 +116,9 @@ async def test_role_sets_start_whole_and_roll_without_failing_a_request(
         }
         # sequential: a role set's decode pod starts only once its prefill pod is ready
         for role_set in ("pd-0", "pd-1"):
-            prefill_ready = next(e.ts for e in ready if e.pod.role_set == role_set and e.pod.role == "prefill")
+            prefill_ready = next(
+                e.ts for e in ready if e.pod.role_set == role_set and e.pod.role == "prefill"
+            )
             decode_added = next(e.ts for e in events.matching("added") if e.pod.role_set == role_set
                                 and e.pod.role == "decode")  # fmt: skip
             assert decode_added >= prefill_ready
@@ -130,9 +134,8 @@ async def test_role_sets_start_whole_and_roll_without_failing_a_request(
             load = Load(router.url, clients=3)
             await eventually(lambda: load.completed >= 10, 30, describe=lambda: str(load.failures[-3:]))
             rollout_from = len(statuses.statuses)
-            patched = await orch.http.patch(
-                "/v1/deployments/pd", json={"roles": pd_deployment(decode_args=("--max-num-seqs", "64"))["roles"]}
-            )
+            new_roles = pd_deployment(decode_args=("--max-num-seqs", "64"))["roles"]
+            patched = await orch.http.patch("/v1/deployments/pd", json={"roles": new_roles})
             assert patched.status_code == 200 and patched.json()["generation"] == 2, patched.text
             for pod in old_pods:
                 await events.wait_for("removed", pod=pod, timeout=120)

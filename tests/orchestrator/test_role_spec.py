@@ -39,7 +39,8 @@ def test_roles_take_their_function_from_their_name_and_share_the_deployment_fiel
     assert (prefill.role, prefill.cpus, prefill.cpus_per_pod, prefill.roles) == ("prefill", (0, 1), 1, ())
     assert prefill.engine_args == ("--max-num-seqs", "8", "--kv-transfer-config", NIXL_PRODUCER)
     assert spec.for_role("decode").env == {"SHARED": "2"}
-    assert (spec.update.max_surge, spec.update.max_unavailable, spec.update.role_order) == (2, 1, "interleaved")
+    update = spec.update
+    assert (update.max_surge, update.max_unavailable, update.role_order) == (2, 1, "interleaved")
 
 
 def test_a_spec_survives_its_own_json_dump() -> None:
@@ -71,7 +72,8 @@ def test_only_the_changed_roles_template_changes() -> None:
         ({"roles": [{"name": "prefill-workers"}]}, "is not a valid role name: 1-12"),
         ({"roles": [{"name": "a", "role": "encode"}]}, "roles.0.role"),
         ({"roles": [{"name": "a", "engine_args": ["--host", "x"]}]}, "--host is set by the orchestrator"),
-        ({"roles": [{"name": "a", "engine_args": ["--trust-remote-code"]}]}, "--trust-remote-code is not allowed"),
+        ({"roles": [{"name": "a", "engine_args": ["--trust-remote-code"]}]},
+         "--trust-remote-code is not allowed"),
         ({"roles": [{"name": "a", "env": {"LD_PRELOAD": "x"}}]}, "LD_PRELOAD is not allowed"),
         ({"roles": [{"name": "a", "resources": {"memory": "lots"}}]}, "not a memory quantity"),
         ({"roles": [{"name": "a", "resources": {"cpus_per_pod": 1}}]}, "needs cpus"),
@@ -99,7 +101,8 @@ def test_bad_role_specs_are_refused_in_one_line(fields: dict[str, object], messa
         ("vllm", ["--kv-transfer-config", "not json"], ("", 0)),
         ("vllm", ["--max-num-seqs", "8"], ("", 0)),
         ("sglang", ["--disaggregation-mode", "prefill"], ("sglang", 8998)),
-        ("sim", ["--disaggregation-mode", "decode", "--disaggregation-bootstrap-port", "9000"], ("sglang", 9000)),
+        ("sim", ["--disaggregation-mode", "decode", "--disaggregation-bootstrap-port", "9000"],
+         ("sglang", 9000)),
         ("sglang", [], ("", 0)),
     ],
 )

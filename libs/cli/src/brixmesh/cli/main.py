@@ -89,7 +89,8 @@ def up(
         except PdError as exc:
             raise fail(str(exc)) from None
     options = MeshOptions(
-        port, state_dir, nats_url, engines, engine, model, ready_timeout, autoscale, max_engines, deployments_file
+        port, state_dir, nats_url, engines, engine, model, ready_timeout, autoscale, max_engines,
+        deployments_file,
     )
     mesh = Mesh(options, report=lambda line: console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {line}"))
 

@@ -257,8 +257,9 @@ class Mesh:
         async with httpx.AsyncClient(timeout=2.0) as client:
             while asyncio.get_running_loop().time() < deadline:
                 try:
+                    every = self.options.deployments_file is not None
                     pods = [p for p in (await client.get(url)).json()["data"]
-                            if self.options.deployments_file is not None or p["pod"]["deployment"] == "default"]
+                            if every or p["pod"]["deployment"] == "default"]
                 except (httpx.HTTPError, ValueError, KeyError):
                     pods = []
                 if sum(p["ready"] for p in pods) >= self.options.engines:

@@ -105,7 +105,9 @@ class PodBackend(Protocol):
         """Raise :class:`~brixmesh.orchestrator.spec.SpecError` if this backend cannot run ``spec`` (engine not
         installed, CPUs it does not have, ...). Called before a spec is accepted."""
 
-    async def create_pod(self, spec: DeploymentSpec, generation: int, member: RoleMember | None = None) -> Pod:
+    async def create_pod(
+        self, spec: DeploymentSpec, generation: int, member: RoleMember | None = None
+    ) -> Pod:
         """Start one pod of ``spec``; returns at once (readiness is reported later as a ``ready`` change).
         For a deployment with roles, ``member`` says where it belongs: the pod is launched from
         ``spec.for_role(member.role)`` and its PodInfo carries ``role_set``, ``replica_index`` and

@@ -87,7 +87,8 @@ class Deployment:
         old_roles = {role.name: role for role in old.roles} if old is not None else {}
         changed = [
             role.name for role in spec.roles
-            if role.name not in old_roles or spec.role_template(role.name) != old.role_template(role.name)  # type: ignore[union-attr]
+            if old is None or role.name not in old_roles
+            or spec.role_template(role.name) != old.role_template(role.name)
         ]  # fmt: skip
         removed = old_roles.keys() - {role.name for role in spec.roles}
         next_generation = self.generation + 1 if old is not None and (changed or removed) else self.generation
@@ -101,7 +102,9 @@ class Deployment:
             else self.role_replicas.get(role.name, role.replicas)
             for role in spec.roles
         }  # fmt: skip
-        self.role_decisions = {name: d for name, d in self.role_decisions.items() if name in self.role_replicas}
+        self.role_decisions = {
+            name: decision for name, decision in self.role_decisions.items() if name in self.role_replicas
+        }
         return next_generation != self.generation
 
     def is_current(self, pod: Pod) -> bool:
@@ -170,8 +173,9 @@ class Orchestrator:
             roles_changed = deployment.update_roles(old if old.has_roles else None)
             if spec.template() != old.template() or spec.has_roles != old.has_roles or roles_changed:
                 deployment.generation += 1
-                if spec.has_roles and not old.has_roles:
-                    deployment.role_generations = dict.fromkeys(deployment.role_generations, deployment.generation)
+                if spec.has_roles and not old.has_roles:  # no pod so far is of a role set: every role is new
+                    generation = deployment.generation
+                    deployment.role_generations = dict.fromkeys(deployment.role_generations, generation)
             if spec.replicas != old.replicas:
                 deployment.replicas = spec.replicas
             deployment.origin = origin
@@ -292,7 +296,7 @@ class Orchestrator:
 
     def _apply_role_decision(self, deployment: Deployment, decision: ScaleDecision) -> DecisionOutcome:
         """Pool mode: a decision scales the one role whose function it targets (decode by KV usage or
-        inter-token latency, prefill by queue or TTFT); a decision matching no role, or several, is refused."""
+        inter-token latency, prefill by queue or TTFT); one matching no role, or several, is refused."""
         targets = [role.name for role in deployment.spec.roles if role.role == decision.role]
         if len(targets) != 1:
             return "role_mismatch"

@@ -81,14 +81,17 @@ class LocalBackend:
     def validate(self, spec: DeploymentSpec) -> None:
         check_runnable(spec)
 
-    async def create_pod(self, spec: DeploymentSpec, generation: int, member: RoleMember | None = None) -> Pod:
+    async def create_pod(
+        self, spec: DeploymentSpec, generation: int, member: RoleMember | None = None
+    ) -> Pod:
         if spec.is_external:
             return self._register_external(spec, generation)
         gpu = self._place()
         role_name = ""
         if member is not None:
             spec, role_name = spec.for_role(member.role), member.role
-        name = self._new_pod_name(spec.name if member is None else f"{spec.name}-{member.role_set}-{role_name}")
+        prefix = spec.name if member is None else f"{spec.name}-{member.role_set}-{role_name}"
+        name = self._new_pod_name(prefix)
         slot = self._free_slot(spec.name, role_name)
         runtime_dir = self.runtime_root / name
         runtime_dir.mkdir(parents=True, exist_ok=True)

@@ -39,6 +39,13 @@ class MemberView:
     draining: bool = False
     failed: bool = False
 
+    @property
+    def place(self) -> RoleMember:
+        """Its place in a role set; only asked of pods that have one (the others are set apart first)."""
+        if self.member is None:
+            raise ValueError(f"pod {self.name} belongs to no role set")
+        return self.member
+
 
 @dataclass(frozen=True)
 class RoleView:
@@ -83,7 +90,7 @@ def plan_role_sets(
     if mode == "pool":
         create, more = _plan_pool(roles, policy, alive)
     else:
-        taken = {pod.member.role_set for pod in pods if pod.member is not None}
+        taken = {pod.place.role_set for pod in pods if pod.member is not None}
         create, more = _plan_replica(desired, roles, policy, alive, taken)
     return RoleSetPlan(create=tuple(create), drain=tuple(drain + more))
 
@@ -142,19 +149,20 @@ def _complete_set(
     """The members role set ``index`` still lacks that ``order`` lets start now, and its surplus pods."""
     by_role: dict[str, list[MemberView]] = defaultdict(list)
     for pod in members:
-        by_role[pod.member.role].append(pod)  # type: ignore[union-attr]
+        by_role[pod.place.role].append(pod)
     surplus = [pod.name for role, pods in by_role.items() for pod in pods
                if role not in {r.name for r in roles}]  # fmt: skip
     missing: dict[str, list[int]] = {}
     for role in roles:
-        pods = sorted(by_role.get(role.name, []), key=lambda pod: pod.member.replica_index)  # type: ignore[union-attr]
-        held = {pod.member.replica_index for pod in pods}  # type: ignore[union-attr]
-        surplus.extend(pod.name for pod in pods if pod.member.replica_index >= role.replicas)  # type: ignore[union-attr]
+        pods = sorted(by_role.get(role.name, []), key=lambda pod: pod.place.replica_index)
+        held = {pod.place.replica_index for pod in pods}
+        surplus.extend(pod.name for pod in pods if pod.place.replica_index >= role.replicas)
         missing[role.name] = [i for i in range(role.replicas) if i not in held]
     settled = {role.name: not missing[role.name] and _all_ready(by_role.get(role.name, []), role.replicas)
                for role in roles}  # fmt: skip
     starting = any(not pod.ready for pod in members if pod.name not in surplus)
-    allowed = _roles_allowed(roles, order, settled, starting, work={r.name: len(missing[r.name]) for r in roles})
+    work = {role.name: len(missing[role.name]) for role in roles}
+    allowed = _roles_allowed(roles, order, settled, starting, work)
     create = [RoleMember(index, name, i) for name in allowed for i in missing[name]]
     if order == "interleaved":
         create = sorted(create, key=lambda m: m.replica_index)[:1]
@@ -174,10 +182,10 @@ def _plan_pool(
     for pod in pods:
         if pod.member is None:
             legacy.append(pod)
-        elif pod.member.role not in names:
+        elif pod.place.role not in names:
             drain.append((pod.name, "role removed"))
         else:
-            by_role[pod.member.role].append(pod)
+            by_role[pod.place.role].append(pod)
     current = {r.name: [p for p in by_role[r.name] if p.generation == r.generation] for r in roles}
     outdated = {r.name: [p for p in by_role[r.name] if p.generation != r.generation] for r in roles}
     settled = {r.name: not outdated[r.name] and _all_ready(current[r.name], r.replicas) for r in roles}
@@ -195,11 +203,12 @@ def _plan_pool(
                 count = min(count, 1)
         else:  # waits for its turn: only a scale-down
             count, retired = 0, _surplus(role.replicas, current[role.name], outdated[role.name])
-        held = {pod.member.replica_index for pod in current[role.name] if pod not in retired}  # type: ignore[union-attr]
+        held = {pod.place.replica_index for pod in current[role.name] if pod not in retired}
         free = (i for i in range(len(held) + count + 1) if i not in held)
         create.extend(RoleMember(0, role.name, next(free)) for _ in range(count))
         for pod in retired:
-            drain.append((pod.name, "replaced by a newer template" if pod in outdated[role.name] else "scale down"))
+            why = "replaced by a newer template" if pod in outdated[role.name] else "scale down"
+            drain.append((pod.name, why))
     if legacy and all(settled.values()):
         drain.extend((pod.name, "replaced by role sets") for pod in legacy)
     return create, drain
@@ -268,18 +277,18 @@ def _roles_allowed(
 def _by_set(pods: Sequence[MemberView]) -> dict[int, list[MemberView]]:
     by_set: dict[int, list[MemberView]] = defaultdict(list)
     for pod in pods:
-        by_set[pod.member.role_set].append(pod)  # type: ignore[union-attr]
+        by_set[pod.place.role_set].append(pod)
     return dict(by_set)
 
 
 def _set_current(roles: Sequence[RoleView], members: list[MemberView]) -> bool:
     generations = {role.name: role.generation for role in roles}
-    return all(generations.get(pod.member.role) == pod.generation for pod in members)  # type: ignore[union-attr]
+    return all(generations.get(pod.place.role) == pod.generation for pod in members)
 
 
 def _set_ready(roles: Sequence[RoleView], members: list[MemberView]) -> bool:
     return all(
-        _all_ready([pod for pod in members if pod.member.role == role.name], role.replicas)  # type: ignore[union-attr]
+        _all_ready([pod for pod in members if pod.place.role == role.name], role.replicas)
         for role in roles
     )
 

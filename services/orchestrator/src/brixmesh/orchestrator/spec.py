@@ -407,7 +407,8 @@ class DeploymentSpec(BaseModel):
         return self.model_copy(update={
             "role": role.role, "replicas": role.replicas, "engine_args": self.engine_args + role.engine_args,
             "env": {**self.env, **role.env}, "cpus": role.resources.cpus,
-            "cpus_per_pod": role.resources.cpus_per_pod, "roles": (), "mode": "replica", "update": UpdatePolicy(),
+            "cpus_per_pod": role.resources.cpus_per_pod, "roles": (), "mode": "replica",
+            "update": UpdatePolicy(),
         })  # fmt: skip
 
     def template(self) -> dict[str, Any]:

@@ -61,7 +61,9 @@ def _role_set_status(
     sets = 1 if spec.mode == "pool" else deployment.replicas
     roles = []
     for role in spec.roles:
-        members = [view for view in views if not view.draining and view.member and view.member.role == role.name]
+        members = [
+            view for view in views if not view.draining and view.member and view.member.role == role.name
+        ]
         decision = deployment.role_decisions.get(role.name)
         roles.append(RoleStatus(
             name=role.name, role=role.role, desired_replicas=deployment.role_replicas[role.name] * sets,
