@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,9 +15,9 @@ import httpx
 import pytest
 
 from brixmesh.common.bus import Bus
-from brixmesh.common.messages import DeploymentStatus
+from brixmesh.common.messages import DeploymentStatus, ScaleDecision
 from brixmesh.common.servers import NatsServer
-from brixmesh.common.subjects import DEPLOYMENTS_STATUS
+from brixmesh.common.subjects import DEPLOYMENTS_STATUS, SCALE_DECISIONS
 from tests.orchestrator.orchestrator_proc import PodEventLog, run_orchestrator
 from tests.router.harness import router_process
 from tests.waiting import eventually
@@ -178,3 +179,38 @@ async def test_a_failed_pod_is_replaced_within_its_role_set(
         )  # fmt: skip
         assert (replacement.pod.role_set, replacement.pod.replica_index) == ("pd-1", 0)
         await eventually(lambda: statuses.last is not None and statuses.last.ready_replicas == 2, 10)
+
+
+async def test_pool_mode_decisions_scale_the_targeted_role_only(
+    fresh_nats_server: NatsServer, nats_bus: Bus, tmp_path: Path
+) -> None:
+    events = await PodEventLog.start(nats_bus)
+    statuses = await StatusLog.start(nats_bus, "pd")
+    async with run_orchestrator(fresh_nats_server.url, tmp_path) as orch:
+        spec = pd_deployment(replicas=1, mode="pool", update={"role_order": "parallel"})
+        assert (await orch.http.put("/v1/deployments/pd", json=spec)).status_code == 201
+        await events.wait_for("ready", count=2, timeout=60)
+
+        decided_at = time.time()
+        await nats_bus.publish(SCALE_DECISIONS.format(deployment="pd"), ScaleDecision(
+            deployment="pd", role="decode", current_replicas=1, desired_replicas=2, algorithm="test",
+            reason="kv usage", ts=decided_at,
+        ))  # fmt: skip
+        ready = await events.wait_for("ready", count=3, timeout=60)
+        assert sorted((e.pod.role, e.pod.role_set, e.pod.replica_index) for e in ready) == [
+            ("decode", "pd-0", 0), ("decode", "pd-0", 1), ("prefill", "pd-0", 0)
+        ]  # fmt: skip
+
+        def decode_acknowledged() -> bool:
+            status = statuses.last
+            if status is None:
+                return False
+            decode = next(role for role in status.roles if role.name == "decode")
+            return (decode.desired_replicas, decode.ready_replicas, decode.last_decision_ts) == (2, 2, decided_at)
+
+        await eventually(decode_acknowledged, 10)
+        status = statuses.last
+        assert status is not None
+        assert (status.mode, status.desired_replicas, status.ready_replicas) == ("pool", 1, 1)
+        prefill = next(role for role in status.roles if role.name == "prefill")
+        assert (prefill.desired_replicas, prefill.last_decision_ts) == (1, 0.0)
