@@ -122,6 +122,28 @@ def test_up_pd_rejects_a_bad_spec_file_in_one_line(tmp_path: Path) -> None:
     )
 
 
+def test_pd_ratios_become_one_role_set_with_the_engines_connector(tmp_path: Path) -> None:
+    import yaml
+
+    from brixmesh.cli.mesh import pd_deployments, pd_ratio_spec
+
+    path, pods = pd_deployments("2p3d", "sim", "tiny-llama", tmp_path)
+    spec = yaml.safe_load(path.read_text())
+    assert (pods, spec["name"], spec["replicas"]) == (5, "default", 1)
+    assert [(r["name"], r["replicas"]) for r in spec["roles"]] == [("prefill", 2), ("decode", 3)]
+    configs = [json.loads(r["engine_args"][1]) for r in spec["roles"]]
+    assert configs == [{"kv_connector": "NixlConnector", "kv_role": "kv_producer"},
+                       {"kv_connector": "NixlConnector", "kv_role": "kv_consumer"}]  # fmt: skip
+    vllm = pd_ratio_spec("1P1D", "vllm", "tiny-llama", tmp_path)
+    assert vllm is not None
+    shared = {"shared_storage_path": str(tmp_path.resolve() / "pd-kv")}
+    assert [json.loads(r["engine_args"][1]) for r in vllm["roles"]] == [
+        {"kv_connector": "ExampleConnector", "kv_connector_extra_config": shared, "kv_role": role}
+        for role in ("kv_producer", "kv_consumer")
+    ]
+    assert pd_ratio_spec("0P1D", "sim", "tiny-llama", tmp_path) is None
+
+
 @pytest.mark.parametrize("mesh", [["--pd", "1P1D"]], indirect=True)
 def test_up_pd_runs_one_role_set_of_a_prefill_and_a_decode_pod_that_serves(mesh: RunningMesh) -> None:
     assert mesh.printed.count("(sim, prefill)") == 1 and mesh.printed.count("(sim, decode)") == 1
