@@ -15,12 +15,15 @@ import sys
 
 from brixmesh.common.messages import GpuDecision, PodListRequest, ScaleDecision
 from brixmesh.common.service import Service
+from brixmesh.common.settings import SettingsError, load_settings
 from brixmesh.common.subjects import GPU_DECISIONS, PODS_LIST, SCALE_DECISIONS
 from prometheus_client import Counter
 
 from brixmesh.orchestrator.announcer import Announcer
+from brixmesh.orchestrator.backend import PodBackend
 from brixmesh.orchestrator.controller import Orchestrator
 from brixmesh.orchestrator.http_api import add_routes
+from brixmesh.orchestrator.kubernetes.cluster import Cluster, KubernetesSettings
 from brixmesh.orchestrator.local_backend import LocalBackend
 from brixmesh.orchestrator.metrics import OrchestratorCollector
 from brixmesh.orchestrator.settings import OrchestratorSettings
@@ -55,14 +58,26 @@ def initial_specs(settings: OrchestratorSettings) -> list[DeploymentSpec]:
 
 def build_service(settings: OrchestratorSettings) -> Service:
     service = Service("orchestrator", settings)
-    backend = LocalBackend(settings.state_dir, node_name=settings.node_name, gpus=settings.local_gpus)
-    store = deployment_records(backend.state_dir)
-    try:
-        store.directory.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        print(f"brixmesh-orchestrator: cannot keep state in {backend.state_dir} (set BRIXMESH_STATE_DIR): "
-              f"{exc.strerror}", file=sys.stderr)
-        raise SystemExit(2) from None
+    backend: PodBackend
+    cluster: Cluster | None = None
+    if settings.backend == "kubernetes":
+        # desired state lives in the ModelDeployment resources: nothing kept in the state directory
+        try:
+            kubernetes = load_settings(KubernetesSettings)
+            cluster = Cluster(kubernetes, state_dir=settings.state_dir, identity=service.instance_id)
+        except (SettingsError, ValueError) as exc:
+            print(f"brixmesh-orchestrator: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+        backend, store = cluster.backend, None
+    else:
+        backend = LocalBackend(settings.state_dir, node_name=settings.node_name, gpus=settings.local_gpus)
+        store = deployment_records(backend.state_dir)
+        try:
+            store.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            print(f"brixmesh-orchestrator: cannot keep state in {backend.state_dir} (set BRIXMESH_STATE_DIR): "
+                  f"{exc.strerror}", file=sys.stderr)
+            raise SystemExit(2) from None
     orchestrator = Orchestrator(
         backend,
         reconcile_interval_s=settings.reconcile_interval_s,
@@ -70,8 +85,13 @@ def build_service(settings: OrchestratorSettings) -> Service:
         decision_max_age_s=settings.decision_max_age_s,
         store=store,
     )
+    if cluster is not None:
+        cluster.attach(orchestrator)
     try:
         startup_specs = initial_specs(settings)
+        if cluster is not None and startup_specs:
+            raise SpecError("on Kubernetes, deployments are ModelDeployment resources: unset BRIXMESH_DEPLOYMENTS_*"
+                            " and BRIXMESH_DEFAULT_ENGINES")
         for spec in startup_specs:
             backend.validate(spec)
     except SpecError as exc:
@@ -95,12 +115,21 @@ def build_service(settings: OrchestratorSettings) -> Service:
     def on_decision(_subject: str, decision: ScaleDecision) -> None:
         outcome = orchestrator.apply_decision(decision)
         decisions.labels(outcome).inc()
+        if outcome == "applied" and cluster is not None:
+            cluster.scale(decision.deployment, decision.desired_replicas, service.spawn)
         if outcome not in ("applied", "unchanged"):
             log.debug("ignored scale decision for %s: %s", decision.deployment, outcome)
 
     async def start(service: Service) -> None:
+        if cluster is None:
+            await backend.recover()
+            await lead(service)
+            return
+        await cluster.api.open()
+        service.spawn(cluster.lead(lambda: lead(service), service.spawn), "leader-election")
+
+    async def lead(service: Service) -> None:
         nonlocal announcer
-        await backend.recover()
         orchestrator.restore()
         orchestrator.apply_startup(startup_specs)
         announcer = Announcer(
@@ -116,6 +145,8 @@ def build_service(settings: OrchestratorSettings) -> Service:
         service.spawn(announcer.reannounce_forever(), "pod-reannounce")
         status = StatusPublisher(service.bus, orchestrator, instance_id=service.instance_id)
         orchestrator.on_reconciled = status.publish_changes
+        if cluster is not None:  # the ModelDeployments' status subresources too
+            orchestrator.on_reconciled = cluster.sync.after_reconcile(status.publish_changes)
         service.spawn(status.publish_forever(settings.announce_interval_s), "deployment-status")
         service.spawn(orchestrator.run(), "reconcile")
 
@@ -123,6 +154,8 @@ def build_service(settings: OrchestratorSettings) -> Service:
         await orchestrator.close(stop_pods=settings.stop_pods_on_exit)
         if announcer is not None:
             await announcer.flush()
+        if cluster is not None:
+            await cluster.close()
 
     service.on_start(start)
     service.on_stop(stop)

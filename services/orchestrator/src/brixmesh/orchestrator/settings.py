@@ -8,6 +8,9 @@ from pydantic import Field
 class OrchestratorSettings(ServiceSettings):
     """Settings of the orchestrator service (environment variables ``BRIXMESH_*``)."""
 
+    backend: Literal["local", "kubernetes"] = "local"
+    """Where pods run: processes on this machine, or Kubernetes pods of ModelDeployment resources (then
+    ``BRIXMESH_K8S_*`` configure it; docs/kubernetes.md)."""
     state_dir: Path = Path(".brixmesh")
     """Pod logs go to ``<state_dir>/logs/<pod>.log``, KV-event sockets to ``<state_dir>/run/``; deployments
     (``deployments/``) and pod records (``pods/``) are kept there across restarts."""

@@ -1,0 +1,212 @@
+"""ModelDeployment custom resources <-> the orchestrator's deployments.
+
+- Every ModelDeployment of the namespace (listed, then watched) is validated by the same models as any spec,
+  then applied; one that fails (an engine the orchestrator does not know, more accelerators than a node has,
+  a field the schema could not check) is refused: its ``Accepted`` condition says why and nothing is created
+  for it (a deployment accepted earlier keeps its last accepted spec).
+- ``spec.replicas`` is the desired replica count: ``kubectl scale`` (the scale subresource) and an HPA change
+  it there; an autoscaler's decision is written there too (:meth:`ModelDeploymentSync.scale`, a patch carrying
+  the resourceVersion it read, retried on 409), so the custom resource is the durable desired state.
+- After each reconcile pass the status subresource is patched where it changed: pods, ready, updated, per
+  role, ``observedGeneration``, the pod selector, and the ``Accepted`` / ``Ready`` conditions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from kubernetes_asyncio.client.exceptions import ApiException
+
+
+from brixmesh.orchestrator.controller import Orchestrator, UnknownDeployment
+from brixmesh.orchestrator.kubernetes.api import Api
+from brixmesh.orchestrator.kubernetes.backend import KubernetesBackend
+from brixmesh.orchestrator.kubernetes.objects import selector_labels
+from brixmesh.orchestrator.kubernetes.resource import (
+    GROUP,
+    PLURAL,
+    VERSION,
+    Condition,
+    ModelDeploymentStatus,
+    RoleStatus,
+    parse_resource,
+)
+from brixmesh.orchestrator.kubernetes.watching import MERGE_PATCH, list_and_watch
+from brixmesh.orchestrator.spec import SpecError
+
+log = logging.getLogger(__name__)
+
+SCALE_ATTEMPTS = 5
+
+
+class ModelDeploymentSync:
+    def __init__(
+        self, api: Api, namespace: str, orchestrator: Orchestrator, backend: KubernetesBackend
+    ) -> None:
+        self.namespace = namespace
+        self._api = api
+        self._orchestrator = orchestrator
+        self._backend = backend
+        self._generations: dict[str, int] = {}
+        """metadata.generation of each resource as last handled (accepted or refused)."""
+        self._refusals: dict[str, str] = {}
+        self._written: dict[str, dict[str, Any]] = {}
+        self._transitions: dict[tuple[str, str, str], str] = {}
+        self._listed = asyncio.Event()
+
+    async def run(self) -> None:
+        await list_and_watch(
+            self._api.custom.list_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL,
+            on_list=self._on_list, on_event=self._on_event,
+        )  # fmt: skip
+
+    async def wait_listed(self) -> None:
+        await self._listed.wait()
+
+    # --- resources -> deployments --------------------------------------------------------------------------
+
+    async def _on_list(self, items: list[dict[str, Any]]) -> None:
+        names = set()
+        for obj in items:
+            names.add(obj["metadata"]["name"])
+            self._take(obj)
+        for name in [name for name in self._orchestrator.deployments if name not in names]:
+            self._drop(name)
+        self._listed.set()
+
+    async def _on_event(self, kind: str, obj: dict[str, Any]) -> None:
+        if kind == "DELETED":
+            self._drop(obj["metadata"]["name"])
+        elif kind in ("ADDED", "MODIFIED"):
+            self._take(obj)
+
+    def _take(self, obj: dict[str, Any]) -> None:
+        metadata = obj["metadata"]
+        name = metadata["name"]
+        self._generations[name] = int(metadata.get("generation", 0))
+        try:
+            spec, cluster = parse_resource(obj)
+            self._backend.check_cluster_fields(spec, cluster)
+            self._backend.validate(spec)
+        except SpecError as exc:
+            if self._refusals.get(name) != str(exc):
+                log.warning("refused %s", exc)
+            self._refusals[name] = str(exc)
+            self._orchestrator.wake()  # the refusal goes into the status after the next pass
+            return
+        self._refusals.pop(name, None)
+        self._backend.set_cluster_fields(name, cluster, metadata.get("uid"))
+        current = self._orchestrator.deployments.get(name)
+        if current is not None and current.spec == spec and current.replicas == spec.replicas:
+            return
+        deployment, _ = self._orchestrator.apply(spec)
+        deployment.replicas = spec.replicas  # the resource's replicas win (kubectl scale, decisions written here)
+
+    def _drop(self, name: str) -> None:
+        self._generations.pop(name, None)
+        self._refusals.pop(name, None)
+        self._written.pop(name, None)
+        try:
+            self._orchestrator.delete(name)
+        except UnknownDeployment:
+            pass
+
+    # --- decisions -> resources -------------------------------------------------------------------------------
+
+    async def scale(self, name: str, replicas: int) -> bool:
+        """Write ``replicas`` into the resource's spec; False if it is gone or kept changing under us."""
+        for _ in range(SCALE_ATTEMPTS):
+            try:
+                obj = await self._api.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
+                if obj.get("spec", {}).get("replicas") == replicas:
+                    return True
+                patch = {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]},
+                         "spec": {"replicas": replicas}}  # fmt: skip
+                await self._api.custom.patch_namespaced_custom_object(
+                    GROUP, VERSION, self.namespace, PLURAL, name, patch, _content_type=MERGE_PATCH
+                )
+                return True
+            except ApiException as exc:
+                if exc.status == 404:
+                    return False
+                if exc.status != 409:
+                    raise
+                log.info("scaling %s: the resource changed meanwhile (409); retrying on the new version", name)
+        log.warning("scaling %s to %d: gave up after %d conflicting writes", name, replicas, SCALE_ATTEMPTS)
+        return False
+
+    # --- deployments -> status -----------------------------------------------------------------------------
+
+    def status(self, name: str) -> ModelDeploymentStatus:
+        """What the orchestrator observes of the resource ``name`` now."""
+        deployment = self._orchestrator.deployments.get(name)
+        pods = [pod for pod in self._backend.list_pods(name) if not pod.draining]
+        roles: dict[str, RoleStatus] = defaultdict(RoleStatus)
+        for pod in pods:
+            roles[pod.info.role].replicas += 1
+            roles[pod.info.role].ready += pod.ready
+        ready = sum(pod.ready for pod in pods)
+        refusal = self._refusals.get(name)
+        if refusal is not None:
+            accepted = self._condition(name, "Accepted", "False", "InvalidSpec", refusal)
+        else:
+            accepted = self._condition(name, "Accepted", "True", "Valid", "")
+        desired = deployment.replicas if deployment is not None else 0
+        error = deployment.error if deployment is not None else None
+        if error:
+            available = self._condition(name, "Ready", "False", "ReconcileFailed", error)
+        elif deployment is not None and ready >= desired:
+            available = self._condition(name, "Ready", "True", "AllReplicasReady", f"{ready}/{desired} ready")
+        else:
+            available = self._condition(name, "Ready", "False", "Progressing", f"{ready}/{desired} ready")
+        return ModelDeploymentStatus(
+            replicas=len(pods),
+            readyReplicas=ready,
+            updatedReplicas=sum(deployment is not None and pod.generation == deployment.generation for pod in pods),
+            roles=dict(roles),
+            observedGeneration=self._generations.get(name, 0),
+            selector=",".join(f"{key}={value}" for key, value in selector_labels(name).items()),
+            conditions=[accepted, available],
+        )
+
+    def _condition(self, name: str, kind: str, status: str, reason: str, message: str) -> Condition:
+        """``lastTransitionTime`` moves only when the condition's status does."""
+        key = (name, kind, status)
+        if key not in self._transitions:
+            for other in ("True", "False"):
+                self._transitions.pop((name, kind, other), None)
+            self._transitions[key] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return Condition(
+            type=kind, status=status, reason=reason, message=message,  # type: ignore[arg-type]
+            lastTransitionTime=self._transitions[key],
+        )  # fmt: skip
+
+    def after_reconcile(self, then: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        """An ``on_reconciled`` hook: ``then``, and the statuses written."""
+
+        async def hook() -> None:
+            await then()
+            await self.write_statuses()
+
+        return hook
+
+    async def write_statuses(self) -> None:
+        """After a reconcile pass: patch the status of every resource whose status changed."""
+        for name in list(self._generations):
+            status = self.status(name).model_dump()
+            if self._written.get(name) == status:
+                continue
+            try:
+                await self._api.custom.patch_namespaced_custom_object_status(
+                    GROUP, VERSION, self.namespace, PLURAL, name, {"status": status}, _content_type=MERGE_PATCH
+                )
+            except ApiException as exc:
+                if exc.status != 404:  # deleted meanwhile: its DELETED event follows
+                    log.warning("status of %s not written: %s %s", name, exc.status, exc.reason)
+                continue
+            self._written[name] = status

@@ -1,0 +1,290 @@
+"""The orchestrator on an emulated Kubernetes API (kmock + schema validation, resourceVersions, 409, 410; see
+tests/k8s/emulator.py): ModelDeployments in, pods and headless Services out, pods.* events from what the
+API reports, scaling through the resource, refusals as conditions, watches that resume, Lease failover."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kmock import resource
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from brixmesh.common.messages import ScaleDecision
+from brixmesh.orchestrator.kubernetes.api import Api
+from brixmesh.orchestrator.kubernetes.objects import HTTP_PORT
+from brixmesh.orchestrator.launch import DEFAULTS
+from tests.k8s.conftest import NAMESPACE
+from tests.k8s.emulator import ApiServer
+from tests.k8s.replica import MD, Replica, model_deployment
+from tests.waiting import eventually
+
+PODS = resource("", "v1", "pods")
+
+
+@contextlib.asynccontextmanager
+async def kubelet(emulator: ApiServer) -> AsyncIterator[None]:
+    """What kubelets would report: every new pod gets an IP and passes its readiness probe."""
+    addresses = (f"127.0.{i // 250}.{i % 250 + 2}" for i in itertools.count())
+
+    async def run() -> None:
+        while True:
+            for pod in emulator.objects_of("pods"):
+                if not (pod.get("status") or {}).get("podIP"):
+                    await emulator.set_pod_status(NAMESPACE, pod["metadata"]["name"], ip=next(addresses), ready=True)
+            await asyncio.sleep(0.05)
+
+    task = asyncio.get_running_loop().create_task(run())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@pytest.fixture
+async def leader(apiserver: tuple[ApiServer, str], tmp_path: Path) -> AsyncIterator[Replica]:
+    replica = Replica(apiserver[1], tmp_path / "a", "orchestrator-a")
+    await replica.start()
+    await eventually(lambda: replica.led_at is not None)
+    yield replica
+    await replica.stop()
+
+
+def pods_of(emulator: ApiServer, deployment: str) -> list[dict[str, Any]]:
+    return [
+        pod for pod in emulator.objects_of("pods")
+        if pod["metadata"]["labels"]["brixmesh.io/deployment"] == deployment
+    ]  # fmt: skip
+
+
+async def resource_of(api: Api, name: str) -> dict[str, Any]:
+    return await api.custom.get_namespaced_custom_object(*MD, name)
+
+
+async def test_a_model_deployment_becomes_labelled_owned_probed_pods_announced_from_what_kubernetes_reports(
+    apiserver: tuple[ApiServer, str], api: Api, leader: Replica
+) -> None:
+    emulator, _ = apiserver
+    created = await api.custom.create_namespaced_custom_object(
+        *MD[:3], MD[3], model_deployment("chat", replicas=2, resources={"cpu": "2", "memory": "4Gi"})
+    )
+    await eventually(lambda: len(pods_of(emulator, "chat")) == 2)
+    for pod in pods_of(emulator, "chat"):
+        labels = pod["metadata"]["labels"]
+        assert labels["app.kubernetes.io/managed-by"] == "brixmesh-orchestrator"
+        assert {labels[k] for k in ("brixmesh.io/role", "brixmesh.io/model", "brixmesh.io/engine")} == {
+            "both", "tiny-llama", "sim"
+        }  # fmt: skip
+        assert pod["metadata"]["ownerReferences"] == [{
+            "apiVersion": "brixmesh.io/v1alpha1", "kind": "ModelDeployment", "name": "chat",
+            "uid": created["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True,
+        }]  # fmt: skip
+        engine = pod["spec"]["containers"][0]
+        assert engine["readinessProbe"]["httpGet"] == {"path": DEFAULTS["sim"].readiness_path, "port": "http"}
+        assert engine["lifecycle"]["preStop"]["sleep"]["seconds"] > 0
+        assert engine["resources"]["requests"] == {"cpu": "2", "memory": "4Gi"}
+        assert engine["command"][:4] == ["python", "-m", "brixmesh.engine_sim", "serve"]
+    [service] = emulator.objects_of("services")
+    assert service["metadata"]["name"] == "chat-both" and service["spec"]["clusterIP"] == "None"
+    assert not leader.events, "nothing is announced before Kubernetes reports an IP"
+
+    async with kubelet(emulator):
+        await eventually(lambda: sum(e.kind == "ready" for e in leader.events) == 2)
+    for pod in pods_of(emulator, "chat"):
+        name, ip = pod["metadata"]["name"], pod["status"]["podIP"]
+        assert leader.kinds(name) == ["added", "ready"]
+        info = next(e.pod for e in leader.events if e.pod.pod == name)
+        assert info.endpoint == f"http://{ip}:{HTTP_PORT}" and info.kv_events_endpoint == f"tcp://{ip}:5557"
+        assert (info.deployment, info.model, info.engine, info.block_size) == ("chat", "tiny-llama", "sim", 16)
+
+    async def status_shows_two_ready() -> bool:
+        status = (await resource_of(api, "chat")).get("status", {})
+        return status.get("readyReplicas") == 2
+    await eventually(status_shows_two_ready)
+    status = (await resource_of(api, "chat"))["status"]
+    assert status["replicas"] == 2 and status["roles"] == {"both": {"replicas": 2, "ready": 2}}
+    assert status["observedGeneration"] == 1
+    assert status["selector"] == "app.kubernetes.io/managed-by=brixmesh-orchestrator,brixmesh.io/deployment=chat"
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert conditions["Accepted"]["status"] == "True" and conditions["Ready"]["status"] == "True"
+
+
+async def test_scaling_the_resource_adds_pods_and_drains_surplus_ones(
+    apiserver: tuple[ApiServer, str], api: Api, leader: Replica
+) -> None:
+    emulator, _ = apiserver
+    await api.custom.create_namespaced_custom_object(*MD[:3], MD[3], model_deployment("chat", replicas=1))
+    async with kubelet(emulator):
+        await eventually(lambda: sum(e.kind == "ready" for e in leader.events) == 1)
+        # kubectl scale: the scale subresource writes spec.replicas
+        await api.custom.patch_namespaced_custom_object(
+            *MD, "chat", {"spec": {"replicas": 3}}, _content_type="application/merge-patch+json"
+        )
+        await eventually(lambda: sum(e.kind == "ready" for e in leader.events) == 3)
+        await api.custom.patch_namespaced_custom_object(
+            *MD, "chat", {"spec": {"replicas": 1}}, _content_type="application/merge-patch+json"
+        )
+        await eventually(lambda: len(pods_of(emulator, "chat")) == 1)
+    drained = [e.pod.pod for e in leader.events if e.kind == "draining"]
+    assert len(drained) == 2
+    for name in drained:
+        assert leader.kinds(name) == ["added", "ready", "draining", "removed"]
+    [kept] = pods_of(emulator, "chat")
+    assert kept["metadata"]["name"] not in drained
+
+    async def status_shows_one() -> bool:
+        status = (await resource_of(api, "chat")).get("status", {})
+        return status.get("replicas") == 1 and status.get("observedGeneration") == 3
+    await eventually(status_shows_one)
+
+
+async def test_an_autoscaler_decision_is_written_to_the_resource_retrying_on_conflict(
+    apiserver: tuple[ApiServer, str], api: Api, leader: Replica
+) -> None:
+    emulator, _ = apiserver
+    await api.custom.create_namespaced_custom_object(*MD[:3], MD[3], model_deployment("chat", replicas=1))
+    await eventually(lambda: "chat" in leader.orchestrator.deployments)
+    conflicts = []
+
+    async def someone_else_writes_first(request: Any) -> None:
+        """A concurrent writer (a user editing labels) gets in between the read and the write, twice."""
+        body = request.data if isinstance(request.data, dict) else {}
+        if request.name == "chat" and "resourceVersion" in body.get("metadata", {}) and len(conflicts) < 2:
+            conflicts.append(body["metadata"]["resourceVersion"])
+            await emulator.write(resource(*MD[:2], MD[3]), NAMESPACE, "chat",
+                                 {"metadata": {"labels": {"team": f"edit-{len(conflicts)}"}}})
+    emulator.before_patch = someone_else_writes_first
+
+    decision = ScaleDecision(
+        deployment="chat", desired_replicas=3, current_replicas=1, algorithm="kpa", reason="load", ts=time.time()
+    )
+    assert leader.orchestrator.apply_decision(decision) == "applied"
+    assert await leader.cluster.sync.scale("chat", 3)
+    assert len(conflicts) == 2
+    current = await resource_of(api, "chat")
+    assert current["spec"]["replicas"] == 3 and current["metadata"]["labels"] == {"team": "edit-2"}
+    await eventually(lambda: len(pods_of(emulator, "chat")) == 3)
+
+
+async def test_refused_resources_say_why_and_leave_nothing_behind(
+    apiserver: tuple[ApiServer, str], api: Api, leader: Replica
+) -> None:
+    emulator, _ = apiserver
+    # schema-invalid: the API server itself refuses (as a real one would with the generated CRD)
+    for bad in ({"replicas": -1}, {"role": "prefil"}, {"replicaz": 2}):
+        with pytest.raises(ApiException) as refused:
+            await api.custom.create_namespaced_custom_object(*MD[:3], MD[3], model_deployment("bad", **bad))
+        assert refused.value.status == 422
+    # valid for the schema, refused by the orchestrator's own checks: a condition says why
+    await api.custom.create_namespaced_custom_object(*MD[:3], MD[3], model_deployment("tgi", engine="tgi"))
+    await api.custom.create_namespaced_custom_object(
+        *MD[:3], MD[3], model_deployment("huge", resources={"accelerator": {"count": 64}})
+    )
+    await api.custom.create_namespaced_custom_object(
+        *MD[:3], MD[3], model_deployment("flags", engine_args=["--port", "9000"])
+    )
+
+    async def refusal(name: str) -> str:
+        for condition in (await resource_of(api, name)).get("status", {}).get("conditions", []):
+            if condition["type"] == "Accepted" and condition["status"] == "False":
+                assert condition["reason"] == "InvalidSpec"
+                return condition["message"]
+        return ""
+
+    for name, why in (("tgi", "unknown engine 'tgi'"), ("huge", "64 nvidia.com/gpu per pod is more than a node"),
+                      ("flags", "--port is set by the orchestrator")):  # fmt: skip
+        await eventually(lambda name=name: refusal(name))
+        assert why in await refusal(name)
+    assert emulator.objects_of("pods") == [] and emulator.objects_of("services") == []
+    assert leader.orchestrator.deployments == {}
+
+
+async def test_a_pod_deleted_by_someone_else_is_announced_and_replaced(
+    apiserver: tuple[ApiServer, str], api: Api, leader: Replica
+) -> None:
+    emulator, _ = apiserver
+    await api.custom.create_namespaced_custom_object(*MD[:3], MD[3], model_deployment("chat", replicas=2))
+    async with kubelet(emulator):
+        await eventually(lambda: sum(e.kind == "ready" for e in leader.events) == 2)
+        victim = pods_of(emulator, "chat")[0]["metadata"]["name"]
+        await api.core.delete_namespaced_pod(victim, NAMESPACE)
+        await eventually(lambda: "removed" in leader.kinds(victim))
+        await eventually(lambda: sum(e.kind == "ready" for e in leader.events) == 3)
+    assert len(pods_of(emulator, "chat")) == 2
+    assert victim not in {pod["metadata"]["name"] for pod in pods_of(emulator, "chat")}
+
+
+async def test_watches_resume_from_their_version_and_relist_after_410(
+    apiserver: tuple[ApiServer, str], api: Api, leader: Replica
+) -> None:
+    emulator, _ = apiserver
+    await api.custom.create_namespaced_custom_object(*MD[:3], MD[3], model_deployment("chat", replicas=2))
+    async with kubelet(emulator):
+        await eventually(lambda: sum(e.kind == "ready" for e in leader.events) == 2)
+        lists_before = emulator.list_counts["pods"]
+
+        # the stream ends (an API server's watch timeout): resumed from the last version, no list
+        await emulator.end_watches(refuse=False)
+        victim = pods_of(emulator, "chat")[0]["metadata"]["name"]
+        await api.core.delete_namespaced_pod(victim, NAMESPACE)
+        await eventually(lambda: "removed" in leader.kinds(victim))
+        assert emulator.list_counts["pods"] == lists_before
+
+        # down while a pod goes and the history is compacted: the version is gone (410), so list again
+        await eventually(lambda: len(pods_of(emulator, "chat")) == 2 and
+                         sum(e.kind == "ready" for e in leader.events) == 3)  # fmt: skip
+        await emulator.end_watches(refuse=True)
+        second = pods_of(emulator, "chat")[0]["metadata"]["name"]
+        await api.core.delete_namespaced_pod(second, NAMESPACE)
+        emulator.compact()
+        emulator.watches_refused = False
+        await eventually(lambda: "removed" in leader.kinds(second))
+        assert emulator.list_counts["pods"] > lists_before
+        await eventually(lambda: sum(e.kind == "ready" for e in leader.events) == 4)
+    assert len(pods_of(emulator, "chat")) == 2
+
+
+async def test_the_standby_takes_over_within_the_lease_and_adopts_the_pods(
+    apiserver: tuple[ApiServer, str], api: Api, tmp_path: Path
+) -> None:
+    emulator, url = apiserver
+    first = Replica(url, tmp_path / "a", "orchestrator-a", lease_s=2.0)
+    second = Replica(url, tmp_path / "b", "orchestrator-b", lease_s=2.0)
+    await first.start()
+    await eventually(lambda: first.led_at is not None)
+    await second.start()
+    try:
+        await api.custom.create_namespaced_custom_object(*MD[:3], MD[3], model_deployment("chat", replicas=2))
+        async with kubelet(emulator):
+            await eventually(lambda: sum(e.kind == "ready" for e in first.events) == 2)
+            before = sorted(pod["metadata"]["name"] for pod in emulator.objects_of("pods"))
+            await asyncio.sleep(1.0)  # the standby keeps trying meanwhile, and must not act
+            assert second.led_at is None and second.events == []
+
+            await first.crash()
+            crashed_at = time.monotonic()
+            await eventually(lambda: second.led_at is not None, timeout_s=10)
+            took_over_s = second.led_at - crashed_at
+            # client-go's rule: a candidate waits until it saw the record unchanged for the lease duration
+            # (plus up to one retry period)
+            assert took_over_s <= 2.0 + 2 * second.cluster.settings.renew_s + 0.5, took_over_s
+            await asyncio.sleep(1.0)  # a few reconcile passes of the new leader
+            after = sorted(pod["metadata"]["name"] for pod in emulator.objects_of("pods"))
+            assert after == before, "the new leader adopted the pods: none duplicated or replaced"
+            lease = await api.coordination.read_namespaced_lease("brixmesh-orchestrator", NAMESPACE)
+            assert lease.spec.holder_identity == "orchestrator-b" and lease.spec.lease_transitions == 1
+
+            await api.custom.patch_namespaced_custom_object(
+                *MD, "chat", {"spec": {"replicas": 3}}, _content_type="application/merge-patch+json"
+            )
+            await eventually(lambda: len(emulator.objects_of("pods")) == 3)
+    finally:
+        await second.stop()
