@@ -167,7 +167,7 @@ async def test_an_autoscaler_decision_is_written_to_the_resource_retrying_on_con
         deployment="chat", desired_replicas=3, current_replicas=1, algorithm="kpa", reason="load", ts=time.time()
     )
     assert leader.orchestrator.apply_decision(decision) == "applied"
-    assert await leader.cluster.sync.scale("chat", 3)
+    assert await leader.cluster.sync.persist_replicas("chat")
     assert len(conflicts) == 2
     current = await resource_of(api, "chat")
     assert current["spec"]["replicas"] == 3 and current["metadata"]["labels"] == {"team": "edit-2"}
@@ -288,3 +288,42 @@ async def test_the_standby_takes_over_within_the_lease_and_adopts_the_pods(
             await eventually(lambda: len(emulator.objects_of("pods")) == 3)
     finally:
         await second.stop()
+
+
+async def test_two_role_sets_become_labelled_pods_one_service_per_role_and_role_set_status(
+    apiserver: tuple[ApiServer, str], api: Api, leader: Replica
+) -> None:
+    emulator, _ = apiserver
+    nixl = '{"kv_connector":"NixlConnector","kv_role":"kv_both"}'
+    roles = [
+        {"name": "prefill", "engine_args": ["--kv-transfer-config", nixl], "resources": {"gpus": 2}},
+        {"name": "decode", "replicas": 2, "engine_args": ["--kv-transfer-config", nixl]},
+    ]
+    await api.custom.create_namespaced_custom_object(
+        *MD[:3], MD[3], model_deployment("pd", replicas=2, roles=roles, update={"role_order": "parallel"})
+    )
+    async with kubelet(emulator):
+        await eventually(lambda: sum(e.kind == "ready" for e in leader.events) == 6)
+    pods = pods_of(emulator, "pd")
+    by_set: dict[str, list[str]] = {}
+    for pod in pods:
+        labels = pod["metadata"]["labels"]
+        by_set.setdefault(labels["brixmesh.io/role-set"], []).append(labels["brixmesh.io/role-name"])
+        limits = pod["spec"]["containers"][0]["resources"]["limits"]
+        assert limits.get("nvidia.com/gpu") == ("2" if labels["brixmesh.io/role"] == "prefill" else None)
+    assert {name: sorted(members) for name, members in by_set.items()} == {
+        "pd-0": ["decode", "decode", "prefill"], "pd-1": ["decode", "decode", "prefill"]
+    }  # fmt: skip
+    assert sorted(s["metadata"]["name"] for s in emulator.objects_of("services")) == ["pd-decode", "pd-prefill"]
+    announced = {e.pod.pod: e.pod for e in leader.events if e.kind == "ready"}
+    assert {(info.role_set, info.role, info.kv_transfer) for info in announced.values()} == {
+        (f"pd-{i}", role, "nixl") for i in (0, 1) for role in ("prefill", "decode")
+    }  # fmt: skip
+
+    async def two_ready_role_sets() -> bool:
+        return (await resource_of(api, "pd")).get("status", {}).get("readyReplicas") == 2
+    await eventually(two_ready_role_sets)
+    status = (await resource_of(api, "pd"))["status"]
+    assert status["replicas"] == 2
+    assert status["roles"] == {"prefill": {"replicas": 2, "ready": 2}, "decode": {"replicas": 4, "ready": 4}}
+    assert [(s["name"], s["ready"], s["pods"]) for s in status["roleSets"]] == [("pd-0", True, 3), ("pd-1", True, 3)]

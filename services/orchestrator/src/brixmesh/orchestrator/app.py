@@ -116,7 +116,7 @@ def build_service(settings: OrchestratorSettings) -> Service:
         outcome = orchestrator.apply_decision(decision)
         decisions.labels(outcome).inc()
         if outcome == "applied" and cluster is not None:
-            cluster.scale(decision.deployment, decision.desired_replicas, service.spawn)
+            cluster.persist_replicas(decision.deployment, service.spawn)
         if outcome not in ("applied", "unchanged"):
             log.debug("ignored scale decision for %s: %s", decision.deployment, outcome)
 

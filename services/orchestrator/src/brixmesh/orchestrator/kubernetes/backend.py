@@ -35,12 +35,13 @@ from brixmesh.orchestrator.kubernetes.objects import (
     ObservedPod,
     observe_pod,
     pod_manifest,
+    role_name,
     role_service_manifest,
     role_service_name,
 )
 from brixmesh.orchestrator.kubernetes.resource import ClusterFields
 from brixmesh.orchestrator.kubernetes.watching import MERGE_PATCH, list_and_watch
-from brixmesh.orchestrator.spec import DeploymentSpec, SpecError
+from brixmesh.orchestrator.spec import DeploymentSpec, RoleMember, SpecError
 
 log = logging.getLogger(__name__)
 
@@ -80,13 +81,17 @@ class KubernetesBackend:
         self._cluster[deployment] = (cluster, owner_uid)
 
     def check_cluster_fields(self, spec: DeploymentSpec, cluster: ClusterFields) -> None:
-        count = cluster.resources.accelerator.count
-        if count > self._max_accelerators:
-            raise SpecError(
-                f"resources.accelerator.count: {count} {cluster.resources.accelerator.type} per pod is more "
-                f"than a node has (at most {self._max_accelerators})",
-                "resources.accelerator.count",
-            )
+        """Refuse what no node could run: more accelerators per pod than a node has."""
+        kind = cluster.resources.accelerator.type
+        asks = [("resources.accelerator.count", cluster.resources.accelerator.count)]
+        asks += [(f"roles: role {role.name!r}: resources.gpus", role.resources.gpus)
+                 for role in spec.roles if "gpus" in role.resources.model_fields_set]  # fmt: skip
+        for field, count in asks:
+            if count > self._max_accelerators:
+                raise SpecError(
+                    f"{field}: {count} {kind} per pod is more than a node has (at most {self._max_accelerators})",
+                    field,
+                )
 
     # --- PodBackend --------------------------------------------------------------------------------------
 
@@ -95,15 +100,20 @@ class KubernetesBackend:
             raise SpecError("external engines are registered by the local backend, not on Kubernetes", "external")
         if spec.cpus is not None:
             raise SpecError("cpus: CPU pinning does not apply on Kubernetes; set resources.cpu", "cpus")
+        for role in spec.roles:
+            if role.resources.cpus is not None:
+                raise SpecError(f"roles: role {role.name!r}: resources.cpus (CPU pinning) does not apply on "
+                                "Kubernetes; set the resource's resources.cpu", "roles")
 
-    async def create_pod(self, spec: DeploymentSpec, generation: int) -> Pod:
+    async def create_pod(self, spec: DeploymentSpec, generation: int, member: RoleMember | None = None) -> Pod:
         cluster, owner = self._cluster.get(spec.name, (ClusterFields(), None))
-        slot = self._free_slot(spec.name)
-        name = self._new_pod_name(spec.name)
-        await self._ensure_role_service(spec.name, spec.role, owner)
+        role = role_name(spec, member)
+        slot = self._free_slot(spec.name, role)
+        name = self._new_pod_name(spec.name if member is None else f"{spec.name}-{member.role_set}-{role}")
+        await self._ensure_role_service(spec.name, role, owner)
         manifest = pod_manifest(
             spec, cluster, name=name, namespace=self.namespace, generation=generation, slot=slot,
-            image=cluster.image or self._images.for_engine(spec.engine), owner_uid=owner,
+            image=cluster.image or self._images.for_engine(spec.engine), owner_uid=owner, member=member,
         )  # fmt: skip
         response = await self._api.core.create_namespaced_pod(self.namespace, manifest, _preload_content=False)
         created = await raw_json(response)
@@ -270,9 +280,17 @@ class KubernetesBackend:
             if name not in self._pods:
                 return name
 
-    def _free_slot(self, deployment: str) -> int:
-        taken = {pod.slot for pod in self._pods.values() if pod.deployment == deployment}
+    def _free_slot(self, deployment: str, role: str) -> int:
+        taken = {
+            pod.slot for pod in self._pods.values()
+            if pod.deployment == deployment and role_name_of(pod) == role
+        }  # fmt: skip
         return next(slot for slot in range(len(taken) + 1) if slot not in taken)
+
+
+def role_name_of(pod: Pod) -> str:
+    member = pod.member
+    return member.role if member is not None else pod.info.role
 
 
 def _announced(observed: ObservedPod) -> PodEventKind | None:

@@ -100,10 +100,10 @@ class Cluster:
         self.leading = False
         (on_lost or _terminate)()
 
-    def scale(self, deployment: str, replicas: int, spawn: Callable[..., asyncio.Task[None]]) -> None:
+    def persist_replicas(self, deployment: str, spawn: Callable[..., asyncio.Task[None]]) -> None:
         """Make an accepted scale decision durable in the ModelDeployment (in the background)."""
         if self.leading:
-            spawn(self.sync.scale(deployment, replicas), f"scale:{deployment}")
+            spawn(self.sync.persist_replicas(deployment), f"scale:{deployment}")
 
     async def close(self) -> None:
         if self.leading:

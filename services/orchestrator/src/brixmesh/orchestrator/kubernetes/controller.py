@@ -4,9 +4,10 @@
   then applied; one that fails (an engine the orchestrator does not know, more accelerators than a node has,
   a field the schema could not check) is refused: its ``Accepted`` condition says why and nothing is created
   for it (a deployment accepted earlier keeps its last accepted spec).
-- ``spec.replicas`` is the desired replica count: ``kubectl scale`` (the scale subresource) and an HPA change
-  it there; an autoscaler's decision is written there too (:meth:`ModelDeploymentSync.scale`, a patch carrying
-  the resourceVersion it read, retried on 409), so the custom resource is the durable desired state.
+- ``spec.replicas`` is the desired replica count (role sets, for a deployment with roles): ``kubectl scale``
+  (the scale subresource) and an HPA change it there; an autoscaler's decision is written there too
+  (:meth:`ModelDeploymentSync.persist_replicas`, with a pool-mode role's replicas in ``spec.roles``; a patch
+  carrying the resourceVersion it read, retried on 409), so the resource is the durable desired state.
 - After each reconcile pass the status subresource is patched where it changed: pods, ready, updated, per
   role, ``observedGeneration``, the pod selector, and the ``Accepted`` / ``Ready`` conditions.
 """
@@ -16,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
-from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -33,11 +33,13 @@ from brixmesh.orchestrator.kubernetes.resource import (
     VERSION,
     Condition,
     ModelDeploymentStatus,
+    RoleSetStatus,
     RoleStatus,
     parse_resource,
 )
 from brixmesh.orchestrator.kubernetes.watching import MERGE_PATCH, list_and_watch
 from brixmesh.orchestrator.spec import SpecError
+from brixmesh.orchestrator.status import deployment_status
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +104,11 @@ class ModelDeploymentSync:
         self._refusals.pop(name, None)
         self._backend.set_cluster_fields(name, cluster, metadata.get("uid"))
         current = self._orchestrator.deployments.get(name)
-        if current is not None and current.spec == spec and current.replicas == spec.replicas:
-            return
-        deployment, _ = self._orchestrator.apply(spec)
-        deployment.replicas = spec.replicas  # the resource's replicas win (kubectl scale, decisions written here)
+        if current is not None and current.spec == spec:
+            return  # a status write, or a change of metadata only
+        # replicas changed in the resource (kubectl scale, a decision written back) replace the desired ones;
+        # unchanged, they leave a decision taken but not yet written back in place
+        self._orchestrator.apply(spec)
 
     def _drop(self, name: str) -> None:
         self._generations.pop(name, None)
@@ -118,15 +121,25 @@ class ModelDeploymentSync:
 
     # --- decisions -> resources -------------------------------------------------------------------------------
 
-    async def scale(self, name: str, replicas: int) -> bool:
-        """Write ``replicas`` into the resource's spec; False if it is gone or kept changing under us."""
+    async def persist_replicas(self, name: str) -> bool:
+        """Write the deployment's desired replicas (and, in pool mode, each role's) into the resource's spec,
+        after a scale decision changed them; False if it is gone or kept changing under us."""
+        deployment = self._orchestrator.deployments.get(name)
+        if deployment is None:
+            return False
         for _ in range(SCALE_ATTEMPTS):
             try:
                 obj = await self._api.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
-                if obj.get("spec", {}).get("replicas") == replicas:
+                spec = obj.get("spec", {})
+                desired: dict[str, Any] = {"replicas": deployment.replicas}
+                if spec.get("roles"):
+                    desired["roles"] = [
+                        {**role, "replicas": deployment.role_replicas.get(role.get("name"), role.get("replicas", 1))}
+                        for role in spec["roles"]
+                    ]  # fmt: skip
+                if all(spec.get(key) == value for key, value in desired.items()):
                     return True
-                patch = {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]},
-                         "spec": {"replicas": replicas}}  # fmt: skip
+                patch = {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]}, "spec": desired}
                 await self._api.custom.patch_namespaced_custom_object(
                     GROUP, VERSION, self.namespace, PLURAL, name, patch, _content_type=MERGE_PATCH
                 )
@@ -137,41 +150,50 @@ class ModelDeploymentSync:
                 if exc.status != 409:
                     raise
                 log.info("scaling %s: the resource changed meanwhile (409); retrying on the new version", name)
-        log.warning("scaling %s to %d: gave up after %d conflicting writes", name, replicas, SCALE_ATTEMPTS)
+        log.warning("scaling %s: gave up after %d conflicting writes", name, SCALE_ATTEMPTS)
         return False
 
     # --- deployments -> status -----------------------------------------------------------------------------
 
     def status(self, name: str) -> ModelDeploymentStatus:
-        """What the orchestrator observes of the resource ``name`` now."""
+        """What the orchestrator observes of the resource ``name`` now: replicas are pods, or role sets for a
+        deployment with roles (a role set counts as ready only when all its roles are)."""
         deployment = self._orchestrator.deployments.get(name)
-        pods = [pod for pod in self._backend.list_pods(name) if not pod.draining]
-        roles: dict[str, RoleStatus] = defaultdict(RoleStatus)
-        for pod in pods:
-            roles[pod.info.role].replicas += 1
-            roles[pod.info.role].ready += pod.ready
-        ready = sum(pod.ready for pod in pods)
         refusal = self._refusals.get(name)
         if refusal is not None:
             accepted = self._condition(name, "Accepted", "False", "InvalidSpec", refusal)
         else:
             accepted = self._condition(name, "Accepted", "True", "Valid", "")
-        desired = deployment.replicas if deployment is not None else 0
-        error = deployment.error if deployment is not None else None
-        if error:
-            available = self._condition(name, "Ready", "False", "ReconcileFailed", error)
-        elif deployment is not None and ready >= desired:
-            available = self._condition(name, "Ready", "True", "AllReplicasReady", f"{ready}/{desired} ready")
+        selector = ",".join(f"{key}={value}" for key, value in selector_labels(name).items())
+        observed = self._generations.get(name, 0)
+        if deployment is None:
+            ready = self._condition(name, "Ready", "False", "NotAccepted", "no accepted spec")
+            return ModelDeploymentStatus(observedGeneration=observed, selector=selector, conditions=[accepted, ready])
+        fleet = deployment_status(self._orchestrator, deployment, "")
+        replicas = len(fleet.role_sets) if deployment.spec.has_roles else fleet.pods
+        pods = [pod for pod in self._backend.list_pods(name) if not pod.draining]
+        if deployment.error:
+            ready = self._condition(name, "Ready", "False", "ReconcileFailed", deployment.error)
+        elif fleet.ready_replicas >= fleet.desired_replicas:
+            ready = self._condition(name, "Ready", "True", "AllReplicasReady",
+                                    f"{fleet.ready_replicas}/{fleet.desired_replicas} ready")  # fmt: skip
         else:
-            available = self._condition(name, "Ready", "False", "Progressing", f"{ready}/{desired} ready")
+            ready = self._condition(name, "Ready", "False", "Progressing",
+                                    f"{fleet.ready_replicas}/{fleet.desired_replicas} ready")  # fmt: skip
+        if fleet.roles:
+            roles = {role.name: RoleStatus(replicas=role.pods, ready=role.ready_replicas) for role in fleet.roles}
+        else:
+            roles = {deployment.spec.role: RoleStatus(replicas=fleet.pods, ready=fleet.ready_replicas)}
         return ModelDeploymentStatus(
-            replicas=len(pods),
-            readyReplicas=ready,
-            updatedReplicas=sum(deployment is not None and pod.generation == deployment.generation for pod in pods),
-            roles=dict(roles),
-            observedGeneration=self._generations.get(name, 0),
-            selector=",".join(f"{key}={value}" for key, value in selector_labels(name).items()),
-            conditions=[accepted, available],
+            replicas=replicas,
+            readyReplicas=fleet.ready_replicas,
+            updatedReplicas=sum(deployment.is_current(pod) for pod in pods),
+            roles=roles,
+            roleSets=[RoleSetStatus(name=r.name, ready=r.ready, current=r.current, pods=r.pods)
+                      for r in fleet.role_sets],  # fmt: skip
+            observedGeneration=observed,
+            selector=selector,
+            conditions=[accepted, ready],
         )
 
     def _condition(self, name: str, kind: str, status: str, reason: str, message: str) -> Condition:

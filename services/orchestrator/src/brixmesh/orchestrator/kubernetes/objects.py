@@ -19,8 +19,8 @@ from brixmesh.common.messages import NODE_LABEL, PodInfo, PodPhase
 
 from brixmesh.orchestrator.kubernetes.resource import GROUP, KIND, VERSION, ClusterFields
 from brixmesh.orchestrator.launch import DEFAULTS, KV_TOPIC, SIM_BLOCK_SIZE, last_int_flag
-from brixmesh.orchestrator.local_backend import pod_info
-from brixmesh.orchestrator.spec import DeploymentSpec
+from brixmesh.orchestrator.local_backend import place_in_role_set, pod_info
+from brixmesh.orchestrator.spec import DeploymentSpec, RoleMember
 
 HTTP_PORT = 8000
 KV_EVENTS_PORT = 5557
@@ -30,6 +30,9 @@ MANAGER = "brixmesh-orchestrator"
 DEPLOYMENT_LABEL = "brixmesh.io/deployment"
 ROLE_LABEL = "brixmesh.io/role"
 ROLE_SET_LABEL = "brixmesh.io/role-set"
+ROLE_NAME_LABEL = "brixmesh.io/role-name"
+"""The role's name in a role-set deployment (``brixmesh.io/role`` is its function); the deployment's
+function for a single-role one. Each has its headless Service."""
 MODEL_LABEL = "brixmesh.io/model"
 ENGINE_LABEL = "brixmesh.io/engine"
 GENERATION_LABEL = "brixmesh.io/generation"
@@ -85,8 +88,28 @@ def owner_reference(deployment: str, uid: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def role_name(spec: DeploymentSpec, member: RoleMember | None) -> str:
+    return member.role if member is not None else spec.role
+
+
+def pod_resources(deployment: DeploymentSpec, cluster: ClusterFields, member: RoleMember | None) -> dict[str, Any]:
+    """Requests and limits of one pod: the resource's ``resources``, with a role's ``gpus`` and ``memory``
+    (where the role sets them) over them."""
+    cpu, memory = cluster.resources.cpu, cluster.resources.memory
+    accelerators = cluster.resources.accelerator.count
+    if member is not None:
+        role = deployment.role_named(member.role).resources
+        memory = role.memory or memory
+        if "gpus" in role.model_fields_set:
+            accelerators = role.gpus
+    limits: dict[str, str] = {"memory": memory}
+    if accelerators:
+        limits[cluster.resources.accelerator.type] = str(accelerators)
+    return {"requests": {"cpu": cpu, "memory": memory}, "limits": limits}
+
+
 def pod_manifest(
-    spec: DeploymentSpec,
+    deployment: DeploymentSpec,
     cluster: ClusterFields,
     *,
     name: str,
@@ -95,27 +118,29 @@ def pod_manifest(
     slot: int,
     image: str,
     owner_uid: str | None,
+    member: RoleMember | None = None,
 ) -> dict[str, Any]:
+    """The Pod of one replica of ``deployment`` (for a role set: of ``member``'s role in its role set)."""
+    spec = deployment if member is None else deployment.for_role(member.role)
     argv = engine_command(spec)
     info = pod_info(
         spec, name, "kubernetes", "", kv_events="", kv_replay="",
         block_size=last_int_flag(argv, "--block-size") or (SIM_BLOCK_SIZE if spec.engine == "sim" else 0),
         engine_argv=argv,
     )  # fmt: skip
+    if member is not None:
+        place_in_role_set(info, member, spec.engine_args)
     labels = {
         **{key: label_value(value) for key, value in spec.labels.items()},
         **selector_labels(spec.name),
         ROLE_LABEL: spec.role,
+        ROLE_NAME_LABEL: role_name(spec, member),
         ROLE_SET_LABEL: label_value(info.role_set),
         MODEL_LABEL: label_value(spec.model),
         ENGINE_LABEL: spec.engine,
         GENERATION_LABEL: str(generation),
         SLOT_LABEL: str(slot),
     }
-    resources = cluster.resources
-    limits: dict[str, str] = {"memory": resources.memory}
-    if resources.accelerator.count:
-        limits[resources.accelerator.type] = str(resources.accelerator.count)
     defaults = DEFAULTS[spec.engine]
     container: dict[str, Any] = {
         "name": "engine",
@@ -127,7 +152,7 @@ def pod_manifest(
             {"name": "kv-events", "containerPort": KV_EVENTS_PORT},
             {"name": "kv-replay", "containerPort": KV_REPLAY_PORT},
         ],
-        "resources": {"requests": {"cpu": resources.cpu, "memory": resources.memory}, "limits": limits},
+        "resources": pod_resources(deployment, cluster, member),
         "readinessProbe": {
             "httpGet": {"path": spec.readiness.path or defaults.readiness_path, "port": "http"},
             "periodSeconds": 2,
@@ -167,11 +192,11 @@ def role_service_name(deployment: str, role: str) -> str:
 def role_service_manifest(
     deployment: str, role: str, *, namespace: str, owner_uid: str | None
 ) -> dict[str, Any]:
-    """A headless Service per role: DNS names for its pods (P/D peers, debugging) without a virtual IP."""
+    """A headless Service per role (by name): DNS names for its pods (P/D peers, debugging), no virtual IP."""
     metadata: dict[str, Any] = {
         "name": role_service_name(deployment, role),
         "namespace": namespace,
-        "labels": {**selector_labels(deployment), ROLE_LABEL: role},
+        "labels": {**selector_labels(deployment), ROLE_NAME_LABEL: role},
     }
     if owner_uid:
         metadata["ownerReferences"] = [owner_reference(deployment, owner_uid)]
@@ -182,7 +207,7 @@ def role_service_manifest(
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": False,
-            "selector": {**selector_labels(deployment), ROLE_LABEL: role},
+            "selector": {**selector_labels(deployment), ROLE_NAME_LABEL: role},
             "ports": [
                 {"name": "http", "port": HTTP_PORT, "targetPort": "http"},
                 {"name": "kv-events", "port": KV_EVENTS_PORT, "targetPort": "kv-events"},

@@ -87,6 +87,15 @@ class RoleStatus(BaseModel):
     ready: int = 0
 
 
+class RoleSetStatus(BaseModel):
+    name: str
+    ready: bool
+    """Every role has its desired number of ready pods."""
+    current: bool
+    """Every pod runs its role's current template."""
+    pods: int
+
+
 class Condition(BaseModel):
     type: str
     status: Literal["True", "False", "Unknown"]
@@ -99,10 +108,13 @@ class ModelDeploymentStatus(BaseModel):
     """What the orchestrator observes, written to the status subresource (camelCase, as Kubernetes)."""
 
     replicas: int = 0
-    """Pods not draining (the scale subresource's ``statusReplicasPath``)."""
+    """Pods not draining, or role sets for a deployment with roles (the scale subresource's
+    ``statusReplicasPath``, counted in the unit of ``spec.replicas``)."""
     readyReplicas: int = 0
     updatedReplicas: int = 0
     roles: dict[str, RoleStatus] = Field(default_factory=dict)
+    """By role name (the deployment's function for one without roles)."""
+    roleSets: list[RoleSetStatus] = Field(default_factory=list)
     observedGeneration: int = 0
     selector: str = ""
     """Label selector of its pods (``labelSelectorPath``: HPA and ``kubectl scale`` need it)."""
