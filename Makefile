@@ -55,6 +55,7 @@ bench: deps
 docs: deps
 	$(VENV)/bin/python -m brixmesh.common.subjects > docs/subjects.md
 	$(VENV)/bin/python -m brixmesh.common.nats_auth > deploy/nats/nats.conf
+	$(VENV)/bin/python scripts/generate_crds.py
 
 clean:
 	rm -rf $(VENV) .brixmesh

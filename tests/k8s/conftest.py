@@ -13,7 +13,7 @@ from brixmesh.orchestrator.kubernetes.api import Api
 from tests.k8s.emulator import ApiServer, Server
 
 ROOT = Path(__file__).resolve().parents[2]
-CRDS = sorted((ROOT / "deploy" / "k8s" / "crds").glob("*.yaml"))
+CRDS = sorted((ROOT / "deploy" / "k8s" / "base" / "crds").glob("*.yaml"))
 NAMESPACE = "brixmesh"
 
 
