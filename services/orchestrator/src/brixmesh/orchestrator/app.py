@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 from brixmesh.common.messages import GpuDecision, PodListRequest, ScaleDecision
 from brixmesh.common.service import Service
@@ -23,13 +24,15 @@ from brixmesh.orchestrator.announcer import Announcer
 from brixmesh.orchestrator.backend import PodBackend
 from brixmesh.orchestrator.controller import Orchestrator
 from brixmesh.orchestrator.http_api import add_routes
-from brixmesh.orchestrator.kubernetes.cluster import Cluster, KubernetesSettings
 from brixmesh.orchestrator.local_backend import LocalBackend
 from brixmesh.orchestrator.metrics import OrchestratorCollector
 from brixmesh.orchestrator.settings import OrchestratorSettings
 from brixmesh.orchestrator.spec import DeploymentSpec, SpecError, load_path, unique
 from brixmesh.orchestrator.state import deployment_records
 from brixmesh.orchestrator.status import StatusPublisher
+
+if TYPE_CHECKING:
+    from brixmesh.orchestrator.kubernetes.cluster import Cluster
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +64,10 @@ def build_service(settings: OrchestratorSettings) -> Service:
     backend: PodBackend
     cluster: Cluster | None = None
     if settings.backend == "kubernetes":
-        # desired state lives in the ModelDeployment resources: nothing kept in the state directory
+        # desired state lives in the ModelDeployment resources: nothing kept in the state directory; imported
+        # here because the Kubernetes client takes seconds to import
+        from brixmesh.orchestrator.kubernetes.cluster import Cluster, KubernetesSettings
+
         try:
             kubernetes = load_settings(KubernetesSettings)
             cluster = Cluster(kubernetes, state_dir=settings.state_dir, identity=service.instance_id)
@@ -116,7 +122,7 @@ def build_service(settings: OrchestratorSettings) -> Service:
         outcome = orchestrator.apply_decision(decision)
         decisions.labels(outcome).inc()
         if outcome == "applied" and cluster is not None:
-            cluster.persist_replicas(decision.deployment, service.spawn)
+            cluster.persist_replicas(decision.deployment)
         if outcome not in ("applied", "unchanged"):
             log.debug("ignored scale decision for %s: %s", decision.deployment, outcome)
 

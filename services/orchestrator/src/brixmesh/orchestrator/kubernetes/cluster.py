@@ -72,6 +72,7 @@ class Cluster:
         )  # fmt: skip
         self._sync: ModelDeploymentSync | None = None
         self.leading = False
+        self._writes: set[asyncio.Task[None]] = set()
 
     def attach(self, orchestrator: Orchestrator) -> None:
         self._sync = ModelDeploymentSync(self.api, self.namespace, orchestrator, self.backend)
@@ -100,10 +101,18 @@ class Cluster:
         self.leading = False
         (on_lost or _terminate)()
 
-    def persist_replicas(self, deployment: str, spawn: Callable[..., asyncio.Task[None]]) -> None:
+    def persist_replicas(self, deployment: str) -> None:
         """Make an accepted scale decision durable in the ModelDeployment (in the background)."""
         if self.leading:
-            spawn(self.sync.persist_replicas(deployment), f"scale:{deployment}")
+            task = asyncio.get_running_loop().create_task(self._persist(deployment), name=f"scale:{deployment}")
+            self._writes.add(task)
+            task.add_done_callback(self._writes.discard)
+
+    async def _persist(self, deployment: str) -> None:
+        try:
+            await self.sync.persist_replicas(deployment)
+        except Exception:  # the decision stays applied in memory; the autoscaler re-sends it
+            log.exception("writing the replicas of %s back to its ModelDeployment failed", deployment)
 
     async def close(self) -> None:
         if self.leading:

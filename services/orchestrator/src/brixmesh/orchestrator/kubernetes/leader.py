@@ -74,17 +74,24 @@ class LeaseElection:
 
     async def release(self) -> None:
         """Give the lease up (graceful stop): a standby takes over at its next try instead of after expiry."""
-        try:
-            lease = await self._read()
-            if lease is None or lease["spec"].get("holderIdentity") != self.identity:
+        for _ in range(3):  # a renewal may write between our read and our write (409): read again
+            try:
+                lease = await self._read()
+                if lease is None or lease["spec"].get("holderIdentity") != self.identity:
+                    return
+                patch = {"metadata": {"resourceVersion": lease["metadata"]["resourceVersion"]},
+                         "spec": {"holderIdentity": None, "leaseDurationSeconds": 1, "renewTime": _now()}}  # fmt: skip
+                await self._api.coordination.patch_namespaced_lease(
+                    self.name, self.namespace, patch, _content_type=MERGE_PATCH
+                )
                 return
-            patch = {"metadata": {"resourceVersion": lease["metadata"]["resourceVersion"]},
-                     "spec": {"holderIdentity": None, "leaseDurationSeconds": 1, "renewTime": _now()}}  # fmt: skip
-            await self._api.coordination.patch_namespaced_lease(
-                self.name, self.namespace, patch, _content_type=MERGE_PATCH
-            )
-        except (ApiException, OSError) as exc:
-            log.warning("lease not released (the standby takes over when it expires): %s", exc)
+            except ApiException as exc:
+                if exc.status != 409:
+                    log.warning("lease not released (the standby takes over when it expires): %s", exc.reason)
+                    return
+            except OSError as exc:
+                log.warning("lease not released (the standby takes over when it expires): %s", exc)
+                return
 
     async def try_acquire(self) -> bool:
         lease = await self._read()
