@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from brixmesh.adapter_manager.crd import model_adapter_crd
 from brixmesh.autoscaler.crd import pod_autoscaler_crd
 from brixmesh.orchestrator.kubernetes.resource import model_deployment_crd

@@ -1,6 +1,6 @@
-"""Every Kubernetes manifest passes kubernetes-validate --strict (unknown fields fail, not just wrong types), as
-rendered by kustomize (base and overlays); custom resources validate against the generated CRDs, which equal
-what the services' spec models generate."""
+"""Every Kubernetes manifest passes kubernetes-validate --strict (unknown fields fail, not just wrong
+types), as rendered by kustomize (base and overlays); custom resources validate against the generated CRDs,
+which equal what the services' spec models generate."""
 
 from __future__ import annotations
 
@@ -30,7 +30,9 @@ def _manifests() -> list[Path]:
 
 
 def _render(directory: Path) -> list[dict[str, Any]]:
-    result = subprocess.run([KUBECTL, "kustomize", str(directory)], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [KUBECTL, "kustomize", str(directory)], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
@@ -62,7 +64,9 @@ def test_kustomization_lists_every_manifest() -> None:
 
 
 @pytest.mark.parametrize("overlay", [None, *OVERLAYS])
-def test_kustomize_renders_offline_and_every_object_is_strictly_valid(overlay: str | None, tmp_path: Path) -> None:
+def test_kustomize_renders_offline_and_every_object_is_strictly_valid(
+    overlay: str | None, tmp_path: Path
+) -> None:
     objects = _render(BASE if overlay is None else K8S / "overlays" / overlay)
     builtin = [obj for obj in objects if not obj["apiVersion"].startswith("brixmesh.io/")]
     for obj in objects:
@@ -106,7 +110,12 @@ def test_example_custom_resources_validate_against_their_crds_and_the_services_m
 
 def test_a_schema_invalid_custom_resource_is_refused_by_its_crd() -> None:
     good = yaml.safe_load((K8S / "overlays" / "dev" / "modeldeployment.yaml").read_text())
-    for change in ({"replicas": -1}, {"engine_args": "--max-num-seqs 8"}, {"role": "prefil"}, {"replicaz": 2}):
+    for change in (
+        {"replicas": -1},
+        {"engine_args": "--max-num-seqs 8"},
+        {"role": "prefil"},
+        {"replicaz": 2},
+    ):
         with pytest.raises(jsonschema.ValidationError):
             _validate_custom_resource({**good, "spec": {**good["spec"], **change}})
 
@@ -114,7 +123,8 @@ def test_a_schema_invalid_custom_resource_is_refused_by_its_crd() -> None:
 def test_the_orchestrator_role_is_namespaced_and_least_privilege() -> None:
     documents = _documents()
     rules = documents[("Role", "brixmesh-orchestrator")]["rules"]
-    granted = {(group, res, verb) for rule in rules for group in rule["apiGroups"] for res in rule["resources"]
+    granted = {(group, res, verb) for rule in rules for group in rule["apiGroups"]
+               for res in rule["resources"]
                for verb in rule["verbs"]}  # fmt: skip
     assert all("*" not in entry for entry in granted)
     assert not any(res in ("secrets", "pods/exec", "deployments") for _, res, _ in granted)
@@ -124,7 +134,6 @@ def test_the_orchestrator_role_is_namespaced_and_least_privilege() -> None:
     assert documents[("NetworkPolicy", "default-deny-ingress")]["spec"] == {
         "podSelector": {}, "policyTypes": ["Ingress"]
     }  # fmt: skip
-
 
 
 def test_every_service_has_a_workload_with_health_probes() -> None:
@@ -195,5 +204,11 @@ def test_every_service_connects_as_its_own_nats_user() -> None:
             "name": "brixmesh-secrets",
             "key": password_variable(service),
         }
-        has_admin_routes = service in ("orchestrator", "autoscaler", "router", "adapter-manager", "gpu-doctor")
+        has_admin_routes = service in (
+            "orchestrator",
+            "autoscaler",
+            "router",
+            "adapter-manager",
+            "gpu-doctor",
+        )
         assert ("BRIXMESH_ADMIN_TOKEN" in env) == has_admin_routes

@@ -22,7 +22,10 @@ async def apiserver() -> AsyncIterator[tuple[ApiServer, str]]:
     async with ApiServer() as emulator, Server(emulator) as server:
         emulator.resources[resource("", "v1", "pods")] = {"kind": "Pod", "namespaced": True}
         emulator.resources[resource("", "v1", "services")] = {"kind": "Service", "namespaced": True}
-        emulator.resources[resource("coordination.k8s.io", "v1", "leases")] = {"kind": "Lease", "namespaced": True}
+        emulator.resources[resource("coordination.k8s.io", "v1", "leases")] = {
+            "kind": "Lease",
+            "namespaced": True,
+        }
         for path in CRDS:
             emulator.add_crd(yaml.safe_load(path.read_text()))
         yield emulator, str(server.url).rstrip("/")

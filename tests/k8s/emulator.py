@@ -108,7 +108,7 @@ def _rv(obj: Mapping[str, Any]) -> int:
 
 
 class ApiServer(KubernetesEmulator):
-    """Use as ``async with ApiServer() as api, Server(api) as server:``; ``server.url`` is the API's base URL."""
+    """``async with ApiServer() as api, Server(api) as server:``; ``server.url`` is the API's base URL."""
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -148,7 +148,9 @@ class ApiServer(KubernetesEmulator):
 
     def objects_of(self, plural: str) -> list[dict[str, Any]]:
         """The live objects of a resource (test assertions)."""
-        return [obj.raw for (res, _, _), obj in self._objects.items() if res.plural == plural and not obj.deleted]
+        return [
+            obj.raw for (res, _, _), obj in self._objects.items() if res.plural == plural and not obj.deleted
+        ]
 
     async def set_pod_status(self, namespace: str, name: str, *, ip: str, ready: bool) -> None:
         """What a kubelet would report for a running pod."""
@@ -163,8 +165,12 @@ class ApiServer(KubernetesEmulator):
         """A change from outside the client under test (another controller, a kubelet, a user)."""
         async with self._lock:
             obj = self._objects[res, namespace, name]
-            obj.patch({**patch, "metadata": {**patch.get("metadata", {}),
-                                              "resourceVersion": str(next(self._versions))}})
+            obj.patch(
+                {
+                    **patch,
+                    "metadata": {**patch.get("metadata", {}), "resourceVersion": str(next(self._versions))},
+                }
+            )
             await self._buses[res].put({"type": "MODIFIED", "object": obj.raw})
 
     async def _handle(self, request: rendering.Request) -> Any:
@@ -191,8 +197,9 @@ class ApiServer(KubernetesEmulator):
             if "json-patch" in content_type and not isinstance(request.data, list):
                 raise _status_error(400, "BadRequest", "json patch must be a list of operations")
             if "strategic-merge-patch" in content_type and request.resource.group not in BUILT_IN_GROUPS:
-                raise _status_error(415, "UnsupportedMediaType", "strategic merge patch is not supported "
-                                    "for custom resources")
+                raise _status_error(
+                    415, "UnsupportedMediaType", "strategic merge patch is not supported for custom resources"
+                )
             if self.before_patch is not None:
                 await self.before_patch(request)
             async with self._lock:
@@ -204,8 +211,9 @@ class ApiServer(KubernetesEmulator):
                 if expected is not None and str(expected) != str(_rv(current)):
                     raise _status_error(
                         409, "Conflict",
-                        f"Operation cannot be fulfilled on {request.resource.plural} {request.name!r}: the object "
-                        "has been modified; please apply your changes to the latest version and try again",
+                        f"Operation cannot be fulfilled on {request.resource.plural} {request.name!r}: the "
+                        "object has been modified; please apply your changes to the latest version and try "
+                        "again",
                     )  # fmt: skip
                 merged = merge_patch(current, request.data)
                 self._validate(request.resource, merged)
@@ -223,7 +231,9 @@ class ApiServer(KubernetesEmulator):
         schema = self.schemas.get((res.group, res.plural))
         try:
             if schema is not None:
-                body = {key: value for key, value in obj.items() if key not in ("apiVersion", "kind", "metadata")}
+                body = {
+                    key: value for key, value in obj.items() if key not in ("apiVersion", "kind", "metadata")
+                }
                 jsonschema.Draft7Validator(schema).validate(body)
             elif res.group in BUILT_IN_GROUPS:
                 kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
@@ -231,14 +241,18 @@ class ApiServer(KubernetesEmulator):
             error = getattr(exc, "caused_by", exc)
             path = ".".join(str(part) for part in getattr(error, "absolute_path", ()))
             message = str(getattr(error, "message", error)).splitlines()[0]
-            raise _status_error(422, "Invalid", f"{res.plural} is invalid: {path or '<root>'}: {message}") from None
+            raise _status_error(
+                422, "Invalid", f"{res.plural} is invalid: {path or '<root>'}: {message}"
+            ) from None
 
     async def _serve_list(self, request: rendering.Request) -> Any:
         self.list_counts[request.resource.plural] += 1
         payload = await super()._serve_list(request)
         selector = request.params.get("labelSelector", "")
         payload["items"] = [item for item in payload["items"] if _selected(item, selector)]
-        payload["metadata"]["resourceVersion"] = str(max([self.oldest_version, *map(_rv, self._all_objects())]))
+        payload["metadata"]["resourceVersion"] = str(
+            max([self.oldest_version, *map(_rv, self._all_objects())])
+        )
         return payload
 
     async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[Any]:

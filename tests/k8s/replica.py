@@ -13,7 +13,6 @@ from typing import Any
 from brixmesh.common.messages import PodEvent
 from brixmesh.orchestrator.controller import Orchestrator
 from brixmesh.orchestrator.kubernetes.cluster import Cluster, KubernetesSettings
-
 from tests.k8s.conftest import NAMESPACE
 
 MD = ("brixmesh.io", "v1alpha1", NAMESPACE, "modeldeployments")
@@ -32,7 +31,9 @@ class Replica:
     def __init__(self, url: str, state_dir: Path, identity: str, *, lease_s: float = 2.0) -> None:
         settings = KubernetesSettings(namespace=NAMESPACE, api_url=url, lease_s=lease_s, renew_s=lease_s / 4)
         self.cluster = Cluster(settings, state_dir=state_dir, identity=identity)
-        self.orchestrator = Orchestrator(self.cluster.backend, reconcile_interval_s=0.2, drain_poll_interval_s=0.05)
+        self.orchestrator = Orchestrator(
+            self.cluster.backend, reconcile_interval_s=0.2, drain_poll_interval_s=0.05
+        )
         self.cluster.attach(self.orchestrator)
         self.orchestrator.on_reconciled = self.cluster.sync.after_reconcile(_nothing)
         self.events: list[PodEvent] = []

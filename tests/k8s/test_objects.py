@@ -13,7 +13,12 @@ from brixmesh.orchestrator.kubernetes.objects import (
     pod_manifest,
     role_service_manifest,
 )
-from brixmesh.orchestrator.kubernetes.resource import ClusterFields, model_deployment_crd, parse_resource, quantity
+from brixmesh.orchestrator.kubernetes.resource import (
+    ClusterFields,
+    model_deployment_crd,
+    parse_resource,
+    quantity,
+)
 from brixmesh.orchestrator.spec import RoleMember, SpecError, parse_spec
 
 KUBERNETES = "1.34.0"
@@ -70,14 +75,23 @@ def test_a_role_set_pod_is_a_strictly_valid_pod_with_its_role_resources() -> Non
     }  # fmt: skip
     assert engine["env"] == [{"name": "HF_HUB_OFFLINE", "value": "1"}]
     kubernetes_validate.validate(
-        role_service_manifest("pd", "prefill", namespace="brixmesh", owner_uid="uid-1"), KUBERNETES, strict=True
+        role_service_manifest("pd", "prefill", namespace="brixmesh", owner_uid="uid-1"),
+        KUBERNETES,
+        strict=True,
     )
 
 
 def test_what_a_pod_reports_becomes_its_phase_and_endpoints() -> None:
     spec = parse_spec({"name": "chat", "model": "tiny-llama"})
     pod = pod_manifest(
-        spec, ClusterFields(), name="chat-abcde", namespace="ns", generation=1, slot=0, image="i", owner_uid=None
+        spec,
+        ClusterFields(),
+        name="chat-abcde",
+        namespace="ns",
+        generation=1,
+        slot=0,
+        image="i",
+        owner_uid=None,
     )
     assert observe_pod({**pod, "metadata": {**pod["metadata"], "annotations": {}}}) is None  # not ours
     assert observe_pod(pod).phase == "starting" and observe_pod(pod).info.endpoint == ""

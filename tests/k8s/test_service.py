@@ -12,7 +12,6 @@ from brixmesh.common.messages import ScaleDecision
 from brixmesh.common.servers import NatsServer
 from brixmesh.common.subjects import SCALE_DECISIONS
 from brixmesh.orchestrator.kubernetes.api import Api
-
 from tests.k8s.conftest import NAMESPACE
 from tests.k8s.emulator import ApiServer
 from tests.k8s.replica import MD, model_deployment
@@ -45,6 +44,7 @@ async def test_the_orchestrator_on_kubernetes_announces_pods_and_writes_decision
         async def written_back() -> bool:
             obj = await api.custom.get_namespaced_custom_object(*MD, "chat")
             return obj["spec"]["replicas"] == 3
+
         await eventually(written_back)
         await events.wait_for(kind="ready", count=3)
         assert orchestrator.process.poll() is None, "the orchestrator stopped"
@@ -52,4 +52,6 @@ async def test_the_orchestrator_on_kubernetes_announces_pods_and_writes_decision
         assert lease.spec.holder_identity
     lease = await api.coordination.read_namespaced_lease("brixmesh-orchestrator", NAMESPACE)
     assert not lease.spec.holder_identity, "a graceful stop hands the Lease back at once"
-    assert len(pods_of(emulator, "chat")) == 3, "a stopping orchestrator leaves its engines to the next leader"
+    assert len(pods_of(emulator, "chat")) == 3, (
+        "a stopping orchestrator leaves its engines to the next leader"
+    )

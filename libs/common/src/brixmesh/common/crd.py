@@ -41,7 +41,10 @@ def _convert(node: Mapping[str, Any], definitions: Mapping[str, Any]) -> dict[st
     if options is not None:
         present = [option for option in options if option.get("type") != "null"]
         if sorted(option.get("type", "") for option in present) == ["integer", "string"]:
-            return {"x-kubernetes-int-or-string": True, **({"nullable": True} if len(present) < len(options) else {})}
+            return {
+                "x-kubernetes-int-or-string": True,
+                **({"nullable": True} if len(present) < len(options) else {}),
+            }
         if len(present) != 1:
             raise ValueError(f"cannot express a union of {len(present)} types structurally: {options}")
         merged = {**{k: v for k, v in node.items() if k != "anyOf"}, **present[0]}
@@ -110,7 +113,12 @@ def custom_resource_definition(
         served["subresources"] = subresources
     if columns:
         served["additionalPrinterColumns"] = [dict(column) for column in columns]
-    names: dict[str, Any] = {"kind": kind, "listKind": f"{kind}List", "plural": plural, "singular": kind.lower()}
+    names: dict[str, Any] = {
+        "kind": kind,
+        "listKind": f"{kind}List",
+        "plural": plural,
+        "singular": kind.lower(),
+    }
     if short_names:
         names["shortNames"] = list(short_names)
     return {

@@ -81,8 +81,8 @@ def build_service(settings: OrchestratorSettings) -> Service:
         try:
             store.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            print(f"brixmesh-orchestrator: cannot keep state in {backend.state_dir} (set BRIXMESH_STATE_DIR): "
-                  f"{exc.strerror}", file=sys.stderr)
+            print(f"brixmesh-orchestrator: cannot keep state in {backend.state_dir} "
+                  f"(set BRIXMESH_STATE_DIR): {exc.strerror}", file=sys.stderr)
             raise SystemExit(2) from None
     orchestrator = Orchestrator(
         backend,
@@ -96,8 +96,8 @@ def build_service(settings: OrchestratorSettings) -> Service:
     try:
         startup_specs = initial_specs(settings)
         if cluster is not None and startup_specs:
-            raise SpecError("on Kubernetes, deployments are ModelDeployment resources: unset BRIXMESH_DEPLOYMENTS_*"
-                            " and BRIXMESH_DEFAULT_ENGINES")
+            raise SpecError("on Kubernetes, deployments are ModelDeployment resources: unset "
+                            "BRIXMESH_DEPLOYMENTS_* and BRIXMESH_DEFAULT_ENGINES")
         for spec in startup_specs:
             backend.validate(spec)
     except SpecError as exc:

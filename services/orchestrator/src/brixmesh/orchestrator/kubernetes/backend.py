@@ -3,8 +3,8 @@ owned by its ModelDeployment (garbage-collected with it), with a headless Servic
 
 What the backend knows of its pods is what Kubernetes reports: a list, then a watch resumed from the last
 resourceVersion (relisting on 410 Gone). A pod is announced ``added`` once it has an IP (its endpoints are
-known), ``ready`` when Kubernetes reports its readiness probe passing, ``draining`` when the orchestrator drains
-it or anyone deletes it (its preStop hook keeps it serving a few seconds for routers to notice), and
+known), ``ready`` when Kubernetes reports its readiness probe passing, ``draining`` when the orchestrator
+drains it or anyone deletes it (its preStop hook keeps it serving a few seconds for routers to notice), and
 ``removed`` when it is gone or its containers ended for good (a failed pod is deleted, so the reconcile loop
 replaces it). Nothing is kept locally: a new leader adopts every pod by listing them.
 """
@@ -23,7 +23,6 @@ from typing import Any
 
 from brixmesh.common.messages import PodEvent, PodEventKind, PodPhase
 from kubernetes_asyncio.client.exceptions import ApiException
-
 
 from brixmesh.orchestrator.backend import Pod
 from brixmesh.orchestrator.cordons import Cordons
@@ -68,7 +67,8 @@ class KubernetesBackend:
         self._cluster: dict[str, tuple[ClusterFields, str | None]] = {}
         self._pods: dict[str, Pod] = {}
         self._gone: set[str] = set()
-        """Pods deleted here whose DELETED event has not arrived: a late MODIFIED event must not revive them."""
+        """Pods deleted here whose DELETED event has not arrived: a late MODIFIED event must not revive
+        them."""
         self._services: set[str] = set()
         self._changes: asyncio.Queue[PodEvent] = asyncio.Queue()
         self._watch: asyncio.Task[None] | None = None
@@ -89,7 +89,8 @@ class KubernetesBackend:
         for field, count in asks:
             if count > self._max_accelerators:
                 raise SpecError(
-                    f"{field}: {count} {kind} per pod is more than a node has (at most {self._max_accelerators})",
+                    f"{field}: {count} {kind} per pod is more than a node has "
+                    f"(at most {self._max_accelerators})",
                     field,
                 )
 
@@ -97,15 +98,22 @@ class KubernetesBackend:
 
     def validate(self, spec: DeploymentSpec) -> None:
         if spec.is_external:
-            raise SpecError("external engines are registered by the local backend, not on Kubernetes", "external")
+            raise SpecError(
+                "external engines are registered by the local backend, not on Kubernetes", "external"
+            )
         if spec.cpus is not None:
             raise SpecError("cpus: CPU pinning does not apply on Kubernetes; set resources.cpu", "cpus")
         for role in spec.roles:
             if role.resources.cpus is not None:
-                raise SpecError(f"roles: role {role.name!r}: resources.cpus (CPU pinning) does not apply on "
-                                "Kubernetes; set the resource's resources.cpu", "roles")
+                raise SpecError(
+                    f"roles: role {role.name!r}: resources.cpus (CPU pinning) does not apply on "
+                    "Kubernetes; set the resource's resources.cpu",
+                    "roles",
+                )
 
-    async def create_pod(self, spec: DeploymentSpec, generation: int, member: RoleMember | None = None) -> Pod:
+    async def create_pod(
+        self, spec: DeploymentSpec, generation: int, member: RoleMember | None = None
+    ) -> Pod:
         cluster, owner = self._cluster.get(spec.name, (ClusterFields(), None))
         role = role_name(spec, member)
         slot = self._free_slot(spec.name, role)
@@ -115,7 +123,9 @@ class KubernetesBackend:
             spec, cluster, name=name, namespace=self.namespace, generation=generation, slot=slot,
             image=cluster.image or self._images.for_engine(spec.engine), owner_uid=owner, member=member,
         )  # fmt: skip
-        response = await self._api.core.create_namespaced_pod(self.namespace, manifest, _preload_content=False)
+        response = await self._api.core.create_namespaced_pod(
+            self.namespace, manifest, _preload_content=False
+        )
         created = await raw_json(response)
         observed = observe_pod(created)
         assert observed is not None  # we built it
@@ -188,9 +198,11 @@ class KubernetesBackend:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
         if stop_pods:
-            await asyncio.gather(*(self.delete_pod(name, "orchestrator stopping") for name in list(self._pods)))
+            await asyncio.gather(
+                *(self.delete_pod(name, "orchestrator stopping") for name in list(self._pods))
+            )
 
-    # --- what Kubernetes reports -> pods and events ----------------------------------------------------------
+    # --- what Kubernetes reports -> pods and events ------------------------------------------------------
 
     async def _on_list(self, items: list[dict[str, Any]]) -> None:
         seen = set()

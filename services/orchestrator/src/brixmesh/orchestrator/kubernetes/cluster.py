@@ -104,7 +104,9 @@ class Cluster:
     def persist_replicas(self, deployment: str) -> None:
         """Make an accepted scale decision durable in the ModelDeployment (in the background)."""
         if self.leading:
-            task = asyncio.get_running_loop().create_task(self._persist(deployment), name=f"scale:{deployment}")
+            task = asyncio.get_running_loop().create_task(
+                self._persist(deployment), name=f"scale:{deployment}"
+            )
             self._writes.add(task)
             task.add_done_callback(self._writes.discard)
 

@@ -22,7 +22,6 @@ from typing import Any
 
 from kubernetes_asyncio.client.exceptions import ApiException
 
-
 from brixmesh.orchestrator.controller import Orchestrator, UnknownDeployment
 from brixmesh.orchestrator.kubernetes.api import Api
 from brixmesh.orchestrator.kubernetes.backend import KubernetesBackend
@@ -119,7 +118,7 @@ class ModelDeploymentSync:
         except UnknownDeployment:
             pass
 
-    # --- decisions -> resources -------------------------------------------------------------------------------
+    # --- decisions -> resources ---------------------------------------------------------------------------
 
     async def persist_replicas(self, name: str) -> bool:
         """Write the deployment's desired replicas (and, in pool mode, each role's) into the resource's spec,
@@ -129,12 +128,15 @@ class ModelDeploymentSync:
             return False
         for _ in range(SCALE_ATTEMPTS):
             try:
-                obj = await self._api.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
+                obj = await self._api.custom.get_namespaced_custom_object(
+                    GROUP, VERSION, self.namespace, PLURAL, name
+                )
                 spec = obj.get("spec", {})
                 desired: dict[str, Any] = {"replicas": deployment.replicas}
                 if spec.get("roles"):
+                    replicas = deployment.role_replicas
                     desired["roles"] = [
-                        {**role, "replicas": deployment.role_replicas.get(role.get("name"), role.get("replicas", 1))}
+                        {**role, "replicas": replicas.get(role.get("name"), role.get("replicas"))}
                         for role in spec["roles"]
                     ]  # fmt: skip
                 if all(spec.get(key) == value for key, value in desired.items()):
@@ -149,7 +151,9 @@ class ModelDeploymentSync:
                     return False
                 if exc.status != 409:
                     raise
-                log.info("scaling %s: the resource changed meanwhile (409); retrying on the new version", name)
+                log.info(
+                    "scaling %s: the resource changed meanwhile (409); retrying on the new version", name
+                )
         log.warning("scaling %s: gave up after %d conflicting writes", name, SCALE_ATTEMPTS)
         return False
 
@@ -168,7 +172,9 @@ class ModelDeploymentSync:
         observed = self._generations.get(name, 0)
         if deployment is None:
             ready = self._condition(name, "Ready", "False", "NotAccepted", "no accepted spec")
-            return ModelDeploymentStatus(observedGeneration=observed, selector=selector, conditions=[accepted, ready])
+            return ModelDeploymentStatus(
+                observedGeneration=observed, selector=selector, conditions=[accepted, ready]
+            )
         fleet = deployment_status(self._orchestrator, deployment, "")
         replicas = len(fleet.role_sets) if deployment.spec.has_roles else fleet.pods
         pods = [pod for pod in self._backend.list_pods(name) if not pod.draining]
@@ -181,7 +187,9 @@ class ModelDeploymentSync:
             ready = self._condition(name, "Ready", "False", "Progressing",
                                     f"{fleet.ready_replicas}/{fleet.desired_replicas} ready")  # fmt: skip
         if fleet.roles:
-            roles = {role.name: RoleStatus(replicas=role.pods, ready=role.ready_replicas) for role in fleet.roles}
+            roles = {
+                role.name: RoleStatus(replicas=role.pods, ready=role.ready_replicas) for role in fleet.roles
+            }
         else:
             roles = {deployment.spec.role: RoleStatus(replicas=fleet.pods, ready=fleet.ready_replicas)}
         return ModelDeploymentStatus(
@@ -189,8 +197,10 @@ class ModelDeploymentSync:
             readyReplicas=fleet.ready_replicas,
             updatedReplicas=sum(deployment.is_current(pod) for pod in pods),
             roles=roles,
-            roleSets=[RoleSetStatus(name=r.name, ready=r.ready, current=r.current, pods=r.pods)
-                      for r in fleet.role_sets],  # fmt: skip
+            roleSets=[
+                RoleSetStatus(name=r.name, ready=r.ready, current=r.current, pods=r.pods)
+                for r in fleet.role_sets
+            ],  # fmt: skip
             observedGeneration=observed,
             selector=selector,
             conditions=[accepted, ready],
@@ -225,7 +235,13 @@ class ModelDeploymentSync:
                 continue
             try:
                 await self._api.custom.patch_namespaced_custom_object_status(
-                    GROUP, VERSION, self.namespace, PLURAL, name, {"status": status}, _content_type=MERGE_PATCH
+                    GROUP,
+                    VERSION,
+                    self.namespace,
+                    PLURAL,
+                    name,
+                    {"status": status},
+                    _content_type=MERGE_PATCH,
                 )
             except ApiException as exc:
                 if exc.status != 404:  # deleted meanwhile: its DELETED event follows

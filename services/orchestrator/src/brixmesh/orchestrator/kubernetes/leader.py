@@ -18,7 +18,6 @@ from typing import Any
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from brixmesh.orchestrator.kubernetes.api import Api, raw_json
-
 from brixmesh.orchestrator.kubernetes.watching import MERGE_PATCH
 
 log = logging.getLogger(__name__)
@@ -69,7 +68,12 @@ class LeaseElection:
             except (ApiException, OSError, asyncio.TimeoutError) as exc:
                 log.warning("lease renewal failed: %s", exc)
             if time.monotonic() - last_renewal >= self.lease_s:
-                log.error("lease %s/%s not renewed for %.0fs: stepping down", self.namespace, self.name, self.lease_s)
+                log.error(
+                    "lease %s/%s not renewed for %.0fs: stepping down",
+                    self.namespace,
+                    self.name,
+                    self.lease_s,
+                )
                 return
 
     async def release(self) -> None:
@@ -80,7 +84,8 @@ class LeaseElection:
                 if lease is None or lease["spec"].get("holderIdentity") != self.identity:
                     return
                 patch = {"metadata": {"resourceVersion": lease["metadata"]["resourceVersion"]},
-                         "spec": {"holderIdentity": None, "leaseDurationSeconds": 1, "renewTime": _now()}}  # fmt: skip
+                         "spec": {"holderIdentity": None, "leaseDurationSeconds": 1,
+                                  "renewTime": _now()}}  # fmt: skip
                 await self._api.coordination.patch_namespaced_lease(
                     self.name, self.namespace, patch, _content_type=MERGE_PATCH
                 )

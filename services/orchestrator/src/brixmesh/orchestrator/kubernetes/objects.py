@@ -92,7 +92,9 @@ def role_name(spec: DeploymentSpec, member: RoleMember | None) -> str:
     return member.role if member is not None else spec.role
 
 
-def pod_resources(deployment: DeploymentSpec, cluster: ClusterFields, member: RoleMember | None) -> dict[str, Any]:
+def pod_resources(
+    deployment: DeploymentSpec, cluster: ClusterFields, member: RoleMember | None
+) -> dict[str, Any]:
     """Requests and limits of one pod: the resource's ``resources``, with a role's ``gpus`` and ``memory``
     (where the role sets them) over them."""
     cpu, memory = cluster.resources.cpu, cluster.resources.memory
@@ -175,7 +177,9 @@ def pod_manifest(
         metadata["ownerReferences"] = [owner_reference(spec.name, owner_uid)]
     pod_spec: dict[str, Any] = {
         "containers": [container],
-        "restartPolicy": {"always": "Always", "on-failure": "OnFailure", "never": "Never"}[spec.restart_policy],
+        "restartPolicy": {"always": "Always", "on-failure": "OnFailure", "never": "Never"}[
+            spec.restart_policy
+        ],
         "terminationGracePeriodSeconds": PRESTOP_SLEEP_S + int(defaults.stop_grace_s),
         "enableServiceLinks": False,
         "automountServiceAccountToken": False,
@@ -253,7 +257,9 @@ def observe_pod(obj: Mapping[str, Any]) -> ObservedPod | None:
     node = (obj.get("spec") or {}).get("nodeName")
     if node:
         info.labels[NODE_LABEL] = node
-    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+    ready = any(
+        c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or []
+    )
     terminating = bool(metadata.get("deletionTimestamp"))
     failed = status.get("phase") in ("Failed", "Succeeded")
     if terminating or labels.get(DRAINING_LABEL) == "true":

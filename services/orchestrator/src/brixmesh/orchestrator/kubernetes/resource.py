@@ -158,4 +158,6 @@ def parse_resource(obj: Mapping[str, Any]) -> tuple[DeploymentSpec, ClusterField
     except ValidationError as exc:
         error = exc.errors()[0]
         param = ".".join(str(part) for part in error["loc"])
-        raise SpecError(f"{KIND} {name!r}: {param}: {error['msg'].removeprefix('Value error, ')}", param) from None
+        raise SpecError(
+            f"{KIND} {name!r}: {param}: {error['msg'].removeprefix('Value error, ')}", param
+        ) from None
