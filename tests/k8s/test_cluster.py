@@ -357,3 +357,17 @@ async def test_two_role_sets_become_labelled_pods_one_service_per_role_and_role_
         ("pd-0", True, 3),
         ("pd-1", True, 3),
     ]
+
+
+async def test_deleting_the_resource_drains_and_deletes_its_pods(
+    apiserver: tuple[ApiServer, str], api: Api, leader: Replica
+) -> None:
+    emulator, _ = apiserver
+    await api.custom.create_namespaced_custom_object(*MD[:3], MD[3], model_deployment("chat", replicas=2))
+    async with kubelet(emulator):
+        await eventually(lambda: sum(e.kind == "ready" for e in leader.events) == 2)
+        await api.custom.delete_namespaced_custom_object(*MD, "chat")
+        await eventually(lambda: pods_of(emulator, "chat") == [])
+    for name in {e.pod.pod for e in leader.events}:
+        assert leader.kinds(name) == ["added", "ready", "draining", "removed"]
+    assert leader.orchestrator.deployments == {}

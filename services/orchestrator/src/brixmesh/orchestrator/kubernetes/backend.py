@@ -36,7 +36,6 @@ from brixmesh.orchestrator.kubernetes.objects import (
     pod_manifest,
     role_name,
     role_service_manifest,
-    role_service_name,
 )
 from brixmesh.orchestrator.kubernetes.resource import ClusterFields
 from brixmesh.orchestrator.kubernetes.watching import MERGE_PATCH, list_and_watch
@@ -69,7 +68,8 @@ class KubernetesBackend:
         self._gone: set[str] = set()
         """Pods deleted here whose DELETED event has not arrived: a late MODIFIED event must not revive
         them."""
-        self._services: set[str] = set()
+        self._services: set[tuple[str, str]] = set()
+        """(deployment, role) whose headless Service exists."""
         self._changes: asyncio.Queue[PodEvent] = asyncio.Queue()
         self._watch: asyncio.Task[None] | None = None
         self._listed = asyncio.Event()
@@ -78,6 +78,10 @@ class KubernetesBackend:
 
     def set_cluster_fields(self, deployment: str, cluster: ClusterFields, owner_uid: str | None) -> None:
         """Image, resources and owner of the deployment's future pods."""
+        previous = self._cluster.get(deployment)
+        if previous is not None and previous[1] != owner_uid:
+            # a new resource of the same name: the old one's Services went with it (owner references)
+            self._services = {key for key in self._services if key[0] != deployment}
         self._cluster[deployment] = (cluster, owner_uid)
 
     def check_cluster_fields(self, spec: DeploymentSpec, cluster: ClusterFields) -> None:
@@ -134,8 +138,7 @@ class KubernetesBackend:
         return pod
 
     async def _ensure_role_service(self, deployment: str, role: str, owner: str | None) -> None:
-        name = role_service_name(deployment, role)
-        if name in self._services:
+        if (deployment, role) in self._services:
             return
         manifest = role_service_manifest(deployment, role, namespace=self.namespace, owner_uid=owner)
         try:
@@ -143,7 +146,7 @@ class KubernetesBackend:
         except ApiException as exc:
             if exc.status != 409:  # already there (an earlier leader made it)
                 raise
-        self._services.add(name)
+        self._services.add((deployment, role))
 
     async def drain_pod(self, name: str, reason: str) -> None:
         pod = self._pods.get(name)
