@@ -16,7 +16,9 @@ admission webhooks, CEL, strategic-merge list semantics (patches merge dicts and
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextlib
 import copy
 import datetime
 import itertools
@@ -306,6 +308,36 @@ class _BusDict(dict):  # type: ignore[type-arg]
     def __missing__(self, key: Any) -> _RecordingBus:
         bus = self[key] = _RecordingBus()
         return bus
+
+
+@contextlib.asynccontextmanager
+async def kubelet(emulator: ApiServer, namespace: str) -> AsyncIterator[None]:
+    """What kubelets would report: every new pod gets an IP and passes its readiness probe."""
+    addresses = (f"127.0.{i // 250}.{i % 250 + 2}" for i in itertools.count())
+
+    async def run() -> None:
+        while True:
+            for pod in emulator.objects_of("pods"):
+                if not (pod.get("status") or {}).get("podIP"):
+                    await emulator.set_pod_status(
+                        namespace, pod["metadata"]["name"], ip=next(addresses), ready=True
+                    )
+            await asyncio.sleep(0.05)
+
+    task = asyncio.get_running_loop().create_task(run())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def pods_of(emulator: ApiServer, deployment: str) -> list[dict[str, Any]]:
+    return [
+        pod for pod in emulator.objects_of("pods")
+        if pod["metadata"]["labels"]["brixmesh.io/deployment"] == deployment
+    ]  # fmt: skip
 
 
 __all__ = ["ApiServer", "Server"]

@@ -5,8 +5,6 @@ API reports, scaling through the resource, refusals as conditions, watches that 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import itertools
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,34 +19,11 @@ from brixmesh.orchestrator.kubernetes.api import Api
 from brixmesh.orchestrator.kubernetes.objects import HTTP_PORT
 from brixmesh.orchestrator.launch import DEFAULTS
 from tests.k8s.conftest import NAMESPACE
-from tests.k8s.emulator import ApiServer
+from tests.k8s.emulator import ApiServer, kubelet, pods_of
 from tests.k8s.replica import MD, Replica, model_deployment
 from tests.waiting import eventually
 
 PODS = resource("", "v1", "pods")
-
-
-@contextlib.asynccontextmanager
-async def kubelet(emulator: ApiServer) -> AsyncIterator[None]:
-    """What kubelets would report: every new pod gets an IP and passes its readiness probe."""
-    addresses = (f"127.0.{i // 250}.{i % 250 + 2}" for i in itertools.count())
-
-    async def run() -> None:
-        while True:
-            for pod in emulator.objects_of("pods"):
-                if not (pod.get("status") or {}).get("podIP"):
-                    await emulator.set_pod_status(
-                        NAMESPACE, pod["metadata"]["name"], ip=next(addresses), ready=True
-                    )
-            await asyncio.sleep(0.05)
-
-    task = asyncio.get_running_loop().create_task(run())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 @pytest.fixture
@@ -58,13 +33,6 @@ async def leader(apiserver: tuple[ApiServer, str], tmp_path: Path) -> AsyncItera
     await eventually(lambda: replica.led_at is not None)
     yield replica
     await replica.stop()
-
-
-def pods_of(emulator: ApiServer, deployment: str) -> list[dict[str, Any]]:
-    return [
-        pod for pod in emulator.objects_of("pods")
-        if pod["metadata"]["labels"]["brixmesh.io/deployment"] == deployment
-    ]  # fmt: skip
 
 
 async def resource_of(api: Api, name: str) -> dict[str, Any]:
@@ -98,7 +66,7 @@ async def test_a_model_deployment_becomes_labelled_owned_probed_pods_announced_f
     assert service["metadata"]["name"] == "chat-both" and service["spec"]["clusterIP"] == "None"
     assert not leader.events, "nothing is announced before Kubernetes reports an IP"
 
-    async with kubelet(emulator):
+    async with kubelet(emulator, NAMESPACE):
         await eventually(lambda: sum(e.kind == "ready" for e in leader.events) == 2)
     for pod in pods_of(emulator, "chat"):
         name, ip = pod["metadata"]["name"], pod["status"]["podIP"]
@@ -132,7 +100,7 @@ async def test_scaling_the_resource_adds_pods_and_drains_surplus_ones(
 ) -> None:
     emulator, _ = apiserver
     await api.custom.create_namespaced_custom_object(*MD[:3], MD[3], model_deployment("chat", replicas=1))
-    async with kubelet(emulator):
+    async with kubelet(emulator, NAMESPACE):
         await eventually(lambda: sum(e.kind == "ready" for e in leader.events) == 1)
         # kubectl scale: the scale subresource writes spec.replicas
         await api.custom.patch_namespaced_custom_object(
@@ -234,7 +202,7 @@ async def test_a_pod_deleted_by_someone_else_is_announced_and_replaced(
 ) -> None:
     emulator, _ = apiserver
     await api.custom.create_namespaced_custom_object(*MD[:3], MD[3], model_deployment("chat", replicas=2))
-    async with kubelet(emulator):
+    async with kubelet(emulator, NAMESPACE):
         await eventually(lambda: sum(e.kind == "ready" for e in leader.events) == 2)
         victim = pods_of(emulator, "chat")[0]["metadata"]["name"]
         await api.core.delete_namespaced_pod(victim, NAMESPACE)
@@ -249,7 +217,7 @@ async def test_watches_resume_from_their_version_and_relist_after_410(
 ) -> None:
     emulator, _ = apiserver
     await api.custom.create_namespaced_custom_object(*MD[:3], MD[3], model_deployment("chat", replicas=2))
-    async with kubelet(emulator):
+    async with kubelet(emulator, NAMESPACE):
         await eventually(lambda: sum(e.kind == "ready" for e in leader.events) == 2)
         lists_before = emulator.list_counts["pods"]
 
@@ -286,7 +254,7 @@ async def test_the_standby_takes_over_within_the_lease_and_adopts_the_pods(
     await second.start()
     try:
         await api.custom.create_namespaced_custom_object(*MD[:3], MD[3], model_deployment("chat", replicas=2))
-        async with kubelet(emulator):
+        async with kubelet(emulator, NAMESPACE):
             await eventually(lambda: sum(e.kind == "ready" for e in first.events) == 2)
             before = sorted(pod["metadata"]["name"] for pod in emulator.objects_of("pods"))
             await asyncio.sleep(1.0)  # the standby keeps trying meanwhile, and must not act
@@ -296,8 +264,8 @@ async def test_the_standby_takes_over_within_the_lease_and_adopts_the_pods(
             crashed_at = time.monotonic()
             await eventually(lambda: second.led_at is not None, timeout_s=10)
             took_over_s = second.led_at - crashed_at
-            # client-go's rule: a candidate takes over once it saw the record unchanged for the lease duration,
-            # so within the lease duration plus up to two retry periods (slack for a loaded machine)
+            # client-go's rule: a candidate takes over once it saw the record unchanged for the lease
+            # duration, so within the lease duration plus up to two retry periods (slack for a loaded machine)
             assert took_over_s <= lease_s + 2 * second.cluster.settings.renew_s + 2.0, took_over_s
             await asyncio.sleep(1.0)  # a few reconcile passes of the new leader
             after = sorted(pod["metadata"]["name"] for pod in emulator.objects_of("pods"))
@@ -325,7 +293,7 @@ async def test_two_role_sets_become_labelled_pods_one_service_per_role_and_role_
     await api.custom.create_namespaced_custom_object(
         *MD[:3], MD[3], model_deployment("pd", replicas=2, roles=roles, update={"role_order": "parallel"})
     )
-    async with kubelet(emulator):
+    async with kubelet(emulator, NAMESPACE):
         await eventually(lambda: sum(e.kind == "ready" for e in leader.events) == 6)
     pods = pods_of(emulator, "pd")
     by_set: dict[str, list[str]] = {}
@@ -364,7 +332,7 @@ async def test_deleting_the_resource_drains_and_deletes_its_pods(
 ) -> None:
     emulator, _ = apiserver
     await api.custom.create_namespaced_custom_object(*MD[:3], MD[3], model_deployment("chat", replicas=2))
-    async with kubelet(emulator):
+    async with kubelet(emulator, NAMESPACE):
         await eventually(lambda: sum(e.kind == "ready" for e in leader.events) == 2)
         await api.custom.delete_namespaced_custom_object(*MD, "chat")
         await eventually(lambda: pods_of(emulator, "chat") == [])

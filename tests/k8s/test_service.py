@@ -13,9 +13,8 @@ from brixmesh.common.servers import NatsServer
 from brixmesh.common.subjects import SCALE_DECISIONS
 from brixmesh.orchestrator.kubernetes.api import Api
 from tests.k8s.conftest import NAMESPACE
-from tests.k8s.emulator import ApiServer
+from tests.k8s.emulator import ApiServer, kubelet, pods_of
 from tests.k8s.replica import MD, model_deployment
-from tests.k8s.test_cluster import kubelet, pods_of
 from tests.orchestrator.orchestrator_proc import PodEventLog, run_orchestrator
 from tests.waiting import eventually
 
@@ -29,7 +28,10 @@ async def test_the_orchestrator_on_kubernetes_announces_pods_and_writes_decision
         "BRIXMESH_BACKEND": "kubernetes", "BRIXMESH_K8S_API_URL": url, "BRIXMESH_K8S_NAMESPACE": NAMESPACE,
         "BRIXMESH_K8S_LEASE_S": "2", "BRIXMESH_K8S_RENEW_S": "0.5", "BRIXMESH_STOP_PODS_ON_EXIT": "0",
     }  # fmt: skip
-    async with run_orchestrator(nats_server.url, tmp_path, settings) as orchestrator, kubelet(emulator):
+    async with (
+        run_orchestrator(nats_server.url, tmp_path, settings) as orchestrator,
+        kubelet(emulator, NAMESPACE),
+    ):
         await api.custom.create_namespaced_custom_object(*MD[:3], MD[3], model_deployment("chat", replicas=2))
         ready = await events.wait_for(kind="ready", count=2)
         ips = {pod["status"]["podIP"] for pod in pods_of(emulator, "chat")}
