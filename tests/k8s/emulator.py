@@ -121,6 +121,8 @@ class ApiServer(KubernetesEmulator):
         """Watches from a version below this get 410 Gone (see :meth:`compact`)."""
         self.list_counts: collections.Counter[str] = collections.Counter()
         """List requests per resource plural (a relist shows here)."""
+        self.refused_creates: dict[str, tuple[int, str]] = {}
+        """plural -> (status, message) every create of it gets (a ResourceQuota, an admission webhook)."""
         self.watches_refused = False
         """While true, watch requests get an error (an API server restarting)."""
         self.before_patch: Callable[[rendering.Request], Awaitable[None]] | None = None
@@ -188,6 +190,9 @@ class ApiServer(KubernetesEmulator):
 
     async def _admit(self, request: rendering.Request) -> None:
         if request.action == enums.action.CREATE and isinstance(request.data, dict):
+            refusal = self.refused_creates.get(request.resource.plural)
+            if refusal is not None:
+                raise _status_error(refusal[0], "Forbidden" if refusal[0] == 403 else "Invalid", refusal[1])
             self._validate(request.resource, request.data)
             metadata = request.data.setdefault("metadata", {})
             metadata.update(

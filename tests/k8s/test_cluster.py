@@ -339,3 +339,28 @@ async def test_deleting_the_resource_drains_and_deletes_its_pods(
     for name in {e.pod.pod for e in leader.events}:
         assert leader.kinds(name) == ["added", "ready", "draining", "removed"]
     assert leader.orchestrator.deployments == {}
+
+
+async def test_pods_the_api_server_refuses_show_in_the_ready_condition(
+    apiserver: tuple[ApiServer, str], api: Api, leader: Replica
+) -> None:
+    emulator, _ = apiserver
+    quota = 'pods "chat-x" is forbidden: exceeded quota: engines, requested: nvidia.com/gpu=1, limited: 0'
+    emulator.refused_creates["pods"] = (403, quota)
+    await api.custom.create_namespaced_custom_object(*MD[:3], MD[3], model_deployment("chat", replicas=1))
+
+    async def ready_condition() -> dict[str, Any]:
+        conditions = (await resource_of(api, "chat")).get("status", {}).get("conditions", [])
+        return next((c for c in conditions if c["type"] == "Ready"), {})
+
+    await eventually(lambda: _reason_is(ready_condition(), "ReconcileFailed"))
+    message = (await ready_condition())["message"]
+    assert message.startswith("PodRefused: Kubernetes refused pod chat-") and "403 " + quota in message
+    assert "\n" not in message and emulator.objects_of("pods") == []
+
+    del emulator.refused_creates["pods"]  # the quota is raised: the next pass creates the pod
+    await eventually(lambda: len(pods_of(emulator, "chat")) == 1)
+
+
+async def _reason_is(condition: Any, reason: str) -> bool:
+    return (await condition).get("reason") == reason

@@ -4,6 +4,7 @@ explicit URL (an emulator, ``kubectl proxy``)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,15 @@ async def raw_json(response: Any) -> dict[str, Any]:
         error.body = await response.text()
         raise error
     return await response.json()
+
+
+def status_message(exc: ApiException) -> str:
+    """The API server's one-line reason (the ``message`` of its Status body), else the HTTP status."""
+    try:
+        message = json.loads(exc.body or "{}").get("message", "")
+    except (ValueError, AttributeError):
+        message = ""
+    return f"{exc.status} {message or exc.reason}"
 
 
 def own_namespace() -> str:

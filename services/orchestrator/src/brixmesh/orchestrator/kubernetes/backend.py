@@ -26,7 +26,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from brixmesh.orchestrator.backend import Pod
 from brixmesh.orchestrator.cordons import Cordons
-from brixmesh.orchestrator.kubernetes.api import Api, raw_json
+from brixmesh.orchestrator.kubernetes.api import Api, raw_json, status_message
 from brixmesh.orchestrator.kubernetes.objects import (
     DRAINING_LABEL,
     POD_SELECTOR,
@@ -42,6 +42,10 @@ from brixmesh.orchestrator.kubernetes.watching import MERGE_PATCH, list_and_watc
 from brixmesh.orchestrator.spec import DeploymentSpec, RoleMember, SpecError
 
 log = logging.getLogger(__name__)
+
+
+class PodRefused(Exception):
+    """The API server did not create a pod (``str()``: one line with its reason)."""
 
 
 class KubernetesBackend:
@@ -127,10 +131,13 @@ class KubernetesBackend:
             spec, cluster, name=name, namespace=self.namespace, generation=generation, slot=slot,
             image=cluster.image or self._images.for_engine(spec.engine), owner_uid=owner, member=member,
         )  # fmt: skip
-        response = await self._api.core.create_namespaced_pod(
-            self.namespace, manifest, _preload_content=False
-        )
-        created = await raw_json(response)
+        try:
+            response = await self._api.core.create_namespaced_pod(
+                self.namespace, manifest, _preload_content=False
+            )
+            created = await raw_json(response)
+        except ApiException as exc:  # shown as the resource's Ready condition; retried every pass
+            raise PodRefused(f"Kubernetes refused pod {name}: {status_message(exc)}") from None
         observed = observe_pod(created)
         assert observed is not None  # we built it
         pod = self._pods.get(name) or Pod(info=observed.info, generation=generation, slot=slot)

@@ -40,8 +40,10 @@ async def list_and_watch(
                 version = body["metadata"]["resourceVersion"]
                 await on_list(body["items"])
             async with watch.Watch() as stream:
+                # bookmarks move the version on while nothing changes, so a resumed watch rarely gets 410
                 async for event in stream.stream(
-                    list_fn, *args, label_selector=label_selector, resource_version=version
+                    list_fn, *args, label_selector=label_selector, resource_version=version,
+                    allow_watch_bookmarks=True,
                 ):
                     obj = event["raw_object"]
                     version = obj.get("metadata", {}).get("resourceVersion") or version
