@@ -37,7 +37,7 @@ class Replica:
         self.cluster.attach(self.orchestrator)
         self.orchestrator.on_reconciled = self.cluster.sync.after_reconcile(_nothing)
         self.events: list[PodEvent] = []
-        self.lost = False
+        self.lost_at: float | None = None
         self.led_at: float | None = None
         self._tasks: list[asyncio.Task[Any]] = []
 
@@ -60,7 +60,7 @@ class Replica:
             self.events.append(event)
 
     def _on_lost(self) -> None:
-        self.lost = True
+        self.lost_at = time.monotonic()
 
     def kinds(self, pod: str) -> list[str]:
         return [event.kind for event in self.events if event.pod.pod == pod]

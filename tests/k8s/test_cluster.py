@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kmock import resource
+from kmock import KubernetesError, resource
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from brixmesh.common.messages import ScaleDecision
@@ -364,3 +364,28 @@ async def test_pods_the_api_server_refuses_show_in_the_ready_condition(
 
 async def _reason_is(condition: Any, reason: str) -> bool:
     return (await condition).get("reason") == reason
+
+
+async def test_a_leader_that_cannot_renew_steps_down_before_the_standby_takes_over(
+    apiserver: tuple[ApiServer, str], tmp_path: Path
+) -> None:
+    emulator, url = apiserver
+    first = Replica(url, tmp_path / "a", "orchestrator-a", lease_s=3.0)
+    second = Replica(url, tmp_path / "b", "orchestrator-b", lease_s=3.0)
+    await first.start()
+    await eventually(lambda: first.led_at is not None)
+    await second.start()
+
+    async def partition_the_leader(request: Any) -> None:
+        """The leader's renewals stop reaching the API server (a network partition)."""
+        body = request.data if isinstance(request.data, dict) else {}
+        if body.get("spec", {}).get("holderIdentity") == "orchestrator-a":
+            raise KubernetesError(status=503, reason="ServiceUnavailable", message="unreachable", details={})
+
+    emulator.before_patch = partition_the_leader
+    try:
+        await eventually(lambda: second.led_at is not None, timeout_s=15)
+        assert first.lost_at is not None and first.lost_at <= second.led_at, "never two leaders at once"
+    finally:
+        await first.stop()
+        await second.stop()

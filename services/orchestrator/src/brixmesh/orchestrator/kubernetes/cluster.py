@@ -43,7 +43,8 @@ class KubernetesSettings(BaseSettings):
     lease_name: str = "brixmesh-orchestrator"
     lease_s: float = Field(default=15.0, gt=0)
     """A standby takes over at most about this long after the leader stopped renewing."""
-    renew_s: float = Field(default=5.0, gt=0)
+    renew_s: float = Field(default=2.0, gt=0)
+    """How often the leader renews the Lease and a standby tries to take it (at most ``lease_s / 3``)."""
     max_accelerators_per_pod: int = Field(default=8, ge=0)
     """A ModelDeployment asking for more accelerators per pod than a node has is refused."""
 
@@ -93,13 +94,28 @@ class Cluster:
         the Lease. ``on_lost`` (default: SIGTERM to this process) when it is lost."""
         await self.election.acquire()
         self.leading = True
+        loop = asyncio.get_running_loop()
+        # renewing from the start: adopting pods and reading the resources may take longer than the lease
+        holding = loop.create_task(self.election.hold(), name="lease-renewal")
+        starting = loop.create_task(self._take_over(start, spawn), name="take-over")
+        try:
+            await asyncio.wait({holding, starting}, return_when=asyncio.FIRST_COMPLETED)
+            if starting.done():
+                starting.result()  # a failed take-over ends the process (spawn's rule)
+                await holding
+        finally:
+            starting.cancel()
+            holding.cancel()
+        self.leading = False
+        (on_lost or _terminate)()
+
+    async def _take_over(
+        self, start: Callable[[], Awaitable[None]], spawn: Callable[..., asyncio.Task[None]]
+    ) -> None:
         await self.backend.recover()
         spawn(self.sync.run(), "watch-modeldeployments")
         await self.sync.wait_listed()
         await start()
-        await self.election.hold()
-        self.leading = False
-        (on_lost or _terminate)()
 
     def persist_replicas(self, deployment: str) -> None:
         """Make an accepted scale decision durable in the ModelDeployment (in the background)."""

@@ -36,10 +36,10 @@ class LeaseElection:
         identity: str,
         *,
         lease_s: float = 15.0,
-        renew_s: float = 5.0,
+        renew_s: float = 2.0,
     ) -> None:
-        if not 0 < renew_s < lease_s:
-            raise ValueError(f"renew_s ({renew_s}) must be positive and below lease_s ({lease_s})")
+        if not 0 < 3 * renew_s <= lease_s:
+            raise ValueError(f"renew_s ({renew_s}) must be positive, at most a third of lease_s ({lease_s})")
         self.namespace = namespace
         self.name = name
         self.identity = identity
@@ -56,24 +56,23 @@ class LeaseElection:
         log.info("leading (lease %s/%s as %s)", self.namespace, self.name, self.identity)
 
     async def hold(self) -> None:
-        """Renew until the lease is lost (another holder, or no successful renewal for ``lease_s``)."""
+        """Renew every ``renew_s`` until the lease is lost: another holder, or no successful renewal for
+        ``lease_s - 2 * renew_s`` (each try bounded by ``renew_s``), so this leader has stopped before a
+        candidate can take over (``lease_s`` after the last renewal it saw)."""
         last_renewal = time.monotonic()
         while True:
             await asyncio.sleep(self.renew_s)
             try:
-                if not await self.try_acquire():
+                held = await asyncio.wait_for(self.try_acquire(), self.renew_s)
+            except (ApiException, OSError, asyncio.TimeoutError) as exc:
+                log.warning("lease renewal failed: %s", exc or type(exc).__name__)
+            else:
+                if not held:
                     log.error("lease %s/%s taken by another orchestrator", self.namespace, self.name)
                     return
                 last_renewal = time.monotonic()
-            except (ApiException, OSError, asyncio.TimeoutError) as exc:
-                log.warning("lease renewal failed: %s", exc)
-            if time.monotonic() - last_renewal >= self.lease_s:
-                log.error(
-                    "lease %s/%s not renewed for %.0fs: stepping down",
-                    self.namespace,
-                    self.name,
-                    self.lease_s,
-                )
+            if time.monotonic() - last_renewal >= self.lease_s - 2 * self.renew_s:
+                log.error("lease %s/%s not renewed in time: stepping down", self.namespace, self.name)
                 return
 
     async def release(self) -> None:
