@@ -41,13 +41,14 @@ async def test_the_orchestrator_on_kubernetes_announces_pods_and_writes_decision
             deployment="chat", current_replicas=2, desired_replicas=3, algorithm="kpa", reason="test",
             ts=time.time(),
         )  # fmt: skip
-        await bus.publish(SCALE_DECISIONS.format(deployment="chat"), decision)
 
         async def written_back() -> bool:
+            # re-sent as the autoscaler does until acknowledged: one message may come before the subscription
+            await bus.publish(SCALE_DECISIONS.format(deployment="chat"), decision)
             obj = await api.custom.get_namespaced_custom_object(*MD, "chat")
             return obj["spec"]["replicas"] == 3
 
-        await eventually(written_back)
+        await eventually(written_back, 30)
         await events.wait_for(kind="ready", count=3)
         assert orchestrator.process.poll() is None, "the orchestrator stopped"
         lease = await api.coordination.read_namespaced_lease("brixmesh-orchestrator", NAMESPACE)
