@@ -50,6 +50,8 @@ class SimRequest:
     num_computed_tokens: int = field(default=0, init=False)
     num_cached_tokens: int = field(default=-1, init=False)
     num_external_tokens: int = field(default=0, init=False)
+    tier_tokens: int = field(default=0, init=False)
+    """Leading prompt tokens fetched from the KV tier before admission (``kv_tier``)."""
     num_preemptions: int = field(default=0, init=False)
     status: Status = field(default=Status.WAITING, init=False)
     finish_reason: str | None = field(default=None, init=False)
