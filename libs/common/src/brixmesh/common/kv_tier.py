@@ -161,38 +161,43 @@ def buffer_size(value: Buffer) -> int:
     return value.nbytes if isinstance(value, memoryview) else len(value)
 
 
-class Frame(msgspec.Struct, gc=False):
-    """A received frame: ``body`` holds the metadata, then the payload."""
+class Frame:
+    """A received frame. ``payload`` is empty when the payload went straight into the caller's buffers."""
 
-    op: int
-    request_id: int
-    meta_len: int
-    body: bytearray
+    __slots__ = ("op", "request_id", "meta", "payload", "payload_len")
 
-    @property
-    def meta(self) -> memoryview:
-        return memoryview(self.body)[: self.meta_len]
-
-    @property
-    def payload(self) -> memoryview:
-        return memoryview(self.body)[self.meta_len :]
+    def __init__(self, op: int, request_id: int, meta: bytearray, payload_len: int) -> None:
+        self.op = op
+        self.request_id = request_id
+        self.meta = meta
+        self.payload_len = payload_len
+        self.payload = memoryview(b"")
 
 
 class FrameReader(asyncio.BufferedProtocol):
-    """Receives whole frames straight into one buffer per frame (no joining of chunks); ``on_frame`` gets
-    each.
+    """Receives frames without joining chunks: the metadata into its own buffer, then the payload straight
+    into the buffers ``sinks_for`` names (``get_into``) or into one fresh buffer; ``on_frame`` gets each.
 
     Used by the client for replies; the server has its own reader that lands PUT values in its slabs."""
 
-    def __init__(self, on_frame: Callable[[Frame], None], on_lost: Callable[[Exception], None],
-                 max_frame_bytes: int) -> None:
+    def __init__(
+        self,
+        on_frame: Callable[[Frame], None],
+        on_lost: Callable[[Exception], None],
+        max_frame_bytes: int,
+        sinks_for: Callable[[Frame], list[memoryview] | None],
+    ) -> None:
         self._on_frame = on_frame
         self._on_lost = on_lost
+        self._sinks_for = sinks_for
         self._max_frame_bytes = max_frame_bytes
         self._header = bytearray(HEADER_BYTES)
         self._view = memoryview(self._header)
         self._filled = 0
         self._frame: Frame | None = None
+        self._sinks: list[memoryview] = []
+        self._stage = 0
+        """0 header, 1 metadata, 2 payload"""
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -203,25 +208,52 @@ class FrameReader(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self._filled += nbytes
-        if self._filled < len(self._view):
-            return
-        if self._frame is None:
-            magic, version, op, request_id, meta_len, payload_len = HEADER.unpack(self._header)
-            if magic != MAGIC or version != VERSION:
-                self._fail(TierUnavailable(f"bad frame header from the tier: {bytes(self._header)!r}"))
-                return
-            size = meta_len + payload_len
-            if size > self._max_frame_bytes:
-                self._fail(TierUnavailable(f"tier reply of {size} bytes exceeds {self._max_frame_bytes}"))
-                return
-            self._frame = Frame(op, request_id, meta_len, bytearray(size))
-            if size:
-                self._view = memoryview(self._frame.body)
+        while self._filled == len(self._view):
+            if self._stage == 0:
+                if not self._header_done():
+                    return
+            elif self._stage == 1:
+                self._meta_done()
+            elif self._sinks:
+                self._view = self._sinks.pop()
                 self._filled = 0
+            else:
+                self._frame_done()
                 return
+
+    def _header_done(self) -> bool:
+        magic, version, op, request_id, meta_len, payload_len = HEADER.unpack(self._header)
+        if magic != MAGIC or version != VERSION:
+            self._fail(TierUnavailable(f"bad frame header from the tier: {bytes(self._header)!r}"))
+            return False
+        if meta_len + payload_len > self._max_frame_bytes:
+            self._fail(TierUnavailable(f"tier reply of {meta_len + payload_len} bytes exceeds "
+                                       f"{self._max_frame_bytes}"))
+            return False
+        self._frame = Frame(op, request_id, bytearray(meta_len), payload_len)
+        self._view = memoryview(self._frame.meta)
+        self._filled = 0
+        self._stage = 1
+        return True
+
+    def _meta_done(self) -> None:
+        frame = self._frame
+        assert frame is not None
+        sinks = self._sinks_for(frame) if frame.payload_len else []
+        if sinks is None:
+            frame.payload = memoryview(bytearray(frame.payload_len))
+            sinks = [frame.payload]
+        self._sinks = [sink for sink in reversed(sinks) if sink.nbytes]
+        self._view = memoryview(b"")
+        self._filled = 0
+        self._stage = 2
+
+    def _frame_done(self) -> None:
         frame, self._frame = self._frame, None
         self._view = memoryview(self._header)
         self._filled = 0
+        self._stage = 0
+        assert frame is not None
         self._on_frame(frame)
 
     def _fail(self, error: Exception) -> None:
@@ -233,11 +265,19 @@ class FrameReader(asyncio.BufferedProtocol):
         self._on_lost(TierUnavailable(f"tier connection lost: {exc or 'closed by the node'}"))
 
 
+SinkPlan = Callable[[Frame], "list[memoryview] | None"]
+"""Given a reply's header and metadata, the buffers its payload lands in, in order (together exactly
+``payload_len`` bytes), or None for a fresh buffer (``Frame.payload``)."""
+
+
 class TierTransport(Protocol):
     """One tier node, seen as request -> reply. ``values`` are sent as they are (no copy by the caller)."""
 
-    async def call(self, op: int, meta: bytes, values: Sequence[Buffer], timeout_s: float) -> Frame:
-        """The reply frame (op ``op | REPLY`` or ``OP_ERROR``); raises :class:`TierUnavailable`."""
+    async def call(
+        self, op: int, meta: bytes, values: Sequence[Buffer], timeout_s: float, sinks: SinkPlan | None = None
+    ) -> Frame:
+        """The reply frame (op ``op | REPLY`` or ``OP_ERROR``); raises :class:`TierUnavailable`. ``sinks``,
+        given the reply's header and metadata, names the buffers its payload lands in."""
         ...
 
     async def close(self) -> None: ...
@@ -251,7 +291,7 @@ class TcpTransport:
         self.port = port
         self.max_frame_bytes = max_frame_bytes
         self._reader: FrameReader | None = None
-        self._pending: dict[int, asyncio.Future[Frame]] = {}
+        self._pending: dict[int, tuple[asyncio.Future[Frame], SinkPlan | None]] = {}
         self._next_id = 0
         self._connecting: asyncio.Lock | None = None
 
@@ -273,24 +313,34 @@ class TcpTransport:
             return self._reader
 
     def _new_reader(self) -> FrameReader:
-        reader = FrameReader(self._deliver, lambda error: self._lost(reader, error), self.max_frame_bytes)
+        reader = FrameReader(
+            self._deliver, lambda error: self._lost(reader, error), self.max_frame_bytes, self._sinks_for
+        )
         return reader
 
+    def _sinks_for(self, frame: Frame) -> list[memoryview] | None:
+        found = self._pending.get(frame.request_id)
+        if found is None or found[1] is None or frame.op == OP_ERROR:
+            return None
+        return found[1](frame)
+
     def _deliver(self, frame: Frame) -> None:
-        waiter = self._pending.pop(frame.request_id, None)
-        if waiter is not None and not waiter.done():
-            waiter.set_result(frame)
+        found = self._pending.pop(frame.request_id, None)
+        if found is not None and not found[0].done():
+            found[0].set_result(frame)
 
     def _lost(self, reader: FrameReader, error: Exception) -> None:
         if self._reader is not reader:
             return  # an older connection, already replaced
         self._reader = None
         pending, self._pending = self._pending, {}
-        for waiter in pending.values():
+        for waiter, _ in pending.values():
             if not waiter.done():
                 waiter.set_exception(error)
 
-    async def call(self, op: int, meta: bytes, values: Sequence[Buffer], timeout_s: float) -> Frame:
+    async def call(
+        self, op: int, meta: bytes, values: Sequence[Buffer], timeout_s: float, sinks: SinkPlan | None = None
+    ) -> Frame:
         reader = await self._connected(timeout_s)
         transport = reader.transport
         if transport is None or transport.is_closing():
@@ -299,16 +349,19 @@ class TcpTransport:
         self._next_id = (self._next_id + 1) & 0xFFFFFFFF
         request_id = self._next_id
         waiter: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = waiter
+        self._pending[request_id] = (waiter, sinks)
         payload_len = sum(map(buffer_size, values))
         transport.writelines([encode_header(op, request_id, len(meta), payload_len), meta, *values])
         try:
             return await asyncio.wait_for(waiter, timeout_s)
         except asyncio.TimeoutError:
-            # The reply may still come and would be taken for a later request's: start a new connection.
-            self._pending.pop(request_id, None)
-            transport.close()
             raise TierUnavailable(f"tier node {self.host}:{self.port} timed out after {timeout_s}s") from None
+        finally:
+            if not waiter.done() or waiter.cancelled():
+                # Given up (timeout, cancelled): a late reply must not land in buffers the caller reuses,
+                # and a slow node should not pile up requests: start a new connection.
+                self._pending.pop(request_id, None)
+                transport.close()
 
     async def close(self) -> None:
         if self._reader is not None and self._reader.transport is not None:
@@ -386,7 +439,12 @@ class KvTierClient:
         return where
 
     async def _call(
-        self, node: str, op: int, meta: msgspec.Struct | None, values: Sequence[Buffer] = ()
+        self,
+        node: str,
+        op: int,
+        meta: msgspec.Struct | None,
+        values: Sequence[Buffer] = (),
+        sinks: SinkPlan | None = None,
     ) -> Frame | None:
         """The node's reply, or None when the node is unavailable (now or recently)."""
         loop = asyncio.get_running_loop()
@@ -394,7 +452,7 @@ class KvTierClient:
             self.unavailable += 1
             return None
         try:
-            frame = await self._transports[node].call(op, encode_meta(meta), values, self.timeout_s)
+            frame = await self._transports[node].call(op, encode_meta(meta), values, self.timeout_s, sinks)
         except TierUnavailable:
             self._down_until[node] = loop.time() + self.retry_after_s
             self.unavailable += 1
@@ -449,6 +507,44 @@ class KvTierClient:
 
         await _gather([one(node, positions) for node, positions in self._split(namespace, keys).items()])
         return found
+
+    async def get_into(
+        self, namespace: TierNamespace, keys: Sequence[Key], buffers: Sequence[memoryview]
+    ) -> list[int]:
+        """Receives each key's value straight into ``buffers[i]`` (no intermediate copy: e.g. a staging
+        buffer or the KV cache's own block). Returns per key the bytes written, or :data:`MISSING` (not held,
+        node down, or larger than its buffer). On a timeout the connection is dropped, so nothing lands in
+        ``buffers`` after this returns."""
+        if len(keys) != len(buffers):
+            raise ValueError(f"{len(keys)} keys but {len(buffers)} buffers")
+        written = [MISSING] * len(keys)
+        if not keys:
+            return written
+
+        async def one(node: str, positions: list[int]) -> None:
+            landed: list[int] = []
+
+            def plan(frame: Frame) -> list[memoryview]:
+                sinks = []
+                for position, size in zip(positions, _get_reply.decode(frame.meta).sizes):
+                    if size == MISSING:
+                        landed.append(MISSING)
+                    elif size <= buffers[position].nbytes:
+                        sinks.append(buffers[position].cast("B")[:size])
+                        landed.append(size)
+                    else:
+                        sinks.append(memoryview(bytearray(size)))
+                        landed.append(MISSING)
+                return sinks
+
+            meta = KeysMeta(namespace, [keys[i] for i in positions])
+            frame = await self._call(node, OP_GET, meta, (), plan)
+            if frame is not None:
+                for position, size in zip(positions, landed):
+                    written[position] = size
+
+        await _gather([one(node, positions) for node, positions in self._split(namespace, keys).items()])
+        return written
 
     async def exists(self, namespace: TierNamespace, keys: Sequence[Key]) -> list[bool]:
         present = [False] * len(keys)
@@ -527,6 +623,11 @@ class BlockingKvTierClient:
 
     def get(self, namespace: TierNamespace, keys: Sequence[Key]) -> list[memoryview | None]:
         return self._run(self.client.get(namespace, keys), [None] * len(keys))
+
+    def get_into(
+        self, namespace: TierNamespace, keys: Sequence[Key], buffers: Sequence[memoryview]
+    ) -> list[int]:
+        return self._run(self.client.get_into(namespace, keys, buffers), [MISSING] * len(keys))
 
     def exists(self, namespace: TierNamespace, keys: Sequence[Key]) -> list[bool]:
         return self._run(self.client.exists(namespace, keys), [False] * len(keys))

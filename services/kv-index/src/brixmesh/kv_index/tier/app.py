@@ -26,6 +26,7 @@ def build_core(settings: KvTierSettings) -> TierCore:
         settings.tier_memory_mb << 20,
         S3Fifo if settings.tier_policy == "s3fifo" else Lru,
         on_evict=l2.evicted if l2 is not None else None,
+        preallocate=settings.tier_preallocate,
     )
     return TierCore(store, settings.tier_max_value_kb << 10, settings.tier_max_frame_mb << 20, l2)
 

@@ -3,8 +3,9 @@ in order (a client may pipeline).
 
 Receiving is a ``BufferedProtocol``: the header and metadata land in small buffers, and a PUT's values land
 straight in the slab chunks :class:`~.store.SlabStore` reserved for them (the socket read is the one copy
-into the store). A GET's reply is assembled with one copy out of the slabs, because a chunk may be
-evicted and reused by another connection's PUT before a slow client has taken all of the reply.
+into the store). A GET's reply is sent straight from the slabs; its chunks stay pinned (not reused, even
+if evicted meanwhile) until the transport's buffer has drained, which the connection awaits before it
+answers the next request (write buffer high-water mark 0: every buffered byte pauses, draining resumes).
 
 Bad input never stops the server: a broken header or a frame over the size limit gets an ``ERROR`` reply
 and that connection is closed (its byte stream cannot be trusted); a bad request inside a well-formed frame
@@ -119,12 +120,14 @@ class TierConnection(asyncio.BufferedProtocol):
         self._sinks: deque[memoryview] = deque()
         self._queue: asyncio.Queue[_Request] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
-        self._paused = False
+        self._drained = asyncio.Event()
+        self._drained.set()
 
     # --- connection ---------------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.transport.set_write_buffer_limits(high=0)
         self.core.counters.connections += 1
         self._worker = asyncio.get_running_loop().create_task(self._answer_forever())
 
@@ -132,23 +135,15 @@ class TierConnection(asyncio.BufferedProtocol):
         self.core.counters.connections -= 1
         if self._request is not None:
             self._release(self._request)
+        self._drained.set()  # a worker waiting to unpin a reply's chunks goes on (and is then cancelled)
         if self._worker is not None:
             self._worker.cancel()
 
     def pause_writing(self) -> None:
-        self._set_paused(True)
+        self._drained.clear()
 
     def resume_writing(self) -> None:
-        self._set_paused(False)
-
-    def _set_paused(self, paused: bool) -> None:
-        if self.transport is None or paused == self._paused:
-            return
-        self._paused = paused
-        if paused:
-            self.transport.pause_reading()
-        else:
-            self.transport.resume_reading()
+        self._drained.set()
 
     # --- receiving ------------------------------------------------------------------------------------------
 
@@ -315,8 +310,7 @@ class TierConnection(asyncio.BufferedProtocol):
                 log.exception("tier request failed")
                 error = ErrorReply("internal", "internal error, see the tier log")
                 self._write(OP_ERROR, request.request_id, error, [])
-            drained = self._queue.qsize() < MAX_QUEUED_REQUESTS // 2
-            if self.transport is not None and drained and not self._paused:
+            if self.transport is not None and self._queue.qsize() < MAX_QUEUED_REQUESTS // 2:
                 self.transport.resume_reading()
 
     async def _answer(self, request: _Request) -> None:
@@ -326,23 +320,11 @@ class TierConnection(asyncio.BufferedProtocol):
             return
         store = self.core.store
         reply: msgspec.Struct
-        values: list[bytes] = []
         if request.op == OP_PUT:
             reply = request.meta  # type: ignore[assignment]
         elif request.op == OP_GET:
-            found: list[memoryview | bytes | None] = [store.get(key) for key in request.keys]
-            promote: list[tuple[Hashable, bytes]] = []
-            if self.core.l2 is not None and None in found:
-                promote = await self._from_l2(request.keys, found)
-            sizes = [MISSING if value is None else len(value) for value in found]
-            # one copy out of the slabs, before promoting L2 values (which may evict) or any await
-            values = [b"".join(value for value in found if value is not None)]
-            for key, value in promote:
-                chunk = store.reserve(len(value))
-                if chunk is not None:
-                    store.view(chunk)[:] = value
-                    store.commit(key, chunk)
-            reply = GetReply(sizes)
+            await self._send_values(request)
+            return
         elif request.op == OP_EXISTS:
             reply = ExistsReply([key in store for key in request.keys])
         elif request.op == OP_LONGEST_PREFIX:
@@ -354,30 +336,43 @@ class TierConnection(asyncio.BufferedProtocol):
             reply = PrefixReply(blocks)
         else:
             reply = self.core.stats()
-        self._write(request.op | REPLY, request.request_id, reply, values)
+        self._write(request.op | REPLY, request.request_id, reply, [])
 
-    async def _from_l2(
-        self, keys: list[Hashable], found: list[memoryview | bytes | None]
-    ) -> list[tuple[Hashable, bytes]]:
-        """Fills ``found``'s L1 misses from L2; returns what L2 had, to be copied into L1."""
-        l2 = self.core.l2
-        assert l2 is not None
-        missing = [position for position, value in enumerate(found) if value is None]
-        values = await l2.get_many([keys[position] for position in missing])
-        # while awaiting, other connections' PUTs may have reused the chunks ``found`` points at
+    async def _send_values(self, request: _Request) -> None:
         store = self.core.store
-        for position, key in enumerate(keys):
-            if found[position] is not None:
-                found[position] = store.peek(key)
-        promote = []
-        for position, value in zip(missing, values):
-            if value is not None:
-                self.core.counters.l2_hits += 1
-                found[position] = value
-                promote.append((keys[position], value))
-        return promote
+        keys = request.keys
+        found: list[Chunk | bytes | None] = [store.get(key) for key in keys]
+        if self.core.l2 is not None and None in found:
+            missing = [position for position, value in enumerate(found) if value is None]
+            from_l2 = await self.core.l2.get_many([keys[position] for position in missing])
+            # while awaiting, other connections' PUTs may have evicted and reused what ``found`` points at
+            found = [store.peek(key) if value is not None else None for key, value in zip(keys, found)]
+            for position, value in zip(missing, from_l2):
+                if value is not None:
+                    self.core.counters.l2_hits += 1
+                    found[position] = value
+        chunks = [value for value in found if isinstance(value, Chunk)]
+        for chunk in chunks:
+            store.pin(chunk)
+        try:
+            sizes = [MISSING if value is None else len(value) if isinstance(value, bytes) else value.size
+                     for value in found]  # fmt: skip
+            values = [store.view(value) if isinstance(value, Chunk) else value for value in found if value]
+            self._write(OP_GET | REPLY, request.request_id, GetReply(sizes), values)
+            await self._drained.wait()
+        finally:
+            for chunk in chunks:
+                store.unpin(chunk)
+        for key, value in zip(keys, found):
+            if isinstance(value, bytes):  # an L2 hit: into L1 for next time
+                chunk = store.reserve(len(value))
+                if chunk is not None:
+                    store.view(chunk)[:] = value
+                    store.commit(key, chunk)
 
-    def _write(self, op: int, request_id: int, reply: msgspec.Struct, values: list[bytes]) -> None:
+    def _write(
+        self, op: int, request_id: int, reply: msgspec.Struct, values: list[memoryview | bytes]
+    ) -> None:
         if self.transport is None or self.transport.is_closing():
             return
         meta = _encoder.encode(reply)
