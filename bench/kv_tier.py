@@ -70,11 +70,18 @@ def serve_plain(port: int) -> None:
     length: send that many bytes from a buffer."""
     listener = socket.create_server(("127.0.0.1", port))
     print("ready", flush=True)
-    connection, _ = listener.accept()
-    connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     buffer = bytearray(BATCH * max(SIZES))
+    buffer[::4096] = bytes(len(range(0, len(buffer), 4096)))
     view = memoryview(buffer)
     header = bytearray(_BASE.size)
+    while True:
+        connection, _ = listener.accept()
+        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with connection:
+            copy_plain(connection, header, view)
+
+
+def copy_plain(connection: socket.socket, header: bytearray, view: memoryview) -> None:
     while True:
         if connection.recv_into(header, _BASE.size, socket.MSG_WAITALL) < _BASE.size:
             return
@@ -121,13 +128,15 @@ def plain_copy(port: int, size: int, batches: int) -> tuple[float, float]:
     return put, get
 
 
-async def tier_copy(address: str, size: int, batches: int, latency_gets: int) -> tuple[float, float, list[float]]:
+async def tier_copy(
+    address: str, size: int, batches: int, latency_gets: int, round_: int
+) -> tuple[float, float, list[float]]:
     """(put GB/s, get GB/s, per-get seconds of ``latency_gets`` random 32-block gets)."""
     client = KvTierClient([address], timeout_s=30.0)
     values = [memoryview(bytes([i]) * size) for i in range(BATCH)]
     sink = memoryview(bytearray(BATCH * size))
     buffers = [sink[i * size : (i + 1) * size] for i in range(BATCH)]
-    base = size * 1000
+    base = (size * 1000 + round_) << 20
     start = time.perf_counter()
     for batch in range(batches):
         keys = list(range(base + batch * BATCH, base + (batch + 1) * BATCH))
@@ -155,7 +164,9 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def bench_throughput(total_mb: int, latency_gets: int) -> dict[int, dict[str, float]]:
+def bench_throughput(total_mb: int, latency_gets: int, rounds: int) -> dict[int, dict[str, float]]:
+    """Each figure is the best of ``rounds`` alternating runs of the plain copy and the tier: on a shared
+    machine the best run is the one least disturbed by others."""
     results: dict[int, dict[str, float]] = {}
     print("\n| block | plain put GB/s | tier put GB/s | put % | plain get GB/s | tier get GB/s | get % "
           "| 32-block get p50 ms | p99 ms |")
@@ -164,10 +175,18 @@ def bench_throughput(total_mb: int, latency_gets: int) -> dict[int, dict[str, fl
         batches = max(4, (total_mb << 20) // (BATCH * size))
         plain_port, tier_port = free_port(), free_port()
         plain = child("--serve-plain", str(plain_port))
-        tier = child("--serve-tier", str(tier_port), str((batches * BATCH * size >> 20) + 64), "s3fifo")
+        tier = child("--serve-tier", str(tier_port), str((batches * BATCH * size >> 20) + 64), "lru")
+        plain_put = plain_get = tier_put = tier_get = 0.0
+        times: list[float] = []
         try:
-            plain_put, plain_get = plain_copy(plain_port, size, batches)
-            tier_put, tier_get, times = uvloop.run(tier_copy(f"127.0.0.1:{tier_port}", size, batches, latency_gets))
+            for round_ in range(rounds):
+                put, get = plain_copy(plain_port, size, batches)
+                plain_put, plain_get = max(plain_put, put), max(plain_get, get)
+                put, get, latencies = uvloop.run(
+                    tier_copy(f"127.0.0.1:{tier_port}", size, batches, latency_gets // rounds, round_)
+                )
+                tier_put, tier_get = max(tier_put, put), max(tier_get, get)
+                times += latencies
         finally:
             for process in (plain, tier):
                 process.kill()
@@ -291,12 +310,12 @@ def start_engines(replicas: int, gpu_blocks: int, tier: str | None) -> tuple[sub
     argv = [
         sys.executable, "-m", "brixmesh.engine_sim", "serve", str(ASSETS), "--host", "127.0.0.1", "--port", "0",
         "--served-model-name", "bench", "--replicas", str(replicas), "--gpu", FLEET_GPU,
-        "--model-profile", FLEET_MODEL, "--block-size", str(FLEET_BLOCK), "--max-model-len", "8192",
+        "--model-profile", FLEET_MODEL, "--block-size", str(FLEET_BLOCK), "--max-model-len", "4096",
         "--num-gpu-blocks-override", str(gpu_blocks), "--enable-prefix-caching",
     ]  # fmt: skip
     if tier:
-        config = {"kv_connector": "BrixTierConnector", "kv_role": "kv_both",
-                  "kv_connector_extra_config": {"tier_nodes": [tier]}}  # fmt: skip
+        extra = {"tier_nodes": [tier], "lookup_timeout_ms": 500, "load_timeout_ms": 5000}
+        config = {"kv_connector": "BrixTierConnector", "kv_role": "kv_both", "kv_connector_extra_config": extra}
         argv += ["--kv-transfer-config", json.dumps(config)]
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert process.stdout is not None
@@ -318,7 +337,7 @@ async def run_fleet_workload(
 ) -> tuple[float, list[float], int]:
     """(requests/s, TTFTs in s, prompt tokens) of multi-turn conversations, each turn to a random engine."""
     rng = random.Random(seed)
-    system = [rng.randrange(100, 30000) for _ in range(1024)]
+    system = [rng.randrange(100, 2000) for _ in range(1024)]
     queue: asyncio.Queue[int] = asyncio.Queue()
     for conversation in range(conversations):
         queue.put_nowait(conversation)
@@ -330,19 +349,21 @@ async def run_fleet_workload(
         while not queue.empty():
             conversation = queue.get_nowait()
             local = random.Random(seed * 1000 + conversation)
-            prompt = system + [local.randrange(100, 30000) for _ in range(256)]
+            prompt = system + [local.randrange(100, 2000) for _ in range(256)]
             for _ in range(turns):
                 body = {"model": "bench", "prompt": prompt, "max_tokens": 32, "ignore_eos": True,
                         "stream": True}  # fmt: skip
                 began = time.perf_counter()
                 first = None
                 async with client.stream("POST", f"{rng.choice(urls)}/v1/completions", json=body) as response:
+                    if response.status_code != 200:
+                        raise RuntimeError(f"engine answered {response.status_code}: {await response.aread()!r}")
                     async for _chunk in response.aiter_bytes():
                         if first is None:
                             first = time.perf_counter() - began
                 ttfts.append(first or 0.0)
                 prompt_tokens += len(prompt)
-                prompt = prompt + [local.randrange(100, 30000) for _ in range(32 + 128)]
+                prompt = prompt + [local.randrange(100, 2000) for _ in range(32 + 128)]
 
     async with httpx.AsyncClient(timeout=120.0) as client:
         began = time.perf_counter()
@@ -408,7 +429,7 @@ def main() -> None:
         serve_plain(int(args.serve_plain))
         return
     began = time.monotonic()
-    throughput = bench_throughput(256 if args.quick else 768, 100 if args.quick else 400)
+    throughput = bench_throughput(128 if args.quick else 384, 100 if args.quick else 400, 3 if args.quick else 5)
     eviction = bench_eviction(4 if args.quick else 1)
     fleet = bench_fleet(args.quick)
     block_bytes = MODEL_PROFILES[FLEET_MODEL].kv_bytes_per_token * FLEET_BLOCK

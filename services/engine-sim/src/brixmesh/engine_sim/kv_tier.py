@@ -6,14 +6,16 @@
 What it does, in vLLM's connector order:
 
 - **Load.** A new request first asks the tier how many leading full blocks of its prompt it holds (by the
-  engine's own chained block hashes), then gets them: real bytes, the modelled size of a block's KV
-  (``kv_bytes_per_token * block_size`` of the model profile). Meanwhile the request waits, deferred, as
-  vLLM's does for remote KV; the fetch time is the wall time of the real transfer. At admission the blocks
-  beyond the engine's own prefix-cache hit count as external tokens: loaded, not computed (the step costs
-  only the rest of the prompt), and reported as ``external_kv_transfer``. A tier that is slow or down
-  only costs up to ``load_timeout_ms``, then the prompt is computed.
-- **Save.** A finished request's full blocks that the tier did not hold are put, in the background with a
-  bounded number of puts in flight (beyond that a save is skipped: the tier is a cache).
+  engine's own chained block hashes), then gets those beyond the engine's own prefix-cache hit: real
+  bytes, the modelled size of a block's KV (``kv_bytes_per_token * block_size`` of the model profile).
+  Meanwhile the request waits, deferred, as vLLM's does for remote KV; the fetch time is the wall time of
+  the real transfer. At admission the fetched blocks count as external tokens (when the engine's own hit
+  still reaches them; otherwise all is computed): loaded, not computed (the step costs only the rest of
+  the prompt), and reported as ``external_kv_transfer``. A tier that is slow or down only costs up to
+  ``load_timeout_ms``, then the prompt is computed.
+- **Save.** A finished request's full blocks (prompt and output) beyond the run the tier already holds
+  are put, in the background with a bounded number of saves in flight (beyond that a save is skipped:
+  the tier is a cache).
 - **Events.** Saved blocks are announced on the engine's KV event stream as ``BlockStored`` with medium
   ``CPU``, so routers count them, below GPU blocks. When a lookup shows the tier lost announced blocks, or
   the announced set outgrows its bound, ``BlockRemoved`` (medium ``CPU``) withdraws them.
@@ -30,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from brixmesh.common.kv_tier import KvTierClient, TierError, TierNamespace, parse_address
+from brixmesh.common.kv_tier import MISSING, KvTierClient, TierError, TierNamespace, parse_address
 
 from brixmesh.engine_sim.hashing import BlockHasher
 from brixmesh.engine_sim.kv_event_types import BlockRemoved, BlockStored
@@ -122,6 +124,7 @@ class SimKvTier:
         block_size: int,
         block_bytes: int,
         hasher: BlockHasher,
+        cached_prefix_blocks: Callable[[list[bytes]], int],
         now: Callable[[], float],
         events: EventSink | None,
     ) -> None:
@@ -133,9 +136,11 @@ class SimKvTier:
             config.nodes, timeout_s=config.load_timeout_s, retry_after_s=config.retry_after_s
         )
         self._now = now
+        self._cached_prefix_blocks = cached_prefix_blocks
         self._events = events
-        self._block = memoryview(bytes(block_bytes))
-        """Every saved block's modelled bytes (their content does not matter, their size does)."""
+        self._block = memoryview(bytearray(block_bytes))
+        """Every saved block's modelled bytes, and where every loaded block lands: the content does not
+        matter to a simulator, the bytes moved do."""
         self._saves: set[asyncio.Task[None]] = set()
         self._loads: set[asyncio.Task[None]] = set()
         self._announced: OrderedDict[bytes, None] = OrderedDict()
@@ -187,24 +192,26 @@ class SimKvTier:
             self.counters.load_timeouts += 1
             return
         self._withdraw([digest for digest in hashes[held:] if digest in self._announced])
-        if not held:
-            return
+        local = self._cached_prefix_blocks(hashes)
+        if held <= local:
+            return  # the engine's own cache holds at least as much: nothing to load
         try:
-            values = await asyncio.wait_for(
-                self.client.get(namespace, hashes[:held]), self.config.load_timeout_s
+            sizes = await asyncio.wait_for(
+                self.client.get_into(namespace, hashes[local:held], [self._block] * (held - local)),
+                self.config.load_timeout_s,
             )
         except asyncio.TimeoutError:
             self.counters.load_timeouts += 1
             return
-        loaded = next((i for i, value in enumerate(values) if value is None), len(values))
-        request.tier_tokens = loaded * self.block_size
+        loaded = next((i for i, size in enumerate(sizes) if size == MISSING), len(sizes))
+        request.tier_from_tokens = local * self.block_size
+        request.tier_tokens = (local + loaded) * self.block_size if loaded else 0
         self.counters.loaded_blocks += loaded
         self.counters.load_seconds += self._now() - started
 
     # --- save ---------------------------------------------------------------------------------------------
 
     def finished(self, request: SimRequest) -> None:
-        """Saves the request's full blocks the tier did not hold (prompt and output), in the background."""
         if len(self._saves) >= self.config.max_pending_saves:
             self.counters.skipped_saves += 1
             return
@@ -215,12 +222,13 @@ class SimKvTier:
     async def _save(self, request: SimRequest) -> None:
         tokens = list(request.all_token_ids)
         hashes = self.hashes(request, tokens)
-        first = request.tier_tokens // self.block_size
+        namespace = self.namespace(request)
+        first = await self.client.longest_prefix(namespace, hashes)
         if first >= len(hashes):
             return
         try:
             values = [self._block] * (len(hashes) - first)
-            reply = await self.client.put(self.namespace(request), hashes[first:], values)
+            reply = await self.client.put(namespace, hashes[first:], values)
         except TierError as error:
             log.warning("tier refused a save", extra={"error": str(error)})
             return

@@ -147,7 +147,7 @@ class Replica:
             block_bytes = model_profile_named(config.model_profile).kv_bytes_per_token * config.block_size
             self.kv_tier = SimKvTier(
                 tier_config, config.served_model_name, config.block_size, block_bytes, self.hasher,
-                self.engine.now, events,
+                self.kv.cached_prefix_blocks, self.engine.now, events,
             )  # fmt: skip
             self.engine.connector = self.kv_tier
         self.apply_publisher_faults()

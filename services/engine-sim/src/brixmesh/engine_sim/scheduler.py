@@ -157,7 +157,9 @@ class Scheduler:
             if request.remote_prefill and fresh and request.num_preemptions == 0:
                 # Remote KV covers the prompt except the last token, which this engine computes.
                 request.num_external_tokens = max(0, num_new - 1)
-            elif fresh and request.num_preemptions == 0 and request.tier_tokens > request.num_computed_tokens:
+            elif fresh and request.num_preemptions == 0 and (
+                request.tier_from_tokens <= request.num_computed_tokens < request.tier_tokens
+            ):
                 # Blocks fetched from the KV tier are loaded, not computed, like remote KV; the rest of the
                 # prompt is computed in the same step.
                 request.num_external_tokens = request.tier_tokens - request.num_computed_tokens
