@@ -135,7 +135,8 @@ class SlabStore:
         if size_class is None:
             size_class = self._classes[chunk] = _SizeClass(chunk, self._policy_factory())
         if not size_class.free and not self._grow(size_class):
-            self._evict(size_class)
+            while not size_class.free and self._evict(size_class):
+                pass  # an evicted chunk still sending a reply (pinned) frees nothing: evict on
         if not size_class.free:
             self.counters.rejected += 1
             return None
@@ -172,10 +173,10 @@ class SlabStore:
         size_class.free.extend(Chunk(size_class.chunk, slab, offset) for offset in offsets)
         return True
 
-    def _evict(self, size_class: _SizeClass) -> None:
+    def _evict(self, size_class: _SizeClass) -> bool:
         key = size_class.policy.victim()
         if key is None:
-            return
+            return False
         chunk = self._entries.pop(key)
         if self._on_evict is not None:
             self._on_evict(key, self.view(chunk))
@@ -185,3 +186,4 @@ class SlabStore:
             chunk.evicted = True
         else:
             size_class.free.append(chunk)
+        return True
