@@ -20,7 +20,9 @@ END_SEQ = (-1).to_bytes(8, "big", signed=True)
 def tier_flag(address: str) -> list[str]:
     config = {
         "kv_connector": "BrixTierConnector", "kv_role": "kv_both",
-        "kv_connector_extra_config": {"tier_nodes": [address], "load_timeout_ms": 2000, "lookup_timeout_ms": 500},
+        "kv_connector_extra_config": {
+            "tier_nodes": [address], "load_timeout_ms": 2000, "lookup_timeout_ms": 500,
+        },
     }  # fmt: skip
     return ["--kv-transfer-config", json.dumps(config), "--model-profile", "tiny-llama"]  # 16 KiB blocks
 

@@ -10,7 +10,8 @@ import msgspec
 import pytest
 
 from brixmesh.common.kv_tier import (
-    HEADER, MAGIC, OP_ERROR, OP_GET, VERSION, ErrorReply, KvTierClient, TierError, TierNamespace, encode_header,
+    HEADER, MAGIC, MISSING, OP_ERROR, OP_GET, VERSION, ErrorReply, KvTierClient, TierError, TierNamespace,
+    encode_header,
 )  # fmt: skip
 from brixmesh.common.ports import free_port
 from brixmesh.kv_index.tier.eviction import S3Fifo
@@ -25,7 +26,9 @@ def block(seed: int, size: int = BLOCK) -> bytes:
     return bytes([seed % 251]) * size
 
 
-async def start_node(budget: int = 64 << 20, max_value: int = 1 << 20) -> tuple[asyncio.Server, TierCore, str]:
+async def start_node(
+    budget: int = 64 << 20, max_value: int = 1 << 20
+) -> tuple[asyncio.Server, TierCore, str]:
     core = TierCore(SlabStore(budget, S3Fifo, slab_bytes=1 << 20), max_value, 64 << 20)
     port = free_port()
     server = await serve(core, "127.0.0.1", port)
@@ -164,4 +167,17 @@ async def test_client_gone_mid_put_returns_the_reserved_chunks(node: tuple[TierC
     reply = await client.put(NS, [1, 2], [block(1), block(2)])
     assert reply.stored == 2
     assert sum(len(c.free) for c in core.store._classes.values()) == free_before - 2
+    await client.close()
+
+
+async def test_get_into_lands_values_in_the_callers_buffers(node: tuple[TierCore, str]) -> None:
+    _core, address = node
+    client = KvTierClient([address])
+    await client.put(NS, [1, 2], [block(1), block(2, 1000)])
+    target = memoryview(bytearray(3 * BLOCK))
+    buffers = [target[:BLOCK], target[BLOCK : 2 * BLOCK], target[2 * BLOCK : 2 * BLOCK + 10]]
+    assert await client.get_into(NS, [1, 3, 2], buffers) == [BLOCK, MISSING, MISSING]  # 2: buffer too small
+    assert bytes(target[:BLOCK]) == block(1) and bytes(target[BLOCK:]) == bytes(2 * BLOCK)
+    assert await client.get_into(NS, [2], [target[BLOCK:]]) == [1000]
+    assert bytes(target[BLOCK : BLOCK + 1000]) == block(2, 1000)
     await client.close()
