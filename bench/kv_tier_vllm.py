@@ -206,7 +206,8 @@ def main() -> int:
             config = tier_kv_transfer_config([tier_address])
             extra_args = ["--kv-transfer-config", config]
             with vllm_engines(2, extra_args=extra_args, log_dir=workdir, model_dir=model_dir) as engines:
-                print(f"{'prompt tokens':>13} {'loaded/prompt':>13} {'TTFT recompute ms':>18} {'TTFT tier ms':>13}")
+                header = ("prompt tokens", "loaded/prompt", "TTFT recompute ms", "TTFT tier ms")
+                print("{:>13} {:>13} {:>18} {:>13}".format(*header))
                 for items in lengths:
                     row = measure(engines, tier_url, items, rounds)
                     results.append(row)
