@@ -59,9 +59,10 @@ async def tier(
 def engines(
     tier: tuple[ServiceProcess, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[list[VllmEngine]]:
-    """Engines A and B, both with the connector on the module's tier (retrying a dead tier after 1 s)."""
+    """Engines A and B, both with the connector on the module's tier. Budgets generous for a busy CI box (a
+    lookup timing out would make the tier a miss); a dead tier is retried after 1 s."""
     config = tier_kv_transfer_config(
-        [tier[1]], lookup_timeout_ms=200, load_timeout_ms=2000, retry_after_ms=1000
+        [tier[1]], lookup_timeout_ms=1000, load_timeout_ms=5000, retry_after_ms=1000
     )
     log_dir = tmp_path_factory.mktemp("vllm-tier")
     with vllm_engines(2, extra_args=["--kv-transfer-config", config], log_dir=log_dir) as started:
