@@ -421,16 +421,21 @@ def bench_fleet(quick: bool, link_speedup: float) -> dict[tuple[str, float], dic
     return results
 
 
-def tier_block_weight(get_seconds_per_block: float, block_bytes: int) -> list[tuple[str, float, float]]:
-    """(gpu, prefill ms per block, weight) for the fleet's model: a tier block saves a block's prefill but
-    costs its fetch, so against a GPU block (saves all of it) it is worth ``1 - fetch / prefill``."""
-    rows = []
+RDMA_BYTES_PER_S = 12.5e9
+"""A 100 Gb/s RDMA NIC at line rate: a modelled column, not measured (no RDMA here)."""
+
+
+def tier_block_weights(fetch_s: float) -> list[tuple[str, float, list[float]]]:
+    """(gpu, prefill ms per block, weights) for the fleet's model: a tier block saves a block's prefill but
+    costs its fetch, so against a GPU block (which saves all of it) it is worth ``1 - fetch / prefill``;
+    weights for the measured fetch, one ``LINK_SPEEDUP`` times faster, and an RDMA NIC's."""
     model = MODEL_PROFILES[FLEET_MODEL]
+    fetches = (fetch_s, fetch_s / LINK_SPEEDUP, model.kv_bytes_per_token * FLEET_BLOCK / RDMA_BYTES_PER_S)
+    rows = []
     for gpu in ("h100", "a100", FLEET_GPU):
         roofline = RooflineModel(GPU_PROFILES[gpu], model)
-        long = roofline.step_seconds(StepShape([(2048, 0)], []))
-        prefill = long / (2048 / FLEET_BLOCK)
-        rows.append((gpu, prefill * 1e3, max(0.0, 1 - get_seconds_per_block / prefill)))
+        prefill = roofline.step_seconds(StepShape([(2048, 0)], [])) / (2048 / FLEET_BLOCK)
+        rows.append((gpu, prefill * 1e3, [max(0.0, 1 - fetch / prefill) for fetch in fetches]))
     return rows
 
 
@@ -454,14 +459,15 @@ def main() -> None:
     fleet = bench_fleet(args.quick, LINK_SPEEDUP)
     block_bytes = MODEL_PROFILES[FLEET_MODEL].kv_bytes_per_token * FLEET_BLOCK
     nearest = min(SIZES, key=lambda size: abs(size - block_bytes))
-    per_block = throughput[nearest]["p50_ms"] / 1e3 / BATCH
-    print(f"\nRouting weight of a tier block ({FLEET_MODEL}, {block_bytes >> 10} KiB blocks; fetch "
-          f"{per_block * 1e3:.2f} ms per block from the {nearest >> 10} KiB 32-block get p50):")
-    print("\n| GPU profile | prefill ms per block | weight 1 - fetch/prefill |")
-    print("|---|---|---|")
-    weights = tier_block_weight(per_block, block_bytes)
-    for gpu, prefill_ms, weight in weights:
-        print(f"| {gpu} | {prefill_ms:.2f} | {weight:.2f} |")
+    fetch_s = throughput[nearest]["p50_ms"] / 1e3 / BATCH / nearest * block_bytes
+    print(f"\nRouting weight of a tier block against a GPU block, 1 - fetch/prefill ({FLEET_MODEL}, "
+          f"{block_bytes >> 10} KiB blocks; measured fetch {fetch_s * 1e3:.2f} ms per block, from the "
+          f"{nearest >> 10} KiB 32-block get p50 scaled by bytes):")
+    print(f"\n| GPU profile | prefill ms per block | measured fetch | {LINK_SPEEDUP:g}x link "
+          f"| 100 Gb/s RDMA (modelled) |")
+    print("|---|---|---|---|---|")
+    for gpu, prefill_ms, weights in tier_block_weights(fetch_s):
+        print(f"| {gpu} | {prefill_ms:.2f} | " + " | ".join(f"{weight:.2f}" for weight in weights) + " |")
     worst_put = min(row["tier_put"] / row["plain_put"] for row in throughput.values())
     worst_get = min(row["tier_get"] / row["plain_get"] for row in throughput.values())
     p99 = {size >> 10: row["p99_ms"] for size, row in throughput.items()}

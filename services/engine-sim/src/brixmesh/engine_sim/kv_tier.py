@@ -12,7 +12,8 @@ What it does, in vLLM's connector order:
   the real transfer. At admission the fetched blocks count as external tokens (when the engine's own hit
   still reaches them; otherwise all is computed): loaded, not computed (the step costs only the rest of
   the prompt), and reported as ``external_kv_transfer``. A tier that is slow or down only costs up to
-  ``load_timeout_ms``, then the prompt is computed.
+  ``load_timeout_ms``, then the prompt is computed; beyond ``max_pending_loads`` loads in flight a new
+  request computes at once. ``kv_connector_extra_config`` is read by the vLLM connector's own parser.
 - **Save.** A finished request's full blocks (prompt and output) beyond the run the tier already holds
   are put, in the background with a bounded number of saves in flight (beyond that a save is skipped:
   the tier is a cache).
@@ -32,7 +33,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from brixmesh.common.kv_tier import MISSING, KvTierClient, TierError, TierNamespace, parse_address
+from brixmesh.common.kv_tier import MISSING, KvTierClient, TierError, TierNamespace
+from brixmesh.common.kv_tier_plan import ConnectorSettings, parse_settings
 
 from brixmesh.engine_sim.hashing import BlockHasher
 from brixmesh.engine_sim.kv_event_types import BlockRemoved, BlockStored
@@ -43,24 +45,11 @@ log = logging.getLogger(__name__)
 TIER_CONNECTOR = "BrixTierConnector"
 MEDIUM_CPU = "CPU"
 MAX_ANNOUNCED_BLOCKS = 65536
-DEFAULT_LOOKUP_TIMEOUT_MS = 50
-DEFAULT_LOAD_TIMEOUT_MS = 1000
-DEFAULT_MAX_PENDING_SAVES = 64
-DEFAULT_RETRY_AFTER_MS = 5000
 
 
-@dataclass(frozen=True, slots=True)
-class SimTierConfig:
-    nodes: tuple[str, ...]
-    lookup_timeout_s: float = DEFAULT_LOOKUP_TIMEOUT_MS / 1000
-    load_timeout_s: float = DEFAULT_LOAD_TIMEOUT_MS / 1000
-    max_pending_saves: int = DEFAULT_MAX_PENDING_SAVES
-    retry_after_s: float = DEFAULT_RETRY_AFTER_MS / 1000
-
-
-def parse_tier_config(raw: str | None) -> SimTierConfig | None:
-    """The tier settings in a ``--kv-transfer-config`` JSON, or None when it names another connector (or
-    none); ``ValueError`` with a one-line message for a bad one."""
+def parse_tier_config(raw: str | None) -> ConnectorSettings | None:
+    """The tier connector's settings in a ``--kv-transfer-config`` JSON (read as the vLLM connector reads
+    them), or None when it names another connector (or none); ``ValueError`` with a one-line message."""
     if not raw:
         return None
     try:
@@ -69,35 +58,7 @@ def parse_tier_config(raw: str | None) -> SimTierConfig | None:
         raise ValueError(f"--kv-transfer-config is not JSON: {error}") from None
     if not isinstance(config, dict) or config.get("kv_connector") != TIER_CONNECTOR:
         return None
-    extra = config.get("kv_connector_extra_config") or {}
-    nodes = extra.get("tier_nodes") if isinstance(extra, dict) else None
-    if isinstance(nodes, str):
-        nodes = [node for node in nodes.split(",") if node.strip()]
-    if not nodes or not isinstance(nodes, list) or not all(isinstance(node, str) for node in nodes):
-        raise ValueError(f"kv_connector_extra_config.tier_nodes must list host:port entries, got {nodes!r}")
-    for node in nodes:
-        parse_address(node)
-
-    def ms(name: str, default: int) -> float:
-        value = extra.get(name, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise ValueError(
-                f"kv_connector_extra_config.{name} must be a positive number of ms, got {value!r}"
-            )
-        return value / 1000
-
-    saves = extra.get("max_pending_saves", DEFAULT_MAX_PENDING_SAVES)
-    if isinstance(saves, bool) or not isinstance(saves, int) or saves <= 0:
-        raise ValueError(
-            f"kv_connector_extra_config.max_pending_saves must be a positive integer, got {saves!r}"
-        )
-    return SimTierConfig(
-        tuple(node.strip() for node in nodes),
-        ms("lookup_timeout_ms", DEFAULT_LOOKUP_TIMEOUT_MS),
-        ms("load_timeout_ms", DEFAULT_LOAD_TIMEOUT_MS),
-        saves,
-        ms("retry_after_ms", DEFAULT_RETRY_AFTER_MS),
-    )
+    return parse_settings(config.get("kv_connector_extra_config"))
 
 
 class EventSink(Protocol):
@@ -111,6 +72,7 @@ class TierCounters:
     load_seconds: float = 0.0
     saved_blocks: int = 0
     skipped_saves: int = 0
+    skipped_loads: int = 0
     load_timeouts: int = 0
 
 
@@ -119,7 +81,7 @@ class SimKvTier:
 
     def __init__(
         self,
-        config: SimTierConfig,
+        config: ConnectorSettings,
         model: str,
         block_size: int,
         block_bytes: int,
@@ -133,7 +95,7 @@ class SimKvTier:
         self.block_size = block_size
         self.hasher = hasher
         self.client = KvTierClient(
-            config.nodes, timeout_s=config.load_timeout_s, retry_after_s=config.retry_after_s
+            config.tier_nodes, timeout_s=config.load_timeout_s, retry_after_s=config.retry_after_s
         )
         self._now = now
         self._cached_prefix_blocks = cached_prefix_blocks
@@ -163,6 +125,9 @@ class SimKvTier:
     def submitted(self, request: SimRequest) -> None:
         """Defers a new request until its blocks are fetched from the tier (or the tier gave up)."""
         if request.remote_prefill or request.num_preemptions:
+            return
+        if len(self._loads) >= self.config.max_pending_loads:
+            self.counters.skipped_loads += 1  # as the vLLM connector: compute rather than queue
             return
         request.ready_time = math.inf
         task = asyncio.get_running_loop().create_task(self._load(request))

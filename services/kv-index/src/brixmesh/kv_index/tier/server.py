@@ -228,13 +228,20 @@ class TierConnection(asyncio.BufferedProtocol):
         store = self.core.store
         meta = request.meta
         assert isinstance(meta, PutMeta)
+        previous: Chunk | None = None
         for key, size in zip(request.keys, meta.sizes):
             chunk = None if key in store else store.reserve(size)
             request.chunks.append(chunk)
             if chunk is not None and size:
-                self._sinks.append(store.view(chunk))
+                if previous is not None and store.follows(previous, chunk):
+                    # the next chunk of the same slab: one receive fills both (fewer, larger socket reads)
+                    self._sinks[-1] = store.span(self._sinks[-1], chunk)
+                else:
+                    self._sinks.append(store.view(chunk))
+                previous = chunk if size == chunk.size_class else None
             elif size:
                 self._drain_sink(size)
+                previous = None
 
     def _drain_sink(self, size: int | None = None) -> None:
         """Bytes of the payload nobody keeps (a value held already, or a refused request's payload)."""

@@ -103,6 +103,17 @@ class SlabStore:
         slab = self._classes[chunk.size_class].slabs[chunk.slab]
         return memoryview(slab)[chunk.offset : chunk.offset + chunk.size]
 
+    def follows(self, first: Chunk, second: Chunk) -> bool:
+        """Whether ``second`` starts where ``first`` ends, in the same slab."""
+        return (first.size_class == second.size_class and first.slab == second.slab
+                and second.offset == first.offset + first.size_class)  # fmt: skip
+
+    def span(self, view: memoryview, chunk: Chunk) -> memoryview:
+        """``view`` (ending where ``chunk`` starts) extended over ``chunk``'s value."""
+        start = chunk.offset - view.nbytes
+        slab = self._classes[chunk.size_class].slabs[chunk.slab]
+        return memoryview(slab)[start : chunk.offset + chunk.size]
+
     def get(self, key: Hashable) -> Chunk | None:
         """The value's chunk (``view`` it; valid until the next reserve unless pinned), counted as a hit or
         a miss."""
