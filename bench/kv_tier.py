@@ -66,12 +66,13 @@ def serve_tier(port: int, memory_mb: int, policy: str) -> None:
     uvloop.run(main())
 
 
-def serve_plain(port: int) -> None:
+def serve_plain(port: int, memory_mb: int) -> None:
     """The plain copy: ``P`` + length: receive that many bytes into a buffer, answer one byte; ``G`` +
-    length: send that many bytes from a buffer."""
+    length: send that many bytes from a buffer. Successive batches use successive parts of a buffer as
+    large as the data set, as a store's blocks are (re-sending one cache-hot batch would flatter it)."""
     listener = socket.create_server(("127.0.0.1", port))
     print("ready", flush=True)
-    buffer = bytearray(BATCH * max(SIZES))
+    buffer = bytearray(memory_mb << 20)
     buffer[::4096] = bytes(len(range(0, len(buffer), 4096)))
     view = memoryview(buffer)
     header = bytearray(_BASE.size)
@@ -83,17 +84,22 @@ def serve_plain(port: int) -> None:
 
 
 def copy_plain(connection: socket.socket, header: bytearray, view: memoryview) -> None:
+    cursor = 0
     while True:
         if connection.recv_into(header, _BASE.size, socket.MSG_WAITALL) < _BASE.size:
             return
         op, length = _BASE.unpack(header)
+        if cursor + length > view.nbytes:
+            cursor = 0
+        part = view[cursor : cursor + length]
+        cursor += length
         if op == b"P":
             received = 0
             while received < length:
-                received += connection.recv_into(view[received:length])
+                received += connection.recv_into(part[received:])
             connection.sendall(b"k")
         else:
-            connection.sendall(view[:length])
+            connection.sendall(part)
 
 
 def child(*args: str) -> subprocess.Popen[str]:
@@ -175,8 +181,9 @@ def bench_throughput(total_mb: int, latency_gets: int, rounds: int) -> dict[int,
     for size in SIZES:
         batches = max(4, (total_mb << 20) // (BATCH * size))
         plain_port, tier_port = free_port(), free_port()
-        plain = child("--serve-plain", str(plain_port))
-        tier = child("--serve-tier", str(tier_port), str((batches * BATCH * size >> 20) + 64), "lru")
+        memory_mb = (batches * BATCH * size >> 20) + 64
+        plain = child("--serve-plain", str(plain_port), str(memory_mb))
+        tier = child("--serve-tier", str(tier_port), str(memory_mb), "lru")
         plain_put = plain_get = tier_put = tier_get = 0.0
         times: list[float] = []
         try:
@@ -445,13 +452,13 @@ def main() -> None:
     parser.add_argument(
         "--serve-tier", nargs=3, metavar=("PORT", "MEMORY_MB", "POLICY"), help=argparse.SUPPRESS
     )
-    parser.add_argument("--serve-plain", metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-plain", nargs=2, metavar=("PORT", "MEMORY_MB"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_tier:
         serve_tier(int(args.serve_tier[0]), int(args.serve_tier[1]), args.serve_tier[2])
         return
     if args.serve_plain:
-        serve_plain(int(args.serve_plain))
+        serve_plain(int(args.serve_plain[0]), int(args.serve_plain[1]))
         return
     began = time.monotonic()
     throughput = bench_throughput(*((96, 100, 5) if args.quick else (256, 400, 7)))

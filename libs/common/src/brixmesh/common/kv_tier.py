@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import ctypes
 import hashlib
 import struct
 import threading
@@ -243,7 +244,7 @@ class FrameReader(asyncio.BufferedProtocol):
         if sinks is None:
             frame.payload = memoryview(bytearray(frame.payload_len))
             sinks = [frame.payload]
-        self._sinks = [sink for sink in reversed(sinks) if sink.nbytes]
+        self._sinks = list(reversed(_coalesced([sink for sink in sinks if sink.nbytes])))
         self._view = memoryview(b"")
         self._filled = 0
         self._stage = 2
@@ -268,6 +269,31 @@ class FrameReader(asyncio.BufferedProtocol):
 SinkPlan = Callable[[Frame], "list[memoryview] | None"]
 """Given a reply's header and metadata, the buffers its payload lands in, in order (together exactly
 ``payload_len`` bytes), or None for a fresh buffer (``Frame.payload``)."""
+
+
+def _coalesced(sinks: list[memoryview]) -> list[memoryview]:
+    """``sinks`` with neighbours in one buffer (the next starts where the previous ends) joined into one
+    view, so one socket read fills several blocks."""
+    if len(sinks) < 2:
+        return sinks
+    joined: list[memoryview] = []
+    start = end = 0
+    owner: object = None
+    for sink in sinks:
+        try:
+            address = ctypes.addressof(ctypes.c_char.from_buffer(sink))
+        except (TypeError, ValueError):  # read-only or not contiguous: kept as it is
+            joined.append(sink)
+            owner = None
+            continue
+        if owner is not None and sink.obj is owner and address == end:
+            base = ctypes.addressof(ctypes.c_char.from_buffer(memoryview(owner).cast("B")))
+            joined[-1] = memoryview(owner).cast("B")[start - base : address + sink.nbytes - base]
+        else:
+            joined.append(sink)
+            owner, start = sink.obj, address
+        end = address + sink.nbytes
+    return joined
 
 
 class TierTransport(Protocol):
