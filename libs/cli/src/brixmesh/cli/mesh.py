@@ -216,7 +216,7 @@ class Mesh:
         self.supervisor = Supervisor(on_state=self._on_state)
         self._started = False
         self.kv_tier_address = f"127.0.0.1:{free_port()}"
-        """The KV tier node's block protocol; engines use it with ``--kv-transfer-config``'s ``tier_nodes``."""
+        """The KV tier node's block protocol (engines: ``--kv-transfer-config``'s ``tier_nodes``)."""
 
     @property
     def openai_base_url(self) -> str:

@@ -34,7 +34,9 @@ from brixmesh.common.subjects import (
 )  # fmt: skip
 
 CLI_USER = "cli"
-SERVICE_USERS = ("orchestrator", "kv-index", "autoscaler", "router", "adapter-manager", "gpu-doctor", "kv-tier")
+SERVICE_USERS = (
+    "orchestrator", "kv-index", "autoscaler", "router", "adapter-manager", "gpu-doctor", "kv-tier",
+)  # fmt: skip
 INBOXES = "_INBOX.>"
 JETSTREAM = ("$JS.API.>", "$JS.ACK.>", "$JS.FC.>")
 
