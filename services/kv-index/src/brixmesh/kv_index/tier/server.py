@@ -364,7 +364,7 @@ class TierConnection(asyncio.BufferedProtocol):
         try:
             sizes = [MISSING if value is None else len(value) if isinstance(value, bytes) else value.size
                      for value in found]  # fmt: skip
-            values = [store.view(value) if isinstance(value, Chunk) else value for value in found if value]
+            values = self._payload(found)
             self._write(OP_GET | REPLY, request.request_id, GetReply(sizes), values)
             await self._drained.wait()
         finally:
@@ -376,6 +376,25 @@ class TierConnection(asyncio.BufferedProtocol):
                 if chunk is not None:
                     store.view(chunk)[:] = value
                     store.commit(key, chunk)
+
+    def _payload(self, found: list[Chunk | bytes | None]) -> list[memoryview | bytes]:
+        """The values held, as views of their slabs; neighbouring chunks of one slab as one view (one
+        ``writev`` entry, fewer and larger socket writes)."""
+        store = self.core.store
+        values: list[memoryview | bytes] = []
+        previous: Chunk | None = None
+        for value in found:
+            if isinstance(value, Chunk):
+                if previous is not None and store.follows(previous, value):
+                    values[-1] = store.span(values[-1], value)  # type: ignore[arg-type]
+                else:
+                    values.append(store.view(value))
+                previous = value if value.size == value.size_class else None
+            else:
+                if value is not None:
+                    values.append(value)
+                previous = None
+        return values
 
     def _write(
         self, op: int, request_id: int, reply: msgspec.Struct, values: list[memoryview | bytes]
