@@ -52,3 +52,23 @@ def test_engine_processes_may_use_amx_from_the_start(tmp_path: Path) -> None:
 def _permitted_features(env: dict[str, str] | None) -> int:
     check = [sys.executable, "-c", _PRINT_PERMITTED_FEATURES]
     return int(subprocess.run(check, env=env, capture_output=True, text=True, check=True).stdout)
+
+
+# Run by the base interpreter (no venv): what an engine process of vLLM's own venv sees of brixmesh.
+_PRINT_BRIXMESH_VIEW = """
+import importlib.util
+import brixmesh, brixmesh.common.vllm_cpu
+print(brixmesh.__path__[0])
+print(importlib.util.find_spec("nats") is not None)
+"""
+
+
+def test_engine_processes_import_brixmesh_common_but_not_our_venv(tmp_path: Path) -> None:
+    """vLLM loads our KV connector by module path (``brixmesh.common.kv_tier_vllm``) in every process."""
+    base_python = Path(sys.base_prefix) / "bin" / f"python{sys.version_info.major}.{sys.version_info.minor}"
+    env = engine_env("0", tmp_path / "venv", tmp_path)
+    shown = subprocess.run([base_python, "-c", _PRINT_BRIXMESH_VIEW], env=env, capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    package_dir, sees_nats = shown.stdout.split()
+    assert Path(package_dir) == STARTUP_HOOK_DIR.parent.parent
+    assert sees_nats == "False"  # our venv's packages would shadow vLLM's

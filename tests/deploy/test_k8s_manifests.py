@@ -196,7 +196,7 @@ def test_every_service_connects_as_its_own_nats_user() -> None:
 
     documents = _documents()
     for service in SERVICE_USERS:
-        kind = "DaemonSet" if service == "gpu-doctor" else "Deployment"
+        kind = {"gpu-doctor": "DaemonSet", "kv-tier": "StatefulSet"}.get(service, "Deployment")
         container = documents[(kind, service)]["spec"]["template"]["spec"]["containers"][0]
         env = {item["name"]: item for item in container["env"]}
         assert env["BRIXMESH_NATS_USER"]["value"] == service

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -13,11 +14,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from brixmesh.common.kv_tier import BlockingKvTierClient, TierNamespace
 from brixmesh.common.ports import free_port
 from brixmesh.orchestrator.local_backend import find_pod_leaders
 from tests.mesh.conftest import BRIXMESH, RunningMesh
 
-SERVICES = {"orchestrator", "kv-index", "autoscaler", "adapter-manager", "gpu-doctor", "router"}
+SERVICES = {"orchestrator", "kv-index", "kv-tier", "autoscaler", "adapter-manager", "gpu-doctor", "router"}
 
 
 @pytest.mark.parametrize("mesh", [["--engines", "0"]], indirect=True)
@@ -32,6 +34,12 @@ def test_up_status_tap_restart_and_clean_stop(mesh: RunningMesh) -> None:
     beats = mesh.status()
     assert {b["service"] for b in beats} == SERVICES
     assert all(b["ready"] for b in beats)
+
+    tier = BlockingKvTierClient([re.search(r"KV tier node: (\S+)", printed).group(1)], timeout_s=5.0)
+    namespace = TierNamespace("tiny-llama", "bfloat16", 16)
+    assert tier.put(namespace, [1], [b"kv" * 100]).stored == 1
+    assert bytes(tier.get(namespace, [1])[0]) == b"kv" * 100
+    tier.close()
 
     tapped = mesh.cli("tap", "mesh.>", "--count", "6", "--json", "--timeout", "30")
     assert tapped.returncode == 0, tapped.stderr

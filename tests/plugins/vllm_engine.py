@@ -38,7 +38,8 @@ Entry points:
   started concurrently
 - stopping: SIGTERM to the API server (orderly, < 1 s), then killpg SIGTERM/SIGKILL for anything left
 - options: ``cpu_bind`` (a ``VLLM_CPU_OMP_THREADS_BIND`` value; default: next core), ``lora_modules``
-  (adapter names from ``lora_dirs`` to load at startup), ``extra_args``, ``extra_env``,
+  (adapter names from ``lora_dirs`` to load at startup), ``extra_args``, ``extra_env``, ``model_dir``
+  (another model directory to serve under the same name; default the tiny model),
   ``startup_timeout`` (default 180 s), ``log_dir``
 - ``vllm_block_digests(token_ids, block_size, parent)`` / ``published_block_hash(digest)``: the engine's
   block hashes (default ``sha256`` algorithm, ``PYTHONHASHSEED=0``, no LoRA/salt extras) to check events
@@ -246,6 +247,7 @@ def _launch(
     extra_args: Sequence[str],
     extra_env: Mapping[str, str],
     log_dir: Path | None,
+    model_dir: Path | None,
 ) -> _Launch:
     # ipc:// paths are limited to ~107 bytes, so the socket lives in a short temp dir.
     runtime_dir = Path(tempfile.mkdtemp(prefix="bm-vllm-"))
@@ -260,7 +262,7 @@ def _launch(
         block_size=BLOCK_SIZE,
         num_blocks=NUM_BLOCKS,
         max_model_len=MAX_MODEL_LEN,
-        model_dir=install.model_dir,
+        model_dir=model_dir or install.model_dir,
         lora_dirs=install.lora_dirs,
         log_path=log_path,
         pid=0,
@@ -271,6 +273,7 @@ def _launch(
             port=port,
             kv_events_endpoint=engine.kv_events_endpoint,
             kv_replay_endpoint=engine.kv_replay_endpoint,
+            model_dir=model_dir,
             lora_modules=lora_modules,
             extra_args=extra_args,
         )
@@ -303,6 +306,7 @@ class _Options:
     startup_timeout: float = STARTUP_TIMEOUT_S
     log_dir: Path | None = None
     install: VllmInstall | None = None
+    model_dir: Path | None = None
 
 
 def _options(
@@ -313,6 +317,7 @@ def _options(
     startup_timeout: float = STARTUP_TIMEOUT_S,
     log_dir: Path | None = None,
     install: VllmInstall | None = None,
+    model_dir: Path | None = None,
 ) -> _Options:
     return _Options(
         cpu_bind,
@@ -322,6 +327,7 @@ def _options(
         startup_timeout,
         log_dir,
         install,
+        model_dir,
     )
 
 
@@ -338,6 +344,7 @@ def _launch_all(count: int, options: _Options) -> list[_Launch]:
                     extra_args=options.extra_args,
                     extra_env=options.extra_env,
                     log_dir=options.log_dir,
+                    model_dir=options.model_dir,
                 )
             )
     except BaseException:

@@ -121,6 +121,9 @@ def up(
         console.print(f"admin token (Authorization: Bearer ...): {admin_token_path(state_dir)}")
         console.print(f"Prometheus scrape config: {mesh.prometheus_config()}", soft_wrap=True)
         console.print(f"OpenAI endpoint: [bold]{mesh.openai_base_url}[/]   (Ctrl-C stops everything)")
+        tier = mesh.kv_tier_address
+        console.print(f"KV tier node: {tier} (engines: --kv-transfer-config with kv_connector "
+                      f"BrixTierConnector, tier_nodes [\"{tier}\"])", markup=False)
         if ready_engines:
             console.print("try it:", markup=False)
             console.print(first_request(mesh.openai_base_url, model), markup=False, soft_wrap=True)

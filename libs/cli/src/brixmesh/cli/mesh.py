@@ -39,8 +39,12 @@ scrape_configs:
     file_sd_configs:
       - files: [targets.json]
 """
-SERVICES = ("orchestrator", "kv-index", "autoscaler", "adapter-manager", "gpu-doctor", "router")
+SERVICES = ("orchestrator", "kv-index", "kv-tier", "autoscaler", "adapter-manager", "gpu-doctor", "router")
 """Start order: the router last, so that it finds pods and the KV index already announced."""
+SERVICE_MODULES = {"kv-tier": "brixmesh.kv_index.tier"}
+"""Services run by another package's module (the KV tier is a process of the kv-index package)."""
+KV_TIER_MEMORY_MB = 512
+"""A local mesh's tier node: slabs are taken as blocks arrive, up to this."""
 
 
 @dataclass(frozen=True)
@@ -67,7 +71,12 @@ class RunningService:
 
 
 def service_spec(
-    name: str, port: int, nats_url: str, options: MeshOptions, secret_env: dict[str, str] | None = None
+    name: str,
+    port: int,
+    nats_url: str,
+    options: MeshOptions,
+    secret_env: dict[str, str] | None = None,
+    kv_tier_port: int = 0,
 ) -> ProcessSpec:
     env = {
         "BRIXMESH_NATS_URL": nats_url,
@@ -83,6 +92,8 @@ def service_spec(
             env["BRIXMESH_KV_TOKENIZER_DIRS"] = json.dumps(tokenizers)
     if name == "autoscaler" and options.autoscale:
         env["BRIXMESH_AUTOSCALER_SPECS"] = str(write_default_autoscaler(options).resolve())
+    if name == "kv-tier":
+        env |= {"BRIXMESH_TIER_PORT": str(kv_tier_port), "BRIXMESH_TIER_MEMORY_MB": str(KV_TIER_MEMORY_MB)}
     if name == "orchestrator":
         if options.deployments_file is not None:
             env["BRIXMESH_DEPLOYMENTS_FILE"] = str(options.deployments_file.resolve())
@@ -95,7 +106,7 @@ def service_spec(
         }
     return ProcessSpec(
         name=name,
-        argv=[sys.executable, "-m", f"brixmesh.{name.replace('-', '_')}"],
+        argv=[sys.executable, "-m", SERVICE_MODULES.get(name, f"brixmesh.{name.replace('-', '_')}")],
         env=env,
         log_path=options.state_dir / "logs" / f"{name}.log",
         readiness=ReadinessProbe(f"http://127.0.0.1:{port}/readyz", timeout_s=options.ready_timeout_s),
@@ -204,6 +215,8 @@ class Mesh:
         self.engine_pods: list[dict] = []
         self.supervisor = Supervisor(on_state=self._on_state)
         self._started = False
+        self.kv_tier_address = f"127.0.0.1:{free_port()}"
+        """The KV tier node's block protocol (engines: ``--kv-transfer-config``'s ``tier_nodes``)."""
 
     @property
     def openai_base_url(self) -> str:
@@ -222,7 +235,8 @@ class Mesh:
             self.nats_url = self.nats.url
         for name in SERVICES:
             port = self.options.port if name == "router" else free_port()
-            spec = service_spec(name, port, self.nats_url, self.options, self._secret_env(name))
+            tier_port = int(self.kv_tier_address.rpartition(":")[2])
+            spec = service_spec(name, port, self.nats_url, self.options, self._secret_env(name), tier_port)
             self.services[name] = RunningService(name, f"http://127.0.0.1:{port}", self.supervisor.add(spec))
         self.supervisor.start_all()
         not_ready = await self.supervisor.wait_all_ready(self.options.ready_timeout_s)

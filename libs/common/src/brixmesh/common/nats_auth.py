@@ -12,6 +12,7 @@ bus carries no prompts, and ``brixmesh tap`` must see everything.
 - The ``cli`` user (``brixmesh status``/``tap``/``top``/``profile``) pings, lists pods, reads, and publishes GPU
   profiles.
 - Only the gpu-doctor publishes ``gpu.decisions.*``.
+- A KV tier node publishes only its heartbeat (its blocks reach routers as engines' ``CPU`` KV events).
 
 ``brixmesh up`` renders this into nats-server's config with generated passwords;
 ``python -m brixmesh.common.nats_auth`` prints the same config with ``$<SERVICE>_NATS_PASSWORD`` variables,
@@ -33,7 +34,9 @@ from brixmesh.common.subjects import (
 )  # fmt: skip
 
 CLI_USER = "cli"
-SERVICE_USERS = ("orchestrator", "kv-index", "autoscaler", "router", "adapter-manager", "gpu-doctor")
+SERVICE_USERS = (
+    "orchestrator", "kv-index", "autoscaler", "router", "adapter-manager", "gpu-doctor", "kv-tier",
+)  # fmt: skip
 INBOXES = "_INBOX.>"
 JETSTREAM = ("$JS.API.>", "$JS.ACK.>", "$JS.FC.>")
 
@@ -49,6 +52,7 @@ OWNED_SUBJECTS: dict[str, list[str]] = {
     "router": [*_owned(ROUTER_STATS, ROUTER_ROUTING), *JETSTREAM],
     "adapter-manager": _owned(ADAPTERS_PLACEMENTS),
     "gpu-doctor": _owned(GPU_DECISIONS),
+    "kv-tier": [],
 }
 """Beyond what every service may publish. ``pods.>`` covers every :data:`PODS` kind."""
 

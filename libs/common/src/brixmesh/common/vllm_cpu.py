@@ -83,6 +83,24 @@ def kv_events_config(endpoint: str, replay_endpoint: str, topic: str = TOPIC) ->
     )
 
 
+TIER_CONNECTOR = "BrixTierConnector"
+TIER_CONNECTOR_MODULE = "brixmesh.common.kv_tier_vllm"
+
+
+def tier_kv_transfer_config(tier_nodes: Sequence[str], **options: int) -> str:
+    """``--kv-transfer-config`` JSON that loads our KV-tier connector (``brixmesh.common.kv_tier_vllm``);
+    ``options``: its ``kv_connector_extra_config`` fields besides the nodes (``load_timeout_ms``, ...)."""
+    return json.dumps(
+        {
+            "kv_connector": TIER_CONNECTOR,
+            "kv_connector_module_path": TIER_CONNECTOR_MODULE,
+            "kv_role": "kv_both",
+            "kv_load_failure_policy": "recompute",
+            "kv_connector_extra_config": {"tier_nodes": list(tier_nodes), **options},
+        }
+    )
+
+
 def serve_argv(
     install: VllmInstall,
     *,

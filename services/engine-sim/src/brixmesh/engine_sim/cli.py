@@ -13,6 +13,7 @@ from pathlib import Path
 from brixmesh.engine_sim.config import EngineConfig
 from brixmesh.engine_sim.faults import FAILURE_TYPES, Faults
 from brixmesh.engine_sim.hashing import HASH_ALGOS
+from brixmesh.engine_sim.kv_tier import parse_tier_config
 from brixmesh.engine_sim.kv_events_config import KvEventsConfig, offset_endpoint, parse_kv_events_config
 from brixmesh.engine_sim.lora import parse_lora_modules
 from brixmesh.engine_sim.timing import GPU_PROFILES, MODEL_PROFILES
@@ -63,7 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="map",
         help="map = vLLM 0.32 tagged maps; array = legacy positional arrays",
     )
-    p.add_argument("--kv-transfer-config", help="accepted; P/D fields are always honoured")
+    p.add_argument(
+        "--kv-transfer-config",
+        help="accepted; P/D fields are always honoured; kv_connector BrixTierConnector uses the KV tier "
+        "(kv_connector_extra_config.tier_nodes)",
+    )
     p.add_argument("--enable-prompt-tokens-details", action="store_true")
     p.add_argument(
         "--enable-scale-out",
@@ -251,6 +256,7 @@ def configs_from_args(args: argparse.Namespace) -> list[EngineConfig]:
         raise CliError("--num-gpu-blocks-override must be >= 2")
     try:
         kv_events = parse_kv_events_config(args.kv_events_config) if args.kv_events_config else None
+        parse_tier_config(args.kv_transfer_config)
     except ValueError as exc:
         raise CliError(str(exc)) from None
     base_port = args.base_port if args.base_port is not None else args.port
@@ -292,6 +298,7 @@ def configs_from_args(args: argparse.Namespace) -> list[EngineConfig]:
         metrics_flavor=args.metrics_flavor,
         legacy_metrics=args.legacy_metrics,
         max_waiting_queue_length=args.max_waiting_queue_length,
+        kv_transfer_config=args.kv_transfer_config,
         kv_transfer_overhead_ms=args.kv_transfer_overhead,
         kv_transfer_per_token_us=args.kv_transfer_per_token,
         startup_delay_s=args.startup_duration,

@@ -50,6 +50,8 @@ class EngineConfig:
     metrics_flavor: str = "vllm"
     legacy_metrics: bool = False
     max_waiting_queue_length: int | None = None
+    kv_transfer_config: str | None = None
+    """``--kv-transfer-config`` as given (JSON); ``kv_tier`` reads the KV tier connector's part."""
     kv_transfer_overhead_ms: float = 2.0
     kv_transfer_per_token_us: float = 3.0
     startup_delay_s: float = 0.0

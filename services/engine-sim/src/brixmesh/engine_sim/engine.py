@@ -34,6 +34,14 @@ class EventSink(Protocol):
     def publish(self, events: list) -> None: ...
 
 
+class RequestHooks(Protocol):
+    """What a KV connector (``kv_tier.SimKvTier``) sees of requests."""
+
+    def submitted(self, request: SimRequest) -> None: ...
+
+    def finished(self, request: SimRequest) -> None: ...
+
+
 class Engine:
     def __init__(
         self,
@@ -62,6 +70,7 @@ class Engine:
         self.busy_seconds = 0.0
         self.lag_seconds = 0.0
         self.sleep_level = 0
+        self.connector: RequestHooks | None = None
 
     def now(self) -> float:
         """Simulated seconds since the engine started."""
@@ -79,6 +88,8 @@ class Engine:
 
     def submit(self, request: SimRequest) -> None:
         request.arrival_time = self.now()
+        if self.connector is not None:
+            self.connector.submitted(request)
         self.scheduler.add(request)
         self._wake.set()
 
@@ -146,6 +157,8 @@ class Engine:
             self.metrics.on_first_token(request)
         for request in result.finished:
             self.metrics.on_finished(request)
+            if self.connector is not None:
+                self.connector.finished(request)
         self._flush_events()
         for request in result.tokens:
             if request.on_update is not None:

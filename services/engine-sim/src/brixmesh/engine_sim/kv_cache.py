@@ -190,6 +190,15 @@ class KvCacheManager:
         """Free queue in eviction order (head first)."""
         return list(self._free)
 
+    def cached_prefix_blocks(self, hashes: Sequence[bytes]) -> int:
+        """How many leading ``hashes`` the prefix cache holds right now (no lookup state, no counters)."""
+        held = 0
+        for digest in hashes:
+            if not self._cached.get(digest):
+                break
+            held += 1
+        return held
+
     def take_events(self) -> list[KvEvent]:
         """Events since the last call, oldest first (one engine step's batch)."""
         events, self._events = self._events, []

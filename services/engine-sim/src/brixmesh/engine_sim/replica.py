@@ -14,6 +14,7 @@ from brixmesh.engine_sim.engine import Engine, EventSink
 from brixmesh.engine_sim.hashing import BlockHasher
 from brixmesh.engine_sim.kv_cache import KvCacheManager
 from brixmesh.engine_sim.kv_events import ZmqKvEventPublisher
+from brixmesh.engine_sim.kv_tier import SimKvTier, parse_tier_config
 from brixmesh.engine_sim.lora import LoraRegistry
 from brixmesh.engine_sim.metrics import EngineInfo, EngineMetrics, LiveState, SglangMetrics, VllmMetrics
 from brixmesh.engine_sim.scheduler import Scheduler, SchedulerLimits
@@ -140,6 +141,15 @@ class Replica:
         self.engine = Engine(
             self.scheduler, self.kv, step_model, self.metrics, self.faults, events, config.time_scale
         )
+        self.kv_tier: SimKvTier | None = None
+        tier_config = parse_tier_config(config.kv_transfer_config)
+        if tier_config is not None:
+            block_bytes = model_profile_named(config.model_profile).kv_bytes_per_token * config.block_size
+            self.kv_tier = SimKvTier(
+                tier_config, config.served_model_name, config.block_size, block_bytes, self.hasher,
+                self.kv.cached_prefix_blocks, self.engine.now, events,
+            )  # fmt: skip
+            self.engine.connector = self.kv_tier
         self.apply_publisher_faults()
         self._fault_tasks: list[asyncio.Task[None]] = []
         self.on_crash: asyncio.Event = asyncio.Event()
@@ -159,6 +169,8 @@ class Replica:
         for task in self._fault_tasks:
             task.cancel()
         await self.engine.stop()
+        if self.kv_tier is not None:
+            await self.kv_tier.close()
         if isinstance(self.events, ZmqKvEventPublisher):
             self.events.close()
 

@@ -50,6 +50,10 @@ class SimRequest:
     num_computed_tokens: int = field(default=0, init=False)
     num_cached_tokens: int = field(default=-1, init=False)
     num_external_tokens: int = field(default=0, init=False)
+    tier_tokens: int = field(default=0, init=False)
+    """The KV tier's blocks fetched before admission (``kv_tier``) end at this prompt token ..."""
+    tier_from_tokens: int = field(default=0, init=False)
+    """... and start at this one (the engine's own prefix cache held those before)."""
     num_preemptions: int = field(default=0, init=False)
     status: Status = field(default=Status.WAITING, init=False)
     finish_reason: str | None = field(default=None, init=False)

@@ -157,6 +157,12 @@ class Scheduler:
             if request.remote_prefill and fresh and request.num_preemptions == 0:
                 # Remote KV covers the prompt except the last token, which this engine computes.
                 request.num_external_tokens = max(0, num_new - 1)
+            elif fresh and request.num_preemptions == 0 and (
+                request.tier_from_tokens <= request.num_computed_tokens < request.tier_tokens
+            ):
+                # Blocks fetched from the KV tier are loaded, not computed, like remote KV; the rest of the
+                # prompt is computed in the same step.
+                request.num_external_tokens = request.tier_tokens - request.num_computed_tokens
             else:
                 num_new = min(num_new, budget)
                 threshold = self.limits.long_prefill_token_threshold
@@ -174,7 +180,7 @@ class Scheduler:
             if request.lora_name:
                 active_loras.add(request.lora_name)
             scheduled[request] = num_new
-            budget -= num_new - request.num_external_tokens if fresh and request.remote_prefill else num_new
+            budget -= num_new - request.num_external_tokens if fresh else num_new
             admitted.append(request)
         self.num_deferred = len(skipped)
         self.waiting.extendleft(reversed(skipped))

@@ -1,0 +1,143 @@
+"""Acceptance with real vLLM 0.32 engines (CPU) loading our KV-tier connector (``BrixTierConnector``) and a
+real tier node (``python -m brixmesh.kv_index.tier``):
+
+- engine A serves a long prompt and saves its blocks in the tier; engine B, which never saw the prompt, loads
+  them: B's own counters show the loaded tokens and fewer computed ones, and its temperature-0 output equals
+  A's;
+- the tier killed while both engines serve: every request completes (recomputed), and later requests too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from brixmesh.common.ports import free_port
+from brixmesh.common.servers import NatsServer
+from brixmesh.common.vllm_cpu import tier_kv_transfer_config
+from tests.plugins.vllm_engine import VllmEngine, vllm_engines
+from tests.service_proc import ServiceProcess, service_process
+from tests.waiting import eventually
+
+pytestmark = [pytest.mark.vllm, pytest.mark.asyncio(loop_scope="module")]
+
+PROMPT_ITEMS = 60  # ~550 tokens of the tiny tokenizer: 17 full blocks of 32
+REQUEST_TIMEOUT_S = 60.0
+"""Generous for two busy cores; a hang (a step waiting on a dead tier) would exceed it."""
+BY_SOURCE = re.compile(r'^vllm:prompt_tokens_by_source_total\{[^}]*source="(\w+)"[^}]*\} ([0-9.e+]+)$', re.M)
+TIER_BLOCKS = re.compile(r"^brixmesh_kv_tier_blocks ([0-9.e+]+)$", re.M)
+
+
+def long_prompt() -> str:
+    """A prompt no other test sent (the tier and the engines' caches outlive one test)."""
+    tag = uuid.uuid4().hex[:8]
+    return f"{tag} " + " ".join(f"item{i} beta gamma" for i in range(PROMPT_ITEMS))
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def tier(
+    nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[tuple[ServiceProcess, str]]:
+    """One tier node for the module: (its process, its block-protocol address)."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("kv-tier") / "kv-tier.log"
+    settings = {"BRIXMESH_TIER_PORT": str(port), "BRIXMESH_TIER_MEMORY_MB": "64"}
+    async with service_process("brixmesh.kv_index.tier", nats_server.url, log, settings) as process:
+        yield process, f"127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def engines(
+    tier: tuple[ServiceProcess, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[VllmEngine]]:
+    """Engines A and B, both with the connector on the module's tier. Budgets generous for a busy CI box (a
+    lookup timing out would make the tier a miss); a dead tier is retried after 1 s."""
+    config = tier_kv_transfer_config(
+        [tier[1]], lookup_timeout_ms=1000, load_timeout_ms=5000, retry_after_ms=1000
+    )
+    log_dir = tmp_path_factory.mktemp("vllm-tier")
+    with vllm_engines(2, extra_args=["--kv-transfer-config", config], log_dir=log_dir) as started:
+        yield started
+
+
+async def prompt_tokens_by_source(client: httpx.AsyncClient, engine: VllmEngine) -> dict[str, float]:
+    text = (await client.get(f"{engine.base_url}/metrics")).text
+    return {source: float(value) for source, value in BY_SOURCE.findall(text)}
+
+
+async def complete(client: httpx.AsyncClient, engine: VllmEngine, prompt: str) -> tuple[str, int]:
+    body = {"model": engine.model, "prompt": prompt, "max_tokens": 12, "temperature": 0, "ignore_eos": True}
+    response = await client.post(f"{engine.base_url}/v1/completions", json=body, timeout=REQUEST_TIMEOUT_S)
+    assert response.status_code == 200, response.text
+    reply = response.json()
+    return reply["choices"][0]["text"], reply["usage"]["prompt_tokens"]
+
+
+async def tier_blocks(client: httpx.AsyncClient, tier: ServiceProcess) -> float:
+    match = TIER_BLOCKS.search((await client.get(f"{tier.url}/metrics")).text)
+    return float(match.group(1)) if match else 0.0
+
+
+async def test_fresh_engine_loads_a_prompt_another_engine_computed(
+    engines: list[VllmEngine], tier: tuple[ServiceProcess, str]
+) -> None:
+    engine_a, engine_b = engines
+    prompt = long_prompt()
+    async with httpx.AsyncClient() as client:
+        before_a = await tier_blocks(client, tier[0])
+        text_a, prompt_tokens = await complete(client, engine_a, prompt)
+        full_blocks = prompt_tokens // 32
+        # A's saves are asynchronous: B is asked once they are all in the tier.
+        await eventually(lambda: _at_least(client, tier[0], before_a + full_blocks), timeout_s=20)
+
+        before = await prompt_tokens_by_source(client, engine_b)
+        text_b, _ = await complete(client, engine_b, prompt)
+        after = await prompt_tokens_by_source(client, engine_b)
+
+    loaded = after["external_kv_transfer"] - before["external_kv_transfer"]
+    computed = after["local_compute"] - before["local_compute"]
+    # Every full block but one token's worth is loaded: the last prompt token is always computed.
+    assert loaded == (prompt_tokens - 1) // 32 * 32
+    assert computed == prompt_tokens - loaded
+    assert text_b == text_a
+
+
+async def _at_least(client: httpx.AsyncClient, tier: ServiceProcess, blocks: float) -> bool:
+    return await tier_blocks(client, tier) >= blocks
+
+
+async def test_engines_keep_serving_when_the_tier_is_killed_mid_run(
+    engines: list[VllmEngine], tier: tuple[ServiceProcess, str]
+) -> None:
+    async with httpx.AsyncClient() as client:
+        # In flight on both engines (computing, looking up, saving) when the tier dies.
+        in_flight = [
+            asyncio.create_task(complete(client, engine, long_prompt()))
+            for engine in engines
+            for _ in range(3)
+        ]
+        await asyncio.sleep(0.2)
+        os.killpg(tier[0].process.pid, signal.SIGKILL)
+        await asyncio.to_thread(tier[0].process.wait)
+        replies = await asyncio.gather(*in_flight)
+        assert all(text for text, _ in replies)
+
+        # Later requests recompute: B computes the whole prompt A served and answers the same.
+        engine_a, engine_b = engines
+        prompt = long_prompt()
+        text_a, prompt_tokens = await complete(client, engine_a, prompt)
+        before = await prompt_tokens_by_source(client, engine_b)
+        text_b, _ = await complete(client, engine_b, prompt)
+        after = await prompt_tokens_by_source(client, engine_b)
+    assert after["external_kv_transfer"] == before["external_kv_transfer"]
+    assert after["local_compute"] - before["local_compute"] == prompt_tokens
+    assert text_b == text_a
