@@ -65,7 +65,7 @@ def attach(
                 return endpoint.url
         return None
 
-    tokenizer = PromptTokenizer(settings.tokenizer_dirs, engine_url)
+    tokenizer = PromptTokenizer(settings.tokenizer_dirs, engine_url, prefix_cache_size=settings.chat_prefix_cache)
     module = KvModule(index, tokenizer, metrics)
 
     async def tokenize(ctx: RequestContext) -> list[int] | None:

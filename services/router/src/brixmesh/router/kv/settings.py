@@ -16,6 +16,9 @@ class KvSettings(BaseSettings):
     tokenizer_dirs: dict[str, Path] = Field(default_factory=dict)
     """Model -> Hugging Face tokenizer directory, as JSON: ``{"tiny-llama": "/models/tiny-llama"}``. Models
     without one are tokenized by an engine's ``POST /tokenize`` (cached)."""
+    chat_prefix_cache: int = Field(default=1024, ge=0)
+    """Chat prompts whose token ids are kept (per model) so a conversation's next turn encodes only its new
+    messages; about 8 bytes per token each. 0 turns the reuse off."""
     speculative_ttl_s: float = Field(default=SPECULATIVE_TTL_S, ge=0)
     speculative: bool = True
 

@@ -4,25 +4,44 @@ Completions: ``tokenizer.encode(prompt)`` with special tokens (BOS). Chat: the m
 generation prompt, then ``encode`` without special tokens (the template writes BOS). A Hugging Face tokenizer
 directory (``tokenizer.json`` + ``tokenizer_config.json``, optional ``chat_template.jinja``) is loaded offline
 per model; models without one fall back to an engine's ``POST /tokenize``, cached.
+
+Chat turns reuse the previous turn's tokens: a conversation's next request repeats its earlier messages, and
+the template's text for them is a prefix of the new text. Encoding is most of the router's CPU per request,
+so each chat prompt's token ids up to its last added (special) token are kept, keyed by a digest of its
+messages (bounded LRU), and a later request whose messages start with those messages encodes only the rest.
+Added tokens split the text before the tokenizer's model sees it, so ids up to such a token never depend on
+what follows; the first reuses of each tokenizer are still checked against a full encode, and a mismatch
+turns reuse off for that tokenizer (a warning says so).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import threading
+from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 from jinja2.exceptions import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from tokenizers import Tokenizer
+from tokenizers import Encoding, Tokenizer
+from xxhash import xxh3_64_intdigest
 
-# Longer prompts are tokenized in a thread (the tokenizers library releases the GIL).
+log = logging.getLogger(__name__)
+
+# Longer texts are tokenized in a thread (the tokenizers library releases the GIL).
 _INLINE_CHARS = 4096
 _REMOTE_TIMEOUT_S = 2.0
+_CHECKED_REUSES = 8
+"""Reuses of a tokenizer's cached chat prefixes checked against a full encode before they are trusted."""
+_message_json = msgspec.json.Encoder()
 
 
 class TokenizerError(ValueError):
@@ -44,8 +63,41 @@ def flatten_content(content: Any) -> Any:
     return content
 
 
+@dataclass(slots=True)
+class _Prefix:
+    """Token ids of a chat prompt's text up to (not including) its last added token."""
+
+    text: str
+    ids: array
+
+
+@dataclass(slots=True)
+class ChatEncoding:
+    """A rendered chat prompt and what its tokenization can start from (see :meth:`LocalTokenizer.plan_chat`)."""
+
+    text: str
+    key: int
+    """Digest of the messages: where this prompt's own prefix is kept for the next turn."""
+    prefix: _Prefix | None
+    """The longest cached earlier turn this text starts with: only ``text[len(prefix.text):]`` is encoded."""
+
+    @property
+    def remaining_chars(self) -> int:
+        return len(self.text) - (len(self.prefix.text) if self.prefix is not None else 0)
+
+
+def message_digests(messages: list[Any]) -> list[int]:
+    """``digests[k]``: a digest of ``messages[: k + 1]`` (chained, so every prefix costs one hash)."""
+    digests = []
+    digest = 0
+    for message in messages:
+        digest = xxh3_64_intdigest(_message_json.encode(message), digest)
+        digests.append(digest)
+    return digests
+
+
 class LocalTokenizer:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, prefix_cache_size: int = 1024) -> None:
         tokenizer_file = directory / "tokenizer.json"
         if not tokenizer_file.is_file():
             raise TokenizerError(f"no tokenizer.json in {directory}")
@@ -60,11 +112,27 @@ class LocalTokenizer:
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         env.globals["raise_exception"] = _raise
         self._template = env.from_string(template) if isinstance(template, str) else None
+        self._added = tuple(
+            token.content for token in self._tok.get_added_tokens_decoder().values() if token.content
+        )
+        self._prefixes: OrderedDict[int, _Prefix] = OrderedDict()
+        self._prefix_cache_size = prefix_cache_size
+        self._lock = threading.Lock()  # long prompts are encoded in threads
+        self._checks_left = _CHECKED_REUSES
+        self.reuse = prefix_cache_size > 0 and bool(self._added)
+        """False once a reused prefix disagreed with a full encode (or the tokenizer has no added tokens)."""
+        self.prefix_reuses = 0
+        self.prefix_misses = 0
 
     def encode_prompt(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=True).ids
 
     def encode_chat(self, messages: list[Any]) -> list[int]:
+        return self.finish_chat(self.plan_chat(messages))
+
+    def plan_chat(self, messages: list[Any]) -> ChatEncoding:
+        """Render the template and find the longest cached earlier turn: the cheap half of :meth:`encode_chat`,
+        so the caller can run :meth:`finish_chat` (the encoding) in a thread when much text remains."""
         if self._template is None:
             raise TokenizerError(f"tokenizer in {self.directory} has no chat template")
         prepared = [
@@ -77,7 +145,67 @@ class LocalTokenizer:
             )
         except TemplateError as exc:
             raise TokenizerError(f"chat template failed: {exc}") from None
-        return self._tok.encode(text, add_special_tokens=False).ids
+        if not self.reuse:
+            return ChatEncoding(text, 0, None)
+        try:
+            digests = message_digests(prepared)
+        except (TypeError, ValueError):  # not JSON-encodable: nothing to key a cache entry by
+            return ChatEncoding(text, 0, None)
+        prefix = None
+        with self._lock:
+            for digest in reversed(digests[:-1]):
+                found = self._prefixes.get(digest)
+                if found is not None and text.startswith(found.text):
+                    self._prefixes.move_to_end(digest)
+                    prefix = found
+                    break
+        return ChatEncoding(text, digests[-1], prefix)
+
+    def finish_chat(self, plan: ChatEncoding) -> list[int]:
+        prefix = plan.prefix
+        if prefix is None:
+            encoding = self._tok.encode(plan.text, add_special_tokens=False)
+            ids = encoding.ids
+            start = 0
+            self.prefix_misses += 1
+        else:
+            start = len(prefix.text)
+            encoding = self._tok.encode(plan.text[start:], add_special_tokens=False)
+            ids = prefix.ids.tolist()
+            ids.extend(encoding.ids)
+            if self._checks_left > 0 and not self._checked(plan.text, ids):
+                return self._tok.encode(plan.text, add_special_tokens=False).ids
+            self.prefix_reuses += 1
+        if plan.key:
+            self._keep(plan, encoding, start, len(ids) - len(encoding.ids), ids)
+        return ids
+
+    def _checked(self, text: str, ids: list[int]) -> bool:
+        self._checks_left -= 1
+        if self._tok.encode(text, add_special_tokens=False).ids == ids:
+            return True
+        self.reuse = False
+        log.warning(
+            "tokenizer in %s does not split at its added tokens as expected: chat prefix reuse is off",
+            self.directory,
+        )
+        return False
+
+    def _keep(self, plan: ChatEncoding, encoding: Encoding, start: int, offset: int, ids: list[int]) -> None:
+        """Keep ``plan.text`` up to its last added token (and those ids) for the conversation's next turn."""
+        text = plan.text
+        cut = max(text.rfind(token, start) for token in self._added)
+        if cut <= start:
+            return
+        index = encoding.char_to_token(cut - start)
+        if index is None:
+            return
+        kept = _Prefix(text[:cut], array("I", ids[: offset + index]))
+        with self._lock:
+            self._prefixes[plan.key] = kept
+            self._prefixes.move_to_end(plan.key)
+            if len(self._prefixes) > self._prefix_cache_size:
+                self._prefixes.popitem(last=False)
 
 
 class PromptTokenizer:
@@ -90,6 +218,7 @@ class PromptTokenizer:
         engine_url: Callable[[str], str | None],
         *,
         cache_size: int = 4096,
+        prefix_cache_size: int = 1024,
         client: httpx.AsyncClient | None = None,
     ) -> None:
         self._directories = dict(directories)
@@ -97,6 +226,7 @@ class PromptTokenizer:
         self._engine_url = engine_url
         self._cache: OrderedDict[tuple[str, str], list[int]] = OrderedDict()
         self._cache_size = cache_size
+        self._prefix_cache_size = prefix_cache_size
         self._client = client
         self.remote_calls = 0
         self.remote_failures = 0
@@ -104,7 +234,7 @@ class PromptTokenizer:
     def local(self, model: str) -> LocalTokenizer | None:
         found = self._local.get(model)
         if found is None and model in self._directories:
-            found = self._local[model] = LocalTokenizer(self._directories[model])
+            found = self._local[model] = LocalTokenizer(self._directories[model], self._prefix_cache_size)
         return found
 
     async def tokens(self, model: str, *, prompt: str | None = None, messages: list[Any] | None = None) -> list[int] | None:
@@ -112,10 +242,10 @@ class PromptTokenizer:
         local = self.local(model)
         if local is not None:
             if messages is not None:
-                size = sum(len(str(m.get("content", ""))) for m in messages if isinstance(m, dict))
-                if size <= _INLINE_CHARS:
-                    return local.encode_chat(messages)
-                return await asyncio.to_thread(local.encode_chat, messages)
+                plan = local.plan_chat(messages)
+                if plan.remaining_chars <= _INLINE_CHARS:
+                    return local.finish_chat(plan)
+                return await asyncio.to_thread(local.finish_chat, plan)
             if prompt is not None:
                 if len(prompt) <= _INLINE_CHARS:
                     return local.encode_prompt(prompt)
