@@ -10,6 +10,10 @@ the message after the last one applied, at once, from the bus's reconnect hook; 
 notice after two missed idle heartbeats. The short heartbeat covers a consumer lost without a reconnect.
 Messages at or below the last applied stream sequence are skipped, so an old and a new consumer overlapping
 never apply a batch twice or out of order.
+
+Batches are applied on the router's event loop, one per loop turn: a backlog (50k events/s, a rebuild) is
+interleaved with the requests being proxied instead of holding them up. A thread would not take the work off
+the proxy (it needs the GIL for all of it) and would make every request wait for the GIL's switch interval.
 """
 
 from __future__ import annotations
@@ -230,6 +234,9 @@ class IndexFollower:
         self.apply_message(msg.data)
         if not self.ready and stream_seq >= self._caught_up_at:
             self._mark_ready()
+        # nats-py hands a backlog to this callback message after message without returning to the event
+        # loop: yield after each batch, so proxying waits for one batch at most, never for a whole backlog.
+        await asyncio.sleep(0)
 
     def apply_message(self, data: bytes) -> None:
         try:

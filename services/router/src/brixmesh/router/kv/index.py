@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from brixmesh.common.messages import KvAllCleared, KvBlockRemoved, KvBlockStored, KvEventBatch
+from xxhash import xxh3_64_intdigest
 
 from brixmesh.router.kv.hashing import chain, first_seed, token_bytes
 
@@ -174,10 +175,14 @@ class PrefixIndex:
     def _store(self, pod: _Pod, event: KvBlockStored) -> None:
         size = event.block_size
         hashes = event.block_hashes
-        if size <= 0 or len(event.token_ids) != size * len(hashes):
+        token_ids = event.token_ids
+        if size <= 0 or len(token_ids) != size * len(hashes):
             self.counters.bad_events += 1
             return
-        location = self._location(pod, event.medium or "GPU")
+        medium = event.medium or "GPU"
+        location = pod.locations.get(medium)
+        if location is None:
+            location = self._location(pod, medium)
         engine_map = pod.maps[location]
         parent = event.parent_block_hash
         if parent is None:
@@ -190,33 +195,37 @@ class PrefixIndex:
                     self.counters.orphan_blocks += len(hashes)
                     return
         try:
-            packed = token_bytes(event.token_ids)
+            packed = token_bytes(token_ids)
         except OverflowError:
             self.counters.bad_events += 1
             return
         pod.block_size = size
-        holders = self._holders
-        copies = self._copies
-        sets = self._sets
-        for engine_hash, own in zip(hashes, chain(packed, size, seed)):
-            known = engine_map.get(engine_hash)
-            if known is not None:
-                # Same engine hash again: another physical copy (or a re-announcement); count it.
-                extra = pod.extra.setdefault(location, {})
-                extra[engine_hash] = extra.get(engine_hash, 0) + 1
-                own = known
-            else:
-                engine_map[engine_hash] = own
-                self.entries += 1
-            where = holders.get(own)
-            if where is None:
-                holders[own] = sets.single(location)
-            elif location in where:
-                key = (own, location)
-                copies[key] = copies.get(key, 0) + 1
-            else:
-                holders[own] = sets.add(where, location)
         self.counters.stored_blocks += len(hashes)
+        if len(hashes) == 1:  # most events (a decode step fills one block): no chain, no loop
+            self._hold(pod, location, engine_map, hashes[0], xxh3_64_intdigest(packed, seed))
+            return
+        for engine_hash, own in zip(hashes, chain(packed, size, seed)):
+            self._hold(pod, location, engine_map, engine_hash, own)
+
+    def _hold(self, pod: _Pod, location: int, engine_map: dict[int, int], engine_hash: int, own: int) -> None:
+        """``location`` holds block ``own`` (``engine_hash`` on the pod) once more."""
+        known = engine_map.get(engine_hash)
+        if known is not None:
+            # Same engine hash again: another physical copy (or a re-announcement); count it.
+            extra = pod.extra.setdefault(location, {})
+            extra[engine_hash] = extra.get(engine_hash, 0) + 1
+            own = known
+        else:
+            engine_map[engine_hash] = own
+            self.entries += 1
+        where = self._holders.get(own)
+        if where is None:
+            self._holders[own] = self._sets.single(location)
+        elif location in where:
+            key = (own, location)
+            self._copies[key] = self._copies.get(key, 0) + 1
+        else:
+            self._holders[own] = self._sets.add(where, location)
 
     def _parent_elsewhere(self, pod: _Pod, parent: int) -> int | None:
         for engine_map in pod.maps.values():
