@@ -409,7 +409,8 @@ def run_events(nats_url: str, rate: float, seconds: float) -> None:
 
 
 def events_argv(nats_url: str, rate: float, seconds: float) -> list[str]:
-    return [sys.executable, __file__, "events", "--nats", nats_url, "--rate", str(rate), "--seconds", str(seconds)]
+    return [sys.executable, __file__, "events", "--nats", nats_url, "--rate", str(rate), "--seconds",
+            str(seconds)]  # fmt: skip
 
 
 def lag_histogram(url: str) -> dict[float, float]:
@@ -509,7 +510,7 @@ def tokenizer_dir() -> str:
 
     found = bundled_tokenizer_dirs(MODEL)
     if not found:
-        raise SystemExit(f"router_overhead: no bundled tokenizer for {MODEL} (is brixmesh-engine-sim installed?)")
+        raise SystemExit(f"router_overhead: no bundled tokenizer for {MODEL} (install brixmesh-engine-sim)")
     return found[MODEL]
 
 
@@ -634,7 +635,7 @@ def main() -> None:
     events.add_argument("--seconds", type=float, required=True)
     for p in (parser, gen):
         p.add_argument("--requests", type=int, default=2000, help="requests at concurrency 1")
-        p.add_argument("--seconds", type=float, default=5.0, help="measured seconds at concurrency 64 and rate")
+        p.add_argument("--seconds", type=float, default=5.0, help="measured s at c64 and at the rate")
         p.add_argument("--rate", type=float, default=500.0, help="requests/s of the fixed-rate run")
     parser.add_argument("--events", type=float, default=50_000.0, help="KV events/s of the event-lag run")
     parser.add_argument("--quick", action="store_true", help="500 requests at c1, 3 s runs")
@@ -767,14 +768,16 @@ def headline(results: dict[str, dict], base: dict[str, float], args: argparse.Na
     events = results.get("brixmesh default + events", {}).get("rate", {})
     parts = []
     if ours:
+        rate = ours["rate"]
         parts.append(
-            f"default: {ours['rate']['cpu_ms_per_request']:.3f} CPU ms/req at {ours['rate']['rps']:.0f} req/s, "
+            f"default: {rate['cpu_ms_per_request']:.3f} CPU ms/req at {rate['rps']:.0f} req/s, "
             f"+p50 {ours['c1_plain']['p50_ms'] - base['plain']:.3f} ms"
         )
     if ours and smg_cache:
         ratio = ours["rate"]["cpu_ms_per_request"] / smg_cache["rate"]["cpu_ms_per_request"]
         parts.append(
-            f"{ratio:.2f}x smg cache_aware's CPU (+p50 {smg_cache['c1_plain']['p50_ms'] - base['plain']:.3f} ms)"
+            f"{ratio:.2f}x smg cache_aware's CPU "
+            f"(+p50 {smg_cache['c1_plain']['p50_ms'] - base['plain']:.3f} ms)"
         )
     if events:
         parts.append(

@@ -65,7 +65,9 @@ def attach(
                 return endpoint.url
         return None
 
-    tokenizer = PromptTokenizer(settings.tokenizer_dirs, engine_url, prefix_cache_size=settings.chat_prefix_cache)
+    tokenizer = PromptTokenizer(
+        settings.tokenizer_dirs, engine_url, prefix_cache_size=settings.chat_prefix_cache
+    )
     module = KvModule(index, tokenizer, metrics)
 
     async def tokenize(ctx: RequestContext) -> list[int] | None:
@@ -90,7 +92,7 @@ def attach(
     async def start(service: Service) -> None:
         tune_gc()  # process-wide: the index holds millions of entries and the event path allocates a lot
         follower = IndexFollower(service.bus, index, on_lag=metrics.event_lag_seconds.observe)
-        metrics.watch(index, follower)
+        metrics.watch(index, follower, tokenizer)
         await follower.start()
         module.follower = follower
 

@@ -6,6 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from brixmesh.router.kv.follower import IndexFollower
 from brixmesh.router.kv.index import PrefixIndex
+from brixmesh.router.kv.tokenizer import PromptTokenizer
 
 _LOOKUP_BUCKETS = (25e-6, 50e-6, 100e-6, 200e-6, 500e-6, 1e-3, 2e-3, 5e-3, 0.01, 0.05)
 _LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
@@ -26,8 +27,8 @@ class KvMetrics:
         )
         self._registry = registry
 
-    def watch(self, index: PrefixIndex, follower: IndexFollower) -> None:
-        """Gauges read from the index and follower at scrape time."""
+    def watch(self, index: PrefixIndex, follower: IndexFollower, tokenizer: PromptTokenizer) -> None:
+        """Gauges read from the index, follower and tokenizer at scrape time."""
         gauges = {
             "brixmesh_kv_index_blocks": ("Distinct blocks in the KV index", lambda: index.blocks),
             "brixmesh_kv_index_entries": ("(block, pod, medium) entries in the KV index", lambda: index.entries),
@@ -40,6 +41,14 @@ class KvMetrics:
             "brixmesh_kv_decode_errors": ("Undecodable KV messages", lambda: follower.stats.decode_errors),
             "brixmesh_kv_orphan_blocks": ("Stored blocks with unknown parent", lambda: index.counters.orphan_blocks),
             "brixmesh_kv_unknown_removals": ("Removals of unknown blocks", lambda: index.counters.unknown_removals),
+            "brixmesh_kv_chat_prefix_reuses": (
+                "Chat prompts tokenized from the cached tokens of an earlier turn",
+                lambda: tokenizer.prefix_reuses,
+            ),
+            "brixmesh_kv_chat_prefix_misses": (
+                "Chat prompts tokenized in full (first turn, evicted or edited)",
+                lambda: tokenizer.prefix_misses,
+            ),
         }
         for name, (documentation, read) in gauges.items():
             Gauge(name, documentation, registry=self._registry).set_function(read)

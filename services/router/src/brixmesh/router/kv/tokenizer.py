@@ -73,7 +73,7 @@ class _Prefix:
 
 @dataclass(slots=True)
 class ChatEncoding:
-    """A rendered chat prompt and what its tokenization can start from (see :meth:`LocalTokenizer.plan_chat`)."""
+    """A rendered chat prompt and the cached earlier turn its tokenization starts from."""
 
     text: str
     key: int
@@ -230,6 +230,15 @@ class PromptTokenizer:
         self._client = client
         self.remote_calls = 0
         self.remote_failures = 0
+
+    @property
+    def prefix_reuses(self) -> int:
+        """Chat prompts that were encoded from a cached earlier turn (every local tokenizer)."""
+        return sum(local.prefix_reuses for local in self._local.values())
+
+    @property
+    def prefix_misses(self) -> int:
+        return sum(local.prefix_misses for local in self._local.values())
 
     def local(self, model: str) -> LocalTokenizer | None:
         found = self._local.get(model)

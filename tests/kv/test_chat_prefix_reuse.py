@@ -1,0 +1,95 @@
+"""The router's tokenizer reuses a conversation's earlier turns: the same token ids as a full encode, a
+bounded cache, reuse turned off when a tokenizer does not split at its added tokens."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from brixmesh.router.kv.tokenizer import LocalTokenizer, PromptTokenizer
+from tests.engine_sim.sim_engine import ASSETS
+
+MODEL = "tiny-llama"
+
+
+def conversation(turns: int, topic: str = "ships") -> list[list[dict[str, Any]]]:
+    """The message lists a client sends turn after turn: each repeats the earlier ones."""
+    messages: list[dict[str, Any]] = [{"role": "system", "content": f"You answer questions about {topic}."}]
+    requests = []
+    for turn in range(turns):
+        content: Any = f"Question {turn} about {topic}: why ünïcode, and   spaces\n\tand tabs?"
+        if turn % 3 == 2:  # OpenAI content parts are flattened like plain strings
+            content = [{"type": "text", "text": content}, {"type": "text", "text": "one more part"}]
+        messages = [*messages, {"role": "user", "content": content}]
+        requests.append(messages)
+        messages = [*messages, {"role": "assistant", "content": f" Answer {turn}: it floats.<|im_end|> not"}]
+    return requests
+
+
+def test_every_turn_encodes_like_a_full_encode_and_reuses_the_previous_one() -> None:
+    reference = LocalTokenizer(ASSETS, prefix_cache_size=0)
+    tokenizer = LocalTokenizer(ASSETS)
+    requests = conversation(10)
+    for messages in requests:
+        assert tokenizer.encode_chat(messages) == reference.encode_chat(messages)
+    assert tokenizer.reuse
+    assert (tokenizer.prefix_reuses, tokenizer.prefix_misses) == (len(requests) - 1, 1)
+    assert not reference.reuse and reference.prefix_reuses == 0
+
+
+def test_an_edited_earlier_message_is_encoded_afresh() -> None:
+    reference = LocalTokenizer(ASSETS, prefix_cache_size=0)
+    tokenizer = LocalTokenizer(ASSETS)
+    first, second = conversation(2)
+    tokenizer.encode_chat(first)
+    edited = [{**second[0], "content": "You answer questions about trains."}, *second[1:]]
+    assert tokenizer.encode_chat(edited) == reference.encode_chat(edited)
+    assert tokenizer.prefix_reuses == 0
+
+
+def test_the_cache_keeps_the_most_recent_conversations_only() -> None:
+    tokenizer = LocalTokenizer(ASSETS, prefix_cache_size=2)
+    chats = [conversation(2, topic) for topic in ("ships", "trains", "planes")]
+    for chat in chats:
+        tokenizer.encode_chat(chat[0])
+    tokenizer.encode_chat(chats[0][1])  # its first turn was pushed out by the two later conversations
+    tokenizer.encode_chat(chats[2][1])
+    assert (tokenizer.prefix_reuses, tokenizer.prefix_misses) == (1, 4)
+
+
+class _PrependingSpace:
+    """A tokenizer that, like a SentencePiece one prepending a space, encodes a text's start differently:
+    a suffix encoded alone does not continue its prefix."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> Any:
+        return self._tokenizer.encode(" " + text, add_special_tokens=add_special_tokens)
+
+    def get_added_tokens_decoder(self) -> Any:
+        return self._tokenizer.get_added_tokens_decoder()
+
+
+def test_a_reuse_that_disagrees_with_a_full_encode_turns_reuse_off(caplog: Any) -> None:
+    tokenizer = LocalTokenizer(ASSETS)
+    tokenizer._tok = _PrependingSpace(tokenizer._tok)
+    first, second, third = conversation(3)
+    tokenizer.encode_chat(first)
+    with caplog.at_level(logging.WARNING, "brixmesh.router.kv.tokenizer"):
+        ids = tokenizer.encode_chat(second)
+    assert ids == tokenizer._tok.encode(tokenizer.plan_chat(second).text, add_special_tokens=False).ids
+    assert not tokenizer.reuse and "chat prefix reuse is off" in caplog.text
+    tokenizer.encode_chat(third)
+    assert tokenizer.prefix_reuses == 0
+
+
+async def test_long_conversations_reuse_their_turns_through_the_router_tokenizer() -> None:
+    tokenizer = PromptTokenizer({MODEL: ASSETS}, lambda model: None)
+    reference = LocalTokenizer(ASSETS, prefix_cache_size=0)
+    long_system = {"role": "system", "content": "Context: " + "the harbour log says nothing new. " * 200}
+    for messages in conversation(4):
+        messages = [long_system, *messages[1:]]  # past the inline limit: turn 1 is encoded in a thread
+        assert await tokenizer.tokens(MODEL, messages=messages) == reference.encode_chat(messages)
+    local = tokenizer.local(MODEL)
+    assert local is not None and (local.prefix_reuses, local.prefix_misses) == (3, 1)
