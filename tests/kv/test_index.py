@@ -114,6 +114,23 @@ def test_speculative_entries_expire() -> None:
     assert set(index.match(hashes, B)) == {"a"}
 
 
+def test_speculative_entries_are_renewed_once_half_their_ttl_has_passed() -> None:
+    now = [0.0]
+    index = PrefixIndex(speculative_ttl_s=2.0, clock=lambda: now[0])
+    hashes = index.prompt_hashes(PROMPT, B, "m", None)
+    index.add_speculative("a", hashes[:2])
+    now[0] = 0.5
+    index.add_speculative("a", hashes[:3])  # the first two keep their expiry (2.0), the third expires at 2.5
+    now[0] = 1.5
+    index.add_speculative("a", hashes[:1])  # past half its TTL: renewed until 3.5
+    now[0] = 2.1
+    assert index.match(hashes, B)["a"].blocks == 1
+    now[0] = 3.4
+    assert index.match(hashes, B)["a"].blocks == 1
+    now[0] = 3.6
+    assert "a" not in index.match(hashes, B) and index.speculative_blocks == 0
+
+
 def test_capture_index_equals_stored_not_removed() -> None:
     index = PrefixIndex()
     held: dict[int, int] = {}

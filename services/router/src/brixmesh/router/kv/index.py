@@ -96,7 +96,8 @@ class PrefixIndex:
         self._free_locations: list[int] = []
         self._speculative: dict[tuple[int, int], float] = {}
         """(speculative location, own hash) -> expiry (clock time)"""
-        self._speculative_queue: deque[tuple[float, int, int]] = deque()
+        self._speculative_queue: deque[tuple[float, int, list[int]]] = deque()
+        """(expiry, speculative location, own hashes) in expiry order"""
         self.counters = IndexCounters()
         self.entries = 0
         """(block, location) pairs held, counting duplicates once."""
@@ -357,7 +358,11 @@ class PrefixIndex:
 
     def add_speculative(self, pod: str, hashes: Sequence[int]) -> None:
         """The request behind ``hashes`` was just sent to ``pod``: count its blocks there (as GPU blocks) until
-        the TTL ends. They live in the pod's ``speculative`` location, so matching treats them like any other."""
+        the TTL ends. They live in the pod's ``speculative`` location, so matching treats them like any other.
+
+        A block whose entry still has more than half the TTL left is not renewed: a conversation's or a shared
+        prompt's leading blocks are sent again and again, and renewing each one on every request was most of
+        this call's cost. Such a block counts for at least half the TTL after its last request."""
         now = self._clock()
         self._expire(now)
         found = self._pods.get(pod)
@@ -365,20 +370,26 @@ class PrefixIndex:
             found = self._pods[pod] = _Pod(pod, "")
         location = self._location(found, SPECULATIVE_MEDIUM)
         expiry = now + self.speculative_ttl_s
+        renew_before = now + self.speculative_ttl_s / 2
         holders = self._holders
         expiries = self._speculative
-        queue = self._speculative_queue
         sets = self._sets
+        renewed = []
         for own in hashes:
             key = (location, own)
-            if key not in expiries:
+            current = expiries.get(key)
+            if current is None:
                 where = holders.get(own)
                 if where is None:
                     holders[own] = sets.single(location)
                 elif location not in where:
                     holders[own] = sets.add(where, location)
+            elif current > renew_before:
+                continue
             expiries[key] = expiry
-            queue.append((expiry, location, own))
+            renewed.append(own)
+        if renewed:
+            self._speculative_queue.append((expiry, location, renewed))
 
     @property
     def speculative_blocks(self) -> int:
@@ -388,12 +399,13 @@ class PrefixIndex:
         queue = self._speculative_queue
         expiries = self._speculative
         while queue and queue[0][0] <= now:
-            expiry, location, own = queue.popleft()
-            key = (location, own)
-            if expiries.get(key) != expiry:
-                continue  # renewed later, or its pod was cleared
-            del expiries[key]
-            self._forget(own, location)
+            expiry, location, owns = queue.popleft()
+            for own in owns:
+                key = (location, own)
+                if expiries.get(key) != expiry:
+                    continue  # renewed later, or its pod was cleared
+                del expiries[key]
+                self._forget(own, location)
 
 
 class _LocationSets:

@@ -136,7 +136,9 @@ class LocalTokenizer:
         if self._template is None:
             raise TokenizerError(f"tokenizer in {self.directory} has no chat template")
         prepared = [
-            {**message, "content": flatten_content(message.get("content"))} if isinstance(message, dict) else message
+            {**message, "content": flatten_content(message["content"])}
+            if isinstance(message, dict) and isinstance(message.get("content"), list)
+            else message
             for message in messages
         ]
         try:
