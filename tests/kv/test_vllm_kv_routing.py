@@ -151,11 +151,14 @@ async def test_follow_ups_land_on_the_engine_holding_the_prefix(
             assert response.status_code == 200, response.text
             return response.json()["choices"][0]["message"]["content"]
 
+        async def engine_tokens(messages: list[dict[str, str]]) -> list[int]:
+            response = await client.post(f"{engines[0].base_url}/tokenize",
+                                         json={"model": engines[0].model, "messages": messages})  # fmt: skip
+            return response.json()["tokens"]
+
         # The router's tokenizer must agree with the engine's /tokenize, or no block could ever match.
         probe = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "hello"}]
-        engine_ids = (await client.post(f"{engines[0].base_url}/tokenize",
-                                        json={"model": engines[0].model, "messages": probe})).json()["tokens"]  # fmt: skip
-        assert tokenizer.encode_chat(probe) == engine_ids
+        assert tokenizer.encode_chat(probe) == await engine_tokens(probe)
 
         conversations = [
             [{"role": "system", "content": f"{SYSTEM} Topic: {topic}."}, {"role": "user", "content": question}]
@@ -171,6 +174,8 @@ async def test_follow_ups_land_on_the_engine_holding_the_prefix(
                 ctx = RequestContext(request_id=uuid.uuid4().hex, api="chat", model=engines[0].model, body={},
                                      base_model=engines[0].model, messages=conversation)  # fmt: skip
                 decision = await router.route(ctx, endpoints, strategy)
+                if turn == 1:  # from turn 0's cached tokens, plus the answer and the new question
+                    assert await ctx.token_ids() == await engine_tokens(conversation)
                 chosen = decision.ranked[0]
                 assert chosen.name == names[i], (turn, i, decision.scores)
                 assert decision.scores[names[i]] > 0.5
@@ -180,6 +185,7 @@ async def test_follow_ups_land_on_the_engine_holding_the_prefix(
                 conversation.append({"role": "assistant", "content": await chat(target, conversation)})
                 assert await hits(client, target) > before  # the engine's own counter: a prefix-cache hit
 
+        assert tokenizer.prefix_reuses == len(conversations)
         for name, engine, reference in zip(names, engines, references):
             async def same(name: str = name, reference: EngineEvents = reference) -> bool:
                 await reference.drain()
