@@ -1,5 +1,5 @@
 """The router's tokenizer reuses a conversation's earlier turns: the same token ids as a full encode, a
-bounded cache, reuse turned off when a tokenizer does not split at its added tokens."""
+cache within a byte budget, reuse turned off when a tokenizer does not split at its added tokens."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def conversation(turns: int, topic: str = "ships") -> list[list[dict[str, Any]]]
 
 
 def test_every_turn_encodes_like_a_full_encode_and_reuses_the_previous_one() -> None:
-    reference = LocalTokenizer(ASSETS, prefix_cache_size=0)
+    reference = LocalTokenizer(ASSETS, prefix_cache_bytes=0)
     tokenizer = LocalTokenizer(ASSETS)
     requests = conversation(10)
     for messages in requests:
@@ -38,7 +38,7 @@ def test_every_turn_encodes_like_a_full_encode_and_reuses_the_previous_one() -> 
 
 
 def test_an_edited_earlier_message_is_encoded_afresh() -> None:
-    reference = LocalTokenizer(ASSETS, prefix_cache_size=0)
+    reference = LocalTokenizer(ASSETS, prefix_cache_bytes=0)
     tokenizer = LocalTokenizer(ASSETS)
     first, second = conversation(2)
     tokenizer.encode_chat(first)
@@ -47,13 +47,19 @@ def test_an_edited_earlier_message_is_encoded_afresh() -> None:
     assert tokenizer.prefix_reuses == 0
 
 
-def test_the_cache_keeps_the_most_recent_conversations_only() -> None:
-    tokenizer = LocalTokenizer(ASSETS, prefix_cache_size=2)
+def test_the_cache_keeps_the_most_recent_conversations_within_its_byte_budget() -> None:
     chats = [conversation(2, topic) for topic in ("ships", "trains", "planes")]
+    sizes = []
+    for chat in chats:
+        alone = LocalTokenizer(ASSETS)
+        alone.encode_chat(chat[0])
+        sizes.append(alone.prefix_bytes)
+    tokenizer = LocalTokenizer(ASSETS, prefix_cache_bytes=sizes[1] + sizes[2])
     for chat in chats:
         tokenizer.encode_chat(chat[0])
+    assert tokenizer.prefix_bytes == sizes[1] + sizes[2]
+    tokenizer.encode_chat(chats[2][1])  # kept
     tokenizer.encode_chat(chats[0][1])  # its first turn was pushed out by the two later conversations
-    tokenizer.encode_chat(chats[2][1])
     assert (tokenizer.prefix_reuses, tokenizer.prefix_misses) == (1, 4)
 
 
@@ -86,7 +92,7 @@ def test_a_reuse_that_disagrees_with_a_full_encode_turns_reuse_off(caplog: Any) 
 
 async def test_long_conversations_reuse_their_turns_through_the_router_tokenizer() -> None:
     tokenizer = PromptTokenizer({MODEL: ASSETS}, lambda model: None)
-    reference = LocalTokenizer(ASSETS, prefix_cache_size=0)
+    reference = LocalTokenizer(ASSETS, prefix_cache_bytes=0)
     long_system = {"role": "system", "content": "Context: " + "the harbour log says nothing new. " * 200}
     for messages in conversation(4):
         messages = [long_system, *messages[1:]]  # past the inline limit: turn 1 is encoded in a thread

@@ -66,7 +66,7 @@ def attach(
         return None
 
     tokenizer = PromptTokenizer(
-        settings.tokenizer_dirs, engine_url, prefix_cache_size=settings.chat_prefix_cache
+        settings.tokenizer_dirs, engine_url, prefix_cache_bytes=settings.chat_prefix_cache_bytes
     )
     module = KvModule(index, tokenizer, metrics)
 

@@ -8,6 +8,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from brixmesh.router.kv.index import SPECULATIVE_TTL_S
+from brixmesh.router.kv.tokenizer import CHAT_PREFIX_CACHE_BYTES
 
 
 class KvSettings(BaseSettings):
@@ -16,9 +17,9 @@ class KvSettings(BaseSettings):
     tokenizer_dirs: dict[str, Path] = Field(default_factory=dict)
     """Model -> Hugging Face tokenizer directory, as JSON: ``{"tiny-llama": "/models/tiny-llama"}``. Models
     without one are tokenized by an engine's ``POST /tokenize`` (cached)."""
-    chat_prefix_cache: int = Field(default=1024, ge=0)
-    """Chat prompts whose token ids are kept (per model) so a conversation's next turn encodes only its new
-    messages; about 8 bytes per token each. 0 turns the reuse off."""
+    chat_prefix_cache_bytes: int = Field(default=CHAT_PREFIX_CACHE_BYTES, ge=0)
+    """Bytes of chat prompts (text and token ids, per model) kept so a conversation's next turn encodes only
+    its new messages, least recently used out first; about 8 bytes per token. 0 turns the reuse off."""
     speculative_ttl_s: float = Field(default=SPECULATIVE_TTL_S, ge=0)
     speculative: bool = True
 

@@ -8,7 +8,7 @@ per model; models without one fall back to an engine's ``POST /tokenize``, cache
 Chat turns reuse the previous turn's tokens: a conversation's next request repeats its earlier messages, and
 the template's text for them is a prefix of the new text. Encoding is most of the router's CPU per request,
 so each chat prompt's token ids up to its last added (special) token are kept, keyed by a digest of its
-messages (bounded LRU), and a later request whose messages start with those messages encodes only the rest.
+messages (LRU within a byte budget), and a later request whose messages start with those messages encodes only the rest.
 Added tokens split the text before the tokenizer's model sees it, so ids up to such a token never depend on
 what follows; the first reuses of each tokenizer are still checked against a full encode, and a mismatch
 turns reuse off for that tokenizer (a warning says so).
@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 import threading
 from array import array
 from collections import OrderedDict
@@ -41,6 +42,7 @@ _INLINE_CHARS = 4096
 _REMOTE_TIMEOUT_S = 2.0
 _CHECKED_REUSES = 8
 """Reuses of a tokenizer's cached chat prefixes checked against a full encode before they are trusted."""
+CHAT_PREFIX_CACHE_BYTES = 64 << 20
 _message_json = msgspec.json.Encoder()
 
 
@@ -70,6 +72,10 @@ class _Prefix:
     text: str
     ids: array
 
+    @property
+    def size(self) -> int:
+        return sys.getsizeof(self.text) + self.ids.itemsize * len(self.ids)
+
 
 @dataclass(slots=True)
 class ChatEncoding:
@@ -97,7 +103,7 @@ def message_digests(messages: list[Any]) -> list[int]:
 
 
 class LocalTokenizer:
-    def __init__(self, directory: Path, prefix_cache_size: int = 1024) -> None:
+    def __init__(self, directory: Path, prefix_cache_bytes: int = CHAT_PREFIX_CACHE_BYTES) -> None:
         tokenizer_file = directory / "tokenizer.json"
         if not tokenizer_file.is_file():
             raise TokenizerError(f"no tokenizer.json in {directory}")
@@ -116,10 +122,12 @@ class LocalTokenizer:
             token.content for token in self._tok.get_added_tokens_decoder().values() if token.content
         )
         self._prefixes: OrderedDict[int, _Prefix] = OrderedDict()
-        self._prefix_cache_size = prefix_cache_size
+        self._prefix_cache_bytes = prefix_cache_bytes
+        self.prefix_bytes = 0
+        """Text and token ids kept for next turns (at most ``prefix_cache_bytes``; sizes as Python counts)."""
         self._lock = threading.Lock()  # long prompts are encoded in threads
         self._checks_left = _CHECKED_REUSES
-        self.reuse = prefix_cache_size > 0 and bool(self._added)
+        self.reuse = prefix_cache_bytes > 0 and bool(self._added)
         """False once a reused prefix disagreed with a full encode (or the tokenizer has no added tokens)."""
         self.prefix_reuses = 0
         self.prefix_misses = 0
@@ -203,11 +211,16 @@ class LocalTokenizer:
         if index is None:
             return
         kept = _Prefix(text[:cut], array("I", ids[: offset + index]))
+        if kept.size > self._prefix_cache_bytes:
+            return
         with self._lock:
+            replaced = self._prefixes.pop(plan.key, None)
+            if replaced is not None:
+                self.prefix_bytes -= replaced.size
             self._prefixes[plan.key] = kept
-            self._prefixes.move_to_end(plan.key)
-            if len(self._prefixes) > self._prefix_cache_size:
-                self._prefixes.popitem(last=False)
+            self.prefix_bytes += kept.size
+            while self.prefix_bytes > self._prefix_cache_bytes:
+                self.prefix_bytes -= self._prefixes.popitem(last=False)[1].size
 
 
 class PromptTokenizer:
@@ -220,7 +233,7 @@ class PromptTokenizer:
         engine_url: Callable[[str], str | None],
         *,
         cache_size: int = 4096,
-        prefix_cache_size: int = 1024,
+        prefix_cache_bytes: int = CHAT_PREFIX_CACHE_BYTES,
         client: httpx.AsyncClient | None = None,
     ) -> None:
         self._directories = dict(directories)
@@ -228,7 +241,7 @@ class PromptTokenizer:
         self._engine_url = engine_url
         self._cache: OrderedDict[tuple[str, str], list[int]] = OrderedDict()
         self._cache_size = cache_size
-        self._prefix_cache_size = prefix_cache_size
+        self._prefix_cache_bytes = prefix_cache_bytes
         self._client = client
         self.remote_calls = 0
         self.remote_failures = 0
@@ -245,7 +258,7 @@ class PromptTokenizer:
     def local(self, model: str) -> LocalTokenizer | None:
         found = self._local.get(model)
         if found is None and model in self._directories:
-            found = self._local[model] = LocalTokenizer(self._directories[model], self._prefix_cache_size)
+            found = self._local[model] = LocalTokenizer(self._directories[model], self._prefix_cache_bytes)
         return found
 
     async def tokens(self, model: str, *, prompt: str | None = None, messages: list[Any] | None = None) -> list[int] | None:
