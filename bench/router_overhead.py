@@ -429,6 +429,18 @@ def follower_state(url: str) -> dict:
     return {"buckets": buckets, "applied": applied, "at": time.monotonic()}
 
 
+def chat_prefix_counts(url: str) -> dict[str, float]:
+    """How many chat prompts the router tokenized from a cached earlier turn, and how many in full."""
+    import httpx
+
+    counts = {}
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        for name in ("reuses", "misses"):
+            if line.startswith(f"brixmesh_kv_chat_prefix_{name} "):
+                counts[name] = float(line.split()[1])
+    return counts
+
+
 def lag_summary(before: dict, after: dict) -> dict[str, float]:
     """Over the window: batches applied per second (the publisher sends ``EVENT_PODS / EVENT_BATCH_S``) and
     the p99 lag's bucket bound (ms) from the histogram's difference (inf: past the last bucket)."""
@@ -720,6 +732,7 @@ def run_all(args: argparse.Namespace) -> None:
                     results["brixmesh default + events"] = {
                         "rate": with_events(Target("brixmesh default", url, pid), args, nats.url, workdir)
                     }
+                results["brixmesh tokenizer"] = chat_prefix_counts(url)
         if peers:
             for policy in ("round_robin", "cache_aware"):
                 for name, launch in ((f"smg {policy}", smg), (f"vllm-router {policy}", vllm_router)):
@@ -757,6 +770,8 @@ def report(results: dict[str, dict], args: argparse.Namespace) -> None:
         "-" * len(header),
     ]
     for name, r in results.items():
+        if name == "brixmesh tokenizer":
+            continue
         cells = []
         for kind in ("plain", "stream"):
             if f"c1_{kind}" not in r:
@@ -774,6 +789,12 @@ def report(results: dict[str, dict], args: argparse.Namespace) -> None:
         f"direct p50 (mean of first and last run): {base['plain']:.3f} ms non-streaming, "
         f"{base['stream']:.3f} ms streaming; cores: {os.cpu_count()}"
     )
+    reused = results.get("brixmesh tokenizer")
+    if reused:
+        lines.append(
+            f"brixmesh chat prompts tokenized from a cached earlier turn: {reused.get('reuses', 0):.0f}, "
+            f"in full: {reused.get('misses', 0):.0f}"
+        )
     lines.append(headline(results, base, args))
     print("\n".join(lines))
     args.out.parent.mkdir(parents=True, exist_ok=True)

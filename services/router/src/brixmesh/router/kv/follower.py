@@ -6,14 +6,17 @@ covers (by ``(epoch, engine_seq)``). :attr:`ready` turns true once the consumer 
 that existed when it started; the same consumer then keeps the index live.
 
 After a NATS reconnect (a restarted server has lost the ephemeral consumer) the consumer is re-created from
-the message after the last one applied, at once, from the bus's reconnect hook; nats-py alone would only
+the message after the last one received, at once, from the bus's reconnect hook; nats-py alone would only
 notice after two missed idle heartbeats. The short heartbeat covers a consumer lost without a reconnect.
-Messages at or below the last applied stream sequence are skipped, so an old and a new consumer overlapping
+Messages at or below the last received stream sequence are skipped, so an old and a new consumer overlapping
 never apply a batch twice or out of order.
 
-Batches are applied on the router's event loop, one per loop turn: a backlog (50k events/s, a rebuild) is
-interleaved with the requests being proxied instead of holding them up. A thread would not take the work off
-the proxy (it needs the GIL for all of it) and would make every request wait for the GIL's switch interval.
+Batches are applied on the router's event loop in slices of at most ``apply_slice_s`` (1 ms): the consumer's
+callback only queues them, and an applier task takes them from the queue, returning to the loop after each
+slice. nats-py hands a backlog to the callback message after message without returning to the loop, so
+applying there held every request until a backlog (a burst at 50k events/s, a rebuild) ended; one batch per
+loop turn instead fell behind whenever requests kept the loop's turns long. A thread would not take the work
+off the proxy (it needs the GIL throughout) and would make requests wait for the GIL's switch interval.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +48,7 @@ _SNAPSHOT_READ_TIMEOUT_S = 5.0
 _EXPIRY_CHECK_S = 1.0
 _IDLE_HEARTBEAT_S = 1.0
 _RESUBSCRIBE_RETRY_S = 0.25
+APPLY_SLICE_S = 0.001
 
 
 @dataclass(slots=True)
@@ -90,6 +95,7 @@ class IndexFollower:
         *,
         on_lag: Callable[[float], None] | None = None,
         clock: Callable[[], float] = time.time,
+        apply_slice_s: float = APPLY_SLICE_S,
     ) -> None:
         self.bus = bus
         self.index = index
@@ -107,6 +113,11 @@ class IndexFollower:
         self._last_stream_seq = 0
         self._resubscribing = asyncio.Lock()
         self._stopped = False
+        self._apply_slice_s = apply_slice_s
+        self._received: deque[tuple[int, bytes]] = deque()
+        """(stream sequence, payload) received, not yet applied"""
+        self._arrived = asyncio.Event()
+        self._applier: asyncio.Task[None] | None = None
         bus.on_reconnect(self._resubscribe)
 
     async def start(self) -> None:
@@ -120,6 +131,7 @@ class IndexFollower:
             except NotFoundError:  # kv-index not started yet: create with the defaults, it adjusts them later
                 await self.bus.ensure_stream(config)
         await self._load_snapshots(js)
+        self._applier = asyncio.get_running_loop().create_task(self._apply_received(), name="kv-apply")
         info = await js.stream_info(KV_EVENTS_STREAM)
         self._caught_up_at = info.state.last_seq if info.state.messages else 0
         if self._caught_up_at == 0:
@@ -141,7 +153,7 @@ class IndexFollower:
         )
 
     async def _resubscribe(self) -> None:
-        """Reconnect hook: a new consumer from the message after the last applied one (retried while the
+        """Reconnect hook: a new consumer from the message after the last received one (retried while the
         restarted server's JetStream is still loading its streams)."""
         async with self._resubscribing:
             while self._subscription is not None and not self._stopped:
@@ -178,6 +190,10 @@ class IndexFollower:
 
     async def stop(self) -> None:
         self._stopped = True
+        if self._applier is not None:
+            self._applier.cancel()
+            await asyncio.gather(self._applier, return_exceptions=True)
+            self._applier = None
         if self._watcher is not None:
             self._watcher.cancel()
             await asyncio.gather(self._watcher, return_exceptions=True)
@@ -229,14 +245,26 @@ class IndexFollower:
     async def _on_message(self, msg: Msg) -> None:
         stream_seq = msg.metadata.sequence.stream
         if stream_seq <= self._last_stream_seq:
-            return  # already applied, delivered again by a consumer re-created after a reconnect
+            return  # already received, delivered again by a consumer re-created after a reconnect
         self._last_stream_seq = stream_seq
-        self.apply_message(msg.data)
-        if not self.ready and stream_seq >= self._caught_up_at:
-            self._mark_ready()
-        # nats-py hands a backlog to this callback message after message without returning to the event
-        # loop: yield after each batch, so proxying waits for one batch at most, never for a whole backlog.
-        await asyncio.sleep(0)
+        self._received.append((stream_seq, msg.data))
+        self._arrived.set()
+
+    async def _apply_received(self) -> None:
+        received = self._received
+        while True:
+            if not received:
+                self._arrived.clear()
+                await self._arrived.wait()
+            deadline = time.perf_counter() + self._apply_slice_s
+            while received:
+                stream_seq, data = received.popleft()
+                self.apply_message(data)
+                if not self.ready and stream_seq >= self._caught_up_at:
+                    self._mark_ready()
+                if time.perf_counter() >= deadline:
+                    break
+            await asyncio.sleep(0)  # let the requests waiting on the loop run
 
     def apply_message(self, data: bytes) -> None:
         try:
