@@ -408,6 +408,42 @@ def run_events(nats_url: str, rate: float, seconds: float) -> None:
     uvloop.run(main())
 
 
+def run_follower_alone(nats_url: str, rate: float, seconds: float) -> None:
+    """The router's KV follower and index in this process, nothing else, while ``rate`` events/s arrive: the
+    event path's own CPU and lag, apart from the requests sharing the router's loop (and the host's cores)."""
+    import uvloop
+    from brixmesh.common.bus import Bus
+    from brixmesh.router.kv.follower import IndexFollower
+    from brixmesh.router.kv.index import PrefixIndex
+
+    lags: list[float] = []
+
+    async def main() -> dict[str, float]:
+        bus = await Bus.connect(nats_url, name="bench-follower")
+        follower = IndexFollower(bus, PrefixIndex(), on_lag=lags.append)
+        await follower.start()
+        with process(events_argv(nats_url, rate, seconds + 3.0)):
+            await asyncio.sleep(2.0)
+            applied, cpu, started, first = (
+                follower.stats.batches_applied, time.process_time(), time.perf_counter(), len(lags)
+            )
+            await asyncio.sleep(seconds)
+            elapsed = time.perf_counter() - started
+            window = sorted(lags[first:])
+            result = {
+                "applied_batches_per_s": (follower.stats.batches_applied - applied) / elapsed,
+                "sent_batches_per_s": EVENT_PODS / EVENT_BATCH_S,
+                "cpu_cores": (time.process_time() - cpu) / elapsed,
+                "lag_p50_ms": 1000 * window[len(window) // 2],
+                "lag_p99_ms": 1000 * window[int(0.99 * (len(window) - 1))],
+            }
+        await follower.stop()
+        await bus.close()
+        return result
+
+    print(json.dumps(uvloop.run(main())))
+
+
 def events_argv(nats_url: str, rate: float, seconds: float) -> list[str]:
     return [sys.executable, __file__, "events", "--nats", nats_url, "--rate", str(rate), "--seconds",
             str(seconds)]  # fmt: skip
@@ -660,10 +696,11 @@ def main() -> None:
     gen.add_argument("--concurrency", type=int, required=True)
     gen.add_argument("--stream", action="store_true")
     gen.add_argument("--headers", default="{}")
-    events = sub.add_parser("events")
-    events.add_argument("--nats", required=True)
-    events.add_argument("--rate", type=float, required=True)
-    events.add_argument("--seconds", type=float, required=True)
+    for name in ("events", "follow"):
+        events = sub.add_parser(name)
+        events.add_argument("--nats", required=True)
+        events.add_argument("--rate", type=float, required=True)
+        events.add_argument("--seconds", type=float, required=True)
     for p in (parser, gen):
         p.add_argument("--requests", type=int, default=2000, help="requests at concurrency 1")
         p.add_argument("--seconds", type=float, default=5.0, help="measured s at c64 and at the rate")
@@ -692,6 +729,9 @@ def main() -> None:
         return
     if args.command == "events":
         run_events(args.nats, args.rate, args.seconds)
+        return
+    if args.command == "follow":
+        run_follower_alone(args.nats, args.rate, args.seconds)
         return
     if args.quick:
         args.requests, args.seconds = 500, 3.0
@@ -733,6 +773,11 @@ def run_all(args: argparse.Namespace) -> None:
                         "rate": with_events(Target("brixmesh default", url, pid), args, nats.url, workdir)
                     }
                 results["brixmesh tokenizer"] = chat_prefix_counts(url)
+            if wanted("brixmesh default", args):
+                with contextlib.ExitStack() as own:  # an empty stream: nothing to replay first
+                    fresh = NatsServer(workdir / "nats-follower").start()
+                    own.callback(fresh.stop)
+                    results["KV follower alone"] = follower_alone(args, fresh.url)
         if peers:
             for policy in ("round_robin", "cache_aware"):
                 for name, launch in ((f"smg {policy}", smg), (f"vllm-router {policy}", vllm_router)):
@@ -741,6 +786,17 @@ def run_all(args: argparse.Namespace) -> None:
                             results[name] = measure(Target(name, url, pid), args)
         results["direct (again)"] = measure(Target("direct (again)", workers[0]), args)
     report(results, args)
+
+
+def follower_alone(args: argparse.Namespace, nats_url: str) -> dict[str, float]:
+    argv = [sys.executable, __file__, "follow", "--nats", nats_url, "--rate", str(args.events), "--seconds",
+            str(args.seconds)]  # fmt: skip
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    if out.returncode != 0:
+        raise RuntimeError(f"follower run failed: {out.stderr[-1500:]}")
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"  KV follower alone: {json.dumps(result)}", file=sys.stderr, flush=True)
+    return result
 
 
 def with_events(target: Target, args: argparse.Namespace, nats_url: str, workdir: Path) -> dict:
@@ -770,7 +826,7 @@ def report(results: dict[str, dict], args: argparse.Namespace) -> None:
         "-" * len(header),
     ]
     for name, r in results.items():
-        if name == "brixmesh tokenizer":
+        if name in ("brixmesh tokenizer", "KV follower alone"):
             continue
         cells = []
         for kind in ("plain", "stream"):
@@ -789,6 +845,13 @@ def report(results: dict[str, dict], args: argparse.Namespace) -> None:
         f"direct p50 (mean of first and last run): {base['plain']:.3f} ms non-streaming, "
         f"{base['stream']:.3f} ms streaming; cores: {os.cpu_count()}"
     )
+    alone = results.get("KV follower alone")
+    if alone:
+        lines.append(
+            f"KV follower alone at {args.events:g} events/s: {alone['applied_batches_per_s']:.0f}/"
+            f"{alone['sent_batches_per_s']:.0f} batches/s applied, {alone['cpu_cores']:.2f} core, "
+            f"lag p50 {alone['lag_p50_ms']:.1f} ms, p99 {alone['lag_p99_ms']:.1f} ms"
+        )
     reused = results.get("brixmesh tokenizer")
     if reused:
         lines.append(
