@@ -4,6 +4,7 @@ real tier node (``python -m brixmesh.kv_index.tier``):
 - engine A serves a long prompt and saves its blocks in the tier; engine B, which never saw the prompt, loads
   them: B's own counters show the loaded tokens and fewer computed ones, and its temperature-0 output equals
   A's;
+- the blocks an engine saved are announced on its KV event stream as ``BlockStored`` with medium ``CPU``;
 - a hung tier (stopped) is a miss: B computes what it would have loaded, nothing waits on the tier;
 - the tier killed while B loads A's prompts and A computes others: every request completes, B's outputs
   still equal A's (loaded or recomputed), and later requests are computed without the tier.
@@ -20,13 +21,16 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
+import msgspec
 import pytest
 import pytest_asyncio
+import zmq
+import zmq.asyncio
 
 from brixmesh.common.ports import free_port
 from brixmesh.common.servers import NatsServer
 from brixmesh.common.vllm_cpu import tier_kv_transfer_config
-from tests.plugins.vllm_engine import VllmEngine, vllm_engines
+from tests.plugins.vllm_engine import VllmEngine, published_block_hash, vllm_block_digests, vllm_engines
 from tests.service_proc import ServiceProcess, service_process
 from tests.waiting import eventually
 
@@ -115,6 +119,42 @@ async def test_fresh_engine_loads_a_prompt_another_engine_computed(
 
 async def _at_least(client: httpx.AsyncClient, tier: ServiceProcess, blocks: float) -> bool:
     return await tier_blocks(client, tier) >= blocks
+
+
+async def cpu_blocks_announced(engine: VllmEngine) -> set[int]:
+    """Block hashes the engine announced with medium CPU and did not withdraw: its events replayed from 0."""
+    held: set[int] = set()
+    context = zmq.asyncio.Context()
+    dealer = context.socket(zmq.DEALER)
+    dealer.connect(engine.kv_replay_endpoint)
+    try:
+        await dealer.send_multipart([b"", (0).to_bytes(8, "big")])
+        while (frames := await asyncio.wait_for(dealer.recv_multipart(), 10))[2] != b"\xff" * 8:
+            for event in msgspec.msgpack.decode(frames[3])[1]:
+                if event.get("medium") == "CPU" and event["type"] == "BlockStored":
+                    held.update(event["block_hashes"])
+                elif event.get("medium") == "CPU" and event["type"] == "BlockRemoved":
+                    held.difference_update(event["block_hashes"])
+    finally:
+        dealer.close(linger=0)
+        context.term()
+    return held
+
+
+async def test_saved_blocks_are_announced_as_cpu_kv_events(
+    engines: list[VllmEngine], tier: tuple[ServiceProcess, str]
+) -> None:
+    engine_a = engines[0]
+    prompt = long_prompt()
+    async with httpx.AsyncClient() as client:
+        held = await tier_blocks(client, tier[0])
+        _, prompt_tokens = await complete(client, engine_a, prompt)
+        await eventually(lambda: _at_least(client, tier[0], held + prompt_tokens // 32), timeout_s=20)
+        await complete(client, engine_a, "hi")  # a step after the puts finished reports them
+        body = {"model": engine_a.model, "prompt": prompt}
+        tokenized = await client.post(f"{engine_a.base_url}/tokenize", json=body)
+    saved = {published_block_hash(digest) for digest in vllm_block_digests(tokenized.json()["tokens"], 32)}
+    assert saved <= await cpu_blocks_announced(engine_a)
 
 
 async def test_a_hung_tier_is_a_miss_not_a_stall(
