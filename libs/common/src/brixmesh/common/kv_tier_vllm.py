@@ -49,7 +49,7 @@ from vllm.logger import init_logger
 from vllm.v1.core.kv_cache_utils import maybe_convert_block_hash
 from vllm.v1.metrics.cache_hit_source import CacheHitSource
 
-from brixmesh.common.kv_tier import BlockingKvTierClient, PutReply, TierNamespace
+from brixmesh.common.kv_tier import BlockingKvTierClient, PutReply, TierError, TierNamespace
 from brixmesh.common.kv_tier_plan import (
     AnnouncedBlocks,
     completed_blocks,
@@ -210,7 +210,11 @@ class BrixTierConnector(KVConnectorBase_V1):
         if not candidates:
             return 0, False
         probe = self._transfer(request, candidates)
-        held = self._tier.longest_prefix(self._namespace(probe), probe.hashes)
+        try:
+            held = self._tier.longest_prefix(self._namespace(probe), probe.hashes)
+        except TierError as error:  # the node refused the request: a miss, never the engine's failure
+            logger.warning("KV tier lookup refused: %s", error)
+            held = 0
         self._withdraw(self._announced.lost(probe.hashes[held:]))
         tokens = held * self._block_size
         return tokens, tokens > 0
