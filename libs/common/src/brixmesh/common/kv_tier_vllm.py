@@ -168,7 +168,6 @@ class BrixTierConnector(KVConnectorBase_V1):
         self._load_errors: set[int] = set()
         self._pending_saves: set[Future] = set()
         self._saved: deque[BlockTransfer] = deque()  # appended by the client's thread
-        self.dropped_saves = 0
         if role == KVConnectorRole.WORKER:
             from vllm.distributed.parallel_state import get_tensor_model_parallel_rank
 
@@ -332,7 +331,7 @@ class BrixTierConnector(KVConnectorBase_V1):
         assert isinstance(meta, TierConnectorMetadata)
         for transfer in meta.saves:
             if len(self._pending_saves) >= self._settings.max_pending_saves:
-                self.dropped_saves += len(transfer.block_ids)
+                logger.warning_once("KV tier puts queue full: new blocks are not saved until it drains")
                 continue
             rows = torch.tensor(transfer.block_ids, dtype=torch.long)
             # One copy out of the paged cache (its blocks may be reused after this step); the put sends
