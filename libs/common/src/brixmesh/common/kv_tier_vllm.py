@@ -71,7 +71,10 @@ if TYPE_CHECKING:
 logger = init_logger(__name__)
 
 LOAD_POLL_S = 0.002
-"""Longest one step waits for a get that is about to finish (saves a whole step of latency)."""
+"""Longest a step that ran the model waits for a get about to finish (saves a whole step of latency)."""
+IDLE_LOAD_POLL_S = 0.02
+"""Longest an empty step (nothing to compute, loads pending) waits: rather than spinning empty steps that
+take the CPU from the get itself; a request arriving meanwhile waits at most this long."""
 
 
 @dataclass(slots=True)
@@ -165,6 +168,7 @@ class BrixTierConnector(KVConnectorBase_V1):
         self._block_bytes = 0
         self._fetcher: ThreadPoolExecutor | None = None
         self._pending_loads: dict[str, _PendingLoad] = {}
+        self._idle_step = False
         self._load_errors: set[int] = set()
         self._pending_saves: set[Future] = set()
         self._saved: deque[BlockTransfer] = deque()  # appended by the client's thread
@@ -309,6 +313,7 @@ class BrixTierConnector(KVConnectorBase_V1):
         meta = self._get_connector_metadata()
         assert isinstance(meta, TierConnectorMetadata)
         assert self._fetcher is not None
+        self._idle_step = forward_context.attn_metadata is None
         for transfer in meta.loads:
             if len(self._pending_loads) >= self._settings.max_pending_loads:
                 future: Future = Future()
@@ -366,7 +371,8 @@ class BrixTierConnector(KVConnectorBase_V1):
         running = [load.future for load in self._pending_loads.values() if not load.future.done()]
         if running:
             soonest = min(load.deadline for load in self._pending_loads.values())
-            wait_futures(running, timeout=max(0.0, min(LOAD_POLL_S, soonest - now)))
+            poll_s = IDLE_LOAD_POLL_S if self._idle_step else LOAD_POLL_S
+            wait_futures(running, timeout=max(0.0, min(poll_s, soonest - now)), return_when="FIRST_COMPLETED")
             now = time.monotonic()
         finished: set[str] = set()
         for req_id, load in list(self._pending_loads.items()):
