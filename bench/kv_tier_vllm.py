@@ -168,22 +168,29 @@ def prompt_tokens(client: httpx.Client, engine: VllmEngine, prompt: str) -> int:
 
 def measure(engines: list[VllmEngine], tier_url: str, items: int, rounds: int) -> dict[str, float]:
     engine_a, engine_b = engines
-    recompute, loaded_ttft = [], []
+    recompute, loaded_ttft, tokens = [], [], []
     with httpx.Client() as client:
-        ttft(client, engine_b, fresh_prompt(items))  # warm this shape
-        tokens = prompt_tokens(client, engine_b, fresh_prompt(items))
+
+        def served(engine: VllmEngine, prompt: str) -> float:
+            """TTFT, then waits until the engine's saves of the prompt are all in the tier, so that the next
+            measurement neither races them nor counts them as another engine's."""
+            held = tier_blocks(client, tier_url)
+            first = ttft(client, engine, prompt)
+            wait_tier_blocks(client, tier_url, held + prompt_tokens(client, engine, prompt) // 32)
+            return first
+
+        served(engine_b, fresh_prompt(items))  # warm this shape
         before = by_source(client, engine_b)
         for _ in range(rounds):
-            recompute.append(ttft(client, engine_b, fresh_prompt(items)))
+            recompute.append(served(engine_b, fresh_prompt(items)))
             prompt = fresh_prompt(items)
-            held = tier_blocks(client, tier_url)
-            ttft(client, engine_a, prompt)
-            wait_tier_blocks(client, tier_url, held + tokens // 32)
+            tokens.append(prompt_tokens(client, engine_b, prompt))
+            served(engine_a, prompt)
             loaded_ttft.append(ttft(client, engine_b, prompt))
         after = by_source(client, engine_b)
     loaded = after["external_kv_transfer"] - before["external_kv_transfer"]
     return {
-        "tokens": tokens,
+        "tokens": statistics.median(tokens),
         "recompute_ms": statistics.median(recompute) * 1000,
         "load_ms": statistics.median(loaded_ttft) * 1000,
         "loaded_per_prompt": loaded / rounds,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from brixmesh.common.kv_tier_plan import (
+    AnnouncedBlocks,
     DEFAULT_LOOKUP_TIMEOUT_MS,
     completed_blocks,
     leading_valid,
@@ -68,3 +69,14 @@ def test_a_fetched_prefix_is_usable_up_to_its_first_gap_or_wrong_size() -> None:
     assert leading_valid([block, b"short", block], 8) == 1
     assert leading_valid([], 8) == 0
     assert leading_valid([block, block], 8) == 2
+
+
+def test_announced_blocks_are_bounded_and_forget_what_the_tier_lost() -> None:
+    announced = AnnouncedBlocks(limit=4)
+    assert announced.announce([b"a", b"b", b"c"]) == (0, [])
+    # A later save of a longer chain: only its tail is new; the bound withdraws the oldest.
+    assert announced.announce([b"a", b"b", b"c", b"d", b"e"]) == (3, [b"a"])
+    assert announced.announce([b"b", b"c"]) == (2, [])
+    assert announced.lost([b"x", b"d", b"e"]) == [b"d", b"e"]
+    assert len(announced) == 2
+    assert announced.lost([b"d"]) == []

@@ -4,7 +4,10 @@ real tier node (``python -m brixmesh.kv_index.tier``):
 - engine A serves a long prompt and saves its blocks in the tier; engine B, which never saw the prompt, loads
   them: B's own counters show the loaded tokens and fewer computed ones, and its temperature-0 output equals
   A's;
-- the tier killed while both engines serve: every request completes (recomputed), and later requests too.
+- the blocks an engine saved are announced on its KV event stream as ``BlockStored`` with medium ``CPU``;
+- a hung tier (stopped) is a miss: B computes what it would have loaded, nothing waits on the tier;
+- the tier killed while B loads A's prompts and A computes others: every request completes, B's outputs
+  still equal A's (loaded or recomputed), and later requests are computed without the tier.
 """
 
 from __future__ import annotations
@@ -18,13 +21,16 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
+import msgspec
 import pytest
 import pytest_asyncio
+import zmq
+import zmq.asyncio
 
 from brixmesh.common.ports import free_port
 from brixmesh.common.servers import NatsServer
 from brixmesh.common.vllm_cpu import tier_kv_transfer_config
-from tests.plugins.vllm_engine import VllmEngine, vllm_engines
+from tests.plugins.vllm_engine import VllmEngine, published_block_hash, vllm_block_digests, vllm_engines
 from tests.service_proc import ServiceProcess, service_process
 from tests.waiting import eventually
 
@@ -115,24 +121,86 @@ async def _at_least(client: httpx.AsyncClient, tier: ServiceProcess, blocks: flo
     return await tier_blocks(client, tier) >= blocks
 
 
+async def cpu_blocks_announced(engine: VllmEngine) -> set[int]:
+    """Block hashes the engine announced with medium CPU and did not withdraw: its events replayed from 0."""
+    held: set[int] = set()
+    context = zmq.asyncio.Context()
+    dealer = context.socket(zmq.DEALER)
+    dealer.connect(engine.kv_replay_endpoint)
+    try:
+        await dealer.send_multipart([b"", (0).to_bytes(8, "big")])
+        while (frames := await asyncio.wait_for(dealer.recv_multipart(), 10))[2] != b"\xff" * 8:
+            for event in msgspec.msgpack.decode(frames[3])[1]:
+                if event.get("medium") == "CPU" and event["type"] == "BlockStored":
+                    held.update(event["block_hashes"])
+                elif event.get("medium") == "CPU" and event["type"] == "BlockRemoved":
+                    held.difference_update(event["block_hashes"])
+    finally:
+        dealer.close(linger=0)
+        context.term()
+    return held
+
+
+async def test_saved_blocks_are_announced_as_cpu_kv_events(
+    engines: list[VllmEngine], tier: tuple[ServiceProcess, str]
+) -> None:
+    engine_a = engines[0]
+    prompt = long_prompt()
+    async with httpx.AsyncClient() as client:
+        held = await tier_blocks(client, tier[0])
+        _, prompt_tokens = await complete(client, engine_a, prompt)
+        await eventually(lambda: _at_least(client, tier[0], held + prompt_tokens // 32), timeout_s=20)
+        await complete(client, engine_a, "hi")  # a step after the puts finished reports them
+        body = {"model": engine_a.model, "prompt": prompt}
+        tokenized = await client.post(f"{engine_a.base_url}/tokenize", json=body)
+    saved = {published_block_hash(digest) for digest in vllm_block_digests(tokenized.json()["tokens"], 32)}
+    assert saved <= await cpu_blocks_announced(engine_a)
+
+
+async def test_a_hung_tier_is_a_miss_not_a_stall(
+    engines: list[VllmEngine], tier: tuple[ServiceProcess, str]
+) -> None:
+    engine_a, engine_b = engines
+    prompt = long_prompt()
+    async with httpx.AsyncClient() as client:
+        held = await tier_blocks(client, tier[0])
+        text_a, prompt_tokens = await complete(client, engine_a, prompt)
+        await eventually(lambda: _at_least(client, tier[0], held + prompt_tokens // 32), timeout_s=20)
+        before = await prompt_tokens_by_source(client, engine_b)
+        os.killpg(tier[0].process.pid, signal.SIGSTOP)  # holds the blocks, answers nothing
+        try:
+            text_b, _ = await complete(client, engine_b, prompt)
+            assert (await complete(client, engine_a, long_prompt()))[0]
+        finally:
+            os.killpg(tier[0].process.pid, signal.SIGCONT)
+        after = await prompt_tokens_by_source(client, engine_b)
+    # B's lookup timed out: it computed the prompt itself.
+    assert after["external_kv_transfer"] == before["external_kv_transfer"]
+    assert after["local_compute"] - before["local_compute"] == prompt_tokens
+    assert text_b == text_a
+
+
 async def test_engines_keep_serving_when_the_tier_is_killed_mid_run(
     engines: list[VllmEngine], tier: tuple[ServiceProcess, str]
 ) -> None:
+    engine_a, engine_b = engines
     async with httpx.AsyncClient() as client:
-        # In flight on both engines (computing, looking up, saving) when the tier dies.
-        in_flight = [
-            asyncio.create_task(complete(client, engine, long_prompt()))
-            for engine in engines
-            for _ in range(3)
-        ]
-        await asyncio.sleep(0.2)
+        shared = [long_prompt() for _ in range(3)]
+        held = await tier_blocks(client, tier[0])
+        expected = [await complete(client, engine_a, prompt) for prompt in shared]
+        blocks = sum(tokens // 32 for _, tokens in expected)
+        await eventually(lambda: _at_least(client, tier[0], held + blocks), timeout_s=20)
+
+        # B loading A's prompts and A computing new ones (looking up, saving) when the tier dies: whatever
+        # was loaded or not, every request completes with the output it has without a tier.
+        loading = [asyncio.create_task(complete(client, engine_b, prompt)) for prompt in shared]
+        computing = [asyncio.create_task(complete(client, engine_a, long_prompt())) for _ in range(3)]
         os.killpg(tier[0].process.pid, signal.SIGKILL)
         await asyncio.to_thread(tier[0].process.wait)
-        replies = await asyncio.gather(*in_flight)
-        assert all(text for text, _ in replies)
+        assert await asyncio.gather(*loading) == expected
+        assert all(text for text, _ in await asyncio.gather(*computing))
 
         # Later requests recompute: B computes the whole prompt A served and answers the same.
-        engine_a, engine_b = engines
         prompt = long_prompt()
         text_a, prompt_tokens = await complete(client, engine_a, prompt)
         before = await prompt_tokens_by_source(client, engine_b)

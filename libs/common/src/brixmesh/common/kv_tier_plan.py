@@ -11,6 +11,7 @@ produces the first output token).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -108,3 +109,35 @@ def leading_valid(values: Sequence[bytes | memoryview | None], block_bytes: int)
             break
         count += 1
     return count
+
+
+MAX_ANNOUNCED_BLOCKS = 65536
+
+
+class AnnouncedBlocks:
+    """Tier blocks an engine announced on its KV event stream (medium ``CPU``), oldest first. Bounded: past
+    ``limit`` the oldest are withdrawn, so routers never count more than that many for one engine."""
+
+    def __init__(self, limit: int = MAX_ANNOUNCED_BLOCKS) -> None:
+        self._limit = limit
+        self._held: OrderedDict[bytes, None] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def announce(self, hashes: Sequence[bytes]) -> tuple[int, list[bytes]]:
+        """Records saved blocks: (index of the first one not announced before, or ``len(hashes)``;
+        the oldest blocks withdrawn to stay within the bound)."""
+        first_new = next((i for i, digest in enumerate(hashes) if digest not in self._held), len(hashes))
+        for digest in hashes:
+            self._held[digest] = None
+            self._held.move_to_end(digest)
+        overflow = max(0, len(self._held) - self._limit)
+        return first_new, [self._held.popitem(last=False)[0] for _ in range(overflow)]
+
+    def lost(self, hashes: Sequence[bytes]) -> list[bytes]:
+        """Announced blocks a lookup found missing from the tier: forgotten, to be withdrawn."""
+        gone = [digest for digest in hashes if digest in self._held]
+        for digest in gone:
+            del self._held[digest]
+        return gone

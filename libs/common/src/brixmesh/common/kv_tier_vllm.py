@@ -31,22 +31,32 @@ from __future__ import annotations
 
 import platform
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
+from vllm.distributed.kv_events import BlockRemoved, BlockStored, KVCacheEvent
 from vllm.distributed.kv_transfer.kv_connector.v1.base import (
     KVConnectorBase_V1,
     KVConnectorMetadata,
     KVConnectorRole,
+    KVConnectorWorkerMetadata,
 )
 from vllm.logger import init_logger
+from vllm.v1.core.kv_cache_utils import maybe_convert_block_hash
 from vllm.v1.metrics.cache_hit_source import CacheHitSource
 
-from brixmesh.common.kv_tier import BlockingKvTierClient, TierNamespace
-from brixmesh.common.kv_tier_plan import completed_blocks, leading_valid, loadable_blocks, parse_settings
+from brixmesh.common.kv_tier import BlockingKvTierClient, PutReply, TierError, TierNamespace
+from brixmesh.common.kv_tier_plan import (
+    AnnouncedBlocks,
+    completed_blocks,
+    leading_valid,
+    loadable_blocks,
+    parse_settings,
+)
 
 if TYPE_CHECKING:
     from vllm.config import VllmConfig
@@ -61,24 +71,42 @@ if TYPE_CHECKING:
 logger = init_logger(__name__)
 
 LOAD_POLL_S = 0.002
-"""Longest one step waits for a get that is about to finish (saves a whole step of latency)."""
+"""Longest a step that ran the model waits for a get about to finish (saves a whole step of latency)."""
+IDLE_LOAD_POLL_S = 0.02
+"""Longest an empty step (nothing to compute, loads pending) waits: rather than spinning empty steps that
+take the CPU from the get itself; a request arriving meanwhile waits at most this long."""
 
 
 @dataclass(slots=True)
 class BlockTransfer:
-    """Blocks of one request to move between the tier and the paged cache (same order in both lists)."""
+    """Blocks of one request to move between the tier and the paged cache (same order in both lists); a
+    save also carries what its KV event needs."""
 
     req_id: str
     adapter: str
     cache_salt: str
     hashes: list[bytes]
     block_ids: list[int]
+    parent_hash: bytes | None = None
+    token_ids: list[int] = field(default_factory=list)
+    lora_id: int | None = None
 
 
 @dataclass
 class TierConnectorMetadata(KVConnectorMetadata):
     loads: list[BlockTransfer] = field(default_factory=list)
     saves: list[BlockTransfer] = field(default_factory=list)
+
+
+@dataclass
+class TierWorkerMetadata(KVConnectorWorkerMetadata):
+    """Worker -> scheduler: saves the tier stored in full since the last step (to announce)."""
+
+    saved: list[BlockTransfer] = field(default_factory=list)
+
+    def aggregate(self, other: KVConnectorWorkerMetadata) -> KVConnectorWorkerMetadata:
+        assert isinstance(other, TierWorkerMetadata)
+        return TierWorkerMetadata(self.saved + other.saved)
 
 
 @dataclass(slots=True)
@@ -133,14 +161,17 @@ class BrixTierConnector(KVConnectorBase_V1):
         self._local_tokens: dict[str, int] = {}
         self._loading: set[str] = set()
         self._planned_loads: list[BlockTransfer] = []
+        self._announced = AnnouncedBlocks()
+        self._events: list[KVCacheEvent] = []
         # Worker side.
         self._layers: list[torch.Tensor] = []
         self._block_bytes = 0
         self._fetcher: ThreadPoolExecutor | None = None
         self._pending_loads: dict[str, _PendingLoad] = {}
+        self._idle_step = False
         self._load_errors: set[int] = set()
         self._pending_saves: set[Future] = set()
-        self.dropped_saves = 0
+        self._saved: deque[BlockTransfer] = deque()  # appended by the client's thread
         if role == KVConnectorRole.WORKER:
             from vllm.distributed.parallel_state import get_tensor_model_parallel_rank
 
@@ -164,6 +195,14 @@ class BrixTierConnector(KVConnectorBase_V1):
             block_ids=[] if block_ids is None else [block_ids[index] for index in blocks],
         )
 
+    def _save(self, request: Request, blocks: range, block_ids: list[int]) -> BlockTransfer:
+        transfer = self._transfer(request, blocks, block_ids)
+        transfer.parent_hash = bytes(request.block_hashes[blocks.start - 1]) if blocks.start else None
+        tokens = request.all_token_ids
+        transfer.token_ids = list(tokens[blocks.start * self._block_size : blocks.stop * self._block_size])
+        transfer.lora_id = request.lora_request.lora_int_id if request.lora_request is not None else None
+        return transfer
+
     def get_num_new_matched_tokens(
         self, request: Request, num_computed_tokens: int
     ) -> tuple[int | None, bool]:
@@ -174,7 +213,12 @@ class BrixTierConnector(KVConnectorBase_V1):
         if not candidates:
             return 0, False
         probe = self._transfer(request, candidates)
-        held = self._tier.longest_prefix(self._namespace(probe), probe.hashes)
+        try:
+            held = self._tier.longest_prefix(self._namespace(probe), probe.hashes)
+        except TierError as error:  # the node refused the request: a miss, never the engine's failure
+            logger.warning("KV tier lookup refused: %s", error)
+            held = 0
+        self._withdraw(self._announced.lost(probe.hashes[held:]))
         tokens = held * self._block_size
         return tokens, tokens > 0
 
@@ -203,11 +247,43 @@ class BrixTierConnector(KVConnectorBase_V1):
             full = completed_blocks(num_computed, scheduled[req_id], self._block_size, hashed)
             if full:
                 block_ids = self._kv_cache_manager.get_block_ids(req_id)[0]
-                meta.saves.append(self._transfer(request, full, block_ids))
+                meta.saves.append(self._save(request, full, block_ids))
         return meta
 
     def update_connector_output(self, connector_output: KVConnectorOutput) -> None:
         self._loading.difference_update(connector_output.finished_recving or ())
+        worker_meta = connector_output.kv_connector_worker_meta
+        if isinstance(worker_meta, TierWorkerMetadata):
+            for transfer in worker_meta.saved:
+                self._announce(transfer)
+
+    def _announce(self, transfer: BlockTransfer) -> None:
+        """Routers count the saved blocks for this engine (below its own GPU blocks)."""
+        first_new, withdrawn = self._announced.announce(transfer.hashes)
+        if first_new < len(transfer.hashes):
+            hashes = transfer.hashes
+            parent = hashes[first_new - 1] if first_new else transfer.parent_hash
+            self._events.append(
+                BlockStored(
+                    block_hashes=[maybe_convert_block_hash(digest) for digest in hashes[first_new:]],
+                    parent_block_hash=maybe_convert_block_hash(parent) if parent is not None else None,
+                    token_ids=transfer.token_ids[first_new * self._block_size :],
+                    block_size=self._block_size,
+                    lora_id=transfer.lora_id,
+                    medium="CPU",
+                    lora_name=transfer.adapter or None,
+                )
+            )
+        self._withdraw(withdrawn)
+
+    def _withdraw(self, hashes: list[bytes]) -> None:
+        if hashes:
+            converted = [maybe_convert_block_hash(digest) for digest in hashes]
+            self._events.append(BlockRemoved(block_hashes=converted, medium="CPU"))
+
+    def take_events(self) -> list[KVCacheEvent]:
+        events, self._events = self._events, []
+        return events
 
     def request_finished(self, request: Request, block_ids: list[int]) -> tuple[bool, dict[str, Any] | None]:
         self._requests.pop(request.request_id, None)
@@ -237,6 +313,7 @@ class BrixTierConnector(KVConnectorBase_V1):
         meta = self._get_connector_metadata()
         assert isinstance(meta, TierConnectorMetadata)
         assert self._fetcher is not None
+        self._idle_step = forward_context.attn_metadata is None
         for transfer in meta.loads:
             if len(self._pending_loads) >= self._settings.max_pending_loads:
                 future: Future = Future()
@@ -259,7 +336,7 @@ class BrixTierConnector(KVConnectorBase_V1):
         assert isinstance(meta, TierConnectorMetadata)
         for transfer in meta.saves:
             if len(self._pending_saves) >= self._settings.max_pending_saves:
-                self.dropped_saves += len(transfer.block_ids)
+                logger.warning_once("KV tier puts queue full: new blocks are not saved until it drains")
                 continue
             rows = torch.tensor(transfer.block_ids, dtype=torch.long)
             # One copy out of the paged cache (its blocks may be reused after this step); the put sends
@@ -268,12 +345,24 @@ class BrixTierConnector(KVConnectorBase_V1):
             rows_out = [memoryview(row) for row in values]
             future = self._tier.submit_put(self._namespace(transfer), transfer.hashes, rows_out)
             self._pending_saves.add(future)
-            future.add_done_callback(self._save_done)
+            future.add_done_callback(lambda done, transfer=transfer: self._save_done(done, transfer))
 
-    def _save_done(self, future: Future) -> None:
+    def _save_done(self, future: Future, transfer: BlockTransfer) -> None:
         self._pending_saves.discard(future)
-        if not future.cancelled() and future.exception() is not None:
+        if future.cancelled():
+            return
+        if future.exception() is not None:
             logger.warning("KV tier put failed: %s", future.exception())
+            return
+        reply: PutReply = future.result()
+        if reply.stored + reply.present == len(transfer.hashes):
+            self._saved.append(transfer)
+
+    def build_connector_worker_meta(self) -> KVConnectorWorkerMetadata | None:
+        saved = []
+        while self._saved:
+            saved.append(self._saved.popleft())
+        return TierWorkerMetadata(saved) if saved else None
 
     def get_finished(self, finished_req_ids: set[str]) -> tuple[set[str] | None, set[str] | None]:
         if not self._pending_loads:
@@ -282,7 +371,8 @@ class BrixTierConnector(KVConnectorBase_V1):
         running = [load.future for load in self._pending_loads.values() if not load.future.done()]
         if running:
             soonest = min(load.deadline for load in self._pending_loads.values())
-            wait_futures(running, timeout=max(0.0, min(LOAD_POLL_S, soonest - now)))
+            poll_s = IDLE_LOAD_POLL_S if self._idle_step else LOAD_POLL_S
+            wait_futures(running, timeout=max(0.0, min(poll_s, soonest - now)), return_when="FIRST_COMPLETED")
             now = time.monotonic()
         finished: set[str] = set()
         for req_id, load in list(self._pending_loads.items()):
