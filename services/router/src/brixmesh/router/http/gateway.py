@@ -334,6 +334,7 @@ class Gateway:
                         failure = self._connection_failed(ctx, pod, type(exc).__name__, str(exc))
                         continue
                     self.metrics.ttft(ctx.model, time.perf_counter() - started)
+                    self.router.first_byte(ctx, decision, pod)
                     status = response.status
                     if status >= 500:
                         detail = first[:300].decode("utf-8", "replace")

@@ -12,7 +12,7 @@ where this package plugs in state that needs the bus and readiness:
   via ``pods.on_removed``).
 
 What it adds: the global prefix index (:mod:`.index`) kept by :mod:`.follower` from JetStream (the router is
-not ready until the index is rebuilt), the ``kv-aware`` scorer (:mod:`brixmesh.router.routing.scorers.kv_aware`),
+not ready until the index is rebuilt), the ``kv-aware`` and ``cost-model`` scorers (:mod:`brixmesh.router.routing.scorers`),
 the tokenizer behind ``RequestContext.token_ids()`` (:mod:`.tokenizer`), metrics (:mod:`.metrics`) and
 ``/admin/kv/*`` (:mod:`.admin`). Settings: ``BRIXMESH_KV_*`` (:mod:`.settings`).
 """
@@ -32,6 +32,7 @@ from brixmesh.router.kv.metrics import KvMetrics
 from brixmesh.router.kv.settings import KvSettings
 from brixmesh.router.kv.tokenizer import PromptTokenizer, TokenizerError
 from brixmesh.router.routing.context import RequestContext
+from brixmesh.router.routing.scorers.cost_model import CostModel
 from brixmesh.router.routing.scorers.kv_aware import KvAware
 
 if TYPE_CHECKING:
@@ -84,6 +85,9 @@ def attach(
     registry.register_scorer(
         "kv-aware",
         lambda env: KvAware(index, speculative=settings.speculative, observe_lookup=metrics.lookup_seconds.observe),
+    )
+    registry.register_scorer(
+        "cost-model", lambda env: CostModel(KvAware(index, speculative=settings.speculative))
     )
     pods.on_removed(index.clear_pod)
     add_admin_routes(service.app, index, tokenizer, pods.base_model_of)

@@ -12,7 +12,8 @@ How one request is routed
 4. The **load guard** (:mod:`.picker`) zeroes the affinity scores of pods that already carry clearly more load
    than the least-loaded candidate, so cache affinity never piles work on one pod.
 5. The **picker** takes the highest weighted sum, ties broken at random; retries take the next best.
-6. Lifecycle hooks: ``on_routed(ctx, pod)`` after the choice, ``on_completed(ctx, pod, usage)`` when the
+6. Lifecycle hooks: ``on_routed(ctx, pod)`` after the choice, ``on_first_byte(ctx, pod)`` when the pod's
+   answer begins, ``on_completed(ctx, pod, usage)`` when the
    response ends (successfully or not; ``usage`` is None when unknown).
 
 Writing a scorer (one small module, registered by name)
@@ -28,6 +29,7 @@ Writing a scorer (one small module, registered by name)
         # optional hooks, detected with getattr:
         async def prepare(self, ctx: RequestContext) -> None: ...   # e.g. await ctx.token_ids()
         def on_routed(self, ctx: RequestContext, pod: Endpoint) -> None: ...
+        def on_first_byte(self, ctx: RequestContext, pod: Endpoint) -> None: ...  # answer began
         def on_completed(self, ctx: RequestContext, pod: Endpoint, usage: Usage | None) -> None: ...
 
     registry.register_scorer("my-scorer", lambda env: MyScorer())

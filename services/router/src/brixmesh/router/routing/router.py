@@ -66,6 +66,12 @@ class Router:
             if hook is not None:
                 hook(ctx, pod)
 
+    def first_byte(self, ctx: RequestContext, decision: RoutingDecision, pod: Endpoint) -> None:
+        for scorer, _weight in decision.strategy.parts:
+            hook = getattr(scorer, "on_first_byte", None)
+            if hook is not None:
+                hook(ctx, pod)
+
     def completed(
         self, ctx: RequestContext, decision: RoutingDecision, pod: Endpoint, usage: Usage | None
     ) -> None:

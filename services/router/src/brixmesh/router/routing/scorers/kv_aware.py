@@ -12,7 +12,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
-from brixmesh.router.kv.index import PrefixIndex
+from brixmesh.router.kv.index import PodMatch, PrefixIndex
 from brixmesh.router.routing.context import RequestContext
 from brixmesh.router.routing.endpoint import Endpoint
 from brixmesh.router.routing.scorer import Category
@@ -59,24 +59,39 @@ class KvAware:
     def _pod_block_size(self, pod: Endpoint) -> int:
         return self.index.block_size(pod.name) or pod.block_size
 
-    def score(self, ctx: RequestContext, pods: Sequence[Endpoint]) -> dict[str, float]:
-        if ctx.request_id not in self._requests:
-            return {}
+    def _matches(self, ctx: RequestContext, pods: Sequence[Endpoint]) -> dict[str, tuple[PodMatch, int]]:
+        """Each pod's match and the prompt's block count (at the pod's block size); pods holding nothing are
+        left out."""
         started = time.perf_counter()
         by_size: dict[int, list[str]] = {}
         for pod in pods:
             by_size.setdefault(self._pod_block_size(pod), []).append(pod.name)
-        scores: dict[str, float] = {}
+        found: dict[str, tuple[PodMatch, int]] = {}
         for block_size, names in by_size.items():
             hashes = self._hashes(ctx, block_size)
             if not hashes:
                 continue
-            total = len(hashes)
             for pod, match in self.index.match(hashes, block_size, names).items():
-                scores[pod] = match.weighted / total
+                found[pod] = (match, len(hashes))
         if self._observe is not None:
             self._observe(time.perf_counter() - started)
-        return scores
+        return found
+
+    def score(self, ctx: RequestContext, pods: Sequence[Endpoint]) -> dict[str, float]:
+        if ctx.request_id not in self._requests:
+            return {}
+        return {pod: match.weighted / total for pod, (match, total) in self._matches(ctx, pods).items()}
+
+    def prompt_tokens(self, ctx: RequestContext) -> int:
+        """The prompt's token count once :meth:`prepare` tokenized it, else 0."""
+        found = self._requests.get(ctx.request_id)
+        return len(found[0]) if found is not None else 0
+
+    def cached_tokens(self, ctx: RequestContext, pods: Sequence[Endpoint]) -> dict[str, int]:
+        """Leading prompt tokens each pod holds in any medium (pods holding nothing are left out)."""
+        if ctx.request_id not in self._requests:
+            return {}
+        return {pod: match.tokens for pod, (match, _total) in self._matches(ctx, pods).items()}
 
     def on_routed(self, ctx: RequestContext, pod: Endpoint) -> None:
         if self.speculative:

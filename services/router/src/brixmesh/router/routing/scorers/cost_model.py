@@ -1,0 +1,200 @@
+"""``cost-model``: send each request where its predicted time to first token is smallest.
+
+For every candidate pod the prediction is
+
+    TTFT = base + per_token x (queued prefill tokens + this prompt's tokens the pod has not cached)
+                + per_decode x running decodes
+                + full-cache penalty
+
+- *uncached tokens*: the prompt's length less the longest prefix the pod holds, from the KV index (the same
+  lookup as ``kv-aware``; a prompt that cannot be tokenized counts as uncached everywhere);
+- *queued prefill*: the uncached tokens of requests this router sent there that have not yet answered their
+  first byte; *running decodes*: the pod's other requests in flight (counted by every router replica);
+- *speeds* (``base``, ``per_token``, ``per_decode``): learned per pod, online, from the first-byte times this
+  router observes on streamed answers (recursive least squares with forgetting, :class:`SpeedModel`), so a
+  slower or busier pod is found out without configuration; a pod starts from the fleet's mean;
+- *full-cache penalty*: on a pod whose KV cache is nearly full (engine ``kv_usage``), placing this prompt's
+  new blocks evicts someone else's, who must recompute them later: half the new blocks' prefill time, scaled
+  by how full the cache is, and at most ``PENALTY_CAP_S``.
+
+The scores are ``smallest prediction / prediction`` (the best pod scores 1), so the scorer composes with
+others, but alone it needs no load guard: load is in the prediction (category ``distribution``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from brixmesh.router.routing.context import RequestContext
+from brixmesh.router.routing.endpoint import Endpoint
+from brixmesh.router.routing.scorer import Category
+from brixmesh.router.routing.scorers.kv_aware import KvAware
+
+TOKEN_UNIT = 1000.0
+"""Prompt tokens enter the fit in thousands, so the three features are of similar size."""
+PRIOR = (0.02, 0.1, 0.002)
+"""(base s, s per 1000 prefill tokens, s per running decode) for the first pod: about an 8B model on one
+H100 at 10k prefill tokens/s; the fit replaces it within a few requests."""
+FLOORS = (0.0, 1e-4, 0.0)
+"""Predictions use weights clipped to these: a per-token cost of zero would make cache affinity worthless."""
+PENALTY_FULL_FROM = 0.8
+"""KV usage above which the full-cache penalty starts (it grows linearly to 1 at usage 1)."""
+EVICTION_SHARE = 0.5
+"""Share of the new blocks' prefill time charged for the prefixes they evict."""
+PENALTY_CAP_S = 0.5
+_PENDING_LIMIT = 4096
+_P_START = 100.0
+"""Initial covariance: large, so the first observations outweigh the prior."""
+_P_TRACE_LIMIT = 1000.0
+
+
+@dataclass(slots=True)
+class SpeedModel:
+    """Online least squares of ``ttft ~ w . (1, tokens/1000, running)`` with exponential forgetting. Pure."""
+
+    weights: list[float] = field(default_factory=lambda: list(PRIOR))
+    forgetting: float = 0.97
+    observations: int = 0
+    _p: list[list[float]] = field(default_factory=lambda: [[_P_START if i == j else 0.0 for j in range(3)]
+                                                           for i in range(3)])
+
+    @staticmethod
+    def features(tokens: float, running: float) -> tuple[float, float, float]:
+        return (1.0, tokens / TOKEN_UNIT, running)
+
+    def predict(self, tokens: float, running: float) -> float:
+        x = self.features(tokens, running)
+        return sum(max(w, floor) * xi for w, floor, xi in zip(self.weights, FLOORS, x, strict=True))
+
+    def observe(self, tokens: float, running: float, ttft_s: float) -> None:
+        x = self.features(tokens, running)
+        p = self._p
+        px = [sum(p[i][j] * x[j] for j in range(3)) for i in range(3)]
+        denominator = self.forgetting + sum(x[i] * px[i] for i in range(3))
+        gain = [v / denominator for v in px]
+        error = ttft_s - sum(w * xi for w, xi in zip(self.weights, x, strict=True))
+        self.weights = [w + g * error for w, g in zip(self.weights, gain, strict=True)]
+        self._p = [[(p[i][j] - gain[i] * px[j]) / self.forgetting for j in range(3)] for i in range(3)]
+        trace = self._p[0][0] + self._p[1][1] + self._p[2][2]
+        if trace > _P_TRACE_LIMIT:  # forgetting inflates directions the data never excites (wind-up)
+            self._p = [[v * _P_TRACE_LIMIT / trace for v in row] for row in self._p]
+        self.observations += 1
+
+    def copy(self) -> SpeedModel:
+        return SpeedModel(list(self.weights), self.forgetting)
+
+
+def full_cache_penalty(per_token_s: float, new_tokens: float, kv_usage: float) -> float:
+    """What placing ``new_tokens`` on a pod whose KV usage is ``kv_usage`` costs others later, bounded."""
+    fullness = min(1.0, max(0.0, (kv_usage - PENALTY_FULL_FROM) / (1.0 - PENALTY_FULL_FROM)))
+    return min(PENALTY_CAP_S, fullness * EVICTION_SHARE * per_token_s * new_tokens)
+
+
+@dataclass(slots=True)
+class _Sent:
+    pod: str
+    tokens: float
+    """Queued prefill ahead of it plus its own uncached tokens, when it was sent (the fit's input)."""
+    running: float
+    uncached: float
+    sent_at: float
+
+
+@dataclass(slots=True)
+class PodQueues:
+    """Requests this router sent and has not seen the first byte of, per pod. Pure."""
+
+    pending: dict[str, _Sent] = field(default_factory=dict)
+    queued_tokens: dict[str, float] = field(default_factory=dict)
+    queued_requests: dict[str, int] = field(default_factory=dict)
+
+    def add(self, request_id: str, sent: _Sent) -> None:
+        self.drop(request_id)
+        self.pending[request_id] = sent
+        self.queued_tokens[sent.pod] = self.queued_tokens.get(sent.pod, 0.0) + sent.uncached
+        self.queued_requests[sent.pod] = self.queued_requests.get(sent.pod, 0) + 1
+        if len(self.pending) > _PENDING_LIMIT:  # a lost completion must not grow the table
+            self.drop(next(iter(self.pending)))
+
+    def drop(self, request_id: str) -> _Sent | None:
+        sent = self.pending.pop(request_id, None)
+        if sent is not None:
+            self.queued_tokens[sent.pod] = max(0.0, self.queued_tokens[sent.pod] - sent.uncached)
+            self.queued_requests[sent.pod] -= 1
+        return sent
+
+
+class CostModel:
+    name = "cost-model"
+    category: Category = "distribution"
+
+    def __init__(self, kv: KvAware, clock: Callable[[], float] = time.monotonic) -> None:
+        self.kv = kv
+        self.clock = clock
+        self.speeds: dict[str, SpeedModel] = {}
+        self.queues = PodQueues()
+        self._uncached: dict[str, dict[str, float]] = {}
+        """request id -> pod -> uncached tokens, from ``score`` to ``on_routed``."""
+
+    async def prepare(self, ctx: RequestContext) -> None:
+        await self.kv.prepare(ctx)
+
+    def speed(self, pod: str) -> SpeedModel:
+        found = self.speeds.get(pod)
+        if found is None:
+            if self.speeds:
+                mean = [sum(m.weights[i] for m in self.speeds.values()) / len(self.speeds) for i in range(3)]
+                found = SpeedModel(mean)
+            else:
+                found = SpeedModel()
+            self.speeds[pod] = found
+        return found
+
+    def predictions(self, ctx: RequestContext, pods: Sequence[Endpoint]) -> dict[str, float]:
+        prompt = self.kv.prompt_tokens(ctx) or ctx.estimated_prompt_tokens()
+        cached = self.kv.cached_tokens(ctx, pods)
+        uncached = {pod.name: float(max(0, prompt - cached.get(pod.name, 0))) for pod in pods}
+        self._uncached[ctx.request_id] = uncached
+        if len(self._uncached) > _PENDING_LIMIT:
+            self._uncached.pop(next(iter(self._uncached)))
+        out = {}
+        for pod in pods:
+            model = self.speed(pod.name)
+            queued = self.queues.queued_tokens.get(pod.name, 0.0)
+            running = max(0, pod.in_flight - self.queues.queued_requests.get(pod.name, 0))
+            predicted = model.predict(queued + uncached[pod.name], running)
+            metrics = pod.metrics
+            if metrics is not None and not metrics.stale:
+                per_token = max(model.weights[1], FLOORS[1]) / TOKEN_UNIT
+                predicted += full_cache_penalty(per_token, uncached[pod.name], metrics.kv_usage)
+            out[pod.name] = predicted
+        return out
+
+    def score(self, ctx: RequestContext, pods: Sequence[Endpoint]) -> dict[str, float]:
+        predicted = self.predictions(ctx, pods)
+        if not predicted:
+            return {}
+        best = min(predicted.values())
+        return {name: best / value if value > 0 else 1.0 for name, value in predicted.items()}
+
+    def on_routed(self, ctx: RequestContext, pod: Endpoint) -> None:
+        self.kv.on_routed(ctx, pod)
+        uncached = self._uncached.pop(ctx.request_id, {}).get(pod.name)
+        if uncached is None:
+            return
+        queued = self.queues.queued_tokens.get(pod.name, 0.0)
+        running = max(0, pod.in_flight - self.queues.queued_requests.get(pod.name, 0))
+        # a whole (unstreamed) answer's time is not a first-token time: keep it out of the fit
+        sent_at = self.clock() if ctx.stream else -1.0
+        self.queues.add(ctx.request_id, _Sent(pod.name, queued + uncached, running, uncached, sent_at))
+
+    def on_first_byte(self, ctx: RequestContext, pod: Endpoint) -> None:
+        sent = self.queues.drop(ctx.request_id)
+        if sent is not None and sent.sent_at >= 0 and sent.pod == pod.name:
+            self.speed(pod.name).observe(sent.tokens, sent.running, self.clock() - sent.sent_at)
+
+    def on_completed(self, ctx: RequestContext, pod: Endpoint, usage: object) -> None:
+        self.queues.drop(ctx.request_id)
+        self._uncached.pop(ctx.request_id, None)
