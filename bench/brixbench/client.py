@@ -146,9 +146,9 @@ class LoadClient:
             history.append({"role": "system", "content": job.system})
         for turn in range(len(job.turns)):
             body = self._body(job, turn, history)
-            record = RequestRecord(job.id, turn, 0.0)
+            record = RequestRecord(job.id, turn, 0.0, prompt=body.get("messages", body.get("prompt")))
             records.append(record)
-            answer = await self._send(session, target, body, record, t0)
+            answer = record.answer = await self._send(session, target, body, record, t0)
             on_done()
             if not record.ok:
                 return  # a conversation stops at its first failed turn, as a user would

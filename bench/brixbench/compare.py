@@ -15,13 +15,15 @@ from pathlib import Path
 from typing import Literal
 
 import psutil
+from brixmesh.engine_sim.tokenizer import SimTokenizer
 
 from brixbench.arrivals import Arrivals
 from brixbench.client import LoadClient, RunResult
 from brixbench.contenders import resolve
 from brixbench.contenders.base import Contender, ContenderError
 from brixbench.contenders.brixmesh import MeshProvider
-from brixbench.fleet import Fleet, FleetError, FleetSpec
+from brixbench.fleet import TOKENIZER_DIR, Fleet, FleetError, FleetSpec
+from brixbench.kv_watch import EvictionCounter, unlimited_cache_hit_rate
 from brixbench.stats import Slo
 from brixbench.workloads import Job
 
@@ -50,6 +52,10 @@ class ContenderRun:
     helper_cpu_s: float | None = None
     """CPU seconds of helpers the contender needs besides its router (brixmesh's kv-index, autoscaler)."""
     wall_s: float = 0.0
+    evicted_blocks: tuple[int, ...] = ()
+    """Blocks each engine evicted during the run (its ``BlockRemoved`` events)."""
+    hit_rate_bound: float = math.nan
+    """Hit rate of one unlimited cache on this run's prompts (they include the engines' answers)."""
 
 
 @dataclass(slots=True)
@@ -97,8 +103,11 @@ async def run_case(case: WorkloadCase, contenders: Sequence[str], workdir: Path,
     runs: list[ContenderRun] = []
     fleet = Fleet(case.fleet, workdir / case.name)
     mesh = MeshProvider(scrape_metrics=case.engine_metrics_on_bus)
-    report(f"[{case.name}] starting {case.fleet.engines} simulated {case.fleet.gpu} engines "
-           f"(time scale {case.fleet.time_scale:g})")
+    if case.fleet.engine == "vllm":
+        report(f"[{case.name}] starting {case.fleet.engines} vLLM CPU engines ({case.fleet.num_gpu_blocks} blocks)")
+    else:
+        report(f"[{case.name}] starting {case.fleet.engines} simulated {case.fleet.gpu} engines "
+               f"(time scale {case.fleet.time_scale:g})")
     await fleet.start()
     try:
         for name in contenders:
@@ -131,21 +140,36 @@ async def _run_one(case: WorkloadCase, name: str, contender: Contender, fleet: F
         helper_pids = mesh.mesh.helper_pids if mesh.mesh is not None and name.startswith("brixmesh:") else []
         cpu_before, helper_before = _cpu_seconds(contender.pid), _helpers_cpu_seconds(helper_pids)
         client = LoadClient(case.fleet.model, time_scale=case.fleet.time_scale)
-        result = await client.run(case.jobs, case.arrivals, target, engine_urls=fleet.urls, slo=case.slo,
-                                  on_request_done=on_request_done)
+        evictions = EvictionCounter(fleet.kv_endpoints)
+        try:
+            result = await client.run(case.jobs, case.arrivals, target, engine_urls=fleet.urls, slo=case.slo,
+                                      on_request_done=on_request_done)
+        finally:
+            evicted = await evictions.close()
         cpu_after, helper_after = _cpu_seconds(contender.pid), _helpers_cpu_seconds(helper_pids)
     finally:
         await contender.stop()
     run = ContenderRun(name, case.name, "ok", result=result, router_cpu_s=_delta(cpu_before, cpu_after),
-                       helper_cpu_s=_delta(helper_before, helper_after), wall_s=time.monotonic() - started)
+                       helper_cpu_s=_delta(helper_before, helper_after), wall_s=time.monotonic() - started,
+                       evicted_blocks=tuple(evicted), hit_rate_bound=_hit_rate_bound(result, case.fleet.block_size))
     s = result.summary
     failed = s.requests - s.succeeded
     if failed:
         first_error = next((r.error for r in result.records if not r.ok), "")
         run.reason = f"{failed} of {s.requests} requests failed, e.g. {first_error}"
     report(f"[{case.name}] {name}: {s.output_throughput:,.0f} out tok/s, TTFT p90 {s.ttft.p90 * 1000:,.0f} ms, "
-           f"hit rate {_pct(result.engines.hit_rate)}, {s.succeeded}/{s.requests} ok, {run.wall_s:.0f}s wall")
+           f"hit rate {_pct(result.engines.hit_rate)} (unlimited cache {_pct(run.hit_rate_bound)}), "
+           f"busiest/mean {result.engines.busiest_over_mean:.2f}, evicted {sum(evicted)} blocks, "
+           f"{s.succeeded}/{s.requests} ok, {run.wall_s:.0f}s wall")
     return run
+
+
+def _hit_rate_bound(result: RunResult, block_size: int) -> float:
+    tokenizer = SimTokenizer(TOKENIZER_DIR)
+    requests = [(tokenizer.encode_chat(r.prompt) if isinstance(r.prompt, list) else tokenizer.encode(r.prompt),
+                 tokenizer.encode(r.answer, add_special_tokens=False))
+                for r in sorted(result.records, key=lambda r: r.sent_s) if r.ok and r.prompt is not None]
+    return unlimited_cache_hit_rate(requests, block_size)
 
 
 def _pct(value: float) -> str:

@@ -15,7 +15,8 @@ from typing import Self
 
 import aiohttp
 
-COUNTERS = ("vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total", "vllm:num_preemptions_total")
+COUNTERS = ("vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total", "vllm:num_preemptions_total",
+            "vllm:request_success_total")
 GAUGES = ("vllm:num_requests_waiting", "vllm:num_requests_running")
 WANTED = frozenset(COUNTERS + GAUGES)
 
@@ -60,6 +61,14 @@ class FleetNumbers:
     max_waiting: float
     requests_share: tuple[float, ...]
     """Share of the prefix-cache queries (prompt tokens) per engine: how evenly the router spread the work."""
+    requests: tuple[float, ...] = ()
+    """Requests each engine finished (its ``request_success_total``)."""
+
+    @property
+    def busiest_over_mean(self) -> float:
+        """Most requests on one engine / the mean per engine (1.0: perfectly even)."""
+        total = sum(self.requests)
+        return max(self.requests) * len(self.requests) / total if total > 0 else math.nan
 
 
 def fleet_numbers(series: Sequence[EngineSeries]) -> FleetNumbers:
@@ -73,6 +82,7 @@ def fleet_numbers(series: Sequence[EngineSeries]) -> FleetNumbers:
         mean_waiting=sum(waiting) / len(waiting) if waiting else math.nan,
         max_waiting=max(waiting) if waiting else math.nan,
         requests_share=tuple(q / queries if queries > 0 else math.nan for q in per_engine),
+        requests=tuple(s.delta(COUNTERS[3]) for s in series),
     )
 
 

@@ -1,4 +1,5 @@
-"""A fleet of simulated engines in one ``brixmesh-engine-sim --replicas N`` process, run by the supervisor.
+"""A fleet of engines run by the supervisor: simulated ones in ``brixmesh-engine-sim --replicas N`` processes,
+or real vLLM (CPU build, the tiny model; ``engine="vllm"``), one process each, bound to the cores in turn.
 
 Every engine publishes KV events on its own ``ipc://`` endpoint (which any number of subscribers may attach
 to) and keeps a TCP replay socket; ``/v1/*/render`` is on (vllm-router's cache-aware policies need it).
@@ -13,8 +14,10 @@ import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import aiohttp
+from brixmesh.common import vllm_cpu
 from brixmesh.common.supervisor import ProcessSpec, ProcessState, ReadinessProbe, SupervisedProcess
 
 from brixbench.engine_metrics import GAUGES, parse_metrics
@@ -88,6 +91,8 @@ class FleetSpec:
     """Simulator processes the engines are split over (each serves its share with ``--replicas``): the
     engines' own CPU work (tokenising, rendering for routers that ask) then spreads over the cores."""
     extra_args: tuple[str, ...] = ()
+    engine: Literal["sim", "vllm"] = "sim"
+    """``vllm``: real vLLM engines (``model`` is then their served name; the time scale should be 1)."""
 
 
 @dataclass(slots=True)
@@ -134,13 +139,49 @@ class Fleet:
         return ProcessSpec(name=f"engine-sim-p{index}", argv=argv, log_path=log, restart="never",
                            readiness=ReadinessProbe(f"{urls[-1]}/health", timeout_s=timeout_s))
 
-    async def start(self, timeout_s: float = 60.0) -> Fleet:
-        """Start the engines, split over ``spec.processes`` simulator processes (each ``--replicas k``)."""
-        self.workdir.mkdir(parents=True, exist_ok=True)
+    def _vllm_process_spec(self, index: int, install: vllm_cpu.VllmInstall, timeout_s: float) -> ProcessSpec:
+        spec = self.spec
+        port, replay_port = consecutive_free_ports(1), consecutive_free_ports(1)
+        events = f"ipc://{self.workdir / f'kv-events-{index}'}"
+        replay = f"tcp://127.0.0.1:{replay_port}"
+        extra = ["--max-model-len", str(self.max_model_len), "--enable-prompt-tokens-details",
+                 "--kv-events-config", vllm_cpu.kv_events_config(events, replay, topic="")]
+        if spec.num_gpu_blocks is not None:
+            extra += ["--num-gpu-blocks-override", str(spec.num_gpu_blocks)]
+        if spec.max_num_seqs is not None:
+            extra += ["--max-num-seqs", str(spec.max_num_seqs)]
+        argv = vllm_cpu.serve_argv(install, port=port, kv_events_endpoint=events, kv_replay_endpoint=replay,
+                                   served_model_name=spec.model, extra_args=[*extra, *spec.extra_args])
+        cores = vllm_cpu.usable_cores()
+        tmp = self.workdir / f"vllm-{index}-tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        url = f"http://127.0.0.1:{port}"
+        self.urls.append(url)
+        self.kv_endpoints.append(events)
+        self.kv_replay_endpoints.append(replay)
+        return ProcessSpec(name=f"vllm-{index}", argv=argv, log_path=self.workdir / f"vllm-{index}.log",
+                           env=vllm_cpu.engine_env(str(cores[index % len(cores)]), install.venv, tmp),
+                           restart="never",
+                           readiness=ReadinessProbe(f"{url}/health", timeout_s=timeout_s))
+
+    def _process_specs(self, timeout_s: float) -> list[ProcessSpec]:
+        if self.spec.engine == "vllm":
+            try:
+                install = vllm_cpu.find_install()
+            except vllm_cpu.VllmNotInstalled as exc:
+                raise FleetError(str(exc)) from None
+            return [self._vllm_process_spec(i, install, timeout_s) for i in range(self.spec.engines)]
         count = max(1, min(self.spec.processes, self.spec.engines))
         shares = [self.spec.engines // count + (1 if i < self.spec.engines % count else 0) for i in range(count)]
-        for index, engines in enumerate(shares):
-            process = SupervisedProcess(self._process_spec(index, engines, timeout_s))
+        return [self._process_spec(index, engines, timeout_s) for index, engines in enumerate(shares)]
+
+    async def start(self, timeout_s: float | None = None) -> Fleet:
+        """Start the engines: simulated ones split over ``spec.processes`` simulator processes (each
+        ``--replicas k``), or one vLLM process per engine (they take 30-90 s to start on two busy cores)."""
+        timeout_s = timeout_s or (300.0 if self.spec.engine == "vllm" else 60.0)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        for process_spec in self._process_specs(timeout_s):
+            process = SupervisedProcess(process_spec)
             self.processes.append(process)
             process.start()
         for process in self.processes:

@@ -7,16 +7,21 @@ prefix hot while a router that spreads a group everywhere evicts and recomputes 
 
 from __future__ import annotations
 
+import random
 from dataclasses import replace
+
+from brixmesh.common import vllm_cpu
 
 from brixbench import arrivals
 from brixbench.compare import WorkloadCase
 from brixbench.fleet import FleetSpec
 from brixbench.stats import Slo
 from brixbench.text import TextSource
-from brixbench.workloads import multi_turn, shared_prefix
+from brixbench.workloads import Job, multi_turn, shared_prefix
 
 SLO = Slo(ttft_s=0.5, tpot_s=0.05)
+VLLM_SLO = Slo(ttft_s=0.5, tpot_s=0.1)
+"""The tiny model on two shared CPU cores: wall seconds."""
 
 
 def shared_prefix_case(source: TextSource, *, engines: int = 8, groups: int = 32, per_group: int = 8,
@@ -76,3 +81,56 @@ def with_fleet(case: WorkloadCase, *, engines: int | None = None, time_scale: fl
     if time_scale is not None:
         fleet = replace(fleet, time_scale=time_scale)
     return replace(case, fleet=fleet)
+
+
+def conversations(source: TextSource, *, sessions: int, systems: int, system_len: int, turn_len_mean: float,
+                  max_turns: int, output_len: int, seed: int) -> list[Job]:
+    """Multi-turn sessions (history resent) whose system prompts are shared: session i uses system i % systems."""
+    rng = random.Random(seed + 1)
+    prompts = [source.text(rng, system_len) for _ in range(systems)]
+    jobs = multi_turn(source, sessions=sessions, turn_len_mean=turn_len_mean, turn_len_std=turn_len_mean / 3,
+                      max_turn_len=int(turn_len_mean * 2), output_len=output_len, seed=seed)
+    return [replace(job, system=prompts[i % systems], turns=job.turns[:max_turns],
+                    max_tokens=job.max_tokens[:max_turns]) for i, job in enumerate(jobs)]
+
+
+def one_off_prompts(source: TextSource, *, count: int, length: int, output_len: int, seed: int) -> list[Job]:
+    """Long prompts that share nothing with anything (they only take cache space from the conversations)."""
+    rng = random.Random(seed + 2)
+    return [Job(f"long{i}", "", (source.text(rng, length),), (output_len,), api="chat", group=f"long{i}")
+            for i in range(count)]
+
+
+def vllm_multi_turn_case(source: TextSource, *, sessions: int = 40, blocks: int = 64, session_qps: float = 2.0,
+                         long_prompts: int = 0, engines: int = 2, seed: int = 0) -> WorkloadCase:
+    jobs = conversations(source, sessions=sessions, systems=4, system_len=192, turn_len_mean=60, max_turns=6,
+                         output_len=16, seed=seed)
+    name, what = "multi-turn", f"{sessions} sessions (4 shared system prompts of 192 tokens, <= 6 turns of ~60)"
+    if long_prompts:
+        extra = one_off_prompts(source, count=long_prompts, length=700, output_len=16, seed=seed)
+        jobs = [*jobs, *extra]
+        random.Random(seed).shuffle(jobs)
+        name, what = "mixed", f"{what} + {long_prompts} one-off 700-token prompts"
+    if blocks < 64:
+        name += f"-{blocks}-blocks"
+    fleet = FleetSpec(engines=engines, model=vllm_cpu.MODEL_NAME, engine="vllm", time_scale=1.0,
+                      block_size=vllm_cpu.BLOCK_SIZE, num_gpu_blocks=blocks, max_model_len=vllm_cpu.MAX_MODEL_LEN)
+    turns = sum(len(job.turns) for job in jobs)
+    return WorkloadCase(name, jobs, arrivals.poisson(session_qps, len(jobs), seed), fleet, VLLM_SLO,
+                        f"real vLLM x {engines}: {what}, {turns} requests, output 16; Poisson {session_qps:g} "
+                        f"sessions/s; KV {blocks} blocks of {vllm_cpu.BLOCK_SIZE} tokens/engine")
+
+
+def vllm_cases(quick: bool = False) -> list[WorkloadCase]:
+    """Real vLLM CPU engines (two, one per core): the working set of live conversations is about one engine's
+    cache and a half, so placement decides what stays cached."""
+    from brixbench.fleet import TOKENIZER_DIR
+    from brixbench.text import single_token_words
+
+    source = TextSource(single_token_words(TOKENIZER_DIR / "tokenizer.json"))
+    sessions = 24 if quick else 40
+    cases = [vllm_multi_turn_case(source, sessions=sessions),
+             vllm_multi_turn_case(source, sessions=sessions, long_prompts=sessions // 4)]
+    if not quick:
+        cases.append(vllm_multi_turn_case(source, sessions=sessions, blocks=40))
+    return cases

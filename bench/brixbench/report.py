@@ -14,8 +14,8 @@ from brixbench.compare import CompareResult, ContenderRun, WorkloadCase
 
 BASELINES = ("brixmesh:random", "client-random")
 TABLE_COLUMNS = ("contender", "out tok/s", "vs random", "TTFT p90 ms", "vs random", "TTFT mean ms",
-                 "TPOT p50 ms", "hit rate", "engine share", "mean queue", "preempt", "success", "goodput/s",
-                 "router CPU")
+                 "TPOT p50 ms", "hit rate", "unlimited", "engine share", "busiest/mean", "evicted",
+                 "mean queue", "preempt", "success", "goodput/s", "router CPU")
 
 
 def baseline(runs: Sequence[ContenderRun]) -> ContenderRun | None:
@@ -60,11 +60,16 @@ def table_rows(runs: Sequence[ContenderRun], time_scale: float) -> list[list[str
         rows.append([
             run.contender, _num(s.output_throughput), _ratio(s.output_throughput, base_out),
             _num(s.ttft.p90 * 1000), _ratio(s.ttft.p90, base_ttft), _num(s.ttft.mean * 1000),
-            _num(s.tpot.p50 * 1000, 1), "n/a" if math.isnan(e.hit_rate) else f"{e.hit_rate * 100:.1f}%",
-            _share(e.requests_share), _num(e.mean_waiting, 2), _num(e.preemptions), f"{s.success_rate * 100:.0f}%", _num(s.goodput, 1),
+            _num(s.tpot.p50 * 1000, 1), _pct(e.hit_rate), _pct(run.hit_rate_bound),
+            _share(e.requests_share), _num(e.busiest_over_mean, 2), _num(sum(run.evicted_blocks)),
+            _num(e.mean_waiting, 2), _num(e.preemptions), f"{s.success_rate * 100:.0f}%", _num(s.goodput, 1),
             cpu_text(run, time_scale),
         ])
     return rows
+
+
+def _pct(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value * 100:.1f}%"
 
 
 def _share(shares: Sequence[float]) -> str:
@@ -96,7 +101,8 @@ def results_json(result: CompareResult) -> dict[str, Any]:
         for run in result.for_workload(case.name):
             entry: dict[str, Any] = {"contender": run.contender, "status": run.status, "reason": run.reason,
                                      "router_cpu_s": run.router_cpu_s, "helper_cpu_s": run.helper_cpu_s,
-                                     "wall_s": run.wall_s}
+                                     "wall_s": run.wall_s, "evicted_blocks": list(run.evicted_blocks),
+                                     "hit_rate_bound": run.hit_rate_bound}
             if run.result is not None:
                 entry["summary"] = msgspec.to_builtins(run.result.summary)
                 entry["engines"] = msgspec.to_builtins(run.result.engines)
@@ -189,10 +195,13 @@ def write_report(result: CompareResult, directory: Path, title: str = "brixmesh 
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "results.json").write_text(json.dumps(results_json(result), indent=1))
     lines = [f"# {title}", "",
-             ("Times are modelled seconds of the simulated GPUs (wall time divided by the time scale). Ratios are "
+             ("Times are modelled seconds of the simulated GPUs (wall time divided by the time scale; real vLLM "
+             "engines: wall seconds). Ratios are "
              "to random routing (brixmesh `random`, else a client-side random pick). Hit rate is the engines' "
-             "own Δprefix_cache_hits / Δprefix_cache_queries; engine share is the least and most loaded engine's "
-             "share of the prompt tokens. Router CPU is the router process (and children) "
+             "own Δprefix_cache_hits / Δprefix_cache_queries; unlimited: the hit rate one never-evicting cache "
+             "would reach on the same prompts; engine share is the least and most loaded engine's "
+             "share of the prompt tokens; busiest/mean: the most requests one engine finished over the mean; "
+             "evicted: blocks the engines evicted (their BlockRemoved events). Router CPU is the router process (and children) "
              "over the run, in % of one core of this machine; \"+ mesh\" is the CPU of the services it needs beside it "
              "(kv-index; the autoscaler where it runs)."), ""]
     for case in result.cases:

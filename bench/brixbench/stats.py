@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(slots=True)
@@ -28,6 +29,9 @@ class RequestRecord:
     cached_tokens: int | None = None
     target: str = ""
     """Which engine served it, when the contender says (oracle, x-brixmesh-pod...)."""
+    prompt: Any = None
+    """The prompt as sent (chat messages or text): what cache bounds are computed on after the run."""
+    answer: str = ""
 
     @property
     def tpot_s(self) -> float | None:

@@ -1,4 +1,5 @@
-from brixbench.contenders.reference import EngineCache, block_keys
+from brixbench.contenders.reference import EngineCache
+from brixbench.kv_watch import block_keys
 from brixmesh.engine_sim.kv_event_types import AllBlocksCleared, BlockRemoved, BlockStored
 
 

@@ -345,3 +345,18 @@ def test_failure_injection_from_cli_flags() -> None:
         and faults["error_types"] == ["server_error"]
         and faults["slowdown"] == 2.0
     )
+
+
+async def test_chat_stream_begins_with_the_first_token_as_vllm_does() -> None:
+    """vLLM sends the role chunk with the first output, after the prefill: a router timing the first byte
+    sees the prefill (the simulator used to send it at once)."""
+    with sim_engine(["--time-to-first-token", "400"], kv_events=False) as engine:
+        async with httpx.AsyncClient(base_url=engine.base_url, timeout=30) as c:
+            body = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
+                    "stream": True}  # fmt: skip
+            started = time.monotonic()
+            async with c.stream("POST", "/v1/chat/completions", json=body) as response:
+                first = await anext(response.aiter_raw())
+                first_byte_s = time.monotonic() - started
+    assert b'"role":"assistant"' in first.replace(b" ", b"")
+    assert first_byte_s >= 0.35

@@ -9,9 +9,10 @@ from brixbench.contenders.base import Contender, RouterProcess
 from brixbench.contenders.catalogue import (
     DEFAULT_CONTENDERS,
     QUICK_CONTENDERS,
+    VLLM_CONTENDERS,
     UnknownContender,
     catalogue,
     resolve,
 )
 
-__all__ = ["DEFAULT_CONTENDERS", "QUICK_CONTENDERS", "Contender", "RouterProcess", "UnknownContender", "catalogue", "resolve"]
+__all__ = ["DEFAULT_CONTENDERS", "QUICK_CONTENDERS", "VLLM_CONTENDERS", "Contender", "RouterProcess", "UnknownContender", "catalogue", "resolve"]

@@ -29,8 +29,8 @@ DEPLOYMENT = "bench"
 
 def pod_infos(fleet: Fleet) -> list[PodInfo]:
     return [
-        PodInfo(pod=f"engine-{i}", deployment=DEPLOYMENT, model=fleet.spec.model, engine="sim", endpoint=url,
-                metrics_url=f"{url}/metrics", kv_events_endpoint=fleet.kv_endpoints[i],
+        PodInfo(pod=f"engine-{i}", deployment=DEPLOYMENT, model=fleet.spec.model, engine=fleet.spec.engine,
+                endpoint=url, metrics_url=f"{url}/metrics", kv_events_endpoint=fleet.kv_endpoints[i],
                 kv_replay_endpoint=fleet.kv_replay_endpoints[i], kv_events_topic="",
                 block_size=fleet.spec.block_size)
         for i, url in enumerate(fleet.urls)

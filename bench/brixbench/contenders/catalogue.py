@@ -10,12 +10,20 @@ from brixbench.contenders.reference import DirectRandom, Oracle
 
 COMPOSITION = "kv-aware:3,least-request:2"
 """brixmesh's precise composition: engine-event prefix affinity, restrained by in-flight load."""
+COST_MODEL = "cost-model"
+"""Predicted time to first token per pod (uncached tokens, queued prefill, running decodes, learned speeds)."""
 
 DEFAULT_CONTENDERS: tuple[str, ...] = (
     "brixmesh:random", "brixmesh:least-request", "brixmesh:prefix-cache", "brixmesh:kv-aware",
-    f"brixmesh:{COMPOSITION}", "smg:cache_aware", "vllm-router:cache_aware", "vllm-router:kv_aware", "oracle",
+    f"brixmesh:{COMPOSITION}", f"brixmesh:{COST_MODEL}", "smg:cache_aware", "vllm-router:cache_aware",
+    "vllm-router:kv_aware", "oracle",
 )
 QUICK_CONTENDERS = DEFAULT_CONTENDERS
+VLLM_CONTENDERS: tuple[str, ...] = (
+    "client-random", f"brixmesh:{COMPOSITION}", f"brixmesh:{COST_MODEL}", "smg:cache_aware",
+    "vllm-router:cache_aware", "oracle",
+)
+"""Real engines are slow to run: the composition and the cost model against the best peers and the oracle."""
 
 
 class UnknownContender(ValueError):

@@ -16,7 +16,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import zmq
 import zmq.asyncio
 from brixmesh.engine_sim.kv_event_types import AllBlocksCleared, BlockRemoved, BlockStored, KvEvent
@@ -24,6 +23,7 @@ from brixmesh.engine_sim.tokenizer import SimTokenizer
 
 from brixbench.client import Target
 from brixbench.fleet import TOKENIZER_DIR, Fleet
+from brixbench.kv_watch import block_keys, decode_batch
 
 
 class RandomTarget:
@@ -52,12 +52,6 @@ class DirectRandom:
 
     async def stop(self) -> None:
         return None
-
-
-class _Batch(msgspec.Struct, array_like=True):
-    ts: float
-    events: list[KvEvent]
-    data_parallel_rank: int | None = None
 
 
 class EngineCache:
@@ -97,14 +91,6 @@ class EngineCache:
         return count
 
 
-def block_keys(token_ids: list[int], block_size: int) -> list[int]:
-    keys, key = [], 0
-    for start in range(0, len(token_ids) - block_size + 1, block_size):
-        key = hash((key, tuple(token_ids[start : start + block_size])))
-        keys.append(key)
-    return keys
-
-
 class OracleTarget:
     def __init__(self, fleet: Fleet) -> None:
         self.urls = list(fleet.urls)
@@ -120,14 +106,13 @@ class OracleTarget:
             sock.setsockopt(zmq.SUBSCRIBE, b"")
             sock.connect(endpoint)
             self._sockets.append((url, sock))
-        self._decode = msgspec.msgpack.Decoder(_Batch).decode
         self._tasks = [asyncio.create_task(self._follow(url, sock)) for url, sock in self._sockets]
 
     async def _follow(self, url: str, sock: zmq.asyncio.Socket) -> None:
         cache = self.caches[url]
         while True:
             frames = await sock.recv_multipart()
-            for event in self._decode(frames[-1]).events:
+            for event in decode_batch(frames[-1]).events:
                 cache.apply(event, self.block_size)
 
     def _tokens(self, body: dict[str, Any]) -> list[int]:

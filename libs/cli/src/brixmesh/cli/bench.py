@@ -82,11 +82,15 @@ def compare(
                                   "(repeat; default: all)")] = None,
     workload: Annotated[list[str] | None, typer.Option(
         "--workload", "-w", help="shared-prefix and/or multi-turn (repeat; default: both)")] = None,
-    engines: Annotated[int | None, typer.Option(help="Simulated engines (default 8).")] = None,
+    engines: Annotated[int | None, typer.Option(help="Engines (default 8 simulated, 2 vLLM).")] = None,
     time_scale: Annotated[float | None, typer.Option(help="Wall seconds per simulated second.")] = None,
+    engine: Annotated[str, typer.Option(
+        help="sim (simulated H100s) or vllm (real vLLM CPU engines with the tiny model, small KV caches; "
+             "default contenders: the composition, the cost model, smg, vllm-router, the oracle).")] = "sim",
     out: Out = None,
 ) -> None:
-    """Start a simulated fleet and run the same workloads through brixmesh and its peers."""
+    """Start a fleet (simulated, or real vLLM on this CPU) and run the same workloads through brixmesh and its
+    peers."""
     presets = brixbench("presets")
     compare_mod = brixbench("compare")
     contenders_mod = brixbench("contenders")
@@ -94,7 +98,16 @@ def compare(
     fleet_mod = brixbench("fleet")
     text = brixbench("text")
     source = text.TextSource(text.single_token_words(fleet_mod.TOKENIZER_DIR / "tokenizer.json"))
-    cases = presets.tiny_cases(source) if tiny else presets.quick_cases(source) if quick else presets.full_cases(source)
+    if engine not in ("sim", "vllm"):
+        raise fail(f"unknown --engine {engine!r}; use sim or vllm")
+    if engine == "vllm":
+        if tiny or time_scale is not None:
+            raise fail("--tiny and --time-scale are for simulated engines")
+        cases = presets.vllm_cases(quick)
+    elif tiny:
+        cases = presets.tiny_cases(source)
+    else:
+        cases = presets.quick_cases(source) if quick else presets.full_cases(source)
     if workload:
         unknown = set(workload) - {case.name for case in cases}
         if unknown:
@@ -106,7 +119,9 @@ def compare(
         if time_scale is not None and time_scale <= 0:
             raise fail("--time-scale must be > 0")
         cases = [presets.with_fleet(case, engines=engines, time_scale=time_scale) for case in cases]
-    names = contender or list(contenders_mod.QUICK_CONTENDERS if quick else contenders_mod.DEFAULT_CONTENDERS)
+    defaults = (contenders_mod.VLLM_CONTENDERS if engine == "vllm"
+                else contenders_mod.QUICK_CONTENDERS if quick else contenders_mod.DEFAULT_CONTENDERS)
+    names = contender or list(defaults)
     try:
         for name in names:
             contenders_mod.resolve(name, None)

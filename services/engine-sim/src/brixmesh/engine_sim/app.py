@@ -279,12 +279,14 @@ class EngineApp:
         done = [False] * len(requests)
         stalled = False
         try:
-            if chat:
-                for index in range(len(requests)):
-                    yield writer.role_chunk(index)
+            roles_due = chat  # as vLLM: the role chunks go out with the first output, not before the prefill
             while not all(done):
                 await updated.wait()
                 updated.clear()
+                if roles_due:
+                    roles_due = False
+                    for index in range(len(requests)):
+                        yield writer.role_chunk(index)
                 for index, request in enumerate(requests):
                     if done[index]:
                         continue
