@@ -9,8 +9,11 @@ from brixmesh.router.kv.index import PrefixIndex
 from brixmesh.router.kv.tokenizer import LocalTokenizer
 from brixmesh.router.routing import Endpoint, RequestContext, Router, default_registry
 from brixmesh.router.routing.scorers.cost_model import (
+    FACTOR_HALF_LIFE_S,
+    FACTOR_LIMIT,
     PENALTY_CAP_S,
     CostModel,
+    Slowness,
     SpeedModel,
     full_cache_penalty,
 )
@@ -32,6 +35,18 @@ def test_speed_model_learns_a_pods_costs_from_first_byte_times() -> None:
 def test_speed_model_never_predicts_free_prefill() -> None:
     model = SpeedModel(weights=[0.01, -3.0, 0.0])
     assert model.predict(2000, 0) > model.predict(0, 0)
+
+
+def test_a_slow_pod_is_found_out_bounded_and_forgiven_while_unobserved() -> None:
+    slow = Slowness()
+    for _ in range(20):
+        slow.observe(1.8, at=0.0)
+    assert slow.now(0.0) == pytest.approx(1.8, rel=0.02)
+    slow.observe(50.0, at=0.0)  # one pathological answer moves it only up to the limit
+    assert slow.now(0.0) <= FACTOR_LIMIT
+    before = slow.now(0.0)
+    assert slow.now(FACTOR_HALF_LIFE_S) - 1 == pytest.approx((before - 1) / 2)
+    assert slow.now(10 * FACTOR_HALF_LIFE_S) == pytest.approx(1.0, abs=0.01)
 
 
 def test_full_cache_penalty_starts_near_full_and_is_bounded() -> None:
@@ -82,7 +97,7 @@ async def test_cached_pod_wins_until_its_queue_costs_more_than_the_prefill(setup
     for i in range(30):
         router.first_byte(request(f"q{i}", ""), first, pods[0])
     assert cost.queues.queued_tokens["a"] == 0.0
-    assert cost.speeds["a"].observations == 30
+    assert cost.speeds[MODEL].observations == 30
     last = await router.route(request("r3", PROMPT), pods, strategy)
     assert last.ranked[0].name == "a"
 

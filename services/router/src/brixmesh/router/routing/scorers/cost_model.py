@@ -10,9 +10,11 @@ For every candidate pod the prediction is
   lookup as ``kv-aware``; a prompt that cannot be tokenized counts as uncached everywhere);
 - *queued prefill*: the uncached tokens of requests this router sent there that have not yet answered their
   first byte; *running decodes*: the pod's other requests in flight (counted by every router replica);
-- *speeds* (``base``, ``per_token``, ``per_decode``): learned per pod, online, from the first-byte times this
-  router observes on streamed answers (recursive least squares with forgetting, :class:`SpeedModel`), so a
-  slower or busier pod is found out without configuration; a pod starts from the fleet's mean;
+- *speeds* (``base``, ``per_token``, ``per_decode``): learned online from the first-byte times this router
+  observes on streamed answers (recursive least squares with forgetting, :class:`SpeedModel`), one fit per
+  model's fleet, times a per-pod slowness factor (observed / predicted, smoothed, within
+  ``[1 / FACTOR_LIMIT, FACTOR_LIMIT]``) that fades back to 1 when the pod is not observed: a pod that was
+  slow once is tried again instead of being starved on an old estimate;
 - *full-cache penalty*: on a pod whose KV cache is nearly full (engine ``kv_usage``), placing this prompt's
   new blocks evicts someone else's, who must recompute them later: half the new blocks' prefill time, scaled
   by how full the cache is, and at most ``PENALTY_CAP_S``.
@@ -44,6 +46,11 @@ PENALTY_FULL_FROM = 0.8
 EVICTION_SHARE = 0.5
 """Share of the new blocks' prefill time charged for the prefixes they evict."""
 PENALTY_CAP_S = 0.5
+FACTOR_LIMIT = 2.0
+FACTOR_SMOOTHING = 0.2
+"""Weight of one observation in a pod's slowness factor."""
+FACTOR_HALF_LIFE_S = 10.0
+"""A pod's factor halves its distance to 1 per this many seconds without an observation."""
 _PENDING_LIMIT = 4096
 _P_START = 100.0
 """Initial covariance: large, so the first observations outweigh the prior."""
@@ -84,6 +91,24 @@ class SpeedModel:
 
     def copy(self) -> SpeedModel:
         return SpeedModel(list(self.weights), self.forgetting)
+
+
+@dataclass(slots=True)
+class Slowness:
+    """How much slower than the fleet fit one pod answers, fading back to 1 while unobserved. Pure."""
+
+    factor: float = 1.0
+    observed_at: float = 0.0
+
+    def now(self, at: float) -> float:
+        fade = 0.5 ** (max(0.0, at - self.observed_at) / FACTOR_HALF_LIFE_S)
+        return 1.0 + (self.factor - 1.0) * fade
+
+    def observe(self, ratio: float, at: float) -> None:
+        current = self.now(at)
+        ratio = min(FACTOR_LIMIT, max(1.0 / FACTOR_LIMIT, ratio))
+        self.factor = current + FACTOR_SMOOTHING * (ratio - current)
+        self.observed_at = at
 
 
 def full_cache_penalty(per_token_s: float, new_tokens: float, kv_usage: float) -> float:
@@ -134,6 +159,8 @@ class CostModel:
         self.kv = kv
         self.clock = clock
         self.speeds: dict[str, SpeedModel] = {}
+        """Per model: the fleet's fit."""
+        self.slowness: dict[str, Slowness] = {}
         self.queues = PodQueues()
         self._uncached: dict[str, dict[str, float]] = {}
         """request id -> pod -> uncached tokens, from ``score`` to ``on_routed``."""
@@ -141,15 +168,16 @@ class CostModel:
     async def prepare(self, ctx: RequestContext) -> None:
         await self.kv.prepare(ctx)
 
-    def speed(self, pod: str) -> SpeedModel:
-        found = self.speeds.get(pod)
+    def speed(self, model: str) -> SpeedModel:
+        found = self.speeds.get(model)
         if found is None:
-            if self.speeds:
-                mean = [sum(m.weights[i] for m in self.speeds.values()) / len(self.speeds) for i in range(3)]
-                found = SpeedModel(mean)
-            else:
-                found = SpeedModel()
-            self.speeds[pod] = found
+            found = self.speeds[model] = SpeedModel()
+        return found
+
+    def _slowness(self, pod: str) -> Slowness:
+        found = self.slowness.get(pod)
+        if found is None:
+            found = self.slowness[pod] = Slowness(observed_at=self.clock())
         return found
 
     def predictions(self, ctx: RequestContext, pods: Sequence[Endpoint]) -> dict[str, float]:
@@ -160,11 +188,12 @@ class CostModel:
         if len(self._uncached) > _PENDING_LIMIT:
             self._uncached.pop(next(iter(self._uncached)))
         out = {}
+        model = self.speed(ctx.base_model or ctx.model)
+        now = self.clock()
         for pod in pods:
-            model = self.speed(pod.name)
             queued = self.queues.queued_tokens.get(pod.name, 0.0)
             running = max(0, pod.in_flight - self.queues.queued_requests.get(pod.name, 0))
-            predicted = model.predict(queued + uncached[pod.name], running)
+            predicted = model.predict(queued + uncached[pod.name], running) * self._slowness(pod.name).now(now)
             metrics = pod.metrics
             if metrics is not None and not metrics.stale:
                 per_token = max(model.weights[1], FLOORS[1]) / TOKEN_UNIT
@@ -192,8 +221,15 @@ class CostModel:
 
     def on_first_byte(self, ctx: RequestContext, pod: Endpoint) -> None:
         sent = self.queues.drop(ctx.request_id)
-        if sent is not None and sent.sent_at >= 0 and sent.pod == pod.name:
-            self.speed(pod.name).observe(sent.tokens, sent.running, self.clock() - sent.sent_at)
+        if sent is None or sent.sent_at < 0 or sent.pod != pod.name:
+            return
+        now = self.clock()
+        ttft = now - sent.sent_at
+        model = self.speed(ctx.base_model or ctx.model)
+        predicted = model.predict(sent.tokens, sent.running)
+        if predicted > 0:
+            self._slowness(pod.name).observe(ttft / predicted, now)
+        model.observe(sent.tokens, sent.running, ttft)
 
     def on_completed(self, ctx: RequestContext, pod: Endpoint, usage: object) -> None:
         self.queues.drop(ctx.request_id)
