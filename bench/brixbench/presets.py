@@ -101,8 +101,15 @@ def one_off_prompts(source: TextSource, *, count: int, length: int, output_len: 
             for i in range(count)]
 
 
+TINY_CPU_TIMING = ("--perf-model", "per-token", "--inter-token-latency", "4", "--prefill-overhead", "20",
+                   "--prefill-time-per-token", "0.02")
+"""The simulator's step times set to what the tiny model measured on this CPU (TPOT p50 3-4 ms, TTFT of a
+short prompt on an idle engine about 20 ms): ``--engine vllm-sim`` runs the real-engine cases on it."""
+
+
 def vllm_multi_turn_case(source: TextSource, *, sessions: int = 40, blocks: int = 64, session_qps: float = 2.0,
-                         long_prompts: int = 0, engines: int = 2, seed: int = 0) -> WorkloadCase:
+                         long_prompts: int = 0, engines: int = 2, simulated: bool = False,
+                         seed: int = 0) -> WorkloadCase:
     jobs = conversations(source, sessions=sessions, systems=4, system_len=192, turn_len_mean=60, max_turns=6,
                          output_len=16, seed=seed)
     name, what = "multi-turn", f"{sessions} sessions (4 shared system prompts of 192 tokens, <= 6 turns of ~60)"
@@ -113,24 +120,27 @@ def vllm_multi_turn_case(source: TextSource, *, sessions: int = 40, blocks: int 
         name, what = "mixed", f"{what} + {long_prompts} one-off 700-token prompts"
     if blocks < 64:
         name += f"-{blocks}-blocks"
-    fleet = FleetSpec(engines=engines, model=vllm_cpu.MODEL_NAME, engine="vllm", time_scale=1.0,
-                      block_size=vllm_cpu.BLOCK_SIZE, num_gpu_blocks=blocks, max_model_len=vllm_cpu.MAX_MODEL_LEN)
+    fleet = FleetSpec(engines=engines, model=vllm_cpu.MODEL_NAME, engine="sim" if simulated else "vllm",
+                      model_profile="tiny-llama", time_scale=1.0, block_size=vllm_cpu.BLOCK_SIZE,
+                      num_gpu_blocks=blocks, max_model_len=vllm_cpu.MAX_MODEL_LEN, processes=1,
+                      extra_args=TINY_CPU_TIMING if simulated else ())
     turns = sum(len(job.turns) for job in jobs)
     return WorkloadCase(name, jobs, arrivals.poisson(session_qps, len(jobs), seed), fleet, VLLM_SLO,
-                        f"real vLLM x {engines}: {what}, {turns} requests, output 16; Poisson {session_qps:g} "
+                        f"{'simulated' if simulated else 'real'} vLLM x {engines}: {what}, {turns} requests, output 16; Poisson {session_qps:g} "
                         f"sessions/s; KV {blocks} blocks of {vllm_cpu.BLOCK_SIZE} tokens/engine")
 
 
-def vllm_cases(quick: bool = False) -> list[WorkloadCase]:
-    """Real vLLM CPU engines (two, one per core): the working set of live conversations is about one engine's
-    cache and a half, so placement decides what stays cached."""
+def vllm_cases(quick: bool = False, simulated: bool = False) -> list[WorkloadCase]:
+    """Real vLLM CPU engines (two, one per core), or ``simulated`` ones with the same KV geometry and speeds:
+    the working set of live conversations is about one engine's cache and a half, so placement decides what
+    stays cached."""
     from brixbench.fleet import TOKENIZER_DIR
     from brixbench.text import single_token_words
 
     source = TextSource(single_token_words(TOKENIZER_DIR / "tokenizer.json"))
     sessions = 24 if quick else 40
-    cases = [vllm_multi_turn_case(source, sessions=sessions),
-             vllm_multi_turn_case(source, sessions=sessions, long_prompts=sessions // 4)]
+    cases = [vllm_multi_turn_case(source, sessions=sessions, simulated=simulated),
+             vllm_multi_turn_case(source, sessions=sessions, long_prompts=sessions // 4, simulated=simulated)]
     if not quick:
-        cases.append(vllm_multi_turn_case(source, sessions=sessions, blocks=40))
+        cases.append(vllm_multi_turn_case(source, sessions=sessions, blocks=40, simulated=simulated))
     return cases

@@ -121,3 +121,17 @@ def test_speed_model_stays_finite_when_a_feature_never_varies() -> None:
     for _ in range(5000):
         model.observe(100, 0, 0.03)
     assert model.predict(100, 0) == pytest.approx(0.03, rel=0.01)
+
+
+async def test_close_predictions_stay_with_the_pod_holding_the_prefix(setup) -> None:
+    router, cost, pods, tokens = setup
+    strategy = router.registry.strategy("cost-model")
+    model = cost.speed(MODEL)
+    model.mean_square_error = 0.05**2  # the fit is typically 50 ms off
+    for i in range(2):  # a holds the prefix but runs two more decodes: 2 x 2 ms by the prior
+        router.registry.env.load.start("other-router", f"running-{i}", "a", 0.0)
+    decision = await router.route(request("r1", PROMPT), pods, strategy)
+    assert decision.ranked[0].name == "a"
+    model.mean_square_error = 0.0001**2  # a precise fit: the load difference decides
+    decision = await router.route(request("r2", PROMPT), pods, strategy)
+    assert decision.ranked[0].name == "b"

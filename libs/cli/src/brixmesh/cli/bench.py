@@ -85,8 +85,9 @@ def compare(
     engines: Annotated[int | None, typer.Option(help="Engines (default 8 simulated, 2 vLLM).")] = None,
     time_scale: Annotated[float | None, typer.Option(help="Wall seconds per simulated second.")] = None,
     engine: Annotated[str, typer.Option(
-        help="sim (simulated H100s) or vllm (real vLLM CPU engines with the tiny model, small KV caches; "
-             "default contenders: the composition, the cost model, smg, vllm-router, the oracle).")] = "sim",
+        help="sim (simulated H100s), vllm (real vLLM CPU engines with the tiny model, small KV caches; "
+             "default contenders: the composition, the cost model, smg, vllm-router, the oracle) or vllm-sim "
+             "(vllm's cases on simulated engines of the same KV geometry and speed).")] = "sim",
     out: Out = None,
 ) -> None:
     """Start a fleet (simulated, or real vLLM on this CPU) and run the same workloads through brixmesh and its
@@ -98,12 +99,12 @@ def compare(
     fleet_mod = brixbench("fleet")
     text = brixbench("text")
     source = text.TextSource(text.single_token_words(fleet_mod.TOKENIZER_DIR / "tokenizer.json"))
-    if engine not in ("sim", "vllm"):
-        raise fail(f"unknown --engine {engine!r}; use sim or vllm")
-    if engine == "vllm":
+    if engine not in ("sim", "vllm", "vllm-sim"):
+        raise fail(f"unknown --engine {engine!r}; use sim, vllm or vllm-sim")
+    if engine != "sim":
         if tiny or time_scale is not None:
-            raise fail("--tiny and --time-scale are for simulated engines")
-        cases = presets.vllm_cases(quick)
+            raise fail("--tiny and --time-scale are for the simulated H100 fleet")
+        cases = presets.vllm_cases(quick, simulated=engine == "vllm-sim")
     elif tiny:
         cases = presets.tiny_cases(source)
     else:
@@ -119,7 +120,7 @@ def compare(
         if time_scale is not None and time_scale <= 0:
             raise fail("--time-scale must be > 0")
         cases = [presets.with_fleet(case, engines=engines, time_scale=time_scale) for case in cases]
-    defaults = (contenders_mod.VLLM_CONTENDERS if engine == "vllm"
+    defaults = (contenders_mod.VLLM_CONTENDERS if engine != "sim"
                 else contenders_mod.QUICK_CONTENDERS if quick else contenders_mod.DEFAULT_CONTENDERS)
     names = contender or list(defaults)
     try:

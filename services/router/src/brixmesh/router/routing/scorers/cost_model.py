@@ -19,12 +19,18 @@ For every candidate pod the prediction is
   new blocks evicts someone else's, who must recompute them later: half the new blocks' prefill time, scaled
   by how full the cache is, and at most ``PENALTY_CAP_S``.
 
+A pod's prediction is lowered by the fit's typical error (its RMS residual) times the share of the prompt the
+pod holds: a request leaves the pod holding its prefix only for a predicted gain the model can tell from its
+own noise, so conversations do not hop between pods (and evict each other) on load differences of a few
+milliseconds.
+
 The scores are ``smallest prediction / prediction`` (the best pod scores 1), so the scorer composes with
 others, but alone it needs no load guard: load is in the prediction (category ``distribution``).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -64,6 +70,8 @@ class SpeedModel:
     weights: list[float] = field(default_factory=lambda: list(PRIOR))
     forgetting: float = 0.97
     observations: int = 0
+    mean_square_error: float = PRIOR[0] ** 2
+    """Smoothed squared error of the predictions before each observation (same forgetting)."""
     _p: list[list[float]] = field(default_factory=lambda: [[_P_START if i == j else 0.0 for j in range(3)]
                                                            for i in range(3)])
 
@@ -82,6 +90,7 @@ class SpeedModel:
         denominator = self.forgetting + sum(x[i] * px[i] for i in range(3))
         gain = [v / denominator for v in px]
         error = ttft_s - sum(w * xi for w, xi in zip(self.weights, x, strict=True))
+        self.mean_square_error += (1 - self.forgetting) * (error * error - self.mean_square_error)
         self.weights = [w + g * error for w, g in zip(self.weights, gain, strict=True)]
         self._p = [[(p[i][j] - gain[i] * px[j]) / self.forgetting for j in range(3)] for i in range(3)]
         trace = self._p[0][0] + self._p[1][1] + self._p[2][2]
@@ -89,8 +98,9 @@ class SpeedModel:
             self._p = [[v * _P_TRACE_LIMIT / trace for v in row] for row in self._p]
         self.observations += 1
 
-    def copy(self) -> SpeedModel:
-        return SpeedModel(list(self.weights), self.forgetting)
+    @property
+    def typical_error(self) -> float:
+        return math.sqrt(self.mean_square_error)
 
 
 @dataclass(slots=True)
@@ -164,6 +174,8 @@ class CostModel:
         self.queues = PodQueues()
         self._uncached: dict[str, dict[str, float]] = {}
         """request id -> pod -> uncached tokens, from ``score`` to ``on_routed``."""
+        self._held_share: dict[str, dict[str, float]] = {}
+        """request id -> pod -> share of the prompt it holds, for ``score``."""
 
     async def prepare(self, ctx: RequestContext) -> None:
         await self.kv.prepare(ctx)
@@ -184,9 +196,12 @@ class CostModel:
         prompt = self.kv.prompt_tokens(ctx) or ctx.estimated_prompt_tokens()
         cached = self.kv.cached_tokens(ctx, pods)
         uncached = {pod.name: float(max(0, prompt - cached.get(pod.name, 0))) for pod in pods}
+        self._held_share[ctx.request_id] = {name: min(1.0, tokens / prompt) for name, tokens in cached.items()}
         self._uncached[ctx.request_id] = uncached
         if len(self._uncached) > _PENDING_LIMIT:
             self._uncached.pop(next(iter(self._uncached)))
+        if len(self._held_share) > _PENDING_LIMIT:
+            self._held_share.pop(next(iter(self._held_share)))
         out = {}
         model = self.speed(ctx.base_model or ctx.model)
         now = self.clock()
@@ -205,6 +220,9 @@ class CostModel:
         predicted = self.predictions(ctx, pods)
         if not predicted:
             return {}
+        held = self._held_share.pop(ctx.request_id, {})
+        margin = self.speed(ctx.base_model or ctx.model).typical_error
+        predicted = {name: max(1e-6, value - margin * held.get(name, 0.0)) for name, value in predicted.items()}
         best = min(predicted.values())
         return {name: best / value if value > 0 else 1.0 for name, value in predicted.items()}
 
@@ -234,3 +252,4 @@ class CostModel:
     def on_completed(self, ctx: RequestContext, pod: Endpoint, usage: object) -> None:
         self.queues.drop(ctx.request_id)
         self._uncached.pop(ctx.request_id, None)
+        self._held_share.pop(ctx.request_id, None)
