@@ -104,7 +104,8 @@ async def run_case(case: WorkloadCase, contenders: Sequence[str], workdir: Path,
     fleet = Fleet(case.fleet, workdir / case.name)
     mesh = MeshProvider(scrape_metrics=case.engine_metrics_on_bus)
     if case.fleet.engine == "vllm":
-        report(f"[{case.name}] starting {case.fleet.engines} vLLM CPU engines ({case.fleet.num_gpu_blocks} blocks)")
+        report(f"[{case.name}] starting {case.fleet.engines} vLLM CPU engines "
+               f"({case.fleet.num_gpu_blocks} blocks)")
     else:
         report(f"[{case.name}] starting {case.fleet.engines} simulated {case.fleet.gpu} engines "
                f"(time scale {case.fleet.time_scale:g})")
@@ -151,7 +152,8 @@ async def _run_one(case: WorkloadCase, name: str, contender: Contender, fleet: F
         await contender.stop()
     run = ContenderRun(name, case.name, "ok", result=result, router_cpu_s=_delta(cpu_before, cpu_after),
                        helper_cpu_s=_delta(helper_before, helper_after), wall_s=time.monotonic() - started,
-                       evicted_blocks=tuple(evicted), hit_rate_bound=_hit_rate_bound(result, case.fleet.block_size))
+                       evicted_blocks=tuple(evicted),
+                       hit_rate_bound=_hit_rate_bound(result, case.fleet.block_size))
     s = result.summary
     failed = s.requests - s.succeeded
     if failed:
@@ -166,9 +168,10 @@ async def _run_one(case: WorkloadCase, name: str, contender: Contender, fleet: F
 
 def _hit_rate_bound(result: RunResult, block_size: int) -> float:
     tokenizer = SimTokenizer(TOKENIZER_DIR)
-    requests = [(tokenizer.encode_chat(r.prompt) if isinstance(r.prompt, list) else tokenizer.encode(r.prompt),
-                 tokenizer.encode(r.answer, add_special_tokens=False))
-                for r in sorted(result.records, key=lambda r: r.sent_s) if r.ok and r.prompt is not None]
+    sent = sorted((r for r in result.records if r.ok and r.prompt is not None), key=lambda r: r.sent_s)
+    encode, encode_chat = tokenizer.encode, tokenizer.encode_chat
+    requests = [(encode_chat(r.prompt) if isinstance(r.prompt, list) else encode(r.prompt),
+                 encode(r.answer, add_special_tokens=False)) for r in sent]
     return unlimited_cache_hit_rate(requests, block_size)
 
 

@@ -35,7 +35,8 @@ def block_keys(token_ids: Sequence[int], block_size: int) -> list[int]:
     return keys
 
 
-def unlimited_cache_hit_rate(requests: Iterable[tuple[Sequence[int], Sequence[int]]], block_size: int) -> float:
+def unlimited_cache_hit_rate(requests: Iterable[tuple[Sequence[int], Sequence[int]]],
+                             block_size: int) -> float:
     """Hit rate of one never-evicting cache that saw every earlier request, counted as vLLM counts it.
 
     ``requests`` are (prompt, output) token ids in sending order. Hits are whole leading blocks, at most all

@@ -85,7 +85,7 @@ def with_fleet(case: WorkloadCase, *, engines: int | None = None, time_scale: fl
 
 def conversations(source: TextSource, *, sessions: int, systems: int, system_len: int, turn_len_mean: float,
                   max_turns: int, output_len: int, seed: int) -> list[Job]:
-    """Multi-turn sessions (history resent) whose system prompts are shared: session i uses system i % systems."""
+    """Multi-turn sessions (history resent) sharing system prompts: session i uses system ``i % systems``."""
     rng = random.Random(seed + 1)
     prompts = [source.text(rng, system_len) for _ in range(systems)]
     jobs = multi_turn(source, sessions=sessions, turn_len_mean=turn_len_mean, turn_len_std=turn_len_mean / 3,
@@ -101,18 +101,22 @@ def one_off_prompts(source: TextSource, *, count: int, length: int, output_len: 
             for i in range(count)]
 
 
-TINY_CPU_TIMING = ("--perf-model", "per-token", "--inter-token-latency", "4", "--prefill-overhead", "20",
-                   "--prefill-time-per-token", "0.02")
-"""The simulator's step times set to what the tiny model measured on this CPU (TPOT p50 3-4 ms, TTFT of a
-short prompt on an idle engine about 20 ms): ``--engine vllm-sim`` runs the real-engine cases on it."""
+TINY_CPU_TIMING = ("--perf-model", "per-token", "--inter-token-latency", "12", "--prefill-overhead", "100",
+                   "--prefill-time-per-token", "0.05")
+"""The simulator's step times set to what the two real engines measured *in this benchmark*, sharing two
+busy cores with the client and the routers (TTFT mean 140-300 ms, TPOT p50 2-40 ms); an idle engine is
+5-10x faster (reference: 20 ms TTFT, 4 ms per token), and with those times every router looked alike (the
+engines never held a queue). ``--engine vllm-sim`` runs the real-engine cases on it."""
 
 
-def vllm_multi_turn_case(source: TextSource, *, sessions: int = 40, blocks: int = 64, session_qps: float = 2.0,
-                         long_prompts: int = 0, engines: int = 2, simulated: bool = False,
+def vllm_multi_turn_case(source: TextSource, *, sessions: int = 40, blocks: int = 64,
+                         session_qps: float = 2.0, long_prompts: int = 0, engines: int = 2,
+                         simulated: bool = False,
                          seed: int = 0) -> WorkloadCase:
     jobs = conversations(source, sessions=sessions, systems=4, system_len=192, turn_len_mean=60, max_turns=6,
                          output_len=16, seed=seed)
-    name, what = "multi-turn", f"{sessions} sessions (4 shared system prompts of 192 tokens, <= 6 turns of ~60)"
+    name = "multi-turn"
+    what = f"{sessions} sessions (4 shared system prompts of 192 tokens, <= 6 turns of ~60)"
     if long_prompts:
         extra = one_off_prompts(source, count=long_prompts, length=700, output_len=16, seed=seed)
         jobs = [*jobs, *extra]
@@ -126,7 +130,8 @@ def vllm_multi_turn_case(source: TextSource, *, sessions: int = 40, blocks: int 
                       extra_args=TINY_CPU_TIMING if simulated else ())
     turns = sum(len(job.turns) for job in jobs)
     return WorkloadCase(name, jobs, arrivals.poisson(session_qps, len(jobs), seed), fleet, VLLM_SLO,
-                        f"{'simulated' if simulated else 'real'} vLLM x {engines}: {what}, {turns} requests, output 16; Poisson {session_qps:g} "
+                        f"{'simulated' if simulated else 'real'} vLLM x {engines}: {what}, {turns} requests, "
+                        f"output 16; Poisson {session_qps:g} "
                         f"sessions/s; KV {blocks} blocks of {vllm_cpu.BLOCK_SIZE} tokens/engine")
 
 

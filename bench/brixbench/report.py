@@ -195,15 +195,15 @@ def write_report(result: CompareResult, directory: Path, title: str = "brixmesh 
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "results.json").write_text(json.dumps(results_json(result), indent=1))
     lines = [f"# {title}", "",
-             ("Times are modelled seconds of the simulated GPUs (wall time divided by the time scale; real vLLM "
-             "engines: wall seconds). Ratios are "
-             "to random routing (brixmesh `random`, else a client-side random pick). Hit rate is the engines' "
-             "own Δprefix_cache_hits / Δprefix_cache_queries; unlimited: the hit rate one never-evicting cache "
-             "would reach on the same prompts; engine share is the least and most loaded engine's "
-             "share of the prompt tokens; busiest/mean: the most requests one engine finished over the mean; "
-             "evicted: blocks the engines evicted (their BlockRemoved events). Router CPU is the router process (and children) "
-             "over the run, in % of one core of this machine; \"+ mesh\" is the CPU of the services it needs beside it "
-             "(kv-index; the autoscaler where it runs)."), ""]
+             ("Times are modelled seconds of the simulated GPUs (wall time divided by the time scale; "
+              "real vLLM engines: wall seconds). Ratios are to random routing (brixmesh `random`, else a "
+              "client-side random pick). Hit rate is the engines' own Δprefix_cache_hits / Δprefix_cache_queries; "
+              "unlimited: the hit rate one never-evicting cache would reach on the same prompts; engine "
+              "share is the least and most loaded engine's share of the prompt tokens; busiest/mean: the most "
+              "requests one engine finished over the mean; evicted: blocks the engines evicted (their "
+              "BlockRemoved events). Router CPU is the router process (and children) over the run, in % of "
+              "one core of this machine; \"+ mesh\" is the CPU of the services it needs beside it "
+              "(kv-index; the autoscaler where it runs)."), ""]
     for case in result.cases:
         runs = result.for_workload(case.name)
         lines += [f"## {case.name}", "", case.description, "",

@@ -113,7 +113,7 @@ async def test_a_full_cache_is_penalised_only_when_it_would_store_new_blocks(set
     assert plain["a"] > plain["b"]
     assert plain["a"] - plain["b"] <= PENALTY_CAP_S
     cached = await router.route(request("r1", PROMPT), pods, strategy)
-    assert cached.ranked[0].name == "a"  # the prompt is (nearly) all cached on a: little to store, little penalty
+    assert cached.ranked[0].name == "a"  # (nearly) all cached on a: little to store, little penalty
 
 
 def test_speed_model_stays_finite_when_a_feature_never_varies() -> None:

@@ -15,4 +15,5 @@ from brixbench.contenders.catalogue import (
     resolve,
 )
 
-__all__ = ["DEFAULT_CONTENDERS", "QUICK_CONTENDERS", "VLLM_CONTENDERS", "Contender", "RouterProcess", "UnknownContender", "catalogue", "resolve"]
+__all__ = ["DEFAULT_CONTENDERS", "QUICK_CONTENDERS", "VLLM_CONTENDERS", "Contender", "RouterProcess",
+           "UnknownContender", "catalogue", "resolve"]

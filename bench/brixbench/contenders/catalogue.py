@@ -11,7 +11,7 @@ from brixbench.contenders.reference import DirectRandom, Oracle
 COMPOSITION = "kv-aware:3,least-request:2"
 """brixmesh's precise composition: engine-event prefix affinity, restrained by in-flight load."""
 COST_MODEL = "cost-model"
-"""Predicted time to first token per pod (uncached tokens, queued prefill, running decodes, learned speeds)."""
+"""Predicted time to first token per pod (uncached tokens, queued prefill, running decodes, fitted speeds)."""
 
 DEFAULT_CONTENDERS: tuple[str, ...] = (
     "brixmesh:random", "brixmesh:least-request", "brixmesh:prefix-cache", "brixmesh:kv-aware",

@@ -12,7 +12,8 @@ where this package plugs in state that needs the bus and readiness:
   via ``pods.on_removed``).
 
 What it adds: the global prefix index (:mod:`.index`) kept by :mod:`.follower` from JetStream (the router is
-not ready until the index is rebuilt), the ``kv-aware`` and ``cost-model`` scorers (:mod:`brixmesh.router.routing.scorers`),
+not ready until the index is rebuilt), the ``kv-aware`` and ``cost-model`` scorers
+(:mod:`brixmesh.router.routing.scorers`),
 the tokenizer behind ``RequestContext.token_ids()`` (:mod:`.tokenizer`), metrics (:mod:`.metrics`) and
 ``/admin/kv/*`` (:mod:`.admin`). Settings: ``BRIXMESH_KV_*`` (:mod:`.settings`).
 """

@@ -196,7 +196,7 @@ class CostModel:
         prompt = self.kv.prompt_tokens(ctx) or ctx.estimated_prompt_tokens()
         cached = self.kv.cached_tokens(ctx, pods)
         uncached = {pod.name: float(max(0, prompt - cached.get(pod.name, 0))) for pod in pods}
-        self._held_share[ctx.request_id] = {name: min(1.0, tokens / prompt) for name, tokens in cached.items()}
+        self._held_share[ctx.request_id] = {name: min(1.0, held / prompt) for name, held in cached.items()}
         self._uncached[ctx.request_id] = uncached
         if len(self._uncached) > _PENDING_LIMIT:
             self._uncached.pop(next(iter(self._uncached)))
@@ -208,7 +208,8 @@ class CostModel:
         for pod in pods:
             queued = self.queues.queued_tokens.get(pod.name, 0.0)
             running = max(0, pod.in_flight - self.queues.queued_requests.get(pod.name, 0))
-            predicted = model.predict(queued + uncached[pod.name], running) * self._slowness(pod.name).now(now)
+            slowness = self._slowness(pod.name).now(now)
+            predicted = model.predict(queued + uncached[pod.name], running) * slowness
             metrics = pod.metrics
             if metrics is not None and not metrics.stale:
                 per_token = max(model.weights[1], FLOORS[1]) / TOKEN_UNIT
@@ -222,7 +223,8 @@ class CostModel:
             return {}
         held = self._held_share.pop(ctx.request_id, {})
         margin = self.speed(ctx.base_model or ctx.model).typical_error
-        predicted = {name: max(1e-6, value - margin * held.get(name, 0.0)) for name, value in predicted.items()}
+        predicted = {name: max(1e-6, value - margin * held.get(name, 0.0))
+                     for name, value in predicted.items()}
         best = min(predicted.values())
         return {name: best / value if value > 0 else 1.0 for name, value in predicted.items()}
 
