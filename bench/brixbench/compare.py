@@ -7,7 +7,9 @@ of stopping the comparison.
 
 from __future__ import annotations
 
+import asyncio
 import math
+import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -109,8 +111,8 @@ async def run_case(case: WorkloadCase, contenders: Sequence[str], workdir: Path,
     else:
         report(f"[{case.name}] starting {case.fleet.engines} simulated {case.fleet.gpu} engines "
                f"(time scale {case.fleet.time_scale:g})")
-    await fleet.start()
     try:
+        await fleet.start()
         for name in contenders:
             contender: Contender = resolve(name, mesh)
             reason = contender.unavailable()
@@ -121,8 +123,10 @@ async def run_case(case: WorkloadCase, contenders: Sequence[str], workdir: Path,
             runs.append(await _run_one(case, name, contender, fleet, mesh, workdir / case.name, report,
                                        on_request_done))
     finally:
-        await mesh.stop()
-        await fleet.stop()
+        try:
+            await mesh.stop()
+        finally:
+            await fleet.stop()  # real engines run in their own sessions: never leave them behind
     return runs
 
 
@@ -183,6 +187,9 @@ async def compare(cases: Sequence[WorkloadCase], contenders: Sequence[str], work
                   on_request_done: Callable[[], None] = lambda: None) -> CompareResult:
     for name in contenders:  # fail on a typo before starting anything
         resolve(name, MeshProvider())
+    main = asyncio.current_task()
+    if main is not None:  # SIGTERM unwinds like Ctrl-C: engines and routers are stopped on the way out
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
     result = CompareResult(list(cases))
     for case in cases:
         result.runs += await run_case(case, contenders, workdir, report, on_request_done)

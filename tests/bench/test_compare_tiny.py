@@ -6,7 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
+
+from tests.waiting import eventually
 
 BRIXMESH = Path(sys.executable).parent / "brixmesh"
 REPO = Path(__file__).resolve().parents[2]
@@ -44,3 +47,25 @@ def test_compare_refuses_unknown_contenders_in_one_line(tmp_path):
     assert run.stderr.strip().splitlines() == [
         ("brixmesh bench: unknown contender 'nginx'; use brixmesh:<strategy>, smg:<policy>, "
          "vllm-router:<policy>, oracle or client-random")]
+
+
+@pytest.mark.timeout(120)
+async def test_sigterm_stops_the_engines_it_started(tmp_path):
+    """Engines run in their own sessions (real vLLM ones hold GBs): a terminated compare must stop them."""
+    argv = [str(BRIXMESH), "bench", "compare", "--tiny", "-c", "oracle", "--out", str(tmp_path)]
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cli = psutil.Process(proc.pid)
+    engines: list[psutil.Process] = []
+
+    def engines_started() -> bool:
+        engines[:] = [p for p in cli.children(recursive=True) if "brixmesh.engine_sim" in p.cmdline()]
+        return bool(engines)
+
+    try:
+        await eventually(engines_started, 60)
+    finally:
+        proc.terminate()
+        _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert err.strip().splitlines()[-1] == "brixmesh bench: stopped by SIGTERM (engines and routers stopped)"
+    assert not any(engine.is_running() and engine.status() != psutil.STATUS_ZOMBIE for engine in engines)

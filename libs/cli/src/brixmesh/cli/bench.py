@@ -141,6 +141,8 @@ def compare(
         if progress:
             progress.start()
         result = asyncio.run(compare_mod.compare(cases, names, directory / "work", report_line, advance))
+    except asyncio.CancelledError:
+        raise fail("stopped by SIGTERM (engines and routers stopped)") from None
     finally:
         if progress:
             progress.stop()
