@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from brixmesh.router.routing.context import Tokenizer
 from brixmesh.router.routing.load import LoadTracker
+from brixmesh.router.routing.pd import PdPairing
 from brixmesh.router.routing.picker import LoadGuard
 from brixmesh.router.routing.prefix_index import PrefixIndex
 from brixmesh.router.routing.scorer import Scorer
@@ -45,6 +46,11 @@ class Strategy:
     name: str
     """The spec as normalised (``"a:3,b:1"``), reported in ``x-brixmesh-strategy``."""
     parts: tuple[tuple[Scorer, float], ...]
+
+    @property
+    def pairing(self) -> PdPairing | None:
+        """The ``pd`` scorer when the strategy names it: requests then go through prefill and decode pods."""
+        return next((scorer for scorer, _ in self.parts if isinstance(scorer, PdPairing)), None)
 
     @property
     def has_affinity(self) -> bool:
