@@ -1,4 +1,4 @@
-"""Prefill/decode KV transfer between simulated engines: vLLM's ``--kv-transfer-config`` and SGLang's bootstrap.
+"""P/D KV transfer between simulated engines: vLLM's ``--kv-transfer-config`` and SGLang's bootstrap.
 
 Connectors (``kv_connector``):
 - ``NixlConnector`` (vLLM's pull scheduler): a producer (``kv_producer``/``kv_both``) that gets a request with

@@ -181,7 +181,7 @@ class Replica:
         )
 
     async def start_transfer(self) -> None:
-        """Opens the KV transfer port (P/D producers), before the HTTP port: decode engines may pull at once."""
+        """Opens the KV transfer port (P/D producers) before the HTTP port: decodes may pull at once."""
         if self.transfer is not None:
             await self.transfer.start()
 

@@ -452,7 +452,7 @@ class Gateway:
     def _upstream_headers(self, ctx: RequestContext) -> bytes:
         headers = b"X-Request-Id: " + ctx.request_id.encode("latin-1") + b"\r\n"
         client_trace = ctx.headers.get("traceparent")
-        if client_trace and self.tracing is None:  # not traced here: the engine's spans join the client's trace
+        if client_trace and self.tracing is None:  # not traced here: engine spans join the client's trace
             headers += b"traceparent: " + client_trace.encode("latin-1") + b"\r\n"
         return headers
 

@@ -10,8 +10,8 @@
   the decode pod pulls the KV from the prefill pod's bootstrap server.
 
 Failures: a prefill pod that fails (connection, timeout, 5xx) is replaced by the next prefill pod of the plan;
-when that fails too, or a prefill pod rejects the request (4xx), the decode pod serves it colocated, counted in
-``brixmesh_router_pd_fallbacks_total``. The decode phase is the gateway's ordinary forwarding: a decode pod
+when that fails too, or a prefill pod rejects the request (4xx), the decode pod serves it colocated,
+counted in ``brixmesh_router_pd_fallbacks_total``. The decode phase is the gateway's ordinary forwarding: a decode pod
 that fails before its first byte is replaced by the next one paired with the same prefill pod. With SGLang
 there is one prefill attempt: a decode pod whose bootstrap fails recomputes the prompt itself.
 """
@@ -177,9 +177,12 @@ class PdProxy:
         }
         unstreamed = {k: v for k, v in body.items() if k != "stream_options"}
         prefill_raw = with_fields(unstreamed, **bootstrap, stream=False)
-        prefill_task = asyncio.ensure_future(self._prefill(ctx, prefill, path, prefill_raw, headers, deadline))
+        prefill_task = asyncio.ensure_future(
+            self._prefill(ctx, prefill, path, prefill_raw, headers, deadline)
+        )
+        decode_raw = with_fields(body, **bootstrap)
         try:
-            outcome = await forward(ctx, replace(decision, ranked=decodes), path, with_fields(body, **bootstrap))
+            outcome = await forward(ctx, replace(decision, ranked=decodes), path, decode_raw)
             answer = await prefill_task
         finally:
             if not prefill_task.done():
