@@ -60,3 +60,16 @@ async def test_without_prefill_pods_pd_routes_colocated() -> None:
     pods = [pod("busy", "both"), pod("idle", "both")]
     decision = await router.route(ctx(), pods, router.registry.strategy("pd"))
     assert not decision.pd.pairs and decision.ranked[0].name == "idle"
+
+
+async def test_prefill_pods_share_the_load_the_router_tracks() -> None:
+    router = Router(default_registry(RoutingEnv(rng=random.Random(1))))
+    strategy = router.registry.strategy("pd")
+    pods = [pod("p0", "prefill"), pod("p1", "prefill"), pod("d0", "decode")]
+    router.env.load.start("router-1", "r0/prefill", "p0", 0.0)
+    decision = await router.route(ctx("another prompt"), pods, strategy)
+    assert [p.name for p in decision.pd.prefills] == ["p1", "p0"]
+    router.env.load.finish("router-1", "r0/prefill")
+    router.env.load.start("router-1", "r1/prefill", "p1", 0.0)
+    decision = await router.route(ctx("another prompt"), pods, strategy)
+    assert [p.name for p in decision.pd.prefills] == ["p0", "p1"]

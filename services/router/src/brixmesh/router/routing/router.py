@@ -64,6 +64,8 @@ class Router:
         decision = RoutingDecision(ranked, strategy, totals, 0.0)
         if strategy.pairing is not None:
             prefills = candidates(ctx, pods, now, PREFILL_ROLES)
+            for pod in prefills:
+                pod.in_flight = load.count(pod.name)
             decodes = [pod for pod in found if pod.role == "decode"]
             decision.pd = strategy.pairing.plan(ctx, prefills, decodes, totals)
         decision.decision_s = time.perf_counter() - started
