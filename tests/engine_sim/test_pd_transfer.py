@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -17,22 +18,7 @@ from tests.waiting import eventually
 
 LEASE_S = 2
 PROMPT = list(range(100, 170))  # 70 tokens: 2 full blocks of 32 and a partial one
-# vLLM 0.32 NixlConnector (pull scheduler) ``request_finished`` on a prefill node: field -> JSON type(s)
-VLLM_PULL_PARAMS = {
-    "do_remote_prefill": bool,
-    "do_remote_decode": bool,
-    "remote_block_ids": list,
-    "remote_engine_id": str,
-    "remote_request_id": str,
-    "remote_host": str,
-    "remote_port": int,
-    "tp_size": int,
-    "dcp_size": int,
-    "pp_size": int,
-    "remote_num_tokens": int,
-    "remote_blocks_expiry_time": type(None),
-    "transfer_mode": str,
-}
+CAPTURE = Path(__file__).resolve().parents[1] / "fixtures/vllm-0.32-cpu/pd_nixl_exchange.json"
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +62,9 @@ async def test_prefill_answers_vllm_pull_parameters_and_decode_pulls_the_blocks(
     prefill, decode = pair.urls
     async with httpx.AsyncClient(timeout=30) as client:
         params = await _prefill(client, prefill)
-        assert {name: type(value) for name, value in params.items()} == VLLM_PULL_PARAMS
+        real = json.loads(CAPTURE.read_text())["prefill_response"]["kv_transfer_params"]
+        assert {k: type(v) for k, v in params.items()} == {k: type(v) for k, v in real.items()}
+        assert [type(block) for block in params["remote_block_ids"][0]] == [int] * 3
         assert params["do_remote_prefill"] is True and params["transfer_mode"] == "pull"
         assert params["remote_num_tokens"] == len(PROMPT) and len(params["remote_block_ids"][0]) == 3
         assert await _metric(client, prefill, "vllm:kv_cache_usage_perc") > 0  # held for the decode

@@ -255,6 +255,7 @@ class KvTransfer:
             "remote_num_tokens": request.num_prompt_tokens,
             "remote_blocks_expiry_time": None,  # set by vLLM for blocks pinned on a decode node only
             "transfer_mode": "pull",
+            "remote_prefill_cached_tokens": max(request.num_cached_tokens, 0),
         }
 
     def record_stored_prompt(self, request: SimRequest) -> None:
