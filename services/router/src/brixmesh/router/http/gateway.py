@@ -210,7 +210,7 @@ class Gateway:
                 if span is not None:
                     _describe_decision(span, decision)
             self.metrics.decision_seconds.observe(decision.decision_s)
-            if decision.pd.pairs:
+            if decision.pd is not None and decision.pd.pairs:
                 deadline = time.monotonic() + self.settings.request_timeout_s
                 outcome = await self._pd.serve(
                     ctx,

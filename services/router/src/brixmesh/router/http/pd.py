@@ -112,6 +112,7 @@ class PdProxy:
         forward: Forward,
     ) -> tuple[bool, Usage | None]:
         body = msgspec.json.decode(raw)  # the gateway parsed it already: a JSON object
+        assert decision.pd is not None
         pairs = decision.pd.pairs
         if pairs[0][0].kv_transfer == "sglang":
             return await self._sglang(ctx, decision, path, body, headers, deadline, forward)
@@ -169,6 +170,7 @@ class PdProxy:
         deadline: float,
         forward: Forward,
     ) -> tuple[bool, Usage | None]:
+        assert decision.pd is not None
         prefill, decodes = decision.pd.pairs[0]
         bootstrap = {
             "bootstrap_host": urlsplit(prefill.url).hostname,

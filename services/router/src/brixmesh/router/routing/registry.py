@@ -46,11 +46,8 @@ class Strategy:
     name: str
     """The spec as normalised (``"a:3,b:1"``), reported in ``x-brixmesh-strategy``."""
     parts: tuple[tuple[Scorer, float], ...]
-
-    @property
-    def pairing(self) -> PdPairing | None:
-        """The ``pd`` scorer when the strategy names it: requests then go through prefill and decode pods."""
-        return next((scorer for scorer, _ in self.parts if isinstance(scorer, PdPairing)), None)
+    pairing: PdPairing | None = None
+    """The ``pd`` scorer when the strategy names it: requests then go through prefill and decode pods."""
 
     @property
     def has_affinity(self) -> bool:
@@ -117,7 +114,8 @@ class StrategyRegistry:
             names.append(f"{name}:{weight_text.strip()}" if weight_text else name)
         if not parts:
             raise UnknownStrategy(f"routing strategy {spec!r} has no scorer with a positive weight")
-        return Strategy(",".join(names), tuple(parts))
+        pairing = next((scorer for scorer, _ in parts if isinstance(scorer, PdPairing)), None)
+        return Strategy(",".join(names), tuple(parts), pairing)
 
 
 def default_registry(env: RoutingEnv | None = None) -> StrategyRegistry:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from brixmesh.router.routing.context import RequestContext, Usage
 from brixmesh.router.routing.endpoint import Endpoint
@@ -25,8 +25,8 @@ class RoutingDecision:
     strategy: Strategy
     scores: dict[str, float]
     decision_s: float
-    pd: PdPlan = field(default_factory=lambda: PdPlan([]))
-    """Prefill/decode pairs when the strategy is ``pd`` and prefill pods are ready; else empty."""
+    pd: PdPlan | None = None
+    """Prefill/decode pairs when the strategy is ``pd`` (empty without ready prefill pods)."""
 
 
 class Router:
