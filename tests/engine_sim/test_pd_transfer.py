@@ -8,9 +8,11 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
+from brixmesh.engine_sim.kv_transfer import KvTransfer, parse_kv_transfer_config
 
 from tests.engine_sim.prom import metric_value
 from tests.engine_sim.sim_engine import MODEL_NAME, SimEngine, sim_engine
@@ -105,3 +107,29 @@ def test_unknown_connector_is_a_one_line_startup_error() -> None:
     with pytest.raises(RuntimeError, match="MooncakeConnector.*is not simulated"):
         with sim_engine(["--kv-transfer-config", config], kv_events=False):
             pass
+
+
+@pytest.mark.parametrize(("prompt_len", "found"), [(70, 64), (65, 0), (31, 0)])
+def test_shared_storage_finds_full_blocks_as_vllm_example_connector(
+    tmp_path: Path, prompt_len: int, found: int
+) -> None:
+    """Stored: (n-1)//32 blocks; looked up: (n-2)//32 blocks; k blocks + 1 token never match (real vLLM)."""
+    config = parse_kv_transfer_config(
+        json.dumps(
+            {
+                "kv_connector": "ExampleConnector",
+                "kv_role": "kv_both",
+                "kv_connector_extra_config": {"shared_storage_path": str(tmp_path)},
+            }
+        )
+    )
+    transfer = KvTransfer(
+        config, host="127.0.0.1", block_size=32, kv_bytes_per_token=512, link_bytes_per_s=1e9,
+        overhead_s=0.0, time_scale=1.0, release=lambda _: None, on_failed=lambda: None,
+        on_expired=lambda: None,
+    )  # fmt: skip
+    prompt = list(range(100, 100 + prompt_len))
+    transfer.record_stored_prompt(SimpleNamespace(prompt_token_ids=prompt, num_prompt_tokens=prompt_len,
+                                                  cache_salt=None))  # type: ignore[arg-type]  # fmt: skip
+    assert transfer.stored_tokens(prompt, None) == found
+    assert transfer.stored_tokens(prompt, "other-salt") == 0

@@ -8,8 +8,10 @@ Connectors (``kv_connector``):
   transfer port, then computes only the prompt's last token. Parameters that are missing, unknown to the
   producer or expired mean recompute, counted (``vllm:nixl_num_failed_transfers``; the producer counts its
   expired leases in ``vllm:nixl_num_kv_expired_reqs``).
-- ``ExampleConnector`` (shared storage, no parameters): a producer records each prompt under
-  ``shared_storage_path``; a consumer finds it there and reads the full blocks instead of computing them.
+- ``ExampleConnector`` (shared storage, no parameters): a producer records each prompt's full blocks under
+  ``shared_storage_path`` (``(n - 1) // block_size`` blocks, keyed by those tokens, as vLLM's); a consumer
+  looks for ``(n - 2) // block_size`` blocks of its prompt (so, as in vLLM, a prompt of k blocks + 1 token is
+  never found) and, found, reads them instead of computing the prompt.
 
 SGLang (``--disaggregation-mode prefill|decode``): a request carrying ``bootstrap_room`` is prefilled on the
 prefill engine and held under that room on its bootstrap port; the decode engine (sent the same request at
@@ -173,6 +175,7 @@ class KvTransfer:
         config: KvTransferConfig,
         *,
         host: str,
+        block_size: int,
         kv_bytes_per_token: int,
         link_bytes_per_s: float,
         overhead_s: float,
@@ -183,6 +186,7 @@ class KvTransfer:
     ) -> None:
         self.config = config
         self.host = host
+        self.block_size = block_size
         self.kv_bytes_per_token = kv_bytes_per_token
         self.link_bytes_per_s = link_bytes_per_s
         self.overhead_s = overhead_s
@@ -261,9 +265,11 @@ class KvTransfer:
     def record_stored_prompt(self, request: SimRequest) -> None:
         """ExampleConnector producer: the prompt's full blocks are now in shared storage."""
         if self.config.connector in STORAGE_CONNECTORS and self.config.produces:
-            path = self._storage_file(request.prompt_token_ids, request.cache_salt)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(str(request.num_prompt_tokens))
+            stored = (request.num_prompt_tokens - 1) // self.block_size * self.block_size
+            if stored:
+                path = self._storage_file(request.prompt_token_ids[:stored], request.cache_salt)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.touch()
 
     def _expire(self, key: str) -> None:
         lease = self._leases.pop(key, None)
@@ -367,10 +373,8 @@ class KvTransfer:
         """ExampleConnector consumer: prompt tokens found in shared storage (0: none)."""
         if self.config.connector not in STORAGE_CONNECTORS or not self.config.consumes:
             return 0
-        try:
-            return int(self._storage_file(prompt, cache_salt).read_text())
-        except (OSError, ValueError):
-            return 0
+        wanted = (len(prompt) - 2) // self.block_size * self.block_size
+        return wanted if wanted > 0 and self._storage_file(prompt[:wanted], cache_salt).exists() else 0
 
     def storage_seconds(self, tokens: int) -> float:
         return self.overhead_s + tokens * self.kv_bytes_per_token / self.link_bytes_per_s

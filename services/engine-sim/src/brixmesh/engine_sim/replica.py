@@ -171,6 +171,7 @@ class Replica:
         return KvTransfer(
             config.kv_transfer,
             host=config.host,
+            block_size=config.block_size,
             kv_bytes_per_token=kv_bytes,
             link_bytes_per_s=link,
             overhead_s=config.kv_transfer_overhead_ms / 1000,
