@@ -9,11 +9,11 @@
 - ``sglang``: both pods get the request at once with ``bootstrap_host``/``bootstrap_port``/``bootstrap_room``;
   the decode pod pulls the KV from the prefill pod's bootstrap server.
 
-Failures: a prefill pod that fails (connection, timeout, 5xx) is replaced by the next prefill pod of the plan;
-when that fails too, or a prefill pod rejects the request (4xx), the decode pod serves it colocated,
-counted in ``brixmesh_router_pd_fallbacks_total``. The decode phase is the gateway's ordinary forwarding: a decode pod
-that fails before its first byte is replaced by the next one paired with the same prefill pod. With SGLang
-there is one prefill attempt: a decode pod whose bootstrap fails recomputes the prompt itself.
+Failures: a prefill pod that fails (connection, timeout, 5xx) is replaced by the next prefill pod of the
+plan; when that fails too, or a prefill pod rejects the request (4xx), the decode pod serves it colocated,
+counted in ``brixmesh_router_pd_fallbacks_total``. The decode phase is the gateway's ordinary forwarding: a
+decode pod that fails before its first byte is replaced by the next one paired with the same prefill pod.
+With SGLang there is one prefill attempt: a decode pod whose bootstrap fails recomputes the prompt itself.
 """
 
 from __future__ import annotations

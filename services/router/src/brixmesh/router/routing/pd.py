@@ -2,7 +2,7 @@
 
 A prefill pod scores by prefix affinity (the approximate prefix index, restrained by the load guard) and
 load; a decode pod by load and KV-cache usage. A pair is a prefill pod and a decode pod of the same role set
-(replica mode); pods without a role set (pool mode) pair with any pod of the other role. The plan lists prefill pods
+(replica mode); pods without a role set pair with any pod of the other role. The plan lists prefill pods
 by their best pair's combined score, each with its decode pods best first: the gateway tries the first
 prefill pod, then the next, then serves the request colocated on the best decode pod.
 
