@@ -128,26 +128,6 @@ async def test_slow_lora_load_fault(sim) -> None:
     assert failed.status_code == 500 and failed.json()["error"]["type"] == "InternalServerError"
 
 
-async def test_pd_prefill_returns_transfer_params_and_decode_accepts_them(sim) -> None:
-    async with httpx.AsyncClient(base_url=sim.base_url) as c:
-        prefill = await _complete(c, [11] * 70, 16, kv_transfer_params={"do_remote_decode": True})
-        params = prefill.json()["kv_transfer_params"]
-        assert prefill.json()["usage"]["completion_tokens"] == 1
-        assert params["do_remote_prefill"] is True and params["tp_size"] == 1
-        assert {"remote_engine_id", "remote_block_ids", "remote_host", "remote_port"} <= set(params)
-        assert len(params["remote_block_ids"]) == 3
-        before = (await c.get("/metrics")).text
-        decode = await _complete(c, [12] * 70, 4, kv_transfer_params=params)
-        after = (await c.get("/metrics")).text
-    assert decode.status_code == 200 and decode.json()["usage"]["completion_tokens"] == 4
-    external = 'engine="0",model_name="tiny-llama",source="external_kv_transfer"'
-    grown = (
-        dict(metric_samples(after)["vllm:prompt_tokens_by_source_total"])[external]
-        - dict(metric_samples(before)["vllm:prompt_tokens_by_source_total"])[external]
-    )
-    assert grown == 69
-
-
 async def test_render_endpoints_return_token_ids(sim) -> None:
     async with httpx.AsyncClient(base_url=sim.base_url) as c:
         tokens = (await c.post("/tokenize", json={"messages": [{"role": "user", "content": "hi"}]})).json()[

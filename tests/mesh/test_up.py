@@ -164,8 +164,12 @@ def test_up_pd_runs_one_role_set_of_a_prefill_and_a_decode_pod_that_serves(mesh:
         ("decode", "default-0", "nixl"), ("prefill", "default-0", "nixl")
     ]  # fmt: skip
     reply = httpx.post(f"http://127.0.0.1:{mesh.port}/v1/completions", timeout=30,
-                       json={"model": "tiny-llama", "prompt": "hello", "max_tokens": 4})  # fmt: skip
+                       json={"model": "tiny-llama", "prompt": "hello " * 40, "max_tokens": 4})  # fmt: skip
     assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] == 4
+    assert reply.headers["x-brixmesh-strategy"] == "pd"
+    decode = next(p["pod"] for p in pods if p["pod"]["role"] == "decode")
+    counters = httpx.get(decode["metrics_url"] or f"{decode['endpoint']}/metrics").text
+    assert 'source="external_kv_transfer"} 0.0' not in counters  # the decode pod got the prompt's KV
 
 
 def test_default_autoscaler_spec_is_accepted_by_the_autoscaler(tmp_path: Path) -> None:

@@ -90,6 +90,8 @@ def service_spec(
         tokenizers = bundled_tokenizer_dirs(options.model)
         if tokenizers:
             env["BRIXMESH_KV_TOKENIZER_DIRS"] = json.dumps(tokenizers)
+        if options.deployments_file is not None:  # --pd: requests go through a prefill and a decode pod
+            env["BRIXMESH_DEFAULT_STRATEGY"] = "pd"
     if name == "autoscaler" and options.autoscale:
         env["BRIXMESH_AUTOSCALER_SPECS"] = str(write_default_autoscaler(options).resolve())
     if name == "kv-tier":

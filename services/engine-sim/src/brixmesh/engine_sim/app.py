@@ -99,29 +99,38 @@ class EngineApp:
         if limit is not None and len(self.r.scheduler.waiting) >= limit:
             raise ApiError(429, "The waiting queue is full; retry later.", "RateLimitError")
 
-    def _pd_fields(self, params: GenerationParams, prompt_len: int) -> tuple[bool, float]:
-        """(is a P/D decode request, its remote KV transfer time in simulated seconds)."""
-        kv = params.kv_transfer_params
-        if not kv or not kv.get("do_remote_prefill"):
-            return False, 0.0
-        cfg = self.r.config
-        return True, cfg.kv_transfer_overhead_ms / 1000 + prompt_len * cfg.kv_transfer_per_token_us / 1e6
-
-    def _response_kv_params(self, params: GenerationParams, request: SimRequest) -> dict[str, Any] | None:
-        kv = params.kv_transfer_params
-        if not kv or not kv.get("do_remote_decode"):
+    def _response_kv_params(self, request: SimRequest) -> dict[str, Any] | None:
+        transfer = self.r.transfer
+        if request.kv_lease_key is None or transfer is None or transfer.config.connector == "sglang":
             return None
-        block_size = self.r.config.block_size
-        num_blocks = -(-request.num_prompt_tokens // block_size)
-        return {
-            "do_remote_prefill": True,
-            "do_remote_decode": False,
-            "remote_engine_id": self.r.engine_id,
-            "remote_block_ids": list(range(1, num_blocks + 1)),
-            "remote_host": self.r.config.host,
-            "remote_port": self.r.config.port,
-            "tp_size": 1,
-        }
+        return transfer.response_params(request, self.r.kv.block_ids(request.request_id), self.r.engine_id)
+
+    async def _plan_transfer(
+        self, body: dict[str, Any], params: GenerationParams, requests: list[SimRequest]
+    ) -> None:
+        """P/D: a prefill holds its KV for a decode engine; a decode pulls the prompt's KV (or, with shared
+        storage, reads it) and computes only the rest. Without a transfer config the fields are ignored."""
+        transfer = self.r.transfer
+        if transfer is None:
+            return
+        lease_key = transfer.lease_key(body, params.kv_transfer_params)
+        if lease_key is not None:
+            for request in requests:
+                request.max_tokens = 1
+                request.kv_lease_key = lease_key or request.request_id
+            return
+        remote = transfer.remote(body, params.kv_transfer_params)
+        first = requests[0]
+        if remote is not None:
+            seconds = await transfer.pull(remote)
+        else:
+            stored = transfer.stored_tokens(first.prompt_token_ids, first.cache_salt)
+            seconds = transfer.storage_seconds(stored) if stored else None
+        if seconds is not None:
+            ready = self.r.engine.now() + seconds
+            for request in requests:
+                request.remote_prefill = True
+                request.ready_time = ready
 
     def _build_requests(
         self,
@@ -134,9 +143,6 @@ class EngineApp:
         """One engine request per choice; choice i samples with seed + i (choice 0 equals an n=1 request)."""
         tok = self.r.tokenizer
         max_tokens = self._check_length(prompt_ids, params.max_tokens)
-        if params.kv_transfer_params and params.kv_transfer_params.get("do_remote_decode"):
-            max_tokens = 1
-        remote, transfer = self._pd_fields(params, len(prompt_ids))
         now = self.r.engine.now()
         seed = params.seed if params.seed is not None else self.r.config.seed
         if self.r.faults.corrupt_output:
@@ -162,8 +168,6 @@ class EngineApp:
                 lora_path=path,
                 lora_int_id=lora_id,
                 cache_salt=params.cache_salt,
-                remote_prefill=remote,
-                ready_time=now + transfer,
                 min_tokens=params.min_tokens,
                 stop_token_ids=params.stop_token_ids,
                 stop_text=StopStringMatcher(
@@ -194,6 +198,7 @@ class EngineApp:
                         400, f"Token id {outside[0]} is out of vocabulary", "BadRequestError", "prompt"
                     )
             requests = self._build_requests(params, prompt_ids, adapter, path, lora_id)
+            await self._plan_transfer(body, params, requests)
         except ApiError as exc:
             return exc.response()
         rid = new_id("chatcmpl" if chat else "cmpl")
@@ -234,7 +239,7 @@ class EngineApp:
             texts,
             self.r.fingerprint,
             self.r.config.enable_prompt_tokens_details,
-            self._response_kv_params(params, requests[0]),
+            self._response_kv_params(requests[0]),
             params.return_token_ids,
             logprobs,
         )
@@ -311,7 +316,7 @@ class EngineApp:
                         ):
                             stalled = True
                             await asyncio.sleep(faults.stall_seconds)
-                        kv_params = self._response_kv_params(params, request) if last else None
+                        kv_params = self._response_kv_params(request) if last else None
                         text = decoders[index].push(token)
                         matcher = request.stop_text
                         if (

@@ -15,6 +15,7 @@ from brixmesh.engine_sim.faults import FAILURE_TYPES, Faults
 from brixmesh.engine_sim.hashing import HASH_ALGOS
 from brixmesh.engine_sim.kv_tier import parse_tier_config
 from brixmesh.engine_sim.kv_events_config import KvEventsConfig, offset_endpoint, parse_kv_events_config
+from brixmesh.engine_sim.kv_transfer import KvTransferConfig, parse_kv_transfer_config, sglang_config
 from brixmesh.engine_sim.lora import parse_lora_modules
 from brixmesh.engine_sim.timing import GPU_PROFILES, MODEL_PROFILES
 from brixmesh.engine_sim.tokenizer import DEFAULT_TOKENIZER_DIR
@@ -66,9 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--kv-transfer-config",
-        help="accepted; P/D fields are always honoured; kv_connector BrixTierConnector uses the KV tier "
-        "(kv_connector_extra_config.tier_nodes)",
+        help="vLLM's KVTransferConfig JSON: NixlConnector (P/D pull), ExampleConnector (shared storage) or "
+        "BrixTierConnector (the KV tier: kv_connector_extra_config.tier_nodes)",
     )
+    p.add_argument(
+        "--disaggregation-mode",
+        choices=["null", "prefill", "decode"],
+        default="null",
+        help="SGLang's P/D mode (bootstrap host/port/room in the requests)",
+    )
+    p.add_argument("--disaggregation-bootstrap-port", type=int, default=8998, help="SGLang prefill: KV port")
     p.add_argument("--enable-prompt-tokens-details", action="store_true")
     p.add_argument(
         "--enable-scale-out",
@@ -126,7 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--eos-probability", type=float, default=0.0, help="chance per token to emit EOS")
     p.add_argument("--kv-transfer-overhead", type=float, default=2.0, help="ms per P/D transfer")
-    p.add_argument("--kv-transfer-per-token", type=float, default=3.0, help="us per transferred token")
+    p.add_argument(
+        "--kv-transfer-per-token",
+        type=float,
+        help="us per transferred token (default: the model's KV bytes over the GPU profile's KV link)",
+    )
     p.add_argument(
         "--startup-duration",
         type=float,
@@ -188,6 +200,17 @@ def _offset(endpoint: str, index: int) -> str:
         return f"{endpoint}-{index}"
     try:
         return offset_endpoint(endpoint, index)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+
+def kv_transfer_config(args: argparse.Namespace, index: int) -> KvTransferConfig | None:
+    if args.disaggregation_mode != "null":
+        return sglang_config(args.disaggregation_mode, args.disaggregation_bootstrap_port, index)
+    if not args.kv_transfer_config or parse_tier_config(args.kv_transfer_config) is not None:
+        return None  # no connector, or the KV tier's (kv_tier.py)
+    try:
+        return parse_kv_transfer_config(args.kv_transfer_config, index)
     except ValueError as exc:
         raise CliError(str(exc)) from None
 
@@ -259,6 +282,8 @@ def configs_from_args(args: argparse.Namespace) -> list[EngineConfig]:
         parse_tier_config(args.kv_transfer_config)
     except ValueError as exc:
         raise CliError(str(exc)) from None
+    if args.kv_transfer_config and args.disaggregation_mode != "null":
+        raise CliError("--kv-transfer-config (vLLM) and --disaggregation-mode (SGLang) exclude each other")
     base_port = args.base_port if args.base_port is not None else args.port
     base = EngineConfig(
         model=model,
@@ -313,6 +338,7 @@ def configs_from_args(args: argparse.Namespace) -> list[EngineConfig]:
                 replica_index=i,
                 kv_events_config=replica_kv_events_config(kv_events, i),
                 faults=replace(faults) if i else faults,
+                kv_transfer=kv_transfer_config(args, i),
             )
         )
     return configs

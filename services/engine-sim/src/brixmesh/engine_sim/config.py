@@ -8,6 +8,7 @@ from typing import Literal
 
 from brixmesh.engine_sim.faults import Faults
 from brixmesh.engine_sim.kv_events_config import KvEventsConfig
+from brixmesh.engine_sim.kv_transfer import KvTransferConfig
 
 
 @dataclass(slots=True)
@@ -52,8 +53,10 @@ class EngineConfig:
     max_waiting_queue_length: int | None = None
     kv_transfer_config: str | None = None
     """``--kv-transfer-config`` as given (JSON); ``kv_tier`` reads the KV tier connector's part."""
+    kv_transfer: KvTransferConfig | None = None
     kv_transfer_overhead_ms: float = 2.0
-    kv_transfer_per_token_us: float = 3.0
+    kv_transfer_per_token_us: float | None = None
+    """None: the model profile's KV bytes per token over the GPU profile's KV link."""
     startup_delay_s: float = 0.0
     faults: Faults = field(default_factory=Faults)
 

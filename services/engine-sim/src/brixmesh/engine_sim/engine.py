@@ -16,6 +16,7 @@ from typing import Protocol
 
 from brixmesh.engine_sim.faults import Faults
 from brixmesh.engine_sim.kv_cache import KvCacheManager
+from brixmesh.engine_sim.kv_transfer import KvTransfer
 from brixmesh.engine_sim.metrics import EngineMetrics
 from brixmesh.engine_sim.request import SimRequest
 from brixmesh.engine_sim.scheduler import ScheduledStep, Scheduler
@@ -71,6 +72,7 @@ class Engine:
         self.lag_seconds = 0.0
         self.sleep_level = 0
         self.connector: RequestHooks | None = None
+        self.kv_transfer: KvTransfer | None = None
 
     def now(self) -> float:
         """Simulated seconds since the engine started."""
@@ -98,6 +100,11 @@ class Engine:
             request.finished_time = self.now()
             self.metrics.on_finished(request)
             self._flush_events()
+
+    def release(self, request: SimRequest) -> None:
+        """Free a finished request's held blocks (P/D prefill: pulled, or its lease ended)."""
+        self.kv.free(request)
+        self._flush_events()
 
     def reset_prefix_cache(self) -> bool:
         ok = self.kv.reset()
@@ -153,12 +160,17 @@ class Engine:
         result = self.scheduler.finish_step(step, now)
         self.num_steps += 1
         self.metrics.on_step(step.total_tokens, len(step.preempted), result.num_generation_tokens)
+        transfer = self.kv_transfer
         for request in result.first_tokens:
             self.metrics.on_first_token(request)
+            if transfer is not None:
+                transfer.record_stored_prompt(request)
         for request in result.finished:
             self.metrics.on_finished(request)
             if self.connector is not None:
                 self.connector.finished(request)
+            if request.kv_lease_key is not None and transfer is not None:
+                transfer.hold(request)
         self._flush_events()
         for request in result.tokens:
             if request.on_update is not None:

@@ -15,6 +15,7 @@ from brixmesh.engine_sim.hashing import BlockHasher
 from brixmesh.engine_sim.kv_cache import KvCacheManager
 from brixmesh.engine_sim.kv_events import ZmqKvEventPublisher
 from brixmesh.engine_sim.kv_tier import SimKvTier, parse_tier_config
+from brixmesh.engine_sim.kv_transfer import KvTransfer, transfer_counters
 from brixmesh.engine_sim.lora import LoraRegistry
 from brixmesh.engine_sim.metrics import EngineInfo, EngineMetrics, LiveState, SglangMetrics, VllmMetrics
 from brixmesh.engine_sim.scheduler import Scheduler, SchedulerLimits
@@ -150,9 +151,40 @@ class Replica:
                 self.kv.cached_prefix_blocks, self.engine.now, events,
             )  # fmt: skip
             self.engine.connector = self.kv_tier
+        self.transfer = self._kv_transfer() if config.kv_transfer is not None else None
+        self.engine.kv_transfer = self.transfer
         self.apply_publisher_faults()
         self._fault_tasks: list[asyncio.Task[None]] = []
         self.on_crash: asyncio.Event = asyncio.Event()
+
+    def _kv_transfer(self) -> KvTransfer:
+        config = self.config
+        assert config.kv_transfer is not None
+        kv_bytes = model_profile_named(config.model_profile).kv_bytes_per_token
+        if config.kv_transfer_per_token_us is not None:
+            link = kv_bytes / (config.kv_transfer_per_token_us / 1e6)
+        else:
+            link = gpu_profile(config.gpu).kv_link_gbytes_s * 1e9
+        failed, expired = transfer_counters(
+            self.metrics.registry, config.kv_transfer, config.served_model_name
+        )
+        return KvTransfer(
+            config.kv_transfer,
+            host=config.host,
+            block_size=config.block_size,
+            kv_bytes_per_token=kv_bytes,
+            link_bytes_per_s=link,
+            overhead_s=config.kv_transfer_overhead_ms / 1000,
+            time_scale=config.time_scale,
+            release=self.engine.release,
+            on_failed=failed.inc,
+            on_expired=expired.inc,
+        )
+
+    async def start_transfer(self) -> None:
+        """Opens the KV transfer port (P/D producers) before the HTTP port: decodes may pull at once."""
+        if self.transfer is not None:
+            await self.transfer.start()
 
     @property
     def model_dir(self) -> str:
@@ -171,6 +203,8 @@ class Replica:
         await self.engine.stop()
         if self.kv_tier is not None:
             await self.kv_tier.close()
+        if self.transfer is not None:
+            await self.transfer.stop()
         if isinstance(self.events, ZmqKvEventPublisher):
             self.events.close()
 

@@ -39,6 +39,8 @@ class SimRequest:
     # P/D: prompt KV arriving from a prefill engine; the request is schedulable from ``ready_time`` on.
     remote_prefill: bool = False
     ready_time: float = 0.0
+    # P/D prefill: once finished, the blocks stay (under this key) until a decode engine pulls them.
+    kv_lease_key: str | None = None
     min_tokens: int = 0
     stop_token_ids: frozenset[int] = frozenset()
     stop_text: StopStrings | None = None

@@ -242,7 +242,8 @@ class Scheduler:
             done = {id(r) for r in result.finished}
             self.running = [r for r in self.running if id(r) not in done]
             for request in result.finished:
-                self.kv.free(request)
+                if request.kv_lease_key is None:  # else freed when pulled or when the lease ends
+                    self.kv.free(request)
         return result
 
     def _stop_reason(self, request: SimRequest, token: int) -> str | None:

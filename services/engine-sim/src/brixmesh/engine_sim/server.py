@@ -81,6 +81,7 @@ async def _serve_after_startup(item: RunningReplica) -> None:
     """``--startup-duration``: the port opens only once the simulated engine start-up is over."""
     if item.replica.config.startup_delay_s > 0:
         await asyncio.sleep(item.replica.config.startup_delay_s)
+    await item.replica.start_transfer()
     item.replica.start()
     await item.server.serve(sockets=[item.sock])
 
@@ -117,6 +118,7 @@ async def serve(configs: list[EngineConfig], log_level: str = "warning") -> int:
                         "index": i.replica.config.replica_index,
                         "port": i.port,
                         "url": f"http://{i.replica.config.host}:{i.port}",
+                        **({"kv_transfer_port": i.replica.transfer.port} if i.replica.transfer else {}),
                     }
                     for i in running
                 ]

@@ -22,6 +22,8 @@ class GpuProfile:
     mfu: float
     max_num_batched_tokens: int
     max_num_seqs: int
+    kv_link_gbytes_s: float
+    """Bandwidth a P/D KV transfer leaving this GPU gets: its RDMA NIC (one per GPU in these nodes)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,11 +47,12 @@ class ModelProfile:
 
 
 GPU_PROFILES: dict[str, GpuProfile] = {
-    # vLLM picks 8192/1024 on >= 70 GiB GPUs other than A100, 2048/256 elsewhere.
-    "h100": GpuProfile("h100", 989.5, 3.35, 80, 0.55, 8192, 1024),
-    "a100": GpuProfile("a100", 312.0, 2.04, 80, 0.65, 2048, 256),
-    "l20": GpuProfile("l20", 119.5, 0.864, 48, 0.55, 2048, 256),
-    "a10": GpuProfile("a10", 125.0, 0.600, 24, 0.55, 2048, 256),
+    # vLLM picks 8192/1024 on >= 70 GiB GPUs other than A100, 2048/256 elsewhere. KV links: 400G IB-NDR per
+    # H100, 200G HDR per A100, 100GbE for the PCIe cards (~3, 6, 12 us per token of an 8B model's 128 KiB).
+    "h100": GpuProfile("h100", 989.5, 3.35, 80, 0.55, 8192, 1024, 50.0),
+    "a100": GpuProfile("a100", 312.0, 2.04, 80, 0.65, 2048, 256, 25.0),
+    "l20": GpuProfile("l20", 119.5, 0.864, 48, 0.55, 2048, 256, 12.5),
+    "a10": GpuProfile("a10", 125.0, 0.600, 24, 0.55, 2048, 256, 12.5),
 }
 
 MODEL_PROFILES: dict[str, ModelProfile] = {

@@ -55,6 +55,12 @@ class RouterMetrics:
             "Requests cancelled because the client went away",
             registry=registry,
         )
+        self.pd_fallbacks = Counter(
+            "brixmesh_router_pd_fallbacks",
+            "P/D requests served without a prefill pod's KV (reason: prefill_failed, prefill_rejected)",
+            ["model", "reason"],
+            registry=registry,
+        )
         self.held = Gauge(
             "brixmesh_router_held_requests",
             "Requests waiting for a pod of their model to become ready",
@@ -70,6 +76,9 @@ class RouterMetrics:
         if child is None:
             child = self._request_children[key] = self.requests.labels(model, strategy, pod, str(status))
         child.inc()
+
+    def pd_fallback(self, model: str, reason: str) -> None:
+        self.pd_fallbacks.labels(model, reason).inc()
 
     def ttft(self, model: str, seconds: float) -> None:
         child = self._ttft_children.get(model)

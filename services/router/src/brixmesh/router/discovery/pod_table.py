@@ -29,6 +29,9 @@ def endpoint_from(info: PodInfo) -> Endpoint:
         model=info.model,
         adapters=frozenset(info.adapters),
         role=info.role,
+        role_set=info.role_set,
+        kv_transfer=info.kv_transfer,
+        bootstrap_port=info.bootstrap_port,
         labels=dict(info.labels),
         block_size=info.block_size,
     )

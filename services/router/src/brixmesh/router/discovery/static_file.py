@@ -2,6 +2,7 @@
 
 JSON: ``{"endpoints": [{"name": "pod-a", "url": "http://127.0.0.1:8001", "model": "tiny-llama",
 "adapters": ["lora-a"], "role": "both", "labels": {}}]}`` (or the bare list). ``name`` defaults to the URL.
+P/D pods add ``role`` (prefill/decode), ``role_set``, ``kv_transfer`` and ``bootstrap_port`` (as ``PodInfo``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ class StaticEndpoint(msgspec.Struct, forbid_unknown_fields=True):
     name: str = ""
     adapters: list[str] = []
     role: str = "both"
+    role_set: str = ""
+    kv_transfer: str = ""
+    bootstrap_port: int = 0
     labels: dict[str, str] = {}
 
 
@@ -53,6 +57,9 @@ def load_endpoints(path: Path) -> list[Endpoint]:
             model=item.model,
             adapters=frozenset(item.adapters),
             role=item.role,
+            role_set=item.role_set,
+            kv_transfer=item.kv_transfer,
+            bootstrap_port=item.bootstrap_port,
             labels=dict(item.labels),
         )
         for item in parsed.endpoints

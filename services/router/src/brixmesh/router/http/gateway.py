@@ -27,6 +27,7 @@ import msgspec
 
 from brixmesh.router.discovery.pod_table import PodTable
 from brixmesh.router.http.errors import ApiError, bad_request, sse_error_event
+from brixmesh.router.http.pd import PdProxy
 from brixmesh.router.http.request import API_BY_PATH, build_context, parse_body
 from brixmesh.router.limits import Authenticator, RateLimiter
 from brixmesh.router.metrics import RouterMetrics
@@ -93,6 +94,7 @@ class Gateway:
         self.tracing = tracing
         self.known_models: dict[str, str] = dict.fromkeys(settings.models, "")
         self._pool = UpstreamPool(settings.connect_timeout_s, settings.upstream_timeout_s)
+        self._pd = PdProxy(self._pool, metrics, sync, self._connection_failed, router.env.rng)
         self._background: set[asyncio.Task[None]] = set()
         self._held = 0
         self._strategy_labels = {
@@ -208,7 +210,19 @@ class Gateway:
                 if span is not None:
                     _describe_decision(span, decision)
             self.metrics.decision_seconds.observe(decision.decision_s)
-            outcome = await self._forward(ctx, decision, scope["path"], raw, send)
+            if decision.pd is not None and decision.pd.pairs:
+                deadline = time.monotonic() + self.settings.request_timeout_s
+                outcome = await self._pd.serve(
+                    ctx,
+                    decision,
+                    scope["path"],
+                    raw,
+                    self._upstream_headers(ctx),
+                    deadline,
+                    lambda ctx, decision, path, raw: self._forward(ctx, decision, path, raw, send, deadline),
+                )
+            else:
+                outcome = await self._forward(ctx, decision, scope["path"], raw, send)
         except asyncio.CancelledError:
             if not watch.disconnected:
                 raise
@@ -285,15 +299,21 @@ class Gateway:
             self.metrics.held.dec()
 
     async def _forward(
-        self, ctx: RequestContext, decision: RoutingDecision, path: str, raw: bytes, send: Send
+        self,
+        ctx: RequestContext,
+        decision: RoutingDecision,
+        path: str,
+        raw: bytes,
+        send: Send,
+        deadline: float | None = None,
     ) -> tuple[bool, Usage | None]:
+        """Send to ``decision.ranked`` in order until one answers; ``deadline``: the request's overall one
+        when earlier phases (P/D prefill) started it."""
         attempts = decision.ranked[: self.settings.max_retries + 1]
-        extra_headers = b"X-Request-Id: " + ctx.request_id.encode("latin-1") + b"\r\n"
+        extra_headers = self._upstream_headers(ctx)
         tracing = self.tracing
-        client_trace = ctx.headers.get("traceparent")
-        if client_trace and tracing is None:  # not traced here: the engine's spans join the client's trace
-            extra_headers += b"traceparent: " + client_trace.encode("latin-1") + b"\r\n"
-        deadline = time.monotonic() + self.settings.request_timeout_s
+        if deadline is None:
+            deadline = time.monotonic() + self.settings.request_timeout_s
         strategy_label = decision.strategy.name
         if strategy_label not in self._strategy_labels:
             strategy_label = "other"
@@ -429,6 +449,13 @@ class Gateway:
             ok = False
         await send({"type": "http.response.body", "body": b""})
         return ok, counter.result(ctx.estimated_prompt_tokens())
+
+    def _upstream_headers(self, ctx: RequestContext) -> bytes:
+        headers = b"X-Request-Id: " + ctx.request_id.encode("latin-1") + b"\r\n"
+        client_trace = ctx.headers.get("traceparent")
+        if client_trace and self.tracing is None:  # not traced here: engine spans join the client's trace
+            headers += b"traceparent: " + client_trace.encode("latin-1") + b"\r\n"
+        return headers
 
     def _connection_failed(self, ctx: RequestContext, pod: Endpoint, reason: str, detail: str) -> str:
         pod.unhealthy_until = time.monotonic() + self.settings.unhealthy_s

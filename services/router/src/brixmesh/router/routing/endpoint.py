@@ -18,6 +18,12 @@ class Endpoint:
     model: str
     adapters: frozenset[str] = frozenset()
     role: str = "both"
+    role_set: str = ""
+    """The pod's role set: the ``pd`` strategy pairs prefill and decode pods of one role set."""
+    kv_transfer: str = ""
+    """How its KV cache moves between prefill and decode (``PodInfo.kv_transfer``)."""
+    bootstrap_port: int = 0
+    """SGLang prefill pods: the port of their KV bootstrap server."""
     state: EndpointState = "ready"
     labels: dict[str, str] = field(default_factory=dict)
     block_size: int = 0

@@ -8,16 +8,19 @@ from brixmesh.router.routing.context import RequestContext
 from brixmesh.router.routing.endpoint import Endpoint
 
 ROUTABLE_ROLES = frozenset({"both", "decode"})
+PREFILL_ROLES = frozenset({"prefill"})
 
 
-def candidates(ctx: RequestContext, pods: Sequence[Endpoint], now: float) -> list[Endpoint]:
-    """Ready, healthy pods of a servable role that serve the requested model or adapter."""
+def candidates(
+    ctx: RequestContext, pods: Sequence[Endpoint], now: float, roles: frozenset[str] = ROUTABLE_ROLES
+) -> list[Endpoint]:
+    """Ready, healthy pods of one of ``roles`` that serve the requested model or adapter."""
     return [
         pod
         for pod in pods
         if pod.state == "ready"
         and pod.unhealthy_until <= now
-        and pod.role in ROUTABLE_ROLES
+        and pod.role in roles
         and pod.serves(ctx.model)
     ]
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from brixmesh.router.routing.context import Tokenizer
 from brixmesh.router.routing.load import LoadTracker
+from brixmesh.router.routing.pd import PdPairing
 from brixmesh.router.routing.picker import LoadGuard
 from brixmesh.router.routing.prefix_index import PrefixIndex
 from brixmesh.router.routing.scorer import Scorer
@@ -45,6 +46,8 @@ class Strategy:
     name: str
     """The spec as normalised (``"a:3,b:1"``), reported in ``x-brixmesh-strategy``."""
     parts: tuple[tuple[Scorer, float], ...]
+    pairing: PdPairing | None = None
+    """The ``pd`` scorer when the strategy names it: requests then go through prefill and decode pods."""
 
     @property
     def has_affinity(self) -> bool:
@@ -111,7 +114,8 @@ class StrategyRegistry:
             names.append(f"{name}:{weight_text.strip()}" if weight_text else name)
         if not parts:
             raise UnknownStrategy(f"routing strategy {spec!r} has no scorer with a positive weight")
-        return Strategy(",".join(names), tuple(parts))
+        pairing = next((scorer for scorer, _ in parts if isinstance(scorer, PdPairing)), None)
+        return Strategy(",".join(names), tuple(parts), pairing)
 
 
 def default_registry(env: RoutingEnv | None = None) -> StrategyRegistry:

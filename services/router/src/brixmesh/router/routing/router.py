@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 from brixmesh.router.routing.context import RequestContext, Usage
 from brixmesh.router.routing.endpoint import Endpoint
-from brixmesh.router.routing.filters import candidates
+from brixmesh.router.routing.filters import PREFILL_ROLES, candidates
+from brixmesh.router.routing.pd import PdPlan
 from brixmesh.router.routing.picker import rank
 from brixmesh.router.routing.registry import Strategy, StrategyRegistry
 
@@ -24,6 +25,8 @@ class RoutingDecision:
     strategy: Strategy
     scores: dict[str, float]
     decision_s: float
+    pd: PdPlan | None = None
+    """Prefill/decode pairs when the strategy is ``pd`` (empty without ready prefill pods)."""
 
 
 class Router:
@@ -58,7 +61,15 @@ class Router:
                     totals[name] += weight * value
         by_name = {pod.name: pod for pod in found}
         ranked = [by_name[name] for name in rank(totals, self.env.rng)]
-        return RoutingDecision(ranked, strategy, totals, time.perf_counter() - started)
+        decision = RoutingDecision(ranked, strategy, totals, 0.0)
+        if strategy.pairing is not None:
+            prefills = candidates(ctx, pods, now, PREFILL_ROLES)
+            for pod in prefills:
+                pod.in_flight = load.count(pod.name)
+            decodes = [pod for pod in found if pod.role == "decode"]
+            decision.pd = strategy.pairing.plan(ctx, prefills, decodes, totals)
+        decision.decision_s = time.perf_counter() - started
+        return decision
 
     def routed(self, ctx: RequestContext, decision: RoutingDecision, pod: Endpoint) -> None:
         for scorer, _weight in decision.strategy.parts:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from brixmesh.router.routing.pd import PdPairing
 from brixmesh.router.routing.scorers.least_kv_cache import LeastKvCache
 from brixmesh.router.routing.scorers.least_latency import LeastLatency
 from brixmesh.router.routing.scorers.least_request import LeastRequest
@@ -30,3 +31,6 @@ def register_builtin(registry: StrategyRegistry) -> None:
     )
     registry.register_scorer("session", lambda env: SessionAffinity())
     registry.register_scorer("vtc", lambda env: VirtualTokenCounter())
+    registry.register_scorer(
+        "pd", lambda env: PdPairing(env.prefix_index, env.guard, block_chars=env.prefix_block_chars)
+    )
