@@ -26,7 +26,8 @@ from tests.engine.vllm_pd import (
     prompt_tokens_by_source,
 )
 
-pytestmark = pytest.mark.vllm
+# Setup counts against pytest-timeout: a module's first test starts two engines (and a router).
+pytestmark = [pytest.mark.vllm, pytest.mark.timeout(600)]
 
 NIXL_CAPTURE = Path(__file__).resolve().parents[1] / "fixtures/vllm-0.32-cpu/pd_nixl_exchange.json"
 

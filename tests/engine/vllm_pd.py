@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,8 @@ from brixmesh.common.vllm_cpu import VllmInstall, kv_transfer_config, nixl_env
 from tests.plugins.vllm_engine import VllmEngine, vllm_engine
 from tests.router.harness import metric_value
 
-# ~340 tokens with the tiny tokenizer: ten full 32-token blocks and a partial one, inside one prefill chunk.
+# 342 tokens with the tiny tokenizer: ten full 32-token blocks and a partial one, inside one prefill chunk.
+# Not 1 more than a multiple of 32: ExampleConnector then stores a block more than it looks up (docs/pd.md).
 PD_PROMPT = " ".join(f"turn {i}: the quick brown fox jumps over lazy dog number {i * 7}." for i in range(11))
 
 # The fields vLLM's API server expects in a NIXL prefill request (vLLM's own P/D proxy example sends these).
@@ -69,21 +72,46 @@ def prompt_tokens_by_source(metrics: str) -> dict[str, float]:
     }
 
 
+def _entered(engine: AbstractContextManager[VllmEngine]) -> tuple[contextlib.ExitStack, VllmEngine]:
+    stack = contextlib.ExitStack()
+    return stack, stack.enter_context(engine)
+
+
 @contextlib.contextmanager
 def pd_pair(kv_transfer: str, install: VllmInstall, log_dir: Path | None = None) -> Iterator[PdPair]:
-    """Start the prefill engine (core 0), then the decode engine (core 1); stop both on exit."""
+    """Start the prefill engine (core 0) and the decode engine (core 1) together; stop both on exit."""
     with contextlib.ExitStack() as stack:
         storage = None
         if kv_transfer == "shared-storage":
             tmpfs = "/dev/shm" if Path("/dev/shm").is_dir() else None
             storage = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bm-pd-kv-", dir=tmpfs)))
+        engine_args = {
+            role: ["--kv-transfer-config", kv_transfer_config(kv_transfer, role, storage)]
+            for role in ("prefill", "decode")
+        }
+        with ThreadPoolExecutor(2) as pool:
+            starts = {
+                role: pool.submit(
+                    _entered,
+                    vllm_engine(
+                        install=install,
+                        cpu_bind=core,
+                        extra_args=engine_args[role],
+                        extra_env=nixl_env(install, free_port()) if kv_transfer == "nixl" else {},
+                        log_dir=log_dir,
+                    ),
+                )
+                for role, core in (("prefill", "0"), ("decode", "1"))
+            }
         engines: dict[str, VllmEngine] = {}
-        engine_args: dict[str, list[str]] = {}
-        for role, core in (("prefill", "0"), ("decode", "1")):
-            args = ["--kv-transfer-config", kv_transfer_config(kv_transfer, role, storage)]
-            env = nixl_env(install, free_port()) if kv_transfer == "nixl" else {}
-            engines[role] = stack.enter_context(
-                vllm_engine(install=install, cpu_bind=core, extra_args=args, extra_env=env, log_dir=log_dir)
-            )
-            engine_args[role] = args
+        failures = []
+        for role, start in starts.items():
+            try:
+                engine_stack, engines[role] = start.result()
+            except Exception as exc:  # the other engine may be up: it is stopped as the stack unwinds
+                failures.append(exc)
+            else:
+                stack.push(engine_stack)
+        if failures:
+            raise failures[0]
         yield PdPair(kv_transfer, engines["prefill"], engines["decode"], engine_args)
