@@ -37,6 +37,9 @@ NIXL_PREFILL_PARAMS = {
     "remote_port": None,
 }
 
+PAIR_STARTUP_TIMEOUT_S = 300.0
+"""Two engines starting together on two busy cores may need more than one engine's default 180 s."""
+
 PROMPT_SOURCES = ("local_compute", "local_cache_hit", "external_kv_transfer")
 
 
@@ -99,6 +102,7 @@ def pd_pair(kv_transfer: str, install: VllmInstall, log_dir: Path | None = None)
                         extra_args=engine_args[role],
                         extra_env=nixl_env(install, free_port()) if kv_transfer == "nixl" else {},
                         log_dir=log_dir,
+                        startup_timeout=PAIR_STARTUP_TIMEOUT_S,
                     ),
                 )
                 for role, core in (("prefill", "0"), ("decode", "1"))
