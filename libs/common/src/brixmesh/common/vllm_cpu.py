@@ -121,8 +121,9 @@ def serve_argv(
     return argv + list(extra_args)
 
 
-KV_CONNECTORS = {"nixl": "NixlConnector", "shared-storage": "ExampleConnector"}
-"""vLLM 0.32's connector for each P/D KV transfer kind (``PodInfo.kv_transfer``) the CPU build runs."""
+CPU_KV_CONNECTORS = {"nixl": "NixlConnector", "shared-storage": "ExampleConnector"}
+"""vLLM 0.32's connector for each P/D KV transfer kind (``PodInfo.kv_transfer``) that the CPU build runs (the
+orchestrator's ``spec.KV_CONNECTORS`` maps connector names the other way)."""
 KV_ROLES = {"prefill": "kv_producer", "decode": "kv_consumer", "both": "kv_both"}
 """vLLM's ``kv_role`` for each pod role."""
 
@@ -135,13 +136,13 @@ def kv_transfer_config(kv_transfer: str, role: str, shared_storage_path: Path | 
     ``ExampleConnector`` writes each prompt's full blocks as safetensors under ``shared_storage_path`` (put it
     on tmpfs: /dev/shm) and decode loads them by prompt hash: prefill, then decode, no parameters.
     """
-    if kv_transfer not in KV_CONNECTORS:
+    if kv_transfer not in CPU_KV_CONNECTORS:
         raise ValueError(
-            f"kv_transfer {kv_transfer!r} has no CPU connector; expected one of {sorted(KV_CONNECTORS)}"
+            f"kv_transfer {kv_transfer!r} has no CPU connector; expected one of {sorted(CPU_KV_CONNECTORS)}"
         )
     if role not in KV_ROLES:
         raise ValueError(f"role {role!r} unknown; expected one of {sorted(KV_ROLES)}")
-    config: dict[str, object] = {"kv_connector": KV_CONNECTORS[kv_transfer], "kv_role": KV_ROLES[role]}
+    config: dict[str, object] = {"kv_connector": CPU_KV_CONNECTORS[kv_transfer], "kv_role": KV_ROLES[role]}
     if kv_transfer == "nixl":
         config["kv_buffer_device"] = "cpu"
     else:
