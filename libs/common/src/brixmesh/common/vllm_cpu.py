@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 VLLM_VERSION = "0.32.0"
+NIXL_VERSION = "1.5.1"
 MODEL_NAME = "tiny-llama"
 LORA_NAMES = ("lora-a", "lora-b")
 TOPIC = "kv-events"
@@ -49,6 +50,11 @@ class VllmInstall:
     @property
     def lora_dirs(self) -> dict[str, Path]:
         return {name: self.models / name for name in LORA_NAMES}
+
+    @property
+    def nixl_dir(self) -> Path:
+        """NixlConnector's ``nixl`` package, installed apart from the venv: only NIXL engines import it."""
+        return self.venv.parent / f"nixl-{NIXL_VERSION}"
 
 
 def cache_dir() -> Path:
@@ -131,6 +137,54 @@ def serve_argv(
     if lora_modules:
         argv += ["--lora-modules", *(f"{name}={install.lora_dirs[name]}" for name in lora_modules)]
     return argv + list(extra_args)
+
+
+CPU_KV_CONNECTORS = {"nixl": "NixlConnector", "shared-storage": "ExampleConnector"}
+"""vLLM 0.32's connector for each P/D KV transfer kind (``PodInfo.kv_transfer``) that the CPU build runs (the
+orchestrator's ``spec.KV_CONNECTORS`` maps connector names the other way)."""
+KV_ROLES = {"prefill": "kv_producer", "decode": "kv_consumer", "both": "kv_both"}
+"""vLLM's ``kv_role`` for each pod role."""
+
+
+def kv_transfer_config(kv_transfer: str, role: str, shared_storage_path: Path | None = None) -> str:
+    """vLLM 0.32's ``--kv-transfer-config`` JSON for a P/D engine of ``role`` (prefill, decode or both).
+
+    ``nixl``: decode pulls prefill's blocks from host memory (``kv_buffer_device`` cpu, UCX); the prefill
+    response's ``kv_transfer_params`` must go into the decode request. ``shared-storage``: vLLM's
+    ``ExampleConnector`` writes each prompt's full blocks as safetensors under ``shared_storage_path`` (put it
+    on tmpfs: /dev/shm) and decode loads them by prompt hash: prefill, then decode, no parameters.
+    """
+    if kv_transfer not in CPU_KV_CONNECTORS:
+        raise ValueError(
+            f"kv_transfer {kv_transfer!r} has no CPU connector; expected one of {sorted(CPU_KV_CONNECTORS)}"
+        )
+    if role not in KV_ROLES:
+        raise ValueError(f"role {role!r} unknown; expected one of {sorted(KV_ROLES)}")
+    config: dict[str, object] = {"kv_connector": CPU_KV_CONNECTORS[kv_transfer], "kv_role": KV_ROLES[role]}
+    if kv_transfer == "nixl":
+        config["kv_buffer_device"] = "cpu"
+    else:
+        if shared_storage_path is None:
+            raise ValueError("kv_transfer 'shared-storage' needs shared_storage_path")
+        config["kv_connector_extra_config"] = {"shared_storage_path": str(shared_storage_path)}
+    return json.dumps(config)
+
+
+def nixl_env(install: VllmInstall, side_channel_port: int) -> dict[str, str]:
+    """What a NixlConnector engine adds to :func:`engine_env`: the ``nixl`` package, its own handshake port.
+
+    The side channel (vLLM's ``VLLM_NIXL_SIDE_CHANNEL_*``) is where decode engines fetch the prefill engine's
+    NIXL agent metadata; its host and port come back in the prefill response's ``kv_transfer_params``.
+    """
+    if not (install.nixl_dir / ".brixmesh-complete").is_file():
+        raise VllmNotInstalled(
+            f"nixl {NIXL_VERSION} not installed ({install.nixl_dir} incomplete): {SETUP_HINT}"
+        )
+    return {
+        "PYTHONPATH": f"{STARTUP_HOOK_DIR}{os.pathsep}{install.nixl_dir}",
+        "VLLM_NIXL_SIDE_CHANNEL_HOST": "127.0.0.1",
+        "VLLM_NIXL_SIDE_CHANNEL_PORT": str(side_channel_port),
+    }
 
 
 def engine_env(cpu_bind: str, venv: Path, tmp_dir: Path, extra_env: Mapping[str, str] | None = None) -> dict[str, str]:
