@@ -106,7 +106,9 @@ def test_prometheus_scrapes_the_mesh_and_every_dashboard_query_returns_data(
         loader.join(30)
     targets = httpx.get(f"{prometheus}/api/v1/targets").json()["data"]["activeTargets"]
     services = {t["labels"]["service"] for t in targets}
-    expected = {"orchestrator", "kv-index", "autoscaler", "adapter-manager", "gpu-doctor", "router", "engine"}
+    expected = {
+        "orchestrator", "kv-index", "kv-tier", "autoscaler", "adapter-manager", "gpu-doctor", "router", "engine"
+    }
     assert services == expected
     assert sum(t["labels"]["service"] == "engine" for t in targets) == 2
     assert all(t["health"] == "up" for t in targets), [(t["scrapeUrl"], t["lastError"]) for t in targets]
