@@ -76,12 +76,20 @@ def build_service(settings: OrchestratorSettings) -> Service:
             raise SystemExit(2) from None
         backend, store = cluster.backend, None
     else:
-        backend = LocalBackend(settings.state_dir, node_name=settings.node_name, gpus=settings.local_gpus)
-        store = deployment_records(backend.state_dir)
+        if settings.backend == "ray":
+            from brixmesh.orchestrator.ray_backend import RayBackend  # imports ray (seconds): only when used
+
+            backend = RayBackend(
+                settings.state_dir, address=settings.ray_address, namespace=settings.ray_namespace,
+                cpus_per_rank=settings.ray_cpus_per_rank, node_name=settings.node_name,
+            )  # fmt: skip
+        else:
+            backend = LocalBackend(settings.state_dir, node_name=settings.node_name, gpus=settings.local_gpus)
+        store = deployment_records(settings.state_dir.resolve())
         try:
             store.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            print(f"brixmesh-orchestrator: cannot keep state in {backend.state_dir} "
+            print(f"brixmesh-orchestrator: cannot keep state in {settings.state_dir} "
                   f"(set BRIXMESH_STATE_DIR): {exc.strerror}", file=sys.stderr)
             raise SystemExit(2) from None
     orchestrator = Orchestrator(

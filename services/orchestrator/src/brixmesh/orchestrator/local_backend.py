@@ -42,7 +42,7 @@ from brixmesh.orchestrator.launch import (
     PodPlacement,
     build_launch,
 )
-from brixmesh.orchestrator.spec import DeploymentSpec, RoleMember, kv_transfer_of, role_set_name
+from brixmesh.orchestrator.spec import DeploymentSpec, RoleMember, SpecError, kv_transfer_of, role_set_name
 from brixmesh.orchestrator.state import LaunchRecord, PodRecord, pod_records
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,11 @@ class LocalBackend:
     # --- PodBackend ----------------------------------------------------------------------------------
 
     def validate(self, spec: DeploymentSpec) -> None:
+        if spec.nodes > 1:
+            raise SpecError(
+                f"nodes: an engine group of {spec.nodes} nodes needs a multi-node backend "
+                "(BRIXMESH_BACKEND=ray); the local backend runs every pod on this machine", "nodes"
+            )
         check_runnable(spec)
 
     async def create_pod(
