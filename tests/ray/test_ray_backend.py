@@ -63,7 +63,9 @@ async def test_group_spans_both_workers_and_is_replaced_whole_when_a_node_dies(
                 await http.get(first.endpoint + "/health")
 
         node_c = short(ray_cluster.add_worker("worker_c"))
-        (replaced,) = await events.wait_for("ready", where=lambda e: e.pod.pod != first.pod, timeout=STARTUP_S)
+        (replaced,) = await events.wait_for(
+            "ready", where=lambda e: e.pod.pod != first.pod, timeout=STARTUP_S
+        )
         assert set(replaced.pod.labels["ray_nodes"].split(",")) == {node_a, node_c}
 
         # scale to zero: the group is drained, then removed, and its engine and actors are gone

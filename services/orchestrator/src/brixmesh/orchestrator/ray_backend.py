@@ -320,7 +320,8 @@ class RayBackend:
 
     async def close(self, *, stop_pods: bool) -> None:
         if stop_pods:
-            await asyncio.gather(*(self.delete_pod(name, "orchestrator stopping") for name in list(self._pods)))
+            names = list(self._pods)
+            await asyncio.gather(*(self.delete_pod(name, "orchestrator stopping") for name in names))
         for name in list(self._watchers):
             await self._stop_watching(name)
         if self._started_cluster:
@@ -350,7 +351,7 @@ class RayBackend:
         members = [
             self._member.options(
                 name=f"{pod.name}/{rank}", lifetime="detached", max_restarts=0, num_cpus=self.cpus_per_rank,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=rank),
+                scheduling_strategy=PlacementGroupSchedulingStrategy(group, rank),
             ).remote(pod.name, rank)
             for rank in range(spec.nodes)
         ]  # fmt: skip

@@ -84,7 +84,9 @@ MAX_ROLE_SETS = 100
 PodRole = Literal["prefill", "decode", "both"]
 RoleOrder = Literal["sequential", "parallel", "interleaved"]
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?$")
-PARALLEL_FLAGS = ("--tensor-parallel-size", "-tp", "--pipeline-parallel-size", "-pp", "--distributed-executor-backend")
+PARALLEL_FLAGS = (
+    "--tensor-parallel-size", "-tp", "--pipeline-parallel-size", "-pp", "--distributed-executor-backend",
+)
 """Set from a spec's ``tensor_parallel_size``/``pipeline_parallel_size``/``nodes``, never in engine args."""
 MAX_GROUP_NODES = 64
 ORCHESTRATOR_FLAGS = ("--host", "--port", "--served-model-name", "--kv-events-config", "--replicas", "--base-port")
