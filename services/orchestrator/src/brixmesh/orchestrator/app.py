@@ -11,6 +11,7 @@ HTTP API.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -77,6 +78,11 @@ def build_service(settings: OrchestratorSettings) -> Service:
         backend, store = cluster.backend, None
     else:
         if settings.backend == "ray":
+            if not settings.ray_address:
+                # a local cluster: Ray then keeps node addresses (so the engines' endpoints) on 127.0.0.1,
+                # not on the interface routing towards 8.8.8.8; read when ray is imported (despite its name,
+                # it is what turns that lookup off on Linux too)
+                os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
             from brixmesh.orchestrator.ray_backend import RayBackend  # imports ray (seconds): only when used
 
             backend = RayBackend(

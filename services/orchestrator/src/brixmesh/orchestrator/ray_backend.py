@@ -44,7 +44,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from brixmesh.orchestrator.backend import ROLE_NAME_LABEL, Pod, Unschedulable
 from brixmesh.orchestrator.check import check_runnable
 from brixmesh.orchestrator.cordons import Cordons
-from brixmesh.orchestrator.launch import PodPlacement, build_launch
+from brixmesh.orchestrator.launch import KV_TOPIC, PodPlacement, build_launch
 from brixmesh.orchestrator.local_backend import pod_info, place_in_role_set
 from brixmesh.orchestrator.spec import DeploymentSpec, RoleMember
 
@@ -132,7 +132,9 @@ class GroupMember:
                 env[key] = value
             else:
                 env.pop(key, None)
-        with open(self._runtime_dir / "engine.log", "ab") as log_file:
+        log_dir = Path(tempfile.gettempdir()) / "brixmesh-engine-logs"  # kept after the pod, as locally
+        log_dir.mkdir(exist_ok=True)
+        with open(log_dir / f"{self._pod}.log", "ab") as log_file:
             self._process = subprocess.Popen(
                 launch.argv, env=env, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
                 start_new_session=True, preexec_fn=_die_with_parent,
@@ -338,8 +340,12 @@ class RayBackend:
     async def _until_lost(self, pod: Pod, work: Any) -> None:
         try:
             await work
-        except GroupLost as lost:
+        except Exception as exc:
+            lost = exc if isinstance(exc, GroupLost) else f"{type(exc).__name__}: {exc}"
+            if not isinstance(exc, GroupLost):
+                log.exception("watching engine group %s failed; replacing it", pod.name)
             # a half group never serves: the whole group goes, the orchestrator creates a new one
+            log.warning("engine group %s lost: %s; replacing the whole group", pod.name, lost)
             self._watchers.pop(pod.name, None)
             await self._tear_down(pod.name, grace_s=pod_grace_s(pod))
             if self._pods.pop(pod.name, None) is not None:
@@ -358,10 +364,15 @@ class RayBackend:
         self._groups[pod.name] = members
         # the first call on each actor waits for its worker process to start
         nodes = await self._call(*(member.node.remote() for member in members), timeout_s=_ACTOR_START_S)
-        started: EngineStarted = await self._call(members[0].start_engine.remote(spec, pod.slot))
+        if spec.engine == "sim" and spec.nodes > 1:  # where the simulated collectives leave a node
+            world = spec.tensor_parallel_size * spec.pipeline_parallel_size
+            spec = spec.model_copy(update={"engine_args": (*spec.engine_args, "--gpus-per-node",
+                                                           str(world // spec.nodes))})  # fmt: skip
+        (started,) = await self._call(members[0].start_engine.remote(spec, pod.slot))
         info = pod.info
         info.endpoint, info.metrics_url = started.base_url, started.base_url + "/metrics"
         info.kv_events_endpoint, info.kv_replay_endpoint = started.kv_events, started.kv_replay
+        info.kv_events_topic = KV_TOPIC
         info.block_size = started.block_size
         info.labels[NODE_LABEL] = nodes[0][0][:12]
         info.labels[GROUP_NODES_LABEL] = ",".join(node_id[:12] for node_id, _ in nodes)
@@ -391,7 +402,7 @@ class RayBackend:
                         raise GroupLost(f"engine not ready within {ready_timeout_s:g}s")
                 await asyncio.sleep(self._check_interval_s)
 
-    async def _call(self, *refs: Any, timeout_s: float | None = None) -> Any:
+    async def _call(self, *refs: Any, timeout_s: float | None = None) -> list[Any]:
         """Results of actor calls, or GroupLost when a rank died or does not answer in time."""
         timeout_s = timeout_s or self._check_timeout_s
         try:
@@ -400,7 +411,7 @@ class RayBackend:
             raise GroupLost(f"a rank did not answer within {timeout_s:g}s") from None
         except ray.exceptions.RayError as exc:
             raise GroupLost(f"a rank died ({type(exc).__name__})") from None
-        return results[0] if len(refs) == 1 else results
+        return results
 
     async def _remember(self, pod: Pod) -> None:
         members = self._groups.get(pod.name)
@@ -411,10 +422,10 @@ class RayBackend:
     async def _adoptable(self, members: list[Any]) -> GroupRecord | None:
         try:
             record, *_ = await self._call(members[0].record.remote(), *(m.node.remote() for m in members))
-            alive = await self._call(members[0].engine_exit_code.remote()) is None
+            (exit_code,) = await self._call(members[0].engine_exit_code.remote())
         except GroupLost:
             return None
-        return record if alive else None
+        return record if exit_code is None else None
 
     async def _tear_down(self, name: str, *, grace_s: float) -> None:
         self._readiness.pop(name, None)
