@@ -51,8 +51,8 @@ class LoopbackCluster:
         return self.cluster.address
 
     def add_worker(self, resource: str) -> str:
-        """Start a worker node with one CPU and ``{resource: 1}``; its node id."""
-        node = self.cluster.add_node(num_cpus=1, resources={resource: 1}, **_NODE)
+        """Start a worker node with two CPUs (two groups' ranks) and ``{resource: 1}``; its node id."""
+        node = self.cluster.add_node(num_cpus=2, resources={resource: 1}, **_NODE)
         self.workers[resource] = node
         return node.node_id
 

@@ -62,6 +62,7 @@ async def test_group_spans_both_workers_and_is_replaced_whole_when_a_node_dies(
             with pytest.raises(httpx.HTTPError):
                 await http.get(first.endpoint + "/health")
 
+        # the survivor alone cannot hold a 2-node group (STRICT_SPREAD): the replacement waits for a node
         node_c = short(ray_cluster.add_worker("worker_c"))
         (replaced,) = await events.wait_for(
             "ready", where=lambda e: e.pod.pod != first.pod, timeout=STARTUP_S
@@ -75,3 +76,33 @@ async def test_group_spans_both_workers_and_is_replaced_whole_when_a_node_dies(
     port = replaced.pod.endpoint.rsplit(":", 1)[1]
     left = wait_gone(lambda: processes_mentioning(f"--port {port} "), timeout_s=10)
     assert not left, f"engine of the removed group still running: {left}"
+
+
+async def test_role_sets_of_groups_are_announced_with_their_roles_and_adopted_across_restarts(
+    ray_cluster: LoopbackCluster, bus: Bus, fresh_nats_server: NatsServer, tmp_path: Path
+) -> None:
+    workers = {short(node.node_id) for node in ray_cluster.workers.values()}
+    env = {**RAY_ENV, "BRIXMESH_BACKEND": "ray", "BRIXMESH_RAY_ADDRESS": ray_cluster.address,
+           "BRIXMESH_STOP_PODS_ON_EXIT": "0"}  # fmt: skip
+    pd = {**GROUP, "roles": [{"name": "prefill"}, {"name": "decode"}], "update": {"role_order": "parallel"}}
+    events = await PodEventLog.start(bus)
+    async with run_orchestrator(fresh_nats_server.url, tmp_path, env, startup_timeout=60) as orch:
+        assert (await orch.http.put("/v1/deployments/pd", json=pd)).status_code in (200, 201)
+        ready = await events.wait_for("ready", count=2, timeout=STARTUP_S)
+    assert {e.pod.role for e in ready} == {"prefill", "decode"}
+    assert {e.pod.role_set for e in ready} == {"pd-0"}
+    for event in ready:
+        assert set(event.pod.labels["ray_nodes"].split(",")) == workers
+    pods = {e.pod.pod for e in ready}
+
+    # a new orchestrator adopts both groups as they are: no removal, no new group
+    env["BRIXMESH_STOP_PODS_ON_EXIT"] = "1"
+    async with run_orchestrator(fresh_nats_server.url, tmp_path, env, startup_timeout=60) as orch:
+        adopted = await events.wait_for(
+            "ready", count=2, where=lambda e: e.reason == "adopted from an earlier orchestrator", timeout=60
+        )
+        assert {e.pod.pod for e in adopted} == pods
+        assert not events.matching("removed")
+        assert (await orch.http.delete("/v1/deployments/pd")).status_code == 200
+        removed = await events.wait_for("removed", count=2, timeout=60)
+        assert {e.pod.pod for e in removed} == pods
