@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from brixmesh.orchestrator.local_backend import LocalBackend
+from brixmesh.orchestrator.ray_backend import RayBackend
 from brixmesh.orchestrator.spec import SpecError, parallel_args, parse_spec
 
 BASE = {"name": "big", "model": "tiny-llama", "engine": "sim"}
@@ -44,7 +47,14 @@ def test_roles_inherit_the_group_shape() -> None:
     assert parallel_args(spec.for_role("prefill"))[-1] == "ray"
 
 
-def test_local_backend_refuses_multi_node_groups(tmp_path) -> None:
+def test_local_backend_refuses_multi_node_groups(tmp_path: Path) -> None:
     backend = LocalBackend(tmp_path)
     with pytest.raises(SpecError, match="BRIXMESH_BACKEND=ray"):
         backend.validate(parse_spec({**BASE, "nodes": 2, "tensor_parallel_size": 2}))
+
+
+def test_ray_backend_runs_multi_node_groups_of_the_simulator_only(tmp_path: Path) -> None:
+    backend = RayBackend(tmp_path)
+    backend.validate(parse_spec({**BASE, "nodes": 2, "tensor_parallel_size": 2}))
+    with pytest.raises(SpecError, match="vLLM's CPU build cannot use Ray"):
+        backend.validate(parse_spec({**BASE, "engine": "vllm", "nodes": 2, "tensor_parallel_size": 2}))

@@ -46,7 +46,7 @@ from brixmesh.orchestrator.check import check_runnable
 from brixmesh.orchestrator.cordons import Cordons
 from brixmesh.orchestrator.launch import KV_TOPIC, PodPlacement, build_launch
 from brixmesh.orchestrator.local_backend import pod_info, place_in_role_set
-from brixmesh.orchestrator.spec import DeploymentSpec, RoleMember
+from brixmesh.orchestrator.spec import DeploymentSpec, RoleMember, SpecError
 
 log = logging.getLogger(__name__)
 
@@ -228,6 +228,12 @@ class RayBackend:
     # --- PodBackend ----------------------------------------------------------------------------------
 
     def validate(self, spec: DeploymentSpec) -> None:
+        if spec.nodes > 1 and spec.engine != "sim":
+            raise SpecError(
+                f"nodes: multi-node groups of engine {spec.engine!r} are not supported yet: the engine would "
+                "have to place its workers in the group's placement group (vLLM's CPU build cannot use Ray at "
+                "all, docs/ray.md); the simulator models them", "nodes",
+            )
         check_runnable(spec)
 
     async def create_pod(
