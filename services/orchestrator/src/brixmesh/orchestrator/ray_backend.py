@@ -23,7 +23,6 @@ import contextlib
 import ctypes
 import logging
 import os
-import secrets
 import shutil
 import signal
 import subprocess
@@ -36,16 +35,18 @@ from typing import Any
 
 import httpx
 import ray
-from brixmesh.common.messages import NODE_LABEL, PodEvent, PodEventKind, PodPhase
+from brixmesh.common.messages import NODE_LABEL, PodEvent
 from brixmesh.common.ports import free_port
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from brixmesh.orchestrator.backend import ROLE_NAME_LABEL, Pod, Unschedulable
+from brixmesh.orchestrator.backend import (
+    Pod, Unschedulable, announce, free_slot, new_pod_name, set_phase, taken_changes,
+)
 from brixmesh.orchestrator.check import check_runnable
 from brixmesh.orchestrator.cordons import Cordons
 from brixmesh.orchestrator.launch import KV_TOPIC, PodPlacement, build_launch
-from brixmesh.orchestrator.local_backend import pod_info, place_in_role_set
+from brixmesh.orchestrator.local_backend import place_in_role_set, pod_info
 from brixmesh.orchestrator.spec import DeploymentSpec, RoleMember, SpecError
 
 log = logging.getLogger(__name__)
@@ -230,9 +231,9 @@ class RayBackend:
     def validate(self, spec: DeploymentSpec) -> None:
         if spec.nodes > 1 and spec.engine != "sim":
             raise SpecError(
-                f"nodes: multi-node groups of engine {spec.engine!r} are not supported yet: the engine would "
-                "have to place its workers in the group's placement group (vLLM's CPU build cannot use Ray at "
-                "all, docs/ray.md); the simulator models them", "nodes",
+                f"nodes: multi-node groups of engine {spec.engine!r} are not supported yet: the engine "
+                "would have to place its workers in the group's placement group (vLLM's CPU build cannot "
+                "use Ray at all, docs/ray.md); the simulator models them", "nodes",
             )
         check_runnable(spec)
 
@@ -246,12 +247,12 @@ class RayBackend:
         if member is not None:
             spec, role_name = spec.for_role(member.role), member.role
         prefix = spec.name if member is None else f"{spec.name}-{member.role_set}-{role_name}"
-        name = self._new_pod_name(prefix)
+        name = new_pod_name(prefix, self._pods)
         info = pod_info(spec, name, self.kind, "", kv_events="", kv_replay="", block_size=0,
                         engine_argv=spec.engine_args)  # fmt: skip
         if member is not None:
             place_in_role_set(info, member, spec.engine_args)
-        pod = Pod(info=info, generation=generation, slot=self._free_slot(spec.name, role_name))
+        pod = Pod(info=info, generation=generation, slot=free_slot(self._pods.values(), spec.name, role_name))
         self._pods[name] = pod
         bundles = [{"CPU": self.cpus_per_rank}] * spec.nodes
         group = placement_group(
@@ -265,8 +266,8 @@ class RayBackend:
         pod = self._pods.get(name)
         if pod is None or pod.draining:
             return
-        self._set_phase(pod, "draining")
-        self._emit("draining", pod, reason)
+        set_phase(pod, "draining")
+        announce(self._changes, "draining", pod, reason)
         await self._remember(pod)
 
     async def delete_pod(self, name: str, reason: str) -> None:
@@ -276,7 +277,7 @@ class RayBackend:
         await self._stop_watching(name)
         await self._tear_down(name, grace_s=pod_grace_s(pod))
         self._pods.pop(name, None)
-        self._emit("removed", pod, reason)
+        announce(self._changes, "removed", pod, reason)
 
     def list_pods(self, deployment: str | None = None) -> list[Pod]:
         pods = [pod for pod in self._pods.values() if deployment is None or pod.deployment == deployment]
@@ -287,10 +288,7 @@ class RayBackend:
             yield await self._changes.get()
 
     def pending_changes(self) -> list[PodEvent]:
-        events = []
-        while not self._changes.empty():
-            events.append(self._changes.get_nowait())
-        return events
+        return taken_changes(self._changes)
 
     async def recover(self) -> None:
         """Connect, adopt every complete group an earlier orchestrator left (its head holds the pod's
@@ -355,8 +353,9 @@ class RayBackend:
             self._watchers.pop(pod.name, None)
             await self._tear_down(pod.name, grace_s=pod_grace_s(pod))
             if self._pods.pop(pod.name, None) is not None:
-                self._set_phase(pod, "exited")
-                self._emit("removed", pod, f"engine group lost: {lost}; replacing the whole group")
+                set_phase(pod, "exited")
+                reason = f"engine group lost: {lost}; replacing the whole group"
+                announce(self._changes, "removed", pod, reason)
 
     async def _start_group(self, pod: Pod, spec: DeploymentSpec, group: PlacementGroup) -> None:
         await group.ready()  # gang: every bundle placed, or none (waits for nodes to join)
@@ -385,7 +384,7 @@ class RayBackend:
         pod.pid = started.pid
         self._readiness[pod.name] = started.readiness_url
         await self._remember(pod)
-        self._emit("added", pod, f"engine group placed on {spec.nodes} node(s)")
+        announce(self._changes, "added", pod, f"engine group placed on {spec.nodes} node(s)")
         await self._supervise(pod, members, started.readiness_url, "readiness probe passed",
                               ready_timeout_s=started.readiness_timeout_s)  # fmt: skip
 
@@ -401,9 +400,9 @@ class RayBackend:
                     raise GroupLost(f"engine exited with code {codes[0]}")
                 if pod.phase == "starting":
                     if await _answers(http, ready_url):
-                        self._set_phase(pod, "ready")
+                        set_phase(pod, "ready")
                         await self._remember(pod)
-                        self._emit("ready", pod, ready_reason)
+                        announce(self._changes, "ready", pod, ready_reason)
                     elif ready_timeout_s and time.monotonic() > deadline:
                         raise GroupLost(f"engine not ready within {ready_timeout_s:g}s")
                 await asyncio.sleep(self._check_interval_s)
@@ -453,35 +452,6 @@ class RayBackend:
                 await task
 
     # --- bookkeeping ----------------------------------------------------------------------------------
-
-    def _set_phase(self, pod: Pod, phase: PodPhase) -> None:
-        if pod.phase != phase:
-            pod.phase = phase
-            pod.phase_since = time.time()
-
-    def _emit(self, kind: PodEventKind, pod: Pod, reason: str) -> None:
-        """Queue one event; ``removed`` only for a pod consumers know, ``added`` only for one they do not."""
-        if kind == "added":
-            if pod.announced is not None:
-                return
-        elif pod.announced is None:
-            return
-        pod.announced = None if kind == "removed" else kind
-        self._changes.put_nowait(PodEvent(kind=kind, pod=pod.info, ts=time.time(), reason=reason))
-
-    def _new_pod_name(self, prefix: str) -> str:
-        while True:
-            name = f"{prefix}-{secrets.token_hex(3)[:5]}"
-            if name not in self._pods:
-                return name
-
-    def _free_slot(self, deployment: str, role_name: str) -> int:
-        taken = {
-            pod.slot for pod in self._pods.values()
-            if pod.deployment == deployment and pod.info.labels.get(ROLE_NAME_LABEL, "") == role_name
-        }  # fmt: skip
-        return next(slot for slot in range(len(taken) + 1) if slot not in taken)
-
 
 def pod_grace_s(pod: Pod) -> float:
     return 15.0 if pod.info.engine == "vllm" else 5.0
