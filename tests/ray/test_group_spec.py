@@ -16,7 +16,8 @@ BASE = {"name": "big", "model": "tiny-llama", "engine": "sim"}
 def test_group_shape_becomes_vllm_flags() -> None:
     spec = parse_spec({**BASE, "nodes": 2, "tensor_parallel_size": 4, "pipeline_parallel_size": 2})
     assert parallel_args(spec) == (
-        "--tensor-parallel-size", "4", "--pipeline-parallel-size", "2", "--distributed-executor-backend", "ray",
+        "--tensor-parallel-size", "4", "--pipeline-parallel-size", "2",
+        "--distributed-executor-backend", "ray",
     )  # fmt: skip
     assert parallel_args(parse_spec(BASE)) == ()
 
