@@ -89,7 +89,6 @@ class EngineStarted:
     readiness_timeout_s: float
     stop_grace_s: float
     block_size: int
-    argv: list[str]
     pid: int
 
 
@@ -144,7 +143,7 @@ class GroupMember:
             base_url=placement.base_url, kv_events=placement.kv_events_endpoint,
             kv_replay=placement.kv_replay_endpoint, readiness_url=launch.readiness_url,
             readiness_timeout_s=launch.readiness_timeout_s, stop_grace_s=launch.stop_grace_s,
-            block_size=launch.block_size, argv=launch.argv, pid=self._process.pid,
+            block_size=launch.block_size, pid=self._process.pid,
         )  # fmt: skip
 
     def engine_exit_code(self) -> int | None:
@@ -322,7 +321,9 @@ class RayBackend:
             name = group.get("name", "")
             if name.startswith(_PG_PREFIX) and name[len(_PG_PREFIX):] not in self._pods \
                     and group.get("state") != "REMOVED":
-                remove_placement_group(ray.util.get_placement_group(name))
+                # names are per namespace: another orchestrator's group is not found from here
+                with contextlib.suppress(ValueError):
+                    remove_placement_group(ray.util.get_placement_group(name))
 
     async def close(self, *, stop_pods: bool) -> None:
         if stop_pods:
