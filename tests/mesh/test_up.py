@@ -107,6 +107,8 @@ def test_up_refuses_a_busy_port(tmp_path: Path) -> None:
         (["--pd", "1P1D", "--engines", "2"],
          "brixmesh: --pd sets the engines itself: leave out --engines and --autoscale (autoscale a role with "
          "a PodAutoscaler spec instead)"),
+        (["--backend", "k8s"], "brixmesh: --backend must be local or ray, not 'k8s'"),
+        (["--ray-address", "127.0.0.1:6379"], "brixmesh: --ray-address needs --backend ray"),
         (["--pd", "1P1D", "--model", "no-such-model", "--engine", "vllm"],
          "brixmesh: --pd: model 'no-such-model' is not among the cached models in "),
     ],

@@ -62,6 +62,10 @@ def up(
     pd: Annotated[str | None, typer.Option(
         help="Prefill/decode instead of --engines: a ratio such as 1P1D or 2P1D (one role set), or a YAML "
              "file of role-set deployment specs (docs/pd.md).")] = None,
+    backend: Annotated[str, typer.Option(
+        help="Where engines run: local (processes) or ray (engine groups on Ray, docs/ray.md).")] = "local",
+    ray_address: Annotated[str, typer.Option(
+        help="--backend ray: the Ray cluster to join (GCS host:port); default: start a local one.")] = "",
 ) -> None:
     """Run the whole mesh on this machine: NATS and every service, until Ctrl-C."""
     if engine not in ("sim", "vllm"):
@@ -69,6 +73,10 @@ def up(
     if pd is not None and (engines is not None or autoscale):
         raise fail("--pd sets the engines itself: leave out --engines and --autoscale (autoscale a role with "
                    "a PodAutoscaler spec instead)")
+    if backend not in ("local", "ray"):
+        raise fail(f"--backend must be local or ray, not {backend!r}")
+    if ray_address and backend != "ray":
+        raise fail("--ray-address needs --backend ray")
     engines = 2 if engines is None else engines
     if engines < 0:
         raise fail("--engines must be 0 or more")
@@ -90,7 +98,7 @@ def up(
             raise fail(str(exc)) from None
     options = MeshOptions(
         port, state_dir, nats_url, engines, engine, model, ready_timeout, autoscale, max_engines,
-        deployments_file,
+        deployments_file, backend, ray_address,
     )
     mesh = Mesh(options, report=lambda line: console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {line}"))
 

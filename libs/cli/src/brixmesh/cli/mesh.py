@@ -61,6 +61,10 @@ class MeshOptions:
     deployments_file: Path | None = None
     """``--pd``: the orchestrator applies these deployments at start instead of a ``default`` of
     ``engines`` pods (``engines`` is then the number of pods they run in all)."""
+    backend: str = "local"
+    """Where the orchestrator runs engines: ``local`` processes or ``ray`` engine groups."""
+    ray_address: str = ""
+    """``--backend ray``: the cluster to join; empty: the orchestrator starts a local one."""
 
 
 @dataclass(frozen=True)
@@ -105,7 +109,10 @@ def service_spec(
             "BRIXMESH_DEFAULT_MODEL": options.model,
             # the mesh's own shutdown stops its engines; a crashed orchestrator's successor adopts them
             "BRIXMESH_STOP_PODS_ON_EXIT": "1",
+            "BRIXMESH_BACKEND": options.backend,
         }
+        if options.backend == "ray":
+            env |= {"BRIXMESH_RAY_ADDRESS": options.ray_address, "RAY_USAGE_STATS_ENABLED": "0"}
     return ProcessSpec(
         name=name,
         argv=[sys.executable, "-m", SERVICE_MODULES.get(name, f"brixmesh.{name.replace('-', '_')}")],

@@ -17,6 +17,7 @@ from brixmesh.engine_sim.kv_tier import parse_tier_config
 from brixmesh.engine_sim.kv_events_config import KvEventsConfig, offset_endpoint, parse_kv_events_config
 from brixmesh.engine_sim.kv_transfer import KvTransferConfig, parse_kv_transfer_config, sglang_config
 from brixmesh.engine_sim.lora import parse_lora_modules
+from brixmesh.engine_sim.parallel import GroupShape
 from brixmesh.engine_sim.timing import GPU_PROFILES, MODEL_PROFILES
 from brixmesh.engine_sim.tokenizer import DEFAULT_TOKENIZER_DIR
 
@@ -101,10 +102,6 @@ def build_parser() -> argparse.ArgumentParser:
     for flag in (
         "--dtype",
         "--max-lora-rank",
-        "--tensor-parallel-size",
-        "-tp",
-        "--pipeline-parallel-size",
-        "-pp",
         "--kv-cache-dtype",
         "--quantization",
         "--download-dir",
@@ -120,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--revision",
     ):
         compat.add_argument(flag, help=argparse.SUPPRESS)
+    add_group_arguments(p)
     p.add_argument("--max-waiting-queue-length", type=int, help="429 when this many requests wait")
     # timing
     p.add_argument("--perf-model", choices=["roofline", "per-token", "constant"], default="roofline")
@@ -328,6 +326,7 @@ def configs_from_args(args: argparse.Namespace) -> list[EngineConfig]:
         kv_transfer_per_token_us=args.kv_transfer_per_token,
         startup_delay_s=args.startup_duration,
         faults=faults,
+        group=group_shape(args),
     )
     configs = []
     for i in range(args.replicas):
@@ -342,3 +341,26 @@ def configs_from_args(args: argparse.Namespace) -> list[EngineConfig]:
             )
         )
     return configs
+
+
+def add_group_arguments(p: argparse.ArgumentParser) -> None:
+    """An engine group's shape (vLLM's flags, plus the hardware the simulator needs to know)."""
+    group = p.add_argument_group("engine group (roofline perf model: step time incl. collectives)")
+    group.add_argument("--tensor-parallel-size", "-tp", type=int, default=1)
+    group.add_argument("--pipeline-parallel-size", "-pp", type=int, default=1)
+    group.add_argument("--gpus-per-node", type=int, default=8, help="where collectives leave the node")
+    group.add_argument(
+        "--interconnect-bandwidth", type=float, default=50.0, help="GB/s per direction between nodes"
+    )
+
+
+def group_shape(args: argparse.Namespace) -> GroupShape:
+    for flag in ("tensor_parallel_size", "pipeline_parallel_size", "gpus_per_node"):
+        if getattr(args, flag) < 1:
+            raise CliError(f"--{flag.replace('_', '-')} must be >= 1")
+    if args.interconnect_bandwidth <= 0:
+        raise CliError("--interconnect-bandwidth must be > 0")
+    return GroupShape(
+        args.tensor_parallel_size, args.pipeline_parallel_size, args.gpus_per_node,
+        args.interconnect_bandwidth,
+    )

@@ -9,6 +9,7 @@ from typing import Literal
 from brixmesh.engine_sim.faults import Faults
 from brixmesh.engine_sim.kv_events_config import KvEventsConfig
 from brixmesh.engine_sim.kv_transfer import KvTransferConfig
+from brixmesh.engine_sim.parallel import GroupShape
 
 
 @dataclass(slots=True)
@@ -59,6 +60,8 @@ class EngineConfig:
     """None: the model profile's KV bytes per token over the GPU profile's KV link."""
     startup_delay_s: float = 0.0
     faults: Faults = field(default_factory=Faults)
+    group: GroupShape = GroupShape()
+    """Tensor/pipeline parallel shape: one engine over several GPUs (and nodes)."""
 
     @property
     def served_model_name(self) -> str:

@@ -18,6 +18,7 @@ from brixmesh.engine_sim.kv_tier import SimKvTier, parse_tier_config
 from brixmesh.engine_sim.kv_transfer import KvTransfer, transfer_counters
 from brixmesh.engine_sim.lora import LoraRegistry
 from brixmesh.engine_sim.metrics import EngineInfo, EngineMetrics, LiveState, SglangMetrics, VllmMetrics
+from brixmesh.engine_sim.parallel import group_step_model
 from brixmesh.engine_sim.scheduler import Scheduler, SchedulerLimits
 from brixmesh.engine_sim.timing import (
     LoraOverhead,
@@ -68,6 +69,7 @@ class Replica:
             config.prefill_overhead_ms,
             config.prefill_time_per_token_ms,
         )
+        step_model = group_step_model(step_model, config.group)
         batched, seqs = default_batch_limits(config)
         self.max_num_batched_tokens = config.max_num_batched_tokens or batched
         self.max_num_seqs = config.max_num_seqs or seqs

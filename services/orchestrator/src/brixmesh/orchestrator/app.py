@@ -11,6 +11,7 @@ HTTP API.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -76,12 +77,25 @@ def build_service(settings: OrchestratorSettings) -> Service:
             raise SystemExit(2) from None
         backend, store = cluster.backend, None
     else:
-        backend = LocalBackend(settings.state_dir, node_name=settings.node_name, gpus=settings.local_gpus)
-        store = deployment_records(backend.state_dir)
+        if settings.backend == "ray":
+            if not settings.ray_address:
+                # a local cluster: Ray then keeps node addresses (so the engines' endpoints) on 127.0.0.1,
+                # not on the interface routing towards 8.8.8.8; read when ray is imported (despite its name,
+                # it is what turns that lookup off on Linux too)
+                os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+            from brixmesh.orchestrator.ray_backend import RayBackend  # imports ray (seconds): only when used
+
+            backend = RayBackend(
+                settings.state_dir, address=settings.ray_address, namespace=settings.ray_namespace,
+                cpus_per_rank=settings.ray_cpus_per_rank, node_name=settings.node_name,
+            )  # fmt: skip
+        else:
+            backend = LocalBackend(settings.state_dir, node_name=settings.node_name, gpus=settings.local_gpus)
+        store = deployment_records(settings.state_dir.resolve())
         try:
             store.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            print(f"brixmesh-orchestrator: cannot keep state in {backend.state_dir} "
+            print(f"brixmesh-orchestrator: cannot keep state in {settings.state_dir} "
                   f"(set BRIXMESH_STATE_DIR): {exc.strerror}", file=sys.stderr)
             raise SystemExit(2) from None
     orchestrator = Orchestrator(

@@ -12,8 +12,10 @@ single pods and reports what happened. Every lifecycle change comes out of :meth
 
 from __future__ import annotations
 
+import asyncio
+import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Container, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -137,3 +139,48 @@ class PodBackend(Protocol):
     async def close(self, *, stop_pods: bool) -> None:
         """Stop every pod (each reported as ``removed``), or with ``stop_pods`` false only stop watching
         them: they keep running for the next orchestrator to :meth:`recover`."""
+
+
+# --- bookkeeping every backend shares ----------------------------------------------------------------
+
+
+def set_phase(pod: Pod, phase: PodPhase) -> None:
+    if pod.phase != phase:
+        pod.phase = phase
+        pod.phase_since = time.time()
+
+
+def announce(changes: asyncio.Queue[PodEvent], kind: PodEventKind, pod: Pod, reason: str) -> None:
+    """Queue one change; ``removed`` only for a pod consumers know, ``added`` only for one they do not."""
+    if kind == "added":
+        if pod.announced is not None:
+            return
+    elif pod.announced is None:
+        return
+    pod.announced = None if kind == "removed" else kind
+    changes.put_nowait(PodEvent(kind=kind, pod=pod.info, ts=time.time(), reason=reason))
+
+
+def taken_changes(changes: asyncio.Queue[PodEvent]) -> list[PodEvent]:
+    """Every change queued and not yet taken (to publish them at shutdown)."""
+    events = []
+    while not changes.empty():
+        events.append(changes.get_nowait())
+    return events
+
+
+def new_pod_name(prefix: str, taken: Container[str]) -> str:
+    while True:
+        name = f"{prefix}-{secrets.token_hex(3)[:5]}"
+        if name not in taken:
+            return name
+
+
+def free_slot(pods: Iterable[Pod], deployment: str, role_name: str = "") -> int:
+    """The lowest slot no pod of the deployment's role holds (per role: a role's ``cpus_per_pod`` slices
+    its own CPU set)."""
+    taken = {
+        pod.slot for pod in pods
+        if pod.deployment == deployment and pod.info.labels.get(ROLE_NAME_LABEL, "") == role_name
+    }  # fmt: skip
+    return next(slot for slot in range(len(taken) + 1) if slot not in taken)

@@ -18,7 +18,7 @@ from pathlib import Path
 from brixmesh.common import vllm_cpu
 from brixmesh.common.settings import SECRET_ENV
 
-from brixmesh.orchestrator.spec import DeploymentSpec, SpecError, format_cpu_list, last_flag
+from brixmesh.orchestrator.spec import DeploymentSpec, SpecError, format_cpu_list, last_flag, parallel_args
 
 KV_TOPIC = vllm_cpu.TOPIC
 SIM_BLOCK_SIZE = 16
@@ -134,6 +134,7 @@ def pod_cpus(spec: DeploymentSpec, slot: int) -> tuple[int, ...] | None:
 
 def build_launch(spec: DeploymentSpec, placement: PodPlacement) -> Launch:
     defaults = DEFAULTS[spec.engine]
+    spec = spec.model_copy(update={"engine_args": spec.engine_args + parallel_args(spec)})
     if spec.engine == "sim":
         argv, env = _sim_command(spec, placement)
     elif spec.engine == "vllm":

@@ -17,7 +17,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import secrets
 import shutil
 import signal
 import tempfile
@@ -26,11 +25,14 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 from brixmesh.common.lora import lora_limits
-from brixmesh.common.messages import GPU_INDEX_LABEL, NODE_LABEL, PodEvent, PodEventKind, PodInfo, PodPhase
+from brixmesh.common.messages import GPU_INDEX_LABEL, NODE_LABEL, PodEvent, PodInfo
 from brixmesh.common.ports import free_port
 from brixmesh.common.supervisor import ProcessSpec, ProcessState, ReadinessProbe, SupervisedProcess
 
-from brixmesh.orchestrator.backend import ROLE_NAME_LABEL, ROLE_SET_LABEL, Pod, Unschedulable
+from brixmesh.orchestrator.backend import (
+    ROLE_NAME_LABEL, ROLE_SET_LABEL, Pod, Unschedulable, announce, free_slot, new_pod_name, set_phase,
+    taken_changes,
+)
 from brixmesh.orchestrator.check import check_runnable
 from brixmesh.orchestrator.cordons import Cordons
 from brixmesh.orchestrator.external import EndpointMonitor
@@ -42,7 +44,7 @@ from brixmesh.orchestrator.launch import (
     PodPlacement,
     build_launch,
 )
-from brixmesh.orchestrator.spec import DeploymentSpec, RoleMember, kv_transfer_of, role_set_name
+from brixmesh.orchestrator.spec import DeploymentSpec, RoleMember, SpecError, kv_transfer_of, role_set_name
 from brixmesh.orchestrator.state import LaunchRecord, PodRecord, pod_records
 
 log = logging.getLogger(__name__)
@@ -79,6 +81,11 @@ class LocalBackend:
     # --- PodBackend ----------------------------------------------------------------------------------
 
     def validate(self, spec: DeploymentSpec) -> None:
+        if spec.nodes > 1:
+            raise SpecError(
+                f"nodes: an engine group of {spec.nodes} nodes needs a multi-node backend "
+                "(BRIXMESH_BACKEND=ray); the local backend runs every pod on this machine", "nodes"
+            )
         check_runnable(spec)
 
     async def create_pod(
@@ -91,8 +98,8 @@ class LocalBackend:
         if member is not None:
             spec, role_name = spec.for_role(member.role), member.role
         prefix = spec.name if member is None else f"{spec.name}-{member.role_set}-{role_name}"
-        name = self._new_pod_name(prefix)
-        slot = self._free_slot(spec.name, role_name)
+        name = new_pod_name(prefix, self._pods)
+        slot = free_slot(self._pods.values(), spec.name, role_name)
         runtime_dir = self.runtime_root / name
         runtime_dir.mkdir(parents=True, exist_ok=True)
         http_port = self._unused_port()
@@ -124,7 +131,7 @@ class LocalBackend:
         )
         self._save(pod, command)
         process = self._supervise(pod, command)
-        self._emit("added", pod, "created")
+        announce(self._changes, "added", pod, "created")
         process.start()
         return pod
 
@@ -158,7 +165,7 @@ class LocalBackend:
         held = {p.slot for p in self._pods.values() if p.deployment == spec.name and p.generation == generation}
         slot = next(i for i in range(len(spec.external)) if i not in held)
         endpoint = spec.external[slot]
-        name = self._new_pod_name(spec.name)
+        name = new_pod_name(spec.name, self._pods)
         info = pod_info(
             spec, name, "external", endpoint.url,
             kv_events=endpoint.kv_events, kv_replay=endpoint.kv_replay, block_size=spec.block_size,
@@ -168,7 +175,7 @@ class LocalBackend:
         probe_url = endpoint.url + (spec.readiness.path or DEFAULTS[spec.engine].readiness_path)
         self._save(pod, None, probe_url)
         self._monitor(pod, probe_url)
-        self._emit("added", pod, "external endpoint registered")
+        announce(self._changes, "added", pod, "external endpoint registered")
         return pod
 
     def _monitor(self, pod: Pod, probe_url: str) -> None:
@@ -183,20 +190,20 @@ class LocalBackend:
         if serving:
             if pod.draining:
                 return
-            self._emit("added", pod, "external endpoint answers again")
-            self._set_phase(pod, "ready")
-            self._emit("ready", pod, "readiness probe passed")
+            announce(self._changes, "added", pod, "external endpoint answers again")
+            set_phase(pod, "ready")
+            announce(self._changes, "ready", pod, "readiness probe passed")
         else:
             if not pod.draining:
-                self._set_phase(pod, "starting")
-            self._emit("removed", pod, "readiness probe failing")
+                set_phase(pod, "starting")
+            announce(self._changes, "removed", pod, "readiness probe failing")
 
     async def drain_pod(self, name: str, reason: str) -> None:
         pod = self._pods.get(name)
         if pod is None or pod.draining:
             return
-        self._set_phase(pod, "draining")
-        self._emit("draining", pod, reason)
+        set_phase(pod, "draining")
+        announce(self._changes, "draining", pod, reason)
         record = self._records.load(name)
         if record is not None:
             record.draining = True
@@ -216,7 +223,7 @@ class LocalBackend:
         if pod is None:
             return
         self._records.drop(name)
-        self._emit("removed", pod, reason)
+        announce(self._changes, "removed", pod, reason)
         shutil.rmtree(self.runtime_root / name, ignore_errors=True)
 
     def list_pods(self, deployment: str | None = None) -> list[Pod]:
@@ -229,10 +236,7 @@ class LocalBackend:
 
     def pending_changes(self) -> list[PodEvent]:
         """Changes not yet taken from :meth:`changes` (to publish them at shutdown)."""
-        events = []
-        while not self._changes.empty():
-            events.append(self._changes.get_nowait())
-        return events
+        return taken_changes(self._changes)
 
     async def close(self, *, stop_pods: bool) -> None:
         """Stop every pod (each reported as ``removed``), or with ``stop_pods`` false leave them running,
@@ -288,50 +292,30 @@ class LocalBackend:
         pod.last_exit_code = process.last_exit_code
         if state is ProcessState.STOPPED or pod.draining:
             if state in (ProcessState.BACKOFF, ProcessState.CRASHLOOP, ProcessState.EXITED):
-                self._emit("removed", pod, f"{_exited(process)} while draining")
+                announce(self._changes, "removed", pod, f"{_exited(process)} while draining")
             return
         if state is ProcessState.STARTING:
-            self._set_phase(pod, "starting")
-            self._emit("added", pod, f"restart {process.restarts}")
+            set_phase(pod, "starting")
+            announce(self._changes, "added", pod, f"restart {process.restarts}")
         elif state is ProcessState.READY:
-            self._set_phase(pod, "ready")
+            set_phase(pod, "ready")
             if process.adopted:
                 reason = "adopted from an earlier orchestrator"
             elif pod.restarts:
                 reason = f"ready after restart {pod.restarts}"
             else:
                 reason = "readiness probe passed"
-            self._emit("ready", pod, reason)
+            announce(self._changes, "ready", pod, reason)
         elif state in (ProcessState.BACKOFF, ProcessState.CRASHLOOP):
-            self._set_phase(pod, "crashloop" if state is ProcessState.CRASHLOOP else "restarting")
-            self._emit("removed", pod, f"{_exited(process)}; restarting"
-                       + (" (crash loop)" if state is ProcessState.CRASHLOOP else ""))
+            set_phase(pod, "crashloop" if state is ProcessState.CRASHLOOP else "restarting")
+            announce(self._changes, "removed", pod, f"{_exited(process)}; restarting"
+                     + (" (crash loop)" if state is ProcessState.CRASHLOOP else ""))
         elif state is ProcessState.EXITED:
-            self._set_phase(pod, "exited")
-            self._emit("removed", pod, f"{_exited(process)}; restart policy {process.spec.restart}")
-
-    def _set_phase(self, pod: Pod, phase: PodPhase) -> None:
-        if pod.phase != phase:
-            pod.phase = phase
-            pod.phase_since = time.time()
-
-    def _emit(self, kind: PodEventKind, pod: Pod, reason: str) -> None:
-        """Queue one event; ``removed`` only for a pod consumers know, ``added`` only for one they do not."""
-        if kind == "added":
-            if pod.announced is not None:
-                return
-        elif pod.announced is None:
-            return
-        pod.announced = None if kind == "removed" else kind
-        self._changes.put_nowait(PodEvent(kind=kind, pod=pod.info, ts=time.time(), reason=reason))
+            set_phase(pod, "exited")
+            reason = f"{_exited(process)}; restart policy {process.spec.restart}"
+            announce(self._changes, "removed", pod, reason)
 
     # --- naming ------------------------------------------------------------------------------------------
-
-    def _new_pod_name(self, deployment: str) -> str:
-        while True:
-            name = f"{deployment}-{secrets.token_hex(3)[:5]}"
-            if name not in self._pods:
-                return name
 
     def _unused_port(self, *also_taken: int) -> int:
         """A free port no pod of ours holds: pods keep their ports across restarts, and one just created may
@@ -362,15 +346,6 @@ class LocalBackend:
             if gpu in load and not pod.draining:
                 load[gpu] += 1
         return min(free, key=lambda gpu: (load[gpu], int(gpu)))
-
-    def _free_slot(self, deployment: str, role_name: str = "") -> int:
-        """Per role: a role's ``cpus_per_pod`` slices its own CPU set."""
-        taken = {
-            pod.slot for pod in self._pods.values()
-            if pod.deployment == deployment and pod.info.labels.get(ROLE_NAME_LABEL, "") == role_name
-        }  # fmt: skip
-        return next(slot for slot in range(len(taken) + 1) if slot not in taken)
-
 
 def pod_info(
     spec: DeploymentSpec,

@@ -8,9 +8,17 @@ from pydantic import Field
 class OrchestratorSettings(ServiceSettings):
     """Settings of the orchestrator service (environment variables ``BRIXMESH_*``)."""
 
-    backend: Literal["local", "kubernetes"] = "local"
-    """Where pods run: processes on this machine, or Kubernetes pods of ModelDeployment resources (then
-    ``BRIXMESH_K8S_*`` configure it; docs/kubernetes.md)."""
+    backend: Literal["local", "kubernetes", "ray"] = "local"
+    """Where pods run: processes on this machine, Kubernetes pods of ModelDeployment resources (then
+    ``BRIXMESH_K8S_*`` configure it; docs/kubernetes.md), or engine groups on a Ray cluster (then ``ray_*``
+    apply; docs/ray.md)."""
+    ray_address: str = ""
+    """The Ray cluster to join (``host:port`` of its GCS); empty: start a local single-node cluster that
+    ends with the orchestrator."""
+    ray_namespace: str = "brixmesh"
+    """Ray namespace of this orchestrator's actors and placement groups (one orchestrator per namespace)."""
+    ray_cpus_per_rank: float = Field(default=1.0, gt=0)
+    """CPUs each rank (bundle) of an engine group asks Ray for."""
     state_dir: Path = Path(".brixmesh")
     """Pod logs go to ``<state_dir>/logs/<pod>.log``, KV-event sockets to ``<state_dir>/run/``; deployments
     (``deployments/``) and pod records (``pods/``) are kept there across restarts."""

@@ -15,6 +15,9 @@ HTTP bodies) into a frozen :class:`DeploymentSpec`; every problem becomes a :cla
     restart_policy: always        # always | on-failure | never
     drain_grace_s: 60             # longest wait for in-flight requests before a drained pod is stopped
     labels: {team: search}
+    nodes: 1                      # nodes each engine group spans (> 1: a backend that gangs them, e.g. ray)
+    tensor_parallel_size: 1       # engine flags as vLLM's, set from these (not in engine_args); their
+    pipeline_parallel_size: 1     # product must be a multiple of `nodes` (an equal share per node)
 
 Engines the orchestrator does not run (containers, remote servers) are registered instead of started:
 
@@ -81,6 +84,11 @@ MAX_ROLE_SETS = 100
 PodRole = Literal["prefill", "decode", "both"]
 RoleOrder = Literal["sequential", "parallel", "interleaved"]
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?$")
+PARALLEL_FLAGS = (
+    "--tensor-parallel-size", "-tp", "--pipeline-parallel-size", "-pp", "--distributed-executor-backend",
+)
+"""Set from a spec's ``tensor_parallel_size``/``pipeline_parallel_size``/``nodes``, never in engine args."""
+MAX_GROUP_NODES = 64
 ORCHESTRATOR_FLAGS = ("--host", "--port", "--served-model-name", "--kv-events-config", "--replicas", "--base-port")
 """Flags the orchestrator sets itself (endpoints it announces); engine_args may not override them."""
 
@@ -270,6 +278,10 @@ class DeploymentSpec(BaseModel):
     """The roles of each role set; empty: one implicit role (``role``, ``replicas`` pods)."""
     mode: Literal["replica", "pool"] = "replica"
     update: UpdatePolicy = UpdatePolicy()
+    nodes: int = Field(default=1, ge=1, le=MAX_GROUP_NODES)
+    """Nodes one pod (an engine group) spans; its head node serves the HTTP API and KV events."""
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    pipeline_parallel_size: int = Field(default=1, ge=1)
 
     @model_validator(mode="before")
     @classmethod
@@ -360,6 +372,26 @@ class DeploymentSpec(BaseModel):
         return value
 
     @model_validator(mode="after")
+    def _engine_group(self) -> DeploymentSpec:
+        world = self.tensor_parallel_size * self.pipeline_parallel_size
+        if world % self.nodes:
+            raise ValueError(
+                f"nodes: tensor_parallel_size x pipeline_parallel_size ({world}) must be a multiple of nodes "
+                f"({self.nodes}): every node of an engine group holds an equal share of its ranks"
+            )
+        if self.external and (world > 1 or self.nodes > 1):
+            raise ValueError("nodes and parallel sizes do not apply to external engines")
+        for role in self.roles or [self]:
+            flag = next((arg.split("=", 1)[0] for arg in role.engine_args
+                         if arg.split("=", 1)[0] in PARALLEL_FLAGS), None)  # fmt: skip
+            if flag is not None:
+                raise ValueError(
+                    f"{flag} is set from the spec's tensor_parallel_size, pipeline_parallel_size and nodes; "
+                    "remove it from engine_args"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _role_sets(self) -> DeploymentSpec:
         if not self.roles:
             if self.mode != "replica" or self.update != UpdatePolicy():
@@ -431,6 +463,18 @@ class DeploymentSpec(BaseModel):
         data["external"] = [endpoint.model_dump() for endpoint in self.external]
         data["roles"] = [role.model_dump(mode="json") for role in self.roles]
         return data
+
+
+def parallel_args(spec: DeploymentSpec) -> tuple[str, ...]:
+    """The engine flags (vLLM's names) of ``spec``'s group shape: none for a single-rank engine."""
+    args: tuple[str, ...] = ()
+    if spec.tensor_parallel_size > 1:
+        args += ("--tensor-parallel-size", str(spec.tensor_parallel_size))
+    if spec.pipeline_parallel_size > 1:
+        args += ("--pipeline-parallel-size", str(spec.pipeline_parallel_size))
+    if spec.nodes > 1:
+        args += ("--distributed-executor-backend", "ray")
+    return args
 
 
 @dataclass(frozen=True, order=True)

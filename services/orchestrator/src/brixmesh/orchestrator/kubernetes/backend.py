@@ -15,16 +15,15 @@ import asyncio
 import contextlib
 import datetime
 import logging
-import secrets
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from brixmesh.common.messages import PodEvent, PodEventKind, PodPhase
+from brixmesh.common.messages import PodEvent, PodEventKind
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from brixmesh.orchestrator.backend import Pod
+from brixmesh.orchestrator.backend import Pod, new_pod_name, set_phase, taken_changes
 from brixmesh.orchestrator.cordons import Cordons
 from brixmesh.orchestrator.kubernetes.api import Api, raw_json, status_message
 from brixmesh.orchestrator.kubernetes.objects import (
@@ -125,7 +124,8 @@ class KubernetesBackend:
         cluster, owner = self._cluster.get(spec.name, (ClusterFields(), None))
         role = role_name(spec, member)
         slot = self._free_slot(spec.name, role)
-        name = self._new_pod_name(spec.name if member is None else f"{spec.name}-{member.role_set}-{role}")
+        prefix = spec.name if member is None else f"{spec.name}-{member.role_set}-{role}"
+        name = new_pod_name(prefix, self._pods)
         await self._ensure_role_service(spec.name, role, owner)
         manifest = pod_manifest(
             spec, cluster, name=name, namespace=self.namespace, generation=generation, slot=slot,
@@ -159,7 +159,7 @@ class KubernetesBackend:
         pod = self._pods.get(name)
         if pod is None or pod.draining:
             return
-        self._set_phase(pod, "draining")
+        set_phase(pod, "draining")
         self._emit("draining", pod, reason)
         # recorded on the pod itself: a new leader resumes the drain instead of counting it as serving
         with contextlib.suppress(ApiException):
@@ -186,10 +186,7 @@ class KubernetesBackend:
             yield await self._changes.get()
 
     def pending_changes(self) -> list[PodEvent]:
-        events = []
-        while not self._changes.empty():
-            events.append(self._changes.get_nowait())
-        return events
+        return taken_changes(self._changes)
 
     async def recover(self) -> None:
         """List every pod of ours (those an earlier leader made included) and keep watching them."""
@@ -250,7 +247,7 @@ class KubernetesBackend:
         pod.info = observed.info
         if observed.failed and not observed.terminating:
             # restartPolicy let its containers end (or it was evicted): replaced by the reconcile loop
-            self._set_phase(pod, "exited")
+            set_phase(pod, "exited")
             await self.delete_pod(name, "containers ended")
             return
         self._update(pod, observed)
@@ -259,14 +256,14 @@ class KubernetesBackend:
         phase = observed.phase
         if phase == "draining":
             if not pod.draining:
-                self._set_phase(pod, "draining")
+                set_phase(pod, "draining")
                 self._emit("draining", pod, "pod terminating" if observed.terminating else "drain resumed")
             return
         if pod.draining:
             return  # drained here, the label patch not yet observed
         if observed.info.endpoint and pod.announced is None:
             self._emit("added", pod, "pod has an IP")
-        self._set_phase(pod, phase)
+        set_phase(pod, phase)
         if phase == "ready":
             self._emit("ready", pod, "readiness probe passed")
         elif pod.announced == "ready":
@@ -276,11 +273,6 @@ class KubernetesBackend:
         pod = self._pods.pop(name, None)
         if pod is not None:
             self._emit("removed", pod, reason)
-
-    def _set_phase(self, pod: Pod, phase: PodPhase) -> None:
-        if pod.phase != phase:
-            pod.phase = phase
-            pod.phase_since = time.time()
 
     def _emit(self, kind: PodEventKind, pod: Pod, reason: str) -> None:
         """Queue a change consumers have not been told: ``draining`` and ``removed`` only for a pod they know,
@@ -295,12 +287,6 @@ class KubernetesBackend:
         self._changes.put_nowait(PodEvent(kind=kind, pod=pod.info, ts=time.time(), reason=reason))
 
     # --- naming --------------------------------------------------------------------------------------------
-
-    def _new_pod_name(self, deployment: str) -> str:
-        while True:
-            name = f"{deployment}-{secrets.token_hex(3)[:5]}"
-            if name not in self._pods:
-                return name
 
     def _free_slot(self, deployment: str, role: str) -> int:
         taken = {
