@@ -124,7 +124,8 @@ async def test_nixl_vllm_pods_get_side_channel_ports_no_other_pod_holds(
     try:
         pods = [await backend.create_pod(spec, 1, RoleMember(0, role, 0)) for role in ("prefill", "decode")]
         records = pod_records(backend.state_dir)
-        side_channels = [int(records.load(pod.name).launch.env["VLLM_NIXL_SIDE_CHANNEL_PORT"]) for pod in pods]
+        launches = [records.load(pod.name).launch for pod in pods]
+        side_channels = [int(launch.env["VLLM_NIXL_SIDE_CHANNEL_PORT"]) for launch in launches if launch]
         endpoints = [int(url.rsplit(":", 1)[1]) for pod in pods
                      for url in (pod.info.endpoint, pod.info.kv_replay_endpoint)]  # fmt: skip
         assert sorted(side_channels + endpoints) == sorted(p)
