@@ -197,7 +197,7 @@ def _vllm_command(spec: DeploymentSpec, placement: PodPlacement) -> tuple[list[s
         # vLLM pins its worker to the same core in every instance; spread pods over the cores by slot.
         cores = vllm_cpu.usable_cores()
         cpus = (cores[placement.slot % len(cores)],)
-    nixl = {}
+    nixl: dict[str, str] = {}
     if uses_nixl_side_channel(spec):
         if not placement.nixl_side_channel_port:
             raise ValueError(f"pod {placement.pod} uses NixlConnector but has no side-channel port")

@@ -28,8 +28,8 @@ from pathlib import Path
 from brixmesh.common.lora import lora_limits
 from brixmesh.common.messages import GPU_INDEX_LABEL, NODE_LABEL, PodEvent, PodEventKind, PodInfo, PodPhase
 from brixmesh.common.ports import free_port
-from brixmesh.common.vllm_cpu import NIXL_SIDE_CHANNEL_PORT_ENV
 from brixmesh.common.supervisor import ProcessSpec, ProcessState, ReadinessProbe, SupervisedProcess
+from brixmesh.common.vllm_cpu import NIXL_SIDE_CHANNEL_PORT_ENV
 
 from brixmesh.orchestrator.backend import ROLE_NAME_LABEL, ROLE_SET_LABEL, Pod, Unschedulable
 from brixmesh.orchestrator.check import check_runnable
