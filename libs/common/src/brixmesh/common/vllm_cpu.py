@@ -170,20 +170,28 @@ def kv_transfer_config(kv_transfer: str, role: str, shared_storage_path: Path | 
     return json.dumps(config)
 
 
+NIXL_SIDE_CHANNEL_PORT_ENV = "VLLM_NIXL_SIDE_CHANNEL_PORT"
+
+
+def check_nixl(install: VllmInstall) -> None:
+    """Raise VllmNotInstalled unless the ``nixl`` package NixlConnector engines import is installed."""
+    if not (install.nixl_dir / ".brixmesh-complete").is_file():
+        raise VllmNotInstalled(
+            f"nixl {NIXL_VERSION} not installed ({install.nixl_dir} incomplete): {SETUP_HINT}"
+        )
+
+
 def nixl_env(install: VllmInstall, side_channel_port: int) -> dict[str, str]:
     """What a NixlConnector engine adds to :func:`engine_env`: the ``nixl`` package, its own handshake port.
 
     The side channel (vLLM's ``VLLM_NIXL_SIDE_CHANNEL_*``) is where decode engines fetch the prefill engine's
     NIXL agent metadata; its host and port come back in the prefill response's ``kv_transfer_params``.
     """
-    if not (install.nixl_dir / ".brixmesh-complete").is_file():
-        raise VllmNotInstalled(
-            f"nixl {NIXL_VERSION} not installed ({install.nixl_dir} incomplete): {SETUP_HINT}"
-        )
+    check_nixl(install)
     return {
         "PYTHONPATH": f"{STARTUP_HOOK_DIR}{os.pathsep}{install.nixl_dir}",
         "VLLM_NIXL_SIDE_CHANNEL_HOST": "127.0.0.1",
-        "VLLM_NIXL_SIDE_CHANNEL_PORT": str(side_channel_port),
+        NIXL_SIDE_CHANNEL_PORT_ENV: str(side_channel_port),
     }
 
 

@@ -18,7 +18,14 @@ from pathlib import Path
 from brixmesh.common import vllm_cpu
 from brixmesh.common.settings import SECRET_ENV
 
-from brixmesh.orchestrator.spec import DeploymentSpec, SpecError, format_cpu_list, last_flag, parallel_args
+from brixmesh.orchestrator.spec import (
+    DeploymentSpec,
+    SpecError,
+    format_cpu_list,
+    kv_transfer_of,
+    last_flag,
+    parallel_args,
+)
 
 KV_TOPIC = vllm_cpu.TOPIC
 SIM_BLOCK_SIZE = 16
@@ -54,6 +61,8 @@ class PodPlacement:
     replay_port: int
     runtime_dir: Path
     state_dir: Path
+    nixl_side_channel_port: int = 0
+    """A NIXL vLLM engine's handshake port (:func:`uses_nixl_side_channel`); 0 for every other pod."""
 
     @property
     def kv_events_endpoint(self) -> str:
@@ -95,6 +104,11 @@ def check_engine(spec: DeploymentSpec) -> None:
         except vllm_cpu.VllmNotInstalled as exc:
             raise SpecError(f"engine 'vllm': {exc}", "engine") from None
         vllm_model_dir(spec, install)
+        if uses_nixl_side_channel(spec):
+            try:
+                vllm_cpu.check_nixl(install)
+            except vllm_cpu.VllmNotInstalled as exc:
+                raise SpecError(f"engine 'vllm' with NixlConnector: {exc}", "engine_args") from None
     if spec.cpus is not None:
         if spec.engine == "sim" and shutil.which("taskset") is None:
             raise SpecError("cpus: pinning needs 'taskset' (util-linux), which is not installed here", "cpus")
@@ -105,6 +119,12 @@ def check_engine(spec: DeploymentSpec) -> None:
                 f"cpus {format_cpu_list(missing)} not available here (usable: {format_cpu_list(sorted(usable))})",
                 "cpus",
             )
+
+
+def uses_nixl_side_channel(spec: DeploymentSpec) -> bool:
+    """A real vLLM engine with NixlConnector: it needs the ``nixl`` package and a side-channel port of its own
+    (vLLM's default, 5600, collides between engines of one machine)."""
+    return spec.engine == "vllm" and kv_transfer_of(spec.engine, spec.engine_args)[0] == "nixl"
 
 
 def vllm_model_dir(spec: DeploymentSpec, install: vllm_cpu.VllmInstall) -> Path:
@@ -185,7 +205,12 @@ def _vllm_command(spec: DeploymentSpec, placement: PodPlacement) -> tuple[list[s
         # vLLM pins its worker to the same core in every instance; spread pods over the cores by slot.
         cores = vllm_cpu.usable_cores()
         cpus = (cores[placement.slot % len(cores)],)
-    env = vllm_cpu.engine_env(format_cpu_list(cpus), install.venv, placement.runtime_dir)
+    nixl: dict[str, str] = {}
+    if uses_nixl_side_channel(spec):
+        if not placement.nixl_side_channel_port:
+            raise ValueError(f"pod {placement.pod} uses NixlConnector but has no side-channel port")
+        nixl = vllm_cpu.nixl_env(install, placement.nixl_side_channel_port)
+    env = vllm_cpu.engine_env(format_cpu_list(cpus), install.venv, placement.runtime_dir, nixl)
     # Only differences from our own environment matter (the supervisor overlays them on it).
     changed = {key: value for key, value in env.items() if os.environ.get(key) != value}
     changed.update({key: "" for key in _SHADOWING_ENV if os.environ.get(key) and key not in env})

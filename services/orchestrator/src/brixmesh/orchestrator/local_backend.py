@@ -28,6 +28,7 @@ from brixmesh.common.lora import lora_limits
 from brixmesh.common.messages import GPU_INDEX_LABEL, NODE_LABEL, PodEvent, PodInfo
 from brixmesh.common.ports import free_port
 from brixmesh.common.supervisor import ProcessSpec, ProcessState, ReadinessProbe, SupervisedProcess
+from brixmesh.common.vllm_cpu import NIXL_SIDE_CHANNEL_PORT_ENV
 
 from brixmesh.orchestrator.backend import (
     ROLE_NAME_LABEL, ROLE_SET_LABEL, Pod, Unschedulable, announce, free_slot, new_pod_name, set_phase,
@@ -43,6 +44,7 @@ from brixmesh.orchestrator.launch import (
     STATE_DIR_ENV,
     PodPlacement,
     build_launch,
+    uses_nixl_side_channel,
 )
 from brixmesh.orchestrator.spec import DeploymentSpec, RoleMember, SpecError, kv_transfer_of, role_set_name
 from brixmesh.orchestrator.state import LaunchRecord, PodRecord, pod_records
@@ -103,13 +105,17 @@ class LocalBackend:
         runtime_dir = self.runtime_root / name
         runtime_dir.mkdir(parents=True, exist_ok=True)
         http_port = self._unused_port()
+        replay_port = self._unused_port(http_port)
         placement = PodPlacement(
             pod=name,
             slot=slot,
             http_port=http_port,
-            replay_port=self._unused_port(http_port),
+            replay_port=replay_port,
             runtime_dir=runtime_dir,
             state_dir=self.state_dir,
+            nixl_side_channel_port=(
+                self._unused_port(http_port, replay_port) if uses_nixl_side_channel(spec) else 0
+            ),
         )
         launch = build_launch(spec, placement)
         info = pod_info(
@@ -326,6 +332,10 @@ class LocalBackend:
                 continue
             taken.add(int(pod.info.endpoint.rsplit(":", 1)[1]))
             taken.add(int(pod.info.kv_replay_endpoint.rsplit(":", 1)[1]))
+        for process in self._processes.values():
+            side_channel = process.spec.env.get(NIXL_SIDE_CHANNEL_PORT_ENV)
+            if side_channel:
+                taken.add(int(side_channel))
         while True:
             port = self._free_port()
             if port not in taken:

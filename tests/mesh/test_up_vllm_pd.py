@@ -1,0 +1,60 @@
+"""``brixmesh up --pd 1P1D --engine vllm``: the orchestrator runs a prefill and a decode real vLLM engine with
+NixlConnector (the ``nixl`` package is installed beside the vLLM venv), each with its own NIXL side channel,
+and the router's ``pd`` strategy serves through them with the prompt's KV pulled by the decode engine."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from brixmesh.common.vllm_cpu import check_nixl, find_install
+from tests.engine.vllm_pd import PAIR_STARTUP_TIMEOUT_S, PD_PROMPT, prompt_tokens_by_source
+from tests.mesh.conftest import RunningMesh, running_mesh
+from tests.router.harness import metric_value
+
+# Setup counts against pytest-timeout: the mesh starts two real engines together on a busy machine.
+pytestmark = [pytest.mark.vllm, pytest.mark.timeout(900)]
+
+
+@pytest.fixture(scope="module")
+def vllm_pd_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
+    check_nixl(find_install())  # else `--pd` would choose ExampleConnector, which tests/engine covers
+    timeout = str(PAIR_STARTUP_TIMEOUT_S)
+    flags = ["--pd", "1P1D", "--engine", "vllm", "--ready-timeout", timeout]
+    with running_mesh(tmp_path_factory.mktemp("vllm-pd-mesh"), flags, PAIR_STARTUP_TIMEOUT_S + 120) as mesh:
+        yield mesh
+
+
+def test_up_pd_vllm_serves_through_nixl_from_orchestrator_launched_engines(vllm_pd_mesh: RunningMesh) -> None:
+    mesh = vllm_pd_mesh
+    assert mesh.printed.count("(vllm, prefill)") == 1 and mesh.printed.count("(vllm, decode)") == 1
+    assert "engines ready" not in mesh.printed
+    orchestrator = next(b for b in mesh.status() if b["service"] == "orchestrator")
+    pods = {p["pod"]["role"]: p["pod"] for p in httpx.get(f"{orchestrator['http_url']}/v1/pods").json()["data"]}
+    assert sorted((role, pod["role_set"], pod["kv_transfer"]) for role, pod in pods.items()) == [
+        ("decode", "default-0", "nixl"), ("prefill", "default-0", "nixl")
+    ]  # fmt: skip
+
+    body = {"model": "tiny-llama", "prompt": f"Through the mesh. {PD_PROMPT}", "max_tokens": 12,
+            "temperature": 0, "ignore_eos": True}  # fmt: skip
+    with httpx.Client(timeout=180.0) as client:
+        # the prefill engine serving the request whole, before any KV of this prompt exists: the reference
+        colocated = client.post(f"{pods['prefill']['endpoint']}/v1/completions", json=body)
+        assert colocated.status_code == 200, colocated.text
+        before = prompt_tokens_by_source(client.get(f"{pods['decode']['endpoint']}/metrics").text)
+        reply = client.post(f"http://127.0.0.1:{mesh.port}/v1/completions", json=body)
+        after = prompt_tokens_by_source(client.get(f"{pods['decode']['endpoint']}/metrics").text)
+        router_metrics = client.get(f"http://127.0.0.1:{mesh.port}/metrics").text
+
+    assert reply.status_code == 200, reply.text
+    assert reply.headers["x-brixmesh-strategy"] == "pd"
+    assert reply.headers["x-brixmesh-pod"] == pods["decode"]["pod"]
+    prompt_tokens = reply.json()["usage"]["prompt_tokens"]
+    assert prompt_tokens > 10 * pods["decode"]["block_size"]
+    assert sum(after.values()) - sum(before.values()) == prompt_tokens
+    assert after["external_kv_transfer"] - before["external_kv_transfer"] >= 10 * pods["decode"]["block_size"]
+    assert after["local_compute"] - before["local_compute"] < prompt_tokens
+    assert reply.json()["choices"][0]["text"] == colocated.json()["choices"][0]["text"]
+    assert metric_value(router_metrics, "brixmesh_router_pd_fallbacks_total") == 0
