@@ -78,7 +78,6 @@ async def test_a_deletion_cut_short_leaves_the_pod_for_close_to_stop(tmp_path: P
     spec = parse_spec({"name": "chat", "model": "m", "engine_args": ["--fault-hang-after", "0"]})
     pod = await backend.create_pod(spec, 1)
     async with httpx.AsyncClient(timeout=30) as http:
-        hung = asyncio.ensure_future(http.get(pod.info.endpoint + "/v1/models"))
 
         async def engine_listening() -> bool:
             try:
@@ -88,7 +87,17 @@ async def test_a_deletion_cut_short_leaves_the_pod_for_close_to_stop(tmp_path: P
             return True
 
         await eventually(engine_listening, 20)
-        await asyncio.sleep(0.3)  # the hung request reached the engine
+        hung = asyncio.ensure_future(asyncio.sleep(0))
+
+        async def a_request_hangs() -> bool:
+            # the hang is armed on the engine's first fault tick: a request answered before it is sent again
+            nonlocal hung
+            if hung.done():
+                hung = asyncio.ensure_future(http.get(pod.info.endpoint + "/health"))  # held while hung
+                await asyncio.sleep(0.3)
+            return not hung.done()
+
+        await eventually(a_request_hangs, 20)
         stopping = asyncio.ensure_future(backend.delete_pod(pod.name, "drained"))
         await asyncio.sleep(0.3)  # inside the process's stop: SIGTERM sent, the engine still shutting down
         assert not stopping.done()
