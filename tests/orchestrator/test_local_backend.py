@@ -30,7 +30,9 @@ async def test_pods_never_share_ports_and_take_the_lowest_free_slot(tmp_path: Pa
     try:
         first = await backend.create_pod(spec, 1)
         second = await backend.create_pod(spec, 1)
-        ports = {first.info.endpoint, first.info.kv_replay_endpoint, second.info.endpoint, second.info.kv_replay_endpoint}
+        ports = {
+            first.info.endpoint, first.info.kv_replay_endpoint, second.info.endpoint, second.info.kv_replay_endpoint
+        }
         assert {int(url.rsplit(":", 1)[1]) for url in ports} == set(p)
         assert (first.slot, second.slot) == (0, 1)
         await backend.delete_pod(first.name, "test")

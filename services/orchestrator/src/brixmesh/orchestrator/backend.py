@@ -161,12 +161,27 @@ def announce(changes: asyncio.Queue[PodEvent], kind: PodEventKind, pod: Pod, rea
     changes.put_nowait(PodEvent(kind=kind, pod=pod.info, ts=time.time(), reason=reason))
 
 
-def taken_changes(changes: asyncio.Queue[PodEvent]) -> list[PodEvent]:
-    """Every change queued and not yet taken (to publish them at shutdown)."""
-    events = []
-    while not changes.empty():
-        events.append(changes.get_nowait())
-    return events
+class PodTable:
+    """What every backend keeps of its pods and how it hands out their changes: ``_pods`` by name and the
+    ``_changes`` queue, both created by the backend's ``__init__``."""
+
+    _pods: dict[str, Pod]
+    _changes: asyncio.Queue[PodEvent]
+
+    def list_pods(self, deployment: str | None = None) -> list[Pod]:
+        pods = [pod for pod in self._pods.values() if deployment is None or pod.deployment == deployment]
+        return sorted(pods, key=lambda pod: pod.created_at)
+
+    async def changes(self) -> AsyncIterator[PodEvent]:
+        while True:
+            yield await self._changes.get()
+
+    def pending_changes(self) -> list[PodEvent]:
+        """Every change queued and not yet taken (to publish them at shutdown)."""
+        events = []
+        while not self._changes.empty():
+            events.append(self._changes.get_nowait())
+        return events
 
 
 def new_pod_name(prefix: str, taken: Container[str]) -> str:

@@ -21,7 +21,7 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from brixmesh.common.lora import lora_limits
@@ -31,8 +31,8 @@ from brixmesh.common.supervisor import ProcessSpec, ProcessState, ReadinessProbe
 from brixmesh.common.vllm_cpu import NIXL_SIDE_CHANNEL_PORT_ENV
 
 from brixmesh.orchestrator.backend import (
-    ROLE_NAME_LABEL, ROLE_SET_LABEL, Pod, Unschedulable, announce, free_slot, new_pod_name, set_phase,
-    taken_changes,
+    ROLE_NAME_LABEL, ROLE_SET_LABEL, Pod, PodTable, Unschedulable, announce, free_slot, new_pod_name,
+    set_phase,
 )
 from brixmesh.orchestrator.check import check_runnable
 from brixmesh.orchestrator.cordons import Cordons
@@ -55,7 +55,7 @@ _MAX_POD_NAME = 63  # 40-character deployment name, role set (2 digits), role (1
 _IPC_PATH_LIMIT = 100  # sun_path holds 107 bytes; keep a margin
 
 
-class LocalBackend:
+class LocalBackend(PodTable):
     kind = "local"
 
     def __init__(
@@ -232,17 +232,6 @@ class LocalBackend:
         announce(self._changes, "removed", pod, reason)
         shutil.rmtree(self.runtime_root / name, ignore_errors=True)
 
-    def list_pods(self, deployment: str | None = None) -> list[Pod]:
-        pods = [pod for pod in self._pods.values() if deployment is None or pod.deployment == deployment]
-        return sorted(pods, key=lambda pod: pod.created_at)
-
-    async def changes(self) -> AsyncIterator[PodEvent]:
-        while True:
-            yield await self._changes.get()
-
-    def pending_changes(self) -> list[PodEvent]:
-        """Changes not yet taken from :meth:`changes` (to publish them at shutdown)."""
-        return taken_changes(self._changes)
 
     async def close(self, *, stop_pods: bool) -> None:
         """Stop every pod (each reported as ``removed``), or with ``stop_pods`` false leave them running,

@@ -28,7 +28,6 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,7 @@ from ray.util.placement_group import PlacementGroup, placement_group, remove_pla
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from brixmesh.orchestrator.backend import (
-    Pod, Unschedulable, announce, free_slot, new_pod_name, set_phase, taken_changes,
+    Pod, PodTable, Unschedulable, announce, free_slot, new_pod_name, set_phase,
 )
 from brixmesh.orchestrator.check import check_runnable
 from brixmesh.orchestrator.cordons import Cordons
@@ -181,7 +180,7 @@ class GroupLost(Exception):
     """An engine group cannot serve any more (a rank or the engine is gone)."""
 
 
-class RayBackend:
+class RayBackend(PodTable):
     kind = "ray"
 
     def __init__(
@@ -278,16 +277,6 @@ class RayBackend:
         self._pods.pop(name, None)
         announce(self._changes, "removed", pod, reason)
 
-    def list_pods(self, deployment: str | None = None) -> list[Pod]:
-        pods = [pod for pod in self._pods.values() if deployment is None or pod.deployment == deployment]
-        return sorted(pods, key=lambda pod: pod.created_at)
-
-    async def changes(self) -> AsyncIterator[PodEvent]:
-        while True:
-            yield await self._changes.get()
-
-    def pending_changes(self) -> list[PodEvent]:
-        return taken_changes(self._changes)
 
     async def recover(self) -> None:
         """Connect, adopt every complete group an earlier orchestrator left (its head holds the pod's

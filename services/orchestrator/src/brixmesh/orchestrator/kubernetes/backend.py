@@ -16,14 +16,13 @@ import contextlib
 import datetime
 import logging
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from brixmesh.common.messages import PodEvent, PodEventKind
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from brixmesh.orchestrator.backend import Pod, new_pod_name, set_phase, taken_changes
+from brixmesh.orchestrator.backend import Pod, PodTable, new_pod_name, set_phase
 from brixmesh.orchestrator.cordons import Cordons
 from brixmesh.orchestrator.kubernetes.api import Api, raw_json, status_message
 from brixmesh.orchestrator.kubernetes.objects import (
@@ -47,7 +46,7 @@ class PodRefused(Exception):
     """The API server did not create a pod (``str()``: one line with its reason)."""
 
 
-class KubernetesBackend:
+class KubernetesBackend(PodTable):
     kind = "kubernetes"
 
     def __init__(
@@ -177,16 +176,6 @@ class KubernetesBackend:
         if pod is not None:
             self._emit("removed", pod, reason)
 
-    def list_pods(self, deployment: str | None = None) -> list[Pod]:
-        pods = [pod for pod in self._pods.values() if deployment is None or pod.deployment == deployment]
-        return sorted(pods, key=lambda pod: pod.created_at)
-
-    async def changes(self) -> AsyncIterator[PodEvent]:
-        while True:
-            yield await self._changes.get()
-
-    def pending_changes(self) -> list[PodEvent]:
-        return taken_changes(self._changes)
 
     async def recover(self) -> None:
         """List every pod of ours (those an earlier leader made included) and keep watching them."""
