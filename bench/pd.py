@@ -8,7 +8,7 @@ name each): ``colocated`` (every engine serves whole requests; ``prefix-cache:3,
 every configuration:
 
 - long-prompt: 12-20k-token prompts (token ids: the simulators' CPU goes to the engines, not to
-  tokenising), 128 output tokens, 9 requests/s (two thirds of the colocated fleet's prefill capacity),
+  tokenising), 128 output tokens, 9 requests/s (70 % of the colocated fleet's prefill capacity),
   for 20 modelled seconds (``--quick``) or 60;
 - multi-turn: AIBrix-style conversations (turns ~ N(3.55, 2.89), Pareto turn lengths), history resent,
   2 conversations/s, for 8 modelled seconds (``--quick``) or 30.
