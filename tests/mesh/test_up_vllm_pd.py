@@ -4,7 +4,9 @@ and the router's ``pd`` strategy serves through them with the prompt's KV pulled
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -15,7 +17,7 @@ from tests.mesh.conftest import RunningMesh, running_mesh
 from tests.router.harness import metric_value
 
 # Setup counts against pytest-timeout: the mesh starts two real engines together on a busy machine.
-pytestmark = [pytest.mark.vllm, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.vllm, pytest.mark.timeout(1200)]
 
 
 @pytest.fixture(scope="module")
@@ -27,12 +29,30 @@ def vllm_pd_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMe
         yield mesh
 
 
+def _ready_pods(mesh: RunningMesh, url: str, timeout_s: float) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        statuses = httpx.get(url).json()["data"]
+        if len(statuses) == 2 and all(status["ready"] for status in statuses):
+            return statuses
+        if time.monotonic() > deadline:
+            phases = [(status["pod"]["pod"], status["phase"], status["restarts"]) for status in statuses]
+            tails = "\n".join(
+                f"--- {log.name}:\n" + "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+                for status in statuses if not status["ready"]
+                for log in mesh.state_dir.rglob(f"logs/{status['pod']['pod']}.log")
+            )  # fmt: skip
+            raise AssertionError(f"the P/D pods not both ready after {timeout_s:.0f} s more: {phases}\n{tails}")
+        time.sleep(2)
+
+
 def test_up_pd_vllm_serves_through_nixl_from_orchestrator_launched_engines(vllm_pd_mesh: RunningMesh) -> None:
     mesh = vllm_pd_mesh
     assert mesh.printed.count("(vllm, prefill)") == 1 and mesh.printed.count("(vllm, decode)") == 1
-    assert "engines ready" not in mesh.printed
     orchestrator = next(b for b in mesh.status() if b["service"] == "orchestrator")
-    pods = {p["pod"]["role"]: p["pod"] for p in httpx.get(f"{orchestrator['http_url']}/v1/pods").json()["data"]}
+    # `up` stops waiting after --ready-timeout; on a slow host the second engine may still be loading then
+    statuses = _ready_pods(mesh, f"{orchestrator['http_url']}/v1/pods", PAIR_STARTUP_TIMEOUT_S)
+    pods = {status["pod"]["role"]: status["pod"] for status in statuses}
     assert sorted((role, pod["role_set"], pod["kv_transfer"]) for role, pod in pods.items()) == [
         ("decode", "default-0", "nixl"), ("prefill", "default-0", "nixl")
     ]  # fmt: skip

@@ -110,6 +110,11 @@ def test_vllm_command_from_the_cached_install(tmp_path: Path, monkeypatch: pytes
         assert launch.env["VLLM_CPU_OMP_THREADS_BIND"] == str(cores[slot % len(cores)])
         assert launch.env["PYTHONPATH"] == str(STARTUP_HOOK_DIR)  # our venv's packages must not shadow vLLM's
         assert launch.env["TMPDIR"] == str(tmp_path / "run/chat-abcde")
+    # a prefill and a decode pod are both slot 0 of their role: the host-wide slot keeps them on two cores
+    for host_slot in range(2):
+        spread = dataclasses.replace(placement(tmp_path, 0), host_slot=host_slot)
+        bound = build_launch(spec, spread).env["VLLM_CPU_OMP_THREADS_BIND"]
+        assert bound == str(cores[host_slot % len(cores)])
     unknown = parse_spec({"name": "a", "model": "llama-70b", "engine": "vllm"})
     with pytest.raises(SpecError, match="model 'llama-70b' is not among the cached models"):
         check_engine(unknown)

@@ -38,8 +38,12 @@ async def test_pods_never_share_ports_and_take_the_lowest_free_slot(tmp_path: Pa
         await backend.delete_pod(first.name, "test")
         offered = iter([p[0], free_port(), free_port()])
         third = await backend.create_pod(spec, 1)
-        assert third.slot == 0
-        assert [e.kind for e in backend.pending_changes()] == ["added", "added", "removed", "added"]
+        assert third.slot == 0 and third.host_slot == 0
+        # another deployment's first pod is its own slot 0 but takes the host's next free slot (another core)
+        offered = iter([free_port(), free_port()])
+        other = await backend.create_pod(spec.model_copy(update={"name": "other"}), 1)
+        assert (other.slot, other.host_slot) == (0, 2)
+        assert [e.kind for e in backend.pending_changes()] == ["added", "added", "removed", "added", "added"]
     finally:
         await backend.close(stop_pods=True)
     assert backend.list_pods() == []

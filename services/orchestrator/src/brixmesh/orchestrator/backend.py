@@ -41,6 +41,8 @@ class Pod:
     generation: int
     slot: int
     """Small per-deployment ordinal (lowest free at creation): picks the pod's CPU slice."""
+    host_slot: int = -1
+    """Small ordinal over all of one host's pods (local backend): spreads unpinned engines over its cores."""
     phase: PodPhase = "starting"
     created_at: float = field(default_factory=time.time)
     phase_since: float = field(default_factory=time.time)
@@ -189,6 +191,12 @@ def new_pod_name(prefix: str, taken: Container[str]) -> str:
         name = f"{prefix}-{secrets.token_hex(3)[:5]}"
         if name not in taken:
             return name
+
+
+def free_host_slot(pods: Iterable[Pod]) -> int:
+    """The lowest host slot no pod holds."""
+    taken = {pod.host_slot for pod in pods}
+    return next(slot for slot in range(len(taken) + 1) if slot not in taken)
 
 
 def free_slot(pods: Iterable[Pod], deployment: str, role_name: str = "") -> int:

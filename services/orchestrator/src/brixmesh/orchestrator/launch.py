@@ -63,6 +63,8 @@ class PodPlacement:
     state_dir: Path
     nixl_side_channel_port: int = 0
     """A NIXL vLLM engine's handshake port (:func:`uses_nixl_side_channel`); 0 for every other pod."""
+    host_slot: int = -1
+    """Lowest ordinal free among all of this host's pods (any deployment or role); -1: use ``slot``."""
 
     @property
     def kv_events_endpoint(self) -> str:
@@ -202,9 +204,11 @@ def _vllm_command(spec: DeploymentSpec, placement: PodPlacement) -> tuple[list[s
     )
     cpus = pod_cpus(spec, placement.slot)
     if cpus is None:
-        # vLLM pins its worker to the same core in every instance; spread pods over the cores by slot.
+        # vLLM pins its worker to the same core in every instance: spread the host's pods over its cores
+        # (host-wide, so a prefill and a decode pod, each slot 0 of its role, do not share one core).
         cores = vllm_cpu.usable_cores()
-        cpus = (cores[placement.slot % len(cores)],)
+        spread = placement.host_slot if placement.host_slot >= 0 else placement.slot
+        cpus = (cores[spread % len(cores)],)
     nixl: dict[str, str] = {}
     if uses_nixl_side_channel(spec):
         if not placement.nixl_side_channel_port:

@@ -31,7 +31,7 @@ from brixmesh.common.supervisor import ProcessSpec, ProcessState, ReadinessProbe
 from brixmesh.common.vllm_cpu import NIXL_SIDE_CHANNEL_PORT_ENV
 
 from brixmesh.orchestrator.backend import (
-    ROLE_NAME_LABEL, ROLE_SET_LABEL, Pod, PodTable, Unschedulable, announce, free_slot, new_pod_name,
+    ROLE_NAME_LABEL, ROLE_SET_LABEL, Pod, PodTable, Unschedulable, announce, free_host_slot, free_slot, new_pod_name,
     set_phase,
 )
 from brixmesh.orchestrator.check import check_runnable
@@ -102,6 +102,7 @@ class LocalBackend(PodTable):
         prefix = spec.name if member is None else f"{spec.name}-{member.role_set}-{role_name}"
         name = new_pod_name(prefix, self._pods)
         slot = free_slot(self._pods.values(), spec.name, role_name)
+        host_slot = free_host_slot(self._pods.values())
         runtime_dir = self.runtime_root / name
         runtime_dir.mkdir(parents=True, exist_ok=True)
         http_port = self._unused_port()
@@ -109,6 +110,7 @@ class LocalBackend(PodTable):
         placement = PodPlacement(
             pod=name,
             slot=slot,
+            host_slot=host_slot,
             http_port=http_port,
             replay_port=replay_port,
             runtime_dir=runtime_dir,
@@ -126,7 +128,7 @@ class LocalBackend(PodTable):
         info.labels.update({NODE_LABEL: self.node_name, GPU_INDEX_LABEL: gpu})
         if member is not None:
             place_in_role_set(info, member, spec.engine_args)
-        pod = Pod(info=info, generation=generation, slot=slot)
+        pod = Pod(info=info, generation=generation, slot=slot, host_slot=host_slot)
         command = LaunchRecord(
             argv=launch.argv,
             env=launch.env,
@@ -160,8 +162,8 @@ class LocalBackend(PodTable):
 
     def _save(self, pod: Pod, command: LaunchRecord | None, probe_url: str = "") -> None:
         record = PodRecord(
-            info=pod.info, generation=pod.generation, slot=pod.slot, created_at=pod.created_at,
-            draining=pod.draining, launch=command, probe_url=probe_url,
+            info=pod.info, generation=pod.generation, slot=pod.slot, host_slot=pod.host_slot,
+            created_at=pod.created_at, draining=pod.draining, launch=command, probe_url=probe_url,
         )  # fmt: skip
         self._records.save(pod.name, record)
 
@@ -253,7 +255,8 @@ class LocalBackend(PodTable):
         adopted = []
         for name, record in self._records.load_all().items():
             pod = Pod(
-                info=record.info, generation=record.generation, slot=record.slot, created_at=record.created_at
+                info=record.info, generation=record.generation, slot=record.slot, host_slot=record.host_slot,
+                created_at=record.created_at,
             )
             # consumers know it from the earlier orchestrator: no second ``added``; ``ready`` once probed
             pod.announced = "added"

@@ -55,6 +55,7 @@ class PodRecord(msgspec.Struct, kw_only=True):
     generation: int
     slot: int
     created_at: float
+    host_slot: int = -1
     draining: bool = False
     launch: LaunchRecord | None = None
     """None for an external pod (nothing to run: announced and probed only)."""
