@@ -33,6 +33,7 @@ def test_every_turn_encodes_like_a_full_encode_and_reuses_the_previous_one() -> 
     for messages in requests:
         assert tokenizer.encode_chat(messages) == reference.encode_chat(messages)
     assert tokenizer.reuse
+    assert tokenizer.fast  # tiktoken's ids: checked against the Hugging Face tokenizer's on the first encodes
     assert (tokenizer.prefix_reuses, tokenizer.prefix_misses) == (len(requests) - 1, 1)
     assert not reference.reuse and reference.prefix_reuses == 0
 
@@ -84,7 +85,7 @@ def test_a_reuse_that_disagrees_with_a_full_encode_turns_reuse_off(caplog: Any) 
     tokenizer.encode_chat(first)
     with caplog.at_level(logging.WARNING, "brixmesh.router.kv.tokenizer"):
         ids = tokenizer.encode_chat(second)
-    assert ids == tokenizer._tok.encode(tokenizer.plan_chat(second).text, add_special_tokens=False).ids
+    assert ids.tolist() == tokenizer._tok.encode(tokenizer.plan_chat(second).text, add_special_tokens=False).ids
     assert not tokenizer.reuse and "chat prefix reuse is off" in caplog.text
     tokenizer.encode_chat(third)
     assert tokenizer.prefix_reuses == 0

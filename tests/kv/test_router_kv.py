@@ -31,7 +31,7 @@ def held_by(index: PrefixIndex, pod: str, tokens: list[int], blocks: int) -> Non
 
 @pytest.fixture
 def tokens() -> list[int]:
-    return LocalTokenizer(ASSETS).encode_prompt(PROMPT)
+    return LocalTokenizer(ASSETS).encode_prompt(PROMPT).tolist()
 
 
 async def test_kv_aware_picks_the_longest_prefix_and_speculates_on_routing(tokens: list[int]) -> None:

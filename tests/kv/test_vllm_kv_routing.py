@@ -158,7 +158,7 @@ async def test_follow_ups_land_on_the_engine_holding_the_prefix(
 
         # The router's tokenizer must agree with the engine's /tokenize, or no block could ever match.
         probe = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "hello"}]
-        assert tokenizer.encode_chat(probe) == await engine_tokens(probe)
+        assert tokenizer.encode_chat(probe).tolist() == await engine_tokens(probe)
 
         conversations = [
             [{"role": "system", "content": f"{SYSTEM} Topic: {topic}."}, {"role": "user", "content": question}]

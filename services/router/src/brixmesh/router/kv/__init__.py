@@ -20,6 +20,7 @@ the tokenizer behind ``RequestContext.token_ids()`` (:mod:`.tokenizer`), metrics
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -72,7 +73,7 @@ def attach(
     )
     module = KvModule(index, tokenizer, metrics)
 
-    async def tokenize(ctx: RequestContext) -> list[int] | None:
+    async def tokenize(ctx: RequestContext) -> Sequence[int] | None:
         try:
             tokens = await tokenizer.tokens(ctx.base_model or ctx.model, prompt=ctx.prompt_text, messages=ctx.messages)
         except TokenizerError:

@@ -17,7 +17,8 @@ from functools import lru_cache
 from xxhash import xxh3_64_intdigest
 
 _TOKEN_BYTES = 4
-_U32 = "I" if array("I").itemsize == _TOKEN_BYTES else "L"
+TOKEN_TYPECODE = "I" if array("I").itemsize == _TOKEN_BYTES else "L"
+"""The ``array`` type code of packed u32 token ids (what the router's tokenizer returns)."""
 
 
 @lru_cache(maxsize=4096)
@@ -35,7 +36,9 @@ def first_seed(model: str, adapter: str | None, cache_salt: str | None) -> int:
 
 def token_bytes(token_ids: Sequence[int]) -> bytes:
     """Token ids as packed u32 (raises OverflowError for ids outside 0 .. 2**32 - 1)."""
-    packed = array(_U32)
+    if isinstance(token_ids, array) and token_ids.typecode == TOKEN_TYPECODE:
+        return token_ids.tobytes()
+    packed = array(TOKEN_TYPECODE)
     packed.fromlist(token_ids if isinstance(token_ids, list) else list(token_ids))  # fromlist: ~30% faster
     return packed.tobytes()
 

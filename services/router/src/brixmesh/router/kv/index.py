@@ -94,8 +94,10 @@ class PrefixIndex:
         self._location_pod: list[str] = []
         self._location_weight: list[float] = []
         self._free_locations: list[int] = []
-        self._speculative: dict[tuple[int, int], float] = {}
-        """(speculative location, own hash) -> expiry (clock time)"""
+        self._speculative: dict[int, dict[int, float]] = {}
+        """speculative location -> own hash -> expiry (clock time)"""
+        self.speculative_blocks = 0
+        """Speculative (location, block) entries held."""
         self._speculative_queue: deque[tuple[float, int, list[int]]] = deque()
         """(expiry, speculative location, own hashes) in expiry order"""
         self.counters = IndexCounters()
@@ -304,9 +306,10 @@ class PrefixIndex:
         self._clear(found)
         speculative = found.locations.get(SPECULATIVE_MEDIUM)
         if speculative is not None:
-            for key in [key for key in self._speculative if key[0] == speculative]:
-                del self._speculative[key]
-                self._forget(key[1], speculative)
+            expiries = self._speculative.pop(speculative, {})
+            self.speculative_blocks -= len(expiries)
+            for own in expiries:
+                self._forget(own, speculative)
         self._free_locations.extend(found.locations.values())
 
     # --- requests -----------------------------------------------------------------------------------------
@@ -372,13 +375,17 @@ class PrefixIndex:
         expiry = now + self.speculative_ttl_s
         renew_before = now + self.speculative_ttl_s / 2
         holders = self._holders
-        expiries = self._speculative
+        expiries = self._speculative.get(location)
+        if expiries is None:
+            expiries = self._speculative[location] = {}
         sets = self._sets
         renewed = []
-        for own in hashes:
-            key = (location, own)
-            current = expiries.get(key)
+        added = 0
+        # the lookups run in C (map); the loop's body is skipped for the blocks renewed recently, which are
+        # most of a conversation's or a shared prompt's leading blocks
+        for own, current in zip(hashes, map(expiries.get, hashes)):
             if current is None:
+                added += 1
                 where = holders.get(own)
                 if where is None:
                     holders[own] = sets.single(location)
@@ -386,25 +393,24 @@ class PrefixIndex:
                     holders[own] = sets.add(where, location)
             elif current > renew_before:
                 continue
-            expiries[key] = expiry
+            expiries[own] = expiry
             renewed.append(own)
+        self.speculative_blocks += added
         if renewed:
             self._speculative_queue.append((expiry, location, renewed))
 
-    @property
-    def speculative_blocks(self) -> int:
-        return len(self._speculative)
-
     def _expire(self, now: float) -> None:
         queue = self._speculative_queue
-        expiries = self._speculative
         while queue and queue[0][0] <= now:
             expiry, location, owns = queue.popleft()
+            expiries = self._speculative.get(location)
+            if expiries is None:
+                continue  # its pod was cleared
             for own in owns:
-                key = (location, own)
-                if expiries.get(key) != expiry:
-                    continue  # renewed later, or its pod was cleared
-                del expiries[key]
+                if expiries.get(own) != expiry:
+                    continue  # renewed later
+                del expiries[own]
+                self.speculative_blocks -= 1
                 self._forget(own, location)
 
 

@@ -12,6 +12,9 @@ messages (LRU within a byte budget), and a later request whose messages start wi
 Added tokens split the text before the tokenizer's model sees it, so ids up to such a token never depend on
 what follows; the first reuses of each tokenizer are still checked against a full encode, and a mismatch
 turns reuse off for that tokenizer (a warning says so).
+
+Byte-level BPE tokenizers (most current models) encode through tiktoken (:mod:`.fast_bpe`), checked
+against the Hugging Face tokenizer on a sample.
 """
 
 from __future__ import annotations
@@ -32,8 +35,11 @@ import httpx
 import msgspec
 from jinja2.exceptions import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from tokenizers import Encoding, Tokenizer
+from tokenizers import Tokenizer
 from xxhash import xxh3_64_intdigest
+
+from brixmesh.router.kv.fast_bpe import CheckedEncoder, special_tokens_around
+from brixmesh.router.kv.hashing import TOKEN_TYPECODE
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +115,8 @@ class LocalTokenizer:
             raise TokenizerError(f"no tokenizer.json in {directory}")
         self.directory = directory
         self._tok = Tokenizer.from_file(str(tokenizer_file))
+        self._encoder = CheckedEncoder(self._tok, json.loads(tokenizer_file.read_text()), str(directory))
+        self._before, self._after = special_tokens_around(self._tok)
         config_file = directory / "tokenizer_config.json"
         config = json.loads(config_file.read_text()) if config_file.is_file() else {}
         template_file = directory / "chat_template.jinja"
@@ -118,9 +126,10 @@ class LocalTokenizer:
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         env.globals["raise_exception"] = _raise
         self._template = env.from_string(template) if isinstance(template, str) else None
-        self._added = tuple(
-            token.content for token in self._tok.get_added_tokens_decoder().values() if token.content
-        )
+        self._added = {
+            token_id: token.content
+            for token_id, token in self._tok.get_added_tokens_decoder().items() if token.content
+        }  # fmt: skip
         self._prefixes: OrderedDict[int, _Prefix] = OrderedDict()
         self._prefix_cache_bytes = prefix_cache_bytes
         self.prefix_bytes = 0
@@ -132,10 +141,18 @@ class LocalTokenizer:
         self.prefix_reuses = 0
         self.prefix_misses = 0
 
-    def encode_prompt(self, text: str) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=True).ids
+    @property
+    def fast(self) -> bool:
+        """Encoding through tiktoken (its checks have found no difference so far)."""
+        return self._encoder.fast
 
-    def encode_chat(self, messages: list[Any]) -> list[int]:
+    def encode_prompt(self, text: str) -> array:
+        ids = array(TOKEN_TYPECODE, self._before)
+        ids.extend(self._encoder.encode(text))
+        ids.extend(self._after)
+        return ids
+
+    def encode_chat(self, messages: list[Any]) -> array:
         return self.finish_chat(self.plan_chat(messages))
 
     def plan_chat(self, messages: list[Any]) -> ChatEncoding:
@@ -171,28 +188,26 @@ class LocalTokenizer:
                     break
         return ChatEncoding(text, digests[-1], prefix)
 
-    def finish_chat(self, plan: ChatEncoding) -> list[int]:
+    def finish_chat(self, plan: ChatEncoding) -> array:
+        """The prompt's token ids, packed (``array`` of u32: hashing reads them without a conversion)."""
         prefix = plan.prefix
         if prefix is None:
-            encoding = self._tok.encode(plan.text, add_special_tokens=False)
-            ids = encoding.ids
-            start = 0
+            new_ids = self._encoder.encode(plan.text)
+            ids = array(TOKEN_TYPECODE, new_ids)
             self.prefix_misses += 1
         else:
-            start = len(prefix.text)
-            encoding = self._tok.encode(plan.text[start:], add_special_tokens=False)
-            ids = prefix.ids.tolist()
-            ids.extend(encoding.ids)
+            new_ids = self._encoder.encode(plan.text[len(prefix.text) :])
+            ids = prefix.ids + array(TOKEN_TYPECODE, new_ids)
             if self._checks_left > 0 and not self._checked(plan.text, ids):
-                return self._tok.encode(plan.text, add_special_tokens=False).ids
+                return array(TOKEN_TYPECODE, self._tok.encode(plan.text, add_special_tokens=False).ids)
             self.prefix_reuses += 1
         if plan.key:
-            self._keep(plan, encoding, start, len(ids) - len(encoding.ids), ids)
+            self._keep(plan, new_ids, ids)
         return ids
 
-    def _checked(self, text: str, ids: list[int]) -> bool:
+    def _checked(self, text: str, ids: array) -> bool:
         self._checks_left -= 1
-        if self._tok.encode(text, add_special_tokens=False).ids == ids:
+        if self._tok.encode(text, add_special_tokens=False).ids == ids.tolist():
             return True
         self.reuse = False
         log.warning(
@@ -201,16 +216,18 @@ class LocalTokenizer:
         )
         return False
 
-    def _keep(self, plan: ChatEncoding, encoding: Encoding, start: int, offset: int, ids: list[int]) -> None:
-        """Keep ``plan.text`` up to its last added token (and those ids) for the conversation's next turn."""
-        text = plan.text
-        cut = max(text.rfind(token, start) for token in self._added)
+    def _keep(self, plan: ChatEncoding, new_ids: list[int], ids: array) -> None:
+        """Keep ``plan.text`` up to its last added token (and those ids) for the conversation's next turn;
+        ``new_ids`` are the ids of the text after the cached prefix it started from, ending ``ids``."""
+        added = self._added
+        index = len(new_ids) - 1
+        while index >= 0 and new_ids[index] not in added:
+            index -= 1
+        start = len(plan.prefix.text) if plan.prefix is not None else 0
+        cut = plan.text.rfind(added[new_ids[index]], start) if index > 0 else -1
         if cut <= start:
             return
-        index = encoding.char_to_token(cut - start)
-        if index is None:
-            return
-        kept = _Prefix(text[:cut], array("I", ids[: offset + index]))
+        kept = _Prefix(plan.text[:cut], ids[: len(ids) - len(new_ids) + index])
         if kept.size > self._prefix_cache_bytes:
             return
         with self._lock:
@@ -239,7 +256,7 @@ class PromptTokenizer:
         self._directories = dict(directories)
         self._local: dict[str, LocalTokenizer] = {}
         self._engine_url = engine_url
-        self._cache: OrderedDict[tuple[str, str], list[int]] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, str], array] = OrderedDict()
         self._cache_size = cache_size
         self._prefix_cache_bytes = prefix_cache_bytes
         self._client = client
@@ -261,8 +278,10 @@ class PromptTokenizer:
             found = self._local[model] = LocalTokenizer(self._directories[model], self._prefix_cache_bytes)
         return found
 
-    async def tokens(self, model: str, *, prompt: str | None = None, messages: list[Any] | None = None) -> list[int] | None:
-        """Token ids, or None when neither a local tokenizer nor an engine can tell."""
+    async def tokens(
+        self, model: str, *, prompt: str | None = None, messages: list[Any] | None = None
+    ) -> array | None:
+        """Token ids (packed u32), or None when neither a local tokenizer nor an engine can tell."""
         local = self.local(model)
         if local is not None:
             if messages is not None:
@@ -277,7 +296,7 @@ class PromptTokenizer:
             return None
         return await self._remote(model, prompt, messages)
 
-    async def _remote(self, model: str, prompt: str | None, messages: list[Any] | None) -> list[int] | None:
+    async def _remote(self, model: str, prompt: str | None, messages: list[Any] | None) -> array | None:
         if prompt is None and messages is None:
             return None
         body: dict[str, Any] = {"model": model}
@@ -302,8 +321,8 @@ class PromptTokenizer:
                 if self._client is None:
                     await client.aclose()
             response.raise_for_status()
-            tokens = response.json()["tokens"]
-        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            tokens = array(TOKEN_TYPECODE, response.json()["tokens"])
+        except (httpx.HTTPError, ValueError, KeyError, TypeError, OverflowError):
             self.remote_failures += 1
             return None
         self._cache[key] = tokens

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -12,7 +12,7 @@ ApiKind = Literal[
     "chat", "completions", "embeddings", "responses", "tokenize", "detokenize", "score", "rerank", "pooling",
     "classify",
 ]
-Tokenizer = Callable[["RequestContext"], Awaitable[list[int] | None]]
+Tokenizer = Callable[["RequestContext"], Awaitable[Sequence[int] | None]]
 
 
 class Usage(msgspec.Struct):
@@ -65,7 +65,7 @@ class RequestContext:
             self._routing_text = prompt_as_text(self.messages, self.prompt_text, self.prompt_token_ids)
         return self._routing_text
 
-    async def token_ids(self) -> list[int] | None:
+    async def token_ids(self) -> Sequence[int] | None:
         """Prompt token ids: given by the client, else from ``tokenizer`` (computed once), else None."""
         if self.prompt_token_ids is not None:
             return self.prompt_token_ids

@@ -35,7 +35,7 @@ class KvAware:
         self.speculative = speculative
         self._observe = observe_lookup
         # request id -> (token ids, block size -> hashes); bounded, as a request may fail before on_routed.
-        self._requests: OrderedDict[str, tuple[list[int], dict[int, list[int]]]] = OrderedDict()
+        self._requests: OrderedDict[str, tuple[Sequence[int], dict[int, list[int]]]] = OrderedDict()
 
     async def prepare(self, ctx: RequestContext) -> None:
         tokens = await ctx.token_ids()
