@@ -33,8 +33,9 @@ GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|
 
 CHECK_FIRST = 16
 """Encodes compared with the Hugging Face tokenizer before sampling starts."""
-CHECK_EVERY = 64
-"""After those, one encode in this many is compared."""
+CHECK_EVERY = 1024
+"""After those, one encode in this many is compared (a full Hugging Face encode of a long chat costs as much as
+a few hundred tiktoken encodes of one turn)."""
 
 
 def _byte_decoder() -> dict[str, int]:
