@@ -401,17 +401,29 @@ class PrefixIndex:
 
     def _expire(self, now: float) -> None:
         queue = self._speculative_queue
+        holders = self._holders
+        sets = self._sets
         while queue and queue[0][0] <= now:
             expiry, location, owns = queue.popleft()
             expiries = self._speculative.get(location)
             if expiries is None:
                 continue  # its pod was cleared
-            for own in owns:
-                if expiries.get(own) != expiry:
+            gone = 0
+            # speculative blocks never have extra copies (only engine events count them), so this is
+            # _forget without the copies
+            for own, current in zip(owns, map(expiries.get, owns)):
+                if current != expiry:
                     continue  # renewed later
                 del expiries[own]
-                self.speculative_blocks -= 1
-                self._forget(own, location)
+                gone += 1
+                where = holders.get(own)
+                if where is None or location not in where:
+                    continue
+                if len(where) == 1:
+                    del holders[own]
+                else:
+                    holders[own] = sets.remove(where, location)
+            self.speculative_blocks -= gone
 
 
 class _LocationSets:
