@@ -32,6 +32,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, Inf
 from brixmesh.common import __version__
 from brixmesh.common.admin import AdminGuard
 from brixmesh.common.bus import Bus, BusConnectError, NatsAuth
+from brixmesh.common.http_protocol import HeadHoldingHttpToolsProtocol
 from brixmesh.common.logs import configure_logging
 from brixmesh.common.messages import Heartbeat, Ping
 from brixmesh.common.settings import ServiceSettings
@@ -210,7 +211,7 @@ def run(service: Service, asgi: ASGIApp | None = None) -> None:
         asgi or service.app,
         log_config=None,
         access_log=False,
-        http="httptools",
+        http=HeadHoldingHttpToolsProtocol,
         proxy_headers=False,
         server_header=False,
         timeout_graceful_shutdown=settings.graceful_shutdown_s,
