@@ -177,3 +177,36 @@ async def test_non_streamed_body_larger_than_the_read_pause_threshold(server: st
     assert await asyncio.wait_for(response.read(), 10) == _LARGE
     response.close()
     pool.close()
+
+
+async def test_on_sent_runs_once_while_the_engine_works_on_the_request() -> None:
+    """The caller's bookkeeping runs after the request is written and before its answer is awaited: the
+    engine here answers only once the callback ran (a callback after the head would never come)."""
+    released = asyncio.Event()
+    seen: list[bytes] = []
+
+    async def gated(request: web.Request) -> web.Response:
+        seen.append(await request.read())
+        await asyncio.wait_for(released.wait(), 5)
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/gated", gated)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    pool = UpstreamPool(connect_timeout_s=1, read_timeout_s=5)
+    calls: list[str] = []
+    try:
+        for body in (b"[1]", b"[2]"):  # a new connection, then a pooled one
+            response = await pool.post(
+                f"http://127.0.0.1:{port}", "/gated", body, on_sent=lambda: (calls.append("sent"), released.set())
+            )
+            assert (await response.read(), response.status) == (b"ok", 200)
+            response.close()
+            released.clear()
+        assert calls == ["sent", "sent"] and seen == [b"[1]", b"[2]"]
+    finally:
+        pool.close()
+        await runner.cleanup()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import httptools
@@ -236,9 +237,14 @@ class UpstreamPool:
         body: bytes,
         extra_headers: bytes = b"",
         deadline: float | None = None,
+        on_sent: Callable[[], None] | None = None,
     ) -> UpstreamResponse:
         """POST ``body`` (JSON) and wait for the response head. ``extra_headers``: ``b"Name: value\\r\\n"``
-        lines. ``deadline`` (``time.monotonic()`` time; None: none) bounds the whole exchange."""
+        lines. ``deadline`` (``time.monotonic()`` time; None: none) bounds the whole exchange.
+
+        ``on_sent`` is called once, as soon as the request is written to a pooled connection (the caller's
+        bookkeeping then runs while the engine works), or before waiting for a new connection: either way
+        before this coroutine first yields, so no other request runs in between."""
         host, port, host_header = self._target(base_url)
         head = (
             b"POST "
@@ -255,9 +261,15 @@ class UpstreamPool:
         while True:
             conn = self._checkout((host, port))
             if conn is None:
+                if on_sent is not None:
+                    on_sent()
+                    on_sent = None
                 conn = await self._connect(host, port)
             conn._reset()
             conn.transport.write(payload)  # type: ignore[union-attr]
+            if on_sent is not None:
+                on_sent()
+                on_sent = None
             try:
                 while not conn.headers_done:
                     if conn.error is not None:

@@ -322,15 +322,25 @@ class Gateway:
             with tracing.span("router.upstream") if tracing else NO_SPAN as span:
                 sent_headers = extra_headers if span is None else extra_headers + traceparent(span)
                 last = attempt == len(attempts) - 1
-                self.router.routed(ctx, decision, pod)
-                self.sync.routed(ctx.request_id, ctx.model, pod.name, ctx.prefix_hashes)
+                announced = False
+
+                def announce() -> None:
+                    """The routing hooks (speculative KV entries, shared in-flight counts), run once the
+                    request is on its way: the engine works meanwhile, and nothing else is routed before."""
+                    nonlocal announced
+                    announced = True
+                    self.router.routed(ctx, decision, pod)
+                    self.sync.routed(ctx.request_id, ctx.model, pod.name, ctx.prefix_hashes)
+
                 usage: Usage | None = None
                 status = 502
                 response: UpstreamResponse | None = None
                 try:
                     started = time.perf_counter()
                     try:
-                        response = await self._pool.post(pod.url, path, raw, sent_headers, deadline)
+                        response = await self._pool.post(
+                            pod.url, path, raw, sent_headers, deadline, on_sent=announce
+                        )
                         if response.status >= 500 and not last:
                             failure = f"pod {pod.name} answered {response.status}"
                             self.metrics.retries.labels(ctx.model, f"http_{response.status}").inc()
@@ -380,6 +390,8 @@ class Gateway:
                     await send({"type": "http.response.body", "body": first})
                     return ok, usage
                 finally:
+                    if not announced:  # the request failed before it was written: hooks pair as before
+                        announce()
                     if response is not None:
                         response.close()
                     self.sync.done(ctx.request_id, ctx.model, pod.name)
