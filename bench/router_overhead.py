@@ -466,13 +466,19 @@ def follower_state(url: str) -> dict:
 
 
 def chat_prefix_counts(url: str) -> dict[str, float]:
-    """How many chat prompts the router tokenized from a cached earlier turn, and how many in full."""
+    """How many chat prompts the router tokenized from a cached earlier turn, how many in full, and how many
+    it routed from a kept turn before tokenizing them."""
     import httpx
 
+    series = {
+        "reuses": "brixmesh_kv_chat_prefix_reuses ",
+        "misses": "brixmesh_kv_chat_prefix_misses ",
+        "turns_routed": "brixmesh_kv_chat_turns_routed ",
+    }
     counts = {}
     for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
-        for name in ("reuses", "misses"):
-            if line.startswith(f"brixmesh_kv_chat_prefix_{name} "):
+        for name, prefix in series.items():
+            if line.startswith(prefix):
                 counts[name] = float(line.split()[1])
     return counts
 
@@ -856,7 +862,8 @@ def report(results: dict[str, dict], args: argparse.Namespace) -> None:
     if reused:
         lines.append(
             f"brixmesh chat prompts tokenized from a cached earlier turn: {reused.get('reuses', 0):.0f}, "
-            f"in full: {reused.get('misses', 0):.0f}"
+            f"in full: {reused.get('misses', 0):.0f}; routed from a kept turn before tokenizing: "
+            f"{reused.get('turns_routed', 0):.0f}"
         )
     lines.append(headline(results, base, args))
     print("\n".join(lines))

@@ -123,12 +123,27 @@ def test_speculative_entries_are_renewed_once_half_their_ttl_has_passed() -> Non
     index.add_speculative("a", hashes[:3])  # the first two keep their expiry (2.0), the third expires at 2.5
     now[0] = 1.5
     index.add_speculative("a", hashes[:1])  # past half its TTL: renewed until 3.5
-    now[0] = 2.1
+    now[0] = 2.6  # the second expired at 2.0: the chain on "a" ends after the first
     assert index.match(hashes, B)["a"].blocks == 1
     now[0] = 3.4
     assert index.match(hashes, B)["a"].blocks == 1
-    now[0] = 3.6
+    now[0] = 4.1
     assert "a" not in index.match(hashes, B) and index.speculative_blocks == 0
+
+
+def test_a_lookup_leaves_entries_just_due_to_the_next_addition() -> None:
+    """Expiring is off the lookup's path while entries are due less than a quarter TTL ago (the addition that
+    follows every routed request expires them); past that, a lookup expires them itself (an idle router)."""
+    now = [0.0]
+    index = PrefixIndex(speculative_ttl_s=2.0, clock=lambda: now[0])
+    hashes = index.prompt_hashes(PROMPT, B, "m", None)
+    index.add_speculative("a", hashes[:2])
+    now[0] = 2.3
+    assert index.match(hashes, B)["a"].blocks == 2 and index.speculative_blocks == 2
+    index.add_speculative("b", hashes[:1])
+    assert "a" not in index.match(hashes, B) and index.speculative_blocks == 1
+    now[0] = 4.9  # b's entry expired at 4.3
+    assert index.match(hashes, B) == {} and index.speculative_blocks == 0
 
 
 def test_capture_index_equals_stored_not_removed() -> None:

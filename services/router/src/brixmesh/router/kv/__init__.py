@@ -32,7 +32,7 @@ from brixmesh.router.kv.follower import IndexFollower
 from brixmesh.router.kv.index import PrefixIndex
 from brixmesh.router.kv.metrics import KvMetrics
 from brixmesh.router.kv.settings import KvSettings
-from brixmesh.router.kv.tokenizer import PromptTokenizer, TokenizerError
+from brixmesh.router.kv.tokenizer import PromptTokenizer, TokenizerError, TurnPrefix
 from brixmesh.router.routing.context import RequestContext
 from brixmesh.router.routing.scorers.cost_model import CostModel
 from brixmesh.router.routing.scorers.kv_aware import KvAware
@@ -84,9 +84,17 @@ def attach(
 
     if registry.env.tokenizer is None:
         registry.env.tokenizer = tokenize
+    def turn_prefix(ctx: RequestContext) -> TurnPrefix | None:
+        return tokenizer.turn_prefix(ctx.base_model or ctx.model, ctx.messages or [])
+
     registry.register_scorer(
         "kv-aware",
-        lambda env: KvAware(index, speculative=settings.speculative, observe_lookup=metrics.lookup_seconds.observe),
+        lambda env: KvAware(
+            index,
+            speculative=settings.speculative,
+            observe_lookup=metrics.lookup_seconds.observe,
+            turns=turn_prefix if settings.turn_routing else None,
+        ),
     )
     registry.register_scorer(
         "cost-model", lambda env: CostModel(KvAware(index, speculative=settings.speculative))

@@ -30,6 +30,10 @@ SPECULATIVE_MEDIUM = "speculative"
 MEDIUM_WEIGHTS = {"GPU": 1.0, "CPU": 0.8, "CPU_PINNED": 0.8, SPECULATIVE_MEDIUM.upper(): 1.0}
 OTHER_MEDIUM_WEIGHT = 0.5
 SPECULATIVE_TTL_S = 2.0
+_MATCH_EXPIRY_GRACE = 0.25
+"""A lookup leaves speculative entries due less than this share of the TTL ago to :meth:`add_speculative`
+(which follows every routed request, after it is sent): expiring is not on the path of the request being
+routed, and an entry counts at most this much longer than its TTL."""
 
 
 def adapter_key(lora_name: str | None, lora_id: int | None) -> str | None:
@@ -327,7 +331,8 @@ class PrefixIndex:
     def match(self, hashes: Sequence[int], block_size: int, pods: Iterable[str] | None = None) -> dict[str, PodMatch]:
         """Each pod's longest held run of ``hashes`` (chained for ``block_size``); pods holding nothing are
         left out. ``pods`` limits the answer to those pods."""
-        if self._speculative_queue:
+        queue = self._speculative_queue
+        if queue and queue[0][0] <= self._clock() - self.speculative_ttl_s * _MATCH_EXPIRY_GRACE:
             self._expire(self._clock())
         wanted = None if pods is None else set(pods)
         location_pod = self._location_pod

@@ -45,6 +45,10 @@ class KvMetrics:
                 "Chat prompts tokenized from the cached tokens of an earlier turn",
                 lambda: tokenizer.prefix_reuses,
             ),
+            "brixmesh_kv_chat_turns_routed": (
+                "Chat requests routed from a kept earlier turn, tokenized once sent",
+                lambda: tokenizer.turns_routed,
+            ),
             "brixmesh_kv_chat_prefix_misses": (
                 "Chat prompts tokenized in full (first turn, evicted or edited)",
                 lambda: tokenizer.prefix_misses,

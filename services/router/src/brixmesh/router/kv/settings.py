@@ -22,6 +22,9 @@ class KvSettings(BaseSettings):
     its new messages, least recently used out first; about 8 bytes per token. 0 turns the reuse off."""
     speculative_ttl_s: float = Field(default=SPECULATIVE_TTL_S, ge=0)
     speculative: bool = True
+    turn_routing: bool = True
+    """Route a chat request that continues a kept conversation turn from that turn's ids, and tokenize the
+    rest once it is sent (``kv-aware`` scorer; see :mod:`brixmesh.router.kv.tokenizer`)."""
 
     @field_validator("tokenizer_dirs")
     @classmethod

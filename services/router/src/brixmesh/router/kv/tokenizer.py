@@ -13,6 +13,11 @@ Added tokens split the text before the tokenizer's model sees it, so ids up to s
 what follows; the first reuses of each tokenizer are still checked against a full encode, and a mismatch
 turns reuse off for that tokenizer (a warning says so).
 
+A chat request that continues a kept conversation can be routed from that turn's ids alone
+(:meth:`LocalTokenizer.turn_prefix`: no template render, no encoding); the rest is tokenized once the
+request is on its way (:meth:`TurnPrefix.complete`), which also checks that the template really renders the
+earlier messages as before. The first time it does not, routing from kept turns stops for that tokenizer.
+
 Byte-level BPE tokenizers (most current models) encode through tiktoken (:mod:`.fast_bpe`), checked
 against the Hugging Face tokenizer on a sample.
 """
@@ -48,6 +53,12 @@ _INLINE_CHARS = 4096
 _REMOTE_TIMEOUT_S = 2.0
 _CHECKED_REUSES = 8
 """Reuses of a tokenizer's cached chat prefixes checked against a full encode before they are trusted."""
+_TURN_ROUTING_AFTER = 16
+"""Verified reuses (the render started with the kept text) before requests are routed from kept turns."""
+_TOKENS_PER_CHAR = 0.3
+"""First guess of tokens per character of new message content (learned per tokenizer as turns complete)."""
+_FRAMING_CHARS = 24
+"""Characters a template adds around each message (role markers, separators), counted with its content."""
 CHAT_PREFIX_CACHE_BYTES = 64 << 20
 _message_json = msgspec.json.Encoder()
 
@@ -77,6 +88,9 @@ class _Prefix:
 
     text: str
     ids: array
+    hashes: dict[tuple[int, int], list[int]] | None = None
+    """(block size, chain seed) -> hashes of the full blocks of ``ids``, kept by the KV scorer: a kept turn
+    is hashed once however many requests continue it."""
 
     @property
     def size(self) -> int:
@@ -92,10 +106,35 @@ class ChatEncoding:
     """Digest of the messages: where this prompt's own prefix is kept for the next turn."""
     prefix: _Prefix | None
     """The longest cached earlier turn this text starts with: only ``text[len(prefix.text):]`` is encoded."""
+    kept: _Prefix | None = None
+    """What :meth:`LocalTokenizer.finish_chat` kept of this prompt for the conversation's next turn."""
 
     @property
     def remaining_chars(self) -> int:
         return len(self.text) - (len(self.prefix.text) if self.prefix is not None else 0)
+
+
+@dataclass(slots=True, eq=False)
+class TurnPrefix:
+    """A chat request that continues a kept turn: that turn's ids (what routing scores), an estimate of the
+    whole prompt's length, and :meth:`complete` for the exact ids once the request is on its way."""
+
+    prefix: _Prefix
+    estimated_tokens: int
+    tokenizer: LocalTokenizer
+    messages: list[Any]
+    new_chars: int
+    """Characters of the messages after the kept turn, framing included (what ``estimated_tokens`` adds)."""
+    kept: _Prefix | None = None
+    """Once :meth:`complete` ran: what was kept of this prompt for the next turn (its ids start the prompt's)."""
+
+    @property
+    def ids(self) -> array:
+        return self.prefix.ids
+
+    def complete(self) -> array:
+        """The prompt's exact ids (render, encode what follows the kept turn, keep this turn for the next)."""
+        return self.tokenizer.complete_turn(self)
 
 
 def message_digests(messages: list[Any]) -> list[int]:
@@ -138,6 +177,11 @@ class LocalTokenizer:
         self._checks_left = _CHECKED_REUSES
         self.reuse = prefix_cache_bytes > 0 and bool(self._added)
         """False once a reused prefix disagreed with a full encode (or the tokenizer has no added tokens)."""
+        self._verified_reuses = 0
+        self.turn_routing = True
+        """False once the template rendered a kept conversation's earlier messages differently."""
+        self._tokens_per_char = _TOKENS_PER_CHAR
+        self.turns_routed = 0
         self.prefix_reuses = 0
         self.prefix_misses = 0
 
@@ -160,12 +204,7 @@ class LocalTokenizer:
         so the caller can run :meth:`finish_chat` (the encoding) in a thread when much text remains."""
         if self._template is None:
             raise TokenizerError(f"tokenizer in {self.directory} has no chat template")
-        prepared = [
-            {**message, "content": flatten_content(message["content"])}
-            if isinstance(message, dict) and isinstance(message.get("content"), list)
-            else message
-            for message in messages
-        ]
+        prepared = _prepared(messages)
         try:
             text = self._template.render(
                 messages=prepared, add_generation_prompt=True, bos_token=self.bos_token, eos_token=self.eos_token
@@ -182,11 +221,63 @@ class LocalTokenizer:
         with self._lock:
             for digest in reversed(digests[:-1]):
                 found = self._prefixes.get(digest)
-                if found is not None and text.startswith(found.text):
+                if found is None:
+                    continue
+                if text.startswith(found.text):
                     self._prefixes.move_to_end(digest)
                     prefix = found
+                    self._verified_reuses += 1
                     break
+                self._stop_turn_routing()  # same earlier messages, other text: the template looks ahead
         return ChatEncoding(text, digests[-1], prefix)
+
+    def turn_prefix(self, messages: list[Any]) -> TurnPrefix | None:
+        """The kept turn ``messages`` continue, to route from before the rest is tokenized; None when there
+        is none, when routing from kept turns is off or not yet earned, or when much new text follows."""
+        if not (self.reuse and self.turn_routing and self._verified_reuses >= _TURN_ROUTING_AFTER):
+            return None
+        prepared = _prepared(messages)
+        try:
+            digests = message_digests(prepared)
+        except (TypeError, ValueError):
+            return None
+        with self._lock:
+            for index in range(len(digests) - 2, -1, -1):
+                found = self._prefixes.get(digests[index])
+                if found is not None:
+                    self._prefixes.move_to_end(digests[index])
+                    break
+            else:
+                return None
+        new_chars = 0
+        for message in prepared[index + 1 :]:
+            content = message.get("content") if isinstance(message, dict) else None
+            new_chars += _FRAMING_CHARS + (len(content) if isinstance(content, str) else 0)
+        if new_chars > _INLINE_CHARS:  # a long new text is tokenized in a thread, before routing
+            return None
+        estimated = len(found.ids) + int(new_chars * self._tokens_per_char) + 1
+        self.turns_routed += 1
+        return TurnPrefix(found, estimated, self, messages, new_chars)
+
+    def complete_turn(self, turn: TurnPrefix) -> array:
+        plan = self.plan_chat(turn.messages)
+        ids = self.finish_chat(plan)
+        turn.kept = plan.kept
+        kept = turn.prefix.ids
+        if ids[: len(kept)] != kept:
+            self._stop_turn_routing()
+        elif turn.new_chars:
+            observed = (len(ids) - len(kept)) / turn.new_chars
+            self._tokens_per_char += 0.1 * (observed - self._tokens_per_char)
+        return ids
+
+    def _stop_turn_routing(self) -> None:
+        if self.turn_routing:
+            self.turn_routing = False
+            log.warning(
+                "chat template in %s renders earlier messages differently as a conversation grows: requests "
+                "are no longer routed from kept turns", self.directory,
+            )
 
     def finish_chat(self, plan: ChatEncoding) -> array:
         """The prompt's token ids, packed (``array`` of u32: hashing reads them without a conversion)."""
@@ -236,8 +327,19 @@ class LocalTokenizer:
                 self.prefix_bytes -= replaced.size
             self._prefixes[plan.key] = kept
             self.prefix_bytes += kept.size
+            plan.kept = kept
             while self.prefix_bytes > self._prefix_cache_bytes:
                 self.prefix_bytes -= self._prefixes.popitem(last=False)[1].size
+
+
+def _prepared(messages: list[Any]) -> list[Any]:
+    """Messages as templates expect them (content parts flattened to a string)."""
+    return [
+        {**message, "content": flatten_content(message["content"])}
+        if isinstance(message, dict) and isinstance(message.get("content"), list)
+        else message
+        for message in messages
+    ]
 
 
 class PromptTokenizer:
@@ -269,6 +371,11 @@ class PromptTokenizer:
         return sum(local.prefix_reuses for local in self._local.values())
 
     @property
+    def turns_routed(self) -> int:
+        """Chat requests routed from a kept earlier turn (every local tokenizer)."""
+        return sum(local.turns_routed for local in self._local.values())
+
+    @property
     def prefix_misses(self) -> int:
         return sum(local.prefix_misses for local in self._local.values())
 
@@ -277,6 +384,16 @@ class PromptTokenizer:
         if found is None and model in self._directories:
             found = self._local[model] = LocalTokenizer(self._directories[model], self._prefix_cache_bytes)
         return found
+
+    def turn_prefix(self, model: str, messages: list[Any]) -> TurnPrefix | None:
+        """See :meth:`LocalTokenizer.turn_prefix` (None without a local tokenizer for ``model``)."""
+        try:
+            local = self.local(model)
+        except TokenizerError:
+            return None
+        if local is None or local._template is None:
+            return None
+        return local.turn_prefix(messages)
 
     async def tokens(
         self, model: str, *, prompt: str | None = None, messages: list[Any] | None = None

@@ -4,6 +4,12 @@ request just sent to a pod count there until its events arrive (speculative, sho
 
 Token ids come from ``ctx.token_ids()`` (the KV module's tokenizer); a request that cannot be tokenized scores
 nothing, so the other scorers of the strategy decide.
+
+A chat request continuing a conversation whose earlier turn the tokenizer kept (``turns``) is scored from that
+turn's ids, hashed once per turn, against an estimate of the whole prompt's blocks: the new messages' blocks
+are on no pod yet (they are new), so the ranking is the same and the request leaves without waiting for the
+template and the encoding. Those run when the request completes (or fails), and its blocks then become
+speculative entries on its pod: before the conversation's next turn, which only comes after this answer.
 """
 
 from __future__ import annotations
@@ -12,12 +18,31 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
+from brixmesh.router.kv.hashing import first_seed
 from brixmesh.router.kv.index import PodMatch, PrefixIndex
-from brixmesh.router.routing.context import RequestContext
+from brixmesh.router.kv.tokenizer import TokenizerError, TurnPrefix
+from brixmesh.router.routing.context import RequestContext, Usage
 from brixmesh.router.routing.endpoint import Endpoint
 from brixmesh.router.routing.scorer import Category
 
 _PENDING_LIMIT = 4096
+
+TurnSource = Callable[[RequestContext], "TurnPrefix | None"]
+"""The kept turn a chat request continues (:meth:`brixmesh.router.kv.tokenizer.PromptTokenizer.turn_prefix`)."""
+
+
+class _Pending:
+    """A request between :meth:`KvAware.prepare` and its speculative entries."""
+
+    __slots__ = ("tokens", "length", "hashes", "turn")
+
+    def __init__(self, tokens: Sequence[int], length: int, turn: TurnPrefix | None = None) -> None:
+        self.tokens = tokens
+        self.length = length
+        """Prompt tokens: exact, or estimated while only the kept turn is known."""
+        self.hashes: dict[int, list[int]] = {}
+        """block size -> hashes of ``tokens``' full blocks"""
+        self.turn = turn
 
 
 class KvAware:
@@ -30,36 +55,56 @@ class KvAware:
         *,
         speculative: bool = True,
         observe_lookup: Callable[[float], None] | None = None,
+        turns: TurnSource | None = None,
     ) -> None:
         self.index = index
         self.speculative = speculative
         self._observe = observe_lookup
-        # request id -> (token ids, block size -> hashes); bounded, as a request may fail before on_routed.
-        self._requests: OrderedDict[str, tuple[Sequence[int], dict[int, list[int]]]] = OrderedDict()
+        self._turns = turns
+        # bounded, as a request may fail before its hooks run
+        self._requests: OrderedDict[str, _Pending] = OrderedDict()
 
     async def prepare(self, ctx: RequestContext) -> None:
-        tokens = await ctx.token_ids()
-        if tokens:
-            self._requests[ctx.request_id] = (tokens, {})
-            if len(self._requests) > _PENDING_LIMIT:
-                self._requests.popitem(last=False)
+        turn = None
+        if self._turns is not None and ctx.messages is not None and ctx.prompt_token_ids is None:
+            turn = self._turns(ctx)
+        if turn is not None:
+            pending = _Pending(turn.ids, turn.estimated_tokens, turn)
+        else:
+            tokens = await ctx.token_ids()
+            if not tokens:
+                return
+            pending = _Pending(tokens, len(tokens))
+        self._requests[ctx.request_id] = pending
+        if len(self._requests) > _PENDING_LIMIT:
+            self._requests.popitem(last=False)
 
-    def _hashes(self, ctx: RequestContext, block_size: int) -> list[int]:
-        found = self._requests.get(ctx.request_id)
-        if found is None or block_size <= 0:
-            return []
-        tokens, by_size = found
-        hashes = by_size.get(block_size)
+    def _hashes(self, ctx: RequestContext, pending: _Pending, block_size: int) -> list[int]:
+        hashes = pending.hashes.get(block_size)
         if hashes is None:
-            hashes = by_size[block_size] = self.index.prompt_hashes(
-                tokens, block_size, ctx.base_model or ctx.model, ctx.adapter, ctx.cache_salt
-            )
+            model = ctx.base_model or ctx.model
+            turn = pending.turn
+            if turn is None:
+                hashes = self.index.prompt_hashes(pending.tokens, block_size, model, ctx.adapter, ctx.cache_salt)
+            else:  # the kept turn's hashes, computed once for every request continuing it
+                kept = turn.prefix.hashes
+                if kept is None:
+                    kept = turn.prefix.hashes = {}
+                key = (block_size, first_seed(model, ctx.adapter, ctx.cache_salt))
+                hashes = kept.get(key)
+                if hashes is None:
+                    hashes = kept[key] = self.index.prompt_hashes(
+                        pending.tokens, block_size, model, ctx.adapter, ctx.cache_salt
+                    )
+            pending.hashes[block_size] = hashes
         return hashes
 
     def _pod_block_size(self, pod: Endpoint) -> int:
         return self.index.block_size(pod.name) or pod.block_size
 
-    def _matches(self, ctx: RequestContext, pods: Sequence[Endpoint]) -> dict[str, tuple[PodMatch, int]]:
+    def _matches(
+        self, ctx: RequestContext, pending: _Pending, pods: Sequence[Endpoint]
+    ) -> dict[str, tuple[PodMatch, int]]:
         """Each pod's match and the prompt's block count (at the pod's block size); pods holding nothing are
         left out."""
         started = time.perf_counter()
@@ -68,34 +113,67 @@ class KvAware:
             by_size.setdefault(self._pod_block_size(pod), []).append(pod.name)
         found: dict[str, tuple[PodMatch, int]] = {}
         for block_size, names in by_size.items():
-            hashes = self._hashes(ctx, block_size)
+            if block_size <= 0:
+                continue
+            hashes = self._hashes(ctx, pending, block_size)
             if not hashes:
                 continue
+            blocks = max(len(hashes), pending.length // block_size)
             for pod, match in self.index.match(hashes, block_size, names).items():
-                found[pod] = (match, len(hashes))
+                found[pod] = (match, blocks)
         if self._observe is not None:
             self._observe(time.perf_counter() - started)
         return found
 
     def score(self, ctx: RequestContext, pods: Sequence[Endpoint]) -> dict[str, float]:
-        if ctx.request_id not in self._requests:
+        pending = self._requests.get(ctx.request_id)
+        if pending is None:
             return {}
-        return {pod: match.weighted / total for pod, (match, total) in self._matches(ctx, pods).items()}
+        return {pod: match.weighted / total for pod, (match, total) in self._matches(ctx, pending, pods).items()}
 
     def prompt_tokens(self, ctx: RequestContext) -> int:
-        """The prompt's token count once :meth:`prepare` tokenized it, else 0."""
+        """The prompt's token count once :meth:`prepare` tokenized it (estimated when it continues a kept
+        turn), else 0."""
         found = self._requests.get(ctx.request_id)
-        return len(found[0]) if found is not None else 0
+        return found.length if found is not None else 0
 
     def cached_tokens(self, ctx: RequestContext, pods: Sequence[Endpoint]) -> dict[str, int]:
         """Leading prompt tokens each pod holds in any medium (pods holding nothing are left out)."""
-        if ctx.request_id not in self._requests:
+        pending = self._requests.get(ctx.request_id)
+        if pending is None:
             return {}
-        return {pod: match.tokens for pod, (match, _total) in self._matches(ctx, pods).items()}
+        return {pod: match.tokens for pod, (match, _total) in self._matches(ctx, pending, pods).items()}
 
     def on_routed(self, ctx: RequestContext, pod: Endpoint) -> None:
-        if self.speculative:
-            hashes = self._hashes(ctx, self._pod_block_size(pod))
+        pending = self._requests.get(ctx.request_id)
+        if pending is None or pending.turn is not None:
+            return  # a continued turn's entries follow its completion
+        self._requests.pop(ctx.request_id)
+        self._add_speculative(ctx, pending, pod)
+
+    def on_completed(self, ctx: RequestContext, pod: Endpoint, _usage: Usage | None) -> None:
+        pending = self._requests.pop(ctx.request_id, None)
+        if pending is None or pending.turn is None:
+            return
+        turn = pending.turn
+        try:
+            tokens = turn.complete()
+        except TokenizerError:
+            return
+        block_size = self._pod_block_size(pod)
+        if block_size <= 0:
+            return
+        hashes = self._hashes(ctx, _Pending(tokens, len(tokens)), block_size)
+        if self.speculative and hashes:
+            self.index.add_speculative(pod.name, hashes)
+        kept = turn.kept
+        if kept is not None:  # the next turn is routed from this one: its hashes are these, cut
+            seed = first_seed(ctx.base_model or ctx.model, ctx.adapter, ctx.cache_salt)
+            kept.hashes = {(block_size, seed): hashes[: len(kept.ids) // block_size]}
+
+    def _add_speculative(self, ctx: RequestContext, pending: _Pending, pod: Endpoint) -> None:
+        block_size = self._pod_block_size(pod)
+        if self.speculative and block_size > 0:
+            hashes = self._hashes(ctx, pending, block_size)
             if hashes:
                 self.index.add_speculative(pod.name, hashes)
-        self._requests.pop(ctx.request_id, None)

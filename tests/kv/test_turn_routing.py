@@ -1,0 +1,107 @@
+"""Chat requests that continue a kept conversation turn are routed from that turn's ids: the exact ids follow
+once the request completes, the kv-aware scores rank pods as the full prompt's would, and a template that
+renders earlier messages differently as a conversation grows turns this off."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from brixmesh.router.kv.index import PrefixIndex
+from brixmesh.router.kv.tokenizer import LocalTokenizer, PromptTokenizer, TurnPrefix
+from brixmesh.router.routing import Endpoint, RequestContext
+from brixmesh.router.routing.scorers.kv_aware import KvAware
+from tests.engine_sim.sim_engine import ASSETS
+from tests.kv.test_chat_prefix_reuse import MODEL, conversation
+
+BLOCK = 4
+
+
+def interleaved(conversations: int, turns: int) -> list[list[dict[str, Any]]]:
+    """Requests of several conversations, turn after turn."""
+    chats = [conversation(turns, topic=f"topic {i}") for i in range(conversations)]
+    return [chat[turn] for turn in range(turns) for chat in chats]
+
+
+def test_kept_turns_route_once_reuse_is_verified_and_complete_to_the_exact_ids() -> None:
+    tokenizer = LocalTokenizer(ASSETS)
+    reference = LocalTokenizer(ASSETS, prefix_cache_bytes=0)
+    routed = 0
+    for messages in interleaved(5, 7):
+        turn = tokenizer.turn_prefix(messages)
+        if turn is None:
+            assert tokenizer.encode_chat(messages) == reference.encode_chat(messages)
+            continue
+        routed += 1
+        ids = turn.complete()
+        assert ids == reference.encode_chat(messages)
+        assert ids[: len(turn.ids)] == turn.ids  # what routing scored is where the prompt starts
+        assert turn.kept is not None and ids[: len(turn.kept.ids)] == turn.kept.ids
+        assert abs(turn.estimated_tokens - len(ids)) <= 0.25 * len(ids)
+    assert tokenizer.turn_routing and routed == tokenizer.turns_routed
+    assert 0 < routed < 5 * 6  # not before 16 verified reuses; every later continued turn after that
+
+
+def test_a_template_that_looks_ahead_stops_turn_routing(caplog: Any) -> None:
+    tokenizer = LocalTokenizer(ASSETS)
+    requests = interleaved(5, 7)
+    turn = None
+    while turn is None:
+        messages = requests.pop(0)
+        turn = tokenizer.turn_prefix(messages)
+        if turn is None:
+            tokenizer.encode_chat(messages)
+    # the same template, now numbering every message by the conversation's length: earlier messages change
+    source = "{% for message in messages %}[{{ messages|length }}]{{ message['content'] }}{% endfor %}"
+    tokenizer._template = tokenizer._template.environment.from_string(source)
+    with caplog.at_level(logging.WARNING, "brixmesh.router.kv.tokenizer"):
+        turn.complete()
+    assert not tokenizer.turn_routing and "no longer routed from kept turns" in caplog.text
+    assert all(tokenizer.turn_prefix(messages) is None for messages in requests)
+
+
+def chat_request(rid: str, messages: list[dict[str, Any]]) -> RequestContext:
+    return RequestContext(request_id=rid, api="chat", model=MODEL, body={}, base_model=MODEL, messages=messages)
+
+
+async def test_kv_aware_scores_a_continued_turn_like_its_full_prompt_and_adds_its_blocks_on_completion() -> None:
+    tokenizer = PromptTokenizer({MODEL: ASSETS}, lambda model: None)
+    index = PrefixIndex(speculative_ttl_s=60.0)
+    turns: list[TurnPrefix] = []
+
+    def turn_prefix(ctx: RequestContext) -> TurnPrefix | None:
+        found = tokenizer.turn_prefix(MODEL, ctx.messages or [])
+        if found is not None:
+            turns.append(found)
+        return found
+
+    async def tokenize(ctx: RequestContext) -> Any:
+        return await tokenizer.tokens(MODEL, messages=ctx.messages)
+
+    scorer = KvAware(index, turns=turn_prefix)
+    exact = KvAware(PrefixIndex())  # the full prompt's scores, on a copy of the same holdings
+    exact.index = index
+    pods = [Endpoint(name=name, url=f"http://{name}", model=MODEL, block_size=BLOCK) for name in ("a", "b")]
+    requests = interleaved(4, 8)
+    for number, messages in enumerate(requests):
+        ctx = chat_request(f"r{number}", messages)
+        ctx.tokenizer = tokenize
+        routed_before = len(turns)
+        await scorer.prepare(ctx)
+        scores = scorer.score(ctx, pods)
+        if len(turns) > routed_before:  # routed from a kept turn: rank as the exact scores do
+            probe = chat_request(f"probe{number}", messages)
+            probe.tokenizer = tokenize
+            await exact.prepare(probe)
+            full = exact.score(probe, pods)
+            assert sorted(scores, key=scores.get) == sorted(full, key=full.get)
+            assert all(abs(scores[pod] - full[pod]) <= 0.05 for pod in full)  # the length is estimated
+            exact._requests.clear()
+        pod = pods[number % 4 // 2]  # two conversations on each pod
+        scorer.on_routed(ctx, pod)
+        scorer.on_completed(ctx, pod, None)
+        assert not scorer._requests  # nothing pending once a request completed
+        ids = await tokenizer.tokens(MODEL, messages=messages)
+        held = index.match(index.prompt_hashes(ids, BLOCK, MODEL, None), BLOCK)
+        assert held[pod.name].blocks == len(ids) // BLOCK  # the whole prompt is speculative on its pod
+    assert len(turns) > 8 and all(turn.kept is not None and turn.kept.hashes for turn in turns)
