@@ -174,3 +174,10 @@ def test_snapshot_assembler_keeps_the_newest_complete_snapshot() -> None:
     assert assembler.complete["a"][0].snapshot_id == 1
     assembler.add(part(3, 0, 1, 30))
     assert assembler.complete["a"][0].snapshot_id == 3
+
+
+def test_prompt_hashes_continue_from_known_leading_blocks() -> None:
+    index = PrefixIndex()
+    full = index.prompt_hashes(PROMPT, B, "m", "lora", "salt")
+    known = index.prompt_hashes(PROMPT[: 2 * B + 1], B, "m", "lora", "salt")
+    assert len(known) == 2 and index.prompt_hashes(PROMPT, B, "m", "lora", "salt", known) == full

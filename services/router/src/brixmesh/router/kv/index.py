@@ -325,8 +325,14 @@ class PrefixIndex:
         model: str,
         adapter: str | None,
         cache_salt: str | None = None,
+        known: Sequence[int] = (),
     ) -> list[int]:
-        return chain(token_bytes(token_ids), block_size, first_seed(model, adapter, cache_salt))
+        """Hashes of the prompt's full blocks; ``known``: those of its first blocks, computed already (a kept
+        conversation turn's), so only the blocks after them are hashed."""
+        if not known:
+            return chain(token_bytes(token_ids), block_size, first_seed(model, adapter, cache_salt))
+        rest = token_ids[len(known) * block_size :]
+        return [*known, *chain(token_bytes(rest), block_size, known[-1])]
 
     def match(self, hashes: Sequence[int], block_size: int, pods: Iterable[str] | None = None) -> dict[str, PodMatch]:
         """Each pod's longest held run of ``hashes`` (chained for ``block_size``); pods holding nothing are

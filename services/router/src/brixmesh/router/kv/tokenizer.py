@@ -123,10 +123,16 @@ class TurnPrefix:
     estimated_tokens: int
     tokenizer: LocalTokenizer
     messages: list[Any]
+    """The request's messages, prepared for the template."""
+    digests: list[int]
+    """Their :func:`message_digests`."""
     new_chars: int
     """Characters of the messages after the kept turn, framing included (what ``estimated_tokens`` adds)."""
     kept: _Prefix | None = None
     """Once :meth:`complete` ran: what was kept of this prompt for the next turn (its ids start the prompt's)."""
+    continued: bool = False
+    """Once :meth:`complete` ran: the prompt's ids start with ``ids`` (the template rendered the earlier
+    messages as before)."""
 
     @property
     def ids(self) -> array:
@@ -202,9 +208,12 @@ class LocalTokenizer:
     def plan_chat(self, messages: list[Any]) -> ChatEncoding:
         """Render the template and find the longest cached earlier turn: the cheap half of :meth:`encode_chat`,
         so the caller can run :meth:`finish_chat` (the encoding) in a thread when much text remains."""
+        return self._plan(_prepared(messages), None)
+
+    def _plan(self, prepared: list[Any], digests: list[int] | None) -> ChatEncoding:
+        """:meth:`plan_chat` of messages already prepared (``digests``: theirs, if computed already)."""
         if self._template is None:
             raise TokenizerError(f"tokenizer in {self.directory} has no chat template")
-        prepared = _prepared(messages)
         try:
             text = self._template.render(
                 messages=prepared, add_generation_prompt=True, bos_token=self.bos_token, eos_token=self.eos_token
@@ -213,10 +222,11 @@ class LocalTokenizer:
             raise TokenizerError(f"chat template failed: {exc}") from None
         if not self.reuse:
             return ChatEncoding(text, 0, None)
-        try:
-            digests = message_digests(prepared)
-        except (TypeError, ValueError):  # not JSON-encodable: nothing to key a cache entry by
-            return ChatEncoding(text, 0, None)
+        if digests is None:
+            try:
+                digests = message_digests(prepared)
+            except (TypeError, ValueError):  # not JSON-encodable: nothing to key a cache entry by
+                return ChatEncoding(text, 0, None)
         prefix = None
         with self._lock:
             for digest in reversed(digests[:-1]):
@@ -257,14 +267,15 @@ class LocalTokenizer:
             return None
         estimated = len(found.ids) + int(new_chars * self._tokens_per_char) + 1
         self.turns_routed += 1
-        return TurnPrefix(found, estimated, self, messages, new_chars)
+        return TurnPrefix(found, estimated, self, prepared, digests, new_chars)
 
     def complete_turn(self, turn: TurnPrefix) -> array:
-        plan = self.plan_chat(turn.messages)
+        plan = self._plan(turn.messages, turn.digests)
         ids = self.finish_chat(plan)
         turn.kept = plan.kept
         kept = turn.prefix.ids
-        if ids[: len(kept)] != kept:
+        turn.continued = plan.prefix is turn.prefix or ids[: len(kept)] == kept
+        if not turn.continued:
             self._stop_turn_routing()
         elif turn.new_chars:
             observed = (len(ids) - len(kept)) / turn.new_chars

@@ -163,12 +163,14 @@ class KvAware:
         block_size = self._pod_block_size(pod)
         if block_size <= 0:
             return
-        hashes = self._hashes(ctx, _Pending(tokens, len(tokens)), block_size)
+        model = ctx.base_model or ctx.model
+        seed = first_seed(model, ctx.adapter, ctx.cache_salt)
+        known = turn.prefix.hashes.get((block_size, seed), ()) if turn.continued and turn.prefix.hashes else ()
+        hashes = self.index.prompt_hashes(tokens, block_size, model, ctx.adapter, ctx.cache_salt, known)
         if self.speculative and hashes:
             self.index.add_speculative(pod.name, hashes)
         kept = turn.kept
         if kept is not None:  # the next turn is routed from this one: its hashes are these, cut
-            seed = first_seed(ctx.base_model or ctx.model, ctx.adapter, ctx.cache_salt)
             kept.hashes = {(block_size, seed): hashes[: len(kept.ids) // block_size]}
 
     def _add_speculative(self, ctx: RequestContext, pending: _Pending, pod: Endpoint) -> None:
