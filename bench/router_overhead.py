@@ -11,7 +11,10 @@ For each target:
 - for the default strategy once more at that rate while a publisher sends ``--events`` KV events per second
   (50k; one block each, 8 pods, a batch per pod every 10 ms, stores and evictions) into JetStream: the
   router's CPU per request with the events, and the KV event lag p99 (engine time -> applied in the router's
-  index, from its ``brixmesh_kv_event_lag_seconds`` histogram over the window).
+  index, from its ``brixmesh_kv_event_lag_seconds`` histogram over the window);
+- head to head (``--rounds``, 3): the default strategy and smg ``cache_aware``, both running, measured in
+  turn (CPU per request at the rate, p50 at concurrency 1), the order flipping every round: the host's
+  speed drifts over minutes, so the verdicts against smg are the medians of the per-round comparisons.
 
 The backend is a tiny aiohttp server (two processes) that answers at once, so what is measured is the
 router. The load generator runs in its own process. Traffic is multi-turn chat: 256 conversations, each
@@ -715,6 +718,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="500 requests at c1, 3 s runs")
     parser.add_argument("--skip-peers", action="store_true")
     parser.add_argument(
+        "--rounds", type=int, default=3, help="alternating default-vs-smg cache_aware rounds (0: none)"
+    )
+    parser.add_argument(
         "--only", default="", help="comma-separated target name prefixes to run (direct always runs)"
     )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "router_overhead.json")
@@ -774,6 +780,13 @@ def run_all(args: argparse.Namespace) -> None:
                     target = Target(f"brixmesh {name}", url, pid, {"routing-strategy": spec})
                     if wanted(target.name, args):
                         results[target.name] = measure(target, args)
+                if peers and args.rounds > 0 and wanted("brixmesh default", args) and wanted("smg cache_aware", args):
+                    with smg(workdir, workers, "cache_aware") as (peer_url, peer_pid):
+                        results["head to head"] = head_to_head(
+                            Target("brixmesh default", url, pid, {"routing-strategy": DEFAULT_STRATEGY}),
+                            Target("smg cache_aware", peer_url, peer_pid),
+                            args,
+                        )
                 if wanted("brixmesh default", args):
                     results["brixmesh default + events"] = {
                         "rate": with_events(Target("brixmesh default", url, pid), args, nats.url, workdir)
@@ -792,6 +805,27 @@ def run_all(args: argparse.Namespace) -> None:
                             results[name] = measure(Target(name, url, pid), args)
         results["direct (again)"] = measure(Target("direct (again)", workers[0]), args)
     report(results, args)
+
+
+def head_to_head(ours: Target, peer: Target, args: argparse.Namespace) -> dict:
+    """CPU per request at the fixed rate and p50 at concurrency 1 of the default strategy and smg
+    ``cache_aware``, alternating ``args.rounds`` times (the order flips every round). The host's speed drifts
+    over minutes, so each round compares like with like; the verdicts are the medians over the rounds."""
+    rounds = []
+    for number in range(args.rounds):
+        row: dict[str, float] = {}
+        pair = ((("ours", ours), ("peer", peer)) if number % 2 == 0 else (("peer", peer), ("ours", ours)))
+        for who, target in pair:
+            row[f"{who}_cpu_ms"] = at_fixed_rate(target, args)["cpu_ms_per_request"]
+            row[f"{who}_c1_p50_ms"] = load(target.url, 1, False, args, target.headers)["p50_ms"]
+        rounds.append(row)
+    result = {
+        "rounds": rounds,
+        "cpu_ratio_median": statistics.median(r["ours_cpu_ms"] / r["peer_cpu_ms"] for r in rounds),
+        "c1_p50_difference_ms_median": statistics.median(r["ours_c1_p50_ms"] - r["peer_c1_p50_ms"] for r in rounds),
+    }
+    print(f"  head to head: {json.dumps(result)}", file=sys.stderr, flush=True)
+    return result
 
 
 def follower_alone(args: argparse.Namespace, nats_url: str) -> dict[str, float]:
@@ -832,7 +866,7 @@ def report(results: dict[str, dict], args: argparse.Namespace) -> None:
         "-" * len(header),
     ]
     for name, r in results.items():
-        if name in ("brixmesh tokenizer", "KV follower alone"):
+        if name in ("brixmesh tokenizer", "KV follower alone", "head to head"):
             continue
         cells = []
         for kind in ("plain", "stream"):
@@ -865,6 +899,17 @@ def report(results: dict[str, dict], args: argparse.Namespace) -> None:
             f"in full: {reused.get('misses', 0):.0f}; routed from a kept turn before tokenizing: "
             f"{reused.get('turns_routed', 0):.0f}"
         )
+    duel = results.get("head to head")
+    if duel:
+        rounds = duel["rounds"]
+        lines.append(
+            f"head to head, {len(rounds)} rounds alternating: default's CPU per request "
+            f"{duel['cpu_ratio_median']:.2f}x smg cache_aware's (rounds: "
+            + ", ".join(f"{r['ours_cpu_ms']:.3f}/{r['peer_cpu_ms']:.3f}" for r in rounds)
+            + f"); p50 at c1 default - smg {duel['c1_p50_difference_ms_median']:+.3f} ms (rounds: "
+            + ", ".join(f"{r['ours_c1_p50_ms'] - r['peer_c1_p50_ms']:+.3f}" for r in rounds)
+            + ")"
+        )
     lines.append(headline(results, base, args))
     print("\n".join(lines))
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -883,7 +928,14 @@ def headline(results: dict[str, dict], base: dict[str, float], args: argparse.Na
             f"default: {rate['cpu_ms_per_request']:.3f} CPU ms/req at {rate['rps']:.0f} req/s, "
             f"+p50 {ours['c1_plain']['p50_ms'] - base['plain']:.3f} ms"
         )
-    if ours and smg_cache:
+    duel = results.get("head to head")
+    if duel:
+        parts.append(
+            f"{duel['cpu_ratio_median']:.2f}x smg cache_aware's CPU and p50 at c1 "
+            f"{duel['c1_p50_difference_ms_median']:+.3f} ms from smg's (medians of {len(duel['rounds'])} "
+            "alternating rounds)"
+        )
+    elif ours and smg_cache:
         ratio = ours["rate"]["cpu_ms_per_request"] / smg_cache["rate"]["cpu_ms_per_request"]
         parts.append(
             f"{ratio:.2f}x smg cache_aware's CPU "
