@@ -114,36 +114,57 @@ def test_speculative_entries_expire() -> None:
     assert set(index.match(hashes, B)) == {"a"}
 
 
-def test_speculative_entries_are_renewed_once_half_their_ttl_has_passed() -> None:
+def test_speculative_entries_live_one_to_two_half_ttl_periods_after_their_last_request() -> None:
     now = [0.0]
     index = PrefixIndex(speculative_ttl_s=2.0, clock=lambda: now[0])
     hashes = index.prompt_hashes(PROMPT, B, "m", None)
     index.add_speculative("a", hashes[:2])
     now[0] = 0.5
-    index.add_speculative("a", hashes[:3])  # the first two keep their expiry (2.0), the third expires at 2.5
+    index.add_speculative("a", hashes[:3])
     now[0] = 1.5
-    index.add_speculative("a", hashes[:1])  # past half its TTL: renewed until 3.5
-    now[0] = 2.6  # the second expired at 2.0: the chain on "a" ends after the first
-    assert index.match(hashes, B)["a"].blocks == 1
-    now[0] = 3.4
-    assert index.match(hashes, B)["a"].blocks == 1
-    now[0] = 4.1
-    assert "a" not in index.match(hashes, B) and index.speculative_blocks == 0
+    index.add_speculative("a", hashes[:1])  # a rotation: the three go to the previous generation, the first is sent again
+    assert index.match(hashes, B)["a"].blocks == 3
+    now[0] = 2.6
+    index.add_speculative("b", hashes[:1])  # the next rotation expires the second and third
+    assert index.match(hashes, B)["a"].blocks == 1 and index.speculative_blocks == 2
+    now[0] = 3.7
+    index.add_speculative("b", hashes[:1])  # and then the first on "a", last sent at 1.5
+    assert "a" not in index.match(hashes, B) and index.speculative_blocks == 1
+    index.clear_pod("b")
+    assert index.match(hashes, B) == {} and index.speculative_blocks == 0
 
 
-def test_a_lookup_leaves_entries_just_due_to_the_next_addition() -> None:
-    """Expiring is off the lookup's path while entries are due less than a quarter TTL ago (the addition that
-    follows every routed request expires them); past that, a lookup expires them itself (an idle router)."""
+def test_a_lookup_leaves_expiry_to_the_next_addition_unless_the_router_is_idle() -> None:
     now = [0.0]
     index = PrefixIndex(speculative_ttl_s=2.0, clock=lambda: now[0])
     hashes = index.prompt_hashes(PROMPT, B, "m", None)
     index.add_speculative("a", hashes[:2])
-    now[0] = 2.3
-    assert index.match(hashes, B)["a"].blocks == 2 and index.speculative_blocks == 2
-    index.add_speculative("b", hashes[:1])
-    assert "a" not in index.match(hashes, B) and index.speculative_blocks == 1
-    now[0] = 4.9  # b's entry expired at 4.3
+    now[0] = 1.2  # a rotation is due, within the lookup's grace: left to the next addition
+    assert index.match(hashes, B)["a"].blocks == 2
+    now[0] = 1.6  # past it: the lookup rotates (the two are in the previous generation, still held)
+    assert index.match(hashes, B)["a"].blocks == 2
+    now[0] = 3.2  # the next rotation is late too: the lookup expires and removes them
     assert index.match(hashes, B) == {} and index.speculative_blocks == 0
+
+
+def test_expired_entries_are_removed_in_batches_by_later_additions() -> None:
+    now = [0.0]
+    index = PrefixIndex(speculative_ttl_s=2.0, clock=lambda: now[0])
+    chains = [index.prompt_hashes([n, *PROMPT] * 8, B, "m", None) for n in range(40)]
+    for hashes in chains:
+        index.add_speculative("a", hashes)
+    total = index.speculative_blocks
+    assert total == sum(len(hashes) for hashes in chains)
+    now[0] = 1.0
+    index.add_speculative("b", chains[0][:1])
+    now[0] = 2.0  # the entries on "a" expire: each addition removes a batch of them
+    index.add_speculative("b", chains[0][:1])
+    assert 0 < index.speculative_blocks - 1 < total
+    index.add_speculative("a", chains[5])  # sent again before its removal: kept
+    while index._expired:
+        index.add_speculative("b", chains[0][:1])
+    assert index.speculative_blocks == 1 + len(chains[5])
+    assert index.match(chains[5], B)["a"].blocks == len(chains[5]) and "a" not in index.match(chains[6], B)
 
 
 def test_capture_index_equals_stored_not_removed() -> None:

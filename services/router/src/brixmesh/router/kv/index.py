@@ -30,10 +30,13 @@ SPECULATIVE_MEDIUM = "speculative"
 MEDIUM_WEIGHTS = {"GPU": 1.0, "CPU": 0.8, "CPU_PINNED": 0.8, SPECULATIVE_MEDIUM.upper(): 1.0}
 OTHER_MEDIUM_WEIGHT = 0.5
 SPECULATIVE_TTL_S = 2.0
-_MATCH_EXPIRY_GRACE = 0.25
-"""A lookup leaves speculative entries due less than this share of the TTL ago to :meth:`add_speculative`
-(which follows every routed request, after it is sent): expiring is not on the path of the request being
-routed, and an entry counts at most this much longer than its TTL."""
+_LOOKUP_CLEANUP_GRACE = 0.25
+"""A lookup leaves expired speculative entries to :meth:`PrefixIndex.add_speculative` (which follows every
+routed request, after it is sent) for this share of the TTL: removing them is not on the path of the request
+being routed. Past it (an idle router), the lookup removes them itself."""
+_CLEANUP_BATCH = 256
+"""Expired speculative entries one :meth:`PrefixIndex.add_speculative` removes (a generation's expiry is
+spread over the next requests instead of landing on one)."""
 
 
 def adapter_key(lora_name: str | None, lora_id: int | None) -> str | None:
@@ -85,6 +88,18 @@ class _Pod:
         """location id -> engine hash -> copies beyond the first (rare duplicates)"""
 
 
+class _Generations:
+    """A speculative location's entries, by when they were last sent: ``current`` since the last rotation,
+    ``previous`` in the period before (both are held in the index). A rotation expires what is only in
+    ``previous``: an entry lives between one and two periods after the last request that sent it."""
+
+    __slots__ = ("current", "previous")
+
+    def __init__(self) -> None:
+        self.current: set[int] = set()
+        self.previous: set[int] = set()
+
+
 class PrefixIndex:
     def __init__(self, speculative_ttl_s: float = SPECULATIVE_TTL_S, clock: Callable[[], float] = time.monotonic):
         self.speculative_ttl_s = speculative_ttl_s
@@ -98,12 +113,15 @@ class PrefixIndex:
         self._location_pod: list[str] = []
         self._location_weight: list[float] = []
         self._free_locations: list[int] = []
-        self._speculative: dict[int, dict[int, float]] = {}
-        """speculative location -> own hash -> expiry (clock time)"""
+        self._speculative: dict[int, _Generations] = {}
+        """speculative location -> its entries"""
         self.speculative_blocks = 0
         """Speculative (location, block) entries held."""
-        self._speculative_queue: deque[tuple[float, int, list[int]]] = deque()
-        """(expiry, speculative location, own hashes) in expiry order"""
+        self._rotation_due = 0.0
+        """Clock time of the next rotation of every speculative location's generations (0: none yet)."""
+        self._expired: deque[tuple[int, _Generations, list[int]]] = deque()
+        """(location, its generations, own hashes) expired by rotations and still held: removed in batches"""
+        self._expired_since = 0.0
         self.counters = IndexCounters()
         self.entries = 0
         """(block, location) pairs held, counting duplicates once."""
@@ -310,10 +328,16 @@ class PrefixIndex:
         self._clear(found)
         speculative = found.locations.get(SPECULATIVE_MEDIUM)
         if speculative is not None:
-            expiries = self._speculative.pop(speculative, {})
-            self.speculative_blocks -= len(expiries)
-            for own in expiries:
-                self._forget(own, speculative)
+            generations = self._speculative.pop(speculative, None)
+            held = set()
+            if generations is not None:
+                held = generations.current | generations.previous
+            for location, _generations, owns in self._expired:
+                if location == speculative:
+                    held.update(owns)
+            self._expired = deque(entry for entry in self._expired if entry[0] != speculative)
+            for own in held:
+                self._drop_speculative(own, speculative)
         self._free_locations.extend(found.locations.values())
 
     # --- requests -----------------------------------------------------------------------------------------
@@ -337,9 +361,14 @@ class PrefixIndex:
     def match(self, hashes: Sequence[int], block_size: int, pods: Iterable[str] | None = None) -> dict[str, PodMatch]:
         """Each pod's longest held run of ``hashes`` (chained for ``block_size``); pods holding nothing are
         left out. ``pods`` limits the answer to those pods."""
-        queue = self._speculative_queue
-        if queue and queue[0][0] <= self._clock() - self.speculative_ttl_s * _MATCH_EXPIRY_GRACE:
-            self._expire(self._clock())
+        if self._rotation_due:
+            now = self._clock()
+            grace = self.speculative_ttl_s * _LOOKUP_CLEANUP_GRACE
+            late = now >= self._rotation_due + grace
+            if late:
+                self._rotate(now)
+            if self._expired and (late or now >= self._expired_since + grace):
+                self._remove_expired(None)
         wanted = None if pods is None else set(pods)
         location_pod = self._location_pod
         location_weight = self._location_weight
@@ -371,70 +400,93 @@ class PrefixIndex:
         return {pod: PodMatch(count, weight[pod], block_size) for pod, count in blocks.items()}
 
     def add_speculative(self, pod: str, hashes: Sequence[int]) -> None:
-        """The request behind ``hashes`` was just sent to ``pod``: count its blocks there (as GPU blocks) until
-        the TTL ends. They live in the pod's ``speculative`` location, so matching treats them like any other.
+        """The request behind ``hashes`` was just sent to ``pod``: count its blocks there (as GPU blocks) for
+        between half the TTL and the TTL. They live in the pod's ``speculative`` location, so matching treats
+        them like any other.
 
-        A block whose entry still has more than half the TTL left is not renewed: a conversation's or a shared
-        prompt's leading blocks are sent again and again, and renewing each one on every request was most of
-        this call's cost. Such a block counts for at least half the TTL after its last request."""
+        Entries are kept in two generations of half the TTL each, so a conversation's or a shared prompt's
+        leading blocks, sent again and again, cost a set lookup in C until the next rotation."""
         now = self._clock()
-        self._expire(now)
+        if not self._rotation_due:
+            self._rotation_due = now + self.speculative_ttl_s / 2
+        elif now >= self._rotation_due:
+            self._rotate(now)
+        if self._expired:
+            self._remove_expired(_CLEANUP_BATCH)
         found = self._pods.get(pod)
         if found is None:
             found = self._pods[pod] = _Pod(pod, "")
         location = self._location(found, SPECULATIVE_MEDIUM)
-        expiry = now + self.speculative_ttl_s
-        renew_before = now + self.speculative_ttl_s / 2
+        generations = self._speculative.get(location)
+        if generations is None:
+            generations = self._speculative[location] = _Generations()
+        current = generations.current
+        if current.issuperset(hashes):
+            return
+        # difference() walks the small side; difference_update() would walk the whole generation
+        missing = set(hashes).difference(current)
+        current.update(missing)
+        missing = missing.difference(generations.previous)  # those are held already
         holders = self._holders
-        expiries = self._speculative.get(location)
-        if expiries is None:
-            expiries = self._speculative[location] = {}
         sets = self._sets
-        renewed = []
+        single = sets.single(location)
         added = 0
-        # the lookups run in C (map); the loop's body is skipped for the blocks renewed recently, which are
-        # most of a conversation's or a shared prompt's leading blocks
-        for own, current in zip(hashes, map(expiries.get, hashes)):
-            if current is None:
-                added += 1
-                where = holders.get(own)
-                if where is None:
-                    holders[own] = sets.single(location)
-                elif location not in where:
-                    holders[own] = sets.add(where, location)
-            elif current > renew_before:
-                continue
-            expiries[own] = expiry
-            renewed.append(own)
+        for own in missing:
+            where = holders.get(own)
+            if where is None:
+                holders[own] = single
+            elif location not in where:
+                holders[own] = sets.add(where, location)
+            else:
+                continue  # expired, not removed yet: held again
+            added += 1
         self.speculative_blocks += added
-        if renewed:
-            self._speculative_queue.append((expiry, location, renewed))
 
-    def _expire(self, now: float) -> None:
-        queue = self._speculative_queue
+    def _rotate(self, now: float) -> None:
+        """Expire the previous generation of every speculative location (both, after a whole idle TTL)."""
+        period = self.speculative_ttl_s / 2
+        idle = now >= self._rotation_due + period
+        if not self._expired:
+            self._expired_since = now
+        for location, generations in self._speculative.items():
+            expired = generations.previous - generations.current
+            if idle:
+                expired |= generations.current
+                generations.current = set()
+            if expired:
+                self._expired.append((location, generations, list(expired)))
+            generations.previous, generations.current = generations.current, set()
+        self._rotation_due = now + period
+
+    def _remove_expired(self, limit: int | None) -> None:
+        """Remove up to ``limit`` (None: all) expired speculative entries from the index; an entry sent
+        again since it expired stays."""
+        budget = limit if limit is not None else -1
+        while self._expired and budget != 0:
+            location, generations, owns = self._expired[0]
+            if self._speculative.get(location) is not generations:
+                self._expired.popleft()  # its pod was cleared
+                continue
+            current, previous = generations.current, generations.previous
+            while owns and budget != 0:
+                own = owns.pop()
+                budget -= 1
+                if own not in current and own not in previous:
+                    self._drop_speculative(own, location)
+            if not owns:
+                self._expired.popleft()
+
+    def _drop_speculative(self, own: int, location: int) -> None:
+        """Block ``own`` is no longer speculative at ``location`` (such entries never have extra copies)."""
         holders = self._holders
-        sets = self._sets
-        while queue and queue[0][0] <= now:
-            expiry, location, owns = queue.popleft()
-            expiries = self._speculative.get(location)
-            if expiries is None:
-                continue  # its pod was cleared
-            gone = 0
-            # speculative blocks never have extra copies (only engine events count them), so this is
-            # _forget without the copies
-            for own, current in zip(owns, map(expiries.get, owns)):
-                if current != expiry:
-                    continue  # renewed later
-                del expiries[own]
-                gone += 1
-                where = holders.get(own)
-                if where is None or location not in where:
-                    continue
-                if len(where) == 1:
-                    del holders[own]
-                else:
-                    holders[own] = sets.remove(where, location)
-            self.speculative_blocks -= gone
+        where = holders.get(own)
+        if where is None or location not in where:
+            return
+        if len(where) == 1:
+            del holders[own]
+        else:
+            holders[own] = self._sets.remove(where, location)
+        self.speculative_blocks -= 1
 
 
 class _LocationSets:
