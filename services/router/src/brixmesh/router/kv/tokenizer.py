@@ -15,7 +15,7 @@ turns reuse off for that tokenizer (a warning says so).
 
 A chat request that continues a kept conversation can be routed from that turn's ids alone
 (:meth:`LocalTokenizer.turn_prefix`: no template render, no encoding); the rest is tokenized once the
-request is on its way (:meth:`TurnPrefix.complete`), which also checks that the template really renders the
+request completes (:meth:`TurnPrefix.complete`), which also checks that the template really renders the
 earlier messages as before. The first time it does not, routing from kept turns stops for that tokenizer.
 
 Byte-level BPE tokenizers (most current models) encode through tiktoken (:mod:`.fast_bpe`), checked
@@ -117,7 +117,7 @@ class ChatEncoding:
 @dataclass(slots=True, eq=False)
 class TurnPrefix:
     """A chat request that continues a kept turn: that turn's ids (what routing scores), an estimate of the
-    whole prompt's length, and :meth:`complete` for the exact ids once the request is on its way."""
+    whole prompt's length, and :meth:`complete` for the exact ids once the request completes."""
 
     prefix: _Prefix
     estimated_tokens: int
