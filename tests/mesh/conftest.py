@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,8 +51,11 @@ def _wait_for_text(process: subprocess.Popen[str], log: Path, needle: str, timeo
 
 
 @contextlib.contextmanager
-def running_mesh(tmp_path: Path, extra: Sequence[str], start_timeout_s: float = 180) -> Iterator[RunningMesh]:
-    """``brixmesh up`` with ``extra`` flags, once it has printed its endpoint; SIGINT (a clean stop) after."""
+def running_mesh(
+    tmp_path: Path, extra: Sequence[str], start_timeout_s: float = 180, env: Mapping[str, str] | None = None
+) -> Iterator[RunningMesh]:
+    """``brixmesh up`` with ``extra`` flags (and ``env`` over the environment), once it has printed its
+    endpoint; SIGINT (a clean stop) after."""
     port = free_port()
     state_dir = tmp_path / "state"
     log = tmp_path / "up.log"
@@ -60,7 +63,7 @@ def running_mesh(tmp_path: Path, extra: Sequence[str], start_timeout_s: float = 
         process = subprocess.Popen(
             [*BRIXMESH, "up", "--port", str(port), "--state-dir", str(state_dir), *extra],
             stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-            env={**os.environ, "BRIXMESH_HEARTBEAT_INTERVAL_S": "0.5"},
+            env={**os.environ, "BRIXMESH_HEARTBEAT_INTERVAL_S": "0.5", **(env or {})},
         )
     try:
         printed = _wait_for_text(process, log, "OpenAI endpoint", start_timeout_s)
