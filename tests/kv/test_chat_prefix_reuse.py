@@ -6,7 +6,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from brixmesh.router.kv.tokenizer import LocalTokenizer, PromptTokenizer
+from brixmesh.router.kv.hashing import block_hashes, first_seed
+from brixmesh.router.kv.index import PrefixIndex
+from brixmesh.router.kv.tokenizer import ChatIds, LocalTokenizer, PromptTokenizer
+from brixmesh.router.routing.context import RequestContext
+from brixmesh.router.routing.endpoint import Endpoint
+from brixmesh.router.routing.scorers.kv_aware import KvAware
 from tests.engine_sim.sim_engine import ASSETS
 
 MODEL = "tiny-llama"
@@ -100,3 +105,27 @@ async def test_long_conversations_reuse_their_turns_through_the_router_tokenizer
         assert await tokenizer.tokens(MODEL, messages=messages) == reference.encode_chat(messages)
     local = tokenizer.local(MODEL)
     assert local is not None and (local.prefix_reuses, local.prefix_misses) == (3, 1)
+
+
+async def test_kv_aware_hashes_only_the_blocks_after_the_kept_turn_and_like_a_full_prompt() -> None:
+    tokenizer = PromptTokenizer({MODEL: ASSETS}, lambda model: None)
+    index = PrefixIndex(speculative_ttl_s=60.0)
+    scorer = KvAware(index)
+    pod = Endpoint(name="a", url="http://a", model=MODEL, block_size=4)
+    key = (4, first_seed(MODEL, None, None))
+
+    async def tokenize(ctx: RequestContext) -> Any:
+        return await tokenizer.tokens(MODEL, messages=ctx.messages)
+
+    for number, messages in enumerate(conversation(6)):
+        ctx = RequestContext(f"r{number}", "chat", MODEL, {}, base_model=MODEL, messages=messages, tokenizer=tokenize)
+        await scorer.prepare(ctx)
+        scorer.score(ctx, [pod])
+        ids = await ctx.token_ids()
+        assert isinstance(ids, ChatIds)
+        full = block_hashes(ids, 4, MODEL)
+        if number:  # the previous turn's blocks were hashed with it
+            assert ids.prefix is not None and ids.prefix.hashes[key] == full[: len(ids.prefix.ids) // 4]
+        assert ids.kept is not None and ids.kept.hashes == {key: full[: len(ids.kept.ids) // 4]}
+        scorer.on_routed(ctx, pod)
+        assert index.match(full, 4)["a"].blocks == len(full)  # speculative entries from the continued chain

@@ -97,6 +97,16 @@ class _Prefix:
         return sys.getsizeof(self.text) + self.ids.itemsize * len(self.ids)
 
 
+class ChatIds(array):
+    """A chat prompt's token ids (packed u32) with the kept earlier turn they start with (``prefix``) and what
+    was kept of them for the conversation's next turn (``kept``): whoever hashes the ids hashes only the blocks
+    after ``prefix.hashes`` and leaves the kept blocks' hashes on ``kept.hashes``."""
+
+    __slots__ = ("prefix", "kept")
+    prefix: _Prefix | None
+    kept: _Prefix | None
+
+
 @dataclass(slots=True)
 class ChatEncoding:
     """A rendered chat prompt and the cached earlier turn its tokenization starts from."""
@@ -130,15 +140,12 @@ class TurnPrefix:
     """Characters of the messages after the kept turn, framing included (what ``estimated_tokens`` adds)."""
     kept: _Prefix | None = None
     """Once :meth:`complete` ran: what was kept of this prompt for the next turn (its ids start the prompt's)."""
-    continued: bool = False
-    """Once :meth:`complete` ran: the prompt's ids start with ``ids`` (the template rendered the earlier
-    messages as before)."""
 
     @property
     def ids(self) -> array:
         return self.prefix.ids
 
-    def complete(self) -> array:
+    def complete(self) -> ChatIds:
         """The prompt's exact ids (render, encode what follows the kept turn, keep this turn for the next)."""
         return self.tokenizer.complete_turn(self)
 
@@ -269,13 +276,12 @@ class LocalTokenizer:
         self.turns_routed += 1
         return TurnPrefix(found, estimated, self, prepared, digests, new_chars)
 
-    def complete_turn(self, turn: TurnPrefix) -> array:
+    def complete_turn(self, turn: TurnPrefix) -> ChatIds:
         plan = self._plan(turn.messages, turn.digests)
         ids = self.finish_chat(plan)
         turn.kept = plan.kept
         kept = turn.prefix.ids
-        turn.continued = plan.prefix is turn.prefix or ids[: len(kept)] == kept
-        if not turn.continued:
+        if not (plan.prefix is turn.prefix or ids[: len(kept)] == kept):  # the template looks ahead
             self._stop_turn_routing()
         elif turn.new_chars:
             observed = (len(ids) - len(kept)) / turn.new_chars
@@ -290,21 +296,26 @@ class LocalTokenizer:
                 "are no longer routed from kept turns", self.directory,
             )
 
-    def finish_chat(self, plan: ChatEncoding) -> array:
+    def finish_chat(self, plan: ChatEncoding) -> ChatIds:
         """The prompt's token ids, packed (``array`` of u32: hashing reads them without a conversion)."""
         prefix = plan.prefix
         if prefix is None:
             new_ids = self._encoder.encode(plan.text)
-            ids = array(TOKEN_TYPECODE, new_ids)
+            ids = ChatIds(TOKEN_TYPECODE, new_ids)
             self.prefix_misses += 1
         else:
             new_ids = self._encoder.encode(plan.text[len(prefix.text) :])
-            ids = prefix.ids + array(TOKEN_TYPECODE, new_ids)
+            ids = ChatIds(TOKEN_TYPECODE, prefix.ids)
+            ids.extend(new_ids)
             if self._checks_left > 0 and not self._checked(plan.text, ids):
-                return array(TOKEN_TYPECODE, self._tok.encode(plan.text, add_special_tokens=False).ids)
-            self.prefix_reuses += 1
-        if plan.key:
+                ids = ChatIds(TOKEN_TYPECODE, self._tok.encode(plan.text, add_special_tokens=False).ids)
+                prefix = None
+            else:
+                self.prefix_reuses += 1
+        ids.prefix = prefix
+        if plan.key and self.reuse:
             self._keep(plan, new_ids, ids)
+        ids.kept = plan.kept
         return ids
 
     def _checked(self, text: str, ids: array) -> bool:

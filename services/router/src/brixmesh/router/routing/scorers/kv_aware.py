@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 
 from brixmesh.router.kv.hashing import first_seed
 from brixmesh.router.kv.index import PodMatch, PrefixIndex
-from brixmesh.router.kv.tokenizer import TokenizerError, TurnPrefix
+from brixmesh.router.kv.tokenizer import ChatIds, TokenizerError, TurnPrefix
 from brixmesh.router.routing.context import RequestContext, Usage
 from brixmesh.router.routing.endpoint import Endpoint
 from brixmesh.router.routing.scorer import Category
@@ -85,7 +85,7 @@ class KvAware:
             model = ctx.base_model or ctx.model
             turn = pending.turn
             if turn is None:
-                hashes = self.index.prompt_hashes(pending.tokens, block_size, model, ctx.adapter, ctx.cache_salt)
+                hashes = self._prompt_hashes(ctx, pending.tokens, block_size)
             else:  # the kept turn's hashes, computed once for every request continuing it
                 kept = turn.prefix.hashes
                 if kept is None:
@@ -163,15 +163,24 @@ class KvAware:
         block_size = self._pod_block_size(pod)
         if block_size <= 0:
             return
-        model = ctx.base_model or ctx.model
-        seed = first_seed(model, ctx.adapter, ctx.cache_salt)
-        known = turn.prefix.hashes.get((block_size, seed), ()) if turn.continued and turn.prefix.hashes else ()
-        hashes = self.index.prompt_hashes(tokens, block_size, model, ctx.adapter, ctx.cache_salt, known)
+        hashes = self._prompt_hashes(ctx, tokens, block_size)
         if self.speculative and hashes:
             self.index.add_speculative(pod.name, hashes)
-        kept = turn.kept
-        if kept is not None:  # the next turn is routed from this one: its hashes are these, cut
-            kept.hashes = {(block_size, seed): hashes[: len(kept.ids) // block_size]}
+
+    def _prompt_hashes(self, ctx: RequestContext, tokens: Sequence[int], block_size: int) -> list[int]:
+        """The prompt's block hashes; a chat prompt's continue those of the kept turn it starts with, and leave
+        the blocks kept for its next turn hashed (so a conversation's blocks are hashed once)."""
+        model = ctx.base_model or ctx.model
+        if not isinstance(tokens, ChatIds):
+            return self.index.prompt_hashes(tokens, block_size, model, ctx.adapter, ctx.cache_salt)
+        key = (block_size, first_seed(model, ctx.adapter, ctx.cache_salt))
+        prefix = tokens.prefix
+        known = prefix.hashes.get(key, ()) if prefix is not None and prefix.hashes else ()
+        hashes = self.index.prompt_hashes(tokens, block_size, model, ctx.adapter, ctx.cache_salt, known)
+        kept = tokens.kept
+        if kept is not None:
+            kept.hashes = {key: hashes[: len(kept.ids) // block_size]}
+        return hashes
 
     def _add_speculative(self, ctx: RequestContext, pending: _Pending, pod: Endpoint) -> None:
         block_size = self._pod_block_size(pod)
