@@ -9,7 +9,7 @@ from typing import Any
 
 from brixmesh.router.kv.index import PrefixIndex
 from brixmesh.router.kv.tokenizer import LocalTokenizer, PromptTokenizer, TurnPrefix
-from brixmesh.router.routing import Endpoint, RequestContext
+from brixmesh.router.routing import Endpoint, RequestContext, Usage
 from brixmesh.router.routing.scorers.kv_aware import KvAware
 from tests.engine_sim.sim_engine import ASSETS
 from tests.kv.test_chat_prefix_reuse import MODEL, conversation
@@ -17,9 +17,17 @@ from tests.kv.test_chat_prefix_reuse import MODEL, conversation
 BLOCK = 4
 
 
+_CHATS: dict[tuple[int, int], list[list[dict[str, Any]]]] = {}
+
+
+def conversation_of(number: int, turns: int = 8) -> list[list[dict[str, Any]]]:
+    """Conversation ``number``'s requests (the same list objects every call)."""
+    return _CHATS.setdefault((number, turns), conversation(turns, topic=f"topic {number}"))
+
+
 def interleaved(conversations: int, turns: int) -> list[list[dict[str, Any]]]:
     """Requests of several conversations, turn after turn."""
-    chats = [conversation(turns, topic=f"topic {i}") for i in range(conversations)]
+    chats = [conversation_of(i, turns) for i in range(conversations)]
     return [chat[turn] for turn in range(turns) for chat in chats]
 
 
@@ -65,6 +73,8 @@ def chat_request(rid: str, messages: list[dict[str, Any]]) -> RequestContext:
 
 
 async def test_kv_aware_scores_a_continued_turn_like_its_full_prompt_and_adds_its_blocks_on_completion() -> None:
+    """The serving pod also holds each answer (as its engine's events would say): a continued turn is credited
+    with it on that pod, so its scores stay those of the full prompt."""
     tokenizer = PromptTokenizer({MODEL: ASSETS}, lambda model: None)
     index = PrefixIndex(speculative_ttl_s=60.0)
     turns: list[TurnPrefix] = []
@@ -82,7 +92,10 @@ async def test_kv_aware_scores_a_continued_turn_like_its_full_prompt_and_adds_it
     exact = KvAware(PrefixIndex())  # the full prompt's scores, on a copy of the same holdings
     exact.index = index
     pods = [Endpoint(name=name, url=f"http://{name}", model=MODEL, block_size=BLOCK) for name in ("a", "b")]
+    engine = LocalTokenizer(ASSETS, prefix_cache_bytes=0)
     requests = interleaved(4, 8)
+    answers = {id(chat[turn]): chat[turn + 1][len(chat[turn])] for chat in map(conversation_of, range(4))
+               for turn in range(7)}  # fmt: skip
     for number, messages in enumerate(requests):
         ctx = chat_request(f"r{number}", messages)
         ctx.tokenizer = tokenize
@@ -95,13 +108,21 @@ async def test_kv_aware_scores_a_continued_turn_like_its_full_prompt_and_adds_it
             await exact.prepare(probe)
             full = exact.score(probe, pods)
             assert sorted(scores, key=scores.get) == sorted(full, key=full.get)
-            assert all(abs(scores[pod] - full[pod]) <= 0.05 for pod in full)  # the length is estimated
+            cached, held = scorer.cached_tokens(ctx, pods), exact.cached_tokens(probe, pods)
+            assert all(abs(cached[pod] - held[pod]) <= BLOCK for pod in held)  # the answers are credited
+            assert all(abs(scores[pod] - full[pod]) <= 0.1 for pod in full)  # the length is estimated
             exact._requests.clear()
         pod = pods[number % 4 // 2]  # two conversations on each pod
         scorer.on_routed(ctx, pod)
-        scorer.on_completed(ctx, pod, None)
-        assert not scorer._requests  # nothing pending once a request completed
         ids = await tokenizer.tokens(MODEL, messages=messages)
+        usage = None
+        answer = answers.get(id(messages))
+        if answer is not None:  # the engine's events: the prompt and the answer are cached on the pod
+            answered = engine.encode_chat([*messages, answer])
+            index.add_speculative(pod.name, index.prompt_hashes(answered, BLOCK, MODEL, None))
+            usage = Usage(len(ids), len(answered) - len(ids))
+        scorer.on_completed(ctx, pod, usage)
+        assert not scorer._requests  # nothing pending once a request completed
         held = index.match(index.prompt_hashes(ids, BLOCK, MODEL, None), BLOCK)
         assert held[pod.name].blocks == len(ids) // BLOCK  # the whole prompt is speculative on its pod
     assert len(turns) > 8 and all(turn.kept is not None and turn.kept.hashes for turn in turns)

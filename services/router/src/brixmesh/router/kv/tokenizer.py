@@ -83,7 +83,7 @@ def flatten_content(content: Any) -> Any:
 
 
 @dataclass(slots=True)
-class _Prefix:
+class KeptTurn:
     """Token ids of a chat prompt's text up to (not including) its last added token."""
 
     text: str
@@ -91,6 +91,10 @@ class _Prefix:
     hashes: dict[tuple[int, int], list[int]] | None = None
     """(block size, chain seed) -> hashes of the full blocks of ``ids``, kept by the KV scorer: a kept turn
     is hashed once however many requests continue it."""
+    served: tuple[str, int] | None = None
+    """Set by the KV scorer once the request this turn was kept from completed: the pod that served it and
+    how many tokens past ``ids`` that pod computed (the rest of the prompt, then the answer), which the
+    conversation's next turn repeats."""
 
     @property
     def size(self) -> int:
@@ -103,8 +107,8 @@ class ChatIds(array):
     after ``prefix.hashes`` and leaves the kept blocks' hashes on ``kept.hashes``."""
 
     __slots__ = ("prefix", "kept")
-    prefix: _Prefix | None
-    kept: _Prefix | None
+    prefix: KeptTurn | None
+    kept: KeptTurn | None
 
 
 @dataclass(slots=True)
@@ -114,9 +118,9 @@ class ChatEncoding:
     text: str
     key: int
     """Digest of the messages: where this prompt's own prefix is kept for the next turn."""
-    prefix: _Prefix | None
+    prefix: KeptTurn | None
     """The longest cached earlier turn this text starts with: only ``text[len(prefix.text):]`` is encoded."""
-    kept: _Prefix | None = None
+    kept: KeptTurn | None = None
     """What :meth:`LocalTokenizer.finish_chat` kept of this prompt for the conversation's next turn."""
 
     @property
@@ -129,7 +133,7 @@ class TurnPrefix:
     """A chat request that continues a kept turn: that turn's ids (what routing scores), an estimate of the
     whole prompt's length, and :meth:`complete` for the exact ids once the request completes."""
 
-    prefix: _Prefix
+    prefix: KeptTurn
     estimated_tokens: int
     tokenizer: LocalTokenizer
     messages: list[Any]
@@ -138,7 +142,7 @@ class TurnPrefix:
     """Their :func:`message_digests`."""
     new_chars: int
     """Characters of the messages after the kept turn, framing included (what ``estimated_tokens`` adds)."""
-    kept: _Prefix | None = None
+    kept: KeptTurn | None = None
     """Once :meth:`complete` ran: what was kept of this prompt for the next turn (its ids start the prompt's)."""
 
     @property
@@ -182,7 +186,7 @@ class LocalTokenizer:
             token_id: token.content
             for token_id, token in self._tok.get_added_tokens_decoder().items() if token.content
         }  # fmt: skip
-        self._prefixes: OrderedDict[int, _Prefix] = OrderedDict()
+        self._prefixes: OrderedDict[int, KeptTurn] = OrderedDict()
         self._prefix_cache_bytes = prefix_cache_bytes
         self.prefix_bytes = 0
         """Text and token ids kept for next turns (at most ``prefix_cache_bytes``; sizes as Python counts)."""
@@ -340,7 +344,13 @@ class LocalTokenizer:
         cut = plan.text.rfind(added[new_ids[index]], start) if index > 0 else -1
         if cut <= start:
             return
-        kept = _Prefix(plan.text[:cut], ids[: len(ids) - len(new_ids) + index])
+        with self._lock:
+            known = self._prefixes.get(plan.key)
+            if known is not None and len(known.text) == cut and plan.text.startswith(known.text):
+                self._prefixes.move_to_end(plan.key)  # the same messages again (a retry): what is known stays
+                plan.kept = known
+                return
+        kept = KeptTurn(plan.text[:cut], ids[: len(ids) - len(new_ids) + index])
         if kept.size > self._prefix_cache_bytes:
             return
         with self._lock:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 
 from brixmesh.router.kv.hashing import first_seed
 from brixmesh.router.kv.index import PodMatch, PrefixIndex
-from brixmesh.router.kv.tokenizer import ChatIds, TokenizerError, TurnPrefix
+from brixmesh.router.kv.tokenizer import ChatIds, TokenizerError, TurnPrefix, KeptTurn
 from brixmesh.router.routing.context import RequestContext, Usage
 from brixmesh.router.routing.endpoint import Endpoint
 from brixmesh.router.routing.scorer import Category
@@ -32,9 +32,10 @@ TurnSource = Callable[[RequestContext], "TurnPrefix | None"]
 
 
 class _Pending:
-    """A request between :meth:`KvAware.prepare` and its speculative entries."""
+    """A request between :meth:`KvAware.prepare` and its speculative entries (with routing from kept turns,
+    its completion)."""
 
-    __slots__ = ("tokens", "length", "hashes", "turn")
+    __slots__ = ("tokens", "length", "hashes", "turn", "kept")
 
     def __init__(self, tokens: Sequence[int], length: int, turn: TurnPrefix | None = None) -> None:
         self.tokens = tokens
@@ -43,6 +44,27 @@ class _Pending:
         self.hashes: dict[int, list[int]] = {}
         """block size -> hashes of ``tokens``' full blocks"""
         self.turn = turn
+        self.kept: KeptTurn | None = tokens.kept if isinstance(tokens, ChatIds) else None
+        """What the tokenizer kept of this chat prompt for the conversation's next turn."""
+
+
+def _credit_answer(
+    matches: dict[str, PodMatch], turn: TurnPrefix, hashes: Sequence[int], block_size: int, blocks: int
+) -> None:
+    """A continued turn is scored from the kept turn's blocks, but the pod that served that turn also holds
+    the rest of its prompt and its answer, which this prompt repeats next: that pod, if it still holds the
+    whole kept turn, is credited with those blocks too (as the precise scores would find them, from its
+    events)."""
+    served = turn.prefix.served
+    if served is None:
+        return
+    pod, extra_tokens = served
+    match = matches.get(pod)
+    if match is None or match.blocks < len(hashes):
+        return
+    credit = min((len(turn.prefix.ids) + extra_tokens) // block_size, blocks) - match.blocks
+    if credit > 0:
+        matches[pod] = PodMatch(match.blocks + credit, match.weighted + credit, block_size)
 
 
 class KvAware:
@@ -119,7 +141,10 @@ class KvAware:
             if not hashes:
                 continue
             blocks = max(len(hashes), pending.length // block_size)
-            for pod, match in self.index.match(hashes, block_size, names).items():
+            matches = self.index.match(hashes, block_size, names)
+            if pending.turn is not None:
+                _credit_answer(matches, pending.turn, hashes, block_size, blocks)
+            for pod, match in matches.items():
                 found[pod] = (match, blocks)
         if self._observe is not None:
             self._observe(time.perf_counter() - started)
@@ -148,24 +173,32 @@ class KvAware:
         pending = self._requests.get(ctx.request_id)
         if pending is None or pending.turn is not None:
             return  # a continued turn's entries follow its completion
-        self._requests.pop(ctx.request_id)
         self._add_speculative(ctx, pending, pod)
+        if pending.kept is None or self._turns is None:
+            del self._requests[ctx.request_id]
+        # else its completion tells the conversation's next turn what the pod holds past the kept ids
 
-    def on_completed(self, ctx: RequestContext, pod: Endpoint, _usage: Usage | None) -> None:
+    def on_completed(self, ctx: RequestContext, pod: Endpoint, usage: Usage | None) -> None:
         pending = self._requests.pop(ctx.request_id, None)
-        if pending is None or pending.turn is None:
+        if pending is None:
             return
         turn = pending.turn
-        try:
-            tokens = turn.complete()
-        except TokenizerError:
-            return
-        block_size = self._pod_block_size(pod)
-        if block_size <= 0:
-            return
-        hashes = self._prompt_hashes(ctx, tokens, block_size)
-        if self.speculative and hashes:
-            self.index.add_speculative(pod.name, hashes)
+        if turn is not None:
+            try:
+                tokens = turn.complete()
+            except TokenizerError:
+                return
+            pending.length = len(tokens)
+            block_size = self._pod_block_size(pod)
+            hashes = self._prompt_hashes(ctx, tokens, block_size) if block_size > 0 else []
+            if self.speculative and hashes:
+                self.index.add_speculative(pod.name, hashes)
+            kept = turn.kept
+        else:
+            kept = pending.kept
+        if kept is not None:  # an engine caches what it computed: the prompt, and the answer but its last token
+            answer = max(usage.completion_tokens - 1, 0) if usage is not None else 0
+            kept.served = (pod.name, pending.length - len(kept.ids) + answer)
 
     def _prompt_hashes(self, ctx: RequestContext, tokens: Sequence[int], block_size: int) -> list[int]:
         """The prompt's block hashes; a chat prompt's continue those of the kept turn it starts with, and leave
