@@ -9,7 +9,7 @@ from typing import Any
 
 from brixmesh.router.kv.index import PrefixIndex
 from brixmesh.router.kv.tokenizer import LocalTokenizer, PromptTokenizer, TurnPrefix
-from brixmesh.router.routing import Endpoint, RequestContext, Usage
+from brixmesh.router.routing import Endpoint, RequestContext
 from brixmesh.router.routing.scorers.kv_aware import KvAware
 from tests.engine_sim.sim_engine import ASSETS
 from tests.kv.test_chat_prefix_reuse import MODEL, conversation
@@ -48,6 +48,27 @@ def test_kept_turns_route_once_reuse_is_verified_and_complete_to_the_exact_ids()
         assert abs(turn.estimated_tokens - len(ids)) <= 0.25 * len(ids)
     assert tokenizer.turn_routing and routed == tokenizer.turns_routed
     assert 0 < routed < 5 * 6  # not before 16 verified reuses; every later continued turn after that
+
+
+def test_a_next_turn_that_comes_before_the_previous_one_completed_continues_it() -> None:
+    """A client can have the answer (and send its next turn) before the router has seen the end of the
+    response: the next turn completes the open one and continues it, not the turn before."""
+    tokenizer = LocalTokenizer(ASSETS)
+    reference = LocalTokenizer(ASSETS, prefix_cache_bytes=0)
+    chat = conversation_of(0, 24)  # routing from kept turns starts after 16 verified reuses
+    turn = None
+    for messages in chat[:-1]:
+        if turn is not None:
+            turn.complete()
+        turn = tokenizer.turn_prefix(messages)
+        if turn is None:
+            tokenizer.encode_chat(messages)
+    assert turn is not None and turn.completed is None
+    turn.served_by = "a"
+    following = tokenizer.turn_prefix(chat[-1])
+    assert following is not None and turn.completed is not None and turn.kept is not None
+    assert following.prefix is turn.kept and following.prefix.served_by == "a"
+    assert turn.complete() is turn.completed == reference.encode_chat(chat[-2])
 
 
 def test_a_template_that_looks_ahead_stops_turn_routing(caplog: Any) -> None:
@@ -115,13 +136,11 @@ async def test_kv_aware_scores_a_continued_turn_like_its_full_prompt_and_adds_it
         pod = pods[number % 4 // 2]  # two conversations on each pod
         scorer.on_routed(ctx, pod)
         ids = await tokenizer.tokens(MODEL, messages=messages)
-        usage = None
         answer = answers.get(id(messages))
         if answer is not None:  # the engine's events: the prompt and the answer are cached on the pod
             answered = engine.encode_chat([*messages, answer])
             index.add_speculative(pod.name, index.prompt_hashes(answered, BLOCK, MODEL, None))
-            usage = Usage(len(ids), len(answered) - len(ids))
-        scorer.on_completed(ctx, pod, usage)
+        scorer.on_completed(ctx, pod, None)
         assert not scorer._requests  # nothing pending once a request completed
         held = index.match(index.prompt_hashes(ids, BLOCK, MODEL, None), BLOCK)
         assert held[pod.name].blocks == len(ids) // BLOCK  # the whole prompt is speculative on its pod

@@ -60,6 +60,7 @@ _TOKENS_PER_CHAR = 0.3
 _FRAMING_CHARS = 24
 """Characters a template adds around each message (role markers, separators), counted with its content."""
 CHAT_PREFIX_CACHE_BYTES = 64 << 20
+_OPEN_TURNS_LIMIT = 4096
 _message_json = msgspec.json.Encoder()
 
 
@@ -84,17 +85,18 @@ def flatten_content(content: Any) -> Any:
 
 @dataclass(slots=True)
 class KeptTurn:
-    """Token ids of a chat prompt's text up to (not including) its last added token."""
+    """Token ids of a chat prompt's text up to (not including) its last added token, kept for the
+    conversation's next turn."""
 
     text: str
     ids: array
+    tail_tokens: int
+    """Tokens of the prompt after ``ids`` (the generation prompt, mostly): computed by the pod that served it."""
     hashes: dict[tuple[int, int], list[int]] | None = None
     """(block size, chain seed) -> hashes of the full blocks of ``ids``, kept by the KV scorer: a kept turn
     is hashed once however many requests continue it."""
-    served: tuple[str, int] | None = None
-    """Set by the KV scorer once the request this turn was kept from completed: the pod that served it and
-    how many tokens past ``ids`` that pod computed (the rest of the prompt, then the answer), which the
-    conversation's next turn repeats."""
+    served_by: str | None = None
+    """The pod the request this turn was kept from went to (set by the KV scorer when it is routed)."""
 
     @property
     def size(self) -> int:
@@ -142,16 +144,25 @@ class TurnPrefix:
     """Their :func:`message_digests`."""
     new_chars: int
     """Characters of the messages after the kept turn, framing included (what ``estimated_tokens`` adds)."""
+    answer_tokens: int
+    """Estimated tokens of the assistant's answer right after the kept turn (its pod computed them)."""
+    served_by: str | None = None
+    """The pod this request went to (set by the KV scorer), passed on to what is kept of it."""
     kept: KeptTurn | None = None
     """Once :meth:`complete` ran: what was kept of this prompt for the next turn (its ids start the prompt's)."""
+    completed: ChatIds | None = None
+    """What :meth:`complete` returned."""
 
     @property
     def ids(self) -> array:
         return self.prefix.ids
 
     def complete(self) -> ChatIds:
-        """The prompt's exact ids (render, encode what follows the kept turn, keep this turn for the next)."""
-        return self.tokenizer.complete_turn(self)
+        """The prompt's exact ids (render, encode what follows the kept turn, keep this turn for the next);
+        computed once, when the request completes or when the conversation's next turn comes first."""
+        if self.completed is None:
+            self.completed = self.tokenizer.complete_turn(self)
+        return self.completed
 
 
 def message_digests(messages: list[Any]) -> list[int]:
@@ -187,6 +198,8 @@ class LocalTokenizer:
             for token_id, token in self._tok.get_added_tokens_decoder().items() if token.content
         }  # fmt: skip
         self._prefixes: OrderedDict[int, KeptTurn] = OrderedDict()
+        self._open_turns: OrderedDict[int, TurnPrefix] = OrderedDict()
+        """Requests routed from a kept turn, not completed yet, by the digest of their messages."""
         self._prefix_cache_bytes = prefix_cache_bytes
         self.prefix_bytes = 0
         """Text and token ids kept for next turns (at most ``prefix_cache_bytes``; sizes as Python counts)."""
@@ -262,28 +275,55 @@ class LocalTokenizer:
             digests = message_digests(prepared)
         except (TypeError, ValueError):
             return None
-        with self._lock:
-            for index in range(len(digests) - 2, -1, -1):
-                found = self._prefixes.get(digests[index])
-                if found is not None:
-                    self._prefixes.move_to_end(digests[index])
-                    break
-            else:
-                return None
-        new_chars = 0
+        for index in range(len(digests) - 2, -1, -1):
+            found = self._kept_turn(digests[index])
+            if found is not None:
+                break
+        else:
+            return None
+        new_chars = answer_chars = 0
+        answering = True
         for message in prepared[index + 1 :]:
-            content = message.get("content") if isinstance(message, dict) else None
-            new_chars += _FRAMING_CHARS + (len(content) if isinstance(content, str) else 0)
+            content, role = (message.get("content"), message.get("role")) if isinstance(message, dict) else (0, 0)
+            chars = len(content) if isinstance(content, str) else 0
+            new_chars += _FRAMING_CHARS + chars
+            answering = answering and role == "assistant"
+            if answering:  # its framing before the content is the kept turn's generation prompt
+                answer_chars += chars
         if new_chars > _INLINE_CHARS:  # a long new text is tokenized in a thread, before routing
             return None
         estimated = len(found.ids) + int(new_chars * self._tokens_per_char) + 1
         self.turns_routed += 1
-        return TurnPrefix(found, estimated, self, prepared, digests, new_chars)
+        turn = TurnPrefix(
+            found, estimated, self, prepared, digests, new_chars, int(answer_chars * self._tokens_per_char)
+        )
+        self._open_turns[digests[-1]] = turn
+        if len(self._open_turns) > _OPEN_TURNS_LIMIT:
+            self._open_turns.popitem(last=False)
+        return turn
+
+    def _kept_turn(self, digest: int) -> KeptTurn | None:
+        """The turn kept under ``digest``; a request routed from a kept turn and not completed yet is completed
+        first (its answer can reach the client before the router has seen the end of the response)."""
+        open_turn = self._open_turns.pop(digest, None)
+        if open_turn is not None:
+            try:
+                open_turn.complete()
+            except TokenizerError:
+                return None
+        with self._lock:
+            found = self._prefixes.get(digest)
+            if found is not None:
+                self._prefixes.move_to_end(digest)
+        return found
 
     def complete_turn(self, turn: TurnPrefix) -> ChatIds:
+        self._open_turns.pop(turn.digests[-1], None)
         plan = self._plan(turn.messages, turn.digests)
         ids = self.finish_chat(plan)
         turn.kept = plan.kept
+        if plan.kept is not None:
+            plan.kept.served_by = turn.served_by
         kept = turn.prefix.ids
         if not (plan.prefix is turn.prefix or ids[: len(kept)] == kept):  # the template looks ahead
             self._stop_turn_routing()
@@ -350,7 +390,8 @@ class LocalTokenizer:
                 self._prefixes.move_to_end(plan.key)  # the same messages again (a retry): what is known stays
                 plan.kept = known
                 return
-        kept = KeptTurn(plan.text[:cut], ids[: len(ids) - len(new_ids) + index])
+        kept_ids = len(ids) - len(new_ids) + index
+        kept = KeptTurn(plan.text[:cut], ids[:kept_ids], len(ids) - kept_ids)
         if kept.size > self._prefix_cache_bytes:
             return
         with self._lock:

@@ -8,8 +8,10 @@ nothing, so the other scorers of the strategy decide.
 A chat request continuing a conversation whose earlier turn the tokenizer kept (``turns``) is scored from that
 turn's ids, hashed once per turn, against an estimate of the whole prompt's blocks: the new messages' blocks
 are on no pod yet (they are new), so the ranking is the same and the request leaves without waiting for the
-template and the encoding. Those run when the request completes (or fails), and its blocks then become
-speculative entries on its pod: before the conversation's next turn, which only comes after this answer.
+template and the encoding. The pod that served the kept turn is also credited with the rest of that prompt
+and the answer it computed (estimated from the answer's length), as its events would show them. The template
+and the encoding run when the request completes (or fails), or when the conversation's next turn comes
+first, and its blocks then become speculative entries on its pod.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections.abc import Callable, Sequence
 
 from brixmesh.router.kv.hashing import first_seed
 from brixmesh.router.kv.index import PodMatch, PrefixIndex
-from brixmesh.router.kv.tokenizer import ChatIds, TokenizerError, TurnPrefix, KeptTurn
+from brixmesh.router.kv.tokenizer import ChatIds, TokenizerError, TurnPrefix
 from brixmesh.router.routing.context import RequestContext, Usage
 from brixmesh.router.routing.endpoint import Endpoint
 from brixmesh.router.routing.scorer import Category
@@ -32,10 +34,9 @@ TurnSource = Callable[[RequestContext], "TurnPrefix | None"]
 
 
 class _Pending:
-    """A request between :meth:`KvAware.prepare` and its speculative entries (with routing from kept turns,
-    its completion)."""
+    """A request between :meth:`KvAware.prepare` and its speculative entries."""
 
-    __slots__ = ("tokens", "length", "hashes", "turn", "kept")
+    __slots__ = ("tokens", "length", "hashes", "turn")
 
     def __init__(self, tokens: Sequence[int], length: int, turn: TurnPrefix | None = None) -> None:
         self.tokens = tokens
@@ -44,27 +45,22 @@ class _Pending:
         self.hashes: dict[int, list[int]] = {}
         """block size -> hashes of ``tokens``' full blocks"""
         self.turn = turn
-        self.kept: KeptTurn | None = tokens.kept if isinstance(tokens, ChatIds) else None
-        """What the tokenizer kept of this chat prompt for the conversation's next turn."""
 
 
 def _credit_answer(
     matches: dict[str, PodMatch], turn: TurnPrefix, hashes: Sequence[int], block_size: int, blocks: int
 ) -> None:
-    """A continued turn is scored from the kept turn's blocks, but the pod that served that turn also holds
-    the rest of its prompt and its answer, which this prompt repeats next: that pod, if it still holds the
-    whole kept turn, is credited with those blocks too (as the precise scores would find them, from its
-    events)."""
-    served = turn.prefix.served
-    if served is None:
-        return
-    pod, extra_tokens = served
-    match = matches.get(pod)
+    """A continued turn is scored from the kept turn's blocks, but the pod that served that turn also computed
+    the rest of its prompt and its answer, which this prompt repeats: that pod, if it still holds the whole
+    kept turn, is credited with those blocks too, as the precise scores would find them from its events."""
+    kept = turn.prefix
+    match = matches.get(kept.served_by) if kept.served_by is not None else None
     if match is None or match.blocks < len(hashes):
         return
-    credit = min((len(turn.prefix.ids) + extra_tokens) // block_size, blocks) - match.blocks
+    computed = len(kept.ids) + kept.tail_tokens + turn.answer_tokens
+    credit = min(computed // block_size, blocks) - match.blocks
     if credit > 0:
-        matches[pod] = PodMatch(match.blocks + credit, match.weighted + credit, block_size)
+        matches[kept.served_by] = PodMatch(match.blocks + credit, match.weighted + credit, block_size)
 
 
 class KvAware:
@@ -171,34 +167,31 @@ class KvAware:
 
     def on_routed(self, ctx: RequestContext, pod: Endpoint) -> None:
         pending = self._requests.get(ctx.request_id)
-        if pending is None or pending.turn is not None:
-            return  # a continued turn's entries follow its completion
-        self._add_speculative(ctx, pending, pod)
-        if pending.kept is None or self._turns is None:
-            del self._requests[ctx.request_id]
-        # else its completion tells the conversation's next turn what the pod holds past the kept ids
-
-    def on_completed(self, ctx: RequestContext, pod: Endpoint, usage: Usage | None) -> None:
-        pending = self._requests.pop(ctx.request_id, None)
         if pending is None:
             return
-        turn = pending.turn
-        if turn is not None:
-            try:
-                tokens = turn.complete()
-            except TokenizerError:
-                return
-            pending.length = len(tokens)
-            block_size = self._pod_block_size(pod)
-            hashes = self._prompt_hashes(ctx, tokens, block_size) if block_size > 0 else []
-            if self.speculative and hashes:
-                self.index.add_speculative(pod.name, hashes)
-            kept = turn.kept
-        else:
-            kept = pending.kept
-        if kept is not None:  # an engine caches what it computed: the prompt, and the answer but its last token
-            answer = max(usage.completion_tokens - 1, 0) if usage is not None else 0
-            kept.served = (pod.name, pending.length - len(kept.ids) + answer)
+        if pending.turn is not None:  # its entries follow its completion
+            pending.turn.served_by = pod.name
+            return
+        self._requests.pop(ctx.request_id)
+        self._add_speculative(ctx, pending, pod)
+        kept = pending.tokens.kept if isinstance(pending.tokens, ChatIds) else None
+        if kept is not None:
+            kept.served_by = pod.name
+
+    def on_completed(self, ctx: RequestContext, pod: Endpoint, _usage: Usage | None) -> None:
+        pending = self._requests.pop(ctx.request_id, None)
+        if pending is None or pending.turn is None:
+            return
+        try:
+            tokens = pending.turn.complete()
+        except TokenizerError:
+            return
+        block_size = self._pod_block_size(pod)
+        if block_size <= 0:
+            return
+        hashes = self._prompt_hashes(ctx, tokens, block_size)
+        if self.speculative and hashes:
+            self.index.add_speculative(pod.name, hashes)
 
     def _prompt_hashes(self, ctx: RequestContext, tokens: Sequence[int], block_size: int) -> list[int]:
         """The prompt's block hashes; a chat prompt's continue those of the kept turn it starts with, and leave
