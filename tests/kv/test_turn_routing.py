@@ -1,5 +1,5 @@
 """Chat requests that continue a kept conversation turn are routed from that turn's ids: the exact ids follow
-once the request completes, the kv-aware scores rank pods as the full prompt's would, and a template that
+once the request is sent, the kv-aware scores rank pods as the full prompt's would, and a template that
 renders earlier messages differently as a conversation grows turns this off."""
 
 from __future__ import annotations
@@ -50,27 +50,6 @@ def test_kept_turns_route_once_reuse_is_verified_and_complete_to_the_exact_ids()
     assert 0 < routed < 5 * 6  # not before 16 verified reuses; every later continued turn after that
 
 
-def test_a_next_turn_that_comes_before_the_previous_one_completed_continues_it() -> None:
-    """A client can have the answer (and send its next turn) before the router has seen the end of the
-    response: the next turn completes the open one and continues it, not the turn before."""
-    tokenizer = LocalTokenizer(ASSETS)
-    reference = LocalTokenizer(ASSETS, prefix_cache_bytes=0)
-    chat = conversation_of(0, 24)  # routing from kept turns starts after 16 verified reuses
-    turn = None
-    for messages in chat[:-1]:
-        if turn is not None:
-            turn.complete()
-        turn = tokenizer.turn_prefix(messages)
-        if turn is None:
-            tokenizer.encode_chat(messages)
-    assert turn is not None and turn.completed is None
-    turn.served_by = "a"
-    following = tokenizer.turn_prefix(chat[-1])
-    assert following is not None and turn.completed is not None and turn.kept is not None
-    assert following.prefix is turn.kept and following.prefix.served_by == "a"
-    assert turn.complete() is turn.completed == reference.encode_chat(chat[-2])
-
-
 def test_a_template_that_looks_ahead_stops_turn_routing(caplog: Any) -> None:
     tokenizer = LocalTokenizer(ASSETS)
     requests = interleaved(5, 7)
@@ -93,7 +72,7 @@ def chat_request(rid: str, messages: list[dict[str, Any]]) -> RequestContext:
     return RequestContext(request_id=rid, api="chat", model=MODEL, body={}, base_model=MODEL, messages=messages)
 
 
-async def test_kv_aware_scores_a_continued_turn_like_its_full_prompt_and_adds_its_blocks_on_completion() -> None:
+async def test_kv_aware_scores_a_continued_turn_like_its_full_prompt_and_adds_its_blocks_once_sent() -> None:
     """The serving pod also holds each answer (as its engine's events would say): a continued turn is credited
     with it on that pod, so its scores stay those of the full prompt."""
     tokenizer = PromptTokenizer({MODEL: ASSETS}, lambda model: None)
@@ -140,8 +119,7 @@ async def test_kv_aware_scores_a_continued_turn_like_its_full_prompt_and_adds_it
         if answer is not None:  # the engine's events: the prompt and the answer are cached on the pod
             answered = engine.encode_chat([*messages, answer])
             index.add_speculative(pod.name, index.prompt_hashes(answered, BLOCK, MODEL, None))
-        scorer.on_completed(ctx, pod, None)
-        assert not scorer._requests  # nothing pending once a request completed
+        assert not scorer._requests  # nothing pending once a request is sent
         held = index.match(index.prompt_hashes(ids, BLOCK, MODEL, None), BLOCK)
         assert held[pod.name].blocks == len(ids) // BLOCK  # the whole prompt is speculative on its pod
     assert len(turns) > 8 and all(turn.kept is not None and turn.kept.hashes for turn in turns)

@@ -15,8 +15,8 @@ turns reuse off for that tokenizer (a warning says so).
 
 A chat request that continues a kept conversation can be routed from that turn's ids alone
 (:meth:`LocalTokenizer.turn_prefix`: no template render, no encoding); the rest is tokenized once the
-request completes (:meth:`TurnPrefix.complete`), which also checks that the template really renders the
-earlier messages as before. The first time it does not, routing from kept turns stops for that tokenizer.
+request is on its way to its pod (:meth:`TurnPrefix.complete`), which also checks that the template really
+renders the earlier messages as before. The first time it does not, routing from kept turns stops for that tokenizer.
 
 Byte-level BPE tokenizers (most current models) encode through tiktoken (:mod:`.fast_bpe`), checked
 against the Hugging Face tokenizer on a sample.
@@ -60,7 +60,6 @@ _TOKENS_PER_CHAR = 0.3
 _FRAMING_CHARS = 24
 """Characters a template adds around each message (role markers, separators), counted with its content."""
 CHAT_PREFIX_CACHE_BYTES = 64 << 20
-_OPEN_TURNS_LIMIT = 4096
 _message_json = msgspec.json.Encoder()
 
 
@@ -150,19 +149,14 @@ class TurnPrefix:
     """The pod this request went to (set by the KV scorer), passed on to what is kept of it."""
     kept: KeptTurn | None = None
     """Once :meth:`complete` ran: what was kept of this prompt for the next turn (its ids start the prompt's)."""
-    completed: ChatIds | None = None
-    """What :meth:`complete` returned."""
 
     @property
     def ids(self) -> array:
         return self.prefix.ids
 
     def complete(self) -> ChatIds:
-        """The prompt's exact ids (render, encode what follows the kept turn, keep this turn for the next);
-        computed once, when the request completes or when the conversation's next turn comes first."""
-        if self.completed is None:
-            self.completed = self.tokenizer.complete_turn(self)
-        return self.completed
+        """The prompt's exact ids (render, encode what follows the kept turn, keep this turn for the next)."""
+        return self.tokenizer.complete_turn(self)
 
 
 def message_digests(messages: list[Any]) -> list[int]:
@@ -198,8 +192,6 @@ class LocalTokenizer:
             for token_id, token in self._tok.get_added_tokens_decoder().items() if token.content
         }  # fmt: skip
         self._prefixes: OrderedDict[int, KeptTurn] = OrderedDict()
-        self._open_turns: OrderedDict[int, TurnPrefix] = OrderedDict()
-        """Requests routed from a kept turn, not completed yet, by the digest of their messages."""
         self._prefix_cache_bytes = prefix_cache_bytes
         self.prefix_bytes = 0
         """Text and token ids kept for next turns (at most ``prefix_cache_bytes``; sizes as Python counts)."""
@@ -275,12 +267,14 @@ class LocalTokenizer:
             digests = message_digests(prepared)
         except (TypeError, ValueError):
             return None
-        for index in range(len(digests) - 2, -1, -1):
-            found = self._kept_turn(digests[index])
-            if found is not None:
-                break
-        else:
-            return None
+        with self._lock:
+            for index in range(len(digests) - 2, -1, -1):
+                found = self._prefixes.get(digests[index])
+                if found is not None:
+                    self._prefixes.move_to_end(digests[index])
+                    break
+            else:
+                return None
         new_chars = answer_chars = 0
         answering = True
         for message in prepared[index + 1 :]:
@@ -294,31 +288,10 @@ class LocalTokenizer:
             return None
         estimated = len(found.ids) + int(new_chars * self._tokens_per_char) + 1
         self.turns_routed += 1
-        turn = TurnPrefix(
-            found, estimated, self, prepared, digests, new_chars, int(answer_chars * self._tokens_per_char)
-        )
-        self._open_turns[digests[-1]] = turn
-        if len(self._open_turns) > _OPEN_TURNS_LIMIT:
-            self._open_turns.popitem(last=False)
-        return turn
-
-    def _kept_turn(self, digest: int) -> KeptTurn | None:
-        """The turn kept under ``digest``; a request routed from a kept turn and not completed yet is completed
-        first (its answer can reach the client before the router has seen the end of the response)."""
-        open_turn = self._open_turns.pop(digest, None)
-        if open_turn is not None:
-            try:
-                open_turn.complete()
-            except TokenizerError:
-                return None
-        with self._lock:
-            found = self._prefixes.get(digest)
-            if found is not None:
-                self._prefixes.move_to_end(digest)
-        return found
+        answer = int(answer_chars * self._tokens_per_char)
+        return TurnPrefix(found, estimated, self, prepared, digests, new_chars, answer)
 
     def complete_turn(self, turn: TurnPrefix) -> ChatIds:
-        self._open_turns.pop(turn.digests[-1], None)
         plan = self._plan(turn.messages, turn.digests)
         ids = self.finish_chat(plan)
         turn.kept = plan.kept

@@ -10,8 +10,8 @@ turn's ids, hashed once per turn, against an estimate of the whole prompt's bloc
 are on no pod yet (they are new), so the ranking is the same and the request leaves without waiting for the
 template and the encoding. The pod that served the kept turn is also credited with the rest of that prompt
 and the answer it computed (estimated from the answer's length), as its events would show them. The template
-and the encoding run when the request completes (or fails), or when the conversation's next turn comes
-first, and its blocks then become speculative entries on its pod.
+and the encoding run once the request is written to its pod, while the engine works on it, and its blocks
+then become speculative entries on that pod.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from brixmesh.router.kv.hashing import first_seed
 from brixmesh.router.kv.index import PodMatch, PrefixIndex
 from brixmesh.router.kv.tokenizer import ChatIds, TokenizerError, TurnPrefix
-from brixmesh.router.routing.context import RequestContext, Usage
+from brixmesh.router.routing.context import RequestContext
 from brixmesh.router.routing.endpoint import Endpoint
 from brixmesh.router.routing.scorer import Category
 
@@ -166,32 +166,23 @@ class KvAware:
         return {pod: match.tokens for pod, (match, _total) in self._matches(ctx, pending, pods).items()}
 
     def on_routed(self, ctx: RequestContext, pod: Endpoint) -> None:
-        pending = self._requests.get(ctx.request_id)
+        """Runs once the request is written to the engine: a continued turn is tokenized now, while the
+        engine works on it (and before the conversation's next turn can come)."""
+        pending = self._requests.pop(ctx.request_id, None)
         if pending is None:
             return
-        if pending.turn is not None:  # its entries follow its completion
-            pending.turn.served_by = pod.name
-            return
-        self._requests.pop(ctx.request_id)
+        turn = pending.turn
+        if turn is not None:
+            turn.served_by = pod.name
+            try:
+                tokens = turn.complete()
+            except TokenizerError:
+                return
+            pending = _Pending(tokens, len(tokens))
         self._add_speculative(ctx, pending, pod)
         kept = pending.tokens.kept if isinstance(pending.tokens, ChatIds) else None
         if kept is not None:
             kept.served_by = pod.name
-
-    def on_completed(self, ctx: RequestContext, pod: Endpoint, _usage: Usage | None) -> None:
-        pending = self._requests.pop(ctx.request_id, None)
-        if pending is None or pending.turn is None:
-            return
-        try:
-            tokens = pending.turn.complete()
-        except TokenizerError:
-            return
-        block_size = self._pod_block_size(pod)
-        if block_size <= 0:
-            return
-        hashes = self._prompt_hashes(ctx, tokens, block_size)
-        if self.speculative and hashes:
-            self.index.add_speculative(pod.name, hashes)
 
     def _prompt_hashes(self, ctx: RequestContext, tokens: Sequence[int], block_size: int) -> list[int]:
         """The prompt's block hashes; a chat prompt's continue those of the kept turn it starts with, and leave
