@@ -6,9 +6,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import pytest
+
 from brixmesh.router.kv.hashing import block_hashes, first_seed
 from brixmesh.router.kv.index import PrefixIndex
-from brixmesh.router.kv.tokenizer import ChatIds, LocalTokenizer, PromptTokenizer
+from brixmesh.router.kv.tokenizer import ChatIds, LocalTokenizer, PromptTokenizer, TokenizerError
 from brixmesh.router.routing.context import RequestContext
 from brixmesh.router.routing.endpoint import Endpoint
 from brixmesh.router.routing.scorers.kv_aware import KvAware
@@ -129,3 +131,18 @@ async def test_kv_aware_hashes_only_the_blocks_after_the_kept_turn_and_like_a_fu
         assert ids.kept is not None and ids.kept.hashes == {key: full[: len(ids.kept.ids) // 4]}
         scorer.on_routed(ctx, pod)
         assert index.match(full, 4)["a"].blocks == len(full)  # speculative entries from the continued chain
+
+
+def test_messages_the_template_cannot_render_are_a_tokenizer_error() -> None:
+    tokenizer = LocalTokenizer(ASSETS)
+    tool_call = {"role": "assistant", "content": None, "tool_calls": []}  # valid OpenAI; this template adds strings
+    with pytest.raises(TokenizerError, match="chat template failed"):
+        tokenizer.encode_chat([{"role": "user", "content": "hi"}, tool_call])
+    with pytest.raises(TokenizerError, match="chat template failed"):
+        tokenizer.encode_chat([{"role": "user"}])
+    reference = LocalTokenizer(ASSETS, prefix_cache_bytes=0)
+    messages = conversation(3)[-1]
+    assert tokenizer.encode_chat(messages) == reference.encode_chat(messages)
+    assert reference._tok.decode(list(reference.encode_chat(messages)), skip_special_tokens=False).startswith(
+        "<s><|im_start|>system\nYou answer questions about ships.<|im_end|>\n<|im_start|>user\nQuestion 0"
+    )

@@ -7,8 +7,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
 from brixmesh.router.kv.index import PrefixIndex
-from brixmesh.router.kv.tokenizer import LocalTokenizer, PromptTokenizer, TurnPrefix
+from brixmesh.router.kv.tokenizer import ChatTemplate, LocalTokenizer, PromptTokenizer, TurnPrefix
 from brixmesh.router.routing import Endpoint, RequestContext
 from brixmesh.router.routing.scorers.kv_aware import KvAware
 from tests.engine_sim.sim_engine import ASSETS
@@ -61,7 +63,7 @@ def test_a_template_that_looks_ahead_stops_turn_routing(caplog: Any) -> None:
             tokenizer.encode_chat(messages)
     # the same template, now numbering every message by the conversation's length: earlier messages change
     source = "{% for message in messages %}[{{ messages|length }}]{{ message['content'] }}{% endfor %}"
-    tokenizer._template = tokenizer._template.environment.from_string(source)
+    tokenizer._template = ChatTemplate(ImmutableSandboxedEnvironment().from_string(source))
     with caplog.at_level(logging.WARNING, "brixmesh.router.kv.tokenizer"):
         turn.complete()
     assert not tokenizer.turn_routing and "no longer routed from kept turns" in caplog.text

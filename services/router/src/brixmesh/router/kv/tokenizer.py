@@ -38,6 +38,7 @@ from typing import Any
 
 import httpx
 import msgspec
+from jinja2 import Template
 from jinja2.exceptions import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
@@ -100,6 +101,23 @@ class KeptTurn:
     @property
     def size(self) -> int:
         return sys.getsizeof(self.text) + self.ids.itemsize * len(self.ids)
+
+
+class ChatTemplate:
+    """A compiled chat template, rendered as ``Template.render`` does but with the environment's globals merged
+    once: ``render`` merges them into every call's context (half of a short chat's render time)."""
+
+    def __init__(self, template: Template) -> None:
+        self._template = template
+        self._globals = dict(template.globals)
+
+    def render(self, variables: dict[str, Any]) -> str:
+        template = self._template
+        environment = template.environment
+        context = environment.context_class(
+            environment, {**self._globals, **variables}, template.name, template.blocks
+        )
+        return "".join(template.root_render_func(context))
 
 
 class ChatIds(array):
@@ -186,7 +204,7 @@ class LocalTokenizer:
         self.eos_token = _special(config.get("eos_token")) or ""
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         env.globals["raise_exception"] = _raise
-        self._template = env.from_string(template) if isinstance(template, str) else None
+        self._template = ChatTemplate(env.from_string(template)) if isinstance(template, str) else None
         self._added = {
             token_id: token.content
             for token_id, token in self._tok.get_added_tokens_decoder().items() if token.content
@@ -232,9 +250,10 @@ class LocalTokenizer:
             raise TokenizerError(f"tokenizer in {self.directory} has no chat template")
         try:
             text = self._template.render(
-                messages=prepared, add_generation_prompt=True, bos_token=self.bos_token, eos_token=self.eos_token
-            )
-        except TemplateError as exc:
+                {"messages": prepared, "add_generation_prompt": True, "bos_token": self.bos_token,
+                 "eos_token": self.eos_token}
+            )  # fmt: skip
+        except Exception as exc:  # TemplateError, or messages the template cannot handle (a None content + str)
             raise TokenizerError(f"chat template failed: {exc}") from None
         if not self.reuse:
             return ChatEncoding(text, 0, None)
