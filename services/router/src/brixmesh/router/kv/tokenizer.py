@@ -342,7 +342,7 @@ class LocalTokenizer:
         else:
             new_ids = self._encoder.encode(plan.text[len(prefix.text) :])
             ids = ChatIds(TOKEN_TYPECODE, prefix.ids)
-            ids.extend(new_ids)
+            ids.fromlist(new_ids)  # about half of extend()'s time
             if self._checks_left > 0 and not self._checked(plan.text, ids):
                 ids = ChatIds(TOKEN_TYPECODE, self._tok.encode(plan.text, add_special_tokens=False).ids)
                 prefix = None
