@@ -120,7 +120,9 @@ async def test_kv_aware_hashes_only_the_blocks_after_the_kept_turn_and_like_a_fu
         return await tokenizer.tokens(MODEL, messages=ctx.messages)
 
     for number, messages in enumerate(conversation(6)):
-        ctx = RequestContext(f"r{number}", "chat", MODEL, {}, base_model=MODEL, messages=messages, tokenizer=tokenize)
+        ctx = RequestContext(
+            f"r{number}", "chat", MODEL, {}, base_model=MODEL, messages=messages, tokenizer=tokenize
+        )
         await scorer.prepare(ctx)
         scorer.score(ctx, [pod])
         ids = await ctx.token_ids()
@@ -135,7 +137,7 @@ async def test_kv_aware_hashes_only_the_blocks_after_the_kept_turn_and_like_a_fu
 
 def test_messages_the_template_cannot_render_are_a_tokenizer_error() -> None:
     tokenizer = LocalTokenizer(ASSETS)
-    tool_call = {"role": "assistant", "content": None, "tool_calls": []}  # valid OpenAI; this template adds strings
+    tool_call = {"role": "assistant", "content": None, "tool_calls": []}  # valid OpenAI; the template adds strings
     with pytest.raises(TokenizerError, match="chat template failed"):
         tokenizer.encode_chat([{"role": "user", "content": "hi"}, tool_call])
     with pytest.raises(TokenizerError, match="chat template failed"):

@@ -16,7 +16,8 @@ turns reuse off for that tokenizer (a warning says so).
 A chat request that continues a kept conversation can be routed from that turn's ids alone
 (:meth:`LocalTokenizer.turn_prefix`: no template render, no encoding); the rest is tokenized once the
 request is on its way to its pod (:meth:`TurnPrefix.complete`), which also checks that the template really
-renders the earlier messages as before. The first time it does not, routing from kept turns stops for that tokenizer.
+renders the earlier messages as before. The first time it does not, routing from kept turns stops for that
+tokenizer.
 
 Byte-level BPE tokenizers (most current models) encode through tiktoken (:mod:`.fast_bpe`), checked
 against the Hugging Face tokenizer on a sample.
@@ -150,7 +151,7 @@ class ChatEncoding:
 @dataclass(slots=True, eq=False)
 class TurnPrefix:
     """A chat request that continues a kept turn: that turn's ids (what routing scores), an estimate of the
-    whole prompt's length, and :meth:`complete` for the exact ids once the request completes."""
+    whole prompt's length, and :meth:`complete` for the exact ids once the request is sent."""
 
     prefix: KeptTurn
     estimated_tokens: int
@@ -297,7 +298,9 @@ class LocalTokenizer:
         new_chars = answer_chars = 0
         answering = True
         for message in prepared[index + 1 :]:
-            content, role = (message.get("content"), message.get("role")) if isinstance(message, dict) else (0, 0)
+            if not isinstance(message, dict):
+                message = {}
+            content, role = message.get("content"), message.get("role")
             chars = len(content) if isinstance(content, str) else 0
             new_chars += _FRAMING_CHARS + chars
             answering = answering and role == "assistant"
