@@ -123,6 +123,7 @@ STOP_GRACE_S = 15.0
 SKIP_ENV = "BRIXMESH_SKIP_VLLM"
 LOG_TAIL_LINES = 40
 POLL_INTERVAL_S = 0.5
+PORT_RACE_RELAUNCHES = 2
 
 
 # vLLM's first parent hash: sha256 over the pickled PYTHONHASHSEED string ("0" for these engines).
@@ -331,22 +332,24 @@ def _options(
     )
 
 
+def _launch_with(options: _Options, install: VllmInstall) -> _Launch:
+    return _launch(
+        install,
+        cpu_bind=options.cpu_bind,
+        lora_modules=options.lora_modules,
+        extra_args=options.extra_args,
+        extra_env=options.extra_env,
+        log_dir=options.log_dir,
+        model_dir=options.model_dir,
+    )
+
+
 def _launch_all(count: int, options: _Options) -> list[_Launch]:
     install = options.install or find_install()
     launches: list[_Launch] = []
     try:
         for _ in range(count):
-            launches.append(
-                _launch(
-                    install,
-                    cpu_bind=options.cpu_bind,
-                    lora_modules=options.lora_modules,
-                    extra_args=options.extra_args,
-                    extra_env=options.extra_env,
-                    log_dir=options.log_dir,
-                    model_dir=options.model_dir,
-                )
-            )
+            launches.append(_launch_with(options, install))
     except BaseException:
         for launch in launches:
             launch.stop()
@@ -354,16 +357,31 @@ def _launch_all(count: int, options: _Options) -> list[_Launch]:
     return launches
 
 
-def _wait_ready_sync(launches: list[_Launch], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    pending = list(launches)
+def _lost_a_port(launch: _Launch) -> bool:
+    """The engine exited because a port picked for it was taken before it bound it (ports are picked free,
+    then bound seconds later by the engine, and nothing holds them in between)."""
+    return launch.process.poll() is not None and "Address already in use" in (
+        first_exception_line(launch.engine.log_path) or ""
+    )
+
+
+def _wait_ready_sync(launches: list[_Launch], options: _Options) -> None:
+    """Wait until every launch is healthy; relaunch (in place, on new ports) one that lost a port race."""
+    deadline = time.monotonic() + options.startup_timeout
+    relaunches = PORT_RACE_RELAUNCHES
+    pending = list(range(len(launches)))
     with httpx.Client() as client:
         while pending:
-            pending = [launch for launch in pending if not launch.check_health(client)]
+            for index in pending:
+                if relaunches and _lost_a_port(launches[index]):
+                    relaunches -= 1
+                    launches[index].stop()
+                    launches[index] = _launch_with(options, options.install or find_install())
+            pending = [index for index in pending if not launches[index].check_health(client)]
             if not pending:
                 return
             if time.monotonic() > deadline:
-                raise pending[0].failure(f"not healthy after {timeout:.0f} s")
+                raise launches[pending[0]].failure(f"not healthy after {options.startup_timeout:.0f} s")
             time.sleep(POLL_INTERVAL_S)
 
 
@@ -373,7 +391,7 @@ def vllm_engines(count: int, **options) -> Iterator[list[VllmEngine]]:
     opts = _options(**options)
     launches = _launch_all(count, opts)
     try:
-        _wait_ready_sync(launches, opts.startup_timeout)
+        _wait_ready_sync(launches, opts)
         yield [launch.engine for launch in launches]
     finally:
         for launch in launches:
@@ -393,7 +411,7 @@ async def start_vllm_engines(count: int, **options) -> AsyncIterator[list[VllmEn
     opts = _options(**options)
     launches = await asyncio.to_thread(_launch_all, count, opts)
     try:
-        await asyncio.to_thread(_wait_ready_sync, launches, opts.startup_timeout)
+        await asyncio.to_thread(_wait_ready_sync, launches, opts)
         yield [launch.engine for launch in launches]
     finally:
         await asyncio.to_thread(lambda: [launch.stop() for launch in launches])
