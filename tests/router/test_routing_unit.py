@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 
 import pytest
 
@@ -17,6 +18,7 @@ from brixmesh.router.routing import (
     default_registry,
 )
 from brixmesh.router.routing.load import LoadTracker
+from brixmesh.router.routing.picker import LoadGuard
 from brixmesh.router.routing.prefix_index import PrefixIndex, prefix_hashes
 from brixmesh.router.routing.registry import RoutingEnv
 
@@ -132,6 +134,46 @@ async def test_prefix_cache_follows_routed_prefix_and_load_guard_overrides() -> 
     assert guarded.ranked[0] is not target
 
 
+async def test_affinity_yields_to_pods_sent_fewer_requests_lately() -> None:
+    """Every pod idle: in-flight counts tie; only recent counts keep a shared prefix from taking all."""
+    router = make_router()
+    endpoints = pods("a", "b")
+    strategy = router.registry.strategy("prefix-cache:3,least-request:2")
+    shared = "system prompt " * 40
+    first = ctx(shared + "question one")
+    decision = await router.route(first, endpoints, strategy)
+    target, other = decision.ranked
+    router.routed(first, decision, target)
+    load, now = router.env.load, time.monotonic()
+
+    def served(pod: Endpoint, count: int) -> None:
+        for i in range(count):
+            load.start("r", f"{pod.name}{i}", pod.name, now)
+            load.finish("r", f"{pod.name}{i}")
+
+    served(target, 12)
+    served(other, 10)  # a lead within the tolerance keeps the cache's pull
+    follow = await router.route(ctx(shared + "question two"), endpoints, strategy, now=now)
+    assert follow.ranked[0] is target
+    served(target, 20)
+    moved = await router.route(ctx(shared + "question three"), endpoints, strategy, now=now)
+    assert moved.ranked[0] is other
+    later = now + 20 * load.recent_half_life_s  # the lead decays: affinity decides again
+    back = await router.route(ctx(shared + "question four"), endpoints, strategy, now=later)
+    assert back.ranked[0] is target
+
+
+def test_lead_penalty_grows_with_the_lead_up_to_the_affinity_weight() -> None:
+    guard = LoadGuard(lead_tolerance=0.05, lead_slack=4.0, lead_gain=7.0)
+    a, b = pods("a", "b")
+    cases = [(10, 10, {}), (17.5, 12.5, {}), (24, 12, {"a": 1.0087}), (40, 0, {"a": 3.0})]
+    for recent_a, recent_b, expected in cases:
+        a.recent, b.recent = recent_a, recent_b
+        penalties = guard.lead_penalties([a, b], affinity_weight=3.0)
+        assert penalties == pytest.approx(expected, rel=0.02)
+    assert guard.lead_penalties([a], affinity_weight=3.0) == {}
+
+
 async def test_session_affinity_is_stable_and_falls_back() -> None:
     router = make_router()
     endpoints = pods("a", "b", "c", "d")
@@ -189,6 +231,19 @@ def test_load_tracker_expires_lost_completions() -> None:
     tracker.finish("r1", "b")
     assert tracker.count("pod") == 1
     assert tracker.expire(now=11) == 1 and tracker.count("pod") == 0
+
+
+def test_recent_counts_halve_per_half_life_and_are_forgotten() -> None:
+    tracker = LoadTracker(ttl_s=1000, recent_half_life_s=30)
+    tracker.start("r1", "a", "pod", now=0)
+    tracker.start("r1", "b", "pod", now=0)
+    tracker.finish("r1", "a")
+    assert tracker.recent("pod", now=0) == 2 and tracker.recent("pod", now=30) == pytest.approx(1)
+    tracker.start("r1", "c", "pod", now=30)
+    assert tracker.recent("pod", now=60) == pytest.approx(1)
+    assert tracker.recent("other", now=60) == 0
+    tracker.expire(now=60 + 30 * 10)
+    assert "pod" not in tracker._recent
 
 
 def test_prefix_index_match_ttl_and_capacity() -> None:

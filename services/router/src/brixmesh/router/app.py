@@ -31,6 +31,7 @@ from brixmesh.router.limits import Authenticator, RateLimiter
 from brixmesh.router.metrics import InFlightCollector, RouterMetrics, SyncCollector
 from brixmesh.router.routing import Router, RoutingEnv, UnknownStrategy, default_registry
 from brixmesh.router.routing.load import LoadTracker
+from brixmesh.router.routing.picker import LoadGuard
 from brixmesh.router.routing.scorers.gpu_plan import GpuPlanScorer
 from brixmesh.router.settings import RouterSettings
 from brixmesh.router.stats import StatsCollector
@@ -57,7 +58,11 @@ def build_router(settings: RouterSettings) -> RouterApp:
     service = Service("router", settings)
     document_openai_routes(service.app)
     env = RoutingEnv(
-        load=LoadTracker(settings.inflight_ttl_s), prefix_block_chars=settings.prefix_block_chars
+        load=LoadTracker(settings.inflight_ttl_s, settings.recent_half_life_s),
+        guard=LoadGuard(
+            lead_tolerance=settings.lead_tolerance, lead_slack=settings.lead_slack, lead_gain=settings.lead_gain
+        ),
+        prefix_block_chars=settings.prefix_block_chars,
     )
     registry = default_registry(env)
     pods = PodTable()

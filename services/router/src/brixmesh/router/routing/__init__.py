@@ -10,7 +10,8 @@ How one request is routed
 3. **Scorers** of the chosen strategy each return ``{pod_name: score in [0, 1]}`` (missing pods score 0). A
    strategy is one scorer or a weighted composition such as ``prefix-cache:3,least-request:2,least-kv-cache:2``.
 4. The **load guard** (:mod:`.picker`) zeroes the affinity scores of pods that already carry clearly more load
-   than the least-loaded candidate, so cache affinity never piles work on one pod.
+   than the least-loaded candidate, and lowers the totals of pods sent clearly more requests than the mean
+   lately, so cache affinity never piles work on one pod.
 5. The **picker** takes the highest weighted sum, ties broken at random; retries take the next best.
 6. Lifecycle hooks: ``on_routed(ctx, pod)`` after the choice, ``on_first_byte(ctx, pod)`` when the pod's
    answer begins, ``on_completed(ctx, pod, usage)`` when the

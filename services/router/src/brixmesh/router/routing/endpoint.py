@@ -30,6 +30,8 @@ class Endpoint:
     metrics: PodMetrics | None = None
     in_flight: int = 0
     """Requests in flight on this pod from every router replica (see ``LoadTracker``)."""
+    recent: float = 0.0
+    """Requests sent to this pod lately by every router replica, decayed (see ``LoadTracker.recent``)."""
     unhealthy_until: float = 0.0
     """Monotonic time until which connection failures keep this pod out of routing."""
 

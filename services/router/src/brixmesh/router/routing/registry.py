@@ -53,6 +53,10 @@ class Strategy:
     def has_affinity(self) -> bool:
         return any(scorer.category == "affinity" for scorer, _ in self.parts)
 
+    @property
+    def affinity_weight(self) -> float:
+        return sum(weight for scorer, weight in self.parts if scorer.category == "affinity")
+
 
 class StrategyRegistry:
     def __init__(self, env: RoutingEnv | None = None, max_cached: int = 256) -> None:

@@ -47,18 +47,23 @@ class Router:
         load = self.env.load
         for pod in found:
             pod.in_flight = load.count(pod.name)
+            pod.recent = load.recent(pod.name, now)
         for scorer, _weight in strategy.parts:
             prepare = getattr(scorer, "prepare", None)
             if prepare is not None:
                 await prepare(ctx)
         totals = dict.fromkeys((pod.name for pod in found), 0.0)
-        overloaded = self.env.guard.overloaded(found) if strategy.has_affinity else set()
+        guard = self.env.guard
+        overloaded = guard.overloaded(found) if strategy.has_affinity else set()
         for scorer, weight in strategy.parts:
             scores = scorer.score(ctx, found)
             restrain = scorer.category == "affinity" and overloaded
             for name, value in scores.items():
                 if name in totals and not (restrain and name in overloaded):
                     totals[name] += weight * value
+        if strategy.has_affinity:
+            for name, penalty in guard.lead_penalties(found, strategy.affinity_weight).items():
+                totals[name] -= penalty
         by_name = {pod.name: pod for pod in found}
         ranked = [by_name[name] for name in rank(totals, self.env.rng)]
         decision = RoutingDecision(ranked, strategy, totals, 0.0)
