@@ -67,6 +67,42 @@ async def test_kv_aware_picks_the_longest_prefix_and_speculates_on_routing(token
     assert again.ranked[0].name == "c" and again.scores["c"] == 1.0
 
 
+async def test_a_match_that_ends_where_others_ended_is_a_shared_prefix(tokens: list[int]) -> None:
+    """Requests leaving a prefix held on a pod at the same block share it (a system prompt); a conversation's
+    turns match further each time, so they never do; a prompt no pod holds any of is free to go anywhere."""
+    index = PrefixIndex()
+    held_by(index, "a", tokens, 5)
+    registry = default_registry()
+    registry.register_scorer("kv-aware", lambda env: KvAware(index))
+    tokenizer = LocalTokenizer(ASSETS)
+
+    async def tokenize(ctx: RequestContext) -> list[int] | None:
+        return tokenizer.encode_prompt(ctx.prompt_text or "")
+
+    registry.env.tokenizer = tokenize
+    router = Router(registry)
+    pods = [Endpoint(name=name, url=f"http://{name}", model=MODEL, block_size=BLOCK) for name in ("a", "b")]
+    strategy = registry.strategy("kv-aware:3,least-request:2")
+
+    async def shared_only(rid: str, text: str, send_to: Endpoint | None = None) -> bool:
+        ctx = RequestContext(request_id=rid, api="completions", model=MODEL, body={}, base_model=MODEL,
+                             prompt_text=text)  # fmt: skip
+        decision = await router.route(ctx, pods, strategy)
+        router.routed(ctx, decision, send_to or decision.ranked[0])
+        return ctx.matches_only_shared_prefix
+
+    assert not await shared_only("q1", PROMPT + " Who wrote this sentence first?")  # a holds 5 blocks
+    # a now holds q1's blocks too (speculatively), so q2 matches all of PROMPT's: the first to leave there
+    assert not await shared_only("q2", PROMPT + " Which animal is the quick one here?")
+    assert await shared_only("q3", PROMPT + " How many dogs are there in it?")
+    talk = "Completely unrelated words about storage arrays and their many disks that fail."
+    assert await shared_only("t1", talk, send_to=pods[1])
+    talk += " Which disks fail most often, and why do they fail?"
+    assert not await shared_only("t2", talk)
+    talk += " And how would you replace them without losing any data?"
+    assert not await shared_only("t3", talk)
+
+
 async def test_admin_lookup_and_errors(tokens: list[int]) -> None:
     index = PrefixIndex()
     held_by(index, "a", tokens, 3)

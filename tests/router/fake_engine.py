@@ -1,6 +1,7 @@
 """A minimal OpenAI-shaped engine (aiohttp, in a thread) for what the simulator does not do: a streamed chat
-that answers with the ``traceparent`` header it received, embeddings, and a non-streamed completion whose
-body trickles in (one piece per ``max_tokens``, 0.1 s apart)."""
+that answers with the ``traceparent`` header it received (and, given ``linger_s`` in the body, keeps the
+connection that long after ``[DONE]``), embeddings, and a non-streamed completion whose body trickles in (one
+piece per ``max_tokens``, 0.1 s apart)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ async def _traceparent_chat(request: web.Request) -> web.StreamResponse:
     content = request.headers.get("traceparent", "")
     chunk = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": content}}]}
     await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\ndata: [DONE]\n\n")
+    await asyncio.sleep((await request.json()).get("linger_s", 0))
     await response.write_eof()
     return response
 

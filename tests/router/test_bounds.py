@@ -126,6 +126,25 @@ def test_overall_deadline_of_a_trickled_non_streamed_answer(nats_server: NatsSer
             assert time.monotonic() - started < 5
 
 
+def test_a_stream_is_out_of_the_in_flight_count_once_its_end_is_relayed(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """The engine keeps the connection 3 s after ``[DONE]``: a client has its whole answer, and may send the
+    conversation's next turn, before the router sees the upstream close. That turn must not find the pod
+    still busy with the turn before."""
+    with fake_engine() as engine:
+        path = endpoints_file(tmp_path, [engine])
+        with router_process(nats_server.url, endpoints=path) as router:
+            messages = [{"role": "user", "content": "hi"}]
+            body = {"model": MODEL, "messages": messages, "stream": True, "linger_s": 3}
+            with httpx.stream("POST", f"{router.url}/v1/chat/completions", json=body, timeout=20) as response:
+                lines = response.iter_lines()
+                assert any(line == "data: [DONE]" for line in lines)
+                metrics = httpx.get(f"{router.url}/metrics").text
+                assert metric_value(metrics, "brixmesh_router_in_flight") == 0
+                assert "".join(lines) == ""  # nothing after [DONE]; the stream ends when the engine's does
+
+
 def test_overall_deadline_ends_a_stream_with_an_error_event(nats_server: NatsServer, tmp_path: Path) -> None:
     with sim_engine(["--inter-token-latency", "50"], kv_events=False) as slow:
         path = endpoints_file(tmp_path, [slow.base_url])

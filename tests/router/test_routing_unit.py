@@ -134,8 +134,9 @@ async def test_prefix_cache_follows_routed_prefix_and_load_guard_overrides() -> 
     assert guarded.ranked[0] is not target
 
 
-async def test_affinity_yields_to_pods_sent_fewer_requests_lately() -> None:
-    """Every pod idle: in-flight counts tie; only recent counts keep a shared prefix from taking all."""
+async def test_shared_prefix_affinity_yields_to_pods_sent_fewer_requests_lately() -> None:
+    """Every pod idle: in-flight counts tie; only recent counts keep a shared prefix from taking all. (The
+    ``kv-aware`` scorer tells which requests match only a shared prefix; here the test says so.)"""
     router = make_router()
     endpoints = pods("a", "b")
     strategy = router.registry.strategy("prefix-cache:3,least-request:2")
@@ -153,13 +154,18 @@ async def test_affinity_yields_to_pods_sent_fewer_requests_lately() -> None:
 
     served(target, 12)
     served(other, 10)  # a lead within the tolerance keeps the cache's pull
-    follow = await router.route(ctx(shared + "question two"), endpoints, strategy, now=now)
+    def shared_only(text: str) -> RequestContext:
+        return ctx(text, matches_only_shared_prefix=True)
+
+    follow = await router.route(shared_only(shared + "question two"), endpoints, strategy, now=now)
     assert follow.ranked[0] is target
     served(target, 20)
-    moved = await router.route(ctx(shared + "question three"), endpoints, strategy, now=now)
+    moved = await router.route(shared_only(shared + "question three"), endpoints, strategy, now=now)
     assert moved.ranked[0] is other
+    own = await router.route(ctx(shared + "question three"), endpoints, strategy, now=now)
+    assert own.ranked[0] is target  # a request continuing its own history stays
     later = now + 20 * load.recent_half_life_s  # the lead decays: affinity decides again
-    back = await router.route(ctx(shared + "question four"), endpoints, strategy, now=later)
+    back = await router.route(shared_only(shared + "question four"), endpoints, strategy, now=later)
     assert back.ranked[0] is target
 
 

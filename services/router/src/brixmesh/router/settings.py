@@ -39,13 +39,13 @@ class RouterSettings(ServiceSettings):
     inflight_ttl_s: float = Field(default=900.0, gt=0)
     recent_half_life_s: float = Field(default=30.0, gt=0)
     """Half-life of the recent request counts the load guard balances (see ``lead_gain``)."""
-    lead_gain: float = Field(default=7.0, ge=0)
-    """How hard the load guard pushes requests away from a pod sent more than its share lately, for strategies
-    with an affinity scorer; 0 turns it off. The pod's total loses ``lead_gain`` x the affinity weight x its
-    excess over the allowance (``lead_tolerance`` above the mean, plus ``lead_slack`` requests), at most the
-    affinity weight."""
+    lead_gain: float = Field(default=20.0, ge=0)
+    """How hard the load guard steers a request whose cache affinity is only for a shared prefix (a system
+    prompt) away from pods sent more than their share lately, for strategies with ``kv-aware``; 0 turns it
+    off. A leading pod's total loses ``lead_gain`` x the affinity weight x its excess over the allowance
+    (``lead_tolerance`` above the mean, plus ``lead_slack`` requests), at most what affinity added to it."""
     lead_tolerance: float = Field(default=0.05, ge=0)
-    lead_slack: float = Field(default=4.0, ge=0)
+    lead_slack: float = Field(default=2.0, ge=0)
     stats_interval_s: float = Field(default=1.0, gt=0)
     prefix_block_chars: int = Field(default=64, gt=0)
     api_keys: Annotated[list[str], NoDecode] = []

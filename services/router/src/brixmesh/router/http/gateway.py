@@ -337,6 +337,16 @@ class Gateway:
                     self.router.routed(ctx, decision, pod)
                     self.sync.routed(ctx.request_id, ctx.model, pod.name, ctx.prefix_hashes)
 
+                finished = False
+
+                def finish() -> None:
+                    """The pod's in-flight count drops before the client can have the whole answer: a
+                    conversation's next turn must not find its own last turn still counted on its pod."""
+                    nonlocal finished
+                    if not finished:
+                        finished = True
+                        self.sync.done(ctx.request_id, ctx.model, pod.name)
+
                 usage: Usage | None = None
                 status = 502
                 response: UpstreamResponse | None = None
@@ -381,7 +391,9 @@ class Gateway:
                         )
                     if streamed:
                         with tracing.span("router.stream_relay") if tracing else NO_SPAN as relay:
-                            ok, usage = await self._relay_stream(ctx, decision, pod, response, first, send)
+                            ok, usage = await self._relay_stream(
+                                ctx, decision, pod, response, first, send, finish
+                            )
                             if relay is not None:
                                 relay.set_attributes(
                                     {"brixmesh.ok": ok, "brixmesh.completion_tokens": usage.completion_tokens}
@@ -391,6 +403,7 @@ class Gateway:
                     usage = usage_of_body(first) if ok else None
                     headers = self._headers(response, ctx, decision, pod)
                     headers.append((b"content-length", str(len(first)).encode()))
+                    finish()
                     await send({"type": "http.response.start", "status": status, "headers": headers})
                     await send({"type": "http.response.body", "body": first})
                     return ok, usage
@@ -399,7 +412,7 @@ class Gateway:
                         announce()
                     if response is not None:
                         response.close()
-                    self.sync.done(ctx.request_id, ctx.model, pod.name)
+                    finish()
                     self.router.completed(ctx, decision, pod, usage)
                     self.metrics.count(ctx.model, strategy_label, pod.name, status)
                     if span is not None:
@@ -420,9 +433,21 @@ class Gateway:
         response: UpstreamResponse,
         first: bytes,
         send: Send,
+        finish: Callable[[], None],
     ) -> tuple[bool, Usage | None]:
+        """Relay the upstream's events; ``finish`` runs just before the one that ends the stream is sent."""
         counter = StreamUsage()
         counter.feed(first)
+        responses = ctx.api == "responses"
+
+        def ends_stream(recent: bytes, ended: bool) -> bool:
+            if responses:
+                return ended or _responses_stream_ended(recent)
+            return recent.rstrip().endswith(b"data: [DONE]")  # completions and chat streams end with it
+
+        ended = ends_stream(first, False)
+        if ended:
+            finish()
         await send(
             {
                 "type": "http.response.start",
@@ -435,16 +460,15 @@ class Gateway:
         tail = first[-32:]
         reason = ""
         error_type, error_code = "upstream_error", 502
-        ended = _responses_stream_ended(first) if ctx.api == "responses" else False
         try:
             while chunk := await response.next_chunk():
                 counter.feed(chunk)
-                if ctx.api == "responses" and not ended:
-                    ended = _responses_stream_ended(tail + chunk)
-                tail = (tail + chunk)[-32:]
+                recent = tail + chunk
+                ended = ends_stream(recent, ended)
+                tail = recent[-32:]
+                if ended:
+                    finish()
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            if ctx.api != "responses":  # completions and chat streams always end with [DONE]
-                ended = tail.rstrip().endswith(b"data: [DONE]")
             if not ended:
                 reason = "ended the stream early"
         except UpstreamDeadline:

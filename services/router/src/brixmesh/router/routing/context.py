@@ -54,6 +54,11 @@ class RequestContext:
     tokenizer: Tokenizer | None = None
     prefix_hashes: list[int] | None = None
     """Approximate prefix block hashes, set by the prefix-cache scorer; shared with other router replicas."""
+    matches_only_shared_prefix: bool = False
+    """Set by the ``kv-aware`` scorer: no pod holds more of this prompt than a prefix other requests share
+    too (a system prompt), or no pod holds any of it. Any pod can then serve it at the cost of computing
+    that prefix once, so the load guard balances recent request counts with it (``LoadGuard.lead_penalties``);
+    a request continuing its own history is left where its cache is."""
     _token_ids: Any = _UNSET
     _routing_text: str | None = None
 

@@ -16,20 +16,22 @@ class LoadGuard:
     - A pod is *overloaded* when it carries more than ``abs_threshold`` requests above the least-loaded
       candidate and more than ``rel_threshold`` times its load; affinity scores do not count for such pods.
     - A pod *leads* when it was sent more requests lately (:attr:`Endpoint.recent`) than the candidates' mean,
-      by more than ``lead_tolerance`` of it plus ``lead_slack`` requests. Its total is lowered in proportion
-      to the lead: ``lead_gain`` x the strategy's affinity weight x the excess over that allowance (relative
-      to it), at most the affinity weight. In-flight counts cannot see this imbalance at low load, where
-      every pod is idle between requests and affinity alone decides: conversations sharing a system prompt
-      all follow the first pod that cached it. The penalty moves the requests that gain least from their
-      cache first (a conversation's first turn, which matches only the shared prompt), and once another pod
-      holds the shared prompt, those requests are ties the penalty settles.
+      by more than ``lead_tolerance`` of it plus ``lead_slack`` requests. For a request whose cache affinity
+      is only for a prefix other requests share (``RequestContext.matches_only_shared_prefix``), the totals
+      of leading pods are lowered in proportion to the lead (``lead_gain`` x the strategy's affinity weight
+      x the excess over that allowance, relative to it), by at most what affinity scorers added to them, so
+      the lead never outweighs a difference in load; equal totals then go to the pod sent fewer requests
+      lately. In-flight counts cannot see this imbalance at low load, where every pod is idle between
+      requests and affinity alone decides: conversations sharing a system prompt would all follow the first
+      pod that cached it. Moving a conversation's first turn costs that shared prefix once, on the pod that
+      then holds it too; a request continuing its own history is never moved by this.
     """
 
     abs_threshold: float = 8.0
     rel_threshold: float = 1.5
     lead_tolerance: float = 0.05
-    lead_slack: float = 4.0
-    lead_gain: float = 7.0
+    lead_slack: float = 2.0
+    lead_gain: float = 20.0
 
     def overloaded(self, pods: Sequence[Endpoint]) -> set[str]:
         if len(pods) < 2:
@@ -55,9 +57,13 @@ class LoadGuard:
         }
 
 
-def rank(totals: dict[str, float], rng: random.Random) -> list[str]:
-    """Pod names, best first; equal totals in random order."""
+def rank(totals: dict[str, float], rng: random.Random, recent: dict[str, float] | None = None) -> list[str]:
+    """Pod names, best first; equal totals in random order, or, given ``recent``, the pod sent fewer requests
+    lately first."""
     names = list(totals)
     rng.shuffle(names)
-    names.sort(key=totals.__getitem__, reverse=True)  # stable sort keeps the shuffle among ties
+    if recent is None:
+        names.sort(key=totals.__getitem__, reverse=True)  # stable sort keeps the shuffle among ties
+    else:
+        names.sort(key=lambda name: (-totals[name], recent[name]))
     return names

@@ -55,17 +55,24 @@ class Router:
         totals = dict.fromkeys((pod.name for pod in found), 0.0)
         guard = self.env.guard
         overloaded = guard.overloaded(found) if strategy.has_affinity else set()
+        affinity = dict.fromkeys(totals, 0.0)
         for scorer, weight in strategy.parts:
             scores = scorer.score(ctx, found)
-            restrain = scorer.category == "affinity" and overloaded
+            is_affinity = scorer.category == "affinity"
+            restrain = is_affinity and overloaded
             for name, value in scores.items():
                 if name in totals and not (restrain and name in overloaded):
                     totals[name] += weight * value
-        if strategy.has_affinity:
-            for name, penalty in guard.lead_penalties(found, strategy.affinity_weight).items():
-                totals[name] -= penalty
+                    if is_affinity:
+                        affinity[name] += weight * value
         by_name = {pod.name: pod for pod in found}
-        ranked = [by_name[name] for name in rank(totals, self.env.rng)]
+        recent = None
+        if strategy.has_affinity and ctx.matches_only_shared_prefix:
+            # only what affinity added is taken back: the lead never outweighs a difference in load
+            for name, penalty in guard.lead_penalties(found, strategy.affinity_weight).items():
+                totals[name] -= min(penalty, affinity[name])
+            recent = {pod.name: pod.recent for pod in found}
+        ranked = [by_name[name] for name in rank(totals, self.env.rng, recent)]
         decision = RoutingDecision(ranked, strategy, totals, 0.0)
         if strategy.pairing is not None:
             prefills = candidates(ctx, pods, now, PREFILL_ROLES)

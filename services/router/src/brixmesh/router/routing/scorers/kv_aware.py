@@ -28,6 +28,7 @@ from brixmesh.router.routing.endpoint import Endpoint
 from brixmesh.router.routing.scorer import Category
 
 _PENDING_LIMIT = 4096
+_MATCH_ENDS_LIMIT = 4096
 
 TurnSource = Callable[[RequestContext], "TurnPrefix | None"]
 """The kept turn a chat request continues (:meth:`brixmesh.router.kv.tokenizer.PromptTokenizer.turn_prefix`)."""
@@ -81,6 +82,8 @@ class KvAware:
         self._turns = turns
         # bounded, as a request may fail before its hooks run
         self._requests: OrderedDict[str, _Pending] = OrderedDict()
+        self._match_ends: OrderedDict[int, None] = OrderedDict()
+        """Last blocks of recent requests' longest matches, least recently seen first."""
 
     async def prepare(self, ctx: RequestContext) -> None:
         turn = None
@@ -150,7 +153,28 @@ class KvAware:
         pending = self._requests.get(ctx.request_id)
         if pending is None:
             return {}
-        return {pod: match.weighted / total for pod, (match, total) in self._matches(ctx, pending, pods).items()}
+        found = self._matches(ctx, pending, pods)
+        ctx.matches_only_shared_prefix = self._only_shared(found, pending)
+        return {pod: match.weighted / total for pod, (match, total) in found.items()}
+
+    def _only_shared(self, found: dict[str, tuple[PodMatch, int]], pending: _Pending) -> bool:
+        """Whether the longest match on any pod ends at the block where an earlier request's longest match
+        ended: a prefix several prompts share and then leave (a system prompt), not a conversation's own
+        history, whose matches end further on each turn. A prompt no pod holds any of counts as shared."""
+        if not found:
+            return True
+        match, _blocks = max(found.values(), key=lambda item: item[0].blocks)
+        hashes = pending.hashes.get(match.block_size)
+        if not hashes or not 0 < match.blocks <= len(hashes):
+            return False
+        end = hashes[match.blocks - 1]
+        if end in self._match_ends:
+            self._match_ends.move_to_end(end)
+            return True
+        self._match_ends[end] = None
+        if len(self._match_ends) > _MATCH_ENDS_LIMIT:
+            self._match_ends.popitem(last=False)
+        return False
 
     def prompt_tokens(self, ctx: RequestContext) -> int:
         """The prompt's token count once :meth:`prepare` tokenized it (estimated when it continues a kept
