@@ -68,9 +68,13 @@ class Router:
         by_name = {pod.name: pod for pod in found}
         recent = None
         if strategy.has_affinity and ctx.matches_only_shared_prefix:
-            # only what affinity added is taken back: the lead never outweighs a difference in load
-            for name, penalty in guard.lead_penalties(found, strategy.affinity_weight).items():
-                totals[name] -= min(penalty, affinity[name])
+            penalties = guard.lead_penalties(found, strategy.affinity_weight)
+            if penalties:
+                # a leading pod keeps the affinity the best other pod has: the lead settles what affinity
+                # would, never a difference in load
+                parity = max((value for name, value in affinity.items() if name not in penalties), default=0.0)
+                for name, penalty in penalties.items():
+                    totals[name] -= min(penalty, max(affinity[name] - parity, 0.0))
             recent = {pod.name: pod.recent for pod in found}
         ranked = [by_name[name] for name in rank(totals, self.env.rng, recent)]
         decision = RoutingDecision(ranked, strategy, totals, 0.0)
