@@ -1,4 +1,5 @@
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,22 +18,18 @@ def test_free_ports_are_bindable_and_outside_the_kernels_own_range() -> None:
             sock.bind(("127.0.0.1", port))
 
 
-def test_a_held_port_is_not_offered(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def held_port() -> Iterator[int]:
     with socket.socket() as held:
         held.bind(("127.0.0.1", 0))
         held.listen()
-        port = held.getsockname()[1]
-        monkeypatch.setattr(ports, "unassigned_pool", lambda _range: range(port, port + 2))
-        assert free_port() == port + 1
+        yield held.getsockname()[1]
 
 
-def test_the_kernel_picks_when_every_drawn_port_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
-    with socket.socket() as held:
-        held.bind(("127.0.0.1", 0))
-        held.listen()
-        port = held.getsockname()[1]
-        monkeypatch.setattr(ports, "unassigned_pool", lambda _range: range(port, port + 1))
-        assert free_port() != port
+def test_a_held_port_is_never_offered(held_port: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every draw finds the port held, so the kernel picks one instead."""
+    monkeypatch.setattr(ports, "unassigned_pool", lambda _range: range(held_port, held_port + 1))
+    assert free_port() != held_port
 
 
 def test_the_pool_lies_below_the_ephemeral_range_or_above_it() -> None:

@@ -29,6 +29,19 @@ def held_by(index: PrefixIndex, pod: str, tokens: list[int], blocks: int) -> Non
     index.apply(KvEventBatch(pod, MODEL, 0, 0.0, [KvBlockStored(hashes, None, tokens[: blocks * BLOCK], BLOCK)]))
 
 
+def kv_router(index: PrefixIndex) -> Router:
+    """A router with ``kv-aware`` on ``index``, tokenizing completion prompts with the simulator's tokenizer."""
+    registry = default_registry()
+    registry.register_scorer("kv-aware", lambda env: KvAware(index))
+    tokenizer = LocalTokenizer(ASSETS)
+
+    async def tokenize(ctx: RequestContext) -> list[int] | None:
+        return tokenizer.encode_prompt(ctx.prompt_text or "")
+
+    registry.env.tokenizer = tokenize
+    return Router(registry)
+
+
 @pytest.fixture
 def tokens() -> list[int]:
     return LocalTokenizer(ASSETS).encode_prompt(PROMPT).tolist()
@@ -38,15 +51,8 @@ async def test_kv_aware_picks_the_longest_prefix_and_speculates_on_routing(token
     index = PrefixIndex()
     held_by(index, "a", tokens, 2)
     held_by(index, "b", tokens, 5)
-    registry = default_registry()
-    registry.register_scorer("kv-aware", lambda env: KvAware(index))
-    tokenizer = LocalTokenizer(ASSETS)
-
-    async def tokenize(ctx: RequestContext) -> list[int] | None:
-        return tokenizer.encode_prompt(ctx.prompt_text or "")
-
-    registry.env.tokenizer = tokenize
-    router = Router(registry)
+    router = kv_router(index)
+    registry = router.registry
     pods = [Endpoint(name=name, url=f"http://{name}", model=MODEL, block_size=BLOCK) for name in ("a", "b", "c")]
 
     def request(rid: str, text: str) -> RequestContext:
@@ -72,15 +78,8 @@ async def test_a_match_that_ends_where_others_ended_is_a_shared_prefix(tokens: l
     turns match further each time, so they never do; a prompt no pod holds any of is free to go anywhere."""
     index = PrefixIndex()
     held_by(index, "a", tokens, 5)
-    registry = default_registry()
-    registry.register_scorer("kv-aware", lambda env: KvAware(index))
-    tokenizer = LocalTokenizer(ASSETS)
-
-    async def tokenize(ctx: RequestContext) -> list[int] | None:
-        return tokenizer.encode_prompt(ctx.prompt_text or "")
-
-    registry.env.tokenizer = tokenize
-    router = Router(registry)
+    router = kv_router(index)
+    registry = router.registry
     pods = [Endpoint(name=name, url=f"http://{name}", model=MODEL, block_size=BLOCK) for name in ("a", "b")]
     strategy = registry.strategy("kv-aware:3,least-request:2")
 
