@@ -43,7 +43,8 @@ class RouterSettings(ServiceSettings):
     """How hard the load guard steers a request whose cache affinity is only for a shared prefix (a system
     prompt) away from pods sent more than their share lately, for strategies with ``kv-aware``; 0 turns it
     off. A leading pod's total loses ``lead_gain`` x the affinity weight x its excess over the allowance
-    (``lead_tolerance`` above the mean, plus ``lead_slack`` requests), at most what affinity added to it."""
+    (``lead_tolerance`` above the mean, plus ``lead_slack`` requests), but keeps the affinity the best other
+    pod has."""
     lead_tolerance: float = Field(default=0.05, ge=0)
     lead_slack: float = Field(default=2.0, ge=0)
     stats_interval_s: float = Field(default=1.0, gt=0)

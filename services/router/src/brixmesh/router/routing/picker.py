@@ -19,12 +19,13 @@ class LoadGuard:
       by more than ``lead_tolerance`` of it plus ``lead_slack`` requests. For a request whose cache affinity
       is only for a prefix other requests share (``RequestContext.matches_only_shared_prefix``), the totals
       of leading pods are lowered in proportion to the lead (``lead_gain`` x the strategy's affinity weight
-      x the excess over that allowance, relative to it), by at most what affinity scorers added to them, so
-      the lead never outweighs a difference in load; equal totals then go to the pod sent fewer requests
-      lately. In-flight counts cannot see this imbalance at low load, where every pod is idle between
-      requests and affinity alone decides: conversations sharing a system prompt would all follow the first
-      pod that cached it. Moving a conversation's first turn costs that shared prefix once, on the pod that
-      then holds it too; a request continuing its own history is never moved by this.
+      x the excess over that allowance, relative to it), but never below the affinity the best other pod
+      has, so the lead never outweighs a difference in load (the router applies it); equal totals then go
+      to the pod sent fewer requests lately. In-flight counts cannot see this imbalance at low load, where
+      every pod is idle between requests and affinity alone decides: conversations sharing a system prompt
+      would all follow the first pod that cached it. Moving a conversation's first turn costs that shared
+      prefix once, on the pod that then holds it too; a request continuing its own history is never moved
+      by this.
     """
 
     abs_threshold: float = 8.0
