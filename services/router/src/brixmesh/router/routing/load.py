@@ -5,8 +5,9 @@ Each entry is keyed by (router replica, request id); a replica that dies or lose
 leak counts forever because every entry expires after ``ttl_s``.
 
 *Recent* counts are requests routed to a pod, each decaying with a half-life of ``recent_half_life_s``.
-In-flight counts tell nothing at low load (every pod idle between requests), but what a pod was sent lately
-is also the traffic its conversations will bring next: the load guard balances it (:class:`.picker.LoadGuard`).
+In-flight counts tell nothing at low load (every pod idle between requests), but what a pod was sent
+lately is also the traffic its conversations will bring next: the load guard balances it
+(:class:`.picker.LoadGuard`).
 """
 
 from __future__ import annotations
