@@ -29,10 +29,10 @@ def held_by(index: PrefixIndex, pod: str, tokens: list[int], blocks: int) -> Non
     index.apply(KvEventBatch(pod, MODEL, 0, 0.0, [KvBlockStored(hashes, None, tokens[: blocks * BLOCK], BLOCK)]))
 
 
-def kv_router(index: PrefixIndex) -> Router:
+def kv_router(index: PrefixIndex, speculative: bool = True) -> Router:
     """A router with ``kv-aware`` on ``index``, tokenizing completion prompts with the simulator's tokenizer."""
     registry = default_registry()
-    registry.register_scorer("kv-aware", lambda env: KvAware(index))
+    registry.register_scorer("kv-aware", lambda env: KvAware(index, speculative=speculative))
     tokenizer = LocalTokenizer(ASSETS)
 
     async def tokenize(ctx: RequestContext) -> list[int] | None:
@@ -100,6 +100,30 @@ async def test_a_match_that_ends_where_others_ended_is_a_shared_prefix(tokens: l
     assert not await shared_only("t2", talk)
     talk += " And how would you replace them without losing any data?"
     assert not await shared_only("t3", talk)
+
+
+async def test_a_shared_prefix_stays_on_the_pod_it_was_last_sent_to(tokens: list[int]) -> None:
+    """Both pods hold the shared prefix: the tie goes to the pod that got it last, not to each in turn."""
+    index = PrefixIndex()
+    held_by(index, "a", tokens, 5)
+    held_by(index, "b", tokens, 5)
+    router = kv_router(index, speculative=False)
+    pods = [Endpoint(name=name, url=f"http://{name}", model=MODEL, block_size=BLOCK) for name in ("a", "b")]
+    strategy = router.registry.strategy("kv-aware:3,least-request:2")
+
+    async def route(rid: str, send_to: str | None = None) -> str:
+        ctx = RequestContext(request_id=rid, api="completions", model=MODEL, body={}, base_model=MODEL,
+                             prompt_text=f"{PROMPT} Question {rid} about the fox?")  # fmt: skip
+        decision = await router.route(ctx, pods, strategy)
+        pod = next(pod for pod in pods if pod.name == (send_to or decision.ranked[0].name))
+        router.routed(ctx, decision, pod)
+        return decision.ranked[0].name
+
+    await route("q1")  # the first to leave the prefix there: not known to be shared yet
+    await route("q2", send_to="b")
+    assert [await route(f"q{i}") for i in range(3, 9)] == ["b"] * 6
+    await route("q9", send_to="a")  # moved (as a lead would move it): it stays there
+    assert [await route(f"q{i}") for i in range(10, 16)] == ["a"] * 6
 
 
 async def test_admin_lookup_and_errors(tokens: list[int]) -> None:

@@ -29,6 +29,9 @@ from brixmesh.router.routing.scorer import Category
 
 _PENDING_LIMIT = 4096
 _MATCH_ENDS_LIMIT = 4096
+_HOME_BONUS = 0.01
+"""Added to the score of the pod a shared prefix was last sent to: it settles ties, and outweighs no more
+than a block or two of difference in what pods hold."""
 
 TurnSource = Callable[[RequestContext], "TurnPrefix | None"]
 """The kept turn a chat request continues (:meth:`brixmesh.router.kv.tokenizer.PromptTokenizer.turn_prefix`)."""
@@ -37,7 +40,7 @@ TurnSource = Callable[[RequestContext], "TurnPrefix | None"]
 class _Pending:
     """A request between :meth:`KvAware.prepare` and its speculative entries."""
 
-    __slots__ = ("tokens", "length", "hashes", "turn")
+    __slots__ = ("tokens", "length", "hashes", "turn", "shared_end")
 
     def __init__(self, tokens: Sequence[int], length: int, turn: TurnPrefix | None = None) -> None:
         self.tokens = tokens
@@ -46,6 +49,8 @@ class _Pending:
         self.hashes: dict[int, list[int]] = {}
         """block size -> hashes of ``tokens``' full blocks"""
         self.turn = turn
+        self.shared_end: int | None = None
+        """The last block of the shared prefix this request's match ends at (see ``KvAware._only_shared``)."""
 
 
 def _credit_answer(
@@ -82,8 +87,9 @@ class KvAware:
         self._turns = turns
         # bounded, as a request may fail before its hooks run
         self._requests: OrderedDict[str, _Pending] = OrderedDict()
-        self._match_ends: OrderedDict[int, None] = OrderedDict()
-        """Last blocks of recent requests' longest matches, least recently seen first."""
+        self._match_ends: OrderedDict[int, str | None] = OrderedDict()
+        """Last blocks of recent requests' longest matches, least recently seen first -> the pod the last
+        request whose match ended there was sent to."""
 
     async def prepare(self, ctx: RequestContext) -> None:
         turn = None
@@ -155,7 +161,14 @@ class KvAware:
             return {}
         found = self._matches(ctx, pending, pods)
         ctx.matches_only_shared_prefix = self._only_shared(found, pending)
-        return {pod: match.weighted / total for pod, (match, total) in found.items()}
+        scores = {pod: match.weighted / total for pod, (match, total) in found.items()}
+        if pending.shared_end is not None:
+            # a shared prefix stays on the pod it was last sent to while pods tie (the load guard's lead
+            # moves it): spreading it over every pod that holds it would keep a copy hot on each
+            home = self._match_ends.get(pending.shared_end)
+            if home in scores:
+                scores[home] = min(scores[home] + _HOME_BONUS, 1.0)
+        return scores
 
     def _only_shared(self, found: dict[str, tuple[PodMatch, int]], pending: _Pending) -> bool:
         """Whether the longest match on any pod ends at the block where an earlier request's longest match
@@ -170,6 +183,7 @@ class KvAware:
         end = hashes[match.blocks - 1]
         if end in self._match_ends:
             self._match_ends.move_to_end(end)
+            pending.shared_end = end
             return True
         self._match_ends[end] = None
         if len(self._match_ends) > _MATCH_ENDS_LIMIT:
@@ -195,6 +209,8 @@ class KvAware:
         pending = self._requests.pop(ctx.request_id, None)
         if pending is None:
             return
+        if pending.shared_end in self._match_ends:
+            self._match_ends[pending.shared_end] = pod.name
         turn = pending.turn
         if turn is not None:
             turn.served_by = pod.name
