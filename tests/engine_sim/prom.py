@@ -26,6 +26,15 @@ def metric_value(text: str, name: str) -> float:
     return sum(v for _, v in metric_samples(text).get(name, []))
 
 
+def histogram_above(text: str, name: str, bound: str) -> float:
+    """How many observations of histogram ``name`` exceeded bucket ``bound`` (``le`` as printed), summed over
+    label sets."""
+    samples = metric_samples(text)
+    total = sum(v for _, v in samples.get(f"{name}_count", []))
+    within = sum(v for labels, v in samples.get(f"{name}_bucket", []) if f'le="{bound}"' in labels)
+    return total - within
+
+
 async def peak_load(client: httpx.AsyncClient, tasks: Sequence[asyncio.Task[Any]]) -> tuple[float, float]:
     """The highest waiting-request count and KV cache usage ``/metrics`` showed while ``tasks`` ran."""
     waiting = usage = 0.0
