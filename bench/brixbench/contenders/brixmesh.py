@@ -99,11 +99,16 @@ class BenchMesh:
 
 
 class BrixmeshRouter:
-    """``python -m brixmesh.router`` with one strategy (e.g. ``kv-aware:3,least-request:2``)."""
+    """``python -m brixmesh.router`` with one strategy (e.g. ``kv-aware:3,least-request:2``) and, optionally,
+    router settings (``{"BRIXMESH_LEAD_GAIN": "0"}``), shown in its name."""
 
-    def __init__(self, strategy: str, mesh_provider: MeshProvider) -> None:
+    def __init__(
+        self, strategy: str, mesh_provider: MeshProvider, settings: dict[str, str] | None = None
+    ) -> None:
         self.strategy = strategy
-        self.name = f"brixmesh {strategy}"
+        self.settings = dict(settings or {})
+        shown = (f"{key}={value}" for key, value in self.settings.items())
+        self.name = " ".join([f"brixmesh {strategy}", *shown])
         self._mesh_provider = mesh_provider
         self._router: RouterProcess | None = None
 
@@ -129,8 +134,9 @@ class BrixmeshRouter:
 
         env = {"BRIXMESH_NATS_URL": mesh.nats_url, "BRIXMESH_PORT": str(port),
                "BRIXMESH_DEFAULT_STRATEGY": self.strategy, "BRIXMESH_LOG_LEVEL": "warning",
-               "BRIXMESH_KV_TOKENIZER_DIRS": f'{{"{fleet.spec.model}": "{TOKENIZER_DIR}"}}'}
-        self._router = RouterProcess(f"router-{self.strategy.replace(':', '').replace(',', '-')}",
+               "BRIXMESH_KV_TOKENIZER_DIRS": f'{{"{fleet.spec.model}": "{TOKENIZER_DIR}"}}', **self.settings}
+        label = "".join(char if char.isalnum() or char in "-_" else "-" for char in self.name)
+        self._router = RouterProcess(f"router-{label}",
                                      [sys.executable, "-m", "brixmesh.router"], f"{url}/readyz", workdir,
                                      env=env, ready_check=routes_to_all)
         await self._router.start()

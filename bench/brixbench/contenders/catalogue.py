@@ -1,5 +1,7 @@
 """Contender names on the command line: ``brixmesh:<strategy>``, ``smg:<policy>``, ``vllm-router:<policy>``,
-``oracle``, ``client-random``."""
+``oracle``, ``client-random``. A brixmesh contender may carry router settings after its strategy, each
+``;NAME=value`` (``brixmesh:kv-aware:3,least-request:2;BRIXMESH_LEAD_GAIN=0``): variants of one strategy are
+then compared on the same engines in one run."""
 
 from __future__ import annotations
 
@@ -33,7 +35,17 @@ class UnknownContender(ValueError):
 def resolve(name: str, mesh: MeshProvider) -> Contender:
     family, _, arg = name.partition(":")
     if family == "brixmesh" and arg:
-        return BrixmeshRouter(arg, mesh)
+        strategy, *settings = arg.split(";")
+        env = {}
+        for setting in settings:
+            key, equals, value = setting.partition("=")
+            if not (equals and key.startswith("BRIXMESH_")):
+                raise UnknownContender(
+                    f"contender {name!r}: a router setting is ;BRIXMESH_NAME=value, not {setting!r}"
+                )
+            env[key] = value
+        if strategy:
+            return BrixmeshRouter(strategy, mesh, env)
     if family == "smg" and arg:
         return Smg(arg)
     if family == "vllm-router" and arg:
