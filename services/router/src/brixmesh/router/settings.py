@@ -45,8 +45,9 @@ class RouterSettings(ServiceSettings):
     off. A leading pod's total loses ``lead_gain`` x the affinity weight x its excess over the allowance
     (``lead_tolerance`` above the mean, plus ``lead_slack`` requests), but keeps the affinity the best other
     pod has."""
-    lead_tolerance: float = Field(default=0.05, ge=0)
-    lead_slack: float = Field(default=2.0, ge=0)
+    lead_tolerance: float = Field(default=0.1, ge=0)
+    """Also the busiest/mean request share the lead leaves alone in a long run."""
+    lead_slack: float = Field(default=4.0, ge=0)
     stats_interval_s: float = Field(default=1.0, gt=0)
     prefix_block_chars: int = Field(default=64, gt=0)
     api_keys: Annotated[list[str], NoDecode] = []

@@ -30,8 +30,8 @@ class LoadGuard:
 
     abs_threshold: float = 8.0
     rel_threshold: float = 1.5
-    lead_tolerance: float = 0.05
-    lead_slack: float = 2.0
+    lead_tolerance: float = 0.1
+    lead_slack: float = 4.0
     lead_gain: float = 20.0
 
     def overloaded(self, pods: Sequence[Endpoint]) -> set[str]:
