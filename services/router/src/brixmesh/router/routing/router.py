@@ -55,21 +55,22 @@ class Router:
         totals = dict.fromkeys((pod.name for pod in found), 0.0)
         guard = self.env.guard
         overloaded = guard.overloaded(found) if strategy.has_affinity else set()
-        affinity = dict.fromkeys(totals, 0.0)
+        affinity_scores: list[tuple[float, dict[str, float]]] = []
         for scorer, weight in strategy.parts:
             scores = scorer.score(ctx, found)
-            is_affinity = scorer.category == "affinity"
-            restrain = is_affinity and overloaded
+            restrain = False
+            if scorer.category == "affinity":
+                affinity_scores.append((weight, scores))
+                restrain = bool(overloaded)
             for name, value in scores.items():
                 if name in totals and not (restrain and name in overloaded):
                     totals[name] += weight * value
-                    if is_affinity:
-                        affinity[name] += weight * value
         by_name = {pod.name: pod for pod in found}
         recent = None
         if strategy.has_affinity and ctx.matches_only_shared_prefix:
             penalties = guard.lead_penalties(found, strategy.affinity_weight)
             if penalties:
+                affinity = _affinity(totals, affinity_scores, overloaded)
                 # a leading pod keeps the affinity the best other pod has: the lead settles what affinity
                 # would, never a difference in load
                 parity = max((value for name, value in affinity.items() if name not in penalties), default=0.0)
@@ -106,3 +107,15 @@ class Router:
             hook = getattr(scorer, "on_completed", None)
             if hook is not None:
                 hook(ctx, pod, usage)
+
+
+def _affinity(
+    totals: dict[str, float], affinity_scores: list[tuple[float, dict[str, float]]], overloaded: set[str]
+) -> dict[str, float]:
+    """What the affinity scorers added to each pod's total (overloaded pods got none)."""
+    affinity = dict.fromkeys(totals, 0.0)
+    for weight, scores in affinity_scores:
+        for name, value in scores.items():
+            if name in affinity and name not in overloaded:
+                affinity[name] += weight * value
+    return affinity
