@@ -8,8 +8,8 @@ from brixbench.contenders.catalogue import UnknownContender, resolve
 
 
 def test_brixmesh_settings_follow_the_strategy_and_name_the_contender() -> None:
-    router = resolve("brixmesh:kv-aware:3,least-request:2;BRIXMESH_LEAD_GAIN=0;BRIXMESH_KV_TURN_ROUTING=true",
-                     MeshProvider())
+    name = "brixmesh:kv-aware:3,least-request:2;BRIXMESH_LEAD_GAIN=0;BRIXMESH_KV_TURN_ROUTING=true"
+    router = resolve(name, MeshProvider())
     assert isinstance(router, BrixmeshRouter)
     assert router.strategy == "kv-aware:3,least-request:2"
     assert router.settings == {"BRIXMESH_LEAD_GAIN": "0", "BRIXMESH_KV_TURN_ROUTING": "true"}
