@@ -137,7 +137,9 @@ async def _holders(url: str) -> set[str]:
 
 
 async def _check_routing(url: str, infos: list[PodInfo]) -> list[str]:
-    """Four conversations, two follow-ups each; returns the pod each conversation lives on."""
+    """Four conversations, six follow-ups each; returns the pod each conversation lives on. Once enough turns
+    have reused their kept earlier turn, follow-ups are routed from it before they are tokenized (the default)
+    and still land on their conversation's pod."""
     async with httpx.AsyncClient(timeout=30) as client:
 
         async def chat(messages: list[dict[str, str]]) -> tuple[str, str]:
@@ -152,7 +154,7 @@ async def _check_routing(url: str, infos: list[PodInfo]) -> list[str]:
             pod, answer = await chat(messages)
             homes.append(pod)
             messages.append({"role": "assistant", "content": answer})
-        for turn in range(2):
+        for turn in range(6):
             for home, messages in zip(homes, conversations):
                 messages.append({"role": "user", "content": f"Tell me more ({turn})."})
                 pod, answer = await chat(messages)
@@ -163,6 +165,7 @@ async def _check_routing(url: str, infos: list[PodInfo]) -> list[str]:
             assert found and found[0]["pod"] == home and found[0]["blocks"] >= 2, (
                 found, httpx.get(f"{url}/admin/kv/pods", headers=ADMIN_HEADERS).json())
     assert {info.pod for info in infos} >= set(homes)
+    assert metric(httpx.get(f"{url}/metrics").text, "brixmesh_kv_chat_turns_routed") > 0
 
     response = httpx.post(f"{url}/admin/kv/lookup", json={"model": MODEL_NAME}, headers=ADMIN_HEADERS)
     assert response.status_code == 400 and response.json()["error"]["param"] == "prompt"

@@ -125,3 +125,39 @@ async def test_kv_aware_scores_a_continued_turn_like_its_full_prompt_and_adds_it
         held = index.match(index.prompt_hashes(ids, BLOCK, MODEL, None), BLOCK)
         assert held[pod.name].blocks == len(ids) // BLOCK  # the whole prompt is speculative on its pod
     assert len(turns) > 8 and all(turn.kept is not None and turn.kept.hashes for turn in turns)
+
+
+async def test_a_turn_adding_less_than_a_block_continues_its_history_not_a_shared_prefix() -> None:
+    """Short turns ("ok", "go on") leave a conversation's longest match ending at the block where its previous
+    turn's ended, as a system prompt's does for the conversations that leave it: the pod that served the
+    previous turn tells them apart, so the load guard's lead never moves a conversation off its history."""
+    tokenizer = PromptTokenizer({MODEL: ASSETS}, lambda model: None)
+
+    async def tokenize(ctx: RequestContext) -> Any:
+        return await tokenizer.tokens(MODEL, messages=ctx.messages)
+
+    system = [{"role": "system", "content": "You answer questions about ships and the sea, briefly."}]
+    turns = [[*system, {"role": "user", "content": "Hi"}]]
+    for words in ("ok", "go on"):
+        answer = {"role": "assistant", "content": "Yes."}
+        turns.append([*turns[-1], answer, {"role": "user", "content": words}])
+    ids = [LocalTokenizer(ASSETS, prefix_cache_bytes=0).encode_chat(turn).tolist() for turn in turns]
+    block = len(ids[0])  # every turn's prompt holds exactly one full block
+    assert len(ids[-1]) < 2 * block
+    scorer = KvAware(PrefixIndex(speculative_ttl_s=60.0))
+    pods = [Endpoint(name=name, url=f"http://{name}", model=MODEL, block_size=block) for name in ("a", "b")]
+
+    async def shared_only(
+        rid: str, messages: list[dict[str, Any]], token_ids: list[int] | None = None
+    ) -> bool:
+        ctx = chat_request(rid, messages)
+        ctx.tokenizer, ctx.prompt_token_ids = tokenize, token_ids
+        await scorer.prepare(ctx)
+        scorer.score(ctx, pods)
+        scorer.on_routed(ctx, pods[0])
+        return ctx.matches_only_shared_prefix
+
+    assert await shared_only("t0", turns[0])  # no pod holds any of it
+    assert [await shared_only(f"t{number}", turns[number]) for number in (1, 2)] == [False, False]
+    # another prompt leaving at the same block: the first request that is not this conversation's
+    assert await shared_only("o0", [], token_ids=[*ids[0], 7, 8, 9])

@@ -69,6 +69,15 @@ def _credit_answer(
         matches[kept.served_by] = PodMatch(match.blocks + credit, match.weighted + credit, block_size)
 
 
+def _conversation_pod(pending: _Pending) -> str | None:
+    """The pod that served the earlier turn of this chat request's conversation (when the tokenizer kept
+    it)."""
+    if pending.turn is not None:
+        return pending.turn.prefix.served_by
+    prefix = pending.tokens.prefix if isinstance(pending.tokens, ChatIds) else None
+    return prefix.served_by if prefix is not None else None
+
+
 class KvAware:
     name = "kv-aware"
     category: Category = "affinity"
@@ -173,7 +182,9 @@ class KvAware:
     def _only_shared(self, found: dict[str, tuple[PodMatch, int]], pending: _Pending) -> bool:
         """Whether the longest match on any pod ends at the block where an earlier request's longest match
         ended: a prefix several prompts share and then leave (a system prompt), not a conversation's own
-        history, whose matches end further on each turn. A prompt no pod holds any of counts as shared."""
+        history. A chat turn whose conversation's previous turn was served by the pod with the longest match
+        is that history, even when too little was added since for its match to end further. A prompt no pod
+        holds any of counts as shared."""
         if not found:
             return True
         match, _blocks = max(found.values(), key=lambda item: item[0].blocks)
@@ -181,14 +192,22 @@ class KvAware:
         if not hashes or not 0 < match.blocks <= len(hashes):
             return False
         end = hashes[match.blocks - 1]
+        own = _conversation_pod(pending)
+        if own is not None and own in found and found[own][0].blocks == match.blocks:
+            if end not in self._match_ends:
+                self._remember(end)
+            return False
         if end in self._match_ends:
             self._match_ends.move_to_end(end)
             pending.shared_end = end
             return True
+        self._remember(end)
+        return False
+
+    def _remember(self, end: int) -> None:
         self._match_ends[end] = None
         if len(self._match_ends) > _MATCH_ENDS_LIMIT:
             self._match_ends.popitem(last=False)
-        return False
 
     def prompt_tokens(self, ctx: RequestContext) -> int:
         """The prompt's token count once :meth:`prepare` tokenized it (estimated when it continues a kept
