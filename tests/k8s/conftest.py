@@ -22,6 +22,7 @@ async def apiserver() -> AsyncIterator[tuple[ApiServer, str]]:
     async with ApiServer() as emulator, Server(emulator) as server:
         emulator.resources[resource("", "v1", "pods")] = {"kind": "Pod", "namespaced": True}
         emulator.resources[resource("", "v1", "services")] = {"kind": "Service", "namespaced": True}
+        emulator.resources[resource("", "v1", "configmaps")] = {"kind": "ConfigMap", "namespaced": True}
         emulator.resources[resource("coordination.k8s.io", "v1", "leases")] = {
             "kind": "Lease",
             "namespaced": True,

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from pathlib import Path
 from typing import Any
 
 from brixmesh.common.messages import PodEvent
@@ -28,9 +27,9 @@ def model_deployment(name: str, **spec: Any) -> dict[str, Any]:
 
 
 class Replica:
-    def __init__(self, url: str, state_dir: Path, identity: str, *, lease_s: float = 2.0) -> None:
+    def __init__(self, url: str, identity: str, *, lease_s: float = 2.0) -> None:
         settings = KubernetesSettings(namespace=NAMESPACE, api_url=url, lease_s=lease_s, renew_s=lease_s / 4)
-        self.cluster = Cluster(settings, state_dir=state_dir, identity=identity)
+        self.cluster = Cluster(settings, identity=identity)
         self.orchestrator = Orchestrator(
             self.cluster.backend, reconcile_interval_s=0.2, drain_poll_interval_s=0.05
         )

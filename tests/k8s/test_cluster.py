@@ -7,15 +7,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from kmock import KubernetesError, resource
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from brixmesh.common.messages import ScaleDecision
+from brixmesh.common.messages import NODE_LABEL, GpuDecision, ScaleDecision
 from brixmesh.orchestrator.kubernetes.api import Api
+from brixmesh.orchestrator.kubernetes.cordons import CONFIG_MAP, ConfigMapCordons
 from brixmesh.orchestrator.kubernetes.objects import HTTP_PORT
 from brixmesh.orchestrator.launch import DEFAULTS
 from tests.k8s.conftest import NAMESPACE
@@ -27,8 +27,8 @@ PODS = resource("", "v1", "pods")
 
 
 @pytest.fixture
-async def leader(apiserver: tuple[ApiServer, str], tmp_path: Path) -> AsyncIterator[Replica]:
-    replica = Replica(apiserver[1], tmp_path / "a", "orchestrator-a")
+async def leader(apiserver: tuple[ApiServer, str]) -> AsyncIterator[Replica]:
+    replica = Replica(apiserver[1], "orchestrator-a")
     await replica.start()
     await eventually(lambda: replica.led_at is not None)
     yield replica
@@ -212,6 +212,61 @@ async def test_a_pod_deleted_by_someone_else_is_announced_and_replaced(
     assert victim not in {pod["metadata"]["name"] for pod in pods_of(emulator, "chat")}
 
 
+def gpu_decision(action: str, pods: list[str], node: str, gpu: str = "") -> GpuDecision:
+    return GpuDecision(
+        decision_id="d", node=node, gpu=gpu, pods=pods, action=action, severity="critical", signal="xid",
+        reason="test", ts=time.time(),
+    )  # fmt: skip
+
+
+async def test_gpu_doctor_decisions_drain_pods_on_their_node_and_a_cordoned_node_gets_no_replacement(
+    apiserver: tuple[ApiServer, str], api: Api, leader: Replica
+) -> None:
+    """Every node's gpu-doctor speaks to the one orchestrator: it drains the pods a decision names that run on
+    the decision's node; a cordoned node is kept out of replacements by node affinity, and the cordon outlives
+    the leader in a ConfigMap. GPUs are the device plugin's to place, so a GPU fault cordons nothing here."""
+    emulator, _ = apiserver
+    orchestrator, backend = leader.orchestrator, leader.cluster.backend
+    await api.custom.create_namespaced_custom_object(*MD[:3], MD[3], model_deployment("chat", replicas=2))
+    async with kubelet(emulator, NAMESPACE):
+        await eventually(lambda: sum(e.kind == "ready" for e in leader.events) == 2)
+        first, second = sorted(pod["metadata"]["name"] for pod in pods_of(emulator, "chat"))
+        for name, node in ((first, "node-a"), (second, "node-b")):  # what the scheduler would write
+            await emulator.write(PODS, NAMESPACE, name, {"spec": {"nodeName": node}})
+        placed = {first: "node-a", second: "node-b"}
+        await eventually(lambda: {pod.name: pod.info.labels.get(NODE_LABEL) for pod in backend.list_pods()}
+                         == placed)  # fmt: skip
+        apply = orchestrator.apply_gpu_decision
+
+        assert apply(gpu_decision("restart_engine", [first], "node-b")) == "unchanged"  # not node-b's pod
+        assert apply(gpu_decision("observe", [first], "node-a")) == "observed"
+        assert apply(gpu_decision("cordon_node", [first], "node-a")) == "applied"
+        assert apply(gpu_decision("cordon_node", [first], "node-a")) == "unchanged"  # resent
+        await eventually(lambda: first not in {pod["metadata"]["name"] for pod in pods_of(emulator, "chat")})
+        await eventually(lambda: len(pods_of(emulator, "chat")) == 2)
+        assert leader.kinds(first) == ["added", "ready", "draining", "removed"]
+        assert leader.kinds(second) == ["added", "ready"]
+        [replacement] = [pod for pod in pods_of(emulator, "chat") if pod["metadata"]["name"] != second]
+        required = replacement["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        off_node_a = {"key": "metadata.name", "operator": "NotIn", "values": ["node-a"]}
+        assert required == {"nodeSelectorTerms": [{"matchFields": [off_node_a]}]}
+
+        assert apply(gpu_decision("replace_pod", [second], "node-b", gpu="1")) == "applied"
+        await eventually(lambda: second not in {pod["metadata"]["name"] for pod in pods_of(emulator, "chat")})
+    assert [(cordon.node, cordon.gpu) for cordon in backend.cordons.all()] == [("node-a", "")]
+
+    await backend.cordons.flushed()
+    stored = await api.core.read_namespaced_config_map(CONFIG_MAP, NAMESPACE)
+    assert "node-a" in stored.data["cordons.json"]
+    successor = ConfigMapCordons(api, NAMESPACE)  # what the next leader reads before placing a pod
+    await successor.load()
+    assert [(cordon.node, cordon.gpu) for cordon in successor.all()] == [("node-a", "")]
+    assert [cordon.node for cordon in successor.uncordon("node-a")] == ["node-a"]  # DELETE /v1/cordons/node-a
+    await successor.flushed()
+    stored = await api.core.read_namespaced_config_map(CONFIG_MAP, NAMESPACE)
+    assert stored.data["cordons.json"] == "[]"
+
+
 async def test_watches_resume_from_their_version_and_relist_after_410(
     apiserver: tuple[ApiServer, str], api: Api, leader: Replica
 ) -> None:
@@ -243,12 +298,12 @@ async def test_watches_resume_from_their_version_and_relist_after_410(
 
 
 async def test_the_standby_takes_over_within_the_lease_and_adopts_the_pods(
-    apiserver: tuple[ApiServer, str], api: Api, tmp_path: Path
+    apiserver: tuple[ApiServer, str], api: Api
 ) -> None:
     emulator, url = apiserver
     lease_s = 3.0
-    first = Replica(url, tmp_path / "a", "orchestrator-a", lease_s=lease_s)
-    second = Replica(url, tmp_path / "b", "orchestrator-b", lease_s=lease_s)
+    first = Replica(url, "orchestrator-a", lease_s=lease_s)
+    second = Replica(url, "orchestrator-b", lease_s=lease_s)
     await first.start()
     await eventually(lambda: first.led_at is not None)
     await second.start()
@@ -367,11 +422,11 @@ async def _reason_is(condition: Any, reason: str) -> bool:
 
 
 async def test_a_leader_that_cannot_renew_steps_down_before_the_standby_takes_over(
-    apiserver: tuple[ApiServer, str], tmp_path: Path
+    apiserver: tuple[ApiServer, str]
 ) -> None:
     emulator, url = apiserver
-    first = Replica(url, tmp_path / "a", "orchestrator-a", lease_s=3.0)
-    second = Replica(url, tmp_path / "b", "orchestrator-b", lease_s=3.0)
+    first = Replica(url, "orchestrator-a", lease_s=3.0)
+    second = Replica(url, "orchestrator-b", lease_s=3.0)
     await first.start()
     await eventually(lambda: first.led_at is not None)
     await second.start()

@@ -61,8 +61,14 @@ def test_a_role_set_pod_is_a_strictly_valid_pod_with_its_role_resources() -> Non
     pod = pod_manifest(
         spec, cluster, name="pd-1-prefill-abcde", namespace="brixmesh", generation=3, slot=0,
         image="vllm/vllm-openai:v0.32.0", owner_uid="uid-1", member=RoleMember(1, "prefill", 0),
+        avoid_nodes=["gpu-node-3", "gpu-node-9"],
     )  # fmt: skip
     kubernetes_validate.validate(pod, KUBERNETES, strict=True)
+    [term] = pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"
+    ]
+    off_nodes = {"key": "metadata.name", "operator": "NotIn", "values": ["gpu-node-3", "gpu-node-9"]}
+    assert term == {"matchFields": [off_nodes]}
     labels = pod["metadata"]["labels"]
     assert labels["brixmesh.io/model"] == "meta-llama-Llama-3.1-8B"  # '/' is not allowed in a label value
     assert (labels["brixmesh.io/role-set"], labels[ROLE_NAME_LABEL], labels["brixmesh.io/role"]) == (

@@ -1,22 +1,28 @@
 """The orchestrator process itself with BRIXMESH_BACKEND=kubernetes, against the emulated API and a real NATS:
 pods of a ModelDeployment are announced on pods.* (router, kv-index and autoscaler consume them unchanged),
-and an autoscaler's decision on scale.decisions.* ends up in the resource's spec.replicas."""
+an autoscaler's decision on scale.decisions.* ends up in the resource's spec.replicas, and any node's
+gpu-doctor decision on gpu.decisions.<node> drains the pod it names there."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
+from kmock import resource
+
 from brixmesh.common.bus import Bus
-from brixmesh.common.messages import ScaleDecision
+from brixmesh.common.messages import GpuDecision, ScaleDecision
 from brixmesh.common.servers import NatsServer
-from brixmesh.common.subjects import SCALE_DECISIONS
+from brixmesh.common.subjects import GPU_DECISIONS, SCALE_DECISIONS
 from brixmesh.orchestrator.kubernetes.api import Api
 from tests.k8s.conftest import NAMESPACE
 from tests.k8s.emulator import ApiServer, kubelet, pods_of
 from tests.k8s.replica import MD, model_deployment
 from tests.orchestrator.orchestrator_proc import PodEventLog, run_orchestrator
 from tests.waiting import eventually
+
+
+PODS = resource("", "v1", "pods")
 
 
 async def test_the_orchestrator_on_kubernetes_announces_pods_and_writes_decisions_to_the_resource(
@@ -50,6 +56,21 @@ async def test_the_orchestrator_on_kubernetes_announces_pods_and_writes_decision
 
         await eventually(written_back, 30)
         await events.wait_for(kind="ready", count=3)
+
+        # a node's gpu-doctor publishes on its own node's subject: the one orchestrator hears every node
+        faulty = pods_of(emulator, "chat")[0]["metadata"]["name"]
+        await emulator.write(PODS, NAMESPACE, faulty, {"spec": {"nodeName": "gpu-node-7"}})
+        fault = GpuDecision(
+            decision_id="d1", node="gpu-node-7", pods=[faulty], action="restart_engine", severity="critical",
+            signal="probe_failures", reason="test", ts=time.time(),
+        )  # fmt: skip
+
+        async def drained() -> bool:
+            await bus.publish(GPU_DECISIONS.format(node="gpu-node-7"), fault)  # re-sent, as the doctor does
+            return faulty not in {pod["metadata"]["name"] for pod in pods_of(emulator, "chat")}
+
+        await eventually(drained, 30)
+        await eventually(lambda: len(pods_of(emulator, "chat")) == 3, 30)  # replaced
         assert orchestrator.process.poll() is None, "the orchestrator stopped"
         lease = await api.coordination.read_namespaced_lease("brixmesh-orchestrator", NAMESPACE)
         assert lease.spec.holder_identity

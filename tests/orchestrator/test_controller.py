@@ -22,6 +22,7 @@ class MemoryBackend:
     """Pods that exist as records only; tests set their phase."""
 
     kind = "memory"
+    spans_nodes = False
     node_name = "node-a"
 
     def __init__(self, cordons: Cordons | None = None) -> None:

@@ -71,7 +71,7 @@ def build_service(settings: OrchestratorSettings) -> Service:
 
         try:
             kubernetes = load_settings(KubernetesSettings)
-            cluster = Cluster(kubernetes, state_dir=settings.state_dir, identity=service.instance_id)
+            cluster = Cluster(kubernetes, identity=service.instance_id)
         except (SettingsError, ValueError) as exc:
             print(f"brixmesh-orchestrator: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
@@ -160,7 +160,8 @@ def build_service(settings: OrchestratorSettings) -> Service:
         await service.bus.serve(PODS_LIST.template, PodListRequest, announcer.pod_list)
         await service.bus.subscribe(SCALE_DECISIONS.pattern(), ScaleDecision, on_decision)
         own_node = GPU_DECISIONS.format(node=settings.node_name)
-        await service.bus.subscribe(own_node, GpuDecision, on_gpu_decision)
+        nodes = GPU_DECISIONS.pattern() if backend.spans_nodes else own_node
+        await service.bus.subscribe(nodes, GpuDecision, on_gpu_decision)
         service.spawn(announcer.publish_changes(), "pod-events")
         service.spawn(announcer.reannounce_forever(), "pod-reannounce")
         status = StatusPublisher(service.bus, orchestrator, instance_id=service.instance_id)

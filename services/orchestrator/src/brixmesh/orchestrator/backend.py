@@ -101,7 +101,10 @@ class PodBackend(Protocol):
     kind: str
     """Short name of the backend ("local", "kubernetes", "ray")."""
     node_name: str
-    """The node whose gpu-doctor decisions this backend acts on (a cluster backend: every node's)."""
+    """The node whose gpu-doctor decisions this backend acts on (unless it spans nodes)."""
+    spans_nodes: bool
+    """Pods on many nodes, each pod's node in its ``brixmesh.io/node`` label: every node's gpu-doctor
+    decisions apply, to the pods on that node."""
     cordons: Cordons
     """Where no new pod may be placed; :meth:`create_pod` honours it."""
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import httpx
-from brixmesh.common.messages import GpuDecision, ScaleDecision
+from brixmesh.common.messages import NODE_LABEL, GpuDecision, ScaleDecision
 
 from brixmesh.orchestrator.backend import Pod, PodBackend
 from brixmesh.orchestrator.drain import wait_until_idle
@@ -322,25 +322,31 @@ class Orchestrator:
         return "applied"
 
     def apply_gpu_decision(self, decision: GpuDecision) -> GpuOutcome:
-        """Act on a gpu-doctor's verdict about this backend's node. Level-triggered and idempotent: the doctor
-        re-sends it while it stands; a cordon already in place or a pod already draining or gone is left as
-        it is. Drained pods are replaced by the reconcile loop (it counts only pods that do not drain), on a
-        GPU no cordon blocks."""
-        if decision.node != self.backend.node_name:
+        """Act on a gpu-doctor's verdict about a node of this backend. Level-triggered and idempotent: the
+        doctor re-sends it while it stands; a cordon already in place or a pod already draining or gone is
+        left as it is. Drained pods are replaced by the reconcile loop (it counts only pods that do not
+        drain), on a GPU no cordon blocks.
+
+        A backend that spans nodes (Kubernetes) takes every node's decisions and drains only the named pods
+        that run on that node; GPUs are its device plugin's to place, so it cordons whole nodes only."""
+        backend = self.backend
+        if not backend.spans_nodes and decision.node != backend.node_name:
             return "other_node"
         if decision.action == "observe":
             return "observed"
         changed = False
         why = f"gpu-doctor {decision.action}: {decision.reason}"
-        if decision.action == "replace_pod" and decision.gpu:
-            changed |= self.backend.cordons.cordon(decision.node, decision.gpu, why)
+        if decision.action == "replace_pod" and decision.gpu and not backend.spans_nodes:
+            changed |= backend.cordons.cordon(decision.node, decision.gpu, why)
         elif decision.action == "cordon_node":
-            changed |= self.backend.cordons.cordon(decision.node, "", why)
-        pods = {pod.name: pod for pod in self.backend.list_pods()}
+            changed |= backend.cordons.cordon(decision.node, "", why)
+        pods = {pod.name: pod for pod in backend.list_pods()}
         for name in decision.pods:
             pod = pods.get(name)
             if pod is None or name in self._drains:
                 continue
+            if backend.spans_nodes and pod.info.labels.get(NODE_LABEL) != decision.node:
+                continue  # a doctor speaks for its own node only
             deployment = self.deployments.get(pod.deployment)
             grace_s = deployment.spec.drain_grace_s if deployment is not None else ORPHAN_DRAIN_GRACE_S
             self._start_drain(name, grace_s, why)

@@ -23,12 +23,19 @@ class Cordon(msgspec.Struct, kw_only=True):
 
 
 class Cordons:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path | None) -> None:
+        """``path``: the file they are kept in (None: a subclass keeps them, see :meth:`_save`)."""
         self._path = path
         self._cordons: dict[tuple[str, str], Cordon] = {}
-        if path.exists():
-            for cordon in msgspec.json.decode(path.read_bytes(), type=list[Cordon]):
-                self._cordons[(cordon.node, cordon.gpu)] = cordon
+        if path is not None and path.exists():
+            self._merge(path.read_bytes())
+
+    def _merge(self, stored: bytes) -> int:
+        """Add the cordons ``stored`` holds (those held here win); returns how many it holds."""
+        cordons = msgspec.json.decode(stored, type=list[Cordon])
+        for cordon in cordons:
+            self._cordons.setdefault((cordon.node, cordon.gpu), cordon)
+        return len(cordons)
 
     def cordon(self, node: str, gpu: str, reason: str) -> bool:
         """Cordon ``node`` (``gpu`` "") or one GPU of it; False when it already was."""
@@ -58,5 +65,10 @@ class Cordons:
     def all(self) -> list[Cordon]:
         return sorted(self._cordons.values(), key=lambda c: (c.node, c.gpu))
 
+    def encoded(self) -> bytes:
+        return msgspec.json.encode(self.all())
+
     def _save(self) -> None:
-        write_atomic(self._path, msgspec.json.encode(self.all()))
+        """Called after every change."""
+        if self._path is not None:
+            write_atomic(self._path, self.encoded())

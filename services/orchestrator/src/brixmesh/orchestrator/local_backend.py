@@ -57,6 +57,7 @@ _IPC_PATH_LIMIT = 100  # sun_path holds 107 bytes; keep a margin
 
 class LocalBackend(PodTable):
     kind = "local"
+    spans_nodes = False
 
     def __init__(
         self,

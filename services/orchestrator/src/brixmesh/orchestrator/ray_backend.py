@@ -182,6 +182,7 @@ class GroupLost(Exception):
 
 class RayBackend(PodTable):
     kind = "ray"
+    spans_nodes = False
 
     def __init__(
         self,

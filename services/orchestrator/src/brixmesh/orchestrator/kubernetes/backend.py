@@ -16,15 +16,14 @@ import contextlib
 import datetime
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 from brixmesh.common.messages import PodEvent, PodEventKind
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from brixmesh.orchestrator.backend import Pod, PodTable, new_pod_name, set_phase
-from brixmesh.orchestrator.cordons import Cordons
 from brixmesh.orchestrator.kubernetes.api import Api, raw_json, status_message
+from brixmesh.orchestrator.kubernetes.cordons import ConfigMapCordons
 from brixmesh.orchestrator.kubernetes.objects import (
     DRAINING_LABEL,
     POD_SELECTOR,
@@ -48,6 +47,7 @@ class PodRefused(Exception):
 
 class KubernetesBackend(PodTable):
     kind = "kubernetes"
+    spans_nodes = True
 
     def __init__(
         self,
@@ -55,13 +55,12 @@ class KubernetesBackend(PodTable):
         namespace: str,
         *,
         images: Images,
-        state_dir: Path,
         node_name: str = "",
         max_accelerators_per_pod: int = 8,
     ) -> None:
         self.namespace = namespace
         self.node_name = node_name
-        self.cordons = Cordons(state_dir / "cordons.json")
+        self.cordons = ConfigMapCordons(api, namespace)
         self._api = api
         self._images = images
         self._max_accelerators = max_accelerators_per_pod
@@ -129,6 +128,7 @@ class KubernetesBackend(PodTable):
         manifest = pod_manifest(
             spec, cluster, name=name, namespace=self.namespace, generation=generation, slot=slot,
             image=cluster.image or self._images.for_engine(spec.engine), owner_uid=owner, member=member,
+            avoid_nodes=sorted(cordon.node for cordon in self.cordons.all() if not cordon.gpu),
         )  # fmt: skip
         try:
             response = await self._api.core.create_namespaced_pod(
@@ -178,7 +178,9 @@ class KubernetesBackend(PodTable):
 
 
     async def recover(self) -> None:
-        """List every pod of ours (those an earlier leader made included) and keep watching them."""
+        """Read the cordons, then list every pod of ours (those an earlier leader made included) and keep
+        watching them."""
+        await self.cordons.load()
         self._watch = asyncio.get_running_loop().create_task(
             list_and_watch(
                 self._api.core.list_namespaced_pod, self.namespace, label_selector=POD_SELECTOR,

@@ -13,7 +13,6 @@ import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -58,13 +57,13 @@ class KubernetesSettings(BaseSettings):
 class Cluster:
     """The Kubernetes pieces of one orchestrator replica."""
 
-    def __init__(self, settings: KubernetesSettings, *, state_dir: Path, identity: str) -> None:
+    def __init__(self, settings: KubernetesSettings, *, identity: str) -> None:
         self.settings = settings
         self.namespace = settings.resolved_namespace()
         self.api = Api(settings.api_url)
         images = Images(sim=settings.sim_image, vllm=settings.vllm_image, sglang=settings.sglang_image)
         self.backend = KubernetesBackend(
-            self.api, self.namespace, images=images, state_dir=state_dir,
+            self.api, self.namespace, images=images,
             max_accelerators_per_pod=settings.max_accelerators_per_pod,
         )  # fmt: skip
         self.election = LeaseElection(

@@ -9,7 +9,7 @@ its :class:`~brixmesh.common.messages.PodInfo` (the endpoints follow from its IP
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,8 +121,10 @@ def pod_manifest(
     image: str,
     owner_uid: str | None,
     member: RoleMember | None = None,
+    avoid_nodes: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The Pod of one replica of ``deployment`` (for a role set: of ``member``'s role in its role set)."""
+    """The Pod of one replica of ``deployment`` (for a role set: of ``member``'s role in its role set),
+    kept off ``avoid_nodes`` (the cordoned ones)."""
     spec = deployment if member is None else deployment.for_role(member.role)
     argv = engine_command(spec)
     info = pod_info(
@@ -186,6 +188,11 @@ def pod_manifest(
     }
     if cluster.node_selector:
         pod_spec["nodeSelector"] = dict(cluster.node_selector)
+    if avoid_nodes:  # by the node's name, not its hostname label: the two differ on some clouds
+        off_nodes = {"key": "metadata.name", "operator": "NotIn", "values": list(avoid_nodes)}
+        pod_spec["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchFields": [off_nodes]}]
+        }}}  # fmt: skip
     return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec}
 
 
