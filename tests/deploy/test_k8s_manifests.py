@@ -136,6 +136,19 @@ def test_the_orchestrator_role_is_namespaced_and_least_privilege() -> None:
     }  # fmt: skip
 
 
+def test_the_autoscaler_reads_the_pod_autoscaler_resources_and_nothing_else() -> None:
+    documents = _documents()
+    rules = documents[("Role", "brixmesh-autoscaler")]["rules"]
+    assert rules == [{"apiGroups": ["brixmesh.io"], "resources": ["podautoscalers"],
+                      "verbs": ["get", "list", "watch"]}]  # fmt: skip
+    binding = documents[("RoleBinding", "brixmesh-autoscaler")]
+    account = {"kind": "ServiceAccount", "name": "brixmesh-autoscaler", "namespace": "brixmesh"}
+    assert binding["subjects"] == [account]
+    pod = documents[("Deployment", "autoscaler")]["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "brixmesh-autoscaler"
+    assert {"name": "BRIXMESH_K8S_PODAUTOSCALERS", "value": "true"} in pod["containers"][0]["env"]
+
+
 def test_every_service_has_a_workload_with_health_probes() -> None:
     deployments = {}
     for path in _manifests():

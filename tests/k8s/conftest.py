@@ -9,7 +9,7 @@ import pytest
 import yaml
 from kmock import resource
 
-from brixmesh.orchestrator.kubernetes.api import Api
+from brixmesh.common.kube.api import Api
 from tests.k8s.emulator import ApiServer, Server
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,7 +14,7 @@ from kmock import KubernetesError, resource
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from brixmesh.common.messages import NODE_LABEL, GpuDecision, ScaleDecision
-from brixmesh.orchestrator.kubernetes.api import Api
+from brixmesh.common.kube.api import Api
 from brixmesh.orchestrator.kubernetes.cordons import CONFIG_MAP, ConfigMapCordons
 from brixmesh.orchestrator.kubernetes.objects import HTTP_PORT
 from brixmesh.orchestrator.launch import DEFAULTS

@@ -14,7 +14,7 @@ from brixmesh.common.bus import Bus
 from brixmesh.common.messages import GpuDecision, ScaleDecision
 from brixmesh.common.servers import NatsServer
 from brixmesh.common.subjects import GPU_DECISIONS, SCALE_DECISIONS
-from brixmesh.orchestrator.kubernetes.api import Api
+from brixmesh.common.kube.api import Api
 from tests.k8s.conftest import NAMESPACE
 from tests.k8s.emulator import ApiServer, kubelet, pods_of
 from tests.k8s.replica import MD, model_deployment

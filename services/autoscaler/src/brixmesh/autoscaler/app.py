@@ -1,9 +1,9 @@
 """Wiring of the autoscaler service.
 
 Inputs: ``pods.*`` (pod discovery), ``router.stats.*`` (leading demand signal), ``deployments.status.*``
-(the orchestrator's observed fleet: closes the loop), engines' ``/metrics`` (scraped), specs from YAML files
-and the HTTP API, ``gpu.profiles.*`` (optimizer). State: :class:`Fleet`, :class:`RouterSignals`,
-:class:`Autoscalers`, :class:`GpuOptimizers`. Decisions: :mod:`policy`, :mod:`gpu_optimizer`. Outputs:
+(the orchestrator's observed fleet: closes the loop), engines' ``/metrics`` (scraped), specs from YAML
+files, the HTTP API and PodAutoscaler resources (:mod:`resources`), ``gpu.profiles.*`` (optimizer). State:
+:class:`Fleet`, :class:`RouterSignals`, :class:`Autoscalers`, :class:`GpuOptimizers`. Decisions: :mod:`policy`, :mod:`gpu_optimizer`. Outputs:
 ``metrics.pods.<pod>``, ``scale.decisions.<deployment>``, ``gpu.plans.<model>``.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import httpx
 from brixmesh.autoscaler.api import add_routes
@@ -23,6 +24,9 @@ from brixmesh.autoscaler.spec import SpecError, load_spec_file
 from brixmesh.common.service import Service
 from prometheus_client import Gauge
 
+if TYPE_CHECKING:
+    from brixmesh.autoscaler.resources import PodAutoscalerSync
+
 
 def build_service(settings: AutoscalerSettings) -> Service:
     service = Service("autoscaler", settings)
@@ -34,6 +38,17 @@ def build_service(settings: AutoscalerSettings) -> Service:
     except SpecError as exc:
         print(f"brixmesh-autoscaler: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    resources: PodAutoscalerSync | None = None
+    if settings.k8s_podautoscalers:  # imports the Kubernetes client (a second or so): only when used
+        from brixmesh.autoscaler.resources import PodAutoscalerSync
+        from brixmesh.common.kube.api import Api, own_namespace
+
+        namespace = settings.k8s_namespace or own_namespace()
+        if not namespace:
+            print("brixmesh-autoscaler: BRIXMESH_K8S_NAMESPACE is not set and this is not running in a pod",
+                  file=sys.stderr)  # fmt: skip
+            raise SystemExit(2)
+        resources = PodAutoscalerSync(Api(settings.k8s_api_url), namespace, autoscalers)
     client = httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=256, max_connections=512))
     scraper = Scraper(
         client,
@@ -60,6 +75,12 @@ def build_service(settings: AutoscalerSettings) -> Service:
     Gauge("brixmesh_autoscaler_autoscalers", "PodAutoscalers in force", registry=registry).set_function(
         lambda: len(autoscalers)
     )
+    if resources is not None:
+        Gauge(
+            "brixmesh_autoscaler_resources_refused",
+            "PodAutoscaler resources whose spec was refused (see the log)",
+            registry=registry,
+        ).set_function(lambda: len(resources.refused))
     Gauge("brixmesh_autoscaler_scrapes", "Engine /metrics scrapes so far", registry=registry).set_function(
         lambda: scraper.scrapes
     )
@@ -78,6 +99,9 @@ def build_service(settings: AutoscalerSettings) -> Service:
     ).set_function(lambda: controller.decisions_resent)
 
     async def start(svc: Service) -> None:
+        if resources is not None:
+            await resources.api.open()
+            svc.spawn(resources.run(), "podautoscalers")
         watch = await controller.attach(svc.bus, svc.registry)
         svc.spawn(watch.expire_forever(), "pod-leases")
         svc.spawn(controller.run_scraping(svc.bus, settings.scrape_interval_s), "scrape")
@@ -89,6 +113,8 @@ def build_service(settings: AutoscalerSettings) -> Service:
 
     async def stop(_svc: Service) -> None:
         await client.aclose()
+        if resources is not None:
+            await resources.api.close()
 
     service.on_start(start)
     service.on_stop(stop)

@@ -23,6 +23,12 @@ class AutoscalerSettings(ServiceSettings):
     """Comma-separated YAML files of PodAutoscaler specs loaded at start."""
     gpu_optimizer_specs: str = ""
     """Comma-separated YAML files of ``optimizer`` strategy specs (GPU-type mix of one model)."""
+    k8s_podautoscalers: bool = False
+    """On Kubernetes: also take the PodAutoscaler resources of ``k8s_namespace`` (listed, then watched)."""
+    k8s_namespace: str = ""
+    """Their namespace; default: the autoscaler pod's own."""
+    k8s_api_url: str = ""
+    """API server URL; default: the service account in a pod, else the kubeconfig."""
 
     @field_validator("autoscaler_specs", "gpu_optimizer_specs")
     @classmethod

@@ -18,11 +18,12 @@ import logging
 import time
 from typing import Any
 
+from brixmesh.common.kube.api import Api, raw_json, status_message
+from brixmesh.common.kube.watching import MERGE_PATCH, list_and_watch
 from brixmesh.common.messages import PodEvent, PodEventKind
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from brixmesh.orchestrator.backend import Pod, PodTable, new_pod_name, set_phase
-from brixmesh.orchestrator.kubernetes.api import Api, raw_json, status_message
 from brixmesh.orchestrator.kubernetes.cordons import ConfigMapCordons
 from brixmesh.orchestrator.kubernetes.objects import (
     DRAINING_LABEL,
@@ -35,7 +36,6 @@ from brixmesh.orchestrator.kubernetes.objects import (
     role_service_manifest,
 )
 from brixmesh.orchestrator.kubernetes.resource import ClusterFields
-from brixmesh.orchestrator.kubernetes.watching import MERGE_PATCH, list_and_watch
 from brixmesh.orchestrator.spec import DeploymentSpec, RoleMember, SpecError
 
 log = logging.getLogger(__name__)

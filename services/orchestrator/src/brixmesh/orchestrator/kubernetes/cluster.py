@@ -16,9 +16,9 @@ from collections.abc import Awaitable, Callable
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from brixmesh.common.kube.api import Api, own_namespace
 
 from brixmesh.orchestrator.controller import Orchestrator
-from brixmesh.orchestrator.kubernetes.api import Api, own_namespace
 from brixmesh.orchestrator.kubernetes.backend import KubernetesBackend
 from brixmesh.orchestrator.kubernetes.controller import ModelDeploymentSync
 from brixmesh.orchestrator.kubernetes.leader import LeaseElection

@@ -20,10 +20,11 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from brixmesh.common.kube.api import Api
+from brixmesh.common.kube.watching import MERGE_PATCH, list_and_watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from brixmesh.orchestrator.controller import Orchestrator, UnknownDeployment
-from brixmesh.orchestrator.kubernetes.api import Api
 from brixmesh.orchestrator.kubernetes.backend import KubernetesBackend
 from brixmesh.orchestrator.kubernetes.objects import selector_labels
 from brixmesh.orchestrator.kubernetes.resource import (
@@ -36,7 +37,6 @@ from brixmesh.orchestrator.kubernetes.resource import (
     RoleStatus,
     parse_resource,
 )
-from brixmesh.orchestrator.kubernetes.watching import MERGE_PATCH, list_and_watch
 from brixmesh.orchestrator.spec import SpecError
 from brixmesh.orchestrator.status import deployment_status
 

@@ -12,11 +12,11 @@ import asyncio
 import logging
 
 import msgspec
+from brixmesh.common.kube.api import Api, status_message
+from brixmesh.common.kube.watching import MERGE_PATCH
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from brixmesh.orchestrator.cordons import Cordons
-from brixmesh.orchestrator.kubernetes.api import Api, status_message
-from brixmesh.orchestrator.kubernetes.watching import MERGE_PATCH
 
 log = logging.getLogger(__name__)
 

@@ -15,10 +15,9 @@ import logging
 import time
 from typing import Any
 
+from brixmesh.common.kube.api import Api, raw_json
+from brixmesh.common.kube.watching import MERGE_PATCH
 from kubernetes_asyncio.client.exceptions import ApiException
-
-from brixmesh.orchestrator.kubernetes.api import Api, raw_json
-from brixmesh.orchestrator.kubernetes.watching import MERGE_PATCH
 
 log = logging.getLogger(__name__)
 

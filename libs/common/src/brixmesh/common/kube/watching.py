@@ -13,7 +13,7 @@ import aiohttp
 from kubernetes_asyncio import watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from brixmesh.orchestrator.kubernetes.api import raw_json
+from brixmesh.common.kube.api import raw_json
 
 log = logging.getLogger(__name__)
 
