@@ -136,17 +136,24 @@ def test_the_orchestrator_role_is_namespaced_and_least_privilege() -> None:
     }  # fmt: skip
 
 
-def test_the_autoscaler_reads_the_pod_autoscaler_resources_and_nothing_else() -> None:
+@pytest.mark.parametrize(
+    ("service", "plural", "flag"),
+    [("autoscaler", "podautoscalers", "BRIXMESH_K8S_PODAUTOSCALERS"),
+     ("adapter-manager", "modeladapters", "BRIXMESH_K8S_MODELADAPTERS")],
+)  # fmt: skip
+def test_a_service_reading_its_resources_may_read_them_and_nothing_else(
+    service: str, plural: str, flag: str
+) -> None:
     documents = _documents()
-    rules = documents[("Role", "brixmesh-autoscaler")]["rules"]
-    assert rules == [{"apiGroups": ["brixmesh.io"], "resources": ["podautoscalers"],
-                      "verbs": ["get", "list", "watch"]}]  # fmt: skip
-    binding = documents[("RoleBinding", "brixmesh-autoscaler")]
-    account = {"kind": "ServiceAccount", "name": "brixmesh-autoscaler", "namespace": "brixmesh"}
-    assert binding["subjects"] == [account]
-    pod = documents[("Deployment", "autoscaler")]["spec"]["template"]["spec"]
-    assert pod["serviceAccountName"] == "brixmesh-autoscaler"
-    assert {"name": "BRIXMESH_K8S_PODAUTOSCALERS", "value": "true"} in pod["containers"][0]["env"]
+    account = f"brixmesh-{service}"
+    assert documents[("Role", account)]["rules"] == [
+        {"apiGroups": ["brixmesh.io"], "resources": [plural], "verbs": ["get", "list", "watch"]}
+    ]
+    subject = {"kind": "ServiceAccount", "name": account, "namespace": "brixmesh"}
+    assert documents[("RoleBinding", account)]["subjects"] == [subject]
+    pod = documents[("Deployment", service)]["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == account
+    assert {"name": flag, "value": "true"} in pod["containers"][0]["env"]
 
 
 def test_every_service_has_a_workload_with_health_probes() -> None:

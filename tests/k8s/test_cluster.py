@@ -247,7 +247,8 @@ async def test_gpu_doctor_decisions_drain_pods_on_their_node_and_a_cordoned_node
         assert leader.kinds(first) == ["added", "ready", "draining", "removed"]
         assert leader.kinds(second) == ["added", "ready"]
         [replacement] = [pod for pod in pods_of(emulator, "chat") if pod["metadata"]["name"] != second]
-        required = replacement["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        affinity = replacement["spec"]["affinity"]["nodeAffinity"]
+        required = affinity["requiredDuringSchedulingIgnoredDuringExecution"]
         off_node_a = {"key": "metadata.name", "operator": "NotIn", "values": ["node-a"]}
         assert required == {"nodeSelectorTerms": [{"matchFields": [off_node_a]}]}
 

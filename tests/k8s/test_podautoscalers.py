@@ -14,9 +14,10 @@ import httpx
 import pytest
 
 from brixmesh.autoscaler.registry import Autoscalers
-from brixmesh.autoscaler.resources import PodAutoscalerSync
-from brixmesh.autoscaler.spec import parse_spec
+from brixmesh.autoscaler.resources import pod_autoscaler_resources
+from brixmesh.autoscaler.spec import PodAutoscalerSpec, parse_spec
 from brixmesh.common.kube.api import Api
+from brixmesh.common.kube.specs import ResourceSpecs
 from brixmesh.common.servers import NatsServer
 from tests.k8s.conftest import NAMESPACE
 from tests.k8s.emulator import ApiServer
@@ -37,11 +38,11 @@ def pod_autoscaler(name: str, **spec: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def synced(api: Api) -> AsyncIterator[tuple[PodAutoscalerSync, Autoscalers]]:
+async def synced(api: Api) -> AsyncIterator[tuple[ResourceSpecs[PodAutoscalerSpec], Autoscalers]]:
     autoscalers = Autoscalers()
     autoscalers.put(parse_spec({"name": "from-file", "deployment": "other"}))
     await api.custom.create_namespaced_custom_object(*PAS[:3], PAS[3], pod_autoscaler("chat", max_replicas=8))
-    sync = PodAutoscalerSync(api, NAMESPACE, autoscalers)
+    sync = pod_autoscaler_resources(api, NAMESPACE, autoscalers)
     task = asyncio.create_task(sync.run())
     await asyncio.wait_for(sync.wait_listed(), 10)
     yield sync, autoscalers
@@ -60,7 +61,7 @@ def max_replicas(autoscalers: Autoscalers, name: str) -> int | None:
 
 
 async def test_resources_become_autoscalers_and_a_refused_edit_keeps_the_last_accepted_spec(
-    api: Api, synced: tuple[PodAutoscalerSync, Autoscalers]
+    api: Api, synced: tuple[ResourceSpecs[PodAutoscalerSpec], Autoscalers]
 ) -> None:
     sync, autoscalers = synced
     assert max_replicas(autoscalers, "chat") == 8  # listed before the watch
@@ -84,7 +85,7 @@ async def test_resources_become_autoscalers_and_a_refused_edit_keeps_the_last_ac
 
 
 async def test_a_relist_after_410_drops_the_resources_deleted_while_the_watch_was_down(
-    apiserver: tuple[ApiServer, str], api: Api, synced: tuple[PodAutoscalerSync, Autoscalers]
+    apiserver: tuple[ApiServer, str], api: Api, synced: tuple[ResourceSpecs[PodAutoscalerSpec], Autoscalers]
 ) -> None:
     emulator, _ = apiserver
     _sync, autoscalers = synced
@@ -107,7 +108,9 @@ async def test_the_autoscaler_process_serves_the_namespace_s_pod_autoscalers(
     settings = {"BRIXMESH_K8S_PODAUTOSCALERS": "true", "BRIXMESH_K8S_API_URL": url,
                 "BRIXMESH_K8S_NAMESPACE": NAMESPACE}  # fmt: skip
     log = tmp_path / "autoscaler.log"
-    async with service_process("brixmesh.autoscaler", nats_server.url, log, settings) as service:
+    async with service_process(
+        "brixmesh.autoscaler", nats_server.url, log, settings, startup_timeout_s=60
+    ) as service:
 
         async def listed() -> bool:
             async with httpx.AsyncClient() as client:

@@ -81,6 +81,17 @@ class ServiceSettings(BaseSettings):
         return value
 
 
+class KubernetesResourceSettings(BaseSettings):
+    """Where a service that also takes its specs from custom resources finds them (on Kubernetes); a mixin of a
+    :class:`ServiceSettings` subclass."""
+
+    model_config = ServiceSettings.model_config
+    k8s_namespace: str = ""
+    """The resources' namespace; default: the service pod's own."""
+    k8s_api_url: str = ""
+    """API server URL; default: the service account in a pod, else the kubeconfig."""
+
+
 class SettingsError(Exception):
     """A setting has a bad value; ``str()`` is one line naming the environment variable."""
 

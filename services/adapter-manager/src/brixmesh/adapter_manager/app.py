@@ -1,9 +1,11 @@
-"""Wiring of the adapter-manager: pods (leases), router stats and pod metrics in; the placement loop; the
-registry API; placements out on ``adapters.placements``."""
+"""Wiring of the adapter-manager: pods (leases), router stats and pod metrics in; specs from a file, the
+registry API and ModelAdapter resources (:mod:`resources`); the placement loop; placements out on
+``adapters.placements``."""
 
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 from brixmesh.common.messages import AdapterPlacements, AdapterPlacementsRequest, PodMetrics, RouterStats
 from brixmesh.common.pod_watch import watch_pods
@@ -17,6 +19,11 @@ from brixmesh.adapter_manager.http_api import add_routes
 from brixmesh.adapter_manager.settings import AdapterManagerSettings
 from brixmesh.adapter_manager.spec import SpecError, load_spec_files
 from brixmesh.adapter_manager.state import AdapterStore
+
+if TYPE_CHECKING:
+    from brixmesh.common.kube.specs import ResourceSpecs
+
+    from brixmesh.adapter_manager.spec import AdapterSpec
 
 
 def build_service(settings: AdapterManagerSettings) -> Service:
@@ -45,8 +52,23 @@ def build_service(settings: AdapterManagerSettings) -> Service:
     for spec in file_specs:
         controller.register(spec, "file")
     add_routes(service.app, controller)
+    resources: ResourceSpecs[AdapterSpec] | None = None
+    if settings.k8s_modeladapters:  # imports the Kubernetes client (a second or so): only when used
+        from brixmesh.common.kube.api import Api, resolved_namespace
+
+        from brixmesh.adapter_manager.resources import model_adapter_resources
+
+        try:
+            namespace = resolved_namespace(settings.k8s_namespace)
+        except ValueError as exc:
+            print(f"brixmesh-adapter-manager: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+        resources = model_adapter_resources(Api(settings.k8s_api_url), namespace, controller)
 
     async def start(svc: Service) -> None:
+        if resources is not None:
+            await resources.api.open()
+            svc.spawn(resources.run(), "modeladapters")
         await svc.bus.serve(
             ADAPTERS_LIST.template, AdapterPlacementsRequest, lambda _s, _r: controller.placements()
         )
@@ -61,6 +83,8 @@ def build_service(settings: AdapterManagerSettings) -> Service:
 
     async def stop(_svc: Service) -> None:
         await engine.close()
+        if resources is not None:
+            await resources.api.close()
 
     service.on_start(start)
     service.on_stop(stop)

@@ -1,15 +1,17 @@
 from pathlib import Path
 
-from brixmesh.common.settings import ServiceSettings
+from brixmesh.common.settings import KubernetesResourceSettings, ServiceSettings
 from pydantic import Field
 
 
-class AdapterManagerSettings(ServiceSettings):
+class AdapterManagerSettings(ServiceSettings, KubernetesResourceSettings):
     """Settings of the adapter-manager service (environment variables ``BRIXMESH_*``)."""
 
     state_dir: Path = Path(".brixmesh")
     """Registered adapters are kept in ``<state_dir>/adapters/``, downloaded artifacts in
     ``<state_dir>/adapter-cache/`` (engines on this node load them from there)."""
+    k8s_modeladapters: bool = False
+    """On Kubernetes: also take the ModelAdapter resources of ``k8s_namespace`` (listed, then watched)."""
     adapters_file: Path | None = None
     """A YAML file, or a directory of ``*.yaml``/``*.yml`` files, of adapter specs registered at start."""
     credentials_dir: Path | None = None

@@ -14,7 +14,7 @@ from brixmesh.common.messages import AdapterPhase
 
 log = logging.getLogger(__name__)
 
-Origin = Literal["file", "api"]
+Origin = Literal["file", "api", "resource"]
 
 
 class AdapterRecord(msgspec.Struct, kw_only=True):

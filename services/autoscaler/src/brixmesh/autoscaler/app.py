@@ -2,9 +2,10 @@
 
 Inputs: ``pods.*`` (pod discovery), ``router.stats.*`` (leading demand signal), ``deployments.status.*``
 (the orchestrator's observed fleet: closes the loop), engines' ``/metrics`` (scraped), specs from YAML
-files, the HTTP API and PodAutoscaler resources (:mod:`resources`), ``gpu.profiles.*`` (optimizer). State:
-:class:`Fleet`, :class:`RouterSignals`, :class:`Autoscalers`, :class:`GpuOptimizers`. Decisions: :mod:`policy`, :mod:`gpu_optimizer`. Outputs:
-``metrics.pods.<pod>``, ``scale.decisions.<deployment>``, ``gpu.plans.<model>``.
+files, the HTTP API and PodAutoscaler resources (:mod:`resources`), ``gpu.profiles.*``
+(optimizer). State: :class:`Fleet`, :class:`RouterSignals`, :class:`Autoscalers`, :class:`GpuOptimizers`.
+Decisions: :mod:`policy`, :mod:`gpu_optimizer`. Outputs: ``metrics.pods.<pod>``,
+``scale.decisions.<deployment>``, ``gpu.plans.<model>``.
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ from brixmesh.autoscaler.gpu_optimizer import FleetView, GpuOptimizers
 from brixmesh.autoscaler.registry import Autoscalers
 from brixmesh.autoscaler.scraper import Scraper
 from brixmesh.autoscaler.settings import AutoscalerSettings, spec_paths
-from brixmesh.autoscaler.spec import SpecError, load_spec_file
+from brixmesh.autoscaler.spec import PodAutoscalerSpec, SpecError, load_spec_file
 from brixmesh.common.service import Service
 from prometheus_client import Gauge
 
 if TYPE_CHECKING:
-    from brixmesh.autoscaler.resources import PodAutoscalerSync
+    from brixmesh.common.kube.specs import ResourceSpecs
 
 
 def build_service(settings: AutoscalerSettings) -> Service:
@@ -38,17 +39,17 @@ def build_service(settings: AutoscalerSettings) -> Service:
     except SpecError as exc:
         print(f"brixmesh-autoscaler: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    resources: PodAutoscalerSync | None = None
+    resources: ResourceSpecs[PodAutoscalerSpec] | None = None
     if settings.k8s_podautoscalers:  # imports the Kubernetes client (a second or so): only when used
-        from brixmesh.autoscaler.resources import PodAutoscalerSync
-        from brixmesh.common.kube.api import Api, own_namespace
+        from brixmesh.autoscaler.resources import pod_autoscaler_resources
+        from brixmesh.common.kube.api import Api, resolved_namespace
 
-        namespace = settings.k8s_namespace or own_namespace()
-        if not namespace:
-            print("brixmesh-autoscaler: BRIXMESH_K8S_NAMESPACE is not set and this is not running in a pod",
-                  file=sys.stderr)  # fmt: skip
-            raise SystemExit(2)
-        resources = PodAutoscalerSync(Api(settings.k8s_api_url), namespace, autoscalers)
+        try:
+            namespace = resolved_namespace(settings.k8s_namespace)
+        except ValueError as exc:
+            print(f"brixmesh-autoscaler: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+        resources = pod_autoscaler_resources(Api(settings.k8s_api_url), namespace, autoscalers)
     client = httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=256, max_connections=512))
     scraper = Scraper(
         client,

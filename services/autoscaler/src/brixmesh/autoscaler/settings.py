@@ -1,10 +1,10 @@
 from pathlib import Path
 
-from brixmesh.common.settings import ServiceSettings
+from brixmesh.common.settings import KubernetesResourceSettings, ServiceSettings
 from pydantic import Field, field_validator
 
 
-class AutoscalerSettings(ServiceSettings):
+class AutoscalerSettings(ServiceSettings, KubernetesResourceSettings):
     """Settings of the autoscaler service (environment variables ``BRIXMESH_*``)."""
 
     scrape_interval_s: float = Field(default=0.25, gt=0)
@@ -25,10 +25,6 @@ class AutoscalerSettings(ServiceSettings):
     """Comma-separated YAML files of ``optimizer`` strategy specs (GPU-type mix of one model)."""
     k8s_podautoscalers: bool = False
     """On Kubernetes: also take the PodAutoscaler resources of ``k8s_namespace`` (listed, then watched)."""
-    k8s_namespace: str = ""
-    """Their namespace; default: the autoscaler pod's own."""
-    k8s_api_url: str = ""
-    """API server URL; default: the service account in a pod, else the kubeconfig."""
 
     @field_validator("autoscaler_specs", "gpu_optimizer_specs")
     @classmethod

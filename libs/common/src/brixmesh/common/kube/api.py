@@ -77,3 +77,11 @@ def own_namespace() -> str:
         return (SERVICE_ACCOUNT / "namespace").read_text().strip()
     except OSError:
         return ""
+
+
+def resolved_namespace(configured: str) -> str:
+    """``configured``, else the pod's own namespace; ValueError (one line) when neither is known."""
+    namespace = configured or own_namespace()
+    if not namespace:
+        raise ValueError("BRIXMESH_K8S_NAMESPACE is not set and this is not running in a pod")
+    return namespace

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from brixmesh.common.kube.api import Api, own_namespace
+from brixmesh.common.kube.api import Api, resolved_namespace
 
 from brixmesh.orchestrator.controller import Orchestrator
 from brixmesh.orchestrator.kubernetes.backend import KubernetesBackend
@@ -48,10 +48,7 @@ class KubernetesSettings(BaseSettings):
     """A ModelDeployment asking for more accelerators per pod than a node has is refused."""
 
     def resolved_namespace(self) -> str:
-        namespace = self.namespace or own_namespace()
-        if not namespace:
-            raise ValueError("BRIXMESH_K8S_NAMESPACE is not set and this is not running in a pod")
-        return namespace
+        return resolved_namespace(self.namespace)
 
 
 class Cluster:

@@ -1,0 +1,99 @@
+"""Custom resources of one kind in a namespace, as a service's specs (the autoscaler's PodAutoscalers, the
+adapter-manager's ModelAdapters).
+
+The resources are listed, then watched (resumed from the last resourceVersion; after 410 Gone listed again,
+and that list is the whole truth, so a resource deleted meanwhile is dropped). Each is parsed by the service's
+own spec model, the one its files and HTTP API use (the CRD's schema, generated from that model, refuses
+most mistakes at admission already): a resource the model refuses is logged and listed in
+:attr:`ResourceSpecs.refused`, and what the service had from it before stays in force. Deleting a resource
+removes its spec; specs from files or an HTTP API are not the resources' to remove.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, TypeVar
+
+from brixmesh.common.kube.api import Api
+from brixmesh.common.kube.watching import list_and_watch
+
+log = logging.getLogger(__name__)
+
+GROUP, VERSION = "brixmesh.io", "v1alpha1"
+Spec = TypeVar("Spec")
+
+
+class ResourceSpecs(Generic[Spec]):
+    def __init__(
+        self,
+        api: Api,
+        namespace: str,
+        plural: str,
+        *,
+        parse: Callable[[str, dict[str, Any]], Spec],
+        apply: Callable[[Spec], object],
+        remove: Callable[[str], object],
+        refusals: tuple[type[Exception], ...],
+        owned: Iterable[str] = (),
+    ) -> None:
+        """``parse(name, spec)`` raises one of ``refusals`` (``str()``: one line) for a spec it refuses;
+        ``owned``: names a resource gave the service before (kept in its state), dropped when the first list
+        no longer has them."""
+        self.api = api
+        self.namespace = namespace
+        self.plural = plural
+        self._parse = parse
+        self._apply = apply
+        self._remove = remove
+        self._refusals = refusals
+        self._owned = set(owned)
+        self.refused: dict[str, str] = {}
+        """Resource name -> why its spec was refused (until a later version is accepted or it is deleted)."""
+        self._listed = asyncio.Event()
+
+    async def run(self) -> None:
+        await list_and_watch(
+            self.api.custom.list_namespaced_custom_object, GROUP, VERSION, self.namespace, self.plural,
+            on_list=self._on_list, on_event=self._on_event,
+        )  # fmt: skip
+
+    async def wait_listed(self) -> None:
+        await self._listed.wait()
+
+    async def _on_list(self, items: list[dict[str, Any]]) -> None:
+        names = {item["metadata"]["name"] for item in items}
+        for item in items:
+            self._accept(item)
+        for name in self._owned - names:
+            self._drop(name, "gone (not in a fresh list)")
+        self.refused = {name: why for name, why in self.refused.items() if name in names}
+        self._listed.set()
+
+    async def _on_event(self, kind: str, obj: dict[str, Any]) -> None:
+        if kind == "DELETED":
+            name = obj["metadata"]["name"]
+            self.refused.pop(name, None)
+            self._drop(name, "resource deleted")
+        elif kind in ("ADDED", "MODIFIED"):
+            self._accept(obj)
+
+    def _accept(self, obj: dict[str, Any]) -> None:
+        name = obj["metadata"]["name"]
+        try:
+            spec = self._parse(name, obj.get("spec") or {})
+        except self._refusals as exc:
+            if self.refused.get(name) != str(exc):
+                log.warning("%s %s refused: %s", self.plural, name, exc)
+            self.refused[name] = str(exc)
+            return
+        self.refused.pop(name, None)
+        self._apply(spec)
+        self._owned.add(name)
+
+    def _drop(self, name: str, reason: str) -> None:
+        if name in self._owned:
+            self._owned.discard(name)
+            self._remove(name)
+            log.info("%s %s removed: %s", self.plural, name, reason)
