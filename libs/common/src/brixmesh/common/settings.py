@@ -5,10 +5,13 @@ from __future__ import annotations
 import socket
 import sys
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from brixmesh.common.kube.api import Api
 
 ENV_PREFIX = "BRIXMESH_"
 MIN_ADMIN_TOKEN_CHARS = 16
@@ -90,6 +93,17 @@ class KubernetesResourceSettings(BaseSettings):
     """The resources' namespace; default: the service pod's own."""
     k8s_api_url: str = ""
     """API server URL; default: the service account in a pod, else the kubeconfig."""
+
+    def resource_api(self, program: str) -> tuple[Api, str]:
+        """The API client (not opened yet) and the resources' namespace; exits with one line naming
+        ``program`` when no namespace is known. Imports the Kubernetes client (a second or so)."""
+        from brixmesh.common.kube.api import Api, resolved_namespace
+
+        try:
+            return Api(self.k8s_api_url), resolved_namespace(self.k8s_namespace)
+        except ValueError as exc:
+            print(f"{program}: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
 
 
 class SettingsError(Exception):

@@ -54,16 +54,10 @@ def build_service(settings: AdapterManagerSettings) -> Service:
     add_routes(service.app, controller)
     resources: ResourceSpecs[AdapterSpec] | None = None
     if settings.k8s_modeladapters:  # imports the Kubernetes client (a second or so): only when used
-        from brixmesh.common.kube.api import Api, resolved_namespace
-
         from brixmesh.adapter_manager.resources import model_adapter_resources
 
-        try:
-            namespace = resolved_namespace(settings.k8s_namespace)
-        except ValueError as exc:
-            print(f"brixmesh-adapter-manager: {exc}", file=sys.stderr)
-            raise SystemExit(2) from None
-        resources = model_adapter_resources(Api(settings.k8s_api_url), namespace, controller)
+        api, namespace = settings.resource_api("brixmesh-adapter-manager")
+        resources = model_adapter_resources(api, namespace, controller)
 
     async def start(svc: Service) -> None:
         if resources is not None:

@@ -42,14 +42,9 @@ def build_service(settings: AutoscalerSettings) -> Service:
     resources: ResourceSpecs[PodAutoscalerSpec] | None = None
     if settings.k8s_podautoscalers:  # imports the Kubernetes client (a second or so): only when used
         from brixmesh.autoscaler.resources import pod_autoscaler_resources
-        from brixmesh.common.kube.api import Api, resolved_namespace
 
-        try:
-            namespace = resolved_namespace(settings.k8s_namespace)
-        except ValueError as exc:
-            print(f"brixmesh-autoscaler: {exc}", file=sys.stderr)
-            raise SystemExit(2) from None
-        resources = pod_autoscaler_resources(Api(settings.k8s_api_url), namespace, autoscalers)
+        api, namespace = settings.resource_api("brixmesh-autoscaler")
+        resources = pod_autoscaler_resources(api, namespace, autoscalers)
     client = httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=256, max_connections=512))
     scraper = Scraper(
         client,
