@@ -77,8 +77,13 @@ async def test_resources_become_autoscalers_and_a_refused_edit_keeps_the_last_ac
     await eventually(lambda: max_replicas(autoscalers, "chat") == 9)
     assert sync.refused == {} and autoscalers.get("chat").spec.min_replicas == 6  # type: ignore[union-attr]
 
+    # a change beside the spec restarts nothing (the watch delivers events in order: "embed" comes after it)
+    policy = autoscalers.get("chat")
+    annotation = {"metadata": {"annotations": {"team": "search"}}}
+    await api.custom.patch_namespaced_custom_object(*PAS, "chat", annotation, _content_type=MERGE)
     await api.custom.create_namespaced_custom_object(*PAS[:3], PAS[3], pod_autoscaler("embed"))
     await eventually(lambda: autoscalers.get("embed") is not None)
+    assert autoscalers.get("chat") is policy
     await api.custom.delete_namespaced_custom_object(*PAS, "chat")
     await eventually(lambda: autoscalers.get("chat") is None)
     assert autoscalers.get("from-file") is not None, "one from a file is not the resources' to remove"

@@ -13,7 +13,14 @@ from brixmesh.autoscaler.spec import PodAutoscalerSpec, SpecError, parse_spec
 def pod_autoscaler_resources(
     api: Api, namespace: str, autoscalers: Autoscalers
 ) -> ResourceSpecs[PodAutoscalerSpec]:
+    def apply(spec: PodAutoscalerSpec) -> None:
+        # a resource's other changes (labels, annotations) and relists repeat its spec: the autoscaler's
+        # windows are not restarted for them
+        policy = autoscalers.get(spec.name)
+        if policy is None or policy.spec != spec:
+            autoscalers.put(spec)
+
     return ResourceSpecs(
         api, namespace, "podautoscalers", parse=lambda name, spec: parse_spec(spec, name=name),
-        apply=autoscalers.put, remove=autoscalers.delete, refusals=(SpecError,),
+        apply=apply, remove=autoscalers.delete, refusals=(SpecError,),
     )  # fmt: skip

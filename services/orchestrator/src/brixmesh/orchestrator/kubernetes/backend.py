@@ -191,6 +191,7 @@ class KubernetesBackend(PodTable):
         await self._listed.wait()
 
     async def close(self, *, stop_pods: bool) -> None:
+        await self.cordons.flushed()
         if self._watch is not None:
             self._watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
