@@ -141,13 +141,14 @@ def test_the_orchestrator_role_is_namespaced_and_least_privilege() -> None:
     [("autoscaler", "podautoscalers", "BRIXMESH_K8S_PODAUTOSCALERS"),
      ("adapter-manager", "modeladapters", "BRIXMESH_K8S_MODELADAPTERS")],
 )  # fmt: skip
-def test_a_service_reading_its_resources_may_read_them_and_nothing_else(
+def test_a_service_reading_its_resources_may_read_them_and_write_their_status_only(
     service: str, plural: str, flag: str
 ) -> None:
     documents = _documents()
     account = f"brixmesh-{service}"
     assert documents[("Role", account)]["rules"] == [
-        {"apiGroups": ["brixmesh.io"], "resources": [plural], "verbs": ["get", "list", "watch"]}
+        {"apiGroups": ["brixmesh.io"], "resources": [plural], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["brixmesh.io"], "resources": [f"{plural}/status"], "verbs": ["patch"]},
     ]
     subject = {"kind": "ServiceAccount", "name": account, "namespace": "brixmesh"}
     assert documents[("RoleBinding", account)]["subjects"] == [subject]

@@ -1,7 +1,7 @@
 """The adapter-manager process with ``BRIXMESH_K8S_MODELADAPTERS=true`` on the emulated API: ModelAdapter
-resources become adapters (origin ``resource``), a spec the model refuses is left out, deleting a resource
-unregisters its adapter, and after a restart the first list drops the adapters whose resource went while the
-service was down, never one registered over the HTTP API."""
+resources become adapters (origin ``resource``), a spec the model refuses is left out (``Accepted: False`` on
+its status), deleting a resource unregisters its adapter, and after a restart the first list drops the
+adapters whose resource went while the service was down, never one registered over the HTTP API."""
 
 from __future__ import annotations
 
@@ -71,11 +71,19 @@ async def test_model_adapter_resources_are_registered_and_unregistered_across_re
         await eventually(lambda: _equals(adapters(service), {"api-lora": "api", "chat-lora": "resource"}), 20)
         log = service.log_path.read_text()
         assert "bad-lora refused" in log and "artifact must be" in log
+        # on the resources too (kubectl get modeladapters shows it)
+        await eventually(lambda: _equals(accepted(api, "chat-lora"), "True"))
+        assert await accepted(api, "bad-lora") == "False"
 
     await api.custom.delete_namespaced_custom_object(*MA, "chat-lora")  # while the service is down
     async with manager("second.log") as service:
         await eventually(lambda: _equals(adapters(service), {"api-lora": "api"}), 20)
 
 
-async def _equals(found: Any, expected: dict[str, str]) -> bool:
+async def accepted(api: Api, name: str) -> str:
+    status = (await api.custom.get_namespaced_custom_object(*MA, name)).get("status") or {}
+    return next((c["status"] for c in status.get("conditions", []) if c["type"] == "Accepted"), "")
+
+
+async def _equals(found: Any, expected: object) -> bool:
     return await found == expected

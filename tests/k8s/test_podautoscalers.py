@@ -55,6 +55,17 @@ async def edit(api: Api, name: str, **spec: Any) -> None:
     await api.custom.patch_namespaced_custom_object(*PAS, name, {"spec": spec}, _content_type=MERGE)
 
 
+async def accepted(api: Api, name: str) -> tuple[int, str, str]:
+    """(observedGeneration, Accepted status, its message) from the resource's status."""
+    status = (await api.custom.get_namespaced_custom_object(*PAS, name)).get("status") or {}
+    [condition] = [c for c in status.get("conditions", []) if c["type"] == "Accepted"] or [{}]
+    return status.get("observedGeneration", 0), condition.get("status", ""), condition.get("message", "")
+
+
+async def _is(found: Any, expected: Any) -> bool:
+    return await found == expected
+
+
 def max_replicas(autoscalers: Autoscalers, name: str) -> int | None:
     policy = autoscalers.get(name)
     return policy.spec.max_replicas if policy is not None else None
@@ -65,6 +76,7 @@ async def test_resources_become_autoscalers_and_a_refused_edit_keeps_the_last_ac
 ) -> None:
     sync, autoscalers = synced
     assert max_replicas(autoscalers, "chat") == 8  # listed before the watch
+    assert await accepted(api, "chat") == (1, "True", "")
     await edit(api, "chat", max_replicas=4)
     await eventually(lambda: max_replicas(autoscalers, "chat") == 4)
 
@@ -73,9 +85,16 @@ async def test_resources_become_autoscalers_and_a_refused_edit_keeps_the_last_ac
     await eventually(lambda: "chat" in sync.refused)
     assert "min_replicas (6) > max_replicas (4)" in sync.refused["chat"]
     assert autoscalers.get("chat").spec.min_replicas == 1  # type: ignore[union-attr]
+
+    async def refused_on_the_resource() -> bool:
+        generation, status, message = await accepted(api, "chat")
+        return (generation, status) == (3, "False") and "min_replicas (6) > max_replicas (4)" in message
+
+    await eventually(refused_on_the_resource)
     await edit(api, "chat", max_replicas=9)
     await eventually(lambda: max_replicas(autoscalers, "chat") == 9)
     assert sync.refused == {} and autoscalers.get("chat").spec.min_replicas == 6  # type: ignore[union-attr]
+    await eventually(lambda: _is(accepted(api, "chat"), (4, "True", "")))
 
     # a change beside the spec restarts nothing (the watch delivers events in order: "embed" comes after it)
     policy = autoscalers.get("chat")

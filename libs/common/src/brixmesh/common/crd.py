@@ -11,12 +11,52 @@ field's cross-checks, engine flags policy) the service checks itself and reports
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 _DROPPED = ("title", "default", "examples")
+
+
+class Condition(BaseModel):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    lastTransitionTime: str
+
+
+class SpecStatus(BaseModel):
+    """What a service made of a resource it only reads (the status subresource of a PodAutoscaler or a
+    ModelAdapter): the generation it read last and an ``Accepted`` condition."""
+
+    observedGeneration: int = 0
+    conditions: list[Condition] = Field(default_factory=list)
+
+
+class ConditionClock:
+    """Builds conditions whose ``lastTransitionTime`` moves only when their status does, per resource and
+    condition type."""
+
+    def __init__(self) -> None:
+        self._since: dict[tuple[str, str, str], str] = {}
+
+    def condition(self, name: str, kind: str, status: str, reason: str, message: str) -> Condition:
+        key = (name, kind, status)
+        if key not in self._since:
+            for other in ("True", "False", "Unknown"):
+                self._since.pop((name, kind, other), None)
+            self._since[key] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return Condition(
+            type=kind, status=status, reason=reason, message=message,  # type: ignore[arg-type]
+            lastTransitionTime=self._since[key],
+        )  # fmt: skip
+
+    def forget(self, name: str) -> None:
+        """The resource is gone."""
+        self._since = {key: since for key, since in self._since.items() if key[0] != name}
 
 
 def structural_schema(model: type[BaseModel], *, exclude: Iterable[str] = ()) -> dict[str, Any]:

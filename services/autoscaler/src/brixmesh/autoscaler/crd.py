@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from brixmesh.common.crd import custom_resource_definition, structural_schema
+from brixmesh.common.crd import SpecStatus, custom_resource_definition, structural_schema
 
 from brixmesh.autoscaler.spec import PodAutoscalerSpec
 
@@ -14,6 +14,7 @@ def pod_autoscaler_crd() -> dict[str, Any]:
     return custom_resource_definition(
         group="brixmesh.io", version="v1alpha1", kind="PodAutoscaler", plural="podautoscalers",
         short_names=["pas"], spec=structural_schema(PodAutoscalerSpec, exclude=["name"]),
+        status=structural_schema(SpecStatus),
         description="How the brixmesh autoscaler scales one deployment (docs/autoscaling.md); "
         "metadata.name is the autoscaler's name.",
         columns=[
@@ -21,5 +22,6 @@ def pod_autoscaler_crd() -> dict[str, Any]:
             {"name": "Strategy", "type": "string", "jsonPath": ".spec.strategy"},
             {"name": "Min", "type": "integer", "jsonPath": ".spec.min_replicas"},
             {"name": "Max", "type": "integer", "jsonPath": ".spec.max_replicas"},
+            {"name": "Accepted", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Accepted\")].status"},
         ],
     )  # fmt: skip

@@ -15,11 +15,11 @@
 from __future__ import annotations
 
 import asyncio
-import datetime
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from brixmesh.common.crd import ConditionClock
 from brixmesh.common.kube.api import Api
 from brixmesh.common.kube.watching import MERGE_PATCH, list_and_watch
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -31,7 +31,6 @@ from brixmesh.orchestrator.kubernetes.resource import (
     GROUP,
     PLURAL,
     VERSION,
-    Condition,
     ModelDeploymentStatus,
     RoleSetStatus,
     RoleStatus,
@@ -57,7 +56,7 @@ class ModelDeploymentSync:
         """metadata.generation of each resource as last handled (accepted or refused)."""
         self._refusals: dict[str, str] = {}
         self._written: dict[str, dict[str, Any]] = {}
-        self._transitions: dict[tuple[str, str, str], str] = {}
+        self._conditions = ConditionClock()
         self._listed = asyncio.Event()
 
     async def run(self) -> None:
@@ -165,13 +164,13 @@ class ModelDeploymentSync:
         deployment = self._orchestrator.deployments.get(name)
         refusal = self._refusals.get(name)
         if refusal is not None:
-            accepted = self._condition(name, "Accepted", "False", "InvalidSpec", refusal)
+            accepted = self._conditions.condition(name, "Accepted", "False", "InvalidSpec", refusal)
         else:
-            accepted = self._condition(name, "Accepted", "True", "Valid", "")
+            accepted = self._conditions.condition(name, "Accepted", "True", "Valid", "")
         selector = ",".join(f"{key}={value}" for key, value in selector_labels(name).items())
         observed = self._generations.get(name, 0)
         if deployment is None:
-            ready = self._condition(name, "Ready", "False", "NotAccepted", "no accepted spec")
+            ready = self._conditions.condition(name, "Ready", "False", "NotAccepted", "no accepted spec")
             return ModelDeploymentStatus(
                 observedGeneration=observed, selector=selector, conditions=[accepted, ready]
             )
@@ -179,12 +178,12 @@ class ModelDeploymentSync:
         replicas = len(fleet.role_sets) if deployment.spec.has_roles else fleet.pods
         pods = [pod for pod in self._backend.list_pods(name) if not pod.draining]
         if deployment.error:
-            ready = self._condition(name, "Ready", "False", "ReconcileFailed", deployment.error)
+            ready = self._conditions.condition(name, "Ready", "False", "ReconcileFailed", deployment.error)
         elif fleet.ready_replicas >= fleet.desired_replicas:
-            ready = self._condition(name, "Ready", "True", "AllReplicasReady",
+            ready = self._conditions.condition(name, "Ready", "True", "AllReplicasReady",
                                     f"{fleet.ready_replicas}/{fleet.desired_replicas} ready")  # fmt: skip
         else:
-            ready = self._condition(name, "Ready", "False", "Progressing",
+            ready = self._conditions.condition(name, "Ready", "False", "Progressing",
                                     f"{fleet.ready_replicas}/{fleet.desired_replicas} ready")  # fmt: skip
         if fleet.roles:
             roles = {
@@ -205,18 +204,6 @@ class ModelDeploymentSync:
             selector=selector,
             conditions=[accepted, ready],
         )
-
-    def _condition(self, name: str, kind: str, status: str, reason: str, message: str) -> Condition:
-        """``lastTransitionTime`` moves only when the condition's status does."""
-        key = (name, kind, status)
-        if key not in self._transitions:
-            for other in ("True", "False"):
-                self._transitions.pop((name, kind, other), None)
-            self._transitions[key] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        return Condition(
-            type=kind, status=status, reason=reason, message=message,  # type: ignore[arg-type]
-            lastTransitionTime=self._transitions[key],
-        )  # fmt: skip
 
     def after_reconcile(self, then: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
         """An ``on_reconciled`` hook: ``then``, and the statuses written."""

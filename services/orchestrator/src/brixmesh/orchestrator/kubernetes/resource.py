@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
-from brixmesh.common.crd import custom_resource_definition, structural_schema
+from brixmesh.common.crd import Condition, custom_resource_definition, structural_schema
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from brixmesh.orchestrator.spec import DeploymentSpec, SpecError, parse_spec
@@ -94,14 +94,6 @@ class RoleSetStatus(BaseModel):
     current: bool
     """Every pod runs its role's current template."""
     pods: int
-
-
-class Condition(BaseModel):
-    type: str
-    status: Literal["True", "False", "Unknown"]
-    reason: str
-    message: str = ""
-    lastTransitionTime: str
 
 
 class ModelDeploymentStatus(BaseModel):
