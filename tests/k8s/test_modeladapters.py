@@ -74,15 +74,22 @@ async def test_model_adapter_resources_are_registered_and_unregistered_across_re
         # on the resources too (kubectl get modeladapters shows it)
         await eventually(lambda: _equals(accepted(api, "chat-lora"), "True"))
         assert await accepted(api, "bad-lora") == "False"
+        refused_since = await transition(api, "bad-lora")
 
     await api.custom.delete_namespaced_custom_object(*MA, "chat-lora")  # while the service is down
     async with manager("second.log") as service:
         await eventually(lambda: _equals(adapters(service), {"api-lora": "api"}), 20)
+        assert await transition(api, "bad-lora") == refused_since, "a restart rewrites no standing verdict"
 
 
 async def accepted(api: Api, name: str) -> str:
     status = (await api.custom.get_namespaced_custom_object(*MA, name)).get("status") or {}
     return next((c["status"] for c in status.get("conditions", []) if c["type"] == "Accepted"), "")
+
+
+async def transition(api: Api, name: str) -> str:
+    status = (await api.custom.get_namespaced_custom_object(*MA, name)).get("status") or {}
+    return next(c["lastTransitionTime"] for c in status["conditions"] if c["type"] == "Accepted")
 
 
 async def _equals(found: Any, expected: object) -> bool:

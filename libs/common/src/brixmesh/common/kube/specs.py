@@ -101,14 +101,20 @@ class ResourceSpecs(Generic[Spec]):
             self.refused.pop(name, None)
             self._apply(spec)
             self._owned.add(name)
-        await self._write_status(name, int(obj["metadata"].get("generation") or 0))
+        await self._write_status(name, int(obj["metadata"].get("generation") or 0), obj.get("status") or {})
 
-    async def _write_status(self, name: str, generation: int) -> None:
-        """The verdict on the resource's status, when it differs from what was written (a status write is a
-        watch event of its own: it comes back here and changes nothing)."""
+    async def _write_status(self, name: str, generation: int, current: dict[str, Any]) -> None:
+        """The verdict on the resource's status, unless it is there already (a status write is a watch event of
+        its own: it comes back here and changes nothing; after a restart, what an earlier run wrote stands)."""
         refusal = self.refused.get(name)
         verdict = refusal if refusal is not None else ""
         if self._written.get(name) == (generation, verdict):
+            return
+        shown = next((c for c in current.get("conditions") or [] if c.get("type") == "Accepted"), {})
+        if current.get("observedGeneration") == generation and shown.get("status") == (
+            "True" if refusal is None else "False"
+        ) and shown.get("message", "") == verdict:
+            self._written[name] = (generation, verdict)
             return
         if refusal is None:
             accepted = self._conditions.condition(name, "Accepted", "True", "Valid", "")
@@ -121,7 +127,8 @@ class ResourceSpecs(Generic[Spec]):
                 _content_type=MERGE_PATCH,
             )  # fmt: skip
         except ApiException as exc:  # written again with the resource's next event or list
-            log.warning("%s %s: status not written (%s)", self.plural, name, status_message(exc))
+            if exc.status != 404:  # deleted meanwhile: its DELETED event follows
+                log.warning("%s %s: status not written (%s)", self.plural, name, status_message(exc))
             return
         self._written[name] = (generation, verdict)
 
