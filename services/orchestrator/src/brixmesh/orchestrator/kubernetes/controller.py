@@ -112,6 +112,7 @@ class ModelDeploymentSync:
         self._generations.pop(name, None)
         self._refusals.pop(name, None)
         self._written.pop(name, None)
+        self._conditions.forget(name)
         try:
             self._orchestrator.delete(name)
         except UnknownDeployment:
