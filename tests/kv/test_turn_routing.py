@@ -1,15 +1,19 @@
 """Chat requests that continue a kept conversation turn are routed from that turn's ids: the exact ids follow
-once the request is sent, the kv-aware scores rank pods as the full prompt's would, and a template that
-renders earlier messages differently as a conversation grows turns this off."""
+once the request is sent (or, for a turn adding little text, the turn is only remembered, and the next one
+continues from the same kept turn), the kv-aware scores rank pods as the full prompt's would, and a template
+that renders earlier messages differently as a conversation grows turns this off."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
+import pytest
+
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from brixmesh.router.kv.index import PrefixIndex
+from brixmesh.router.kv import tokenizer as tokenizer_module
 from brixmesh.router.kv.tokenizer import ChatTemplate, LocalTokenizer, PromptTokenizer, TurnPrefix
 from brixmesh.router.routing import Endpoint, RequestContext
 from brixmesh.router.routing.scorers.kv_aware import KvAware
@@ -52,6 +56,44 @@ def test_kept_turns_route_once_reuse_is_verified_and_complete_to_the_exact_ids()
     assert 0 < routed < 5 * 6  # not before 16 verified reuses; every later continued turn after that
 
 
+def test_a_remembered_turn_routes_the_next_from_the_same_kept_turn_until_its_new_text_is_tokenized(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Turns sent untokenized credit the pod they went to with what it computed; the turn whose new text since
+    the kept turn reaches ``LAZY_TURN_CHARS`` is tokenized to the exact ids and kept for the next."""
+    monkeypatch.setattr(tokenizer_module, "LAZY_TURN_CHARS", 400)
+    tokenizer = LocalTokenizer(ASSETS)
+    reference = LocalTokenizer(ASSETS, prefix_cache_bytes=0)
+    for messages in interleaved(6, 4):  # 16 verified reuses earn routing from kept turns
+        tokenizer.encode_chat(messages)
+    assert tokenizer.turn_prefix(conversation_of(9, 12)[1]) is None  # a first turn is tokenized in full
+    tokenizer.encode_chat(conversation_of(9, 12)[0])
+    previous: TurnPrefix | None = None
+    completed = 0
+    for number, messages in enumerate(conversation_of(9, 12)[1:], 1):
+        turn = tokenizer.turn_prefix(messages)
+        assert turn is not None
+        exact = reference.encode_chat(messages)
+        if previous is None or previous.kept is not None:  # continues the turn tokenized last
+            assert previous is None or turn.prefix is previous.kept
+            assert turn.computed_tokens >= len(turn.ids)
+        else:  # continues the turn kept before the remembered one, crediting the remembered one's pod
+            assert turn.prefix is previous.prefix and turn.last_pod == f"pod{number - 1}"
+            assert turn.new_chars > previous.new_chars
+            assert abs(turn.computed_tokens - len(reference.encode_chat(messages[:-1]))) <= 0.25 * len(exact)
+        assert exact[: len(turn.ids)] == turn.ids
+        assert abs(turn.estimated_tokens - len(exact)) <= 0.25 * len(exact)
+        ids = turn.sent(f"pod{number}")
+        if turn.new_chars >= 400:
+            completed += 1
+            assert ids == exact and turn.kept is not None and turn.kept.served_by == f"pod{number}"
+        else:
+            assert ids is None and turn.kept is None
+        previous = turn
+    assert 2 <= completed < tokenizer.turns_remembered == 11 - completed
+    assert tokenizer.turn_routing
+
+
 def test_a_template_that_looks_ahead_stops_turn_routing(caplog: Any) -> None:
     tokenizer = LocalTokenizer(ASSETS)
     requests = interleaved(5, 7)
@@ -74,9 +116,14 @@ def chat_request(rid: str, messages: list[dict[str, Any]]) -> RequestContext:
     return RequestContext(request_id=rid, api="chat", model=MODEL, body={}, base_model=MODEL, messages=messages)
 
 
-async def test_kv_aware_scores_a_continued_turn_like_its_full_prompt_and_adds_its_blocks_once_sent() -> None:
+@pytest.mark.parametrize("lazy_chars", [0, 250])
+async def test_kv_aware_scores_a_continued_turn_like_its_full_prompt_and_adds_its_blocks_once_sent(
+    lazy_chars: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The serving pod also holds each answer (as its engine's events would say): a continued turn is credited
-    with it on that pod, so its scores stay those of the full prompt."""
+    with it on that pod, so its scores stay those of the full prompt. With ``lazy_chars`` 0 every turn is
+    tokenized once sent; with 250, most are only remembered and the next turns continue an older kept turn."""
+    monkeypatch.setattr(tokenizer_module, "LAZY_TURN_CHARS", lazy_chars)
     tokenizer = PromptTokenizer({MODEL: ASSETS}, lambda model: None)
     index = PrefixIndex(speculative_ttl_s=60.0)
     turns: list[TurnPrefix] = []
@@ -111,7 +158,8 @@ async def test_kv_aware_scores_a_continued_turn_like_its_full_prompt_and_adds_it
             full = exact.score(probe, pods)
             assert sorted(scores, key=scores.get) == sorted(full, key=full.get)
             cached, held = scorer.cached_tokens(ctx, pods), exact.cached_tokens(probe, pods)
-            assert all(abs(cached[pod] - held[pod]) <= BLOCK for pod in held)  # the answers are credited
+            # the answers (and remembered turns, estimated) are credited
+            assert all(abs(cached[pod] - held[pod]) <= BLOCK + 0.1 * held[pod] for pod in held)
             assert all(abs(scores[pod] - full[pod]) <= 0.1 for pod in full)  # the length is estimated
             exact._requests.clear()
         pod = pods[number % 4 // 2]  # two conversations on each pod
@@ -123,8 +171,12 @@ async def test_kv_aware_scores_a_continued_turn_like_its_full_prompt_and_adds_it
             index.add_speculative(pod.name, index.prompt_hashes(answered, BLOCK, MODEL, None))
         assert not scorer._requests  # nothing pending once a request is sent
         held = index.match(index.prompt_hashes(ids, BLOCK, MODEL, None), BLOCK)
-        assert held[pod.name].blocks == len(ids) // BLOCK  # the whole prompt is speculative on its pod
-    assert len(turns) > 8 and all(turn.kept is not None and turn.kept.hashes for turn in turns)
+        tokenized = len(turns) == routed_before or turns[-1].kept is not None
+        # the whole prompt is speculative on its pod, or the kept turn it was routed from
+        assert held[pod.name].blocks >= (len(ids) if tokenized else len(turns[-1].ids)) // BLOCK
+    assert len(turns) > 8 and all(turn.kept.hashes for turn in turns if turn.kept is not None)
+    remembered = sum(turn.kept is None for turn in turns)
+    assert remembered > len(turns) // 2 if lazy_chars else remembered == 0
 
 
 async def test_a_turn_adding_less_than_a_block_continues_its_history_not_a_shared_prefix() -> None:

@@ -46,8 +46,12 @@ class KvMetrics:
                 lambda: tokenizer.prefix_reuses,
             ),
             "brixmesh_kv_chat_turns_routed": (
-                "Chat requests routed from a kept earlier turn, tokenized once sent",
+                "Chat requests routed from a kept earlier turn, tokenized once sent unless remembered",
                 lambda: tokenizer.turns_routed,
+            ),
+            "brixmesh_kv_chat_turns_remembered": (
+                "Chat requests routed from a kept earlier turn and sent untokenized (their next turn continues it)",
+                lambda: tokenizer.turns_remembered,
             ),
             "brixmesh_kv_chat_prefix_misses": (
                 "Chat prompts tokenized in full (first turn, evicted or edited)",

@@ -17,7 +17,9 @@ A chat request that continues a kept conversation can be routed from that turn's
 (:meth:`LocalTokenizer.turn_prefix`: no template render, no encoding); the rest is tokenized once the
 request is on its way to its pod (:meth:`TurnPrefix.complete`), which also checks that the template really
 renders the earlier messages as before. The first time it does not, routing from kept turns stops for that
-tokenizer.
+tokenizer. A continued turn adding little text is not tokenized at all (:meth:`TurnPrefix.sent`): the
+conversation's next turn is routed from the same kept turn, crediting the pod this one went to, and the turn
+that brings the new text since the kept turn past ``LAZY_TURN_CHARS`` is tokenized and kept instead.
 
 Byte-level BPE tokenizers (most current models) encode through tiktoken (:mod:`.fast_bpe`), checked
 against the Hugging Face tokenizer on a sample.
@@ -61,6 +63,11 @@ _TOKENS_PER_CHAR = 0.3
 """First guess of tokens per character of new message content (learned per tokenizer as turns complete)."""
 _FRAMING_CHARS = 24
 """Characters a template adds around each message (role markers, separators), counted with its content."""
+LAZY_TURN_CHARS = 2048
+"""New text since its kept turn (framing included) from which a continued turn is tokenized once sent; below
+it the turn is only remembered (a render and an encode fewer per turn, the encoding done later in one go). It
+stays under ``_INLINE_CHARS``, so a conversation's next turn is still routed from the kept turn."""
+_SENT_TURNS_LIMIT = 16384
 CHAT_PREFIX_CACHE_BYTES = 64 << 20
 _message_json = msgspec.json.Encoder()
 
@@ -148,12 +155,28 @@ class ChatEncoding:
         return len(self.text) - (len(self.prefix.text) if self.prefix is not None else 0)
 
 
+@dataclass(slots=True)
+class SentTurn:
+    """A continued turn that was sent without being tokenized: its conversation's next turn is routed from the
+    same kept turn (``prefix_key``), crediting ``served_by`` with this prompt and the answer that follows."""
+
+    prefix_key: int
+    new_chars: int
+    """Characters of this prompt's messages after the kept turn, framing included."""
+    prompt_tokens: int
+    """This prompt's estimated token count."""
+    served_by: str
+
+
 @dataclass(slots=True, eq=False)
 class TurnPrefix:
     """A chat request that continues a kept turn: that turn's ids (what routing scores), an estimate of the
-    whole prompt's length, and :meth:`complete` for the exact ids once the request is sent."""
+    whole prompt's length, what the conversation's last pod computed of it, and :meth:`sent` once the request
+    is on its way."""
 
     prefix: KeptTurn
+    prefix_key: int
+    """The digest ``prefix`` is kept under."""
     estimated_tokens: int
     tokenizer: LocalTokenizer
     messages: list[Any]
@@ -162,16 +185,28 @@ class TurnPrefix:
     """Their :func:`message_digests`."""
     new_chars: int
     """Characters of the messages after the kept turn, framing included (what ``estimated_tokens`` adds)."""
-    answer_tokens: int
-    """Estimated tokens of the assistant's answer right after the kept turn (its pod computed them)."""
+    last_pod: str | None
+    """The pod that served the conversation's previous turn (when known)."""
+    computed_tokens: int
+    """Leading tokens of this prompt that ``last_pod`` computed: its own prompt and the answer right after it
+    (estimated where they were not tokenized)."""
     served_by: str | None = None
-    """The pod this request went to (set by the KV scorer), passed on to what is kept of it."""
+    """The pod this request went to, passed on to what is kept or remembered of it."""
     kept: KeptTurn | None = None
     """Once :meth:`complete` ran: what was kept of this prompt for the next turn (its ids start the prompt's)."""
 
     @property
     def ids(self) -> array:
         return self.prefix.ids
+
+    def sent(self, pod: str) -> ChatIds | None:
+        """The request went to ``pod``: the prompt's exact ids when this turn is tokenized now (its new text
+        reached ``LAZY_TURN_CHARS``), else None (the turn is remembered for the conversation's next one)."""
+        self.served_by = pod
+        if self.new_chars >= LAZY_TURN_CHARS:
+            return self.complete()
+        self.tokenizer.remember_turn(self, pod)
+        return None
 
     def complete(self) -> ChatIds:
         """The prompt's exact ids (render, encode what follows the kept turn, keep this turn for the next)."""
@@ -211,6 +246,8 @@ class LocalTokenizer:
             for token_id, token in self._tok.get_added_tokens_decoder().items() if token.content
         }  # fmt: skip
         self._prefixes: OrderedDict[int, KeptTurn] = OrderedDict()
+        self._sent: OrderedDict[int, SentTurn] = OrderedDict()
+        """Digest of a sent turn's messages -> what routes its conversation's next turn (least recent first)."""
         self._prefix_cache_bytes = prefix_cache_bytes
         self.prefix_bytes = 0
         """Text and token ids kept for next turns (at most ``prefix_cache_bytes``; sizes as Python counts)."""
@@ -223,6 +260,7 @@ class LocalTokenizer:
         """False once the template rendered a kept conversation's earlier messages differently."""
         self._tokens_per_char = _TOKENS_PER_CHAR
         self.turns_routed = 0
+        self.turns_remembered = 0
         self.prefix_reuses = 0
         self.prefix_misses = 0
 
@@ -287,15 +325,29 @@ class LocalTokenizer:
             digests = message_digests(prepared)
         except (TypeError, ValueError):
             return None
+        sent = None
         with self._lock:
             for index in range(len(digests) - 2, -1, -1):
-                found = self._prefixes.get(digests[index])
-                if found is not None:
-                    self._prefixes.move_to_end(digests[index])
-                    break
+                key = digests[index]
+                found = self._prefixes.get(key)
+                if found is None:
+                    sent = self._sent.get(key)
+                    if sent is None:
+                        continue
+                    key = sent.prefix_key
+                    found = self._prefixes.get(key)
+                    if found is None:  # evicted: an older kept turn may still be there
+                        sent = None
+                        continue
+                self._prefixes.move_to_end(key)
+                break
             else:
                 return None
-        new_chars = answer_chars = 0
+        if sent is not None:
+            new_chars, last_pod, computed = sent.new_chars, sent.served_by, sent.prompt_tokens
+        else:
+            new_chars, last_pod, computed = 0, found.served_by, len(found.ids) + found.tail_tokens
+        answer_chars = 0
         answering = True
         for message in prepared[index + 1 :]:
             if not isinstance(message, dict):
@@ -310,8 +362,18 @@ class LocalTokenizer:
             return None
         estimated = len(found.ids) + int(new_chars * self._tokens_per_char) + 1
         self.turns_routed += 1
-        answer = int(answer_chars * self._tokens_per_char)
-        return TurnPrefix(found, estimated, self, prepared, digests, new_chars, answer)
+        computed += int(answer_chars * self._tokens_per_char)
+        return TurnPrefix(found, key, estimated, self, prepared, digests, new_chars, last_pod, computed)
+
+    def remember_turn(self, turn: TurnPrefix, pod: str) -> None:
+        """``turn`` went to ``pod`` untokenized: its conversation's next turn continues from its kept turn."""
+        remembered = SentTurn(turn.prefix_key, turn.new_chars, turn.estimated_tokens, pod)
+        with self._lock:
+            self._sent[turn.digests[-1]] = remembered
+            self._sent.move_to_end(turn.digests[-1])
+            if len(self._sent) > _SENT_TURNS_LIMIT:
+                self._sent.popitem(last=False)
+        self.turns_remembered += 1
 
     def complete_turn(self, turn: TurnPrefix) -> ChatIds:
         plan = self._plan(turn.messages, turn.digests)
@@ -442,6 +504,11 @@ class PromptTokenizer:
     def turns_routed(self) -> int:
         """Chat requests routed from a kept earlier turn (every local tokenizer)."""
         return sum(local.turns_routed for local in self._local.values())
+
+    @property
+    def turns_remembered(self) -> int:
+        """Of those, the ones sent without being tokenized (every local tokenizer)."""
+        return sum(local.turns_remembered for local in self._local.values())
 
     @property
     def prefix_misses(self) -> int:

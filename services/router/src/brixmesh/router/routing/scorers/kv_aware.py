@@ -8,10 +8,12 @@ nothing, so the other scorers of the strategy decide.
 A chat request continuing a conversation whose earlier turn the tokenizer kept (``turns``) is scored from that
 turn's ids, hashed once per turn, against an estimate of the whole prompt's blocks: the new messages' blocks
 are on no pod yet (they are new), so the ranking is the same and the request leaves without waiting for the
-template and the encoding. The pod that served the kept turn is also credited with the rest of that prompt
-and the answer it computed (estimated from the answer's length), as its events would show them. The template
-and the encoding run once the request is written to its pod, while the engine works on it, and its blocks
-then become speculative entries on that pod.
+template and the encoding. The pod that served the conversation's previous turn is also credited with the
+rest of that prompt and the answer it computed (estimated from their length), as its events would show them.
+Once the request is written to its pod, while the engine works on it, the tokenizer either completes its ids
+(the template and the encoding), whose blocks then become speculative entries on that pod, or only remembers
+the turn for the conversation's next one (:meth:`~brixmesh.router.kv.tokenizer.TurnPrefix.sent`), and the
+kept turn's blocks are the speculative entries.
 """
 
 from __future__ import annotations
@@ -56,24 +58,24 @@ class _Pending:
 def _credit_answer(
     matches: dict[str, PodMatch], turn: TurnPrefix, hashes: Sequence[int], block_size: int, blocks: int
 ) -> None:
-    """A continued turn is scored from the kept turn's blocks, but the pod that served that turn also computed
-    the rest of its prompt and its answer, which this prompt repeats: that pod, if it still holds the whole
-    kept turn, is credited with those blocks too, as the precise scores would find them from its events."""
-    kept = turn.prefix
-    match = matches.get(kept.served_by) if kept.served_by is not None else None
+    """A continued turn is scored from the kept turn's blocks, but the pod that served the conversation's
+    previous turn also computed the rest of that prompt and its answer, which this prompt repeats: that pod, if
+    it still holds the whole kept turn, is credited with those blocks too, as the precise scores would find
+    them from its events."""
+    pod = turn.last_pod
+    match = matches.get(pod) if pod is not None else None
     if match is None or match.blocks < len(hashes):
         return
-    computed = len(kept.ids) + kept.tail_tokens + turn.answer_tokens
-    credit = min(computed // block_size, blocks) - match.blocks
+    credit = min(turn.computed_tokens // block_size, blocks) - match.blocks
     if credit > 0:
-        matches[kept.served_by] = PodMatch(match.blocks + credit, match.weighted + credit, block_size)
+        matches[pod] = PodMatch(match.blocks + credit, match.weighted + credit, block_size)
 
 
 def _conversation_pod(pending: _Pending) -> str | None:
-    """The pod that served the earlier turn of this chat request's conversation (when the tokenizer kept
-    it)."""
+    """The pod that served the earlier turn of this chat request's conversation (when the tokenizer kept or
+    remembered it)."""
     if pending.turn is not None:
-        return pending.turn.prefix.served_by
+        return pending.turn.last_pod
     prefix = pending.tokens.prefix if isinstance(pending.tokens, ChatIds) else None
     return prefix.served_by if prefix is not None else None
 
@@ -223,8 +225,9 @@ class KvAware:
         return {pod: match.tokens for pod, (match, _total) in self._matches(ctx, pending, pods).items()}
 
     def on_routed(self, ctx: RequestContext, pod: Endpoint) -> None:
-        """Runs once the request is written to the engine: a continued turn is tokenized now, while the
-        engine works on it (and before the conversation's next turn can come)."""
+        """Runs once the request is written to the engine: a continued turn is tokenized now if it is to be
+        (:meth:`~brixmesh.router.kv.tokenizer.TurnPrefix.sent`), while the engine works on it and before the
+        conversation's next turn can come."""
         pending = self._requests.pop(ctx.request_id, None)
         if pending is None:
             return
@@ -232,12 +235,12 @@ class KvAware:
             self._match_ends[pending.shared_end] = pod.name
         turn = pending.turn
         if turn is not None:
-            turn.served_by = pod.name
             try:
-                tokens = turn.complete()
+                tokens = turn.sent(pod.name)
             except TokenizerError:
                 return
-            pending = _Pending(tokens, len(tokens))
+            if tokens is not None:
+                pending = _Pending(tokens, len(tokens))
         self._add_speculative(ctx, pending, pod)
         kept = pending.tokens.kept if isinstance(pending.tokens, ChatIds) else None
         if kept is not None:
