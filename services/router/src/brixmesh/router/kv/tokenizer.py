@@ -180,7 +180,7 @@ class TurnPrefix:
     estimated_tokens: int
     tokenizer: LocalTokenizer
     messages: list[Any]
-    """The request's messages, prepared for the template."""
+    """The request's messages."""
     digests: list[int]
     """Their :func:`message_digests`."""
     new_chars: int
@@ -281,15 +281,15 @@ class LocalTokenizer:
     def plan_chat(self, messages: list[Any]) -> ChatEncoding:
         """Render the template and find the longest cached earlier turn: the cheap half of :meth:`encode_chat`,
         so the caller can run :meth:`finish_chat` (the encoding) in a thread when much text remains."""
-        return self._plan(_prepared(messages), None)
+        return self._plan(messages, None)
 
-    def _plan(self, prepared: list[Any], digests: list[int] | None) -> ChatEncoding:
-        """:meth:`plan_chat` of messages already prepared (``digests``: theirs, if computed already)."""
+    def _plan(self, messages: list[Any], digests: list[int] | None) -> ChatEncoding:
+        """:meth:`plan_chat` (``digests``: the messages', if computed already)."""
         if self._template is None:
             raise TokenizerError(f"tokenizer in {self.directory} has no chat template")
         try:
             text = self._template.render(
-                {"messages": prepared, "add_generation_prompt": True, "bos_token": self.bos_token,
+                {"messages": _prepared(messages), "add_generation_prompt": True, "bos_token": self.bos_token,
                  "eos_token": self.eos_token}
             )  # fmt: skip
         except Exception as exc:  # TemplateError, or messages the template cannot handle (a None content + str)
@@ -298,7 +298,7 @@ class LocalTokenizer:
             return ChatEncoding(text, 0, None)
         if digests is None:
             try:
-                digests = message_digests(prepared)
+                digests = message_digests(messages)
             except (TypeError, ValueError):  # not JSON-encodable: nothing to key a cache entry by
                 return ChatEncoding(text, 0, None)
         prefix = None
@@ -320,9 +320,8 @@ class LocalTokenizer:
         is none, when routing from kept turns is off or not yet earned, or when much new text follows."""
         if not (self.reuse and self.turn_routing and self._verified_reuses >= _TURN_ROUTING_AFTER):
             return None
-        prepared = _prepared(messages)
         try:
-            digests = message_digests(prepared)
+            digests = message_digests(messages)
         except (TypeError, ValueError):
             return None
         sent = None
@@ -349,10 +348,10 @@ class LocalTokenizer:
             new_chars, last_pod, computed = 0, found.served_by, len(found.ids) + found.tail_tokens
         answer_chars = 0
         answering = True
-        for message in prepared[index + 1 :]:
+        for message in messages[index + 1 :]:
             if not isinstance(message, dict):
                 message = {}
-            content, role = message.get("content"), message.get("role")
+            content, role = flatten_content(message.get("content")), message.get("role")
             chars = len(content) if isinstance(content, str) else 0
             new_chars += _FRAMING_CHARS + chars
             answering = answering and role == "assistant"
@@ -363,7 +362,7 @@ class LocalTokenizer:
         estimated = len(found.ids) + int(new_chars * self._tokens_per_char) + 1
         self.turns_routed += 1
         computed += int(answer_chars * self._tokens_per_char)
-        return TurnPrefix(found, key, estimated, self, prepared, digests, new_chars, last_pod, computed)
+        return TurnPrefix(found, key, estimated, self, messages, digests, new_chars, last_pod, computed)
 
     def remember_turn(self, turn: TurnPrefix, pod: str) -> None:
         """``turn`` went to ``pod`` untokenized: its conversation's next turn continues from its kept turn."""

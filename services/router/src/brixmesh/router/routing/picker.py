@@ -61,10 +61,7 @@ class LoadGuard:
 def rank(totals: dict[str, float], rng: random.Random, recent: dict[str, float] | None = None) -> list[str]:
     """Pod names, best first; equal totals in random order, or, given ``recent``, the pod sent fewer requests
     lately first."""
-    names = list(totals)
-    rng.shuffle(names)
+    draw = rng.random  # a random last key orders ties as a shuffle would, without the shuffle's Python loop
     if recent is None:
-        names.sort(key=totals.__getitem__, reverse=True)  # stable sort keeps the shuffle among ties
-    else:
-        names.sort(key=lambda name: (-totals[name], recent[name]))
-    return names
+        return sorted(totals, key=lambda name: (-totals[name], draw()))
+    return sorted(totals, key=lambda name: (-totals[name], recent[name], draw()))
