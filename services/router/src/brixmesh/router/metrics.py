@@ -8,6 +8,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from brixmesh.common.metrics import LoopHistogram
+
 from brixmesh.router.routing.load import LoadTracker
 
 if TYPE_CHECKING:
@@ -25,7 +27,7 @@ class RouterMetrics:
             ["model", "strategy", "pod", "status"],
             registry=registry,
         )
-        self.decision_seconds = Histogram(
+        self.decision_seconds = LoopHistogram(
             "brixmesh_router_decision_seconds",
             "Time to pick a pod (filters, scorers, picker)",
             buckets=FAST_BUCKETS,

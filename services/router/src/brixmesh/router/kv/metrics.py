@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from brixmesh.common.metrics import LoopHistogram
+
 from brixmesh.router.kv.follower import IndexFollower
 from brixmesh.router.kv.index import PrefixIndex
 from brixmesh.router.kv.tokenizer import PromptTokenizer
@@ -14,7 +16,7 @@ _LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 
 class KvMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.lookup_seconds = Histogram(
+        self.lookup_seconds = LoopHistogram(
             "brixmesh_kv_lookup_seconds", "Time to hash a prompt and match it in the KV index",
             buckets=_LOOKUP_BUCKETS, registry=registry,
         )  # fmt: skip
