@@ -89,11 +89,11 @@ def test_a_reuse_that_disagrees_with_a_full_encode_turns_reuse_off(caplog: Any) 
     tokenizer = LocalTokenizer(ASSETS)
     tokenizer._tok = _PrependingSpace(tokenizer._tok)
     first, second, third = conversation(3)
-    tokenizer.encode_chat(first)
     with caplog.at_level(logging.WARNING, "brixmesh.router.kv.tokenizer"):
-        ids = tokenizer.encode_chat(second)
-    assert ids.tolist() == tokenizer._tok.encode(tokenizer.plan_chat(second).text, add_special_tokens=False).ids
+        ids = tokenizer.encode_chat(first)  # continues its system prompt, encoded alone
+    assert ids.tolist() == tokenizer._tok.encode(tokenizer.plan_chat(first).text, add_special_tokens=False).ids
     assert not tokenizer.reuse and "chat prefix reuse is off" in caplog.text
+    tokenizer.encode_chat(second)
     tokenizer.encode_chat(third)
     assert tokenizer.prefix_reuses == 0
 

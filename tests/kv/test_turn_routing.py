@@ -213,3 +213,41 @@ async def test_a_turn_adding_less_than_a_block_continues_its_history_not_a_share
     assert [await shared_only(f"t{number}", turns[number]) for number in (1, 2)] == [False, False]
     # another prompt leaving at the same block: the first request that is not this conversation's
     assert await shared_only("o0", [], token_ids=[*ids[0], 7, 8, 9])
+
+
+async def test_first_turns_sharing_a_system_prompt_are_routed_from_it_as_no_conversations_history() -> None:
+    """A system prompt is kept on its own the first time it is tokenized: later conversations starting with it
+    are routed from it before any tokenizing, their match on it counts as a shared prefix (no conversation's
+    history), and their next turns continue it crediting the pod their first turn went to."""
+    tokenizer = PromptTokenizer({MODEL: ASSETS}, lambda model: None)
+    local = tokenizer.local(MODEL)
+    assert local is not None
+    reference = LocalTokenizer(ASSETS, prefix_cache_bytes=0)
+    for messages in interleaved(6, 4):  # 16 verified reuses earn routing from kept turns
+        await tokenizer.tokens(MODEL, messages=messages)
+    system = conversation_of(0)[0][0]
+    firsts = [[system, {"role": "user", "content": f"Question {n} from another conversation?"}] for n in (1, 2, 3)]
+    index = PrefixIndex(speculative_ttl_s=60.0)
+    scorer = KvAware(index, turns=lambda ctx: tokenizer.turn_prefix(MODEL, ctx.messages or []))
+    pods = [Endpoint(name=name, url=f"http://{name}", model=MODEL, block_size=BLOCK) for name in ("a", "b")]
+    shared = []
+    for number, messages in enumerate(firsts):
+        ctx = chat_request(f"first{number}", messages)
+        await scorer.prepare(ctx)
+        turn = scorer._requests[ctx.request_id].turn
+        assert turn is not None and turn.prefix.shared and turn.last_pod is None
+        assert reference.encode_chat(messages)[: len(turn.ids)] == turn.ids
+        scores = scorer.score(ctx, pods)
+        shared.append(ctx.matches_only_shared_prefix)
+        scorer.on_routed(ctx, pods[0])
+        assert turn.kept is None  # remembered, not tokenized
+        assert set(scores) == ({"a"} if number else set())
+    # nothing held yet; the first match ending at the system prompt's last block; one ending where it did
+    assert shared == [True, False, True]
+    answer = {"role": "assistant", "content": "An answer."}
+    follow_up = [*firsts[0], answer, {"role": "user", "content": "And then?"}]
+    turn = tokenizer.turn_prefix(MODEL, follow_up)
+    assert turn is not None and turn.prefix.shared and turn.last_pod == "a"
+    # what pod "a" computed (estimated): more than the system prompt, less than this whole prompt
+    assert len(turn.ids) < turn.computed_tokens < len(reference.encode_chat(follow_up))
+    assert await tokenizer.tokens(MODEL, messages=follow_up) == reference.encode_chat(follow_up)

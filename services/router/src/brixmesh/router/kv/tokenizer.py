@@ -105,6 +105,9 @@ class KeptTurn:
     is hashed once however many requests continue it."""
     served_by: str | None = None
     """The pod the request this turn was kept from went to (set by the KV scorer when it is routed)."""
+    shared: bool = False
+    """A system prompt kept on its own (:meth:`LocalTokenizer.keep_system`): the start of many conversations,
+    the history of none."""
 
     @property
     def size(self) -> int:
@@ -149,6 +152,9 @@ class ChatEncoding:
     """The longest cached earlier turn this text starts with: only ``text[len(prefix.text):]`` is encoded."""
     kept: KeptTurn | None = None
     """What :meth:`LocalTokenizer.finish_chat` kept of this prompt for the conversation's next turn."""
+    system: tuple[Any, int] | None = None
+    """With no ``prefix``: the first message and its digest when it is a system prompt, which
+    :meth:`LocalTokenizer.finish_chat` keeps on its own first and continues."""
 
     @property
     def remaining_chars(self) -> int:
@@ -313,7 +319,37 @@ class LocalTokenizer:
                     self._verified_reuses += 1
                     break
                 self._stop_turn_routing()  # same earlier messages, other text: the template looks ahead
-        return ChatEncoding(text, digests[-1], prefix)
+        plan = ChatEncoding(text, digests[-1], prefix)
+        first = messages[0]
+        if prefix is None and len(messages) > 1 and isinstance(first, dict) and first.get("role") == "system":
+            plan.system = (first, digests[0])
+        return plan
+
+    def _keep_system(self, message: Any, key: int, text: str) -> KeptTurn | None:
+        """Keep a conversation's system prompt on its own (under ``key``, its digest), if the template renders
+        it alone as the start of ``text``: conversations sharing it then encode only what follows it, and
+        their first turns are routed from it like later turns."""
+        if self._template is None:
+            return None
+        try:
+            rendered = self._template.render(
+                {"messages": _prepared([message]), "add_generation_prompt": False, "bos_token": self.bos_token,
+                 "eos_token": self.eos_token}
+            )  # fmt: skip
+        except Exception:  # a template that wants more than a system message: nothing to keep
+            return None
+        if not text.startswith(rendered):
+            return None
+        ids = self._encoder.encode(rendered)
+        added = self._added
+        index = len(ids) - 1
+        while index > 0 and ids[index] not in added:
+            index -= 1
+        cut = rendered.rfind(added[ids[index]]) if index > 0 else -1
+        if cut <= 0:
+            return None
+        kept = KeptTurn(rendered[:cut], array(TOKEN_TYPECODE, ids[:index]), len(ids) - index, shared=True)
+        return kept if self._store(key, kept) else None
 
     def turn_prefix(self, messages: list[Any]) -> TurnPrefix | None:
         """The kept turn ``messages`` continue, to route from before the rest is tokenized; None when there
@@ -344,8 +380,9 @@ class LocalTokenizer:
                 return None
         if sent is not None:
             new_chars, last_pod, computed = sent.new_chars, sent.served_by, sent.prompt_tokens
-        else:
-            new_chars, last_pod, computed = 0, found.served_by, len(found.ids) + found.tail_tokens
+        else:  # a shared system prompt was computed by many pods, for other conversations
+            last_pod = None if found.shared else found.served_by
+            new_chars, computed = 0, len(found.ids) + found.tail_tokens
         answer_chars = 0
         answering = True
         for message in messages[index + 1 :]:
@@ -399,6 +436,10 @@ class LocalTokenizer:
     def finish_chat(self, plan: ChatEncoding) -> ChatIds:
         """The prompt's token ids, packed (``array`` of u32: hashing reads them without a conversion)."""
         prefix = plan.prefix
+        fresh = False
+        if prefix is None and plan.system is not None:
+            prefix = plan.prefix = self._keep_system(*plan.system, plan.text)
+            fresh = prefix is not None
         if prefix is None:
             new_ids = self._encoder.encode(plan.text)
             ids = ChatIds(TOKEN_TYPECODE, new_ids)
@@ -410,6 +451,8 @@ class LocalTokenizer:
             if self._checks_left > 0 and not self._checked(plan.text, ids):
                 ids = ChatIds(TOKEN_TYPECODE, self._tok.encode(plan.text, add_special_tokens=False).ids)
                 prefix = None
+            elif fresh:  # its system prompt was new: encoded in full, in two parts
+                self.prefix_misses += 1
             else:
                 self.prefix_reuses += 1
         ids.prefix = prefix
@@ -442,23 +485,31 @@ class LocalTokenizer:
             return
         with self._lock:
             known = self._prefixes.get(plan.key)
+            if known is not None and known.shared:  # a system prompt sent alone: it stays every conversation's
+                return
             if known is not None and len(known.text) == cut and plan.text.startswith(known.text):
                 self._prefixes.move_to_end(plan.key)  # the same messages again (a retry): what is known stays
                 plan.kept = known
                 return
         kept_ids = len(ids) - len(new_ids) + index
         kept = KeptTurn(plan.text[:cut], ids[:kept_ids], len(ids) - kept_ids)
+        if self._store(plan.key, kept):
+            plan.kept = kept
+
+    def _store(self, key: int, kept: KeptTurn) -> bool:
+        """Keep ``kept`` under ``key`` within the byte budget (least recently used first out); False if it
+        alone exceeds the budget."""
         if kept.size > self._prefix_cache_bytes:
-            return
+            return False
         with self._lock:
-            replaced = self._prefixes.pop(plan.key, None)
+            replaced = self._prefixes.pop(key, None)
             if replaced is not None:
                 self.prefix_bytes -= replaced.size
-            self._prefixes[plan.key] = kept
+            self._prefixes[key] = kept
             self.prefix_bytes += kept.size
-            plan.kept = kept
             while self.prefix_bytes > self._prefix_cache_bytes:
                 self.prefix_bytes -= self._prefixes.popitem(last=False)[1].size
+        return True
 
 
 def _prepared(messages: list[Any]) -> list[Any]:
