@@ -7,10 +7,17 @@ import logging
 from typing import Any
 
 import pytest
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from brixmesh.router.kv.hashing import block_hashes, first_seed
 from brixmesh.router.kv.index import PrefixIndex
-from brixmesh.router.kv.tokenizer import ChatIds, LocalTokenizer, PromptTokenizer, TokenizerError
+from brixmesh.router.kv.tokenizer import (
+    ChatIds,
+    ChatTemplate,
+    LocalTokenizer,
+    PromptTokenizer,
+    TokenizerError,
+)
 from brixmesh.router.routing.context import RequestContext
 from brixmesh.router.routing.endpoint import Endpoint
 from brixmesh.router.routing.scorers.kv_aware import KvAware
@@ -55,6 +62,36 @@ def test_an_edited_earlier_message_is_encoded_afresh() -> None:
     assert tokenizer.prefix_reuses == 0
 
 
+def test_a_system_prompt_is_kept_on_its_own_and_continued_by_other_conversations() -> None:
+    reference = LocalTokenizer(ASSETS, prefix_cache_bytes=0)
+    tokenizer = LocalTokenizer(ASSETS)
+    first = conversation(1, "ships")[0]
+    other = [first[0], {"role": "user", "content": "Another question, from another conversation."}]
+    assert tokenizer.encode_chat(first) == reference.encode_chat(first)
+    ids = tokenizer.encode_chat(other)
+    assert ids == reference.encode_chat(other)
+    system = ids.prefix
+    assert system is not None and system.shared and system.text.endswith("You answer questions about ships.")
+    assert (tokenizer.prefix_reuses, tokenizer.prefix_misses) == (1, 1)  # the first one encoded it
+
+
+def test_a_template_that_renders_a_system_prompt_differently_alone_keeps_none() -> None:
+    reference = LocalTokenizer(ASSETS, prefix_cache_bytes=0)
+    tokenizer = LocalTokenizer(ASSETS)
+    # numbering every message by the conversation's length: the system message alone renders differently
+    source = (
+        "{% for message in messages %}[{{ messages|length }}]<|im_start|>{{ message['content'] }}{% endfor %}"
+    )
+    for local in (tokenizer, reference):
+        local._template = ChatTemplate(ImmutableSandboxedEnvironment().from_string(source))
+    first = conversation(1, "ships")[0]
+    other = [first[0], {"role": "user", "content": "Another question."}]
+    for messages in (first, other):
+        ids = tokenizer.encode_chat(messages)
+        assert ids == reference.encode_chat(messages) and ids.prefix is None
+    assert not tokenizer.keeps_system_prompts and tokenizer.prefix_misses == 2
+
+
 def test_the_cache_keeps_the_most_recent_conversations_within_its_byte_budget() -> None:
     chats = [conversation(2, topic) for topic in ("ships", "trains", "planes")]
     sizes = []
@@ -91,7 +128,8 @@ def test_a_reuse_that_disagrees_with_a_full_encode_turns_reuse_off(caplog: Any) 
     first, second, third = conversation(3)
     with caplog.at_level(logging.WARNING, "brixmesh.router.kv.tokenizer"):
         ids = tokenizer.encode_chat(first)  # continues its system prompt, encoded alone
-    assert ids.tolist() == tokenizer._tok.encode(tokenizer.plan_chat(first).text, add_special_tokens=False).ids
+    text = tokenizer.plan_chat(first).text
+    assert ids.tolist() == tokenizer._tok.encode(text, add_special_tokens=False).ids
     assert not tokenizer.reuse and "chat prefix reuse is off" in caplog.text
     tokenizer.encode_chat(second)
     tokenizer.encode_chat(third)

@@ -226,7 +226,7 @@ async def test_first_turns_sharing_a_system_prompt_are_routed_from_it_as_no_conv
     for messages in interleaved(6, 4):  # 16 verified reuses earn routing from kept turns
         await tokenizer.tokens(MODEL, messages=messages)
     system = conversation_of(0)[0][0]
-    firsts = [[system, {"role": "user", "content": f"Question {n} from another conversation?"}] for n in (1, 2, 3)]
+    firsts = [[system, {"role": "user", "content": f"Question {n}, a new chat?"}] for n in (1, 2, 3)]
     index = PrefixIndex(speculative_ttl_s=60.0)
     scorer = KvAware(index, turns=lambda ctx: tokenizer.turn_prefix(MODEL, ctx.messages or []))
     pods = [Endpoint(name=name, url=f"http://{name}", model=MODEL, block_size=BLOCK) for name in ("a", "b")]

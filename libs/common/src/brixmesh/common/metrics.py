@@ -1,9 +1,9 @@
 """Metrics for per-request hot paths.
 
-prometheus_client's ``Histogram.observe`` takes a lock for the sum and for each bucket it updates, and finds the
-bucket in a Python loop: about three times the cost of a bisection and two additions, paid on every request.
-A :class:`LoopHistogram` is observed from one thread only (a service's event loop), so it needs no lock; it is
-exposed to Prometheus as an ordinary histogram.
+prometheus_client's ``Histogram.observe`` takes a lock for the sum and for each bucket it updates, and finds
+the bucket in a Python loop: about three times the cost of a bisection and two additions, paid on every
+request. A :class:`LoopHistogram` is observed from one thread only (a service's event loop), so it needs no
+lock; it is exposed to Prometheus as an ordinary histogram.
 """
 
 from __future__ import annotations
@@ -22,7 +22,11 @@ class LoopHistogram(Collector):
     another thread and see a count and a sum from slightly different moments."""
 
     def __init__(
-        self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry | None = None
+        self,
+        name: str,
+        documentation: str,
+        buckets: Sequence[float],
+        registry: CollectorRegistry | None = None,
     ) -> None:
         bounds = sorted(float(bound) for bound in buckets)
         if not bounds or len(set(bounds)) != len(bounds) or bounds[-1] == float("inf"):

@@ -52,7 +52,7 @@ class KvMetrics:
                 lambda: tokenizer.turns_routed,
             ),
             "brixmesh_kv_chat_turns_remembered": (
-                "Chat requests routed from a kept earlier turn and sent untokenized (their next turn continues it)",
+                "Chat requests routed from a kept earlier turn and sent untokenized, for the next turn",
                 lambda: tokenizer.turns_remembered,
             ),
             "brixmesh_kv_chat_prefix_misses": (

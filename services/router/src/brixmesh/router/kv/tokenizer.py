@@ -106,7 +106,7 @@ class KeptTurn:
     served_by: str | None = None
     """The pod the request this turn was kept from went to (set by the KV scorer when it is routed)."""
     shared: bool = False
-    """A system prompt kept on its own (:meth:`LocalTokenizer.keep_system`): the start of many conversations,
+    """A system prompt kept on its own (:meth:`LocalTokenizer._keep_system`): the start of many conversations,
     the history of none."""
 
     @property
@@ -253,7 +253,7 @@ class LocalTokenizer:
         }  # fmt: skip
         self._prefixes: OrderedDict[int, KeptTurn] = OrderedDict()
         self._sent: OrderedDict[int, SentTurn] = OrderedDict()
-        """Digest of a sent turn's messages -> what routes its conversation's next turn (least recent first)."""
+        """Digest of a sent turn's messages -> what routes its conversation's next turn (oldest first)."""
         self._prefix_cache_bytes = prefix_cache_bytes
         self.prefix_bytes = 0
         """Text and token ids kept for next turns (at most ``prefix_cache_bytes``; sizes as Python counts)."""
@@ -267,6 +267,8 @@ class LocalTokenizer:
         self._tokens_per_char = _TOKENS_PER_CHAR
         self.turns_routed = 0
         self.turns_remembered = 0
+        self.keeps_system_prompts = True
+        """False once the template did not render a system message alone as the start of a conversation."""
         self.prefix_reuses = 0
         self.prefix_misses = 0
 
@@ -321,24 +323,29 @@ class LocalTokenizer:
                 self._stop_turn_routing()  # same earlier messages, other text: the template looks ahead
         plan = ChatEncoding(text, digests[-1], prefix)
         first = messages[0]
-        if prefix is None and len(messages) > 1 and isinstance(first, dict) and first.get("role") == "system":
+        if (
+            prefix is None and self.keeps_system_prompts and len(messages) > 1
+            and isinstance(first, dict) and first.get("role") == "system"
+        ):  # fmt: skip
             plan.system = (first, digests[0])
         return plan
 
     def _keep_system(self, message: Any, key: int, text: str) -> KeptTurn | None:
         """Keep a conversation's system prompt on its own (under ``key``, its digest), if the template renders
         it alone as the start of ``text``: conversations sharing it then encode only what follows it, and
-        their first turns are routed from it like later turns."""
+        their first turns are routed from it like later turns. The first time the template cannot, it is
+        not asked again (each try costs a render and an encode of the system prompt)."""
         if self._template is None:
             return None
         try:
             rendered = self._template.render(
-                {"messages": _prepared([message]), "add_generation_prompt": False, "bos_token": self.bos_token,
-                 "eos_token": self.eos_token}
+                {"messages": _prepared([message]), "add_generation_prompt": False,
+                 "bos_token": self.bos_token, "eos_token": self.eos_token}
             )  # fmt: skip
-        except Exception:  # a template that wants more than a system message: nothing to keep
-            return None
-        if not text.startswith(rendered):
+        except Exception:  # a template that wants more than a system message
+            rendered = None
+        if rendered is None or not text.startswith(rendered):
+            self.keeps_system_prompts = False
             return None
         ids = self._encoder.encode(rendered)
         added = self._added
@@ -485,7 +492,7 @@ class LocalTokenizer:
             return
         with self._lock:
             known = self._prefixes.get(plan.key)
-            if known is not None and known.shared:  # a system prompt sent alone: it stays every conversation's
+            if known is not None and known.shared:  # a system prompt sent alone stays every conversation's
                 return
             if known is not None and len(known.text) == cut and plan.text.startswith(known.text):
                 self._prefixes.move_to_end(plan.key)  # the same messages again (a retry): what is known stays

@@ -59,9 +59,9 @@ def _credit_answer(
     matches: dict[str, PodMatch], turn: TurnPrefix, hashes: Sequence[int], block_size: int, blocks: int
 ) -> None:
     """A continued turn is scored from the kept turn's blocks, but the pod that served the conversation's
-    previous turn also computed the rest of that prompt and its answer, which this prompt repeats: that pod, if
-    it still holds the whole kept turn, is credited with those blocks too, as the precise scores would find
-    them from its events."""
+    previous turn also computed the rest of that prompt and its answer, which this prompt repeats: that pod,
+    if it still holds the whole kept turn, is credited with those blocks too, as the precise scores would
+    find them from its events."""
     pod = turn.last_pod
     match = matches.get(pod) if pod is not None else None
     if match is None or match.blocks < len(hashes):
