@@ -251,3 +251,22 @@ async def test_first_turns_sharing_a_system_prompt_are_routed_from_it_as_no_conv
     # what pod "a" computed (estimated): more than the system prompt, less than this whole prompt
     assert len(turn.ids) < turn.computed_tokens < len(reference.encode_chat(follow_up))
     assert await tokenizer.tokens(MODEL, messages=follow_up) == reference.encode_chat(follow_up)
+
+
+def test_remembered_turns_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tokenizer_module, "_SENT_TURNS_LIMIT", 3)
+    tokenizer = LocalTokenizer(ASSETS)
+    for messages in interleaved(6, 4):  # 16 verified reuses earn routing from kept turns
+        tokenizer.encode_chat(messages)
+    for number in range(10, 15):  # five conversations: a first turn kept, a second one remembered
+        first, second = conversation_of(number, 2)
+        tokenizer.encode_chat(first)
+        turn = tokenizer.turn_prefix(second)
+        assert turn is not None and turn.sent(f"pod{number}") is None
+    assert tokenizer.turns_remembered == 5 and len(tokenizer._sent) == 3
+    newest = conversation_of(14, 3)[2]  # the newest remembered turn still routes its conversation
+    turn = tokenizer.turn_prefix(newest)
+    assert turn is not None and turn.last_pod == "pod14"
+    oldest = conversation_of(10, 3)[2]  # the oldest was dropped: its next turn continues the kept first turn
+    turn = tokenizer.turn_prefix(oldest)
+    assert turn is not None and turn.last_pod is None
