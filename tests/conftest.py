@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -11,6 +12,14 @@ from brixmesh.common.bus import Bus
 from brixmesh.common.servers import NatsServer, RedisServer
 
 pytest_plugins = ["tests.plugins.vllm_engine"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Tests stop CLIs and services with SIGINT (Ctrl-C). A shell that starts the suite in the background
+    (`nohup make test &`) hands it SIGINT ignored, every process it starts inherits that, and those would
+    never stop: the suite's processes get Python's default handling back."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
