@@ -348,11 +348,7 @@ class LocalTokenizer:
             self.keeps_system_prompts = False
             return None
         ids = self._encoder.encode(rendered)
-        added = self._added
-        index = len(ids) - 1
-        while index > 0 and ids[index] not in added:
-            index -= 1
-        cut = rendered.rfind(added[ids[index]]) if index > 0 else -1
+        index, cut = self._last_added(ids, rendered)
         if cut <= 0:
             return None
         kept = KeptTurn(rendered[:cut], array(TOKEN_TYPECODE, ids[:index]), len(ids) - index, shared=True)
@@ -482,12 +478,8 @@ class LocalTokenizer:
     def _keep(self, plan: ChatEncoding, new_ids: list[int], ids: array) -> None:
         """Keep ``plan.text`` up to its last added token (and those ids) for the conversation's next turn;
         ``new_ids`` are the ids of the text after the cached prefix it started from, ending ``ids``."""
-        added = self._added
-        index = len(new_ids) - 1
-        while index >= 0 and new_ids[index] not in added:
-            index -= 1
         start = len(plan.prefix.text) if plan.prefix is not None else 0
-        cut = plan.text.rfind(added[new_ids[index]], start) if index > 0 else -1
+        index, cut = self._last_added(new_ids, plan.text, start)
         if cut <= start:
             return
         with self._lock:
@@ -502,6 +494,16 @@ class LocalTokenizer:
         kept = KeptTurn(plan.text[:cut], ids[:kept_ids], len(ids) - kept_ids)
         if self._store(plan.key, kept):
             plan.kept = kept
+
+    def _last_added(self, ids: list[int], text: str, start: int = 0) -> tuple[int, int]:
+        """Where ``ids``, the encoding of ``text`` from ``start`` on, end before their last added token (ids
+        up to an added token never depend on what follows): that token's index in ``ids`` and its offset in
+        ``text``; the offset is -1 when no added token follows the first id."""
+        added = self._added
+        index = len(ids) - 1
+        while index > 0 and ids[index] not in added:
+            index -= 1
+        return index, text.rfind(added[ids[index]], start) if index > 0 else -1
 
     def _store(self, key: int, kept: KeptTurn) -> bool:
         """Keep ``kept`` under ``key`` within the byte budget (least recently used first out); False if it
